@@ -1,0 +1,257 @@
+//! An account as the farm knows it, and the state a person sees.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::secret::Secret;
+
+pub type AccountId = i64;
+
+/// Where an account stands with its provider. Persisted.
+///
+/// Transient conditions (a refresh in flight, a cooldown, disabled) are not
+/// part of this: they overlay it, see [`DisplayState`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthState {
+    /// Created, never logged in.
+    PendingLogin,
+    /// Has tokens the farm believes are good.
+    Active,
+    /// The refresh token is dead (`invalid_grant`); a new login is needed.
+    NeedsRelogin,
+    /// Automatic relogin failed; a person has to look.
+    NeedsHuman,
+}
+
+impl AuthState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthState::PendingLogin => "pending_login",
+            AuthState::Active => "active",
+            AuthState::NeedsRelogin => "needs_relogin",
+            AuthState::NeedsHuman => "needs_human",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending_login" => AuthState::PendingLogin,
+            "active" => AuthState::Active,
+            "needs_relogin" => AuthState::NeedsRelogin,
+            "needs_human" => AuthState::NeedsHuman,
+            _ => return None,
+        })
+    }
+}
+
+/// The state shown to people and clients: the persisted [`AuthState`] with
+/// the transient conditions laid over it, most important first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DisplayState {
+    Disabled,
+    PendingLogin,
+    NeedsRelogin,
+    NeedsHuman,
+    Refreshing,
+    CoolingDown,
+    Healthy,
+}
+
+impl DisplayState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DisplayState::Disabled => "disabled",
+            DisplayState::PendingLogin => "pending_login",
+            DisplayState::NeedsRelogin => "needs_relogin",
+            DisplayState::NeedsHuman => "needs_human",
+            DisplayState::Refreshing => "refreshing",
+            DisplayState::CoolingDown => "cooling_down",
+            DisplayState::Healthy => "healthy",
+        }
+    }
+
+    pub const ALL: [DisplayState; 7] = [
+        DisplayState::Disabled,
+        DisplayState::PendingLogin,
+        DisplayState::NeedsRelogin,
+        DisplayState::NeedsHuman,
+        DisplayState::Refreshing,
+        DisplayState::CoolingDown,
+        DisplayState::Healthy,
+    ];
+}
+
+/// The token set obtained from the provider.
+#[derive(Clone, Debug)]
+pub struct Tokens {
+    pub access_token: Secret,
+    pub token_type: String,
+    pub expires_at: DateTime<Utc>,
+    /// When these tokens were obtained; with `expires_at` it gives the
+    /// token's lifetime, which bounds the refresh margin.
+    pub issued_at: DateTime<Utc>,
+    pub refresh_token: Option<Secret>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LastError {
+    pub at: DateTime<Utc>,
+    pub message: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Account {
+    pub id: AccountId,
+    pub provider: String,
+    pub label: String,
+    /// Lower is preferred by the fill-first strategy.
+    pub priority: i64,
+    pub enabled: bool,
+    pub auth: AuthState,
+    pub tokens: Option<Tokens>,
+    /// Bumped by every successful token write. A refresh trigger carries the
+    /// generation it saw; if the generation moved meanwhile, someone else
+    /// already refreshed and no second grant is sent.
+    pub generation: i64,
+    pub cooldown_until: Option<DateTime<Utc>>,
+    pub last_refresh_at: Option<DateTime<Utc>>,
+    pub last_error: Option<LastError>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    /// Set while a refresh grant is in flight (persisted too, so a crash in
+    /// the middle is noticed at the next start).
+    pub refreshing: bool,
+    /// A client reported the token as rejected: skip the account until the
+    /// next successful refresh.
+    pub suspect: bool,
+    /// Consecutive transient refresh failures, for backoff.
+    pub refresh_failures: u32,
+    /// Not before this time is a failed refresh retried.
+    pub retry_at: Option<DateTime<Utc>>,
+    /// Leases handed out (since start, seeded with the last day's count).
+    pub uses: u64,
+}
+
+impl Account {
+    pub fn new(id: AccountId, provider: String, label: String, priority: i64, now: DateTime<Utc>) -> Self {
+        Account {
+            id,
+            provider,
+            label,
+            priority,
+            enabled: true,
+            auth: AuthState::PendingLogin,
+            tokens: None,
+            generation: 0,
+            cooldown_until: None,
+            last_refresh_at: None,
+            last_error: None,
+            last_used_at: None,
+            created_at: now,
+            refreshing: false,
+            suspect: false,
+            refresh_failures: 0,
+            retry_at: None,
+            uses: 0,
+        }
+    }
+
+    pub fn display_state(&self, now: DateTime<Utc>) -> DisplayState {
+        if !self.enabled {
+            return DisplayState::Disabled;
+        }
+        match self.auth {
+            AuthState::PendingLogin => return DisplayState::PendingLogin,
+            AuthState::NeedsRelogin => return DisplayState::NeedsRelogin,
+            AuthState::NeedsHuman => return DisplayState::NeedsHuman,
+            AuthState::Active => {}
+        }
+        if self.refreshing {
+            DisplayState::Refreshing
+        } else if self.is_cooling_down(now) {
+            DisplayState::CoolingDown
+        } else {
+            DisplayState::Healthy
+        }
+    }
+
+    pub fn is_cooling_down(&self, now: DateTime<Utc>) -> bool {
+        self.cooldown_until.is_some_and(|until| until > now)
+    }
+
+    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
+        self.tokens.as_ref().map(|t| t.expires_at)
+    }
+
+    pub fn has_refresh_token(&self) -> bool {
+        self.tokens.as_ref().is_some_and(|t| t.refresh_token.is_some())
+    }
+
+    /// Can this account's current token be handed to a client now?
+    pub fn is_servable(&self, now: DateTime<Utc>, min_validity: chrono::Duration) -> bool {
+        self.enabled
+            && self.auth == AuthState::Active
+            && !self.suspect
+            && !self.is_cooling_down(now)
+            && self.tokens.as_ref().is_some_and(|t| t.expires_at - now >= min_validity)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration;
+
+    fn active(now: DateTime<Utc>) -> Account {
+        let mut a = Account::new(1, "demo".into(), "alice".into(), 0, now);
+        a.auth = AuthState::Active;
+        a.tokens = Some(Tokens {
+            access_token: Secret::new("at"),
+            token_type: "Bearer".into(),
+            expires_at: now + Duration::minutes(10),
+            issued_at: now,
+            refresh_token: Some(Secret::new("rt")),
+        });
+        a
+    }
+
+    #[test]
+    fn display_state_precedence() {
+        let now = Utc::now();
+        let mut a = active(now);
+        assert_eq!(a.display_state(now), DisplayState::Healthy);
+        a.cooldown_until = Some(now + Duration::seconds(5));
+        assert_eq!(a.display_state(now), DisplayState::CoolingDown);
+        assert_eq!(a.display_state(now + Duration::seconds(6)), DisplayState::Healthy);
+        a.refreshing = true;
+        assert_eq!(a.display_state(now), DisplayState::Refreshing);
+        a.auth = AuthState::NeedsRelogin;
+        assert_eq!(a.display_state(now), DisplayState::NeedsRelogin);
+        a.enabled = false;
+        assert_eq!(a.display_state(now), DisplayState::Disabled);
+    }
+
+    #[test]
+    fn servable_needs_validity_and_no_cooldown() {
+        let now = Utc::now();
+        let mut a = active(now);
+        let min = Duration::seconds(30);
+        assert!(a.is_servable(now, min));
+        assert!(!a.is_servable(now + Duration::seconds(571), min), "less than 30 s left");
+        a.suspect = true;
+        assert!(!a.is_servable(now, min));
+        a.suspect = false;
+        a.cooldown_until = Some(now + Duration::seconds(1));
+        assert!(!a.is_servable(now, min));
+    }
+
+    #[test]
+    fn auth_state_round_trips() {
+        for s in [AuthState::PendingLogin, AuthState::Active, AuthState::NeedsRelogin, AuthState::NeedsHuman] {
+            assert_eq!(AuthState::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(AuthState::parse("bogus"), None);
+    }
+}

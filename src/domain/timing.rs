@@ -1,0 +1,128 @@
+//! When to refresh, and how long to wait after a failure.
+
+use chrono::{DateTime, Duration, Utc};
+
+use super::account::{Account, AuthState};
+
+/// When an account's token should be refreshed: `refresh_margin` before it
+/// expires — but never earlier than half-way through the token's life, so a
+/// provider that issues tokens shorter than the margin is not hammered with
+/// back-to-back refreshes.
+pub fn refresh_due_at(issued_at: DateTime<Utc>, expires_at: DateTime<Utc>, margin: Duration) -> DateTime<Utc> {
+    let lifetime = (expires_at - issued_at).max(Duration::zero());
+    expires_at - margin.min(lifetime / 2)
+}
+
+/// When the scheduler should refresh this account, or `None` if it has
+/// nothing to refresh (no refresh token, dead, disabled, or already in flight).
+/// A refresh interrupted by a crash, or asked for by a client's
+/// `unauthorized` report, is due at once; a failed one waits for `retry_at`.
+pub fn next_refresh_at(account: &Account, margin: Duration) -> Option<DateTime<Utc>> {
+    if !account.enabled || account.auth != AuthState::Active || account.refreshing {
+        return None;
+    }
+    let tokens = account.tokens.as_ref()?;
+    tokens.refresh_token.as_ref()?;
+    let due = if account.suspect {
+        DateTime::<Utc>::MIN_UTC
+    } else {
+        refresh_due_at(tokens.issued_at, tokens.expires_at, margin)
+    };
+    Some(match account.retry_at {
+        Some(retry) => due.max(retry),
+        None => due,
+    })
+}
+
+/// Exponential backoff after `failures` consecutive transient failures
+/// (1 = first failure), capped at `max`, with jitter: `jitter` is a number
+/// in [0, 1) chosen by the caller; the result lies in [half, full] of the
+/// un-jittered delay so that many accounts failing together spread out.
+pub fn backoff(failures: u32, initial: Duration, max: Duration, jitter: f64) -> Duration {
+    let exp = failures.saturating_sub(1).min(30);
+    let full_ms = initial.num_milliseconds().saturating_mul(1i64 << exp).min(max.num_milliseconds());
+    let jitter = jitter.clamp(0.0, 1.0);
+    Duration::milliseconds(full_ms / 2 + ((full_ms / 2) as f64 * jitter) as i64)
+}
+
+/// The cooldown a rate-limit report earns: the client's `retry_after`
+/// (or the default), capped.
+pub fn cooldown_for(retry_after: Option<Duration>, default: Duration, max: Duration) -> Duration {
+    retry_after.unwrap_or(default).clamp(Duration::zero(), max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::account::Tokens;
+    use crate::secret::Secret;
+
+    #[test]
+    fn due_at_margin_before_expiry() {
+        let t0 = Utc::now();
+        let due = refresh_due_at(t0, t0 + Duration::hours(1), Duration::minutes(5));
+        assert_eq!(due, t0 + Duration::minutes(55));
+    }
+
+    #[test]
+    fn short_lived_tokens_refresh_half_way() {
+        let t0 = Utc::now();
+        let due = refresh_due_at(t0, t0 + Duration::seconds(10), Duration::minutes(5));
+        assert_eq!(due, t0 + Duration::seconds(5));
+    }
+
+    fn account_with_tokens(now: DateTime<Utc>) -> Account {
+        let mut a = Account::new(1, "p".into(), "a".into(), 0, now);
+        a.auth = AuthState::Active;
+        a.tokens = Some(Tokens {
+            access_token: Secret::new("at"),
+            token_type: "Bearer".into(),
+            expires_at: now + Duration::hours(1),
+            issued_at: now,
+            refresh_token: Some(Secret::new("rt")),
+        });
+        a
+    }
+
+    #[test]
+    fn next_refresh_respects_state_and_retry() {
+        let now = Utc::now();
+        let margin = Duration::minutes(5);
+        let mut a = account_with_tokens(now);
+        assert_eq!(next_refresh_at(&a, margin), Some(now + Duration::minutes(55)));
+        a.cooldown_until = Some(now + Duration::hours(3));
+        assert_eq!(next_refresh_at(&a, margin), Some(now + Duration::minutes(55)), "cooling down still refreshes");
+        a.suspect = true;
+        assert_eq!(next_refresh_at(&a, margin), Some(DateTime::<Utc>::MIN_UTC), "unauthorized report: at once");
+        a.retry_at = Some(now + Duration::seconds(20));
+        assert_eq!(next_refresh_at(&a, margin), Some(now + Duration::seconds(20)), "but not before the backoff");
+        a.refreshing = true;
+        assert_eq!(next_refresh_at(&a, margin), None, "already in flight");
+        a.refreshing = false;
+        a.auth = AuthState::NeedsRelogin;
+        assert_eq!(next_refresh_at(&a, margin), None);
+        a.auth = AuthState::Active;
+        a.tokens.as_mut().unwrap().refresh_token = None;
+        assert_eq!(next_refresh_at(&a, margin), None, "nothing to refresh with");
+    }
+
+    #[test]
+    fn backoff_doubles_caps_and_jitters() {
+        let i = Duration::seconds(5);
+        let m = Duration::minutes(5);
+        assert_eq!(backoff(1, i, m, 1.0), Duration::seconds(5));
+        assert_eq!(backoff(1, i, m, 0.0), Duration::milliseconds(2500));
+        assert_eq!(backoff(3, i, m, 1.0), Duration::seconds(20));
+        assert_eq!(backoff(30, i, m, 1.0), Duration::minutes(5));
+        assert_eq!(backoff(u32::MAX, i, m, 0.0), Duration::seconds(150));
+    }
+
+    #[test]
+    fn cooldown_is_capped() {
+        let d = Duration::seconds(60);
+        let max = Duration::hours(6);
+        assert_eq!(cooldown_for(None, d, max), d);
+        assert_eq!(cooldown_for(Some(Duration::seconds(7)), d, max), Duration::seconds(7));
+        assert_eq!(cooldown_for(Some(Duration::days(3)), d, max), max);
+    }
+}

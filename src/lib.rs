@@ -1,0 +1,3 @@
+pub mod domain;
+pub mod secret;
+pub mod store;

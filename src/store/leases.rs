@@ -1,0 +1,288 @@
+//! Leases and reports: the group-commit lease log and the usage queries.
+//!
+//! `/credential/next` records every lease *before* answering. One INSERT
+//! and commit per request behind a mutex caps the endpoint at a fraction of
+//! what warp serves, so a dedicated writer thread takes every lease waiting
+//! in its queue, writes them in one transaction, and only then wakes the
+//! requests that asked: many requests, one commit.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::thread;
+
+use chrono::{DateTime, Duration, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use super::{from_ms, ms, open_connection, Result, StoreError};
+use crate::domain::AccountId;
+
+/// The most leases written in one transaction.
+const MAX_BATCH: usize = 4096;
+
+#[derive(Clone, Debug)]
+pub struct NewLease {
+    pub id: String,
+    pub account_id: AccountId,
+    pub client_id: Option<i64>,
+    pub session: Option<String>,
+    pub generation: i64,
+    pub issued_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+type Job = (NewLease, oneshot::Sender<Result<(), String>>);
+
+/// Handle to the lease writer thread. Cloning shares the thread.
+#[derive(Clone)]
+pub struct LeaseLog {
+    tx: mpsc::Sender<Job>,
+}
+
+impl LeaseLog {
+    /// Starts the writer on its own connection to the database at `path`
+    /// (which [`super::Store::open`] has already created and migrated).
+    pub fn start(path: &Path) -> Result<LeaseLog> {
+        let conn = open_connection(path, false)?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        thread::Builder::new()
+            .name("lease-log".into())
+            .spawn(move || write_loop(conn, rx))
+            .map_err(|source| StoreError::Io { path: path.to_path_buf(), source })?;
+        Ok(LeaseLog { tx })
+    }
+
+    /// Records a lease; returns once it is committed.
+    pub async fn record(&self, lease: NewLease) -> Result<()> {
+        let (done, wait) = oneshot::channel();
+        self.tx.send((lease, done)).map_err(|_| StoreError::LeaseLogClosed)?;
+        match wait.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(msg)) => Err(StoreError::LeaseLog(msg)),
+            Err(_) => Err(StoreError::LeaseLogClosed),
+        }
+    }
+}
+
+fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    // Ends when every `LeaseLog` handle is dropped.
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let outcome = write_batch(&mut conn, &batch).map_err(|e| e.to_string());
+        if let Err(e) = &outcome {
+            tracing::error!(error = %e, leases = batch.len(), "recording leases failed");
+        }
+        for (_, done) in batch.drain(..) {
+            let _ = done.send(outcome.clone());
+        }
+    }
+}
+
+fn write_batch(conn: &mut Connection, batch: &[Job]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO leases (id, account_id, client_id, session, generation, issued_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        for (l, _) in batch {
+            stmt.execute(params![
+                l.id,
+                l.account_id,
+                l.client_id,
+                l.session,
+                l.generation,
+                ms(l.issued_at),
+                ms(l.expires_at)
+            ])?;
+        }
+    }
+    tx.commit()
+}
+
+#[derive(Clone, Debug)]
+pub struct StoredLease {
+    pub id: String,
+    pub account_id: AccountId,
+    pub client_id: Option<i64>,
+    pub generation: i64,
+    pub issued_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub released_at: Option<DateTime<Utc>>,
+}
+
+pub(super) fn find(conn: &Connection, id: &str) -> Result<Option<StoredLease>> {
+    Ok(conn
+        .query_row(
+            "SELECT id, account_id, client_id, generation, issued_at, expires_at, released_at FROM leases WHERE id = ?1",
+            [id],
+            |r| {
+                Ok(StoredLease {
+                    id: r.get(0)?,
+                    account_id: r.get(1)?,
+                    client_id: r.get(2)?,
+                    generation: r.get(3)?,
+                    issued_at: from_ms(r.get(4)?),
+                    expires_at: from_ms(r.get(5)?),
+                    released_at: r.get::<_, Option<i64>>(6)?.map(from_ms),
+                })
+            },
+        )
+        .optional()?)
+}
+
+pub(super) fn release(conn: &Connection, id: &str, now: DateTime<Utc>) -> Result<bool> {
+    let n = conn.execute("UPDATE leases SET released_at = ?2 WHERE id = ?1 AND released_at IS NULL", params![id, ms(now)])?;
+    Ok(n > 0)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Ok,
+    RateLimited,
+    Unauthorized,
+    Error,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::Unauthorized => "unauthorized",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub lease_id: String,
+    pub account_id: AccountId,
+    pub client_id: Option<i64>,
+    pub outcome: Outcome,
+    pub retry_after_s: Option<i64>,
+    pub at: DateTime<Utc>,
+}
+
+pub(super) fn insert_report(conn: &Connection, r: &Report) -> Result<()> {
+    conn.execute(
+        "INSERT INTO reports (lease_id, account_id, client_id, outcome, retry_after_s, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![r.lease_id, r.account_id, r.client_id, r.outcome.as_str(), r.retry_after_s, ms(r.at)],
+    )?;
+    Ok(())
+}
+
+pub(super) fn prune(conn: &Connection, before: DateTime<Utc>) -> Result<usize> {
+    let n = conn.execute("DELETE FROM leases WHERE issued_at < ?1", [ms(before)])?;
+    let m = conn.execute("DELETE FROM reports WHERE at < ?1", [ms(before)])?;
+    Ok(n + m)
+}
+
+/// Lease and report counts for one account or client over a window.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Counts {
+    pub leases: i64,
+    pub ok: i64,
+    pub rate_limited: i64,
+    pub unauthorized: i64,
+    pub error: i64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct UsageRow {
+    /// `account_id` or `client_id`; `null` client = the admin token.
+    pub id: Option<i64>,
+    pub last_hour: Counts,
+    pub last_day: Counts,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RecentLease {
+    pub lease_id: String,
+    pub account_id: AccountId,
+    pub client_id: Option<i64>,
+    pub session: Option<String>,
+    pub issued_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub released_at: Option<DateTime<Utc>>,
+    pub outcome: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Usage {
+    pub generated_at: DateTime<Utc>,
+    pub per_account: Vec<UsageRow>,
+    pub per_client: Vec<UsageRow>,
+    pub recent: Vec<RecentLease>,
+}
+
+pub(super) fn usage(conn: &Connection, now: DateTime<Utc>) -> Result<Usage> {
+    let hour = ms(now - Duration::hours(1));
+    let day = ms(now - Duration::days(1));
+    Ok(Usage {
+        generated_at: now,
+        per_account: usage_by(conn, "account_id", hour, day)?,
+        per_client: usage_by(conn, "client_id", hour, day)?,
+        recent: recent(conn, 100)?,
+    })
+}
+
+/// `column` is one of two fixed column names, never user input.
+fn usage_by(conn: &Connection, column: &str, hour: i64, day: i64) -> Result<Vec<UsageRow>> {
+    let sql = format!(
+        "SELECT k, SUM(h), SUM(d), SUM(h_ok), SUM(d_ok), SUM(h_rl), SUM(d_rl), SUM(h_un), SUM(d_un), SUM(h_er), SUM(d_er)
+         FROM (
+           SELECT {column} AS k, issued_at >= ?1 AS h, 1 AS d, 0 AS h_ok, 0 AS d_ok, 0 AS h_rl, 0 AS d_rl,
+                  0 AS h_un, 0 AS d_un, 0 AS h_er, 0 AS d_er
+             FROM leases WHERE issued_at >= ?2
+           UNION ALL
+           SELECT {column}, 0, 0,
+                  outcome = 'ok' AND at >= ?1, outcome = 'ok',
+                  outcome = 'rate_limited' AND at >= ?1, outcome = 'rate_limited',
+                  outcome = 'unauthorized' AND at >= ?1, outcome = 'unauthorized',
+                  outcome = 'error' AND at >= ?1, outcome = 'error'
+             FROM reports WHERE at >= ?2
+         ) GROUP BY k ORDER BY k"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(params![hour, day], |r| {
+        let c = |i: usize| r.get::<_, i64>(i);
+        Ok(UsageRow {
+            id: r.get(0)?,
+            last_hour: Counts { leases: c(1)?, ok: c(3)?, rate_limited: c(5)?, unauthorized: c(7)?, error: c(9)? },
+            last_day: Counts { leases: c(2)?, ok: c(4)?, rate_limited: c(6)?, unauthorized: c(8)?, error: c(10)? },
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+fn recent(conn: &Connection, limit: i64) -> Result<Vec<RecentLease>> {
+    let mut stmt = conn.prepare(
+        "SELECT l.id, l.account_id, l.client_id, l.session, l.issued_at, l.expires_at, l.released_at,
+                (SELECT outcome FROM reports r WHERE r.lease_id = l.id ORDER BY r.id DESC LIMIT 1)
+         FROM leases l ORDER BY l.issued_at DESC LIMIT ?1",
+    )?;
+    let rows = stmt.query_map([limit], |r| {
+        Ok(RecentLease {
+            lease_id: r.get(0)?,
+            account_id: r.get(1)?,
+            client_id: r.get(2)?,
+            session: r.get(3)?,
+            issued_at: from_ms(r.get(4)?),
+            expires_at: from_ms(r.get(5)?),
+            released_at: r.get::<_, Option<i64>>(6)?.map(from_ms),
+            outcome: r.get(7)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}

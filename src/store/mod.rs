@@ -1,0 +1,363 @@
+//! The SQLite store: accounts (tokens encrypted), client keys (hashed),
+//! leases and reports.
+//!
+//! Two connections to one WAL-mode file: the *account* connection runs with
+//! `synchronous = FULL`, because a rotated refresh token that is lost on a
+//! power cut kills the account; the *lease log* ([`leases::LeaseLog`]) has
+//! its own writer thread that commits leases in groups with
+//! `synchronous = NORMAL` — a lost lease record costs nothing but a line of
+//! usage history, and grouping is what keeps `/credential/next` fast.
+
+pub mod crypto;
+pub mod leases;
+mod schema;
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use chrono::{DateTime, TimeZone, Utc};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use crate::domain::{Account, AccountId, AuthState, LastError, Tokens};
+use crate::secret::Secret;
+pub use crypto::Cipher;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Crypto(#[from] crypto::CryptoError),
+    #[error(
+        "the store key does not match the key this database was created with (fingerprint {expected}, \
+         key given has {actual}); start with the original key file or RELOGIN_FARM_KEY"
+    )]
+    WrongKey { expected: String, actual: String },
+    #[error("the database was written by a newer relogin-farm (schema {found}, this build knows {known})")]
+    TooNew { found: i64, known: i64 },
+    #[error("an account {label:?} already exists for provider {provider:?}")]
+    DuplicateAccount { provider: String, label: String },
+    #[error("recording leases failed: {0}")]
+    LeaseLog(String),
+    #[error("the lease log has stopped")]
+    LeaseLogClosed,
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+pub struct Store {
+    conn: Mutex<Connection>,
+    cipher: Cipher,
+    path: PathBuf,
+}
+
+/// A client key's record (the key itself is never stored).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ClientRecord {
+    pub id: i64,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    pub key_hash: [u8; 32],
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`, its directory 0700
+    /// and its files 0600, migrates the schema and checks the key.
+    pub fn open(path: &Path, cipher: Cipher) -> Result<Store> {
+        let conn = open_connection(path, true)?;
+        schema::migrate(&conn)?;
+        check_fingerprint(&conn, &cipher)?;
+        restrict_sidecar_files(path);
+        Ok(Store { conn: Mutex::new(conn), cipher, path: path.to_path_buf() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent
+        // (transactions roll back on drop), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    // ---- accounts ----
+
+    pub fn insert_account(&self, provider: &str, label: &str, priority: i64, now: DateTime<Utc>) -> Result<Account> {
+        let conn = self.conn();
+        let res = conn.execute(
+            "INSERT INTO accounts (provider, label, priority, enabled, auth_state, generation, created_at)
+             VALUES (?1, ?2, ?3, 1, ?4, 0, ?5)",
+            params![provider, label, priority, AuthState::PendingLogin.as_str(), ms(now)],
+        );
+        match res {
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                return Err(StoreError::DuplicateAccount { provider: provider.into(), label: label.into() })
+            }
+            other => other?,
+        };
+        Ok(Account::new(conn.last_insert_rowid(), provider.into(), label.into(), priority, now))
+    }
+
+    pub fn load_accounts(&self, leases_since: DateTime<Utc>) -> Result<Vec<Account>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT a.id, a.provider, a.label, a.priority, a.enabled, a.auth_state, a.access_token, a.token_type,
+                    a.expires_at, a.issued_at, a.refresh_token, a.generation, a.cooldown_until, a.last_refresh_at,
+                    a.last_error, a.last_error_at, a.last_used_at, a.created_at, a.refresh_started_at,
+                    (SELECT COUNT(*) FROM leases l WHERE l.account_id = a.id AND l.issued_at >= ?1)
+             FROM accounts a ORDER BY a.id",
+        )?;
+        let rows = stmt.query_map([ms(leases_since)], |row| Ok(self.account_from_row(row)))?;
+        rows.map(|r| r?).collect()
+    }
+
+    fn account_from_row(&self, row: &Row<'_>) -> Result<Account> {
+        let id: AccountId = row.get(0)?;
+        let auth_text: String = row.get(5)?;
+        let access: Option<Vec<u8>> = row.get(6)?;
+        let refresh: Option<Vec<u8>> = row.get(10)?;
+        let tokens = match (access, row.get::<_, Option<i64>>(8)?) {
+            (Some(sealed), Some(expires_at)) => Some(Tokens {
+                access_token: self.cipher.open(&sealed, &aad(id, "access_token"))?,
+                token_type: row.get::<_, Option<String>>(7)?.unwrap_or_else(|| "Bearer".into()),
+                expires_at: from_ms(expires_at),
+                issued_at: row.get::<_, Option<i64>>(9)?.map(from_ms).unwrap_or_else(|| from_ms(expires_at)),
+                refresh_token: refresh.map(|r| self.cipher.open(&r, &aad(id, "refresh_token"))).transpose()?,
+            }),
+            _ => None,
+        };
+        let last_error = match (row.get::<_, Option<String>>(14)?, row.get::<_, Option<i64>>(15)?) {
+            (Some(message), Some(at)) => Some(LastError { at: from_ms(at), message }),
+            _ => None,
+        };
+        let mut account = Account::new(id, row.get(1)?, row.get(2)?, row.get(3)?, from_ms(row.get(17)?));
+        account.enabled = row.get(4)?;
+        account.auth = AuthState::parse(&auth_text).unwrap_or(AuthState::NeedsRelogin);
+        account.tokens = tokens;
+        account.generation = row.get(11)?;
+        account.cooldown_until = row.get::<_, Option<i64>>(12)?.map(from_ms);
+        account.last_refresh_at = row.get::<_, Option<i64>>(13)?.map(from_ms);
+        account.last_error = last_error;
+        account.last_used_at = row.get::<_, Option<i64>>(16)?.map(from_ms);
+        // A refresh that was in flight when the process died: the scheduler
+        // retries it at once (see `domain::timing::next_refresh_at`).
+        account.suspect = row.get::<_, Option<i64>>(18)?.is_some();
+        account.uses = row.get::<_, i64>(19)? as u64;
+        Ok(account)
+    }
+
+    /// Writes everything about an account except its tokens.
+    pub fn update_account(&self, a: &Account) -> Result<()> {
+        self.conn().execute(
+            "UPDATE accounts SET label = ?2, priority = ?3, enabled = ?4, auth_state = ?5, cooldown_until = ?6,
+                    last_error = ?7, last_error_at = ?8, last_used_at = ?9
+             WHERE id = ?1",
+            params![
+                a.id,
+                a.label,
+                a.priority,
+                a.enabled,
+                a.auth.as_str(),
+                a.cooldown_until.map(ms),
+                a.last_error.as_ref().map(|e| e.message.as_str()),
+                a.last_error.as_ref().map(|e| ms(e.at)),
+                a.last_used_at.map(ms),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Marks (or clears) a refresh as in flight, durably, before the grant
+    /// is sent: after a crash the account is known to need a retry.
+    pub fn set_refresh_started(&self, id: AccountId, at: Option<DateTime<Utc>>) -> Result<()> {
+        self.conn().execute("UPDATE accounts SET refresh_started_at = ?2 WHERE id = ?1", params![id, at.map(ms)])?;
+        Ok(())
+    }
+
+    /// Persists a new token set in one transaction, bumps the generation and
+    /// returns it. Keeps the old refresh token when the provider did not
+    /// rotate it. Returns `None` (and writes nothing) if the account is gone.
+    pub fn save_tokens(&self, id: AccountId, tokens: &Tokens, now: DateTime<Utc>) -> Result<Option<i64>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let exists = tx.query_row("SELECT generation FROM accounts WHERE id = ?1", [id], |r| r.get::<_, i64>(0)).optional()?;
+        let Some(generation) = exists else { return Ok(None) };
+        let refresh = tokens.refresh_token.as_ref().map(|r| self.cipher.seal(r, &aad(id, "refresh_token")));
+        tx.execute(
+            "UPDATE accounts SET access_token = ?2, token_type = ?3, expires_at = ?4, issued_at = ?5,
+                    refresh_token = COALESCE(?6, refresh_token), generation = ?7, auth_state = 'active',
+                    last_refresh_at = ?8, refresh_started_at = NULL, last_error = NULL, last_error_at = NULL
+             WHERE id = ?1",
+            params![
+                id,
+                self.cipher.seal(&tokens.access_token, &aad(id, "access_token")),
+                tokens.token_type,
+                ms(tokens.expires_at),
+                ms(tokens.issued_at),
+                refresh,
+                generation + 1,
+                ms(now),
+            ],
+        )?;
+        tx.commit()?;
+        Ok(Some(generation + 1))
+    }
+
+    /// The generation as persisted (re-read before declaring an account dead).
+    pub fn generation(&self, id: AccountId) -> Result<Option<i64>> {
+        Ok(self.conn().query_row("SELECT generation FROM accounts WHERE id = ?1", [id], |r| r.get(0)).optional()?)
+    }
+
+    pub fn delete_account(&self, id: AccountId) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM secrets WHERE account_id = ?1", [id])?;
+        let n = tx.execute("DELETE FROM accounts WHERE id = ?1", [id])?;
+        tx.commit()?;
+        Ok(n > 0)
+    }
+
+    // ---- client keys ----
+
+    pub fn insert_client(&self, name: &str, key_hash: [u8; 32], now: DateTime<Utc>) -> Result<ClientRecord> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO clients (name, key_hash, created_at) VALUES (?1, ?2, ?3)",
+            params![name, key_hash.as_slice(), ms(now)],
+        )?;
+        Ok(ClientRecord { id: conn.last_insert_rowid(), name: name.into(), created_at: now, revoked_at: None, key_hash })
+    }
+
+    pub fn list_clients(&self) -> Result<Vec<ClientRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT id, name, created_at, revoked_at, key_hash FROM clients ORDER BY id")?;
+        let rows = stmt.query_map([], |r| {
+            let hash: Vec<u8> = r.get(4)?;
+            let mut key_hash = [0u8; 32];
+            if hash.len() == 32 {
+                key_hash.copy_from_slice(&hash);
+            }
+            Ok(ClientRecord {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                created_at: from_ms(r.get(2)?),
+                revoked_at: r.get::<_, Option<i64>>(3)?.map(from_ms),
+                key_hash,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Revokes a client key; false if there is no such (unrevoked) client.
+    pub fn revoke_client(&self, id: i64, now: DateTime<Utc>) -> Result<bool> {
+        let n = self
+            .conn()
+            .execute("UPDATE clients SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL", params![id, ms(now)])?;
+        Ok(n > 0)
+    }
+
+    // ---- reports and usage ----
+
+    pub fn find_lease(&self, lease_id: &str) -> Result<Option<leases::StoredLease>> {
+        leases::find(&self.conn(), lease_id)
+    }
+
+    pub fn record_report(&self, report: &leases::Report) -> Result<()> {
+        leases::insert_report(&self.conn(), report)
+    }
+
+    pub fn release_lease(&self, lease_id: &str, now: DateTime<Utc>) -> Result<bool> {
+        leases::release(&self.conn(), lease_id, now)
+    }
+
+    pub fn usage(&self, now: DateTime<Utc>) -> Result<leases::Usage> {
+        leases::usage(&self.conn(), now)
+    }
+
+    /// Deletes lease history older than `before` (bounded disk use).
+    pub fn prune_leases(&self, before: DateTime<Utc>) -> Result<usize> {
+        leases::prune(&self.conn(), before)
+    }
+}
+
+fn aad(id: AccountId, field: &str) -> String {
+    format!("account:{id}:{field}")
+}
+
+pub(crate) fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+pub(crate) fn from_ms(v: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(v).single().unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// Creates the data directory (0700) and the database file (0600) before
+/// SQLite opens it, so the file is never readable by others even briefly.
+pub(crate) fn open_connection(path: &Path, synchronous_full: bool) -> Result<Connection> {
+    let io = |source| StoreError::Io { path: path.to_path_buf(), source };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
+        }
+    }
+    fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path).map_err(io)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io)?;
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", if synchronous_full { "FULL" } else { "NORMAL" })?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+/// SQLite gives `-wal` and `-shm` the database file's mode already; this
+/// makes sure of it for files left by older runs.
+fn restrict_sidecar_files(path: &Path) {
+    for suffix in ["-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = fs::set_permissions(PathBuf::from(p), fs::Permissions::from_mode(0o600));
+    }
+}
+
+fn check_fingerprint(conn: &Connection, cipher: &Cipher) -> Result<()> {
+    let stored: Option<String> =
+        conn.query_row("SELECT value FROM meta WHERE key = 'key_fingerprint'", [], |r| r.get(0)).optional()?;
+    match stored {
+        Some(expected) if expected != cipher.fingerprint() => {
+            Err(StoreError::WrongKey { expected, actual: cipher.fingerprint().to_string() })
+        }
+        Some(_) => Ok(()),
+        None => {
+            conn.execute("INSERT INTO meta (key, value) VALUES ('key_fingerprint', ?1)", [cipher.fingerprint()])?;
+            Ok(())
+        }
+    }
+}
+
+/// Reads a secret that a person may have written with a trailing newline.
+pub fn read_secret_file(path: &Path) -> std::io::Result<Secret> {
+    let text = fs::read_to_string(path)?;
+    Ok(Secret::new(text.trim_end_matches(['\n', '\r']).to_string()))
+}
+
+/// Writes a new secret file 0600 (refusing to overwrite an existing one).
+pub fn write_secret_file(path: &Path, value: &Secret) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(value.expose().as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()
+}
+
+#[cfg(test)]
+mod tests;

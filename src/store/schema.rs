@@ -1,0 +1,84 @@
+//! Schema migrations, by `PRAGMA user_version`: migration N brings the
+//! schema from version N to N+1. Append only; never edit a shipped one.
+
+use rusqlite::Connection;
+
+use super::{Result, StoreError};
+
+const MIGRATIONS: &[&str] = &[
+    // 0 -> 1: the core farm.
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+     CREATE TABLE accounts (
+        id INTEGER PRIMARY KEY,
+        provider TEXT NOT NULL,
+        label TEXT NOT NULL,
+        priority INTEGER NOT NULL DEFAULT 0,
+        enabled INTEGER NOT NULL DEFAULT 1,
+        auth_state TEXT NOT NULL,
+        access_token BLOB,
+        token_type TEXT,
+        expires_at INTEGER,
+        issued_at INTEGER,
+        refresh_token BLOB,
+        generation INTEGER NOT NULL DEFAULT 0,
+        cooldown_until INTEGER,
+        last_refresh_at INTEGER,
+        last_error TEXT,
+        last_error_at INTEGER,
+        last_used_at INTEGER,
+        refresh_started_at INTEGER,
+        created_at INTEGER NOT NULL,
+        UNIQUE (provider, label)
+     );
+     CREATE TABLE secrets (
+        account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        value BLOB NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (account_id, name)
+     );
+     CREATE TABLE clients (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        key_hash BLOB NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL,
+        revoked_at INTEGER
+     );
+     CREATE TABLE leases (
+        id TEXT PRIMARY KEY,
+        account_id INTEGER NOT NULL,
+        client_id INTEGER,
+        session TEXT,
+        generation INTEGER NOT NULL,
+        issued_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        released_at INTEGER
+     );
+     CREATE INDEX leases_issued ON leases (issued_at);
+     CREATE INDEX leases_account ON leases (account_id, issued_at);
+     CREATE TABLE reports (
+        id INTEGER PRIMARY KEY,
+        lease_id TEXT NOT NULL,
+        account_id INTEGER NOT NULL,
+        client_id INTEGER,
+        outcome TEXT NOT NULL,
+        retry_after_s INTEGER,
+        at INTEGER NOT NULL
+     );
+     CREATE INDEX reports_at ON reports (at);",
+];
+
+pub fn migrate(conn: &Connection) -> Result<()> {
+    let known = MIGRATIONS.len() as i64;
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > known {
+        return Err(StoreError::TooNew { found, known });
+    }
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

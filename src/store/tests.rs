@@ -1,0 +1,144 @@
+use std::os::unix::fs::PermissionsExt;
+
+use chrono::Duration;
+
+use super::*;
+use crate::store::leases::{LeaseLog, NewLease, Outcome, Report};
+
+fn key() -> Secret {
+    Secret::new("11".repeat(32))
+}
+
+fn open(dir: &Path) -> Store {
+    Store::open(&dir.join("data/farm.db"), Cipher::from_text(&key()).unwrap()).unwrap()
+}
+
+fn tokens(now: DateTime<Utc>, access: &str, refresh: Option<&str>) -> Tokens {
+    Tokens {
+        access_token: Secret::new(access),
+        token_type: "Bearer".into(),
+        expires_at: now + Duration::minutes(5),
+        issued_at: now,
+        refresh_token: refresh.map(Secret::new),
+    }
+}
+
+#[test]
+fn tokens_are_encrypted_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Utc::now();
+    let store = open(dir.path());
+    let a = store.insert_account("demo", "alice", 3, now).unwrap();
+    assert_eq!(store.save_tokens(a.id, &tokens(now, "ACCESS-XYZ", Some("REFRESH-XYZ")), now).unwrap(), Some(1));
+    // no rotation: the old refresh token is kept
+    assert_eq!(store.save_tokens(a.id, &tokens(now, "ACCESS-2", None), now).unwrap(), Some(2));
+    drop(store);
+
+    let raw = std::fs::read(dir.path().join("data/farm.db")).unwrap();
+    let wal = std::fs::read(dir.path().join("data/farm.db-wal")).unwrap_or_default();
+    for needle in [&b"ACCESS-"[..], b"REFRESH-"] {
+        assert!(!raw.windows(needle.len()).any(|w| w == needle), "plaintext token in db");
+        assert!(!wal.windows(needle.len()).any(|w| w == needle), "plaintext token in wal");
+    }
+
+    let store = open(dir.path());
+    let accounts = store.load_accounts(now - Duration::days(1)).unwrap();
+    assert_eq!(accounts.len(), 1);
+    let t = accounts[0].tokens.as_ref().unwrap();
+    assert_eq!(t.access_token.expose(), "ACCESS-2");
+    assert_eq!(t.refresh_token.as_ref().unwrap().expose(), "REFRESH-XYZ");
+    assert_eq!(accounts[0].generation, 2);
+    assert_eq!(accounts[0].priority, 3);
+    assert_eq!(accounts[0].auth, AuthState::Active);
+}
+
+#[test]
+fn files_are_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.insert_account("demo", "a", 0, Utc::now()).unwrap();
+    let mode = |p: &str| std::fs::metadata(dir.path().join(p)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("data"), 0o700);
+    assert_eq!(mode("data/farm.db"), 0o600);
+    assert_eq!(mode("data/farm.db-wal"), 0o600);
+}
+
+#[test]
+fn wrong_key_is_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    let other = Cipher::from_text(&Secret::new("22".repeat(32))).unwrap();
+    let err = Store::open(&dir.path().join("data/farm.db"), other).err().unwrap().to_string();
+    assert!(err.contains("does not match"), "{err}");
+    assert!(!err.contains(&"22".repeat(8)), "key material in message: {err}");
+}
+
+#[test]
+fn duplicate_label_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.insert_account("demo", "alice", 0, Utc::now()).unwrap();
+    assert!(matches!(
+        store.insert_account("demo", "alice", 0, Utc::now()),
+        Err(StoreError::DuplicateAccount { .. })
+    ));
+    store.insert_account("other", "alice", 0, Utc::now()).unwrap();
+}
+
+#[test]
+fn refresh_started_marker_survives_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Utc::now();
+    let store = open(dir.path());
+    let a = store.insert_account("demo", "alice", 0, now).unwrap();
+    store.save_tokens(a.id, &tokens(now, "a", Some("r")), now).unwrap();
+    store.set_refresh_started(a.id, Some(now)).unwrap();
+    drop(store);
+    let store = open(dir.path());
+    assert!(store.load_accounts(now).unwrap()[0].suspect, "interrupted refresh is retried at start");
+}
+
+#[tokio::test]
+async fn lease_log_commits_before_acknowledging_and_usage_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Utc::now();
+    let store = open(dir.path());
+    let a = store.insert_account("demo", "alice", 0, now).unwrap();
+    let log = LeaseLog::start(store.path()).unwrap();
+    let mut waits = Vec::new();
+    for i in 0..50 {
+        let log = log.clone();
+        waits.push(tokio::spawn(async move {
+            log.record(NewLease {
+                id: format!("l{i}"),
+                account_id: a.id,
+                client_id: Some(7),
+                session: None,
+                generation: 1,
+                issued_at: now,
+                expires_at: now + Duration::minutes(1),
+            })
+            .await
+        }));
+    }
+    for w in waits {
+        w.await.unwrap().unwrap();
+    }
+    let found = store.find_lease("l7").unwrap().unwrap();
+    assert_eq!(found.account_id, a.id);
+    store
+        .record_report(&Report {
+            lease_id: "l7".into(),
+            account_id: a.id,
+            client_id: Some(7),
+            outcome: Outcome::RateLimited,
+            retry_after_s: Some(5),
+            at: now,
+        })
+        .unwrap();
+    let usage = store.usage(now).unwrap();
+    assert_eq!(usage.per_account[0].last_hour.leases, 50);
+    assert_eq!(usage.per_account[0].last_day.rate_limited, 1);
+    assert_eq!(usage.per_client[0].id, Some(7));
+    assert_eq!(store.load_accounts(now - Duration::days(1)).unwrap()[0].uses, 50);
+}
