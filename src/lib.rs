@@ -1,3 +1,32 @@
+//! relogin-farm keeps many OAuth accounts per provider logged in, unattended,
+//! and hands their fresh access tokens to clients with leases.
+//!
+//! # Module map
+//!
+//! - [`domain`]: the rules, with no I/O — account states, which account
+//!   serves next ([`domain::rotation`]), when to refresh and how long to back
+//!   off ([`domain::timing`]).
+//! - [`config`]: defaults → TOML → `RELOGIN_FARM_*` env → CLI flags.
+//! - [`secret`]: [`secret::Secret`], a string that prints as `***`.
+//! - [`store`]: SQLite (WAL), encrypted tokens, hashed client keys, and the
+//!   group-commit lease log.
+//! - [`oauth`]: the provider edge — discovery, PKCE authorize URL, code
+//!   exchange, refresh grant.
+//! - [`farm`]: the service every caller goes through — accounts, logins,
+//!   single-flight refresh, leases, reports, client keys.
+//! - [`scheduler`]: the refresh scheduler and the cron sweep.
+//! - [`http`]: the warp route table, thin handlers, the one error renderer,
+//!   and the loopback redirect listener.
+//! - [`server`]: wiring; `server::run(config, listener, shutdown)`.
+//! - [`metrics`]: counters for `/metrics`.
+
+pub mod config;
 pub mod domain;
+pub mod farm;
+pub mod http;
+pub mod metrics;
+pub mod oauth;
+pub mod scheduler;
 pub mod secret;
+pub mod server;
 pub mod store;

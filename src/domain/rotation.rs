@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::account::{Account, AccountId, AuthState};
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Strategy {
     /// Each request goes to the next usable account in id order.
@@ -30,6 +30,7 @@ pub enum Strategy {
 
 impl Strategy {
     pub const NAMES: &'static str = "round-robin | least-used | fill-first | sticky";
+    pub const ALL: &'static [Strategy] = &[Strategy::RoundRobin, Strategy::LeastUsed, Strategy::FillFirst, Strategy::Sticky];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -55,7 +56,7 @@ impl FromStr for Strategy {
             "least-used" => Strategy::LeastUsed,
             "fill-first" => Strategy::FillFirst,
             "sticky" => Strategy::Sticky,
-            other => return Err(format!("unknown strategy {other:?}, expected {}", Strategy::NAMES)),
+            _ => return Err(format!("expected one of {}", Strategy::NAMES)),
         })
     }
 }

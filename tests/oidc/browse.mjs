@@ -273,7 +273,7 @@ function isFinalRedirect(loc) {
   return loc.origin !== authorize.origin; // no redirect_uri given: first hop off the provider
 }
 
-async function finish(loc) {
+async function finish(loc, raw) {
   jar.save();
   const err = loc.searchParams.get('error');
   if (err) {
@@ -281,7 +281,8 @@ async function finish(loc) {
     fail(`authorization failed: ${err}${desc ? ` (${desc})` : ''}`);
   }
   if (!loc.searchParams.get('code')) fail('redirect carries no code');
-  process.stdout.write(`${loc.href}\n`);
+  // print the Location as the provider sent it (absolute), so nothing is re-encoded
+  process.stdout.write(`${/^https?:\/\//i.test(raw) ? raw : loc.href}\n`);
   if (!opts.follow) process.exit(0);
   let res;
   try {
@@ -309,7 +310,7 @@ async function main() {
 
     if (res.status >= 300 && res.status < 400 && res.location) {
       const loc = new URL(res.location, url);
-      if (isFinalRedirect(loc)) return finish(loc);
+      if (isFinalRedirect(loc)) return finish(loc, res.location);
       url = loc;
       continue;
     }

@@ -12,6 +12,12 @@ import * as http from 'node:http';
 // oidc-provider prints its notices with console.info (stdout): keep stdout for the READY line only.
 console.info = (...args) => console.error(...args);
 console.log = (...args) => console.error(...args);
+const consoleWarn = console.warn.bind(console);
+console.warn = (...args) => {
+  // expected: the token endpoint body is read before oidc-provider sees it (see handleToken)
+  if (String(args[0]).includes('already parsed request body detected')) return;
+  consoleWarn(...args);
+};
 
 const USERNAME_RE = /^[a-z0-9][a-z0-9_-]{0,40}$/;
 const REFRESH_TTL = 24 * 60 * 60;
@@ -682,19 +688,45 @@ async function handleTest(req, res, url) {
 // ---------------------------------------------------------------- router
 const oidcCallback = provider.callback();
 
+// Token requests presenting the same refresh token (or code) are handled one after
+// the other, like a provider whose store consumes tokens atomically: of N concurrent
+// uses exactly one succeeds and the others hit reuse detection. Without this, two
+// truly concurrent requests could both pass the "already consumed?" check.
+const tokenLocks = new Map(); // "refresh_token:<value>" | "code:<value>" -> tail promise
+
 async function handleToken(req, res) {
   let fail;
   if (tokenFail.remaining > 0) {
     tokenFail.remaining -= 1;
     fail = tokenFail.status;
   }
+  const raw = await readBody(req);
   if (tokenDelayMs > 0) await sleep(tokenDelayMs);
   if (fail !== undefined) {
-    await readBody(req).catch(() => '');
     console.error(`token: injected failure ${fail}`);
     return sendJson(res, fail, { error: 'temporarily_unavailable' });
   }
-  return oidcCallback(req, res);
+  // The body stream is consumed: oidc-provider falls back to req.body (a string is parsed).
+  req.body = raw;
+  const form = new URLSearchParams(raw);
+  const gt = form.get('grant_type');
+  const key = gt === 'refresh_token' ? `refresh_token:${form.get('refresh_token')}`
+    : gt === 'authorization_code' ? `code:${form.get('code')}` : undefined;
+  const run = () => new Promise((resolve) => {
+    res.once('finish', resolve);
+    res.once('close', resolve);
+    oidcCallback(req, res);
+  });
+  if (!key) return run();
+  const prev = tokenLocks.get(key) ?? Promise.resolve();
+  const mine = prev.then(run);
+  tokenLocks.set(key, mine);
+  try {
+    await mine;
+  } finally {
+    if (tokenLocks.get(key) === mine) tokenLocks.delete(key);
+  }
+  return undefined;
 }
 
 server.on('request', (req, res) => {

@@ -1,0 +1,1847 @@
+//! relogin-farm's configuration.
+//!
+//! Layers, lowest first: built-in defaults, the TOML file, `RELOGIN_FARM_*`
+//! environment variables, command-line flags ([`Overrides`]). The file is
+//! parsed into a plain [`toml::Table`] and read key by key through a
+//! `Section`, which removes what it reads: whatever is left over is an
+//! unknown key, and every error names the key by its full path
+//! (`scheduler.refresh_margin`, `provider[1].client_id`) plus, when an
+//! environment variable supplied the value, that variable. The environment is
+//! passed in as pairs rather than read from the process, so all of this is
+//! testable without touching global state.
+//!
+//! Secrets (admin token, store key, client secrets) are held as [`Secret`]
+//! from the moment they are read and no error message ever contains one.
+//! Relative paths are kept relative: the caller resolves them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::{self, Display};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+use std::{fs, io};
+
+use serde::{Deserialize, Serialize};
+use toml::{Table, Value};
+use url::Url;
+
+use crate::secret::Secret;
+
+/// The documented example configuration, also the `relogin-farm init`
+/// template (see [`init_template`]).
+pub const EXAMPLE_TOML: &str = include_str!("../config.example.toml");
+
+/// Prefix of every environment variable the configuration reads.
+pub const ENV_PREFIX: &str = "RELOGIN_FARM_";
+
+/// `RELOGIN_FARM_*` variables that other parts of relogin-farm read, so the
+/// configuration must not reject them as unknown. An entry ending in `*`
+/// matches every variable starting with the part before it. Add to this list
+/// when a new such variable appears.
+pub const OTHER_ENV_VARS: &[&str] = &["RELOGIN_FARM_CONFIG", "RELOGIN_FARM_DEMO_*"];
+
+/// Scalar keys that the environment may override, each through the variable
+/// [`env_var`] names. Secrets are not listed: they have their own variables.
+const ENV_KEYS: &[&str] = &[
+    "server.listen",
+    "server.lease_ttl",
+    "store.path",
+    "store.key_file",
+    "scheduler.refresh_margin",
+    "scheduler.sweep",
+    "scheduler.max_concurrent_refreshes",
+    "scheduler.max_sleep",
+    "scheduler.retry_initial",
+    "scheduler.retry_max",
+    "rotation.strategy",
+    "rotation.min_validity",
+    "rotation.default_cooldown",
+    "rotation.max_cooldown",
+    "log.level",
+    "log.format",
+];
+
+/// Upper bound on every duration: far beyond any sensible setting, and low
+/// enough that adding it to a timestamp can never overflow downstream.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// Authorization request parameters relogin-farm sets itself; letting
+/// `extra_authorize_params` override them would break the login flow.
+const RESERVED_AUTHORIZE_PARAMS: &[&str] = &[
+    "client_id",
+    "code_challenge",
+    "code_challenge_method",
+    "redirect_uri",
+    "response_type",
+    "scope",
+    "state",
+];
+
+// ---------------------------------------------------------------------------
+// Public types
+// ---------------------------------------------------------------------------
+
+/// The whole configuration, validated.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub scheduler: SchedulerConfig,
+    pub rotation: RotationConfig,
+    pub log: LogConfig,
+    /// `[[provider]]` blocks, in file order; names are unique.
+    pub providers: Vec<ProviderConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// From `RELOGIN_FARM_ADMIN_TOKEN`, or read from
+    /// `RELOGIN_FARM_ADMIN_TOKEN_FILE` / `server.admin_token_file`.
+    pub admin_token: Option<Secret>,
+    /// Longest life of a lease (a lease never outlives its token).
+    pub lease_ttl: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    /// `store.key_file`, defaulting to `farm.key` beside [`Self::path`]. Not
+    /// read here: the store reads (or creates) it.
+    pub key_file: PathBuf,
+    /// From `RELOGIN_FARM_KEY` (base64 of 32 bytes); when set the store uses
+    /// it instead of [`Self::key_file`].
+    pub key: Option<Secret>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SchedulerConfig {
+    /// Refresh a token when less than this is left.
+    pub refresh_margin: Duration,
+    /// Periodic sweep; `None` when `sweep = ""`.
+    pub sweep: Option<cron::Schedule>,
+    /// The sweep expression as configured (trimmed; `""` when disabled).
+    pub sweep_expr: String,
+    pub max_concurrent_refreshes: usize,
+    /// Cap on any scheduler sleep, so it catches up soon after a suspend.
+    pub max_sleep: Duration,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RotationConfig {
+    pub strategy: Strategy,
+    pub min_validity: Duration,
+    pub default_cooldown: Duration,
+    pub max_cooldown: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    /// A tracing `EnvFilter` directive; only checked for being non-empty
+    /// here, the caller parses it.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub endpoints: Endpoints,
+    pub client_id: String,
+    pub client_secret: Option<Secret>,
+    pub scopes: Vec<String>,
+    pub redirect_uri: Url,
+    pub extra_authorize_params: BTreeMap<String, String>,
+    /// How long a started login waits for its redirect.
+    pub login_timeout: Duration,
+}
+
+/// Where a provider's OAuth endpoints come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Endpoints {
+    /// OIDC discovery from `<issuer>/.well-known/openid-configuration`.
+    Discovery { issuer: Url },
+    Manual {
+        authorize_url: Url,
+        token_url: Url,
+        introspection_url: Option<Url>,
+    },
+}
+
+/// Command-line flags; they beat every other layer.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    /// Also moves the default `store.key_file` along with it.
+    pub store_path: Option<PathBuf>,
+    pub log_level: Option<String>,
+}
+
+/// Declares an enum spelled in kebab-case everywhere (TOML, environment,
+/// flags, serde, `Display`), from a single list of spellings so they cannot
+/// drift apart.
+macro_rules! named_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $ty:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+        pub enum $ty {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant,)+
+        }
+
+        impl $ty {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [$ty] = &[$($ty::$variant),+];
+
+            /// The spelling used in the configuration.
+            pub fn as_str(self) -> &'static str {
+                match self { $($ty::$variant => $text,)+ }
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = ParseEnumError;
+
+            fn from_str(s: &str) -> Result<Self, ParseEnumError> {
+                Self::ALL.iter().copied().find(|v| v.as_str() == s).ok_or_else(|| {
+                    ParseEnumError {
+                        expected: Self::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(" | "),
+                    }
+                })
+            }
+        }
+    };
+}
+
+/// How a lease picks among a provider's usable accounts (owned by the
+/// domain, which decides with it).
+pub use crate::domain::Strategy;
+
+named_enum! {
+    /// Log line format.
+    pub enum LogFormat {
+        #[default]
+        Text = "text",
+        Json = "json",
+    }
+}
+
+/// A string that is none of an enum's spellings.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected one of {expected}")]
+pub struct ParseEnumError {
+    expected: String,
+}
+
+/// Why the configuration could not be loaded. Every variant names the key or
+/// environment variable at fault; none ever contains a secret value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}", path.display())]
+    ReadFile { path: PathBuf, source: io::Error },
+    #[error("TOML syntax error at line {line}, column {column}: {message}")]
+    Syntax {
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{key}: unknown key")]
+    UnknownKey { key: String },
+    #[error("{key}: missing")]
+    Missing { key: String },
+    /// `key` is the full key name, with ` (from VAR)` when the environment
+    /// set it, or the variable's name for variables without a key.
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+    #[error("{var}: unknown variable ({reason})")]
+    UnknownEnv { var: String, reason: String },
+    #[error("{key}: cannot read secret file {}", path.display())]
+    SecretFile {
+        key: String,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+type Result<T, E = ConfigError> = std::result::Result<T, E>;
+
+// ---------------------------------------------------------------------------
+// Defaults
+// ---------------------------------------------------------------------------
+
+const fn minutes(n: u64) -> Duration {
+    Duration::from_secs(n * 60)
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8377)),
+            admin_token: None,
+            lease_ttl: minutes(10),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        let path = PathBuf::from("data/farm.db");
+        StoreConfig {
+            key_file: default_key_file(&path),
+            path,
+            key: None,
+        }
+    }
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        let sweep_expr = "0 */5 * * * *";
+        SchedulerConfig {
+            refresh_margin: minutes(5),
+            sweep: Some(
+                sweep_expr
+                    .parse()
+                    .expect("the default sweep is a valid cron expression"),
+            ),
+            sweep_expr: sweep_expr.to_owned(),
+            max_concurrent_refreshes: 8,
+            max_sleep: Duration::from_secs(30),
+            retry_initial: Duration::from_secs(5),
+            retry_max: minutes(5),
+        }
+    }
+}
+
+impl Default for RotationConfig {
+    fn default() -> Self {
+        RotationConfig {
+            strategy: Strategy::RoundRobin,
+            min_validity: Duration::from_secs(30),
+            default_cooldown: Duration::from_secs(60),
+            max_cooldown: minutes(6 * 60),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+const DEFAULT_LOGIN_TIMEOUT: Duration = minutes(10);
+
+/// `farm.key` next to the database, so moving `store.path` (or passing
+/// `--store-path`) moves the key along unless `key_file` is set.
+fn default_key_file(store_path: &Path) -> PathBuf {
+    store_path.with_file_name("farm.key")
+}
+
+// ---------------------------------------------------------------------------
+// Loading
+// ---------------------------------------------------------------------------
+
+impl Config {
+    /// Loads `path` (or only defaults if it is absent and `must_exist` is
+    /// false), then applies `env` (pass `std::env::vars()`) and the flags.
+    pub fn load(
+        path: &Path,
+        must_exist: bool,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config> {
+        let table = match fs::read_to_string(path) {
+            Ok(text) => parse_toml(&text)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !must_exist => Table::new(),
+            Err(source) => {
+                return Err(ConfigError::ReadFile {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        };
+        Self::from_table(table, env, overrides)
+    }
+
+    /// Like [`Config::load`] with the file's text given directly.
+    pub fn from_toml_str(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config> {
+        Self::from_table(parse_toml(text)?, env, overrides)
+    }
+
+    fn from_table(
+        table: Table,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config> {
+        let env = EnvLayer::new(env)?;
+        let mut root = Section::new(String::new(), table, &env);
+        // Take every known top-level key first, so a misspelled section is
+        // reported as such rather than as whatever it was missing.
+        let server = root.child("server")?;
+        let store = root.child("store")?;
+        let scheduler = root.child("scheduler")?;
+        let rotation = root.child("rotation")?;
+        let log = root.child("log")?;
+        let providers = root.take("provider");
+        root.finish()?;
+
+        let mut config = Config {
+            server: ServerConfig::build(server, &env)?,
+            store: StoreConfig::build(store, &env, overrides.store_path.as_deref())?,
+            scheduler: SchedulerConfig::build(scheduler)?,
+            rotation: RotationConfig::build(rotation)?,
+            log: LogConfig::build(log)?,
+            providers: build_providers(providers, &env)?,
+        };
+        config.apply_flags(overrides)?;
+        Ok(config)
+    }
+
+    /// The flags layer. `store_path` is applied in [`StoreConfig::build`]
+    /// because the default key file depends on it.
+    fn apply_flags(&mut self, overrides: &Overrides) -> Result<()> {
+        if let Some(listen) = overrides.listen {
+            self.server.listen = listen;
+        }
+        if let Some(level) = &overrides.log_level {
+            check_log_level(level).map_err(|reason| ConfigError::Invalid {
+                key: "log.level (from the command line)".to_owned(),
+                reason: reason.to_owned(),
+            })?;
+            self.log.level = level.clone();
+        }
+        Ok(())
+    }
+}
+
+/// The `relogin-farm init` template: [`EXAMPLE_TOML`] with its
+/// `admin_token_file` pointing at `admin_token_file` (which the caller is
+/// expected to create: loading fails while it is missing).
+pub fn init_template(admin_token_file: &str) -> String {
+    EXAMPLE_TOML.replacen(
+        EXAMPLE_ADMIN_TOKEN_LINE,
+        &format!(
+            "admin_token_file = {}",
+            Value::String(admin_token_file.to_owned())
+        ),
+        1,
+    )
+}
+
+const EXAMPLE_ADMIN_TOKEN_LINE: &str = "admin_token_file = \"data/admin.token\"";
+
+/// The name of the environment variable that overrides scalar `key`:
+/// `RELOGIN_FARM_<SECTION>_<KEY>`, except `store.key_file`, which is
+/// `RELOGIN_FARM_KEY_FILE` so that it reads as the pair of `RELOGIN_FARM_KEY`.
+pub fn env_var(key: &str) -> String {
+    if key == "store.key_file" {
+        return format!("{ENV_PREFIX}KEY_FILE");
+    }
+    format!("{ENV_PREFIX}{}", key.replace('.', "_").to_ascii_uppercase())
+}
+
+/// Parses the file's text. The error carries only the parser's message and
+/// the position, never the offending line, which may hold a secret.
+fn parse_toml(text: &str) -> Result<Table> {
+    text.parse::<Table>().map_err(|e| {
+        let offset = e.span().map_or(0, |span| span.start);
+        let (line, column) = line_column(text, offset);
+        ConfigError::Syntax {
+            line,
+            column,
+            message: e.message().trim_end().to_owned(),
+        }
+    })
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+// ---------------------------------------------------------------------------
+// Sections
+// ---------------------------------------------------------------------------
+
+impl ServerConfig {
+    fn build(mut sec: Section<'_>, env: &EnvLayer) -> Result<Self> {
+        let d = Self::default();
+        let listen = sec.parsed("listen", "socket address", SocketAddr::from_str)?;
+        let token_file = sec.secret_file("admin_token_file")?;
+        let lease_ttl = sec.duration("lease_ttl")?;
+        sec.finish()?;
+        let from_file = SecretVars {
+            value: None,
+            file: token_file,
+        };
+        Ok(ServerConfig {
+            listen: listen.unwrap_or(d.listen),
+            admin_token: resolve_secret(env.admin_token.clone(), from_file)?,
+            lease_ttl: lease_ttl.unwrap_or(d.lease_ttl),
+        })
+    }
+}
+
+impl StoreConfig {
+    fn build(mut sec: Section<'_>, env: &EnvLayer, path_flag: Option<&Path>) -> Result<Self> {
+        let path = sec.path("path")?;
+        let key_file = sec.path("key_file")?;
+        sec.finish()?;
+        if env.store_key.is_some() && sec.set_by_env("key_file") {
+            return Err(conflict(
+                &format!("{ENV_PREFIX}KEY"),
+                &env_var("store.key_file"),
+            ));
+        }
+        let path = path_flag
+            .map(Path::to_path_buf)
+            .or(path)
+            .unwrap_or_else(|| Self::default().path);
+        Ok(StoreConfig {
+            key_file: key_file.unwrap_or_else(|| default_key_file(&path)),
+            path,
+            key: env.store_key.clone(),
+        })
+    }
+}
+
+impl SchedulerConfig {
+    fn build(mut sec: Section<'_>) -> Result<Self> {
+        let d = Self::default();
+        let refresh_margin = sec.duration("refresh_margin")?.unwrap_or(d.refresh_margin);
+        let sweep = sec.parsed("sweep", "cron expression", parse_sweep)?;
+        let max_concurrent_refreshes = sec
+            .count("max_concurrent_refreshes", 1..=1024)?
+            .unwrap_or(d.max_concurrent_refreshes);
+        let max_sleep = sec.duration("max_sleep")?.unwrap_or(d.max_sleep);
+        let retry_initial = sec.duration("retry_initial")?.unwrap_or(d.retry_initial);
+        let retry_max = sec.duration("retry_max")?.unwrap_or(d.retry_max);
+        sec.finish()?;
+        sec.at_least("retry_max", retry_max, "retry_initial", retry_initial)?;
+        let (sweep, sweep_expr) = sweep.unwrap_or((d.sweep, d.sweep_expr));
+        Ok(SchedulerConfig {
+            refresh_margin,
+            sweep,
+            sweep_expr,
+            max_concurrent_refreshes,
+            max_sleep,
+            retry_initial,
+            retry_max,
+        })
+    }
+}
+
+impl RotationConfig {
+    fn build(mut sec: Section<'_>) -> Result<Self> {
+        let d = Self::default();
+        let strategy = sec.parsed("strategy", "strategy", Strategy::from_str)?;
+        let min_validity = sec.duration_or_zero("min_validity")?;
+        let default_cooldown = sec
+            .duration_or_zero("default_cooldown")?
+            .unwrap_or(d.default_cooldown);
+        let max_cooldown = sec.duration("max_cooldown")?.unwrap_or(d.max_cooldown);
+        sec.finish()?;
+        sec.at_least(
+            "max_cooldown",
+            max_cooldown,
+            "default_cooldown",
+            default_cooldown,
+        )?;
+        Ok(RotationConfig {
+            strategy: strategy.unwrap_or(d.strategy),
+            min_validity: min_validity.unwrap_or(d.min_validity),
+            default_cooldown,
+            max_cooldown,
+        })
+    }
+}
+
+impl LogConfig {
+    fn build(mut sec: Section<'_>) -> Result<Self> {
+        let d = Self::default();
+        let level = sec.parsed("level", "log level", |s| {
+            check_log_level(s).map(|()| s.to_owned())
+        })?;
+        let format = sec.parsed("format", "log format", LogFormat::from_str)?;
+        sec.finish()?;
+        Ok(LogConfig {
+            level: level.unwrap_or(d.level),
+            format: format.unwrap_or(d.format),
+        })
+    }
+}
+
+/// Only emptiness is checked: the real parser (`EnvFilter`) lives with the
+/// caller, and an empty directive would silently mean "errors only".
+fn check_log_level(level: &str) -> Result<(), &'static str> {
+    if level.trim().is_empty() {
+        return Err("must not be empty");
+    }
+    Ok(())
+}
+
+/// `""` (or blanks) disables the sweep. A 5-field expression gets a hint,
+/// since classic cron syntax has no seconds field and is the usual mistake.
+fn parse_sweep(expr: &str) -> Result<(Option<cron::Schedule>, String), String> {
+    let expr = expr.trim();
+    if expr.is_empty() {
+        return Ok((None, String::new()));
+    }
+    if expr.split_whitespace().count() == 5 {
+        return Err(format!(
+            "needs 6 or 7 fields, seconds first (e.g. \"0 {expr}\")"
+        ));
+    }
+    let schedule =
+        cron::Schedule::from_str(expr).map_err(|e| describe_cron_error(&e.to_string()))?;
+    Ok((Some(schedule), expr.to_owned()))
+}
+
+/// cron's errors repeat the expression with a caret line under it; keep just
+/// the explanation (or the position when there is none) for a one-line error.
+fn describe_cron_error(error: &str) -> String {
+    let mut lines = error.lines();
+    let _expression = lines.next();
+    let position = lines.next().and_then(|caret| caret.find('^'));
+    let explanation = lines.collect::<Vec<_>>().join(" ");
+    match (explanation.trim(), position) {
+        ("", Some(pos)) => format!("unexpected input at character {}", pos + 1),
+        ("", None) => "invalid".to_owned(),
+        (text, _) => text.to_owned(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Providers
+// ---------------------------------------------------------------------------
+
+fn build_providers(value: Option<Value>, env: &EnvLayer) -> Result<Vec<ProviderConfig>> {
+    let items = match value {
+        None => Vec::new(),
+        Some(Value::Array(items)) => items,
+        Some(other) => {
+            return Err(wrong_type(
+                "provider".to_owned(),
+                "an array of tables ([[provider]])",
+                &other,
+            ))
+        }
+    };
+    let mut providers: Vec<ProviderConfig> = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let path = format!("provider[{i}]");
+        let Value::Table(table) = item else {
+            return Err(wrong_type(path, "a table", &item));
+        };
+        let provider = build_provider(Section::new(path, table, env), env)?;
+        // Names are compared as their environment spelling too: `a-b` and
+        // `a_b` would otherwise share one client secret variable.
+        if let Some((j, other)) = providers
+            .iter()
+            .enumerate()
+            .find(|(_, p)| env_name(&p.name) == env_name(&provider.name))
+        {
+            let reason = if other.name == provider.name {
+                format!("duplicate name {:?} (also provider[{j}])", provider.name)
+            } else {
+                format!(
+                    "name {:?} clashes with provider[{j}] {:?}: both use {}",
+                    provider.name,
+                    other.name,
+                    client_secret_var(&env_name(&provider.name))
+                )
+            };
+            return Err(ConfigError::Invalid {
+                key: format!("provider[{i}].name"),
+                reason,
+            });
+        }
+        providers.push(provider);
+    }
+    let known: BTreeSet<String> = providers.iter().map(|p| env_name(&p.name)).collect();
+    if let Some((name, vars)) = env
+        .client_secrets
+        .iter()
+        .find(|(name, _)| !known.contains(*name))
+    {
+        let var = vars
+            .value
+            .as_ref()
+            .or(vars.file.as_ref())
+            .map_or_else(String::new, |s| s.name.clone());
+        return Err(ConfigError::UnknownEnv {
+            var,
+            reason: format!("no [[provider]] whose name uppercases to {name}"),
+        });
+    }
+    Ok(providers)
+}
+
+fn build_provider(mut sec: Section<'_>, env: &EnvLayer) -> Result<ProviderConfig> {
+    let name = sec.parsed("name", "name", parse_provider_name)?;
+    let endpoints = EndpointKeys::read(&mut sec)?;
+    let client_id = sec.non_empty_string("client_id")?;
+    let from_file = SecretVars {
+        value: sec.secret("client_secret")?,
+        file: sec.secret_file("client_secret_file")?,
+    };
+    let scopes = sec.scopes("scopes")?.unwrap_or_default();
+    let redirect_uri = sec.url("redirect_uri")?;
+    let extra_authorize_params = sec
+        .authorize_params("extra_authorize_params")?
+        .unwrap_or_default();
+    let login_timeout = sec
+        .duration("login_timeout")?
+        .unwrap_or(DEFAULT_LOGIN_TIMEOUT);
+    sec.finish()?;
+    let name = sec.required("name", name)?;
+    let endpoints = endpoints.resolve(&sec)?;
+    let client_id = sec.required("client_id", client_id)?;
+    let redirect_uri = sec.required("redirect_uri", redirect_uri)?;
+    let from_env = env
+        .client_secrets
+        .get(&env_name(&name))
+        .cloned()
+        .unwrap_or_default();
+    Ok(ProviderConfig {
+        client_secret: resolve_secret(from_env, from_file)?,
+        name,
+        endpoints,
+        client_id,
+        scopes,
+        redirect_uri,
+        extra_authorize_params,
+        login_timeout,
+    })
+}
+
+/// The endpoint keys as given, before checking they make a valid set.
+struct EndpointKeys {
+    issuer: Option<Url>,
+    authorize_url: Option<Url>,
+    token_url: Option<Url>,
+    introspection_url: Option<Url>,
+}
+
+impl EndpointKeys {
+    fn read(sec: &mut Section<'_>) -> Result<Self> {
+        Ok(EndpointKeys {
+            issuer: sec.url("issuer")?,
+            authorize_url: sec.url("authorize_url")?,
+            token_url: sec.url("token_url")?,
+            introspection_url: sec.url("introspection_url")?,
+        })
+    }
+
+    /// Either `issuer` (discovery) or `authorize_url` + `token_url` (plus
+    /// optional `introspection_url`); mixing them is ambiguous, so rejected.
+    fn resolve(self, sec: &Section<'_>) -> Result<Endpoints> {
+        let introspection_url = self.introspection_url;
+        match (self.issuer, self.authorize_url, self.token_url) {
+            (Some(issuer), None, None) => match introspection_url {
+                None => Ok(Endpoints::Discovery { issuer }),
+                Some(_) => Err(sec.invalid(
+                    "introspection_url",
+                    "only with authorize_url and token_url; with issuer, discovery finds it",
+                )),
+            },
+            (Some(_), _, _) => Err(sec.invalid(
+                "issuer",
+                "give either issuer or authorize_url and token_url, not both",
+            )),
+            (None, Some(authorize_url), Some(token_url)) => Ok(Endpoints::Manual {
+                authorize_url,
+                token_url,
+                introspection_url,
+            }),
+            (None, Some(_), None) => Err(sec.missing("token_url")),
+            (None, None, Some(_)) => Err(sec.missing("authorize_url")),
+            (None, None, None) => Err(sec.invalid(
+                "issuer",
+                "missing: give issuer (OIDC discovery) or authorize_url and token_url",
+            )),
+        }
+    }
+}
+
+fn parse_provider_name(name: &str) -> Result<String, &'static str> {
+    let mut bytes = name.bytes();
+    let first_ok = bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if first_ok
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    {
+        Ok(name.to_owned())
+    } else {
+        Err("use lowercase letters, digits, '_' and '-', starting with a letter or digit")
+    }
+}
+
+/// A provider name as it appears in its environment variables.
+fn env_name(provider: &str) -> String {
+    provider.to_ascii_uppercase().replace('-', "_")
+}
+
+fn client_secret_var(env_name: &str) -> String {
+    format!("{ENV_PREFIX}PROVIDER_{env_name}_CLIENT_SECRET")
+}
+
+fn parse_http_url(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|e| e.to_string())?;
+    match url.scheme() {
+        "http" | "https" => Ok(url),
+        other => Err(format!("scheme must be http or https, not {other}")),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Secrets
+// ---------------------------------------------------------------------------
+
+/// A secret as configured, before any file is read: the value itself or the
+/// file holding it, plus the key or variable that gave it, for errors.
+#[derive(Clone)]
+struct SecretRef {
+    name: String,
+    source: SecretSource,
+}
+
+#[derive(Clone)]
+enum SecretSource {
+    Inline(Secret),
+    File(PathBuf),
+}
+
+/// The `x` / `x_file` pair through which one layer may give a secret.
+#[derive(Clone, Default)]
+struct SecretVars {
+    value: Option<SecretRef>,
+    file: Option<SecretRef>,
+}
+
+impl SecretVars {
+    /// The one secret this layer gives; both forms at once is an error
+    /// because which should win would be a guess.
+    fn one(self) -> Result<Option<SecretRef>> {
+        match (self.value, self.file) {
+            (Some(value), Some(file)) => Err(conflict(&value.name, &file.name)),
+            (value, file) => Ok(value.or(file)),
+        }
+    }
+}
+
+/// The secret from the environment if it gives one, else from the file.
+/// Only the winning source is read, so an overridden secret file may be
+/// absent.
+fn resolve_secret(from_env: SecretVars, from_file: SecretVars) -> Result<Option<Secret>> {
+    let from_env = from_env.one()?;
+    let from_file = from_file.one()?;
+    from_env.or(from_file).map(SecretRef::load).transpose()
+}
+
+impl SecretRef {
+    fn load(self) -> Result<Secret> {
+        let secret = match self.source {
+            SecretSource::Inline(secret) => secret,
+            SecretSource::File(path) => read_secret_file(&self.name, path)?,
+        };
+        if secret.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: self.name,
+                reason: "the secret is empty".to_owned(),
+            });
+        }
+        Ok(secret)
+    }
+}
+
+/// Reads a secret file, dropping one trailing newline (`echo` and editors add
+/// it; anything else is part of the secret). Errors name the key and path,
+/// never the content.
+fn read_secret_file(name: &str, path: PathBuf) -> Result<Secret> {
+    if path.as_os_str().is_empty() {
+        return Err(ConfigError::Invalid {
+            key: name.to_owned(),
+            reason: "empty path".to_owned(),
+        });
+    }
+    let mut text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(source) => {
+            return Err(ConfigError::SecretFile {
+                key: name.to_owned(),
+                path,
+                source,
+            })
+        }
+    };
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    Ok(Secret::new(text))
+}
+
+/// Only the shape is checked (base64, standard or URL-safe alphabet, padding
+/// optional, decoding to exactly 32 bytes), so a mistyped key fails at
+/// startup naming the variable; the store does the decoding.
+fn is_base64_key(text: &str) -> bool {
+    let body = text.trim_end_matches('=');
+    body.len() == 43
+        && text.len() - body.len() <= 1
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+/-_".contains(&b))
+}
+
+fn conflict(first: &str, second: &str) -> ConfigError {
+    ConfigError::Invalid {
+        key: first.to_owned(),
+        reason: format!("conflicts with {second}; set only one"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Environment
+// ---------------------------------------------------------------------------
+
+/// One environment variable overriding a scalar key.
+struct EnvValue {
+    var: String,
+    value: String,
+}
+
+/// The `RELOGIN_FARM_*` environment, sorted by what each variable sets.
+#[derive(Default)]
+struct EnvLayer {
+    /// Scalar overrides by full key name (`scheduler.refresh_margin`),
+    /// consulted by [`Section::take`].
+    scalars: BTreeMap<String, EnvValue>,
+    admin_token: SecretVars,
+    store_key: Option<Secret>,
+    /// Client secrets by the provider part of their variable (`DEMO`).
+    client_secrets: BTreeMap<String, SecretVars>,
+}
+
+impl EnvLayer {
+    fn new(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self> {
+        let scalar_vars: BTreeMap<String, &str> =
+            ENV_KEYS.iter().map(|key| (env_var(key), *key)).collect();
+        let mut vars: Vec<(String, String)> = vars
+            .into_iter()
+            .filter(|(var, _)| var.starts_with(ENV_PREFIX) && !is_other_env_var(var))
+            .collect();
+        // Sorted so that which error gets reported does not depend on the
+        // environment's order.
+        vars.sort();
+        let mut layer = EnvLayer::default();
+        for (var, value) in vars {
+            let short = &var[ENV_PREFIX.len()..];
+            if let Some(key) = scalar_vars.get(&var) {
+                layer
+                    .scalars
+                    .insert((*key).to_owned(), EnvValue { var, value });
+            } else if short == "ADMIN_TOKEN" {
+                layer.admin_token.value = Some(SecretRef::inline(var, value));
+            } else if short == "ADMIN_TOKEN_FILE" {
+                layer.admin_token.file = Some(SecretRef::file(var, value));
+            } else if short == "KEY" {
+                if !is_base64_key(&value) {
+                    return Err(ConfigError::Invalid {
+                        key: var,
+                        reason: "expected base64 of 32 bytes (44 characters)".to_owned(),
+                    });
+                }
+                layer.store_key = Some(Secret::new(value));
+            } else if let Some((provider, is_file)) = parse_client_secret_var(short) {
+                let slot = layer.client_secrets.entry(provider.to_owned()).or_default();
+                if is_file {
+                    slot.file = Some(SecretRef::file(var, value));
+                } else {
+                    slot.value = Some(SecretRef::inline(var, value));
+                }
+            } else {
+                return Err(ConfigError::UnknownEnv {
+                    var,
+                    reason: "not a relogin-farm setting; unset it or fix its name".to_owned(),
+                });
+            }
+        }
+        Ok(layer)
+    }
+}
+
+impl SecretRef {
+    fn inline(name: String, value: String) -> Self {
+        SecretRef {
+            name,
+            source: SecretSource::Inline(Secret::new(value)),
+        }
+    }
+
+    fn file(name: String, path: impl Into<PathBuf>) -> Self {
+        SecretRef {
+            name,
+            source: SecretSource::File(path.into()),
+        }
+    }
+}
+
+fn is_other_env_var(var: &str) -> bool {
+    OTHER_ENV_VARS
+        .iter()
+        .any(|known| match known.strip_suffix('*') {
+            Some(prefix) => var.starts_with(prefix),
+            None => var == *known,
+        })
+}
+
+/// `PROVIDER_<NAME>_CLIENT_SECRET[_FILE]` → (`NAME`, is it the `_FILE` one).
+fn parse_client_secret_var(short: &str) -> Option<(&str, bool)> {
+    let rest = short.strip_prefix("PROVIDER_")?;
+    let (name, is_file) = match rest.strip_suffix("_CLIENT_SECRET_FILE") {
+        Some(name) => (name, true),
+        None => (rest.strip_suffix("_CLIENT_SECRET")?, false),
+    };
+    (!name.is_empty()).then_some((name, is_file))
+}
+
+// ---------------------------------------------------------------------------
+// Reading typed values out of a table
+// ---------------------------------------------------------------------------
+
+/// One TOML table being read. Each read removes its key, so the keys left at
+/// [`Section::finish`] are unknown ones. Reads see the environment's value
+/// where there is one (the env layer), else the file's.
+struct Section<'a> {
+    /// Full path of this table: `""` for the root, `scheduler`, `provider[1]`.
+    path: String,
+    table: Table,
+    env: &'a EnvLayer,
+}
+
+impl<'a> Section<'a> {
+    fn new(path: String, table: Table, env: &'a EnvLayer) -> Self {
+        Section { path, table, env }
+    }
+
+    fn full(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    /// The key's name for errors, with the variable that set it, if any.
+    fn name(&self, key: &str) -> String {
+        let full = self.full(key);
+        match self.env.scalars.get(&full) {
+            Some(env) => format!("{full} (from {})", env.var),
+            None => full,
+        }
+    }
+
+    fn set_by_env(&self, key: &str) -> bool {
+        self.env.scalars.contains_key(&self.full(key))
+    }
+
+    fn take(&mut self, key: &str) -> Option<Value> {
+        let from_file = self.table.remove(key);
+        match self.env.scalars.get(&self.full(key)) {
+            Some(env) => Some(Value::String(env.value.clone())),
+            None => from_file,
+        }
+    }
+
+    /// A sub-table (empty when absent), e.g. `[server]` of the root.
+    fn child(&mut self, key: &str) -> Result<Section<'a>> {
+        match self.table.remove(key) {
+            None => Ok(Section::new(self.full(key), Table::new(), self.env)),
+            Some(Value::Table(table)) => Ok(Section::new(self.full(key), table, self.env)),
+            Some(other) => Err(wrong_type(self.full(key), "a table", &other)),
+        }
+    }
+
+    /// Rejects the keys nobody read. Call it after reading every key but
+    /// before checks that combine keys, so a misspelled key is reported as
+    /// unknown rather than as the key it was meant to be being missing.
+    fn finish(&self) -> Result<()> {
+        match self.table.keys().next() {
+            Some(key) => Err(ConfigError::UnknownKey {
+                key: self.full(key),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn invalid(&self, key: &str, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            key: self.name(key),
+            reason: reason.into(),
+        }
+    }
+
+    fn missing(&self, key: &str) -> ConfigError {
+        ConfigError::Missing {
+            key: self.name(key),
+        }
+    }
+
+    fn required<T>(&self, key: &str, value: Option<T>) -> Result<T> {
+        value.ok_or_else(|| self.missing(key))
+    }
+
+    /// Errors name the type found but never the value: it may be a secret.
+    fn string(&mut self, key: &str) -> Result<Option<String>> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text)),
+            Some(other) => Err(wrong_type(self.name(key), "a string", &other)),
+        }
+    }
+
+    fn non_empty_string(&mut self, key: &str) -> Result<Option<String>> {
+        self.parsed(key, "value", |s| {
+            if s.trim().is_empty() {
+                Err("must not be empty")
+            } else {
+                Ok(s.to_owned())
+            }
+        })
+    }
+
+    /// A string turned into `T` by `parse`. The error quotes the value, so
+    /// this is never used for secrets.
+    fn parsed<T, E: Display>(
+        &mut self,
+        key: &str,
+        what: &str,
+        parse: impl FnOnce(&str) -> Result<T, E>,
+    ) -> Result<Option<T>> {
+        let Some(text) = self.string(key)? else {
+            return Ok(None);
+        };
+        match parse(&text) {
+            Ok(value) => Ok(Some(value)),
+            Err(e) => Err(self.invalid(key, format!("invalid {what} {text:?}: {e}"))),
+        }
+    }
+
+    /// A humantime duration, more than zero.
+    fn duration(&mut self, key: &str) -> Result<Option<Duration>> {
+        let duration = self.duration_or_zero(key)?;
+        if duration == Some(Duration::ZERO) {
+            return Err(self.invalid(key, "must be more than 0s"));
+        }
+        Ok(duration)
+    }
+
+    fn duration_or_zero(&mut self, key: &str) -> Result<Option<Duration>> {
+        let duration = self.parsed(key, "duration", humantime::parse_duration)?;
+        if duration.is_some_and(|d| d > MAX_DURATION) {
+            return Err(self.invalid(key, "must be at most 365 days"));
+        }
+        Ok(duration)
+    }
+
+    /// Checks `value` (of `key`) ≥ `floor` (of `floor_key`), both read by now.
+    fn at_least(&self, key: &str, value: Duration, floor_key: &str, floor: Duration) -> Result<()> {
+        if value < floor {
+            return Err(self.invalid(
+                key,
+                format!(
+                    "{} must be at least {} ({})",
+                    humantime::format_duration(value),
+                    self.full(floor_key),
+                    humantime::format_duration(floor)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// An integer in `range`. The environment can only give strings, so a
+    /// string is accepted there (and only there).
+    fn count(&mut self, key: &str, range: RangeInclusive<usize>) -> Result<Option<usize>> {
+        let from_env = self.set_by_env(key);
+        let number = match self.take(key) {
+            None => return Ok(None),
+            Some(Value::Integer(n)) => n,
+            Some(Value::String(text)) if from_env => text
+                .trim()
+                .parse::<i64>()
+                .map_err(|_| self.invalid(key, format!("invalid integer {text:?}")))?,
+            Some(other) => return Err(wrong_type(self.name(key), "an integer", &other)),
+        };
+        match usize::try_from(number) {
+            Ok(n) if range.contains(&n) => Ok(Some(n)),
+            _ => Err(self.invalid(
+                key,
+                format!(
+                    "must be between {} and {}, not {number}",
+                    range.start(),
+                    range.end()
+                ),
+            )),
+        }
+    }
+
+    fn path(&mut self, key: &str) -> Result<Option<PathBuf>> {
+        self.parsed(key, "path", |s| {
+            if s.is_empty() {
+                Err("must not be empty")
+            } else {
+                Ok(PathBuf::from(s))
+            }
+        })
+    }
+
+    fn url(&mut self, key: &str) -> Result<Option<Url>> {
+        self.parsed(key, "URL", parse_http_url)
+    }
+
+    fn secret(&mut self, key: &str) -> Result<Option<SecretRef>> {
+        Ok(self
+            .string(key)?
+            .map(|value| SecretRef::inline(self.name(key), value)))
+    }
+
+    fn secret_file(&mut self, key: &str) -> Result<Option<SecretRef>> {
+        Ok(self
+            .path(key)?
+            .map(|path| SecretRef::file(self.name(key), path)))
+    }
+
+    /// OAuth scope tokens: non-empty, no whitespace (the request joins them
+    /// with spaces).
+    fn scopes(&mut self, key: &str) -> Result<Option<Vec<String>>> {
+        let Some(value) = self.take(key) else {
+            return Ok(None);
+        };
+        let Value::Array(items) = value else {
+            return Err(wrong_type(self.name(key), "an array of strings", &value));
+        };
+        let mut scopes = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            let item_key = format!("{}[{i}]", self.name(key));
+            let Value::String(scope) = item else {
+                return Err(wrong_type(item_key, "a string", &item));
+            };
+            if scope.is_empty() || scope.contains(char::is_whitespace) {
+                return Err(ConfigError::Invalid {
+                    key: item_key,
+                    reason: format!("invalid scope {scope:?}: must be non-empty, without spaces"),
+                });
+            }
+            scopes.push(scope);
+        }
+        Ok(Some(scopes))
+    }
+
+    /// A table of string values that must not touch the parameters
+    /// relogin-farm sets itself.
+    fn authorize_params(&mut self, key: &str) -> Result<Option<BTreeMap<String, String>>> {
+        let Some(value) = self.take(key) else {
+            return Ok(None);
+        };
+        let Value::Table(table) = value else {
+            return Err(wrong_type(self.name(key), "a table of strings", &value));
+        };
+        let mut params = BTreeMap::new();
+        for (param, value) in table {
+            let param_key = format!("{}.{param}", self.name(key));
+            if RESERVED_AUTHORIZE_PARAMS.contains(&param.as_str()) {
+                return Err(ConfigError::Invalid {
+                    key: param_key,
+                    reason: "reserved: relogin-farm sets this parameter itself".to_owned(),
+                });
+            }
+            let Value::String(value) = value else {
+                return Err(wrong_type(param_key, "a string", &value));
+            };
+            params.insert(param, value);
+        }
+        Ok(Some(params))
+    }
+}
+
+fn wrong_type(key: String, expected: &str, found: &Value) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: format!("expected {expected}, found {}", found.type_str()),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    type Env = Vec<(String, String)>;
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn load(text: &str, vars: &[(&str, &str)]) -> Result<Config> {
+        Config::from_toml_str(text, env(vars), &Overrides::default())
+    }
+
+    /// The error's text as a user could ever see it: Display, Debug and the
+    /// whole source chain.
+    fn all_text(e: &ConfigError) -> String {
+        let mut text = format!("{e} / {e:?}");
+        let mut source = e.source();
+        while let Some(s) = source {
+            text.push_str(&format!(" / {s} / {s:?}"));
+            source = s.source();
+        }
+        text
+    }
+
+    fn err(text: &str, vars: &[(&str, &str)]) -> String {
+        match load(text, vars) {
+            Ok(_) => panic!("expected an error for {text:?} with {vars:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    const MINIMAL_PROVIDER: &str = r#"
+        [[provider]]
+        name = "demo"
+        issuer = "http://127.0.0.1:19000"
+        client_id = "daemon-web"
+        redirect_uri = "http://127.0.0.1:18765/callback"
+    "#;
+
+    const TOKEN: &str = "admin-token-value";
+
+    #[test]
+    fn defaults() {
+        let config = Config::default();
+        assert_eq!(load("", &[]).unwrap(), config);
+        assert_eq!(config.server.listen, "127.0.0.1:8377".parse().unwrap());
+        assert_eq!(config.server.admin_token, None);
+        assert_eq!(config.server.lease_ttl, minutes(10));
+        assert_eq!(config.store.path, Path::new("data/farm.db"));
+        assert_eq!(config.store.key_file, Path::new("data/farm.key"));
+        assert_eq!(config.scheduler.sweep_expr, "0 */5 * * * *");
+        assert!(config.scheduler.sweep.is_some());
+        assert_eq!(config.scheduler.max_concurrent_refreshes, 8);
+        assert_eq!(config.rotation.strategy, Strategy::RoundRobin);
+        assert_eq!(config.rotation.max_cooldown, minutes(360));
+        assert_eq!(
+            config.log,
+            LogConfig {
+                level: "info".into(),
+                format: LogFormat::Text
+            }
+        );
+        assert!(config.providers.is_empty());
+    }
+
+    #[test]
+    fn load_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("farm.toml");
+        let config = Config::load(&path, false, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(config, Config::default());
+        let e = Config::load(&path, true, env(&[]), &Overrides::default()).unwrap_err();
+        assert!(matches!(e, ConfigError::ReadFile { .. }), "{e}");
+        assert!(e.to_string().contains("farm.toml"), "{e}");
+    }
+
+    #[test]
+    fn example_loads() {
+        // The example's admin_token_file does not exist here; the variable
+        // takes precedence, so it is not read.
+        let config = load(EXAMPLE_TOML, &[("RELOGIN_FARM_ADMIN_TOKEN", TOKEN)]).unwrap();
+        assert_eq!(config.server.admin_token, Some(Secret::new(TOKEN)));
+        let [demo] = &config.providers[..] else {
+            panic!("{:?}", config.providers)
+        };
+        assert_eq!(demo.name, "demo");
+        assert_eq!(
+            demo.endpoints,
+            Endpoints::Discovery {
+                issuer: Url::parse("http://127.0.0.1:19000").unwrap()
+            }
+        );
+        assert_eq!(demo.scopes, ["openid", "offline_access"]);
+        // Apart from the token file and the provider, the example shows the defaults.
+        assert_eq!(
+            Config {
+                server: ServerConfig {
+                    admin_token: None,
+                    ..config.server
+                },
+                providers: vec![],
+                ..config
+            },
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn init_template_points_at_the_token_file() {
+        assert!(EXAMPLE_TOML.contains(EXAMPLE_ADMIN_TOKEN_LINE));
+        let dir = tempfile::tempdir().unwrap();
+        let token_path = dir.path().join("it's \"quoted\" \\ admin.token");
+        fs::write(&token_path, format!("{TOKEN}\n")).unwrap();
+        let template = init_template(token_path.to_str().unwrap());
+        let config = load(&template, &[]).unwrap();
+        assert_eq!(config.server.admin_token, Some(Secret::new(TOKEN)));
+    }
+
+    /// Uncomments every commented-out key (and the second provider) in the
+    /// example: all of them must be valid.
+    #[test]
+    fn example_commented_keys_are_valid() {
+        let uncommented: String = EXAMPLE_TOML
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest) if looks_like_toml(rest) => rest,
+                _ => line,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(uncommented.contains("\nkey_file ="));
+        let config = load(
+            &uncommented,
+            &[
+                ("RELOGIN_FARM_ADMIN_TOKEN", TOKEN),
+                ("RELOGIN_FARM_PROVIDER_DEMO_CLIENT_SECRET", "s"),
+            ],
+        )
+        .unwrap();
+        let [demo, legacy] = &config.providers[..] else {
+            panic!("{:?}", config.providers)
+        };
+        assert_eq!(
+            demo.extra_authorize_params
+                .get("prompt")
+                .map(String::as_str),
+            Some("consent")
+        );
+        assert_eq!(legacy.client_secret, Some(Secret::new("change-me")));
+        assert!(matches!(
+            &legacy.endpoints,
+            Endpoints::Manual {
+                introspection_url: Some(_),
+                ..
+            }
+        ));
+    }
+
+    fn looks_like_toml(line: &str) -> bool {
+        line.starts_with('[')
+            || line.split_once(" = ").is_some_and(|(key, _)| {
+                !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            })
+    }
+
+    #[test]
+    fn each_layer_overrides_the_previous() {
+        let file = r#"
+            [server]
+            listen = "127.0.0.1:1001"
+            [store]
+            path = "file/farm.db"
+            [log]
+            level = "warn"
+        "#;
+        let config = load(file, &[]).unwrap();
+        assert_eq!(config.server.listen.port(), 1001);
+        assert_eq!(config.store.key_file, Path::new("file/farm.key"));
+        assert_eq!(config.log.level, "warn");
+        assert_eq!(config.scheduler, SchedulerConfig::default());
+
+        let vars = env(&[
+            ("RELOGIN_FARM_SERVER_LISTEN", "127.0.0.1:1002"),
+            ("RELOGIN_FARM_STORE_PATH", "env/farm.db"),
+            ("RELOGIN_FARM_LOG_LEVEL", "debug"),
+            ("RELOGIN_FARM_SCHEDULER_MAX_CONCURRENT_REFRESHES", "3"),
+        ]);
+        let config = Config::from_toml_str(file, vars.clone(), &Overrides::default()).unwrap();
+        assert_eq!(config.server.listen.port(), 1002);
+        assert_eq!(config.store.path, Path::new("env/farm.db"));
+        assert_eq!(config.store.key_file, Path::new("env/farm.key"));
+        assert_eq!(config.log.level, "debug");
+        assert_eq!(config.scheduler.max_concurrent_refreshes, 3);
+
+        let flags = Overrides {
+            listen: Some("127.0.0.1:1003".parse().unwrap()),
+            store_path: Some("flag/farm.db".into()),
+            log_level: Some("trace".into()),
+        };
+        let config = Config::from_toml_str(file, vars, &flags).unwrap();
+        assert_eq!(config.server.listen.port(), 1003);
+        assert_eq!(config.store.path, Path::new("flag/farm.db"));
+        assert_eq!(config.store.key_file, Path::new("flag/farm.key"));
+        assert_eq!(config.log.level, "trace");
+    }
+
+    #[test]
+    fn explicit_key_file_stays_put() {
+        let flags = Overrides {
+            store_path: Some("elsewhere/x.db".into()),
+            ..Overrides::default()
+        };
+        let config =
+            Config::from_toml_str("[store]\nkey_file = \"k/farm.key\"", env(&[]), &flags).unwrap();
+        assert_eq!(config.store.key_file, Path::new("k/farm.key"));
+        let config = load("", &[("RELOGIN_FARM_KEY_FILE", "e/k")]).unwrap();
+        assert_eq!(config.store.key_file, Path::new("e/k"));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        for section in ["server", "store", "scheduler", "rotation", "log"] {
+            assert_eq!(
+                err(&format!("[{section}]\nbogus = 1"), &[]),
+                format!("{section}.bogus: unknown key")
+            );
+        }
+        assert_eq!(err("bogus = 1", &[]), "bogus: unknown key");
+        assert_eq!(
+            err("[schedular]\nsweep = \"\"", &[]),
+            "schedular: unknown key"
+        );
+        let text = format!("{MINIMAL_PROVIDER}\n[[provider]]\nname = \"b\"\nbogus = 1");
+        assert_eq!(err(&text, &[]), "provider[1].bogus: unknown key");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let cases = [
+            ("[scheduler]\nrefresh_margin = \"5 parsecs\"", "scheduler.refresh_margin: invalid duration \"5 parsecs\""),
+            ("[scheduler]\nmax_sleep = \"0s\"", "scheduler.max_sleep: must be more than 0s"),
+            ("[scheduler]\nretry_max = \"400days\"", "scheduler.retry_max: must be at most 365 days"),
+            ("[scheduler]\nretry_initial = \"10m\"", "scheduler.retry_max: 5m must be at least scheduler.retry_initial (10m)"),
+            ("[rotation]\nstrategy = \"random\"", "rotation.strategy: invalid strategy \"random\": expected one of round-robin | least-used | fill-first | sticky"),
+            ("[rotation]\ndefault_cooldown = \"7h\"", "rotation.max_cooldown: 6h must be at least rotation.default_cooldown (7h)"),
+            ("[scheduler]\nsweep = \"0 61 * * * *\"", "scheduler.sweep: invalid cron expression \"0 61 * * * *\": Minutes must be"),
+            ("[scheduler]\nsweep = \"*/5 * * * *\"", "scheduler.sweep: invalid cron expression \"*/5 * * * *\": needs 6 or 7 fields, seconds first (e.g. \"0 */5 * * * *\")"),
+            ("[scheduler]\nmax_concurrent_refreshes = 0", "scheduler.max_concurrent_refreshes: must be between 1 and 1024, not 0"),
+            ("[scheduler]\nmax_concurrent_refreshes = \"8\"", "scheduler.max_concurrent_refreshes: expected an integer, found string"),
+            ("[server]\nlisten = \"localhost\"", "server.listen: invalid socket address \"localhost\""),
+            ("[server]\nlisten = 8377", "server.listen: expected a string, found integer"),
+            ("[log]\nformat = \"xml\"", "log.format: invalid log format \"xml\": expected one of text | json"),
+            ("[log]\nlevel = \" \"", "log.level: invalid log level \" \": must not be empty"),
+            ("[store]\npath = \"\"", "store.path: invalid path \"\": must not be empty"),
+            ("server = 1", "server: expected a table, found integer"),
+        ];
+        for (text, expected) in cases {
+            let e = err(text, &[]);
+            assert!(
+                e.starts_with(expected),
+                "{text:?}: got {e:?}, want {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_env_values_name_the_variable() {
+        let e = err(
+            "",
+            &[("RELOGIN_FARM_SCHEDULER_REFRESH_MARGIN", "5 parsecs")],
+        );
+        assert!(
+            e.starts_with("scheduler.refresh_margin (from RELOGIN_FARM_SCHEDULER_REFRESH_MARGIN): invalid duration \"5 parsecs\""),
+            "{e}"
+        );
+        let e = err(
+            "",
+            &[("RELOGIN_FARM_SCHEDULER_MAX_CONCURRENT_REFRESHES", "2000")],
+        );
+        assert!(
+            e.contains("(from RELOGIN_FARM_SCHEDULER_MAX_CONCURRENT_REFRESHES): must be between"),
+            "{e}"
+        );
+        let e = err("", &[("RELOGIN_FARM_KEY", "not-a-key")]);
+        assert_eq!(
+            e,
+            "RELOGIN_FARM_KEY: expected base64 of 32 bytes (44 characters)"
+        );
+        let e = err("", &[("RELOGIN_FARM_LOG_LEVEL", "")]);
+        assert!(
+            e.starts_with("log.level (from RELOGIN_FARM_LOG_LEVEL): "),
+            "{e}"
+        );
+    }
+
+    /// Every overridable key is actually read from its variable: an invalid
+    /// value in each one is reported under that variable's name.
+    #[test]
+    fn every_env_key_is_read() {
+        for key in ENV_KEYS {
+            let var = env_var(key);
+            let value = if *key == "scheduler.sweep" {
+                "bogus"
+            } else {
+                ""
+            };
+            let e = err("", &[(&var, value)]);
+            assert!(
+                e.starts_with(&format!("{key} (from {var}): ")),
+                "{var}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn env_keys_and_secrets() {
+        let key = "A".repeat(43) + "=";
+        let config = load(
+            "",
+            &[
+                ("RELOGIN_FARM_ROTATION_STRATEGY", "fill-first"),
+                ("RELOGIN_FARM_LOG_FORMAT", "json"),
+                ("RELOGIN_FARM_KEY", &key),
+                ("RELOGIN_FARM_ADMIN_TOKEN", TOKEN),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.rotation.strategy, Strategy::FillFirst);
+        assert_eq!(config.log.format, LogFormat::Json);
+        assert_eq!(config.store.key, Some(Secret::new(key.clone())));
+        assert_eq!(config.server.admin_token, Some(Secret::new(TOKEN)));
+        assert!(load("", &[("RELOGIN_FARM_KEY", &key[..43])]).is_ok());
+        let e = err(
+            "",
+            &[("RELOGIN_FARM_KEY", &key), ("RELOGIN_FARM_KEY_FILE", "k")],
+        );
+        assert_eq!(
+            e,
+            "RELOGIN_FARM_KEY: conflicts with RELOGIN_FARM_KEY_FILE; set only one"
+        );
+    }
+
+    #[test]
+    fn unknown_env_vars_are_rejected() {
+        let e = err("", &[("RELOGIN_FARM_LISTEN", "127.0.0.1:1")]);
+        assert!(
+            e.starts_with("RELOGIN_FARM_LISTEN: unknown variable"),
+            "{e}"
+        );
+        let e = err("", &[("RELOGIN_FARM_PROVIDER_NOPE_CLIENT_SECRET", "x")]);
+        assert!(
+            e.starts_with(
+                "RELOGIN_FARM_PROVIDER_NOPE_CLIENT_SECRET: unknown variable (no [[provider]]"
+            ),
+            "{e}"
+        );
+        // Other components' variables and foreign ones pass.
+        load(
+            "",
+            &[
+                ("RELOGIN_FARM_CONFIG", "farm.toml"),
+                ("RELOGIN_FARM_DEMO_PORT", "1"),
+                ("HOME", "/root"),
+                ("RUST_LOG", "x"),
+            ],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn empty_sweep_disables() {
+        let config = load("[scheduler]\nsweep = \"\"", &[]).unwrap();
+        assert_eq!(
+            (config.scheduler.sweep, config.scheduler.sweep_expr.as_str()),
+            (None, "")
+        );
+        let config = load("", &[("RELOGIN_FARM_SCHEDULER_SWEEP", "")]).unwrap();
+        assert_eq!(config.scheduler.sweep, None);
+        let config = load("[scheduler]\nsweep = \"@hourly\"", &[]).unwrap();
+        assert_eq!(config.scheduler.sweep_expr, "@hourly");
+        assert!(config.scheduler.sweep.is_some());
+    }
+
+    #[test]
+    fn provider_validation() {
+        let dup = format!("{MINIMAL_PROVIDER}{MINIMAL_PROVIDER}");
+        assert_eq!(
+            err(&dup, &[]),
+            "provider[1].name: duplicate name \"demo\" (also provider[0])"
+        );
+        let clash = format!(
+            "{}{}",
+            MINIMAL_PROVIDER.replace("demo", "a-b"),
+            MINIMAL_PROVIDER.replace("demo", "a_b")
+        );
+        assert!(err(&clash, &[])
+            .starts_with("provider[1].name: name \"a_b\" clashes with provider[0] \"a-b\""));
+
+        let without = |key: &str| {
+            MINIMAL_PROVIDER
+                .lines()
+                .filter(|l| !l.trim_start().starts_with(key))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert!(
+            err(&without("issuer"), &[]).starts_with("provider[0].issuer: missing: give issuer")
+        );
+        assert_eq!(
+            err(&without("client_id"), &[]),
+            "provider[0].client_id: missing"
+        );
+        assert_eq!(
+            err(&without("redirect_uri"), &[]),
+            "provider[0].redirect_uri: missing"
+        );
+        let half = without("issuer") + "\nauthorize_url = \"https://a.example/auth\"";
+        assert_eq!(err(&half, &[]), "provider[0].token_url: missing");
+        let both = format!("{MINIMAL_PROVIDER}\nauthorize_url = \"https://a.example/auth\"");
+        assert!(err(&both, &[]).starts_with("provider[0].issuer: give either issuer"));
+        let bad_name = MINIMAL_PROVIDER.replace("\"demo\"", "\"Demo\"");
+        assert!(err(&bad_name, &[]).starts_with("provider[0].name: invalid name \"Demo\""));
+        let bad_url = MINIMAL_PROVIDER.replace("http://127.0.0.1:19000", "ftp://x");
+        assert!(err(&bad_url, &[]).starts_with(
+            "provider[0].issuer: invalid URL \"ftp://x\": scheme must be http or https"
+        ));
+        let scope = format!("{MINIMAL_PROVIDER}\nscopes = [\"openid\", \"a b\"]");
+        assert!(err(&scope, &[]).starts_with("provider[0].scopes[1]: invalid scope"));
+        let reserved = format!("{MINIMAL_PROVIDER}\nextra_authorize_params = {{ state = \"x\" }}");
+        assert!(
+            err(&reserved, &[]).starts_with("provider[0].extra_authorize_params.state: reserved")
+        );
+        assert_eq!(
+            err("provider = 1", &[]),
+            "provider: expected an array of tables ([[provider]]), found integer"
+        );
+
+        let config = load(MINIMAL_PROVIDER, &[]).unwrap();
+        assert_eq!(config.providers[0].login_timeout, DEFAULT_LOGIN_TIMEOUT);
+        assert_eq!(config.providers[0].client_secret, None);
+        assert!(config.providers[0].scopes.is_empty());
+    }
+
+    #[test]
+    fn secret_files_are_read_and_never_shown() {
+        const SECRET: &str = "hunter2-very-secret";
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("client.secret");
+        fs::write(&file, format!("{SECRET}\n")).unwrap();
+        let file = file.to_str().unwrap();
+        let empty = dir.path().join("empty");
+        fs::write(&empty, "\n").unwrap();
+        let empty = empty.to_str().unwrap();
+        let with = |extra: &str| format!("{MINIMAL_PROVIDER}\n{extra}");
+
+        // From the file's key, and from the variable; the variable wins.
+        let config = load(
+            &with(&format!(
+                "client_secret_file = {}",
+                Value::String(file.into())
+            )),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.providers[0].client_secret, Some(Secret::new(SECRET)));
+        let config = load(
+            &with("client_secret_file = \"does/not/exist\""),
+            &[("RELOGIN_FARM_PROVIDER_DEMO_CLIENT_SECRET_FILE", file)],
+        )
+        .unwrap();
+        assert_eq!(config.providers[0].client_secret, Some(Secret::new(SECRET)));
+        let config = load("", &[("RELOGIN_FARM_ADMIN_TOKEN_FILE", file)]).unwrap();
+        assert_eq!(config.server.admin_token, Some(Secret::new(SECRET)));
+
+        let failures: Vec<(String, Env, &str)> = vec![
+            (with("client_secret_file = \"does/not/exist\""), env(&[]), "provider[0].client_secret_file: cannot read secret file does/not/exist"),
+            (with(&format!("client_secret = \"{SECRET}\"\nclient_secret_file = {}", Value::String(file.into()))), env(&[]), "provider[0].client_secret: conflicts with provider[0].client_secret_file"),
+            (MINIMAL_PROVIDER.into(), env(&[("RELOGIN_FARM_PROVIDER_DEMO_CLIENT_SECRET", SECRET), ("RELOGIN_FARM_PROVIDER_DEMO_CLIENT_SECRET_FILE", file)]), "RELOGIN_FARM_PROVIDER_DEMO_CLIENT_SECRET: conflicts with RELOGIN_FARM_PROVIDER_DEMO_CLIENT_SECRET_FILE"),
+            (String::new(), env(&[("RELOGIN_FARM_ADMIN_TOKEN", SECRET), ("RELOGIN_FARM_ADMIN_TOKEN_FILE", file)]), "RELOGIN_FARM_ADMIN_TOKEN: conflicts with RELOGIN_FARM_ADMIN_TOKEN_FILE"),
+            (String::new(), env(&[("RELOGIN_FARM_ADMIN_TOKEN_FILE", dir.path().to_str().unwrap())]), "RELOGIN_FARM_ADMIN_TOKEN_FILE: cannot read secret file"),
+            (String::new(), env(&[("RELOGIN_FARM_ADMIN_TOKEN_FILE", empty)]), "RELOGIN_FARM_ADMIN_TOKEN_FILE: the secret is empty"),
+            (String::new(), env(&[("RELOGIN_FARM_KEY", SECRET)]), "RELOGIN_FARM_KEY: expected base64"),
+            (String::new(), env(&[("RELOGIN_FARM_ADMN_TOKEN", SECRET)]), "RELOGIN_FARM_ADMN_TOKEN: unknown variable"),
+            (with(&format!("client_secret = [\"{SECRET}\"]")), env(&[]), "provider[0].client_secret: expected a string, found array"),
+            (with(&format!("client_secret = \"{SECRET}")), env(&[]), "TOML syntax error at line 8, column"),
+            (with(&format!("clientsecret = \"{SECRET}\"")), env(&[]), "provider[0].clientsecret: unknown key"),
+        ];
+        for (text, vars, expected) in failures {
+            let e = Config::from_toml_str(&text, vars, &Overrides::default()).unwrap_err();
+            let shown = all_text(&e);
+            assert!(
+                e.to_string().starts_with(expected),
+                "got {e}, want {expected}"
+            );
+            assert!(!shown.contains(SECRET), "secret leaked: {shown}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_have_a_position() {
+        let e = load("[server]\nlisten = \"127.0.0.1:1\"\nlease_ttl = 5m\n", &[]).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::Syntax {
+                    line: 3,
+                    column: 13,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("TOML syntax error at line 3, column 13: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn enums_spell_kebab_case() {
+        #[derive(Deserialize)]
+        struct Wrapper {
+            strategy: Strategy,
+        }
+        for &strategy in Strategy::ALL {
+            assert_eq!(strategy.to_string().parse::<Strategy>(), Ok(strategy));
+            let text = format!("strategy = \"{strategy}\"");
+            assert_eq!(toml::from_str::<Wrapper>(&text).unwrap().strategy, strategy);
+        }
+        assert_eq!(Strategy::LeastUsed.to_string(), "least-used");
+        assert!("LeastUsed".parse::<Strategy>().is_err());
+        assert_eq!("json".parse::<LogFormat>(), Ok(LogFormat::Json));
+    }
+}

@@ -1,0 +1,166 @@
+//! Handing out credentials: `/credential/next`, reports and releases.
+
+use chrono::{DateTime, Utc};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use super::{chrono_dur, Farm, FarmError, Principal, Result};
+use crate::domain::timing::cooldown_for;
+use crate::domain::{AccountId, Choice};
+use crate::secret::Secret;
+use crate::store::crypto::hex;
+use crate::store::leases::{NewLease, Outcome, Report};
+
+/// The answer to `GET /credential/next`.
+#[derive(Debug, Serialize)]
+pub struct CredentialLease {
+    pub account_id: AccountId,
+    pub label: String,
+    pub provider: String,
+    pub access_token: Secret,
+    pub token_type: String,
+    pub expires_at: DateTime<Utc>,
+    pub lease_id: String,
+    pub lease_expires_at: DateTime<Utc>,
+}
+
+/// `POST /credential/report`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportRequest {
+    pub lease_id: String,
+    pub outcome: Outcome,
+    pub retry_after_s: Option<u64>,
+}
+
+/// Longest accepted sticky session key.
+const MAX_SESSION_LEN: usize = 200;
+
+impl Farm {
+    /// Chooses an account, records a lease (committed before returning),
+    /// and returns the account's current token.
+    pub async fn next_credential(
+        &self,
+        provider: &str,
+        session: Option<&str>,
+        who: Principal,
+    ) -> Result<CredentialLease> {
+        self.provider(provider)?;
+        if session.is_some_and(|s| s.is_empty() || s.len() > MAX_SESSION_LEN) {
+            return Err(FarmError::Invalid(format!("session must be 1 to {MAX_SESSION_LEN} characters")));
+        }
+        let now = Utc::now();
+        let rot = &self.config.rotation;
+        let (lease, answer) = {
+            let mut st = self.state();
+            let st = &mut *st;
+            let choice =
+                st.rotation.choose(rot.strategy, provider, session, st.accounts.values(), now, chrono_dur(rot.min_validity));
+            let id = match choice {
+                Choice::Account(id) => id,
+                Choice::NoneAvailable { retry_after } => {
+                    self.metrics.record_unavailable();
+                    return Err(FarmError::NoAccountAvailable {
+                        provider: provider.to_string(),
+                        retry_after_s: retry_after.num_seconds(),
+                    });
+                }
+            };
+            let a = st.accounts.get_mut(&id).expect("rotation chose an account it was given");
+            let tokens = a.tokens.as_ref().expect("a servable account has tokens");
+            a.uses += 1;
+            a.last_used_at = Some(now);
+            let lease_expires_at = (now + chrono_dur(self.config.server.lease_ttl)).min(tokens.expires_at);
+            let lease = NewLease {
+                id: new_lease_id(),
+                account_id: id,
+                client_id: who.client_id(),
+                session: session.map(str::to_string),
+                generation: a.generation,
+                issued_at: now,
+                expires_at: lease_expires_at,
+            };
+            let answer = CredentialLease {
+                account_id: id,
+                label: a.label.clone(),
+                provider: a.provider.clone(),
+                access_token: tokens.access_token.clone(),
+                token_type: tokens.token_type.clone(),
+                expires_at: tokens.expires_at,
+                lease_id: lease.id.clone(),
+                lease_expires_at,
+            };
+            (lease, answer)
+        };
+        self.lease_log.record(lease).await?;
+        self.metrics.record_lease();
+        Ok(answer)
+    }
+
+    /// Records a client's report on a lease and acts on it.
+    pub async fn report(&self, req: ReportRequest, who: Principal) -> Result<()> {
+        let lease = self.lease_for(&req.lease_id, who)?;
+        let now = Utc::now();
+        self.store.record_report(&Report {
+            lease_id: lease.id.clone(),
+            account_id: lease.account_id,
+            client_id: who.client_id(),
+            outcome: req.outcome,
+            retry_after_s: req.retry_after_s.map(|s| s.min(i64::MAX as u64) as i64),
+            at: now,
+        })?;
+        self.metrics.record_report(req.outcome);
+        match req.outcome {
+            Outcome::RateLimited => {
+                let rot = &self.config.rotation;
+                let asked = req.retry_after_s.map(|s| chrono::Duration::seconds(s.min(10 * 365 * 86400) as i64));
+                let wait = cooldown_for(asked, chrono_dur(rot.default_cooldown), chrono_dur(rot.max_cooldown));
+                let until = now + wait;
+                self.update_account(lease.account_id, |a| {
+                    // A later report never shortens a longer cooldown.
+                    a.cooldown_until = Some(a.cooldown_until.map_or(until, |u| u.max(until)));
+                })?;
+                tracing::info!(account = lease.account_id, seconds = wait.num_seconds(), "rate limited; cooling down");
+            }
+            Outcome::Unauthorized => {
+                // Skip the account at once; refresh it unless the token the
+                // client saw was already replaced.
+                let current = self.with_account(lease.account_id, |a| {
+                    if a.generation == lease.generation {
+                        a.suspect = true;
+                    }
+                    a.generation
+                })?;
+                if current == lease.generation {
+                    tracing::info!(account = lease.account_id, "client reported the token as rejected; refreshing");
+                    self.scheduler_wake.notify_one();
+                }
+            }
+            Outcome::Ok | Outcome::Error => {}
+        }
+        Ok(())
+    }
+
+    pub fn release(&self, lease_id: &str, who: Principal) -> Result<()> {
+        let lease = self.lease_for(lease_id, who)?;
+        self.store.release_lease(&lease.id, Utc::now())?;
+        Ok(())
+    }
+
+    /// The lease, if it exists and belongs to the caller (the admin may act
+    /// on any lease). Another client's lease is reported as not found.
+    fn lease_for(&self, lease_id: &str, who: Principal) -> Result<crate::store::leases::StoredLease> {
+        let not_found = || FarmError::NotFound { what: "lease", id: lease_id.to_string() };
+        let lease = self.store.find_lease(lease_id)?.ok_or_else(not_found)?;
+        if who != Principal::Admin && lease.client_id != who.client_id() {
+            return Err(not_found());
+        }
+        Ok(lease)
+    }
+}
+
+fn new_lease_id() -> String {
+    let mut raw = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut raw);
+    format!("lease_{}", hex(&raw))
+}

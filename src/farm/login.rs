@@ -1,0 +1,211 @@
+//! Logging an account in: authorization code + PKCE, finished either by
+//! the loopback listener on the provider's `redirect_uri` or by pasting the
+//! redirect URL into the API.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use url::Url;
+
+use super::refresh::tokens_from;
+use super::{chrono_dur, Farm, FarmError, Result};
+use crate::domain::AccountId;
+use crate::oauth::{parse_callback, CallbackError};
+use crate::secret::{ct_eq, Secret};
+
+/// A login waiting for its redirect. Held in memory only: after a restart
+/// the person simply starts the login again.
+struct Pending {
+    account_id: AccountId,
+    state: Secret,
+    pkce_verifier: Secret,
+    issuer: Option<String>,
+    expires_at: DateTime<Utc>,
+}
+
+#[derive(Default)]
+pub(crate) struct PendingLogins {
+    /// By account: starting a new login replaces the previous one.
+    by_account: Mutex<HashMap<AccountId, Pending>>,
+    /// Loopback listeners by address, with the handle that stops them.
+    listeners: Mutex<HashMap<SocketAddr, tokio::sync::oneshot::Sender<()>>>,
+}
+
+impl PendingLogins {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<AccountId, Pending>> {
+        self.by_account.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn forget_account(&self, id: AccountId) {
+        self.lock().remove(&id);
+    }
+
+    /// Drops logins whose time is up; returns how many.
+    pub fn expire(&self, now: DateTime<Utc>) -> usize {
+        let mut map = self.lock();
+        let before = map.len();
+        map.retain(|_, p| p.expires_at > now);
+        before - map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Takes the pending login whose state matches (compared in constant
+    /// time), optionally only for one account.
+    fn take(&self, state: &Secret, account: Option<AccountId>, now: DateTime<Utc>) -> Option<Pending> {
+        let mut map = self.lock();
+        let id = map
+            .iter()
+            .find(|(id, p)| account.is_none_or(|a| a == **id) && ct_eq(p.state.expose().as_bytes(), state.expose().as_bytes()))
+            .map(|(id, _)| *id)?;
+        map.remove(&id).filter(|p| p.expires_at > now)
+    }
+}
+
+/// The answer to `POST /api/accounts/{id}/login`.
+#[derive(Debug, Serialize)]
+pub struct LoginStarted {
+    pub account_id: AccountId,
+    pub authorize_url: String,
+    pub expires_at: DateTime<Utc>,
+    /// Whether the farm is listening on the redirect URI for this login.
+    pub listening: bool,
+}
+
+impl Farm {
+    /// Starts a login: returns the authorize URL for a person (or a browser)
+    /// to open, and listens on the redirect URI when it is a loopback one.
+    pub async fn start_login(self: &Arc<Self>, id: AccountId) -> Result<LoginStarted> {
+        let provider_name = self.with_account(id, |a| a.provider.clone())?;
+        let provider = self.provider(&provider_name)?.clone();
+        let req = provider.authorize().await.map_err(|e| FarmError::Login(e.to_string()))?;
+        let expires_at = Utc::now() + chrono_dur(provider.config.login_timeout);
+        self.logins.lock().insert(
+            id,
+            Pending { account_id: id, state: req.state, pkce_verifier: req.pkce_verifier, issuer: req.issuer, expires_at },
+        );
+        let listening = self.ensure_loopback_listener(&provider.config.redirect_uri).await;
+        tracing::info!(account = id, provider = provider_name, listening, "login started");
+        Ok(LoginStarted { account_id: id, authorize_url: req.url.to_string(), expires_at, listening })
+    }
+
+    /// Finishes a login from the URL the browser was redirected to. With
+    /// `account`, the login must be that account's (the paste endpoint).
+    pub async fn complete_login(&self, redirect_url: &str, account: Option<AccountId>) -> Result<AccountId> {
+        let url = Url::parse(redirect_url.trim())
+            .map_err(|e| FarmError::Invalid(CallbackError::NotAUrl(e.to_string()).to_string()))?;
+        let callback = parse_callback(&url).map_err(|e| match e {
+            CallbackError::Refused(_) => FarmError::Login(e.to_string()),
+            _ => FarmError::Invalid(e.to_string()),
+        })?;
+        let pending = self.logins.take(&callback.state, account, Utc::now()).ok_or_else(|| {
+            FarmError::Conflict("no login is pending with this state (expired, already used, or for another account); start the login again".into())
+        })?;
+        // RFC 9207: when the provider names itself, it must be the one we asked.
+        if let (Some(iss), Some(expected)) = (&callback.iss, &pending.issuer) {
+            if iss.trim_end_matches('/') != expected.trim_end_matches('/') {
+                return Err(FarmError::Login(format!("the redirect came from issuer {iss:?}, expected {expected:?}")));
+            }
+        }
+        let id = pending.account_id;
+        let provider_name = self.with_account(id, |a| a.provider.clone())?;
+        let provider = self.provider(&provider_name)?.clone();
+        let issued_at = Utc::now();
+        let grant = provider
+            .exchange_code(&callback.code, &pending.pkce_verifier)
+            .await
+            .map_err(|e| FarmError::Login(format!("code exchange failed: {e}")))?;
+        self.install_login_tokens(id, tokens_from(grant, issued_at)).await?;
+        tracing::info!(account = id, "login completed");
+        Ok(id)
+    }
+
+    /// Stores a fresh login's tokens. Holds the refresh lock so that a
+    /// refresh of the old tokens cannot land on top of the new ones.
+    async fn install_login_tokens(&self, id: AccountId, tokens: crate::domain::Tokens) -> Result<()> {
+        let lock = self.refresh_lock(id);
+        let _one_writer = lock.lock().await;
+        let generation = self.store.save_tokens(id, &tokens, Utc::now())?.ok_or_else(|| super::not_found_account(id))?;
+        self.update_account(id, |a| {
+            a.tokens = Some(tokens);
+            a.generation = generation;
+            a.auth = crate::domain::AuthState::Active;
+            a.refreshing = false;
+            a.suspect = false;
+            a.refresh_failures = 0;
+            a.retry_at = None;
+            a.last_error = None;
+            a.last_refresh_at = Some(Utc::now());
+        })
+    }
+
+    /// Starts a listener on the redirect URI's address when it is a
+    /// loopback one and none runs yet. Returns whether one is listening.
+    async fn ensure_loopback_listener(self: &Arc<Self>, redirect_uri: &Url) -> bool {
+        let Some(addr) = loopback_addr(redirect_uri) else { return false };
+        if self.logins.listeners.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&addr) {
+            return true;
+        }
+        match crate::http::loopback::spawn(addr, redirect_uri.path().to_string(), Arc::downgrade(self)).await {
+            Ok(stop) => {
+                self.logins.listeners.lock().unwrap_or_else(|p| p.into_inner()).insert(addr, stop);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "cannot listen on the redirect URI; paste the redirect URL instead");
+                false
+            }
+        }
+    }
+
+    /// Stops every loopback listener (shutdown).
+    pub(crate) fn stop_listeners(&self) {
+        let mut l = self.logins.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, stop) in l.drain() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Stops loopback listeners once no login is pending (called by the sweep
+    /// and after each completed login).
+    pub(crate) fn stop_idle_listeners(&self) {
+        if self.logins.is_empty() {
+            self.stop_listeners();
+        }
+    }
+}
+
+/// The socket address of a loopback redirect URI (`http://127.0.0.1:PORT/…`
+/// or `http://localhost:PORT/…`), or `None` for anything else.
+pub fn loopback_addr(uri: &Url) -> Option<SocketAddr> {
+    if uri.scheme() != "http" {
+        return None;
+    }
+    let ip = match uri.host()? {
+        url::Host::Ipv4(ip) if ip.is_loopback() => std::net::IpAddr::V4(ip),
+        url::Host::Ipv6(ip) if ip.is_loopback() => std::net::IpAddr::V6(ip),
+        url::Host::Domain("localhost") => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, uri.port_or_known_default()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_addresses() {
+        let a = |s: &str| loopback_addr(&Url::parse(s).unwrap());
+        assert_eq!(a("http://127.0.0.1:18765/callback"), Some("127.0.0.1:18765".parse().unwrap()));
+        assert_eq!(a("http://localhost:9/cb"), Some("127.0.0.1:9".parse().unwrap()));
+        assert_eq!(a("http://[::1]:9/cb"), Some("[::1]:9".parse().unwrap()));
+        assert_eq!(a("https://127.0.0.1:9/cb"), None);
+        assert_eq!(a("http://example.com/cb"), None);
+    }
+}

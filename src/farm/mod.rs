@@ -1,0 +1,163 @@
+//! The farm service: the one API that the HTTP handlers, the CLI and the
+//! scheduler call. It owns the in-memory view of every account (so
+//! `/credential/next` never waits on disk for a read), writes every change
+//! through to the [`Store`], and enforces the invariants:
+//!
+//! - one refresh grant in flight per account, whoever asks ([`refresh`]);
+//! - tokens are persisted before anything uses them;
+//! - a failed refresh marks an account, it never deletes it.
+
+mod clients;
+mod credentials;
+mod login;
+mod refresh;
+mod view;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{Notify, Semaphore};
+
+use crate::config::Config;
+use crate::domain::{Account, AccountId, Rotation};
+use crate::oauth::{OAuthError, Provider};
+use crate::store::leases::LeaseLog;
+use crate::store::{Store, StoreError};
+
+pub use clients::{Principal, NewClient};
+pub use credentials::{CredentialLease, ReportRequest};
+pub use login::LoginStarted;
+pub use view::{AccountPatch, AccountView};
+
+/// Everything that can go wrong in a farm operation. The HTTP layer turns
+/// each variant into a status code in one place (`http::error`).
+#[derive(Debug, thiserror::Error)]
+pub enum FarmError {
+    #[error("no {what} with id {id}")]
+    NotFound { what: &'static str, id: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("no account of provider {provider:?} can serve now; retry in {retry_after_s} s")]
+    NoAccountAvailable { provider: String, retry_after_s: i64 },
+    #[error("the lease {0} has expired")]
+    LeaseExpired(String),
+    #[error("login failed: {0}")]
+    Login(String),
+    #[error("refresh failed: {0}")]
+    Refresh(#[source] OAuthError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub type Result<T, E = FarmError> = std::result::Result<T, E>;
+
+/// The mutable in-memory state, behind one short-held lock.
+#[derive(Default)]
+pub(crate) struct State {
+    pub accounts: BTreeMap<AccountId, Account>,
+    pub rotation: Rotation,
+}
+
+pub struct Farm {
+    pub(crate) config: Config,
+    pub(crate) store: Arc<Store>,
+    pub(crate) lease_log: LeaseLog,
+    pub(crate) providers: BTreeMap<String, Arc<Provider>>,
+    state: Mutex<State>,
+    /// One async lock per account: holding it is the right to send a
+    /// refresh grant for that account.
+    refresh_locks: Mutex<HashMap<AccountId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Bounds refresh grants in flight across all accounts.
+    pub(crate) refresh_slots: Semaphore,
+    pub(crate) logins: login::PendingLogins,
+    pub(crate) clients: clients::ClientKeys,
+    /// Wakes the scheduler when an account's due time may have moved.
+    pub(crate) scheduler_wake: Notify,
+    pub(crate) metrics: crate::metrics::Metrics,
+}
+
+impl Farm {
+    /// Opens the farm over an opened store: loads accounts and client keys.
+    pub fn new(config: Config, store: Arc<Store>) -> Result<Arc<Farm>> {
+        let now = Utc::now();
+        let accounts = store.load_accounts(now - chrono::Duration::days(1))?;
+        let lease_log = LeaseLog::start(store.path())?;
+        let providers = config
+            .providers
+            .iter()
+            .map(|p| (p.name.clone(), Arc::new(Provider::new(p.clone()))))
+            .collect();
+        let clients = clients::ClientKeys::load(&store, config.server.admin_token.clone())?;
+        let interrupted = accounts.iter().filter(|a| a.suspect).count();
+        if interrupted > 0 {
+            tracing::warn!(accounts = interrupted, "refreshes were interrupted by the last shutdown; retrying them now");
+        }
+        let state = State { accounts: accounts.into_iter().map(|a| (a.id, a)).collect(), rotation: Rotation::default() };
+        Ok(Arc::new(Farm {
+            refresh_slots: Semaphore::new(config.scheduler.max_concurrent_refreshes.max(1)),
+            config,
+            store,
+            lease_log,
+            providers,
+            state: Mutex::new(state),
+            refresh_locks: Mutex::default(),
+            logins: login::PendingLogins::default(),
+            clients,
+            scheduler_wake: Notify::new(),
+            metrics: crate::metrics::Metrics::default(),
+        }))
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+        // Every critical section leaves `State` consistent before any call
+        // that could panic, so a poisoned lock is still safe to use.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn provider(&self, name: &str) -> Result<&Arc<Provider>> {
+        self.providers.get(name).ok_or_else(|| FarmError::NotFound { what: "provider", id: name.to_string() })
+    }
+
+    /// Runs `f` on the account, or fails with 404.
+    pub(crate) fn with_account<T>(&self, id: AccountId, f: impl FnOnce(&mut Account) -> T) -> Result<T> {
+        let mut st = self.state();
+        let a = st.accounts.get_mut(&id).ok_or_else(|| not_found_account(id))?;
+        Ok(f(a))
+    }
+
+    /// Applies `f` to the account in memory, then writes it through.
+    pub(crate) fn update_account<T>(&self, id: AccountId, f: impl FnOnce(&mut Account) -> T) -> Result<T> {
+        let (out, snapshot) = self.with_account(id, |a| {
+            let out = f(a);
+            (out, a.clone())
+        })?;
+        self.store.update_account(&snapshot)?;
+        self.scheduler_wake.notify_one();
+        Ok(out)
+    }
+
+    pub(crate) fn refresh_lock(&self, id: AccountId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.refresh_locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(id).or_default().clone()
+    }
+
+    pub fn now() -> DateTime<Utc> {
+        Utc::now()
+    }
+
+    pub fn provider_names(&self) -> impl Iterator<Item = &str> {
+        self.providers.keys().map(String::as_str)
+    }
+}
+
+pub(crate) fn not_found_account(id: AccountId) -> FarmError {
+    FarmError::NotFound { what: "account", id: id.to_string() }
+}
+
+/// chrono from std, saturating (config durations are bounded anyway).
+pub(crate) fn chrono_dur(d: std::time::Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}

@@ -1,0 +1,185 @@
+//! Refresh: single-flight and crash-safe.
+//!
+//! Providers such as oidc-provider revoke the *whole grant* when a used
+//! refresh token is presented again, so two concurrent refreshes of one
+//! account kill it. Every trigger (scheduler, a client's `unauthorized`
+//! report, the admin's "refresh now", the catch-up at start) goes through
+//! [`Farm::refresh`], which:
+//!
+//! 1. takes the account's refresh lock (one grant in flight per account);
+//! 2. returns at once if the account's generation moved past the one the
+//!    caller saw — somebody else refreshed while it waited;
+//! 3. persists "refresh started" before sending the grant, so a crash in
+//!    the middle is retried at the next start instead of forgotten;
+//! 4. persists the new tokens (bumping the generation) in one transaction
+//!    before anything can use them;
+//! 5. on `invalid_grant`, re-reads the persisted generation before marking
+//!    the account `needs_relogin` — and never deletes it.
+
+use chrono::Utc;
+use rand::Rng;
+
+use super::{chrono_dur, not_found_account, Farm, FarmError, Result};
+use crate::domain::timing::backoff;
+use crate::domain::{AccountId, AuthState, LastError, Tokens};
+use crate::oauth::{Grant, OAuthError};
+
+/// What a refresh call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    /// This call obtained and stored new tokens.
+    Refreshed,
+    /// Another caller refreshed while this one waited: no grant was sent.
+    AlreadyFresh,
+}
+
+impl Farm {
+    /// Refreshes an account's tokens. `seen_generation` is the generation
+    /// the caller based its decision on: if the account has moved past it,
+    /// no grant is sent. `None` means "whatever the current generation is",
+    /// which still coalesces with a refresh already in flight.
+    pub async fn refresh(&self, id: AccountId, seen_generation: Option<i64>, cause: &str) -> Result<RefreshOutcome> {
+        let seen = match seen_generation {
+            Some(g) => g,
+            None => self.with_account(id, |a| a.generation)?,
+        };
+        let lock = self.refresh_lock(id);
+        let _one_in_flight = lock.lock().await;
+
+        let (provider_name, refresh_token, generation) = {
+            let mut st = self.state();
+            let a = st.accounts.get_mut(&id).ok_or_else(|| not_found_account(id))?;
+            if a.generation > seen {
+                return Ok(RefreshOutcome::AlreadyFresh);
+            }
+            if a.auth != AuthState::Active {
+                return Err(FarmError::Conflict(format!(
+                    "account {id} is {}: it needs a login, not a refresh",
+                    a.display_state(Utc::now()).as_str()
+                )));
+            }
+            let Some(rt) = a.tokens.as_ref().and_then(|t| t.refresh_token.clone()) else {
+                return Err(FarmError::Conflict(format!("account {id} has no refresh token; log it in again")));
+            };
+            a.refreshing = true;
+            (a.provider.clone(), rt, a.generation)
+        };
+        let provider = match self.provider(&provider_name) {
+            Ok(p) => p.clone(),
+            Err(e) => {
+                self.with_account(id, |a| a.refreshing = false)?;
+                return Err(e);
+            }
+        };
+
+        let _slot = self.refresh_slots.acquire().await.expect("the refresh semaphore is never closed");
+        let started = Utc::now();
+        if let Err(e) = self.store.set_refresh_started(id, Some(started)) {
+            self.with_account(id, |a| a.refreshing = false)?;
+            return Err(e.into());
+        }
+        tracing::debug!(account = id, cause, "refresh grant sent");
+        let result = provider.refresh(&refresh_token).await;
+        self.metrics.record_refresh(result.is_ok());
+        match result {
+            Ok(grant) => self.store_refreshed(id, grant, started).map(|()| {
+                tracing::info!(account = id, cause, "token refreshed");
+                RefreshOutcome::Refreshed
+            }),
+            Err(OAuthError::InvalidGrant(description)) => self.refresh_token_dead(id, generation, description),
+            Err(other) => self.refresh_failed(id, other),
+        }
+    }
+
+    /// Persists a successful grant, then (only then) lets it be used.
+    fn store_refreshed(&self, id: AccountId, grant: Grant, issued_at: chrono::DateTime<Utc>) -> Result<()> {
+        let tokens = tokens_from(grant, issued_at);
+        let saved = self.store.save_tokens(id, &tokens, Utc::now());
+        let generation = match saved {
+            Ok(Some(g)) => g,
+            Ok(None) => return Err(not_found_account(id)), // removed meanwhile
+            Err(e) => {
+                // The provider has rotated the refresh token and the old one
+                // is spent: keep the new one in memory so the account lives
+                // on while the disk problem is fixed.
+                tracing::error!(account = id, error = %e, "could not persist refreshed tokens");
+                self.with_account(id, |a| {
+                    a.refreshing = false;
+                    a.last_error = Some(LastError { at: Utc::now(), message: format!("could not persist tokens: {e}") });
+                    let keep_rt = a.tokens.as_ref().and_then(|t| t.refresh_token.clone());
+                    let mut t = tokens;
+                    t.refresh_token = t.refresh_token.or(keep_rt);
+                    a.tokens = Some(t);
+                })?;
+                return Err(e.into());
+            }
+        };
+        self.with_account(id, |a| {
+            let keep_rt = a.tokens.as_ref().and_then(|t| t.refresh_token.clone());
+            let mut t = tokens;
+            t.refresh_token = t.refresh_token.or(keep_rt);
+            a.tokens = Some(t);
+            a.generation = generation;
+            a.auth = AuthState::Active;
+            a.refreshing = false;
+            a.suspect = false;
+            a.refresh_failures = 0;
+            a.retry_at = None;
+            a.last_error = None;
+            a.last_refresh_at = Some(Utc::now());
+        })?;
+        self.scheduler_wake.notify_one();
+        Ok(())
+    }
+
+    /// `invalid_grant`: the refresh token is dead — unless the generation
+    /// moved on disk, which means the tokens we used were already replaced.
+    fn refresh_token_dead(&self, id: AccountId, used_generation: i64, description: Option<String>) -> Result<RefreshOutcome> {
+        let persisted = self.store.generation(id)?;
+        self.store.set_refresh_started(id, None)?;
+        if persisted.is_some_and(|g| g > used_generation) {
+            tracing::warn!(account = id, "refresh token was already replaced; reloading instead of failing");
+            self.with_account(id, |a| a.refreshing = false)?;
+            return Ok(RefreshOutcome::AlreadyFresh);
+        }
+        let message = match &description {
+            Some(d) => format!("refresh token rejected by the provider (invalid_grant: {d}); log in again"),
+            None => "refresh token rejected by the provider (invalid_grant); log in again".to_string(),
+        };
+        tracing::warn!(account = id, "refresh token is dead; account needs a new login");
+        self.update_account(id, |a| {
+            a.refreshing = false;
+            a.suspect = false;
+            a.auth = AuthState::NeedsRelogin;
+            a.last_error = Some(LastError { at: Utc::now(), message });
+        })?;
+        Err(FarmError::Refresh(OAuthError::InvalidGrant(description)))
+    }
+
+    /// Any other failure: keep the refresh token, back off, try again later.
+    fn refresh_failed(&self, id: AccountId, error: OAuthError) -> Result<RefreshOutcome> {
+        self.store.set_refresh_started(id, None)?;
+        let cfg = &self.config.scheduler;
+        let jitter: f64 = rand::thread_rng().gen();
+        let failures = self.update_account(id, |a| {
+            a.refreshing = false;
+            a.refresh_failures = a.refresh_failures.saturating_add(1);
+            let wait = backoff(a.refresh_failures, chrono_dur(cfg.retry_initial), chrono_dur(cfg.retry_max), jitter);
+            a.retry_at = Some(Utc::now() + wait);
+            a.last_error = Some(LastError { at: Utc::now(), message: format!("refresh failed, will retry: {error}") });
+            a.refresh_failures
+        })?;
+        tracing::warn!(account = id, failures, error = %error, "refresh failed; backing off");
+        Err(FarmError::Refresh(error))
+    }
+}
+
+pub(crate) fn tokens_from(grant: Grant, issued_at: chrono::DateTime<Utc>) -> Tokens {
+    Tokens {
+        expires_at: issued_at + chrono_dur(grant.expires_in),
+        access_token: grant.access_token,
+        token_type: grant.token_type,
+        issued_at,
+        refresh_token: grant.refresh_token,
+    }
+}

@@ -1,0 +1,173 @@
+//! Account management: the account as the API shows it, and the
+//! add / change / remove operations.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{not_found_account, Farm, FarmError, Result};
+use crate::domain::{Account, AccountId, LastError};
+
+/// An account as shown by the admin API. Never carries a token.
+#[derive(Clone, Debug, Serialize)]
+pub struct AccountView {
+    pub id: AccountId,
+    pub provider: String,
+    pub label: String,
+    pub state: &'static str,
+    pub priority: i64,
+    pub enabled: bool,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub cooldown_until: Option<DateTime<Utc>>,
+    pub last_refresh_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub last_error: Option<LastError>,
+    pub leases_24h: i64,
+    pub has_refresh_token: bool,
+    pub generation: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+impl AccountView {
+    fn of(a: &Account, now: DateTime<Utc>, leases_24h: i64) -> Self {
+        AccountView {
+            id: a.id,
+            provider: a.provider.clone(),
+            label: a.label.clone(),
+            state: a.display_state(now).as_str(),
+            priority: a.priority,
+            enabled: a.enabled,
+            expires_at: a.expires_at(),
+            cooldown_until: a.cooldown_until.filter(|u| *u > now),
+            last_refresh_at: a.last_refresh_at,
+            last_used_at: a.last_used_at,
+            last_error: a.last_error.clone(),
+            leases_24h,
+            has_refresh_token: a.has_refresh_token(),
+            generation: a.generation,
+            created_at: a.created_at,
+        }
+    }
+}
+
+/// `PATCH /api/accounts/{id}`: only the fields present change.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountPatch {
+    pub label: Option<String>,
+    pub priority: Option<i64>,
+    pub enabled: Option<bool>,
+}
+
+pub(crate) fn validate_label(label: &str) -> Result<()> {
+    let ok = !label.trim().is_empty() && label.len() <= 100 && !label.chars().any(char::is_control);
+    if ok {
+        Ok(())
+    } else {
+        Err(FarmError::Invalid("label must be 1 to 100 printable characters".into()))
+    }
+}
+
+impl Farm {
+    pub fn list_accounts(&self) -> Result<Vec<AccountView>> {
+        let counts = self.leases_24h()?;
+        let now = Utc::now();
+        let st = self.state();
+        Ok(st.accounts.values().map(|a| AccountView::of(a, now, counts.get(&a.id).copied().unwrap_or(0))).collect())
+    }
+
+    pub fn account(&self, id: AccountId) -> Result<AccountView> {
+        let counts = self.leases_24h()?;
+        let now = Utc::now();
+        self.with_account(id, |a| AccountView::of(a, now, counts.get(&a.id).copied().unwrap_or(0)))
+    }
+
+    fn leases_24h(&self) -> Result<HashMap<AccountId, i64>> {
+        let usage = self.store.usage(Utc::now())?;
+        Ok(usage.per_account.into_iter().filter_map(|r| Some((r.id?, r.last_day.leases))).collect())
+    }
+
+    pub fn add_account(&self, provider: &str, label: &str, priority: i64) -> Result<AccountView> {
+        self.provider(provider)?;
+        validate_label(label)?;
+        let account = self.store.insert_account(provider, label, priority, Utc::now()).map_err(|e| match e {
+            crate::store::StoreError::DuplicateAccount { .. } => FarmError::Conflict(e.to_string()),
+            other => other.into(),
+        })?;
+        let id = account.id;
+        tracing::info!(account = id, provider, label, "account added");
+        self.state().accounts.insert(id, account);
+        self.account(id)
+    }
+
+    pub fn patch_account(&self, id: AccountId, patch: AccountPatch) -> Result<AccountView> {
+        if let Some(label) = &patch.label {
+            validate_label(label)?;
+        }
+        self.update_account(id, |a| {
+            if let Some(label) = patch.label {
+                a.label = label;
+            }
+            if let Some(p) = patch.priority {
+                a.priority = p;
+            }
+            if let Some(e) = patch.enabled {
+                a.enabled = e;
+            }
+        })?;
+        self.account(id)
+    }
+
+    /// Removes an account for good (the only way an account is ever deleted).
+    pub fn remove_account(&self, id: AccountId) -> Result<()> {
+        if !self.store.delete_account(id)? {
+            return Err(not_found_account(id));
+        }
+        let mut st = self.state();
+        st.accounts.remove(&id);
+        st.rotation.forget(id);
+        drop(st);
+        self.logins.forget_account(id);
+        tracing::info!(account = id, "account removed");
+        Ok(())
+    }
+}
+
+/// A provider as the admin API shows it (never its client secret).
+#[derive(Debug, Serialize)]
+pub struct ProviderView {
+    pub name: String,
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub scopes: Vec<String>,
+}
+
+impl Farm {
+    pub fn provider_views(&self) -> Vec<ProviderView> {
+        self.providers
+            .values()
+            .map(|p| ProviderView {
+                name: p.config.name.clone(),
+                client_id: p.config.client_id.clone(),
+                redirect_uri: p.config.redirect_uri.to_string(),
+                scopes: p.config.scopes.clone(),
+            })
+            .collect()
+    }
+
+    pub fn usage(&self) -> Result<crate::store::leases::Usage> {
+        Ok(self.store.usage(Utc::now())?)
+    }
+
+    /// Prometheus text: counters plus accounts by provider and state.
+    pub fn metrics_text(&self) -> String {
+        let now = Utc::now();
+        let mut counts: std::collections::BTreeMap<(String, &'static str), usize> = Default::default();
+        for a in self.state().accounts.values() {
+            *counts.entry((a.provider.clone(), a.display_state(now).as_str())).or_default() += 1;
+        }
+        let rows: Vec<_> = counts.into_iter().map(|((p, s), n)| (p, s, n)).collect();
+        self.metrics.render(&rows)
+    }
+}

@@ -1,0 +1,112 @@
+//! The one place where errors become HTTP responses: every error body is
+//! `{"error": "<short_code>", "detail": "<human sentence>"}`.
+
+use std::convert::Infallible;
+
+use serde::Serialize;
+use warp::http::{header, StatusCode};
+use warp::reply::Response;
+use warp::{Rejection, Reply};
+
+use crate::farm::FarmError;
+use crate::store::StoreError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub detail: String,
+    pub retry_after_s: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: &'a str,
+    detail: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_s: Option<i64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        ApiError { status, code, detail: detail.into(), retry_after_s: None }
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", detail)
+    }
+
+    /// Deliberately says nothing about which part of the credentials was wrong.
+    pub fn unauthorized() -> Self {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required")
+    }
+
+    pub fn forbidden() -> Self {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this key may not use the admin API")
+    }
+
+    pub fn into_response(self) -> Response {
+        let body = Body { error: self.code, detail: &self.detail, retry_after_s: self.retry_after_s };
+        let mut resp = warp::reply::with_status(warp::reply::json(&body), self.status).into_response();
+        if let Some(s) = self.retry_after_s {
+            resp.headers_mut().insert(header::RETRY_AFTER, s.into());
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+impl From<FarmError> for ApiError {
+    fn from(e: FarmError) -> Self {
+        let detail = e.to_string();
+        match e {
+            FarmError::NotFound { .. } => ApiError::new(StatusCode::NOT_FOUND, "not_found", detail),
+            FarmError::Invalid(_) => ApiError::bad_request(detail),
+            FarmError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", detail),
+            FarmError::NoAccountAvailable { retry_after_s, .. } => ApiError {
+                retry_after_s: Some(retry_after_s),
+                ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_account_available", detail)
+            },
+            FarmError::LeaseExpired(_) => ApiError::new(StatusCode::GONE, "lease_expired", detail),
+            FarmError::Login(_) => ApiError::new(StatusCode::BAD_GATEWAY, "login_failed", detail),
+            FarmError::Refresh(_) => ApiError::new(StatusCode::BAD_GATEWAY, "refresh_failed", detail),
+            FarmError::Store(StoreError::DuplicateAccount { .. }) => ApiError::new(StatusCode::CONFLICT, "conflict", detail),
+            FarmError::Store(_) => {
+                tracing::error!(error = %detail, "storage error");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "a storage error occurred; see the farm's log")
+            }
+        }
+    }
+}
+
+/// Renders a handler's result.
+pub fn render<T: Reply>(result: Result<T, ApiError>) -> Response {
+    match result {
+        Ok(reply) => reply.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Turns warp's own rejections (no route, wrong method, body too large…)
+/// into the same JSON shape.
+pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
+    let e = if rejection.is_not_found() {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is larger than 64 KiB")
+    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+        ApiError::new(StatusCode::LENGTH_REQUIRED, "length_required", "send a Content-Length header with the body")
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+    } else if let Some(q) = rejection.find::<warp::reject::InvalidQuery>() {
+        ApiError::bad_request(format!("invalid query string: {q}"))
+    } else if let Some(h) = rejection.find::<warp::reject::InvalidHeader>() {
+        ApiError::bad_request(h.to_string())
+    } else {
+        tracing::warn!(?rejection, "unhandled rejection");
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "the request could not be processed")
+    };
+    Ok(e.into_response())
+}

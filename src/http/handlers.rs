@@ -1,0 +1,201 @@
+//! Thin handlers: parse → call the farm → render.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::json;
+use warp::http::StatusCode;
+use warp::reply::{json, with_status, Response};
+
+use super::error::{render, ApiError};
+use super::{Access, Caller};
+use crate::domain::AccountId;
+use crate::farm::{AccountPatch, Farm, ReportRequest};
+
+type Body<T> = Result<T, ApiError>;
+
+fn id_of(what: &'static str, raw: &str) -> Result<AccountId, ApiError> {
+    raw.parse().map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no {what} with id {raw}")))
+}
+
+pub async fn healthz(farm: Arc<Farm>) -> Response {
+    let accounts = farm.list_accounts().map(|a| a.len()).unwrap_or(0);
+    render(Ok::<_, ApiError>(json(&json!({"status": "ok", "accounts": accounts}))))
+}
+
+pub async fn metrics(farm: Arc<Farm>, caller: Caller) -> Response {
+    render((|| {
+        caller.require(&farm, Access::Admin)?;
+        Ok(warp::reply::with_header(farm.metrics_text(), "content-type", "text/plain; version=0.0.4"))
+    })())
+}
+
+pub async fn credential_next(farm: Arc<Farm>, caller: Caller, query: String) -> Response {
+    render(
+        async {
+            let who = caller.require(&farm, Access::Client)?;
+            let q: HashMap<String, String> = serde_urlencoded_pairs(&query);
+            let provider = q.get("provider").ok_or_else(|| ApiError::bad_request("the provider query parameter is required"))?;
+            let lease = farm.next_credential(provider, q.get("session").map(String::as_str), who).await?;
+            Ok(json(&lease))
+        }
+        .await,
+    )
+}
+
+fn serde_urlencoded_pairs(query: &str) -> HashMap<String, String> {
+    url::form_urlencoded::parse(query.as_bytes()).into_owned().collect()
+}
+
+pub async fn credential_report(farm: Arc<Farm>, caller: Caller, body: Body<ReportRequest>) -> Response {
+    render(
+        async {
+            let who = caller.require(&farm, Access::Client)?;
+            farm.report(body?, who).await?;
+            Ok(json(&json!({"recorded": true})))
+        }
+        .await,
+    )
+}
+
+pub async fn credential_release(lease_id: String, farm: Arc<Farm>, caller: Caller) -> Response {
+    render((|| {
+        let who = caller.require(&farm, Access::Client)?;
+        farm.release(&lease_id, who)?;
+        Ok(with_status(warp::reply(), StatusCode::NO_CONTENT))
+    })())
+}
+
+pub async fn providers(farm: Arc<Farm>, caller: Caller) -> Response {
+    render((|| {
+        caller.require(&farm, Access::Admin)?;
+        Ok(json(&farm.provider_views()))
+    })())
+}
+
+pub async fn accounts_list(farm: Arc<Farm>, caller: Caller) -> Response {
+    render((|| {
+        caller.require(&farm, Access::Admin)?;
+        Ok(json(&farm.list_accounts()?))
+    })())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewAccount {
+    provider: String,
+    label: String,
+    #[serde(default)]
+    priority: i64,
+}
+
+pub async fn accounts_add(farm: Arc<Farm>, caller: Caller, body: Body<NewAccount>) -> Response {
+    render((|| {
+        caller.require(&farm, Access::Admin)?;
+        let b = body?;
+        let account = farm.add_account(&b.provider, &b.label, b.priority)?;
+        Ok(with_status(json(&account), StatusCode::CREATED))
+    })())
+}
+
+pub async fn account_get(id: String, farm: Arc<Farm>, caller: Caller) -> Response {
+    render((|| {
+        caller.require(&farm, Access::Admin)?;
+        Ok(json(&farm.account(id_of("account", &id)?)?))
+    })())
+}
+
+pub async fn account_patch(id: String, farm: Arc<Farm>, caller: Caller, body: Body<AccountPatch>) -> Response {
+    render((|| {
+        caller.require(&farm, Access::Admin)?;
+        let id = id_of("account", &id)?;
+        Ok(json(&farm.patch_account(id, body?)?))
+    })())
+}
+
+pub async fn account_delete(id: String, farm: Arc<Farm>, caller: Caller) -> Response {
+    render((|| {
+        caller.require(&farm, Access::Admin)?;
+        farm.remove_account(id_of("account", &id)?)?;
+        Ok(with_status(warp::reply(), StatusCode::NO_CONTENT))
+    })())
+}
+
+pub async fn login_start(id: String, farm: Arc<Farm>, caller: Caller) -> Response {
+    render(
+        async {
+            caller.require(&farm, Access::Admin)?;
+            Ok(json(&farm.start_login(id_of("account", &id)?).await?))
+        }
+        .await,
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginComplete {
+    redirect_url: String,
+}
+
+pub async fn login_complete(id: String, farm: Arc<Farm>, caller: Caller, body: Body<LoginComplete>) -> Response {
+    render(
+        async {
+            caller.require(&farm, Access::Admin)?;
+            let id = id_of("account", &id)?;
+            farm.account(id)?;
+            farm.complete_login(&body?.redirect_url, Some(id)).await?;
+            Ok(json(&farm.account(id)?))
+        }
+        .await,
+    )
+}
+
+pub async fn account_refresh(id: String, farm: Arc<Farm>, caller: Caller) -> Response {
+    render(
+        async {
+            caller.require(&farm, Access::Admin)?;
+            let id = id_of("account", &id)?;
+            let outcome = farm.refresh(id, None, "admin").await?;
+            let mut view = serde_json::to_value(farm.account(id)?).unwrap_or_default();
+            view["refresh"] = json!(format!("{outcome:?}").to_lowercase());
+            Ok(json(&view))
+        }
+        .await,
+    )
+}
+
+pub async fn usage(farm: Arc<Farm>, caller: Caller) -> Response {
+    render((|| {
+        caller.require(&farm, Access::Admin)?;
+        Ok(json(&farm.usage()?))
+    })())
+}
+
+pub async fn clients_list(farm: Arc<Farm>, caller: Caller) -> Response {
+    render((|| {
+        caller.require(&farm, Access::Admin)?;
+        Ok(json(&farm.list_clients()?))
+    })())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewClientBody {
+    name: String,
+}
+
+pub async fn clients_add(farm: Arc<Farm>, caller: Caller, body: Body<NewClientBody>) -> Response {
+    render((|| {
+        caller.require(&farm, Access::Admin)?;
+        Ok(with_status(json(&farm.create_client(&body?.name)?), StatusCode::CREATED))
+    })())
+}
+
+pub async fn clients_revoke(id: String, farm: Arc<Farm>, caller: Caller) -> Response {
+    render((|| {
+        caller.require(&farm, Access::Admin)?;
+        farm.revoke_client(id_of("client", &id)?)?;
+        Ok(with_status(warp::reply(), StatusCode::NO_CONTENT))
+    })())
+}

@@ -1,0 +1,72 @@
+//! The loopback redirect listener: while a login is pending on a provider
+//! whose `redirect_uri` is `http://127.0.0.1:PORT/path`, the farm listens
+//! there, finishes the login from `?code=&state=`, and shows a small page.
+
+use std::net::SocketAddr;
+use std::sync::Weak;
+
+use tokio::sync::oneshot;
+use warp::http::StatusCode;
+use warp::Filter;
+
+use crate::farm::Farm;
+
+/// Binds `addr` and serves the callback on `path` until the returned
+/// sender is used (or dropped).
+pub async fn spawn(addr: SocketAddr, path: String, farm: Weak<Farm>) -> std::io::Result<oneshot::Sender<()>> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let route = warp::get()
+        .and(warp::path::full())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .then(move |full: warp::path::FullPath, query: String| {
+            let farm = farm.clone();
+            let path = path.clone();
+            async move {
+                if full.as_str() != path {
+                    return page(StatusCode::NOT_FOUND, "Not found", "This address only receives login redirects.");
+                }
+                let Some(farm) = farm.upgrade() else {
+                    return page(StatusCode::SERVICE_UNAVAILABLE, "Farm stopping", "The farm is shutting down.");
+                };
+                let url = format!("http://{addr}{path}?{query}");
+                let result = farm.complete_login(&url, None).await;
+                farm.stop_idle_listeners();
+                match result {
+                    Ok(id) => page(
+                        StatusCode::OK,
+                        "Logged in",
+                        &format!("Account {id} is logged in. You can close this page."),
+                    ),
+                    Err(e) => page(StatusCode::BAD_REQUEST, "Login failed", &e.to_string()),
+                }
+            }
+        });
+    tokio::spawn(
+        warp::serve(route)
+            .incoming(listener)
+            .graceful(async {
+                let _ = stopped.await;
+            })
+            .run(),
+    );
+    tracing::info!(%addr, "listening for login redirects");
+    Ok(stop)
+}
+
+fn page(status: StatusCode, title: &str, message: &str) -> warp::reply::Response {
+    use warp::Reply;
+    let html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t} — relogin-farm</title>\
+         <meta name=\"viewport\" content=\"width=device-width\"></head>\
+         <body style=\"font-family:system-ui,sans-serif;max-width:32rem;margin:3rem auto\">\
+         <h1>{t}</h1><p>{m}</p></body></html>",
+        t = escape(title),
+        m = escape(message)
+    );
+    warp::reply::with_status(warp::reply::html(html), status).into_response()
+}
+
+pub(crate) fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}

@@ -1,0 +1,64 @@
+//! Counters for `GET /metrics` (Prometheus text format). Plain atomics:
+//! the hot path pays one relaxed increment.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::store::leases::Outcome;
+
+#[derive(Default)]
+pub struct Metrics {
+    leases: AtomicU64,
+    unavailable: AtomicU64,
+    refresh_ok: AtomicU64,
+    refresh_failed: AtomicU64,
+    reports: [AtomicU64; 4],
+}
+
+impl Metrics {
+    pub fn record_lease(&self) {
+        self.leases.fetch_add(1, Relaxed);
+    }
+    pub fn record_unavailable(&self) {
+        self.unavailable.fetch_add(1, Relaxed);
+    }
+    pub fn record_refresh(&self, ok: bool) {
+        if ok { &self.refresh_ok } else { &self.refresh_failed }.fetch_add(1, Relaxed);
+    }
+    pub fn record_report(&self, outcome: Outcome) {
+        self.reports[outcome as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Renders the counters plus the per-state account gauge the caller
+    /// computed (`(provider, state, count)`).
+    pub fn render(&self, accounts: &[(String, &'static str, usize)]) -> String {
+        let mut out = String::new();
+        let mut counter = |name: &str, help: &str, samples: &[(&str, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (labels, v) in samples {
+                let _ = writeln!(out, "{name}{labels} {v}");
+            }
+        };
+        counter("relogin_farm_leases_total", "Leases handed out.", &[("", self.leases.load(Relaxed))]);
+        counter(
+            "relogin_farm_no_account_available_total",
+            "Requests answered 503 because no account could serve.",
+            &[("", self.unavailable.load(Relaxed))],
+        );
+        counter(
+            "relogin_farm_refreshes_total",
+            "Refresh grants sent, by result.",
+            &[("{result=\"ok\"}", self.refresh_ok.load(Relaxed)), ("{result=\"failed\"}", self.refresh_failed.load(Relaxed))],
+        );
+        let outcomes = [Outcome::Ok, Outcome::RateLimited, Outcome::Unauthorized, Outcome::Error];
+        let labels: Vec<String> = outcomes.iter().map(|o| format!("{{outcome=\"{}\"}}", o.as_str())).collect();
+        let samples: Vec<(&str, u64)> =
+            outcomes.iter().zip(&labels).map(|(o, l)| (l.as_str(), self.reports[*o as usize].load(Relaxed))).collect();
+        counter("relogin_farm_reports_total", "Client reports, by outcome.", &samples);
+        let _ = writeln!(out, "# HELP relogin_farm_accounts Accounts by provider and state.\n# TYPE relogin_farm_accounts gauge");
+        for (provider, state, n) in accounts {
+            let _ = writeln!(out, "relogin_farm_accounts{{provider=\"{provider}\",state=\"{state}\"}} {n}");
+        }
+        out
+    }
+}

@@ -1,0 +1,147 @@
+//! Background jobs: the refresh scheduler and the cron sweep. One function
+//! per job; both stop when `shutdown` fires.
+//!
+//! The scheduler does not keep a timer per account: each round it scans
+//! the accounts once (cheap, in memory), starts the due refreshes, and
+//! sleeps until the earliest next due time — capped at `max_sleep`, because
+//! a home server that was suspended wakes up with a monotonic clock that
+//! did not advance, and must notice the wall clock did. 10,000 idle
+//! accounts cost one scan per wake, not a wake per account.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::domain::timing::next_refresh_at;
+use crate::domain::AccountId;
+use crate::farm::{chrono_dur, Farm};
+
+/// How long lease and report history is kept.
+pub const HISTORY_DAYS: i64 = 30;
+
+/// A shutdown signal that every job can wait on.
+pub type Shutdown = watch::Receiver<bool>;
+
+pub async fn wait_shutdown(shutdown: &mut Shutdown) {
+    while !*shutdown.borrow() {
+        if shutdown.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Refreshes every account before its token expires.
+pub async fn run_refresh_scheduler(farm: Arc<Farm>, mut shutdown: Shutdown) {
+    let margin = chrono_dur(farm.config.scheduler.refresh_margin);
+    let max_sleep = farm.config.scheduler.max_sleep;
+    let mut running: JoinSet<AccountId> = JoinSet::new();
+    let mut in_flight: HashSet<AccountId> = HashSet::new();
+    loop {
+        while let Some(done) = running.try_join_next() {
+            if let Ok(id) = done {
+                in_flight.remove(&id);
+            }
+        }
+        let now = Utc::now();
+        let (due, next) = farm.due_refreshes(now, margin);
+        for (id, generation) in due {
+            if in_flight.insert(id) {
+                let farm = farm.clone();
+                running.spawn(async move {
+                    // Errors are recorded on the account by `refresh` itself.
+                    let _ = farm.refresh(id, Some(generation), "scheduled").await;
+                    id
+                });
+            }
+        }
+        let sleep_for = next
+            .map(|t| (t - now).to_std().unwrap_or_default())
+            .unwrap_or(max_sleep)
+            .min(max_sleep)
+            .max(std::time::Duration::from_millis(50));
+        tokio::select! {
+            _ = tokio::time::sleep(sleep_for) => {}
+            _ = farm.scheduler_wake.notified() => {}
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                if let Ok(id) = done { in_flight.remove(&id); }
+            }
+            _ = wait_shutdown(&mut shutdown) => break,
+        }
+    }
+    running.shutdown().await;
+}
+
+impl Farm {
+    /// The accounts due for a refresh now (with the generation seen), and
+    /// the earliest future due time among the others.
+    pub fn due_refreshes(&self, now: DateTime<Utc>, margin: chrono::Duration) -> (Vec<(AccountId, i64)>, Option<DateTime<Utc>>) {
+        let st = self.state();
+        let mut due = Vec::new();
+        let mut next: Option<DateTime<Utc>> = None;
+        for a in st.accounts.values() {
+            match next_refresh_at(a, margin) {
+                Some(t) if t <= now => due.push((a.id, a.generation)),
+                Some(t) => next = Some(next.map_or(t, |n| n.min(t))),
+                None => {}
+            }
+        }
+        (due, next)
+    }
+}
+
+/// Runs [`sweep`] on the configured cron schedule (disabled when empty).
+pub async fn run_sweep(farm: Arc<Farm>, mut shutdown: Shutdown) {
+    let Some(schedule) = farm.config.scheduler.sweep.clone() else { return };
+    let max_sleep = farm.config.scheduler.max_sleep;
+    let mut next = schedule.upcoming(Utc).next();
+    while let Some(at) = next {
+        let wait = (at - Utc::now()).to_std().unwrap_or_default().min(max_sleep);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = wait_shutdown(&mut shutdown) => return,
+        }
+        if Utc::now() >= at {
+            sweep(&farm);
+            next = schedule.upcoming(Utc).next();
+        }
+    }
+}
+
+/// The health sweep: expires abandoned logins, prunes old history, bounds
+/// in-memory maps, and wakes the scheduler to re-check every account.
+pub fn sweep(farm: &Farm) {
+    let now = Utc::now();
+    let expired = farm.logins.expire(now);
+    farm.stop_idle_listeners();
+    let pruned = farm.store.prune_leases(now - chrono::Duration::days(HISTORY_DAYS)).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "pruning lease history failed");
+        0
+    });
+    let attention = farm.trim_and_count_attention(now);
+    farm.scheduler_wake.notify_one();
+    tracing::info!(expired_logins = expired, pruned_rows = pruned, needing_attention = attention, "sweep done");
+}
+
+impl Farm {
+    /// Clears ended cooldowns, bounds the sticky-session map, and counts
+    /// the accounts a person must look at.
+    fn trim_and_count_attention(&self, now: DateTime<Utc>) -> usize {
+        const MAX_STICKY_SESSIONS: usize = 100_000;
+        let mut st = self.state();
+        if st.rotation.session_count() > MAX_STICKY_SESSIONS {
+            st.rotation.clear_sessions();
+        }
+        for a in st.accounts.values_mut() {
+            if a.cooldown_until.is_some_and(|u| u <= now) {
+                a.cooldown_until = None;
+            }
+        }
+        st.accounts
+            .values()
+            .filter(|a| a.enabled && a.auth != crate::domain::AuthState::Active)
+            .count()
+    }
+}
