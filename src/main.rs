@@ -1,1 +1,292 @@
-fn main(){}
+//! The `relogin-farm` binary: command-line parsing, logging setup, and the
+//! commands. Everything else lives in the library.
+
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use relogin_farm::config::{self, Config, Overrides};
+use relogin_farm::secret::Secret;
+use relogin_farm::store::{write_secret_file, Cipher};
+
+#[derive(Parser)]
+#[command(name = "relogin-farm", version, about = "Keeps OAuth accounts logged in and hands out their tokens with leases.")]
+struct Cli {
+    /// Config file (TOML).
+    #[arg(long, global = true, env = "RELOGIN_FARM_CONFIG", default_value = "farm.toml")]
+    config: PathBuf,
+    /// Log filter (overrides log.level), e.g. "debug" or "info,relogin_farm=debug".
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a commented farm.toml, the data dir, a store key and an admin token here.
+    Init,
+    /// Run the daemon.
+    Serve {
+        /// Listen address (overrides server.listen); port 0 picks a free port.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Database path (overrides store.path).
+        #[arg(long)]
+        store_path: Option<PathBuf>,
+    },
+    /// Manage accounts through the running farm's admin API.
+    Account {
+        #[command(subcommand)]
+        command: AccountCommand,
+    },
+    /// Load and validate the configuration, print a summary, and exit.
+    CheckConfig,
+}
+
+#[derive(Subcommand)]
+enum AccountCommand {
+    /// Add an account and log it in: prints the authorize URL, then waits for
+    /// the loopback redirect or a pasted redirect URL.
+    Add {
+        #[arg(long)]
+        provider: String,
+        #[arg(long)]
+        label: String,
+        #[arg(long, default_value_t = 0)]
+        priority: i64,
+        #[command(flatten)]
+        farm: FarmArgs,
+    },
+    /// Log an existing account in again.
+    Login {
+        id: i64,
+        #[command(flatten)]
+        farm: FarmArgs,
+    },
+    /// List accounts and their states.
+    List {
+        #[command(flatten)]
+        farm: FarmArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct FarmArgs {
+    /// The farm's base URL (default: from server.listen in the config).
+    #[arg(long)]
+    farm: Option<String>,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match &cli.command {
+        Command::Init => init(&cli.config),
+        Command::Serve { listen, store_path } => {
+            let overrides = Overrides { listen: *listen, store_path: store_path.clone(), log_level: cli.log_level.clone() };
+            let config = load_config(&cli.config, &overrides)?;
+            init_logging(&config);
+            runtime()?.block_on(serve(config))
+        }
+        Command::CheckConfig => {
+            let config = load_config(&cli.config, &Overrides { log_level: cli.log_level.clone(), ..Default::default() })?;
+            println!(
+                "config ok: listen {}, store {}, {} provider(s): {}",
+                config.server.listen,
+                config.store.path.display(),
+                config.providers.len(),
+                config.providers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
+            );
+            Ok(())
+        }
+        Command::Account { command } => {
+            let config = load_config(&cli.config, &Overrides::default())?;
+            runtime()?.block_on(account(config, command))
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn load_config(path: &Path, overrides: &Overrides) -> Result<Config> {
+    // The default path may be absent (defaults only); an explicit one must exist.
+    let explicit = std::env::var_os("RELOGIN_FARM_CONFIG").is_some() || path != Path::new("farm.toml");
+    Config::load(path, explicit, std::env::vars(), overrides).with_context(|| format!("config {}", path.display()))
+}
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .or_else(|| EnvFilter::try_new(&config.log.level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log.format {
+        config::LogFormat::Json => builder.json().init(),
+        config::LogFormat::Text => builder.init(),
+    }
+}
+
+async fn serve(config: Config) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("server.listen: cannot listen on {}", config.server.listen))?;
+    let addr = listener.local_addr()?;
+    let farm = relogin_farm::server::open_farm(config)?;
+    // One machine-readable line, for scripts and tests that bind port 0.
+    println!("LISTENING http://{addr}");
+    std::io::stdout().flush()?;
+    relogin_farm::server::serve(farm, listener, shutdown_signal()).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// `init`: everything a first `serve` needs, in the current directory.
+/// Never overwrites: an existing file is a reason to stop, not to replace it.
+fn init(config_path: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let data = Path::new("data");
+    let key_file = data.join("farm.key");
+    let token_file = data.join("admin.token");
+    for f in [config_path, &key_file, &token_file] {
+        if f.exists() {
+            bail!("{} already exists; init does not overwrite anything", f.display());
+        }
+    }
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(data).context("creating data/")?;
+    write_secret_file(&key_file, &Cipher::generate_key_text()).context("writing the store key")?;
+    let token = Secret::new(format!("rfa_{}", random_token()));
+    write_secret_file(&token_file, &token).context("writing the admin token")?;
+    std::fs::write(config_path, config::init_template(&token_file.display().to_string()))?;
+    println!("wrote {} (edit the [[provider]] section)", config_path.display());
+    println!("wrote {} (0600) — back it up: without it the database cannot be read", key_file.display());
+    println!("wrote {} (0600) — the admin API token", token_file.display());
+    println!("next: relogin-farm serve --config {}", config_path.display());
+    Ok(())
+}
+
+fn random_token() -> String {
+    let key = Cipher::generate_key_text();
+    key.expose().chars().filter(char::is_ascii_alphanumeric).collect()
+}
+
+/// A small admin-API client for the CLI.
+struct FarmClient {
+    base: String,
+    token: Secret,
+    http: reqwest::Client,
+}
+
+impl FarmClient {
+    fn new(config: &Config, args: &FarmArgs) -> Result<Self> {
+        let token = config.server.admin_token.clone().context(
+            "no admin token: set server.admin_token_file or RELOGIN_FARM_ADMIN_TOKEN to talk to the farm",
+        )?;
+        let base = args.farm.clone().unwrap_or_else(|| format!("http://{}", config.server.listen));
+        Ok(FarmClient { base: base.trim_end_matches('/').to_string(), token, http: reqwest::Client::new() })
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> Result<serde_json::Value> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(self.token.expose());
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.with_context(|| format!("cannot reach the farm at {} (is it running?)", self.base))?;
+        let status = resp.status();
+        let value: serde_json::Value = resp.json().await.unwrap_or_default();
+        if !status.is_success() {
+            bail!("{} {}: {}", status.as_u16(), value["error"].as_str().unwrap_or("error"), value["detail"].as_str().unwrap_or(""));
+        }
+        Ok(value)
+    }
+}
+
+async fn account(config: Config, command: &AccountCommand) -> Result<()> {
+    use reqwest::Method;
+    match command {
+        AccountCommand::Add { provider, label, priority, farm } => {
+            let client = FarmClient::new(&config, farm)?;
+            let body = serde_json::json!({"provider": provider, "label": label, "priority": priority});
+            let account = client.call(Method::POST, "/api/accounts", Some(body)).await?;
+            let id = account["id"].as_i64().context("the farm answered without an account id")?;
+            println!("account {id} created");
+            interactive_login(&client, id).await
+        }
+        AccountCommand::Login { id, farm } => interactive_login(&FarmClient::new(&config, farm)?, *id).await,
+        AccountCommand::List { farm } => {
+            let client = FarmClient::new(&config, farm)?;
+            let accounts = client.call(Method::GET, "/api/accounts", None).await?;
+            for a in accounts.as_array().into_iter().flatten() {
+                println!(
+                    "{:>5}  {:<12} {:<24} {:<14} expires {}",
+                    a["id"],
+                    a["provider"].as_str().unwrap_or(""),
+                    a["label"].as_str().unwrap_or(""),
+                    a["state"].as_str().unwrap_or(""),
+                    a["expires_at"].as_str().unwrap_or("-")
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Prints the authorize URL, then finishes on whichever comes first: the
+/// farm's loopback listener receiving the redirect, or a URL pasted here.
+async fn interactive_login(client: &FarmClient, id: i64) -> Result<()> {
+    use reqwest::Method;
+    let path = format!("/api/accounts/{id}");
+    let generation = |a: &serde_json::Value| a["generation"].as_i64().unwrap_or(0);
+    let before = generation(&client.call(Method::GET, &path, None).await?);
+    let started = client.call(Method::POST, &format!("{path}/login"), None).await?;
+    println!("\nOpen this URL in a browser and log in:\n\n  {}\n", started["authorize_url"].as_str().unwrap_or(""));
+    if started["listening"].as_bool() == Some(true) {
+        println!("The farm is listening for the redirect. If the browser cannot reach it,");
+    }
+    println!("paste the full URL the browser was sent to, then press Enter:");
+    let (pasted_tx, mut pasted_rx) = tokio::sync::mpsc::channel::<String>(1);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+            if !line.trim().is_empty() && pasted_tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        tokio::select! {
+            Some(url) = pasted_rx.recv() => {
+                let body = serde_json::json!({"redirect_url": url.trim()});
+                match client.call(Method::POST, &format!("{path}/login/complete"), Some(body)).await {
+                    Ok(a) => return done(&a),
+                    Err(e) => eprintln!("{e:#}\npaste the redirect URL again:"),
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                // Every successful login writes new tokens, which bumps the generation.
+                let a = client.call(Method::GET, &path, None).await?;
+                if generation(&a) > before {
+                    return done(&a);
+                }
+            }
+        }
+    }
+}
+
+fn done(account: &serde_json::Value) -> Result<()> {
+    println!("account {} is {}", account["id"], account["state"].as_str().unwrap_or("?"));
+    Ok(())
+}
