@@ -10,8 +10,11 @@
 //! passed in as pairs rather than read from the process, so all of this is
 //! testable without touching global state.
 //!
-//! Secrets (admin token, store key, client secrets) are held as [`Secret`]
-//! from the moment they are read and no error message ever contains one.
+//! Secrets (admin token, store key, client secrets, webhook keys) are held
+//! as [`Secret`] from the moment they are read and no error message ever
+//! contains one. Webhook URLs are treated as secrets too (chat services put
+//! the credential in the path): errors never quote them and `Debug` shows
+//! only their origin.
 //! Relative paths are kept relative: the caller resolves them.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -61,6 +64,42 @@ const ENV_KEYS: &[&str] = &[
     "rotation.max_cooldown",
     "log.level",
     "log.format",
+    "events.retention",
+    "events.buffer",
+    "browser.enabled",
+    "browser.chromium",
+    "browser.node",
+    "browser.driver",
+    "browser.headless",
+    "browser.max_concurrent",
+    "browser.profiles_dir",
+    "browser.artifacts_dir",
+    "browser.relogin_timeout",
+    "browser.retry_initial",
+    "browser.retry_max",
+];
+
+/// Every event kind, as spelled in `webhook.events` (and in the event
+/// stream's `kind` field).
+pub const EVENT_KINDS: &[&str] = &[
+    "account_added",
+    "account_removed",
+    "account_updated",
+    "login_started",
+    "login_completed",
+    "login_failed",
+    "refresh_ok",
+    "refresh_failed",
+    "needs_relogin",
+    "relogin_started",
+    "relogin_succeeded",
+    "relogin_failed",
+    "needs_human",
+    "cooldown_started",
+    "cooldown_ended",
+    "client_created",
+    "client_revoked",
+    "webhook_failed",
 ];
 
 /// Upper bound on every duration: far beyond any sensible setting, and low
@@ -79,6 +118,16 @@ const RESERVED_AUTHORIZE_PARAMS: &[&str] = &[
     "state",
 ];
 
+/// Chromium flags relogin-farm (or the Playwright driver) sets itself;
+/// `browser.extra_args` may not give them. Playwright rejects the first
+/// three outright; `--headless` is what `browser.headless` controls.
+const RESERVED_CHROMIUM_ARGS: &[&str] = &[
+    "--user-data-dir",
+    "--remote-debugging-pipe",
+    "--remote-debugging-port",
+    "--headless",
+];
+
 // ---------------------------------------------------------------------------
 // Public types
 // ---------------------------------------------------------------------------
@@ -91,6 +140,11 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
     pub rotation: RotationConfig,
     pub log: LogConfig,
+    pub events: EventsConfig,
+    /// `[[webhook]]` blocks, in file order (the index is the `N` of their
+    /// `RELOGIN_FARM_WEBHOOK_<N>_SECRET` variables).
+    pub webhooks: Vec<WebhookConfig>,
+    pub browser: BrowserSettings,
     /// `[[provider]]` blocks, in file order; names are unique.
     pub providers: Vec<ProviderConfig>,
 }
@@ -148,6 +202,89 @@ pub struct LogConfig {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+pub struct EventsConfig {
+    /// Events older than this are pruned by the sweep.
+    pub retention: Duration,
+    /// Capacity of the in-memory broadcast to live subscribers (16..=65536).
+    pub buffer: usize,
+}
+
+/// One `[[webhook]]`: each event of a kind it wants is POSTed to `url` as
+/// JSON, signed with HMAC-SHA256 when a secret is set.
+#[derive(Clone, PartialEq)]
+pub struct WebhookConfig {
+    /// http or https. May carry a credential (in its path or user info), so
+    /// `Debug` shows only its origin.
+    pub url: Url,
+    /// Event kinds to deliver, each one of [`EVENT_KINDS`], no duplicates.
+    /// Empty means every kind: use [`WebhookConfig::wants`].
+    pub events: Vec<String>,
+    /// HMAC key; `None` sends unsigned requests.
+    pub secret: Option<Secret>,
+    /// Deliveries per event at most, first one included (1..=20).
+    pub max_attempts: u32,
+    /// Per request.
+    pub timeout: Duration,
+}
+
+/// `[browser]`: the Chromium that relogin drives through Playwright.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BrowserSettings {
+    /// `false`: never launch a browser; an account that needs a relogin
+    /// waits for a person.
+    pub enabled: bool,
+    /// The Chromium executable.
+    pub chromium: PathBuf,
+    /// The Node.js executable that runs the Playwright driver.
+    pub node: PathBuf,
+    /// The Playwright driver's `cli.js` (npm playwright-core).
+    pub driver: PathBuf,
+    pub headless: bool,
+    /// Browsers running at once (1..=16).
+    pub max_concurrent: usize,
+    /// One persistent profile per account below this directory.
+    pub profiles_dir: PathBuf,
+    /// Screenshots of failed relogins.
+    pub artifacts_dir: PathBuf,
+    /// Limit on one whole scripted relogin.
+    pub relogin_timeout: Duration,
+    /// Extra Chromium flags, each starting with `-`; none of the flags the
+    /// farm sets itself.
+    pub extra_args: Vec<String>,
+    /// Backoff after a failed relogin: starts here, doubles up to `retry_max`.
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+}
+
+impl WebhookConfig {
+    /// Whether events of `kind` go to this webhook.
+    pub fn wants(&self, kind: &str) -> bool {
+        self.events.is_empty() || self.events.iter().any(|k| k == kind)
+    }
+}
+
+impl fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &RedactedUrl(&self.url))
+            .field("events", &self.events)
+            .field("secret", &self.secret)
+            .field("max_attempts", &self.max_attempts)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// A URL shown as its origin only: `https://hooks.example.com/***`.
+struct RedactedUrl<'a>(&'a Url);
+
+impl fmt::Debug for RedactedUrl<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{}/***\"", self.0.origin().ascii_serialization())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProviderConfig {
     pub name: String,
     pub endpoints: Endpoints,
@@ -158,6 +295,8 @@ pub struct ProviderConfig {
     pub extra_authorize_params: BTreeMap<String, String>,
     /// How long a started login waits for its redirect.
     pub login_timeout: Duration,
+    /// Default login script for this provider's accounts (not read here).
+    pub login_script: Option<PathBuf>,
 }
 
 /// Where a provider's OAuth endpoints come from.
@@ -345,7 +484,37 @@ impl Default for LogConfig {
     }
 }
 
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            retention: Duration::from_secs(30 * 24 * 60 * 60),
+            buffer: 1024,
+        }
+    }
+}
+
+impl Default for BrowserSettings {
+    fn default() -> Self {
+        BrowserSettings {
+            enabled: true,
+            chromium: PathBuf::from("/usr/bin/chromium"),
+            node: PathBuf::from("/usr/bin/node"),
+            driver: PathBuf::from("scripts/playwright/node_modules/playwright-core/cli.js"),
+            headless: true,
+            max_concurrent: 2,
+            profiles_dir: PathBuf::from("profiles"),
+            artifacts_dir: PathBuf::from("data/artifacts"),
+            relogin_timeout: minutes(2),
+            extra_args: Vec::new(),
+            retry_initial: minutes(5),
+            retry_max: minutes(6 * 60),
+        }
+    }
+}
+
 const DEFAULT_LOGIN_TIMEOUT: Duration = minutes(10);
+const DEFAULT_WEBHOOK_MAX_ATTEMPTS: u32 = 6;
+const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `farm.key` next to the database, so moving `store.path` (or passing
 /// `--store-path`) moves the key along unless `key_file` is set.
@@ -402,6 +571,9 @@ impl Config {
         let scheduler = root.child("scheduler")?;
         let rotation = root.child("rotation")?;
         let log = root.child("log")?;
+        let events = root.child("events")?;
+        let webhooks = root.take("webhook");
+        let browser = root.child("browser")?;
         let providers = root.take("provider");
         root.finish()?;
 
@@ -411,6 +583,9 @@ impl Config {
             scheduler: SchedulerConfig::build(scheduler)?,
             rotation: RotationConfig::build(rotation)?,
             log: LogConfig::build(log)?,
+            events: EventsConfig::build(events)?,
+            webhooks: build_webhooks(webhooks, &env)?,
+            browser: BrowserSettings::build(browser)?,
             providers: build_providers(providers, &env)?,
         };
         config.apply_flags(overrides)?;
@@ -594,6 +769,54 @@ impl LogConfig {
     }
 }
 
+impl EventsConfig {
+    fn build(mut sec: Section<'_>) -> Result<Self> {
+        let d = Self::default();
+        let retention = sec.duration("retention")?.unwrap_or(d.retention);
+        let buffer = sec.count("buffer", 16..=65536)?.unwrap_or(d.buffer);
+        sec.finish()?;
+        Ok(EventsConfig { retention, buffer })
+    }
+}
+
+impl BrowserSettings {
+    fn build(mut sec: Section<'_>) -> Result<Self> {
+        let d = Self::default();
+        let enabled = sec.boolean("enabled")?.unwrap_or(d.enabled);
+        let chromium = sec.path("chromium")?.unwrap_or(d.chromium);
+        let node = sec.path("node")?.unwrap_or(d.node);
+        let driver = sec.path("driver")?.unwrap_or(d.driver);
+        let headless = sec.boolean("headless")?.unwrap_or(d.headless);
+        let max_concurrent = sec
+            .count("max_concurrent", 1..=16)?
+            .unwrap_or(d.max_concurrent);
+        let profiles_dir = sec.path("profiles_dir")?.unwrap_or(d.profiles_dir);
+        let artifacts_dir = sec.path("artifacts_dir")?.unwrap_or(d.artifacts_dir);
+        let relogin_timeout = sec
+            .duration("relogin_timeout")?
+            .unwrap_or(d.relogin_timeout);
+        let extra_args = sec.chromium_args("extra_args")?.unwrap_or(d.extra_args);
+        let retry_initial = sec.duration("retry_initial")?.unwrap_or(d.retry_initial);
+        let retry_max = sec.duration("retry_max")?.unwrap_or(d.retry_max);
+        sec.finish()?;
+        sec.at_least("retry_max", retry_max, "retry_initial", retry_initial)?;
+        Ok(BrowserSettings {
+            enabled,
+            chromium,
+            node,
+            driver,
+            headless,
+            max_concurrent,
+            profiles_dir,
+            artifacts_dir,
+            relogin_timeout,
+            extra_args,
+            retry_initial,
+            retry_max,
+        })
+    }
+}
+
 /// Only emptiness is checked: the real parser (`EnvFilter`) lives with the
 /// caller, and an empty directive would silently mean "errors only".
 fn check_log_level(level: &str) -> Result<(), &'static str> {
@@ -687,13 +910,8 @@ fn build_providers(value: Option<Value>, env: &EnvLayer) -> Result<Vec<ProviderC
         .iter()
         .find(|(name, _)| !known.contains(*name))
     {
-        let var = vars
-            .value
-            .as_ref()
-            .or(vars.file.as_ref())
-            .map_or_else(String::new, |s| s.name.clone());
         return Err(ConfigError::UnknownEnv {
-            var,
+            var: vars.var_name(),
             reason: format!("no [[provider]] whose name uppercases to {name}"),
         });
     }
@@ -716,6 +934,7 @@ fn build_provider(mut sec: Section<'_>, env: &EnvLayer) -> Result<ProviderConfig
     let login_timeout = sec
         .duration("login_timeout")?
         .unwrap_or(DEFAULT_LOGIN_TIMEOUT);
+    let login_script = sec.path("login_script")?;
     sec.finish()?;
     let name = sec.required("name", name)?;
     let endpoints = endpoints.resolve(&sec)?;
@@ -735,6 +954,7 @@ fn build_provider(mut sec: Section<'_>, env: &EnvLayer) -> Result<ProviderConfig
         redirect_uri,
         extra_authorize_params,
         login_timeout,
+        login_script,
     })
 }
 
@@ -819,6 +1039,86 @@ fn parse_http_url(text: &str) -> Result<Url, String> {
 }
 
 // ---------------------------------------------------------------------------
+// Webhooks
+// ---------------------------------------------------------------------------
+
+fn build_webhooks(value: Option<Value>, env: &EnvLayer) -> Result<Vec<WebhookConfig>> {
+    let items = match value {
+        None => Vec::new(),
+        Some(Value::Array(items)) => items,
+        Some(other) => {
+            return Err(wrong_type(
+                "webhook".to_owned(),
+                "an array of tables ([[webhook]])",
+                &other,
+            ))
+        }
+    };
+    if let Some((&index, vars)) = env.webhook_secrets.range(items.len()..).next() {
+        return Err(ConfigError::UnknownEnv {
+            var: vars.var_name(),
+            reason: format!(
+                "no [[webhook]] with index {index} (indexes start at 0; there {})",
+                match items.len() {
+                    1 => "is 1".to_owned(),
+                    n => format!("are {n}"),
+                }
+            ),
+        });
+    }
+    let mut webhooks = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let path = format!("webhook[{i}]");
+        let Value::Table(table) = item else {
+            return Err(wrong_type(path, "a table", &item));
+        };
+        let from_env = env.webhook_secrets.get(&i).cloned().unwrap_or_default();
+        webhooks.push(build_webhook(Section::new(path, table, env), from_env)?);
+    }
+    Ok(webhooks)
+}
+
+fn build_webhook(mut sec: Section<'_>, from_env: SecretVars) -> Result<WebhookConfig> {
+    let url = sec.secret_url("url")?;
+    let events = sec.event_kinds("events")?.unwrap_or_default();
+    let from_file = SecretVars {
+        value: sec.secret("secret")?,
+        file: sec.secret_file("secret_file")?,
+    };
+    let max_attempts = sec
+        .count("max_attempts", 1..=20)?
+        .map_or(DEFAULT_WEBHOOK_MAX_ATTEMPTS, |n| {
+            u32::try_from(n).expect("at most 20")
+        });
+    let timeout = sec.duration("timeout")?.unwrap_or(DEFAULT_WEBHOOK_TIMEOUT);
+    sec.finish()?;
+    let url = sec.required("url", url)?;
+    Ok(WebhookConfig {
+        url,
+        events,
+        secret: resolve_secret(from_env, from_file)?,
+        max_attempts,
+        timeout,
+    })
+}
+
+/// `WEBHOOK_<N>_SECRET[_FILE]` → (`N`, is it the `_FILE` one). `N` is
+/// decimal without leading zeros, so two variables never share an index.
+fn parse_webhook_secret_var(short: &str) -> Option<(usize, bool)> {
+    let rest = short.strip_prefix("WEBHOOK_")?;
+    let (index, is_file) = match rest.strip_suffix("_SECRET_FILE") {
+        Some(index) => (index, true),
+        None => (rest.strip_suffix("_SECRET")?, false),
+    };
+    let canonical =
+        index.bytes().all(|b| b.is_ascii_digit()) && (index == "0" || !index.starts_with('0'));
+    if !canonical {
+        return None;
+    }
+    Some((index.parse().ok()?, is_file))
+}
+
+// ---------------------------------------------------------------------------
 // Secrets
 // ---------------------------------------------------------------------------
 
@@ -851,6 +1151,14 @@ impl SecretVars {
             (Some(value), Some(file)) => Err(conflict(&value.name, &file.name)),
             (value, file) => Ok(value.or(file)),
         }
+    }
+
+    /// The name of the key or variable that gave the secret (`""` if none).
+    fn var_name(&self) -> String {
+        self.value
+            .as_ref()
+            .or(self.file.as_ref())
+            .map_or_else(String::new, |s| s.name.clone())
     }
 }
 
@@ -947,6 +1255,8 @@ struct EnvLayer {
     store_key: Option<Secret>,
     /// Client secrets by the provider part of their variable (`DEMO`).
     client_secrets: BTreeMap<String, SecretVars>,
+    /// Webhook secrets by the index in their variable.
+    webhook_secrets: BTreeMap<usize, SecretVars>,
 }
 
 impl EnvLayer {
@@ -981,6 +1291,13 @@ impl EnvLayer {
                 layer.store_key = Some(Secret::new(value));
             } else if let Some((provider, is_file)) = parse_client_secret_var(short) {
                 let slot = layer.client_secrets.entry(provider.to_owned()).or_default();
+                if is_file {
+                    slot.file = Some(SecretRef::file(var, value));
+                } else {
+                    slot.value = Some(SecretRef::inline(var, value));
+                }
+            } else if let Some((index, is_file)) = parse_webhook_secret_var(short) {
+                let slot = layer.webhook_secrets.entry(index).or_default();
                 if is_file {
                     slot.file = Some(SecretRef::file(var, value));
                 } else {
@@ -1227,6 +1544,113 @@ impl<'a> Section<'a> {
         self.parsed(key, "URL", parse_http_url)
     }
 
+    /// Like [`Section::url`], for a URL that may hold a credential: the
+    /// error never quotes it (the `url` crate's messages do not either).
+    fn secret_url(&mut self, key: &str) -> Result<Option<Url>> {
+        let Some(text) = self.string(key)? else {
+            return Ok(None);
+        };
+        parse_http_url(&text)
+            .map(Some)
+            .map_err(|e| self.invalid(key, format!("invalid URL: {e}")))
+    }
+
+    /// `true` or `false`. The environment can only give strings, so the
+    /// strings `true` and `false` are accepted there (and only there).
+    fn boolean(&mut self, key: &str) -> Result<Option<bool>> {
+        let from_env = self.set_by_env(key);
+        match self.take(key) {
+            None => Ok(None),
+            Some(Value::Boolean(b)) => Ok(Some(b)),
+            Some(Value::String(text)) if from_env => match text.trim() {
+                "true" => Ok(Some(true)),
+                "false" => Ok(Some(false)),
+                _ => Err(self.invalid(
+                    key,
+                    format!("invalid boolean {text:?}: expected true or false"),
+                )),
+            },
+            Some(other) => Err(wrong_type(self.name(key), "true or false", &other)),
+        }
+    }
+
+    /// An array of strings, each checked by `check` (which gets the item's
+    /// full key for its error).
+    fn string_list(
+        &mut self,
+        key: &str,
+        mut check: impl FnMut(&str, &str) -> Result<()>,
+    ) -> Result<Option<Vec<String>>> {
+        let Some(value) = self.take(key) else {
+            return Ok(None);
+        };
+        let Value::Array(items) = value else {
+            return Err(wrong_type(self.name(key), "an array of strings", &value));
+        };
+        let mut list = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            let item_key = format!("{}[{i}]", self.name(key));
+            let Value::String(text) = item else {
+                return Err(wrong_type(item_key, "a string", &item));
+            };
+            check(&item_key, &text)?;
+            list.push(text);
+        }
+        Ok(Some(list))
+    }
+
+    /// Event kinds from [`EVENT_KINDS`], each at most once.
+    fn event_kinds(&mut self, key: &str) -> Result<Option<Vec<String>>> {
+        let mut seen = BTreeMap::new();
+        self.string_list(key, |item_key, kind| {
+            if !EVENT_KINDS.contains(&kind) {
+                return Err(ConfigError::Invalid {
+                    key: item_key.to_owned(),
+                    reason: format!(
+                        "unknown event kind {kind:?}: expected one of {}",
+                        EVENT_KINDS.join(" | ")
+                    ),
+                });
+            }
+            if let Some(first) = seen.insert(kind.to_owned(), item_key.to_owned()) {
+                return Err(ConfigError::Invalid {
+                    key: item_key.to_owned(),
+                    reason: format!("duplicate event kind {kind:?} (also {first})"),
+                });
+            }
+            Ok(())
+        })
+    }
+
+    /// Chromium command-line flags: each starts with `-` (anything else
+    /// would be opened as a URL) and is none of [`RESERVED_CHROMIUM_ARGS`].
+    fn chromium_args(&mut self, key: &str) -> Result<Option<Vec<String>>> {
+        self.string_list(key, |item_key, arg| {
+            let invalid = |reason: String| ConfigError::Invalid {
+                key: item_key.to_owned(),
+                reason,
+            };
+            let name = arg.split_once('=').map_or(arg, |(name, _)| name);
+            if !name.starts_with('-') || name.trim_start_matches('-').is_empty() {
+                return Err(invalid(format!(
+                    "invalid Chromium flag {arg:?}: must be --name or --name=value"
+                )));
+            }
+            let canonical = format!("--{}", name.trim_start_matches('-'));
+            if RESERVED_CHROMIUM_ARGS.contains(&canonical.as_str()) {
+                return Err(invalid(format!(
+                    "{name} is reserved: relogin-farm sets it itself{}",
+                    if canonical == "--headless" {
+                        " (use browser.headless)"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+            Ok(())
+        })
+    }
+
     fn secret(&mut self, key: &str) -> Result<Option<SecretRef>> {
         Ok(self
             .string(key)?
@@ -1242,27 +1666,15 @@ impl<'a> Section<'a> {
     /// OAuth scope tokens: non-empty, no whitespace (the request joins them
     /// with spaces).
     fn scopes(&mut self, key: &str) -> Result<Option<Vec<String>>> {
-        let Some(value) = self.take(key) else {
-            return Ok(None);
-        };
-        let Value::Array(items) = value else {
-            return Err(wrong_type(self.name(key), "an array of strings", &value));
-        };
-        let mut scopes = Vec::with_capacity(items.len());
-        for (i, item) in items.into_iter().enumerate() {
-            let item_key = format!("{}[{i}]", self.name(key));
-            let Value::String(scope) = item else {
-                return Err(wrong_type(item_key, "a string", &item));
-            };
+        self.string_list(key, |item_key, scope| {
             if scope.is_empty() || scope.contains(char::is_whitespace) {
                 return Err(ConfigError::Invalid {
-                    key: item_key,
+                    key: item_key.to_owned(),
                     reason: format!("invalid scope {scope:?}: must be non-empty, without spaces"),
                 });
             }
-            scopes.push(scope);
-        }
-        Ok(Some(scopes))
+            Ok(())
+        })
     }
 
     /// A table of string values that must not touch the parameters
@@ -1373,6 +1785,28 @@ mod tests {
             }
         );
         assert!(config.providers.is_empty());
+        assert_eq!(
+            config.events,
+            EventsConfig {
+                retention: Duration::from_secs(30 * 86400),
+                buffer: 1024
+            }
+        );
+        assert!(config.webhooks.is_empty());
+        let b = &config.browser;
+        assert!(b.enabled && b.headless);
+        assert_eq!(b.chromium, Path::new("/usr/bin/chromium"));
+        assert_eq!(b.node, Path::new("/usr/bin/node"));
+        assert_eq!(
+            b.driver,
+            Path::new("scripts/playwright/node_modules/playwright-core/cli.js")
+        );
+        assert_eq!(b.max_concurrent, 2);
+        assert_eq!(b.profiles_dir, Path::new("profiles"));
+        assert_eq!(b.artifacts_dir, Path::new("data/artifacts"));
+        assert_eq!(b.relogin_timeout, minutes(2));
+        assert!(b.extra_args.is_empty());
+        assert_eq!((b.retry_initial, b.retry_max), (minutes(5), minutes(360)));
     }
 
     #[test]
@@ -1446,12 +1880,30 @@ mod tests {
             &[
                 ("RELOGIN_FARM_ADMIN_TOKEN", TOKEN),
                 ("RELOGIN_FARM_PROVIDER_DEMO_CLIENT_SECRET", "s"),
+                ("RELOGIN_FARM_WEBHOOK_0_SECRET", "w"),
             ],
         )
         .unwrap();
         let [demo, legacy] = &config.providers[..] else {
             panic!("{:?}", config.providers)
         };
+        assert_eq!(
+            demo.login_script.as_deref(),
+            Some(Path::new("scripts/login/demo.toml"))
+        );
+        let [hook] = &config.webhooks[..] else {
+            panic!("{:?}", config.webhooks)
+        };
+        assert_eq!(hook.url.as_str(), "http://127.0.0.1:9000/hook");
+        assert_eq!(
+            hook.events,
+            ["needs_relogin", "needs_human", "refresh_failed"]
+        );
+        assert_eq!(hook.secret, Some(Secret::new("w")));
+        assert_eq!(
+            (hook.max_attempts, hook.timeout),
+            (DEFAULT_WEBHOOK_MAX_ATTEMPTS, DEFAULT_WEBHOOK_TIMEOUT)
+        );
         assert_eq!(
             demo.extra_authorize_params
                 .get("prompt")
@@ -1531,7 +1983,15 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_named() {
-        for section in ["server", "store", "scheduler", "rotation", "log"] {
+        for section in [
+            "server",
+            "store",
+            "scheduler",
+            "rotation",
+            "log",
+            "events",
+            "browser",
+        ] {
             assert_eq!(
                 err(&format!("[{section}]\nbogus = 1"), &[]),
                 format!("{section}.bogus: unknown key")
@@ -1544,6 +2004,12 @@ mod tests {
         );
         let text = format!("{MINIMAL_PROVIDER}\n[[provider]]\nname = \"b\"\nbogus = 1");
         assert_eq!(err(&text, &[]), "provider[1].bogus: unknown key");
+        let text = format!("{WEBHOOK}\n[[webhook]]\nurl = \"http://h/\"\nbogus = 1");
+        assert_eq!(err(&text, &[]), "webhook[1].bogus: unknown key");
+        assert_eq!(
+            err("[[webhooks]]\nurl = \"http://h/\"", &[]),
+            "webhooks: unknown key"
+        );
     }
 
     #[test]
@@ -1565,6 +2031,26 @@ mod tests {
             ("[log]\nlevel = \" \"", "log.level: invalid log level \" \": must not be empty"),
             ("[store]\npath = \"\"", "store.path: invalid path \"\": must not be empty"),
             ("server = 1", "server: expected a table, found integer"),
+            ("[events]\nretention = \"0s\"", "events.retention: must be more than 0s"),
+            ("[events]\nretention = \"forever\"", "events.retention: invalid duration \"forever\""),
+            ("[events]\nbuffer = 8", "events.buffer: must be between 16 and 65536, not 8"),
+            ("[events]\nbuffer = 100000", "events.buffer: must be between 16 and 65536, not 100000"),
+            ("events = []", "events: expected a table, found array"),
+            ("[browser]\nenabled = \"no\"", "browser.enabled: expected true or false, found string"),
+            ("[browser]\nheadless = 1", "browser.headless: expected true or false, found integer"),
+            ("[browser]\nmax_concurrent = 0", "browser.max_concurrent: must be between 1 and 16, not 0"),
+            ("[browser]\nmax_concurrent = 17", "browser.max_concurrent: must be between 1 and 16, not 17"),
+            ("[browser]\nchromium = \"\"", "browser.chromium: invalid path \"\": must not be empty"),
+            ("[browser]\nprofiles_dir = 1", "browser.profiles_dir: expected a string, found integer"),
+            ("[browser]\nrelogin_timeout = \"0s\"", "browser.relogin_timeout: must be more than 0s"),
+            ("[browser]\nretry_initial = \"7h\"", "browser.retry_max: 6h must be at least browser.retry_initial (7h)"),
+            ("[browser]\nextra_args = \"--lang=de\"", "browser.extra_args: expected an array of strings, found string"),
+            ("[browser]\nextra_args = [\"--lang=de\", 1]", "browser.extra_args[1]: expected a string, found integer"),
+            ("[browser]\nextra_args = [\"no-sandbox\"]", "browser.extra_args[0]: invalid Chromium flag \"no-sandbox\": must be --name or --name=value"),
+            ("[browser]\nextra_args = [\"--\"]", "browser.extra_args[0]: invalid Chromium flag \"--\""),
+            ("[browser]\nextra_args = [\"--lang=de\", \"--headless=new\"]", "browser.extra_args[1]: --headless is reserved: relogin-farm sets it itself (use browser.headless)"),
+            ("[browser]\nextra_args = [\"-user-data-dir=/tmp/x\"]", "browser.extra_args[0]: -user-data-dir is reserved"),
+            ("[browser]\nextra_args = [\"--remote-debugging-port=9222\"]", "browser.extra_args[0]: --remote-debugging-port is reserved"),
         ];
         for (text, expected) in cases {
             let e = err(text, &[]);
@@ -1677,6 +2163,263 @@ mod tests {
             ],
         )
         .unwrap();
+    }
+
+    #[test]
+    fn env_overrides_events_and_browser() {
+        let file = "[browser]\nheadless = true\nmax_concurrent = 3\n[events]\nbuffer = 64";
+        let config = load(
+            file,
+            &[
+                ("RELOGIN_FARM_EVENTS_RETENTION", "7d"),
+                ("RELOGIN_FARM_EVENTS_BUFFER", "4096"),
+                ("RELOGIN_FARM_BROWSER_ENABLED", "false"),
+                ("RELOGIN_FARM_BROWSER_HEADLESS", " false "),
+                ("RELOGIN_FARM_BROWSER_MAX_CONCURRENT", "4"),
+                ("RELOGIN_FARM_BROWSER_CHROMIUM", "/opt/chromium/chrome"),
+                ("RELOGIN_FARM_BROWSER_NODE", "node"),
+                ("RELOGIN_FARM_BROWSER_DRIVER", "d/cli.js"),
+                ("RELOGIN_FARM_BROWSER_PROFILES_DIR", "p"),
+                ("RELOGIN_FARM_BROWSER_ARTIFACTS_DIR", "a"),
+                ("RELOGIN_FARM_BROWSER_RELOGIN_TIMEOUT", "90s"),
+                ("RELOGIN_FARM_BROWSER_RETRY_INITIAL", "1m"),
+                ("RELOGIN_FARM_BROWSER_RETRY_MAX", "1h"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            config.events,
+            EventsConfig {
+                retention: Duration::from_secs(7 * 86400),
+                buffer: 4096
+            }
+        );
+        assert_eq!(
+            config.browser,
+            BrowserSettings {
+                enabled: false,
+                chromium: "/opt/chromium/chrome".into(),
+                node: "node".into(),
+                driver: "d/cli.js".into(),
+                headless: false,
+                max_concurrent: 4,
+                profiles_dir: "p".into(),
+                artifacts_dir: "a".into(),
+                relogin_timeout: Duration::from_secs(90),
+                extra_args: vec![],
+                retry_initial: minutes(1),
+                retry_max: minutes(60),
+            }
+        );
+        let config = load(
+            "[browser]\nenabled = false",
+            &[("RELOGIN_FARM_BROWSER_ENABLED", "true")],
+        )
+        .unwrap();
+        assert!(config.browser.enabled);
+
+        let e = err("", &[("RELOGIN_FARM_BROWSER_HEADLESS", "yes")]);
+        assert_eq!(
+            e,
+            "browser.headless (from RELOGIN_FARM_BROWSER_HEADLESS): invalid boolean \"yes\": expected true or false"
+        );
+        let e = err("", &[("RELOGIN_FARM_EVENTS_BUFFER", "1")]);
+        assert_eq!(
+            e,
+            "events.buffer (from RELOGIN_FARM_EVENTS_BUFFER): must be between 16 and 65536, not 1"
+        );
+        let e = err("", &[("RELOGIN_FARM_BROWSER_RETRY_INITIAL", "7h")]);
+        assert_eq!(
+            e,
+            "browser.retry_max: 6h must be at least browser.retry_initial (7h)"
+        );
+        // Arrays and webhook keys have no variables.
+        assert!(err("", &[("RELOGIN_FARM_BROWSER_EXTRA_ARGS", "--x")])
+            .starts_with("RELOGIN_FARM_BROWSER_EXTRA_ARGS: unknown variable"));
+        assert!(err("", &[("RELOGIN_FARM_WEBHOOK_0_URL", "http://h/")])
+            .starts_with("RELOGIN_FARM_WEBHOOK_0_URL: unknown variable"));
+    }
+
+    const WEBHOOK: &str = r#"
+        [[webhook]]
+        url = "https://hooks.example.com/services/T0/B0/tokenpart"
+    "#;
+
+    #[test]
+    fn event_kinds_are_unique_snake_case() {
+        assert_eq!(EVENT_KINDS.len(), 18);
+        let unique: BTreeSet<&str> = EVENT_KINDS.iter().copied().collect();
+        assert_eq!(unique.len(), EVENT_KINDS.len());
+        for kind in EVENT_KINDS {
+            assert!(
+                kind.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{kind}"
+            );
+        }
+    }
+
+    #[test]
+    fn webhooks() {
+        let config = load(WEBHOOK, &[]).unwrap();
+        let [hook] = &config.webhooks[..] else {
+            panic!("{:?}", config.webhooks)
+        };
+        assert!(hook.events.is_empty());
+        assert!(EVENT_KINDS.iter().all(|k| hook.wants(k)));
+        assert_eq!(hook.secret, None);
+        assert_eq!(hook.max_attempts, 6);
+        assert_eq!(hook.timeout, Duration::from_secs(10));
+
+        let text = format!(
+            "{WEBHOOK}events = []\n[[webhook]]\nurl = \"http://127.0.0.1:9/h\"\nevents = [\"needs_human\", \"webhook_failed\"]\nmax_attempts = 20\ntimeout = \"1m\""
+        );
+        let config = load(&text, &[]).unwrap();
+        let [all, some] = &config.webhooks[..] else {
+            panic!("{:?}", config.webhooks)
+        };
+        assert!(all.events.is_empty() && all.wants("refresh_ok"));
+        assert_eq!(some.events, ["needs_human", "webhook_failed"]);
+        assert!(some.wants("needs_human") && !some.wants("refresh_ok"));
+        assert_eq!((some.max_attempts, some.timeout), (20, minutes(1)));
+
+        let with = |extra: &str| format!("{WEBHOOK}{extra}");
+        let e = err(&with("events = [\"needs_human\", \"needs_humans\"]"), &[]);
+        assert_eq!(
+            e,
+            format!(
+                "webhook[0].events[1]: unknown event kind \"needs_humans\": expected one of {}",
+                EVENT_KINDS.join(" | ")
+            )
+        );
+        assert!(e.contains("account_added | account_removed") && e.ends_with("| webhook_failed"));
+        let cases = [
+            (with("events = [\"refresh_ok\", \"refresh_ok\"]"), "webhook[0].events[1]: duplicate event kind \"refresh_ok\" (also webhook[0].events[0])"),
+            (with("events = \"needs_human\""), "webhook[0].events: expected an array of strings, found string"),
+            (with("events = [1]"), "webhook[0].events[0]: expected a string, found integer"),
+            (with("max_attempts = 0"), "webhook[0].max_attempts: must be between 1 and 20, not 0"),
+            (with("max_attempts = 21"), "webhook[0].max_attempts: must be between 1 and 20, not 21"),
+            (with("timeout = \"0s\""), "webhook[0].timeout: must be more than 0s"),
+            ("[[webhook]]\nevents = []".into(), "webhook[0].url: missing"),
+            ("[webhook]\nurl = \"http://h/\"".into(), "webhook: expected an array of tables ([[webhook]]), found table"),
+            ("webhook = [1]".into(), "webhook[0]: expected a table, found integer"),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(err(&text, &[]), expected, "{text}");
+        }
+    }
+
+    /// Webhook URLs may carry a credential: errors and `Debug` never show
+    /// more than the origin.
+    #[test]
+    fn webhook_urls_are_not_shown() {
+        const TOKEN_PART: &str = "tokenpart";
+        let config = load(WEBHOOK, &[]).unwrap();
+        let shown = format!("{:?}", config);
+        assert!(shown.contains("https://hooks.example.com/***"), "{shown}");
+        assert!(!shown.contains(TOKEN_PART), "{shown}");
+        let with_user = "[[webhook]]\nurl = \"https://user:tokenpart@h.example/x?k=tokenpart\"";
+        let shown = format!("{:?}", load(with_user, &[]).unwrap());
+        assert!(!shown.contains(TOKEN_PART), "{shown}");
+
+        for (url, expected) in [
+            (
+                "ftp://h.example/tokenpart",
+                "webhook[0].url: invalid URL: scheme must be http or https, not ftp",
+            ),
+            (
+                "hooks.example.com/tokenpart",
+                "webhook[0].url: invalid URL: relative URL without a base",
+            ),
+            (
+                "https://tokenpart:99999/",
+                "webhook[0].url: invalid URL: invalid port number",
+            ),
+        ] {
+            let e = load(&format!("[[webhook]]\nurl = \"{url}\""), &[]).unwrap_err();
+            assert_eq!(e.to_string(), expected);
+            assert!(!all_text(&e).contains(TOKEN_PART), "{}", all_text(&e));
+        }
+    }
+
+    #[test]
+    fn provider_login_script() {
+        let config = load(MINIMAL_PROVIDER, &[]).unwrap();
+        assert_eq!(config.providers[0].login_script, None);
+        let text = format!("{MINIMAL_PROVIDER}\nlogin_script = \"scripts/login/demo.toml\"");
+        let config = load(&text, &[]).unwrap();
+        assert_eq!(
+            config.providers[0].login_script.as_deref(),
+            Some(Path::new("scripts/login/demo.toml"))
+        );
+        let text = format!("{MINIMAL_PROVIDER}\nlogin_script = \"\"");
+        assert_eq!(
+            err(&text, &[]),
+            "provider[0].login_script: invalid path \"\": must not be empty"
+        );
+        let text = format!("{MINIMAL_PROVIDER}\nlogin_script = [\"a\"]");
+        assert_eq!(
+            err(&text, &[]),
+            "provider[0].login_script: expected a string, found array"
+        );
+    }
+
+    #[test]
+    fn webhook_secrets_are_read_and_never_shown() {
+        const SECRET: &str = "hmac-key-very-secret";
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("webhook.secret");
+        fs::write(&file, format!("{SECRET}\n")).unwrap();
+        let file = file.to_str().unwrap();
+        let empty = dir.path().join("empty");
+        fs::write(&empty, "").unwrap();
+        let empty = empty.to_str().unwrap();
+        let two = format!("{WEBHOOK}{WEBHOOK}");
+        let with = |extra: &str| format!("{WEBHOOK}{extra}");
+        let secret_file = format!("secret_file = {}", Value::String(file.into()));
+
+        let config = load(&with(&secret_file), &[]).unwrap();
+        assert_eq!(config.webhooks[0].secret, Some(Secret::new(SECRET)));
+        assert!(!format!("{config:?}").contains(SECRET));
+        let config = load(&with(&format!("secret = \"{SECRET}\"")), &[]).unwrap();
+        assert_eq!(config.webhooks[0].secret, Some(Secret::new(SECRET)));
+        // The variable wins, and the file it overrides is not read.
+        let config = load(
+            &with("secret_file = \"does/not/exist\""),
+            &[("RELOGIN_FARM_WEBHOOK_0_SECRET_FILE", file)],
+        )
+        .unwrap();
+        assert_eq!(config.webhooks[0].secret, Some(Secret::new(SECRET)));
+        // N is the index: only the second webhook gets this one.
+        let config = load(&two, &[("RELOGIN_FARM_WEBHOOK_1_SECRET", SECRET)]).unwrap();
+        assert_eq!(config.webhooks[0].secret, None);
+        assert_eq!(config.webhooks[1].secret, Some(Secret::new(SECRET)));
+
+        let failures: Vec<(String, Env, &str)> = vec![
+            (with("secret_file = \"does/not/exist\""), env(&[]), "webhook[0].secret_file: cannot read secret file does/not/exist"),
+            (with(&format!("secret = \"{SECRET}\"\n{secret_file}")), env(&[]), "webhook[0].secret: conflicts with webhook[0].secret_file; set only one"),
+            (with(&format!("secret = [\"{SECRET}\"]")), env(&[]), "webhook[0].secret: expected a string, found array"),
+            (with("secret = \"\""), env(&[]), "webhook[0].secret: the secret is empty"),
+            (with(&format!("secret = \"{SECRET}")), env(&[]), "TOML syntax error at line 4, column"),
+            (with(&format!("secrets = \"{SECRET}\"")), env(&[]), "webhook[0].secrets: unknown key"),
+            (WEBHOOK.into(), env(&[("RELOGIN_FARM_WEBHOOK_0_SECRET", SECRET), ("RELOGIN_FARM_WEBHOOK_0_SECRET_FILE", file)]), "RELOGIN_FARM_WEBHOOK_0_SECRET: conflicts with RELOGIN_FARM_WEBHOOK_0_SECRET_FILE; set only one"),
+            (WEBHOOK.into(), env(&[("RELOGIN_FARM_WEBHOOK_0_SECRET_FILE", empty)]), "RELOGIN_FARM_WEBHOOK_0_SECRET_FILE: the secret is empty"),
+            (WEBHOOK.into(), env(&[("RELOGIN_FARM_WEBHOOK_0_SECRET_FILE", dir.path().to_str().unwrap())]), "RELOGIN_FARM_WEBHOOK_0_SECRET_FILE: cannot read secret file"),
+            (two.clone(), env(&[("RELOGIN_FARM_WEBHOOK_2_SECRET", SECRET)]), "RELOGIN_FARM_WEBHOOK_2_SECRET: unknown variable (no [[webhook]] with index 2 (indexes start at 0; there are 2))"),
+            (WEBHOOK.into(), env(&[("RELOGIN_FARM_WEBHOOK_1_SECRET_FILE", file)]), "RELOGIN_FARM_WEBHOOK_1_SECRET_FILE: unknown variable (no [[webhook]] with index 1 (indexes start at 0; there is 1))"),
+            (String::new(), env(&[("RELOGIN_FARM_WEBHOOK_0_SECRET", SECRET)]), "RELOGIN_FARM_WEBHOOK_0_SECRET: unknown variable (no [[webhook]] with index 0"),
+            (two, env(&[("RELOGIN_FARM_WEBHOOK_01_SECRET", SECRET)]), "RELOGIN_FARM_WEBHOOK_01_SECRET: unknown variable"),
+            (WEBHOOK.into(), env(&[("RELOGIN_FARM_WEBHOOK_SECRET", SECRET)]), "RELOGIN_FARM_WEBHOOK_SECRET: unknown variable"),
+            (WEBHOOK.into(), env(&[("RELOGIN_FARM_WEBHOOK_X_SECRET", SECRET)]), "RELOGIN_FARM_WEBHOOK_X_SECRET: unknown variable"),
+        ];
+        for (text, vars, expected) in failures {
+            let e = Config::from_toml_str(&text, vars, &Overrides::default()).unwrap_err();
+            let shown = all_text(&e);
+            assert!(
+                e.to_string().starts_with(expected),
+                "got {e}, want {expected}"
+            );
+            assert!(!shown.contains(SECRET), "secret leaked: {shown}");
+        }
     }
 
     #[test]

@@ -14,14 +14,18 @@
 //!   exchange, refresh grant.
 //! - [`farm`]: the service every caller goes through — accounts, logins,
 //!   single-flight refresh, leases, reports, client keys.
+//! - [`events`]: the event bus — every state change, stored and broadcast
+//!   (SSE, webhooks).
 //! - [`scheduler`]: the refresh scheduler and the cron sweep.
 //! - [`http`]: the warp route table, thin handlers, the one error renderer,
 //!   and the loopback redirect listener.
 //! - [`server`]: wiring; `server::run(config, listener, shutdown)`.
 //! - [`metrics`]: counters for `/metrics`.
+//! - [`webhooks`]: signed, retried, non-blocking event delivery.
 
 pub mod config;
 pub mod domain;
+pub mod events;
 pub mod farm;
 pub mod http;
 pub mod metrics;
@@ -30,3 +34,4 @@ pub mod scheduler;
 pub mod secret;
 pub mod server;
 pub mod store;
+pub mod webhooks;

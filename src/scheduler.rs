@@ -46,7 +46,9 @@ pub async fn run_refresh_scheduler(farm: Arc<Farm>, mut shutdown: Shutdown) {
             }
         }
         let now = Utc::now();
-        let (due, next) = farm.due_refreshes(now, margin);
+        let next_cooldown_end = farm.end_cooldowns(now);
+        let (due, next_due) = farm.due_refreshes(now, margin);
+        let next = [next_due, next_cooldown_end].into_iter().flatten().min();
         for (id, generation) in due {
             if in_flight.insert(id) {
                 let farm = farm.clone();
@@ -92,6 +94,34 @@ impl Farm {
     }
 }
 
+impl Farm {
+    /// Ends the cooldowns that are over (one `cooldown_ended` event each)
+    /// and returns when the next one ends.
+    pub fn end_cooldowns(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let mut ended = Vec::new();
+        let mut next: Option<DateTime<Utc>> = None;
+        for a in self.state().accounts.values_mut() {
+            match a.cooldown_until {
+                Some(u) if u <= now => {
+                    a.cooldown_until = None;
+                    ended.push(a.id);
+                }
+                Some(u) => next = Some(next.map_or(u, |n| n.min(u))),
+                None => {}
+            }
+        }
+        for id in ended {
+            if let Ok(a) = self.with_account(id, |a| a.clone()) {
+                if let Err(e) = self.store.update_account(&a) {
+                    tracing::error!(account = id, error = %e, "could not persist the end of a cooldown");
+                }
+            }
+            self.emit(crate::events::EventKind::CooldownEnded, Some(id), "cooldown over");
+        }
+        next
+    }
+}
+
 /// Runs [`sweep`] on the configured cron schedule (disabled when empty).
 pub async fn run_sweep(farm: Arc<Farm>, mut shutdown: Shutdown) {
     let Some(schedule) = farm.config.scheduler.sweep.clone() else { return };
@@ -116,28 +146,29 @@ pub fn sweep(farm: &Farm) {
     let now = Utc::now();
     let expired = farm.logins.expire(now);
     farm.stop_idle_listeners();
-    let pruned = farm.store.prune_leases(now - chrono::Duration::days(HISTORY_DAYS)).unwrap_or_else(|e| {
-        tracing::error!(error = %e, "pruning lease history failed");
-        0
-    });
-    let attention = farm.trim_and_count_attention(now);
+    let history_cutoff = now - chrono::Duration::days(HISTORY_DAYS);
+    let events_cutoff = now - crate::farm::chrono_dur(farm.config.events.retention);
+    let pruned = farm
+        .store
+        .prune_leases(history_cutoff)
+        .and_then(|n| Ok(n + farm.store.prune_events(events_cutoff)?))
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "pruning history failed");
+            0
+        });
+    let attention = farm.trim_and_count_attention();
     farm.scheduler_wake.notify_one();
     tracing::info!(expired_logins = expired, pruned_rows = pruned, needing_attention = attention, "sweep done");
 }
 
 impl Farm {
-    /// Clears ended cooldowns, bounds the sticky-session map, and counts
+    /// Bounds the sticky-session map and counts
     /// the accounts a person must look at.
-    fn trim_and_count_attention(&self, now: DateTime<Utc>) -> usize {
+    fn trim_and_count_attention(&self) -> usize {
         const MAX_STICKY_SESSIONS: usize = 100_000;
         let mut st = self.state();
         if st.rotation.session_count() > MAX_STICKY_SESSIONS {
             st.rotation.clear_sessions();
-        }
-        for a in st.accounts.values_mut() {
-            if a.cooldown_until.is_some_and(|u| u <= now) {
-                a.cooldown_until = None;
-            }
         }
         st.accounts
             .values()

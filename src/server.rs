@@ -94,6 +94,7 @@ pub async fn serve(farm: Arc<Farm>, listener: TcpListener, shutdown: impl Future
         tokio::spawn(scheduler::run_refresh_scheduler(farm.clone(), stop_rx.clone())),
         tokio::spawn(scheduler::run_sweep(farm.clone(), stop_rx.clone())),
     ];
+    crate::webhooks::spawn_all(&farm, &stop_rx);
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, accounts = farm.list_accounts().map(|a| a.len()).unwrap_or(0), "relogin-farm listening");
     }

@@ -14,6 +14,7 @@ use rand::RngCore;
 use serde::Serialize;
 
 use super::{Farm, FarmError, Result};
+use crate::events::EventKind;
 use crate::secret::{ct_eq, Secret};
 use crate::store::crypto::key_hash;
 use crate::store::{ClientRecord, Store};
@@ -85,6 +86,7 @@ impl Farm {
         let record = self.store.insert_client(name, hash, Utc::now())?;
         self.clients.active.write().unwrap_or_else(|p| p.into_inner()).insert(hash, record.id);
         tracing::info!(client = record.id, name, "client key created");
+        self.emit(EventKind::ClientCreated, None, format!("client {} ({name}) created", record.id));
         Ok(NewClient { id: record.id, name: record.name, key: Secret::new(key) })
     }
 
@@ -98,6 +100,7 @@ impl Farm {
         }
         self.clients.active.write().unwrap_or_else(|p| p.into_inner()).retain(|_, v| *v != id);
         tracing::info!(client = id, "client key revoked");
+        self.emit(EventKind::ClientRevoked, None, format!("client {id} revoked"));
         Ok(())
     }
 }

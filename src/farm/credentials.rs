@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::{chrono_dur, Farm, FarmError, Principal, Result};
 use crate::domain::timing::cooldown_for;
 use crate::domain::{AccountId, Choice};
+use crate::events::EventKind;
 use crate::secret::Secret;
 use crate::store::crypto::hex;
 use crate::store::leases::{NewLease, Outcome, Report};
@@ -121,6 +122,11 @@ impl Farm {
                     a.cooldown_until = Some(a.cooldown_until.map_or(until, |u| u.max(until)));
                 })?;
                 tracing::info!(account = lease.account_id, seconds = wait.num_seconds(), "rate limited; cooling down");
+                self.emit(
+                    EventKind::CooldownStarted,
+                    Some(lease.account_id),
+                    format!("rate limited; cooling down until {}", until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                );
             }
             Outcome::Unauthorized => {
                 // Skip the account at once; refresh it unless the token the

@@ -13,6 +13,7 @@ use url::Url;
 use super::refresh::tokens_from;
 use super::{chrono_dur, Farm, FarmError, Result};
 use crate::domain::AccountId;
+use crate::events::EventKind;
 use crate::oauth::{parse_callback, CallbackError};
 use crate::secret::{ct_eq, Secret};
 
@@ -91,6 +92,7 @@ impl Farm {
         );
         let listening = self.ensure_loopback_listener(&provider.config.redirect_uri).await;
         tracing::info!(account = id, provider = provider_name, listening, "login started");
+        self.emit(EventKind::LoginStarted, Some(id), "login started");
         Ok(LoginStarted { account_id: id, authorize_url: req.url.to_string(), expires_at, listening })
     }
 
@@ -116,12 +118,17 @@ impl Farm {
         let provider_name = self.with_account(id, |a| a.provider.clone())?;
         let provider = self.provider(&provider_name)?.clone();
         let issued_at = Utc::now();
-        let grant = provider
-            .exchange_code(&callback.code, &pending.pkce_verifier)
-            .await
-            .map_err(|e| FarmError::Login(format!("code exchange failed: {e}")))?;
+        let grant = match provider.exchange_code(&callback.code, &pending.pkce_verifier).await {
+            Ok(g) => g,
+            Err(e) => {
+                let detail = format!("code exchange failed: {e}");
+                self.emit(EventKind::LoginFailed, Some(id), detail.clone());
+                return Err(FarmError::Login(detail));
+            }
+        };
         self.install_login_tokens(id, tokens_from(grant, issued_at)).await?;
         tracing::info!(account = id, "login completed");
+        self.emit(EventKind::LoginCompleted, Some(id), "login completed");
         Ok(id)
     }
 

@@ -21,6 +21,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::config::Config;
 use crate::domain::{Account, AccountId, Rotation};
+use crate::events::{EventBus, EventKind};
 use crate::oauth::{OAuthError, Provider};
 use crate::store::leases::LeaseLog;
 use crate::store::{Store, StoreError};
@@ -77,6 +78,8 @@ pub struct Farm {
     /// Wakes the scheduler when an account's due time may have moved.
     pub(crate) scheduler_wake: Notify,
     pub(crate) metrics: crate::metrics::Metrics,
+    pub events: EventBus,
+    pub(crate) webhooks: Vec<Arc<crate::webhooks::Webhook>>,
 }
 
 impl Farm {
@@ -96,7 +99,16 @@ impl Farm {
             tracing::warn!(accounts = interrupted, "refreshes were interrupted by the last shutdown; retrying them now");
         }
         let state = State { accounts: accounts.into_iter().map(|a| (a.id, a)).collect(), rotation: Rotation::default() };
+        let events = EventBus::new(store.clone(), config.events.buffer);
+        let webhooks = config
+            .webhooks
+            .iter()
+            .enumerate()
+            .map(|(i, w)| Arc::new(crate::webhooks::Webhook::new(i, w.clone())))
+            .collect();
         Ok(Arc::new(Farm {
+            events,
+            webhooks,
             refresh_slots: Semaphore::new(config.scheduler.max_concurrent_refreshes.max(1)),
             config,
             store,
@@ -146,6 +158,14 @@ impl Farm {
 
     pub fn now() -> DateTime<Utc> {
         Utc::now()
+    }
+
+    pub(crate) fn emit(&self, kind: EventKind, account: Option<AccountId>, detail: impl Into<String>) {
+        self.events.emit(kind, account, detail);
+    }
+
+    pub fn webhook_status(&self) -> Vec<crate::webhooks::WebhookStatus> {
+        self.webhooks.iter().map(|w| w.status()).collect()
     }
 
     pub fn provider_names(&self) -> impl Iterator<Item = &str> {

@@ -22,6 +22,7 @@ use rand::Rng;
 use super::{chrono_dur, not_found_account, Farm, FarmError, Result};
 use crate::domain::timing::backoff;
 use crate::domain::{AccountId, AuthState, LastError, Tokens};
+use crate::events::EventKind;
 use crate::oauth::{Grant, OAuthError};
 
 /// What a refresh call did.
@@ -84,6 +85,7 @@ impl Farm {
         match result {
             Ok(grant) => self.store_refreshed(id, grant, started).map(|()| {
                 tracing::info!(account = id, cause, "token refreshed");
+                self.emit(EventKind::RefreshOk, Some(id), format!("token refreshed ({cause})"));
                 RefreshOutcome::Refreshed
             }),
             Err(OAuthError::InvalidGrant(description)) => self.refresh_token_dead(id, generation, description),
@@ -151,8 +153,9 @@ impl Farm {
             a.refreshing = false;
             a.suspect = false;
             a.auth = AuthState::NeedsRelogin;
-            a.last_error = Some(LastError { at: Utc::now(), message });
+            a.last_error = Some(LastError { at: Utc::now(), message: message.clone() });
         })?;
+        self.emit(EventKind::NeedsRelogin, Some(id), message);
         Err(FarmError::Refresh(OAuthError::InvalidGrant(description)))
     }
 
@@ -170,6 +173,7 @@ impl Farm {
             a.refresh_failures
         })?;
         tracing::warn!(account = id, failures, error = %error, "refresh failed; backing off");
+        self.emit(EventKind::RefreshFailed, Some(id), format!("refresh failed ({failures} in a row), will retry: {error}"));
         Err(FarmError::Refresh(error))
     }
 }

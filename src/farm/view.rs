@@ -8,6 +8,21 @@ use serde::{Deserialize, Serialize};
 
 use super::{not_found_account, Farm, FarmError, Result};
 use crate::domain::{Account, AccountId, LastError};
+use crate::events::EventKind;
+
+fn describe_patch(p: &AccountPatch) -> String {
+    let mut parts = Vec::new();
+    if let Some(l) = &p.label {
+        parts.push(format!("label {l:?}"));
+    }
+    if let Some(pr) = p.priority {
+        parts.push(format!("priority {pr}"));
+    }
+    if let Some(e) = p.enabled {
+        parts.push(if e { "enabled".to_string() } else { "disabled".to_string() });
+    }
+    format!("changed: {}", if parts.is_empty() { "nothing".to_string() } else { parts.join(", ") })
+}
 
 /// An account as shown by the admin API. Never carries a token.
 #[derive(Clone, Debug, Serialize)]
@@ -97,6 +112,7 @@ impl Farm {
         })?;
         let id = account.id;
         tracing::info!(account = id, provider, label, "account added");
+        self.emit(EventKind::AccountAdded, Some(id), format!("{provider}/{label} added"));
         self.state().accounts.insert(id, account);
         self.account(id)
     }
@@ -105,6 +121,7 @@ impl Farm {
         if let Some(label) = &patch.label {
             validate_label(label)?;
         }
+        let detail = describe_patch(&patch);
         self.update_account(id, |a| {
             if let Some(label) = patch.label {
                 a.label = label;
@@ -116,6 +133,7 @@ impl Farm {
                 a.enabled = e;
             }
         })?;
+        self.emit(EventKind::AccountUpdated, Some(id), detail);
         self.account(id)
     }
 
@@ -130,6 +148,7 @@ impl Farm {
         drop(st);
         self.logins.forget_account(id);
         tracing::info!(account = id, "account removed");
+        self.emit(EventKind::AccountRemoved, Some(id), "account removed");
         Ok(())
     }
 }

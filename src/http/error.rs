@@ -98,7 +98,9 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is larger than 64 KiB")
     } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
         ApiError::new(StatusCode::LENGTH_REQUIRED, "length_required", "send a Content-Length header with the body")
-    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some()
+        || rejection.find::<super::WrongMethod>().is_some()
+    {
         ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
     } else if let Some(q) = rejection.find::<warp::reject::InvalidQuery>() {
         ApiError::bad_request(format!("invalid query string: {q}"))

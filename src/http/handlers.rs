@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::json;
 use warp::http::StatusCode;
 use warp::reply::{json, with_status, Response};
+use warp::Reply;
 
 use super::error::{render, ApiError};
 use super::{Access, Caller};
@@ -170,6 +171,37 @@ pub async fn usage(farm: Arc<Farm>, caller: Caller) -> Response {
         caller.require(&farm, Access::Admin)?;
         Ok(json(&farm.usage()?))
     })())
+}
+
+/// `?since=ID` → JSON page; otherwise an SSE stream resuming after
+/// `Last-Event-ID` when given.
+pub async fn events(farm: Arc<Farm>, caller: Caller, query: String, last_event_id: Option<String>) -> Response {
+    let result = (|| {
+        caller.require(&farm, Access::Admin)?;
+        let q = serde_urlencoded_pairs(&query);
+        let parse_id = |what: &str, v: &str| {
+            v.trim().parse::<i64>().map_err(|_| ApiError::bad_request(format!("{what} must be an event id (an integer)")))
+        };
+        if let Some(since) = q.get("since") {
+            let events = farm.events.since(parse_id("since", since)?, super::sse::PAGE).map_err(crate::farm::FarmError::from)?;
+            return Ok(json(&events).into_response());
+        }
+        let resume = last_event_id.as_deref().map(|v| parse_id("Last-Event-ID", v)).transpose()?;
+        let stream = super::sse::stream(farm.clone(), resume);
+        Ok(warp::sse::reply(warp::sse::keep_alive().stream(stream)).into_response())
+    })();
+    render(result)
+}
+
+pub async fn webhooks(farm: Arc<Farm>, caller: Caller) -> Response {
+    render((|| {
+        caller.require(&farm, Access::Admin)?;
+        Ok(json(&farm.webhook_status()))
+    })())
+}
+
+pub async fn openapi() -> Response {
+    render(Ok::<_, ApiError>(json(&*super::openapi::DOCUMENT)))
 }
 
 pub async fn clients_list(farm: Arc<Farm>, caller: Caller) -> Response {

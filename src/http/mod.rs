@@ -5,6 +5,8 @@
 pub mod error;
 pub mod handlers;
 pub mod loopback;
+pub mod openapi;
+pub mod sse;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -33,28 +35,91 @@ pub enum Access {
     Admin,
 }
 
-/// One row of the route table: method, path pattern, access. Also the
-/// source of the route list in the README and of `GET /api/routes`.
-pub const ROUTES: &[(&str, &str, Access)] = &[
-    ("GET", "/healthz", Access::Public),
-    ("GET", "/metrics", Access::Admin),
-    ("GET", "/credential/next", Access::Client),
-    ("POST", "/credential/report", Access::Client),
-    ("DELETE", "/credential/lease/{lease_id}", Access::Client),
-    ("GET", "/api/providers", Access::Admin),
-    ("GET", "/api/accounts", Access::Admin),
-    ("POST", "/api/accounts", Access::Admin),
-    ("GET", "/api/accounts/{id}", Access::Admin),
-    ("PATCH", "/api/accounts/{id}", Access::Admin),
-    ("DELETE", "/api/accounts/{id}", Access::Admin),
-    ("POST", "/api/accounts/{id}/login", Access::Admin),
-    ("POST", "/api/accounts/{id}/login/complete", Access::Admin),
-    ("POST", "/api/accounts/{id}/refresh", Access::Admin),
-    ("GET", "/api/usage", Access::Admin),
-    ("GET", "/api/clients", Access::Admin),
-    ("POST", "/api/clients", Access::Admin),
-    ("DELETE", "/api/clients/{id}", Access::Admin),
+/// One row of the route table: the single source of the router's
+/// method/path checks (see [`endpoint`]), the OpenAPI document and the
+/// README's route list.
+#[derive(Clone, Copy, Debug)]
+pub struct Route {
+    pub method: &'static str,
+    /// OpenAPI path template (`{id}` parameters).
+    pub path: &'static str,
+    pub access: Access,
+    pub summary: &'static str,
+    /// `components/schemas` name of the JSON request body, if any.
+    pub request: Option<&'static str>,
+    /// Success status and the schema name of its body (`None`: no body).
+    pub ok: (u16, Option<&'static str>),
+}
+
+const fn route(
+    method: &'static str,
+    path: &'static str,
+    access: Access,
+    summary: &'static str,
+    request: Option<&'static str>,
+    ok: (u16, Option<&'static str>),
+) -> Route {
+    Route { method, path, access, summary, request, ok }
+}
+
+use Access::{Admin, Client, Public};
+pub const ROUTES: &[Route] = &[
+    route("GET", "/healthz", Public, "Liveness check", None, (200, Some("Health"))),
+    route("GET", "/metrics", Admin, "Prometheus metrics (text format)", None, (200, Some("Metrics"))),
+    route("GET", "/credential/next", Client, "Lease the next usable account's token", None, (200, Some("CredentialLease"))),
+    route("POST", "/credential/report", Client, "Report how a leased token fared", Some("Report"), (200, Some("Recorded"))),
+    route("DELETE", "/credential/lease/{lease_id}", Client, "Release a lease", None, (204, None)),
+    route("GET", "/api/providers", Admin, "List configured providers", None, (200, Some("ProviderList"))),
+    route("GET", "/api/accounts", Admin, "List accounts", None, (200, Some("AccountList"))),
+    route("POST", "/api/accounts", Admin, "Add an account (pending login)", Some("NewAccount"), (201, Some("Account"))),
+    route("GET", "/api/accounts/{id}", Admin, "Get one account", None, (200, Some("Account"))),
+    route("PATCH", "/api/accounts/{id}", Admin, "Change label, priority or enabled", Some("AccountPatch"), (200, Some("Account"))),
+    route("DELETE", "/api/accounts/{id}", Admin, "Remove an account for good", None, (204, None)),
+    route("POST", "/api/accounts/{id}/login", Admin, "Start a login: returns the authorize URL", None, (200, Some("LoginStarted"))),
+    route("POST", "/api/accounts/{id}/login/complete", Admin, "Finish a login with the pasted redirect URL", Some("LoginComplete"), (200, Some("Account"))),
+    route("POST", "/api/accounts/{id}/refresh", Admin, "Refresh now (waits for the single-flight result)", None, (200, Some("Account"))),
+    route("GET", "/api/usage", Admin, "Leases and outcomes per account and client", None, (200, Some("Usage"))),
+    route("GET", "/api/events", Admin, "Event stream (SSE, Last-Event-ID resume) or JSON with ?since=ID", None, (200, Some("EventList"))),
+    route("GET", "/api/webhooks", Admin, "Webhook delivery status", None, (200, Some("WebhookList"))),
+    route("GET", "/api/clients", Admin, "List client keys", None, (200, Some("ClientList"))),
+    route("POST", "/api/clients", Admin, "Create a client key (shown once)", Some("NewClient"), (201, Some("ClientCreated"))),
+    route("DELETE", "/api/clients/{id}", Admin, "Revoke a client key", None, (204, None)),
+    route("GET", "/api/openapi.json", Public, "This document", None, (200, Some("OpenApi"))),
 ];
+
+/// The method filter of a route in [`ROUTES`]. Building the router through
+/// this makes it panic at startup (and in every test) if a route is not in
+/// the table, and [`routes`] checks that every table row was built: the
+/// router and the document cannot drift apart.
+fn endpoint(
+    method: &'static str,
+    path: &'static str,
+    built: &std::cell::RefCell<Vec<(&'static str, &'static str)>>,
+) -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+    assert!(
+        ROUTES.iter().any(|r| r.method == method && r.path == path),
+        "route {method} {path} is not in http::ROUTES"
+    );
+    built.borrow_mut().push((method, path));
+    let m: warp::http::Method = method.parse().expect("route methods are valid");
+    warp::method()
+        .and_then(move |got: warp::http::Method| {
+            let ok = got == m;
+            async move {
+                if ok {
+                    Ok(())
+                } else {
+                    Err(warp::reject::custom(WrongMethod))
+                }
+            }
+        })
+        .untuple_one()
+}
+
+/// Rejection for a path that exists with another method (→ 405).
+#[derive(Debug)]
+pub struct WrongMethod;
+impl warp::reject::Reject for WrongMethod {}
 
 /// The caller's `Authorization` header, checked by [`Caller::require`]
 /// inside the handler (so a bad token is a 401 for *this* route, not a
@@ -95,78 +160,44 @@ pub fn parse_json<T: DeserializeOwned>(b: &[u8]) -> Result<T, ApiError> {
 /// The route table.
 pub fn routes(farm: Arc<Farm>) -> BoxedFilter<(Response,)> {
     use handlers as h;
-    use warp::{delete, get, patch, path, post};
+    use warp::path;
+    let built = std::cell::RefCell::new(Vec::new());
+    let at = |method, p| endpoint(method, p, &built);
     let farm = warp::any().map(move || farm.clone());
     let base = || farm.clone().and(caller());
+    let raw_query = || warp::query::raw().or(warp::any().map(String::new)).unify();
 
-    let health = get().and(path!("healthz")).and(farm.clone()).then(h::healthz).boxed();
-    let metrics = get().and(path!("metrics")).and(base()).then(h::metrics).boxed();
-    let next = get()
-        .and(path!("credential" / "next"))
-        .and(base())
-        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
-        .then(h::credential_next)
-        .boxed();
-    let report = post().and(path!("credential" / "report")).and(base()).and(json_body()).then(h::credential_report).boxed();
-    let release = delete().and(path!("credential" / "lease" / String)).and(base()).then(h::credential_release).boxed();
+    let table = path!("healthz").and(at("GET", "/healthz")).and(farm.clone()).then(h::healthz).boxed()
+        .or(path!("metrics").and(at("GET", "/metrics")).and(base()).then(h::metrics)).unify().boxed()
+        .or(path!("credential" / "next").and(at("GET", "/credential/next")).and(base()).and(raw_query()).then(h::credential_next)).unify().boxed()
+        .or(path!("credential" / "report").and(at("POST", "/credential/report")).and(base()).and(json_body()).then(h::credential_report)).unify().boxed()
+        .or(path!("credential" / "lease" / String).and(at("DELETE", "/credential/lease/{lease_id}")).and(base()).then(h::credential_release)).unify().boxed()
+        .or(path!("api" / "providers").and(at("GET", "/api/providers")).and(base()).then(h::providers)).unify().boxed()
+        .or(path!("api" / "accounts").and(at("GET", "/api/accounts")).and(base()).then(h::accounts_list)).unify().boxed()
+        .or(path!("api" / "accounts").and(at("POST", "/api/accounts")).and(base()).and(json_body()).then(h::accounts_add)).unify().boxed()
+        .or(path!("api" / "accounts" / String).and(at("GET", "/api/accounts/{id}")).and(base()).then(h::account_get)).unify().boxed()
+        .or(path!("api" / "accounts" / String).and(at("PATCH", "/api/accounts/{id}")).and(base()).and(json_body()).then(h::account_patch)).unify().boxed()
+        .or(path!("api" / "accounts" / String).and(at("DELETE", "/api/accounts/{id}")).and(base()).then(h::account_delete)).unify().boxed()
+        .or(path!("api" / "accounts" / String / "login").and(at("POST", "/api/accounts/{id}/login")).and(base()).then(h::login_start)).unify().boxed()
+        .or(path!("api" / "accounts" / String / "login" / "complete").and(at("POST", "/api/accounts/{id}/login/complete")).and(base()).and(json_body()).then(h::login_complete)).unify().boxed()
+        .or(path!("api" / "accounts" / String / "refresh").and(at("POST", "/api/accounts/{id}/refresh")).and(base()).then(h::account_refresh)).unify().boxed()
+        .or(path!("api" / "usage").and(at("GET", "/api/usage")).and(base()).then(h::usage)).unify().boxed()
+        .or(path!("api" / "events").and(at("GET", "/api/events")).and(base()).and(raw_query()).and(warp::header::optional::<String>("last-event-id")).then(h::events)).unify().boxed()
+        .or(path!("api" / "webhooks").and(at("GET", "/api/webhooks")).and(base()).then(h::webhooks)).unify().boxed()
+        .or(path!("api" / "clients").and(at("GET", "/api/clients")).and(base()).then(h::clients_list)).unify().boxed()
+        .or(path!("api" / "clients").and(at("POST", "/api/clients")).and(base()).and(json_body()).then(h::clients_add)).unify().boxed()
+        .or(path!("api" / "clients" / String).and(at("DELETE", "/api/clients/{id}")).and(base()).then(h::clients_revoke)).unify().boxed()
+        .or(path!("api" / "openapi.json").and(at("GET", "/api/openapi.json")).then(h::openapi)).unify().boxed();
 
-    let providers = get().and(path!("api" / "providers")).and(base()).then(h::providers).boxed();
-    let accounts = get().and(path!("api" / "accounts")).and(base()).then(h::accounts_list).boxed();
-    let add = post().and(path!("api" / "accounts")).and(base()).and(json_body()).then(h::accounts_add).boxed();
-    let one = get().and(path!("api" / "accounts" / String)).and(base()).then(h::account_get).boxed();
-    let change = patch().and(path!("api" / "accounts" / String)).and(base()).and(json_body()).then(h::account_patch).boxed();
-    let remove = delete().and(path!("api" / "accounts" / String)).and(base()).then(h::account_delete).boxed();
-    let login = post().and(path!("api" / "accounts" / String / "login")).and(base()).then(h::login_start).boxed();
-    let complete = post()
-        .and(path!("api" / "accounts" / String / "login" / "complete"))
-        .and(base())
-        .and(json_body())
-        .then(h::login_complete)
-        .boxed();
-    let refresh = post().and(path!("api" / "accounts" / String / "refresh")).and(base()).then(h::account_refresh).boxed();
-    let usage = get().and(path!("api" / "usage")).and(base()).then(h::usage).boxed();
-    let clients = get().and(path!("api" / "clients")).and(base()).then(h::clients_list).boxed();
-    let client_add = post().and(path!("api" / "clients")).and(base()).and(json_body()).then(h::clients_add).boxed();
-    let client_del = delete().and(path!("api" / "clients" / String)).and(base()).then(h::clients_revoke).boxed();
+    let built = built.into_inner();
+    for r in ROUTES {
+        assert!(built.contains(&(r.method, r.path)), "http::ROUTES lists {} {} but the router has no such route", r.method, r.path);
+    }
 
-    health
-        .or(metrics)
-        .unify()
-        .or(next)
-        .unify()
-        .or(report)
-        .unify()
-        .or(release)
-        .unify()
-        .or(providers)
-        .unify()
-        .or(accounts)
-        .unify()
-        .or(add)
-        .unify()
-        .or(one)
-        .unify()
-        .or(change)
-        .unify()
-        .or(remove)
-        .unify()
-        .or(login)
-        .unify()
-        .or(complete)
-        .unify()
-        .or(refresh)
-        .unify()
-        .or(usage)
-        .unify()
-        .or(clients)
-        .unify()
-        .or(client_add)
-        .unify()
-        .or(client_del)
-        .unify()
+    table
         .recover(error::recover)
         .unify()
         .with(warp::reply::with::header("cache-control", "no-store"))
-        .map(|r| warp::Reply::into_response(r))
+        .map(warp::Reply::into_response)
         .boxed()
 }

@@ -282,6 +282,37 @@ impl Store {
         leases::usage(&self.conn(), now)
     }
 
+    // ---- events ----
+
+    /// Appends an event; returns its id (monotonic: AUTOINCREMENT never
+    /// reuses an id, even after pruning).
+    pub fn insert_event(&self, at: DateTime<Utc>, kind: &str, account_id: Option<AccountId>, detail: &str) -> Result<i64> {
+        let conn = self.conn();
+        conn.prepare_cached("INSERT INTO events (at, kind, account_id, detail) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![ms(at), kind, account_id, detail])?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    #[allow(clippy::type_complexity)]
+    pub fn events_since(&self, after: i64, limit: usize) -> Result<Vec<(i64, DateTime<Utc>, String, Option<AccountId>, String)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, at, kind, account_id, detail FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![after, limit as i64], |r| {
+            Ok((r.get(0)?, from_ms(r.get(1)?), r.get(2)?, r.get(3)?, r.get(4)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn latest_event_id(&self) -> Result<i64> {
+        Ok(self.conn().query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?)
+    }
+
+    pub fn prune_events(&self, before: DateTime<Utc>) -> Result<usize> {
+        Ok(self.conn().execute("DELETE FROM events WHERE at < ?1", [ms(before)])?)
+    }
+
     /// Deletes lease history older than `before` (bounded disk use).
     pub fn prune_leases(&self, before: DateTime<Utc>) -> Result<usize> {
         leases::prune(&self.conn(), before)

@@ -66,6 +66,15 @@ const MIGRATIONS: &[&str] = &[
         at INTEGER NOT NULL
      );
      CREATE INDEX reports_at ON reports (at);",
+    // 1 -> 2: the event log (replayable by id).
+    "CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        account_id INTEGER,
+        detail TEXT NOT NULL
+     );
+     CREATE INDEX events_at ON events (at);",
 ];
 
 pub fn migrate(conn: &Connection) -> Result<()> {
