@@ -2,6 +2,7 @@
 //! [`handlers`] are thin: parse, call the [`Farm`], render. Errors become
 //! responses in [`error`] only.
 
+pub mod admin;
 pub mod error;
 pub mod handlers;
 pub mod loopback;
@@ -195,6 +196,8 @@ pub fn routes(farm: Arc<Farm>) -> BoxedFilter<(Response,)> {
     }
 
     table
+        .or(admin::page())
+        .unify()
         .recover(error::recover)
         .unify()
         .with(warp::reply::with::header("cache-control", "no-store"))

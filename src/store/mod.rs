@@ -225,6 +225,93 @@ impl Store {
         Ok(n > 0)
     }
 
+    // ---- browser relogin: secrets, scripts, runs ----
+
+    /// Stores (or replaces) an account's named secret, encrypted.
+    pub fn put_secret(&self, id: AccountId, name: &str, value: &Secret, now: DateTime<Utc>) -> Result<bool> {
+        let sealed = self.cipher.seal(value, &aad(id, &format!("secret:{name}")));
+        let n = self.conn().execute(
+            "INSERT INTO secrets (account_id, name, value, updated_at) SELECT ?1, ?2, ?3, ?4
+             WHERE EXISTS (SELECT 1 FROM accounts WHERE id = ?1)
+             ON CONFLICT (account_id, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            params![id, name, sealed, ms(now)],
+        )?;
+        Ok(n > 0)
+    }
+
+    pub fn delete_secret(&self, id: AccountId, name: &str) -> Result<bool> {
+        Ok(self.conn().execute("DELETE FROM secrets WHERE account_id = ?1 AND name = ?2", params![id, name])? > 0)
+    }
+
+    /// Names and update times only: secret values are never read back out
+    /// through the API.
+    pub fn secret_names(&self, id: AccountId) -> Result<Vec<(String, DateTime<Utc>)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT name, updated_at FROM secrets WHERE account_id = ?1 ORDER BY name")?;
+        let rows = stmt.query_map([id], |r| Ok((r.get(0)?, from_ms(r.get(1)?))))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The decrypted secrets, for the browser run that fills them in.
+    pub fn secrets(&self, id: AccountId) -> Result<std::collections::BTreeMap<String, Secret>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT name, value FROM secrets WHERE account_id = ?1")?;
+        let rows = stmt.query_map([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+        let mut out = std::collections::BTreeMap::new();
+        for row in rows {
+            let (name, sealed) = row?;
+            let value = self.cipher.open(&sealed, &aad(id, &format!("secret:{name}")))?;
+            out.insert(name, value);
+        }
+        Ok(out)
+    }
+
+    pub fn set_login_script(&self, id: AccountId, script: Option<&str>) -> Result<bool> {
+        Ok(self.conn().execute("UPDATE accounts SET login_script = ?2 WHERE id = ?1", params![id, script])? > 0)
+    }
+
+    pub fn login_script(&self, id: AccountId) -> Result<Option<String>> {
+        Ok(self
+            .conn()
+            .query_row("SELECT login_script FROM accounts WHERE id = ?1", [id], |r| r.get::<_, Option<String>>(0))
+            .optional()?
+            .flatten())
+    }
+
+    pub fn record_browser_run(
+        &self,
+        id: AccountId,
+        at: DateTime<Utc>,
+        outcome: &str,
+        session_expires_at: Option<DateTime<Utc>>,
+    ) -> Result<()> {
+        self.conn().execute(
+            "UPDATE accounts SET browser_last_run_at = ?2, browser_last_outcome = ?3,
+                    session_expires_at = COALESCE(?4, session_expires_at) WHERE id = ?1",
+            params![id, ms(at), outcome, session_expires_at.map(ms)],
+        )?;
+        Ok(())
+    }
+
+    /// `(last run at, its outcome, provider session cookie expiry)`.
+    #[allow(clippy::type_complexity)]
+    pub fn browser_run(&self, id: AccountId) -> Result<Option<(Option<DateTime<Utc>>, Option<String>, Option<DateTime<Utc>>)>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT browser_last_run_at, browser_last_outcome, session_expires_at FROM accounts WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok((
+                        r.get::<_, Option<i64>>(0)?.map(from_ms),
+                        r.get::<_, Option<String>>(1)?,
+                        r.get::<_, Option<i64>>(2)?.map(from_ms),
+                    ))
+                },
+            )
+            .optional()?)
+    }
+
     // ---- client keys ----
 
     pub fn insert_client(&self, name: &str, key_hash: [u8; 32], now: DateTime<Utc>) -> Result<ClientRecord> {

@@ -75,6 +75,11 @@ const MIGRATIONS: &[&str] = &[
         detail TEXT NOT NULL
      );
      CREATE INDEX events_at ON events (at);",
+    // 2 -> 3: browser relogin — the account's login script and its last run.
+    "ALTER TABLE accounts ADD COLUMN login_script TEXT;
+     ALTER TABLE accounts ADD COLUMN browser_last_run_at INTEGER;
+     ALTER TABLE accounts ADD COLUMN browser_last_outcome TEXT;
+     ALTER TABLE accounts ADD COLUMN session_expires_at INTEGER;",
 ];
 
 pub fn migrate(conn: &Connection) -> Result<()> {

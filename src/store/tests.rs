@@ -142,3 +142,22 @@ async fn lease_log_commits_before_acknowledging_and_usage_counts() {
     assert_eq!(usage.per_client[0].id, Some(7));
     assert_eq!(store.load_accounts(now - Duration::days(1)).unwrap()[0].uses, 50);
 }
+
+#[test]
+fn secrets_are_encrypted_write_only_and_go_with_the_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Utc::now();
+    let store = open(dir.path());
+    let a = store.insert_account("demo", "alice", 0, now).unwrap();
+    assert!(store.put_secret(a.id, "password", &Secret::new("PW-SECRET-1"), now).unwrap());
+    assert!(store.put_secret(a.id, "password", &Secret::new("PW-SECRET-2"), now).unwrap(), "replaces");
+    assert!(!store.put_secret(999, "password", &Secret::new("x"), now).unwrap(), "no such account");
+    assert_eq!(store.secret_names(a.id).unwrap().iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["password"]);
+    assert_eq!(store.secrets(a.id).unwrap()["password"].expose(), "PW-SECRET-2");
+    let raw = std::fs::read(dir.path().join("data/farm.db-wal")).unwrap_or_default();
+    assert!(!raw.windows(9).any(|w| w == b"PW-SECRET"), "plaintext secret on disk");
+    store.set_login_script(a.id, Some("provider = \"demo\"")).unwrap();
+    assert_eq!(store.login_script(a.id).unwrap().as_deref(), Some("provider = \"demo\""));
+    store.delete_account(a.id).unwrap();
+    assert!(store.secrets(a.id).unwrap().is_empty());
+}

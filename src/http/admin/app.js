@@ -1,0 +1,684 @@
+// relogin-farm admin page: plain JS, no build step, no external resources.
+// The admin token lives in sessionStorage only and travels only in the
+// Authorization header, never in a URL. Text from the API is always inserted
+// with textContent (see h()), never as HTML.
+'use strict';
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const TOKEN_KEY = 'relogin-farm.admin-token';
+  // States: healthy, cooling_down, refreshing, pending_login, needs_relogin, needs_human, disabled.
+  const ATTENTION = ['pending_login', 'needs_relogin', 'needs_human'];
+  const stateText = (s) => String(s).replace(/^./, (c) => c.toUpperCase()).replace(/_/g, ' '); // cooling_down → Cooling down
+  let token = sessionStorage.getItem(TOKEN_KEY);
+  // Last data from the API, plus UI state.
+  const S = { accounts: [], providers: [], clients: [], usage: null, tab: 'accounts', rendered: '', login: null };
+
+  // ---- helpers -------------------------------------------------------------
+
+  /** Builds an element. attrs: on* = listener, text = textContent, null/false = left out. */
+  function h(tag, attrs, ...kids) {
+    const el = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v == null || v === false) continue;
+      if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
+      else if (k === 'text') el.textContent = v;
+      else el.setAttribute(k, v === true ? '' : v);
+    }
+    for (const k of kids.flat(3)) if (k != null && k !== false) el.append(k);
+    return el;
+  }
+  const fmtTime = (iso) => new Date(iso).toLocaleString(undefined, { dateStyle: 'short', timeStyle: 'medium' });
+  const when = (iso) => h('time', { datetime: iso, text: fmtTime(iso) });
+  function fmtSpan(ms) {
+    let s = Math.round(Math.abs(ms) / 1000);
+    const d = Math.floor(s / 86400), hr = Math.floor(s / 3600) % 24, m = Math.floor(s / 60) % 60, p = (n) => String(n).padStart(2, '0');
+    s %= 60;
+    return d ? `${d}d ${hr}h` : hr ? `${hr}h ${p(m)}m` : m ? `${m}m ${p(s)}s` : `${s}s`;
+  }
+  /** Live countdown to iso and live "… ago" since iso; tick() keeps their text current. */
+  const countdown = (iso, past) => h('time', { datetime: iso, 'data-until': iso, 'data-past': past, title: fmtTime(iso) });
+  const ago = (iso) => (iso ? h('time', { datetime: iso, 'data-since': iso, title: fmtTime(iso) }) : '—');
+  function tick() {
+    const now = Date.now();
+    for (const el of document.querySelectorAll('[data-until]')) {
+      const left = Date.parse(el.dataset.until) - now;
+      el.textContent = left > 0 ? fmtSpan(left) : el.dataset.past;
+      el.classList.toggle('past', left <= 0);
+      el.classList.toggle('soon', left > 0 && left < 60000);
+    }
+    for (const el of document.querySelectorAll('[data-since]')) {
+      const d = now - Date.parse(el.dataset.since);
+      el.textContent = d < 5000 ? 'just now' : `${fmtSpan(d)} ago`;
+    }
+  }
+  const badge = (state) => h('span', { class: `badge s-${state}`, 'data-state': state, text: stateText(state) });
+  const NUMS = new Set(['Leases', 'OK', 'Rate limited', 'Unauthorized', 'Error', 'Delivered', 'Failed attempts', 'Given up']);
+  const head = (...cols) => h('thead', {}, h('tr', {}, cols.map((c) => h('th', { scope: 'col', class: NUMS.has(c) && 'num', text: c }))));
+  const emptyRow = (n, text) => h('tr', {}, h('td', { colspan: n, class: 'empty', text }));
+
+  // ---- messages: errors in #alerts (role=alert), confirmations in #notes (role=status) ----
+
+  function showAlert(text) {
+    const box = $('alerts');
+    if (box.lastElementChild?.dataset.text === text) return;
+    const item = h('div', { class: 'alert', 'data-text': text }, h('span', { text }),
+      h('button', { type: 'button', class: 'quiet x', 'aria-label': 'Dismiss', text: '×', onclick: () => item.remove() }));
+    box.append(item);
+    while (box.children.length > 4) box.firstElementChild.remove();
+  }
+  function note(text) {
+    $('notes').textContent = text;
+    clearTimeout(note.timer);
+    note.timer = setTimeout(() => ($('notes').textContent = ''), 8000);
+  }
+  const describe = (e) => (e.status ? `${e.message} (${e.code}, HTTP ${e.status})` : e.message);
+  const showError = (what, e) => e.silent || showAlert(`${what}: ${describe(e)}`);
+
+  // ---- API -----------------------------------------------------------------
+
+  class ApiError extends Error {
+    constructor(status, code, detail, silent) {
+      super(detail);
+      Object.assign(this, { status, code, silent });
+    }
+  }
+  const authHeader = () => ({ Authorization: `Bearer ${token}` });
+
+  /** Calls the farm; errors carry the body's {"error","detail"}. A 401/403 signs out ("token refused"). */
+  async function api(method, path, body, type = 'application/json') {
+    if (!token) throw new ApiError(0, 'signed_out', 'signed out', true);
+    const headers = { ...authHeader(), Accept: 'application/json' };
+    if (body !== undefined) headers['Content-Type'] = type;
+    let res;
+    try {
+      res = await fetch(path, { method, headers, cache: 'no-store', body: typeof body === 'object' ? JSON.stringify(body) : body });
+    } catch (e) {
+      throw new ApiError(0, 'network', `the farm did not answer (${e.message})`);
+    }
+    if (res.status === 401 || res.status === 403) {
+      refused();
+      throw new ApiError(res.status, 'unauthorized', 'token refused', true);
+    }
+    if (!res.ok) {
+      const j = await res.json().catch(() => ({}));
+      throw new ApiError(res.status, j.error || `http_${res.status}`, j.detail || res.statusText || 'request failed');
+    }
+    if (res.status === 204) return null;
+    return (res.headers.get('content-type') || '').includes('json') ? res.json() : res.text();
+  }
+
+  /** Runs a user action, marking the button busy (not disabled, so it keeps focus) and reporting errors. */
+  async function act(btn, what, fn) {
+    if (btn?.getAttribute('aria-busy') === 'true') return;
+    btn?.setAttribute('aria-busy', 'true');
+    try {
+      return await fn();
+    } catch (e) {
+      showError(what, e);
+    } finally {
+      btn?.removeAttribute('aria-busy');
+    }
+  }
+
+  // ---- sign in / out -------------------------------------------------------
+
+  async function signIn(t) {
+    token = t;
+    $('signin-msg').textContent = '';
+    try {
+      S.providers = await api('GET', '/api/providers');
+    } catch (e) {
+      if (!e.silent) $('signin-msg').textContent = describe(e);
+      return;
+    }
+    sessionStorage.setItem(TOKEN_KEY, t);
+    $('signin-token').value = '';
+    $('add-provider').replaceChildren(...S.providers.map((p) => h('option', { value: p.name, text: p.name })));
+    $('signin').hidden = true;
+    $('tabs').hidden = $('signout-btn').hidden = $('live-status').hidden = false;
+    reload();
+    const want = location.hash.slice(1);
+    selectTab(Object.hasOwn(TABS, want) ? want : 'accounts');
+    startLive();
+  }
+
+  /** Back to the sign-in form, forgetting the token and everything shown. */
+  function signOut(message) {
+    token = null;
+    sessionStorage.removeItem(TOKEN_KEY);
+    stopLive();
+    for (const d of document.querySelectorAll('dialog[open]')) d.close();
+    for (const id of ['accounts-body', 'events-list', 'usage-accounts', 'usage-clients', 'usage-recent', 'clients-table', 'webhooks-table', 'alerts'])
+      $(id).replaceChildren();
+    Object.assign(S, { accounts: [], clients: [], usage: null, rendered: '', login: null });
+    hideKey();
+    $('webhooks').hidden = true;
+    live.seen.clear();
+    live.lastId = null;
+    $('tabs').hidden = $('signout-btn').hidden = $('live-status').hidden = true;
+    for (const p of document.querySelectorAll('[role=tabpanel]')) p.hidden = true;
+    $('signin').hidden = false;
+    $('signin-msg').textContent = message;
+    document.title = 'relogin-farm admin';
+    $('signin-token').focus();
+  }
+  const refused = () => token && signOut('token refused');
+
+  // ---- tabs (roving tabindex; arrow keys, Home, End) -----------------------
+
+  const TABS = { accounts: () => loading || reload(), usage: () => loadUsage(), clients: () => loadClients(), events: () => loadWebhooks() };
+  const tabButtons = () => [...document.querySelectorAll('[role=tab]')];
+  function selectTab(name, focus) {
+    for (const b of tabButtons()) {
+      const on = b.dataset.tab === name;
+      b.setAttribute('aria-selected', on);
+      b.tabIndex = on ? 0 : -1;
+      $(b.getAttribute('aria-controls')).hidden = !on;
+      if (on && focus) b.focus();
+    }
+    S.tab = name;
+    history.replaceState(null, '', `#${name}`);
+    TABS[name]();
+  }
+
+  // ---- accounts ------------------------------------------------------------
+
+  let loading = null, again = false;
+  /** Reloads accounts and usage counts; calls while one is in flight coalesce into one more. */
+  function reload() {
+    if (loading) return (again = true), loading;
+    loading = loadAccounts().catch((e) => showError('Loading accounts', e)).finally(() => {
+      loading = null;
+      if (again && token) (again = false), reload();
+    });
+    return loading;
+  }
+  async function loadAccounts() {
+    const [accounts, usage] = await Promise.all([api('GET', '/api/accounts'), api('GET', '/api/usage').catch(() => null)]);
+    S.accounts = accounts.sort((a, b) => a.provider.localeCompare(b.provider) || a.priority - b.priority || a.id - b.id);
+    if (usage) S.usage = usage;
+    renderAccounts();
+    watchLogin();
+    if (usage && S.tab === 'usage') renderUsage();
+  }
+
+  /** Whether the browser relogin actions apply: the farm says so on the account or its provider. */
+  const browserFor = (a) => a.browser === true || S.providers.some((p) => p.name === a.provider && p.browser === true);
+  const hourLeases = (id) => S.usage?.per_account.find((r) => r.id === id)?.last_hour.leases ?? 0;
+  const accountName = (id) => S.accounts.find((a) => a.id === id)?.label ?? `account #${id}${S.accounts.length ? ' (removed)' : ''}`;
+
+  function renderAccounts() {
+    const key = JSON.stringify([S.accounts, S.accounts.map((a) => hourLeases(a.id))]);
+    if (key === S.rendered) return; // unchanged: leave the DOM (and focus) alone
+    S.rendered = key;
+    const body = $('accounts-body');
+    const restore = body.contains(document.activeElement) && focusRestorer();
+    body.replaceChildren(...S.accounts.map(accountRow));
+    if (restore) restore();
+    $('accounts-empty').hidden = S.accounts.length > 0;
+    const counts = {};
+    for (const a of S.accounts) counts[a.state] = (counts[a.state] || 0) + 1;
+    $('accounts-summary').replaceChildren(...Object.entries(counts).map(([s, n]) => h('span', {}, `${n} `, badge(s))));
+    const need = S.accounts.filter((a) => ATTENTION.includes(a.state)).length;
+    document.title = `${need ? `(${need}) ` : ''}relogin-farm admin`;
+    for (const el of document.querySelectorAll('.who')) el.textContent = accountName(Number(el.dataset.accountId));
+    tick();
+  }
+
+  function accountRow(a) {
+    const td = (label, ...kids) => h('td', { 'data-label': label }, h('div', {}, ...kids)); // one grid item in phone cards
+    const e = a.last_error, labelId = `acct-${a.id}-label`;
+    const btn = (action, text, cls) => h('button', { type: 'button', 'data-action': action, class: cls, 'aria-describedby': labelId, text });
+    return h('tr', { 'data-account-id': a.id, class: `state-${a.state}` },
+      td('Provider', a.provider),
+      h('th', { scope: 'row', id: labelId, 'data-label': 'Label', text: a.label }),
+      td('State', badge(a.state)),
+      td('Token expires in', a.expires_at ? countdown(a.expires_at, 'expired') : '—'),
+      td('Cooldown until', a.cooldown_until ? [when(a.cooldown_until), ' (', countdown(a.cooldown_until, 'over'), ')'] : '—'),
+      td('Priority', String(a.priority)),
+      td('Enabled', a.enabled ? 'yes' : 'no'),
+      td('Last used', ago(a.last_used_at)),
+      td('Leases 1 h / 24 h', `${hourLeases(a.id)} / ${a.leases_24h}`),
+      td('Last error', e ? h('span', { class: 'err' }, `${e.message} · `, ago(e.at), e.screenshot && [' ', btn('screenshot', 'Screenshot')]) : '—'),
+      td('Actions', h('div', { class: 'actions' },
+        btn('refresh', 'Refresh now'),
+        btn('login', 'Log in'),
+        browserFor(a) && [btn('relogin', "Log in with the farm's browser"), btn('script', 'Attach script'), btn('secret', 'Set secret')],
+        btn('toggle', a.enabled ? 'Disable' : 'Enable'),
+        btn('priority', 'Priority…'),
+        btn('activate', 'Make active'),
+        btn('remove', 'Remove', 'danger'))));
+  }
+
+  /** Row actions by data-action; each gets the account and the button pressed. */
+  const ACTIONS = {
+    refresh: (a, b) => act(b, `Refresh ${a.label}`, async () => {
+      const v = await api('POST', `/api/accounts/${a.id}/refresh`);
+      const how = { refreshed: 'new token', alreadyfresh: 'already fresh' }[v.refresh] || v.refresh || 'done';
+      note(`${a.label} refreshed (${how}); now ${stateText(v.state)}.`);
+      await reload();
+    }),
+    login: (a, b) => act(b, `Log in ${a.label}`, () => startLogin(a)),
+    toggle: (a, b) => patch(a, b, { enabled: !a.enabled }, a.enabled ? 'disabled' : 'enabled'),
+    priority: async (a, b) => {
+      const v = await ask({ title: `Priority of ${a.label}`, text: 'Lower numbers are preferred by the fill-first strategy.', ok: 'Save',
+        fields: [{ name: 'priority', label: 'Priority', type: 'number', value: a.priority }] });
+      if (v) patch(a, b, { priority: Number(v.priority) }, `priority ${v.priority}`);
+    },
+    // Top of fill-first: one less than the lowest priority among the provider's accounts.
+    activate: (a, b) => {
+      const prios = S.accounts.filter((x) => x.provider === a.provider).map((x) => x.priority), min = Math.min(...prios);
+      if (a.priority === min && prios.filter((p) => p === min).length === 1) return note(`${a.label} is already first.`);
+      patch(a, b, { priority: min - 1 }, `now first (priority ${min - 1})`);
+    },
+    remove: async (a, b) => {
+      if (await ask({ title: 'Remove account?', danger: true, ok: 'Remove',
+        text: `Remove ${a.label} (${a.provider}) for good? Its tokens are deleted; this cannot be undone.` }))
+        act(b, `Remove ${a.label}`, async () => {
+          await api('DELETE', `/api/accounts/${a.id}`);
+          note(`${a.label} removed.`);
+          await reload();
+        });
+    },
+    screenshot: (a, b) => act(b, 'Screenshot', () => showScreenshot(a.last_error.screenshot)),
+    relogin: (a, b) => browserRelogin(a, b),
+    script: (a, b) => attachScript(a, b),
+    secret: (a, b) => setSecret(a, b),
+  };
+  const patch = (a, b, body, what) => act(b, `Change ${a.label}`, async () => {
+    await api('PATCH', `/api/accounts/${a.id}`, body);
+    note(`${a.label}: ${what}.`);
+    await reload();
+  });
+
+  // ---- HOOKS for the browser relogin (shown when an account or provider has browser: true;
+  //      the routes may not exist yet, errors then show in #alerts) -----------
+
+  /** "Log in with the farm's browser" → POST /api/accounts/{id}/relogin. */
+  const browserRelogin = (a, b) => act(b, `Browser login for ${a.label}`, async () => {
+    await api('POST', `/api/accounts/${a.id}/relogin`);
+    note(`${a.label}: the farm's browser is logging in.`);
+    await reload();
+  });
+  /** "Attach script" → PUT /api/accounts/{id}/script with the TOML text. */
+  async function attachScript(a, b) {
+    const v = await ask({ title: `Login script for ${a.label}`, ok: 'Attach', text: "The TOML script the farm's browser follows to log in.",
+      fields: [{ name: 'script', label: 'Script (TOML)', type: 'textarea' }] });
+    if (v) act(b, `Attach script to ${a.label}`, async () => {
+      await api('PUT', `/api/accounts/${a.id}/script`, v.script, 'application/toml');
+      note(`${a.label}: script attached.`);
+    });
+  }
+  /** "Set secret" → PUT /api/accounts/{id}/secrets/{name} {"value"}. */
+  async function setSecret(a, b) {
+    const v = await ask({ title: `Secret for ${a.label}`, ok: 'Save', text: 'Stored encrypted; never shown again.',
+      fields: [{ name: 'name', label: 'Name (e.g. password, totp)' }, { name: 'value', label: 'Value', type: 'password' }] });
+    if (v) act(b, `Set secret on ${a.label}`, async () => {
+      await api('PUT', `/api/accounts/${a.id}/secrets/${encodeURIComponent(v.name)}`, { value: v.value });
+      note(`${a.label}: secret ${v.name} saved.`);
+    });
+  }
+  /** last_error.screenshot: a data:image URL, or a farm path fetched with the token (never sent elsewhere). */
+  async function showScreenshot(src) {
+    let url = src;
+    if (!/^data:image\//.test(src)) {
+      if (!/^\/(?!\/)/.test(src)) throw new ApiError(0, 'screenshot', 'unexpected screenshot address');
+      const res = await fetch(src, { headers: authHeader(), cache: 'no-store' });
+      if (!res.ok) throw new ApiError(res.status, 'screenshot', 'the screenshot could not be loaded');
+      url = URL.createObjectURL(await res.blob());
+    }
+    $('shot-img').src = url;
+    await openDialog($('shot-dialog'));
+    if (url !== src) URL.revokeObjectURL(url);
+  }
+
+  // ---- login dialog --------------------------------------------------------
+
+  async function startLogin(a) {
+    const r = await api('POST', `/api/accounts/${a.id}/login`);
+    const url = new URL(r.authorize_url);
+    if (!/^https?:$/.test(url.protocol)) throw new ApiError(0, 'bad_url', 'the farm returned an unexpected authorize URL');
+    S.login = { id: a.id, generation: a.generation, needed: ATTENTION.includes(a.state) };
+    $('login-label').textContent = a.label;
+    Object.assign($('login-url'), { href: url.href, textContent: `Open the sign-in page at ${url.host} ↗` });
+    $('login-listening').hidden = !r.listening;
+    $('login-redirect').value = $('login-msg').textContent = '';
+    openDialog($('login-dialog'), $('login-url')).then(() => (S.login = null));
+  }
+  async function completeLogin() {
+    const url = $('login-redirect').value.trim();
+    if (!url) return ($('login-msg').textContent = 'Paste the URL the browser was redirected to first.');
+    try {
+      const v = await api('POST', `/api/accounts/${S.login.id}/login/complete`, { redirect_url: url });
+      $('login-dialog').close();
+      note(`${v.label} is logged in (${stateText(v.state)}).`);
+      reload();
+    } catch (e) {
+      if (!e.silent) $('login-msg').textContent = describe(e);
+    }
+  }
+  /** Closes the login dialog by itself when the farm's own redirect listener finished the login:
+   * a login_completed event for the account (done), or an account that needed a login got new tokens. */
+  function watchLogin(done) {
+    const l = S.login, a = l && S.accounts.find((x) => x.id === l.id);
+    if (a && $('login-dialog').open && (done || (l.needed && a.generation !== l.generation && !ATTENTION.includes(a.state)))) {
+      $('login-dialog').close();
+      note(`${a.label} is logged in.`);
+    }
+  }
+
+  // ---- dialogs -------------------------------------------------------------
+
+  /** Remembers the focused element, or (if re-rendered meanwhile) its row + action, to focus it again. */
+  function focusRestorer(el = document.activeElement) {
+    const row = el?.closest?.('tr[data-account-id], tr[data-client-id]');
+    const attr = row && (row.dataset.accountId ? 'data-account-id' : 'data-client-id');
+    const sel = row && el.dataset.action && `tr[${attr}="${CSS.escape(row.getAttribute(attr))}"] [data-action="${el.dataset.action}"]`;
+    return () => (el?.isConnected ? el : sel && document.querySelector(sel))?.focus();
+  }
+  /** Opens a modal <dialog> (the browser traps focus in it; Esc closes); resolves with its returnValue
+   * once closed, focus back on the opener. */
+  function openDialog(d, first) {
+    const restore = focusRestorer();
+    d.returnValue = '';
+    d.showModal();
+    first?.focus();
+    return new Promise((resolve) => d.addEventListener('close', () => (restore(), resolve(d.returnValue)), { once: true }));
+  }
+  /** Asks a question; resolves with the fields' values ({name: value}) or null when cancelled. */
+  async function ask({ title, text, fields = [], ok = 'OK', danger }) {
+    $('ask-title').textContent = title;
+    $('ask-text').textContent = text;
+    $('ask-fields').replaceChildren(...fields.map((f) => {
+      const input = f.type === 'textarea' ? h('textarea', { name: f.name, rows: 10, required: true, spellcheck: 'false' })
+        : h('input', { name: f.name, type: f.type || 'text', required: true, autocomplete: 'off', step: f.type === 'number' && 1 });
+      input.value = f.value ?? '';
+      return h('label', {}, f.label, input);
+    }));
+    Object.assign($('ask-ok'), { textContent: ok, className: danger ? 'danger' : 'primary' });
+    const first = $('ask-fields').querySelector('input, textarea') || $('ask-cancel'); // Cancel first for a confirmation
+    return (await openDialog($('ask-dialog'), first)) === 'ok' ? Object.fromEntries(new FormData($('ask-form'))) : null;
+  }
+
+  // ---- usage ---------------------------------------------------------------
+
+  async function loadUsage(quiet) {
+    try {
+      [S.usage, S.clients] = await Promise.all([api('GET', '/api/usage'), api('GET', '/api/clients')]);
+      renderUsage();
+    } catch (e) {
+      if (!quiet) showError('Loading usage', e);
+    }
+  }
+  function clientName(id) {
+    const c = S.clients.find((x) => x.id === id);
+    return id == null ? 'admin token' : c ? c.name + (c.revoked_at ? ' (revoked)' : '') : `client #${id}`;
+  }
+  function countsTable(table, rows, nameOf, what) {
+    const cells = (c) => ['leases', 'ok', 'rate_limited', 'unauthorized', 'error'].map((k) => h('td', { class: 'num', text: c[k] }));
+    table.replaceChildren(head(what, 'Window', 'Leases', 'OK', 'Rate limited', 'Unauthorized', 'Error'),
+      h('tbody', {}, rows.length ? rows.flatMap((r) => [
+        h('tr', {}, h('th', { scope: 'rowgroup', rowspan: 2, text: nameOf(r.id) }), h('td', { text: 'last hour' }), cells(r.last_hour)),
+        h('tr', { class: 'sub' }, h('td', { text: 'last day' }), cells(r.last_day)),
+      ]) : emptyRow(7, 'No leases in the last day.')));
+  }
+  function renderUsage() {
+    const u = S.usage;
+    if (!u) return;
+    countsTable($('usage-accounts'), u.per_account, accountName, 'Account');
+    countsTable($('usage-clients'), u.per_client, clientName, 'Client key');
+    $('usage-recent').replaceChildren(head('Lease', 'Account', 'Client', 'Session', 'Issued', 'Outcome'),
+      h('tbody', {}, u.recent.length ? u.recent.map((l) => h('tr', { 'data-lease-id': l.lease_id },
+        h('td', {}, h('code', { title: l.lease_id, text: l.lease_id.replace(/^(lease_.{8}).+/, '$1…') })),
+        h('td', { text: accountName(l.account_id) }),
+        h('td', { text: clientName(l.client_id) }),
+        h('td', { text: l.session ?? '—' }),
+        h('td', {}, when(l.issued_at)),
+        h('td', {}, l.outcome ? h('span', { class: `outcome o-${l.outcome}`, text: l.outcome.replace(/_/g, ' ') })
+          : h('span', { class: 'muted', text: l.released_at ? 'released' : 'no report' }))))
+        : emptyRow(6, 'No leases yet.')));
+  }
+
+  // ---- clients -------------------------------------------------------------
+
+  async function loadClients(quiet) {
+    try {
+      S.clients = await api('GET', '/api/clients');
+    } catch (e) {
+      return quiet || showError('Loading client keys', e);
+    }
+    const restore = $('clients-table').contains(document.activeElement) && focusRestorer();
+    $('clients-table').replaceChildren(head('Name', 'Created', 'Status', 'Actions'),
+      h('tbody', {}, S.clients.length ? S.clients.map((c) => h('tr', { 'data-client-id': c.id, class: c.revoked_at && 'revoked' },
+        h('th', { scope: 'row', id: `client-${c.id}-name`, text: c.name }),
+        h('td', {}, when(c.created_at)),
+        h('td', {}, c.revoked_at ? ['revoked ', when(c.revoked_at)] : 'active'),
+        h('td', {}, !c.revoked_at && h('button', { type: 'button', class: 'danger', 'data-action': 'revoke',
+          'aria-describedby': `client-${c.id}-name`, text: 'Revoke' }))))
+        : emptyRow(4, 'No client keys yet.')));
+    if (restore) restore();
+  }
+  async function revokeClient(c, b) {
+    if (await ask({ title: 'Revoke client key?', danger: true, ok: 'Revoke',
+      text: `Revoke the key of ${c.name}? Programs using it are refused from now on; this cannot be undone.` }))
+      act(b, `Revoke ${c.name}`, async () => {
+        await api('DELETE', `/api/clients/${c.id}`);
+        note(`Key of ${c.name} revoked.`);
+        await loadClients();
+      });
+  }
+  /** The new key, shown once: it is only in the DOM until "I have saved it" or sign-out. */
+  function showKey(r) {
+    $('client-key').textContent = r.key;
+    $('client-key-name').textContent = r.name;
+    $('client-key-box').hidden = false;
+    $('client-key-copy').focus();
+  }
+  function hideKey() {
+    $('client-key').textContent = '';
+    $('client-key-box').hidden = true;
+  }
+  async function copyKey() {
+    try {
+      await navigator.clipboard.writeText($('client-key').textContent); // secure contexts only (https, localhost)
+    } catch {
+      // Plain-http home server: select the text and try the legacy copy command.
+      getSelection().selectAllChildren($('client-key'));
+      if (!document.execCommand('copy')) return note('Copy failed: the key is selected, press Ctrl+C.');
+    }
+    note('Key copied to the clipboard.');
+  }
+
+  // ---- webhooks: delivery status, so a failing webhook is visible --------
+
+  async function loadWebhooks() {
+    const hooks = await api('GET', '/api/webhooks').catch(() => []);
+    $('webhooks').hidden = !hooks.length;
+    $('webhooks-table').replaceChildren(head('Target', 'Events', 'Delivered', 'Failed attempts', 'Given up', 'Last success', 'Last error'),
+      h('tbody', {}, hooks.map((w) => h('tr', { 'data-webhook': w.index, class: (w.given_up || w.last_error) && 'failing' },
+        h('th', { scope: 'row', text: w.target }),
+        h('td', { text: w.events?.length ? w.events.join(', ') : 'all' }),
+        [w.delivered, w.failed_attempts, w.given_up].map((n) => h('td', { class: 'num', text: n })),
+        h('td', {}, ago(w.last_success_at)),
+        h('td', {}, w.last_error ? h('span', { class: 'err' }, `${w.last_error} · `, ago(w.last_error_at)) : '—')))));
+    tick();
+  }
+
+  // ---- live updates: SSE read with fetch (EventSource cannot send the token) ----
+
+  const HISTORY_PAGE = 1000; // the farm's page size for GET /api/events?since=ID
+  const live = { ctrl: null, lastId: null, retry: 1000, backoff: 1000, timer: null, poll: null, pending: null, seen: new Set() };
+  function setLive(kind, text) {
+    Object.assign($('live-status'), { className: `live ${kind}`, textContent: text });
+    $('events-status').textContent = kind === 'off'
+      ? 'Live updates unavailable: this farm has no event stream. The accounts table refreshes every 5 s.' : text;
+  }
+  function stopLive() {
+    live.ctrl?.abort();
+    clearTimeout(live.timer);
+    clearInterval(live.poll);
+  }
+  async function startLive() {
+    stopLive();
+    const ctrl = (live.ctrl = new AbortController());
+    setLive('wait', 'Connecting…');
+    // Seed the list from the stored events (JSON, oldest first, at most HISTORY_PAGE). Only a partial
+    // page is the whole history, and the stream then resumes right after it; a full page means a long
+    // history, which is skipped (events from now on) rather than replayed. 404/405: no event stream.
+    try {
+      const res = await fetch('/api/events?since=0', { headers: { ...authHeader(), Accept: 'application/json' }, cache: 'no-store', signal: ctrl.signal });
+      if (res.status === 401 || res.status === 403) return refused();
+      if ([404, 405, 501].includes(res.status)) return startPolling();
+      const list = res.ok && (res.headers.get('content-type') || '').includes('json') ? await res.json() : [];
+      if (Array.isArray(list) && list.length && list.length < HISTORY_PAGE) {
+        for (const ev of list.slice(-300)) addEvent(ev);
+        live.lastId = String(list.at(-1).id);
+      }
+    } catch {
+      if (ctrl.signal.aborted) return;
+    }
+    stream(ctrl.signal);
+  }
+  /** Fallback for a farm without /api/events: poll the accounts every 5 s. */
+  function startPolling() {
+    setLive('off', 'Live updates unavailable');
+    clearInterval(live.poll);
+    live.poll = setInterval(() => (reload(), S.tab === 'usage' && loadUsage(true)), 5000);
+  }
+  async function stream(signal) {
+    const headers = { ...authHeader(), Accept: 'text/event-stream' };
+    if (live.lastId != null) headers['Last-Event-ID'] = live.lastId;
+    try {
+      const res = await fetch('/api/events', { headers, signal, cache: 'no-store' });
+      if (res.status === 401 || res.status === 403) return refused();
+      if ([404, 405, 501].includes(res.status) || (res.ok && !(res.headers.get('content-type') || '').includes('text/event-stream'))) {
+        res.body?.cancel();
+        return startPolling();
+      }
+      if (!res.ok) throw new Error(`HTTP ${res.status}`);
+      setLive('on', 'Live');
+      live.backoff = live.retry;
+      reload(); // catch up on whatever changed while disconnected
+      await readEvents(res.body, signal);
+    } catch {
+      // network error or the farm went away: reconnect below
+    }
+    if (signal.aborted) return;
+    const wait = Math.round(live.backoff * (0.8 + Math.random() * 0.4)); // backoff with jitter, up to 30 s
+    live.backoff = Math.min(live.backoff * 2, 30000);
+    setLive('wait', `Reconnecting in ${Math.ceil(wait / 1000)} s…`);
+    live.timer = setTimeout(() => stream(signal), wait);
+  }
+  /** Parses a text/event-stream body (id, event, data, retry, comments) and dispatches each event. */
+  async function readEvents(body, signal) {
+    const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+    signal.addEventListener('abort', () => reader.cancel().catch(() => {}), { once: true });
+    let buf = '', data = [], type = '', id = live.lastId;
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      const lines = (buf += value).split(/\r\n|\r(?!$)|\n/); // a final \r may be half of \r\n: keep it
+      buf = lines.pop();
+      for (const line of lines) {
+        if (line === '') {
+          live.lastId = id; // the resume point advances only with complete events
+          if (data.length) onEvent(type || 'message', data.join('\n'));
+          data = [];
+          type = '';
+        } else if (line[0] !== ':') { // ':' starts a comment (keep-alive)
+          const i = line.indexOf(':'), field = i < 0 ? line : line.slice(0, i), val = i < 0 ? '' : line.slice(i + 1).replace(/^ /, '');
+          if (field === 'data') data.push(val);
+          else if (field === 'event') type = val;
+          else if (field === 'id' && !val.includes('\0')) id = val;
+          else if (field === 'retry' && /^\d+$/.test(val)) live.retry = Number(val);
+        }
+      }
+    }
+  }
+  function onEvent(type, data) {
+    let ev;
+    try {
+      ev = JSON.parse(data);
+    } catch {
+      ev = null;
+    }
+    if (!ev || typeof ev !== 'object') ev = { detail: data };
+    ev.kind ??= type;
+    addEvent(ev);
+    if (S.login && ev.account_id === S.login.id && ev.kind === 'login_completed') watchLogin(true);
+    // Something changed: refresh what is on screen, debounced so a burst costs one fetch.
+    clearTimeout(live.pending);
+    live.pending = setTimeout(() => {
+      reload();
+      if (S.tab !== 'accounts') TABS[S.tab]();
+    }, 200);
+  }
+  function addEvent(ev) {
+    if (ev.id != null) {
+      if (live.seen.has(String(ev.id))) return;
+      live.seen.add(String(ev.id));
+    }
+    const kind = String(ev.kind ?? 'event');
+    const tone = /fail|needs|revoked|removed/.test(kind) ? 'bad' : /_ok|succeeded|completed|added|created|ended/.test(kind) ? 'good' : '';
+    const list = $('events-list');
+    list.prepend(h('li', { 'data-event-id': ev.id, 'data-kind': kind },
+      ev.at && when(ev.at),
+      h('span', { class: `kind ${tone}`, text: kind.replace(/_/g, ' ') }),
+      ev.account_id != null && h('span', { class: 'who', 'data-account-id': ev.account_id, text: accountName(ev.account_id) }),
+      h('span', { class: 'detail', text: typeof ev.detail === 'string' ? ev.detail : JSON.stringify(ev.detail ?? '') })));
+    while (list.children.length > 300) list.lastElementChild.remove();
+    $('events-empty').hidden = true;
+  }
+
+  // ---- wiring --------------------------------------------------------------
+
+  const on = (id, type, fn) => $(id).addEventListener(type, fn);
+  const onSubmit = (id, fn) => on(id, 'submit', (e) => (e.preventDefault(), fn(e)));
+  onSubmit('signin-form', () => {
+    const t = $('signin-token').value.trim();
+    if (t) signIn(t);
+  });
+  on('signout-btn', 'click', () => signOut('Signed out.'));
+  for (const b of tabButtons()) b.addEventListener('click', () => selectTab(b.dataset.tab));
+  on('tabs', 'keydown', (e) => {
+    const tabs = tabButtons(), i = tabs.indexOf(document.activeElement);
+    const to = { ArrowRight: i + 1, ArrowLeft: i - 1, Home: 0, End: tabs.length - 1 }[e.key];
+    if (i < 0 || to === undefined) return;
+    e.preventDefault();
+    selectTab(tabs[(to + tabs.length) % tabs.length].dataset.tab, true);
+  });
+  on('accounts-body', 'click', (e) => {
+    const b = e.target.closest('button[data-action]');
+    const a = b && S.accounts.find((x) => String(x.id) === b.closest('tr').dataset.accountId);
+    if (a) ACTIONS[b.dataset.action](a, b);
+  });
+  onSubmit('add-account-form', () => act($('add-account-btn'), 'Add account', async () => {
+    const prio = $('add-priority').value.trim();
+    const a = await api('POST', '/api/accounts', { provider: $('add-provider').value, label: $('add-label').value.trim(), priority: prio ? Number(prio) : 0 });
+    $('add-label').value = '';
+    note(`Added ${a.label}; log it in now.`);
+    await reload();
+    await startLogin(a);
+  }));
+  onSubmit('login-form', completeLogin);
+  on('login-cancel', 'click', () => $('login-dialog').close());
+  on('ask-cancel', 'click', () => $('ask-dialog').close(''));
+  on('usage-reload', 'click', () => loadUsage());
+  onSubmit('client-form', () => act($('client-create-btn'), 'Create client key', async () => {
+    const r = await api('POST', '/api/clients', { name: $('client-name').value.trim() });
+    $('client-name').value = '';
+    showKey(r);
+    await loadClients();
+  }));
+  on('clients-table', 'click', (e) => {
+    const b = e.target.closest('button[data-action=revoke]');
+    const c = b && S.clients.find((x) => String(x.id) === b.closest('tr').dataset.clientId);
+    if (c) revokeClient(c, b);
+  });
+  on('client-key-copy', 'click', copyKey);
+  on('client-key-done', 'click', () => (hideKey(), $('client-name').focus()));
+
+  setInterval(tick, 1000);
+  if (token) signIn(token);
+  else $('signin-token').focus();
+})();
