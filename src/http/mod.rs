@@ -155,6 +155,10 @@ pub fn parse_json<T: DeserializeOwned>(b: &[u8]) -> Result<T, ApiError> {
     if b.is_empty() {
         return Err(ApiError::bad_request("the request body is empty; send a JSON object"));
     }
+    // serde also accepts a struct written as an array; the API takes objects only.
+    if b.iter().find(|c| !c.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", "the request body must be a JSON object"));
+    }
     serde_json::from_slice(b).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("invalid JSON body: {e}")))
 }
 

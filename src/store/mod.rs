@@ -111,7 +111,12 @@ impl Store {
         let mut stmt = conn.prepare(
             "SELECT a.id, a.provider, a.label, a.priority, a.enabled, a.auth_state, a.access_token, a.token_type,
                     a.expires_at, a.issued_at, a.refresh_token, a.generation, a.cooldown_until, a.last_refresh_at,
-                    a.last_error, a.last_error_at, a.last_used_at, a.created_at, a.refresh_started_at,
+                    a.last_error, a.last_error_at,
+                    -- the lease log is the record of use; the column only
+                    -- catches what was written with other changes
+                    MAX(COALESCE(a.last_used_at, 0),
+                        COALESCE((SELECT MAX(issued_at) FROM leases l WHERE l.account_id = a.id), 0)),
+                    a.created_at, a.refresh_started_at,
                     (SELECT COUNT(*) FROM leases l WHERE l.account_id = a.id AND l.issued_at >= ?1)
              FROM accounts a ORDER BY a.id",
         )?;
@@ -146,7 +151,7 @@ impl Store {
         account.cooldown_until = row.get::<_, Option<i64>>(12)?.map(from_ms);
         account.last_refresh_at = row.get::<_, Option<i64>>(13)?.map(from_ms);
         account.last_error = last_error;
-        account.last_used_at = row.get::<_, Option<i64>>(16)?.map(from_ms);
+        account.last_used_at = Some(row.get::<_, i64>(16)?).filter(|t| *t > 0).map(from_ms);
         // A refresh that was in flight when the process died: the scheduler
         // retries it at once (see `domain::timing::next_refresh_at`).
         account.suspect = row.get::<_, Option<i64>>(18)?.is_some();

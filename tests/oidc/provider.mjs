@@ -715,7 +715,11 @@ async function handleToken(req, res) {
   const run = () => new Promise((resolve) => {
     res.once('finish', resolve);
     res.once('close', resolve);
-    oidcCallback(req, res);
+    // A client that went away while its request waited (token-delay, or the
+    // lock below) has closed the response already, and neither event fires
+    // again: also settle when oidc-provider is done with the request, or the
+    // token stays locked forever.
+    Promise.resolve(oidcCallback(req, res)).finally(resolve);
   });
   if (!key) return run();
   const prev = tokenLocks.get(key) ?? Promise.resolve();

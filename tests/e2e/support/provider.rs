@@ -1,0 +1,100 @@
+//! The real OIDC provider (`tests/oidc/provider.mjs`) and its test-control
+//! API (`/__test/*`), plus token introspection as a resource server would
+//! do it.
+
+use std::path::Path;
+
+use reqwest::blocking::Client;
+use serde_json::Value;
+
+use super::process::{clean_command, Daemon};
+use super::{free_port, oidc_dir};
+
+/// The client the farm is configured with (public, PKCE).
+pub const CLIENT_ID: &str = "daemon-web";
+
+pub struct Provider {
+    _daemon: Daemon,
+    pub issuer: String,
+    /// The farm's loopback redirect URI, on a port of its own.
+    pub redirect_uri: String,
+    http: Client,
+}
+
+impl Provider {
+    /// Starts a provider on a free port whose access tokens live
+    /// `access_ttl` seconds; its stderr goes to `log`.
+    pub fn start(log: &Path, access_ttl: u32) -> Provider {
+        let oidc = oidc_dir();
+        let redirect_uri = format!("http://127.0.0.1:{}/callback", free_port());
+        let mut cmd = clean_command("node");
+        cmd.arg(oidc.join("provider.mjs"))
+            .args(["--port", "0", "--access-ttl", &access_ttl.to_string(), "--redirect-uri", &redirect_uri])
+            .current_dir(&oidc);
+        let (daemon, issuer) = Daemon::spawn("provider", cmd, log, "READY ")
+            .unwrap_or_else(|f| panic!("the OIDC provider did not start ({:?}):\n{}", f.status, f.log));
+        Provider { _daemon: daemon, issuer, redirect_uri, http: Client::builder().no_proxy().build().expect("client") }
+    }
+
+    fn test_api(&self, method: reqwest::Method, path: &str) -> Value {
+        let url = format!("{}/__test/{path}", self.issuer);
+        let resp = self.http.request(method, &url).send().unwrap_or_else(|e| panic!("{url}: {e}"));
+        let status = resp.status();
+        let body: Value = resp.json().unwrap_or_else(|e| panic!("{url}: not JSON: {e}"));
+        assert!(status.is_success(), "{url}: {status} {body}");
+        body
+    }
+
+    /// `/__test/stats`: `refresh_grants`, `code_grants`, `refresh_failures`
+    /// (each by user), `grants_revoked`.
+    pub fn stats(&self) -> Value {
+        self.test_api(reqwest::Method::GET, "stats")
+    }
+
+    /// Successful `refresh_token` grants for `user`.
+    pub fn refresh_grants(&self, user: &str) -> u64 {
+        self.stats()["refresh_grants"][user].as_u64().unwrap_or(0)
+    }
+
+    /// Successful `authorization_code` grants for `user`.
+    pub fn code_grants(&self, user: &str) -> u64 {
+        self.stats()["code_grants"][user].as_u64().unwrap_or(0)
+    }
+
+    /// Revokes every grant of `user` (the refresh token dies); returns how many.
+    pub fn revoke(&self, user: &str) -> u64 {
+        self.test_api(reqwest::Method::POST, &format!("revoke/{user}"))["revoked"].as_u64().unwrap_or(0)
+    }
+
+    /// The next `count` token requests fail with `status`.
+    pub fn token_fail(&self, count: u32, status: u16) {
+        self.test_api(reqwest::Method::POST, &format!("token-fail?count={count}&status={status}"));
+    }
+
+    /// Every token request waits `ms` before the provider handles it.
+    pub fn token_delay(&self, ms: u64) {
+        self.test_api(reqwest::Method::POST, &format!("token-delay?ms={ms}"));
+    }
+
+    /// RFC 7662 introspection of `token`, as a resource server would ask.
+    pub fn introspect(&self, token: &str) -> Value {
+        let url = format!("{}/token/introspection", self.issuer);
+        let resp = self
+            .http
+            .post(&url)
+            .basic_auth("introspector", Some("introspector-secret"))
+            .form(&[("token", token)])
+            .send()
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert!(resp.status().is_success(), "{url}: {}", resp.status());
+        resp.json().expect("introspection answers JSON")
+    }
+
+    /// Asserts that `token` is a live access token of `user`.
+    pub fn assert_active(&self, token: &str, user: &str) {
+        let info = self.introspect(token);
+        assert_eq!(info["active"], true, "the provider says the token of {user} is not active: {info}");
+        assert_eq!(info["sub"], user, "the token belongs to someone else: {info}");
+        assert_eq!(info["client_id"], CLIENT_ID, "{info}");
+    }
+}
