@@ -16,6 +16,9 @@
 //!   single-flight refresh, leases, reports, client keys.
 //! - [`events`]: the event bus — every state change, stored and broadcast
 //!   (SSE, webhooks).
+//! - [`browser`]: the browser relogin engine — login scripts (pure), the
+//!   Playwright/Chromium runner with one persistent profile per account,
+//!   the recorder.
 //! - [`scheduler`]: the refresh scheduler and the cron sweep.
 //! - [`http`]: the warp route table, thin handlers, the one error renderer,
 //!   and the loopback redirect listener.
@@ -23,6 +26,7 @@
 //! - [`metrics`]: counters for `/metrics`.
 //! - [`webhooks`]: signed, retried, non-blocking event delivery.
 
+pub mod browser;
 pub mod config;
 pub mod domain;
 pub mod events;

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::domain::timing::next_refresh_at;
+use crate::domain::timing::{next_refresh_at, next_relogin_at};
 use crate::domain::AccountId;
 use crate::farm::{chrono_dur, Farm};
 
@@ -33,29 +33,49 @@ pub async fn wait_shutdown(shutdown: &mut Shutdown) {
     }
 }
 
-/// Refreshes every account before its token expires.
+/// What the scheduler runs for an account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Job {
+    Refresh,
+    /// The recovery ladder's browser rung.
+    Relogin,
+}
+
+/// Refreshes every account before its token expires, and logs dead ones
+/// back in with the browser (the recovery ladder).
 pub async fn run_refresh_scheduler(farm: Arc<Farm>, mut shutdown: Shutdown) {
     let margin = chrono_dur(farm.config.scheduler.refresh_margin);
     let max_sleep = farm.config.scheduler.max_sleep;
-    let mut running: JoinSet<AccountId> = JoinSet::new();
-    let mut in_flight: HashSet<AccountId> = HashSet::new();
+    let mut running: JoinSet<(Job, AccountId)> = JoinSet::new();
+    let mut in_flight: HashSet<(Job, AccountId)> = HashSet::new();
     loop {
         while let Some(done) = running.try_join_next() {
-            if let Ok(id) = done {
-                in_flight.remove(&id);
+            if let Ok(job) = done {
+                in_flight.remove(&job);
             }
         }
         let now = Utc::now();
         let next_cooldown_end = farm.end_cooldowns(now);
         let (due, next_due) = farm.due_refreshes(now, margin);
-        let next = [next_due, next_cooldown_end].into_iter().flatten().min();
+        let (relogins, next_relogin) = farm.due_relogins(now);
+        let next = [next_due, next_cooldown_end, next_relogin].into_iter().flatten().min();
         for (id, generation) in due {
-            if in_flight.insert(id) {
+            if in_flight.insert((Job::Refresh, id)) {
                 let farm = farm.clone();
                 running.spawn(async move {
                     // Errors are recorded on the account by `refresh` itself.
                     let _ = farm.refresh(id, Some(generation), "scheduled").await;
-                    id
+                    (Job::Refresh, id)
+                });
+            }
+        }
+        for id in relogins {
+            if in_flight.insert((Job::Relogin, id)) {
+                let farm = farm.clone();
+                running.spawn(async move {
+                    // Failures are recorded on the account (and backed off) by `relogin`.
+                    let _ = farm.relogin(id, "recovery").await;
+                    (Job::Relogin, id)
                 });
             }
         }
@@ -68,7 +88,7 @@ pub async fn run_refresh_scheduler(farm: Arc<Farm>, mut shutdown: Shutdown) {
             _ = tokio::time::sleep(sleep_for) => {}
             _ = farm.scheduler_wake.notified() => {}
             Some(done) = running.join_next(), if !running.is_empty() => {
-                if let Ok(id) = done { in_flight.remove(&id); }
+                if let Ok(job) = done { in_flight.remove(&job); }
             }
             _ = wait_shutdown(&mut shutdown) => break,
         }
@@ -86,6 +106,25 @@ impl Farm {
         for a in st.accounts.values() {
             match next_refresh_at(a, margin) {
                 Some(t) if t <= now => due.push((a.id, a.generation)),
+                Some(t) => next = Some(next.map_or(t, |n| n.min(t))),
+                None => {}
+            }
+        }
+        (due, next)
+    }
+
+    /// The accounts the browser should log in now, and the earliest later
+    /// time one will be due. Empty when the browser is disabled.
+    pub fn due_relogins(&self, now: DateTime<Utc>) -> (Vec<AccountId>, Option<DateTime<Utc>>) {
+        if self.browser.is_none() {
+            return (Vec::new(), None);
+        }
+        let st = self.state();
+        let mut due = Vec::new();
+        let mut next: Option<DateTime<Utc>> = None;
+        for a in st.accounts.values() {
+            match next_relogin_at(a) {
+                Some(t) if t <= now => due.push(a.id),
                 Some(t) => next = Some(next.map_or(t, |n| n.min(t))),
                 None => {}
             }

@@ -109,6 +109,10 @@ pub async fn serve(farm: Arc<Farm>, listener: TcpListener, shutdown: impl Future
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     farm.stop_listeners();
+    if let Some(pool) = &farm.browser {
+        // Cookies reach the profile only on a clean close.
+        pool.shutdown().await;
+    }
     // In-flight refreshes finish (their tokens must be persisted); the HTTP
     // server drains; nothing waits forever.
     let _ = tokio::time::timeout(Duration::from_secs(25), async {

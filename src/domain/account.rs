@@ -132,6 +132,13 @@ pub struct Account {
     pub retry_at: Option<DateTime<Utc>>,
     /// Leases handed out (since start, seeded with the last day's count).
     pub uses: u64,
+    /// A login script is attached (to the account or its provider), so the
+    /// farm can log it in with a browser by itself.
+    pub has_login_script: bool,
+    /// Consecutive failed browser relogins, for backoff.
+    pub relogin_failures: u32,
+    /// Not before this time is a failed relogin retried.
+    pub relogin_retry_at: Option<DateTime<Utc>>,
 }
 
 impl Account {
@@ -155,6 +162,9 @@ impl Account {
             refresh_failures: 0,
             retry_at: None,
             uses: 0,
+            has_login_script: false,
+            relogin_failures: 0,
+            relogin_retry_at: None,
         }
     }
 

@@ -34,6 +34,18 @@ pub fn next_refresh_at(account: &Account, margin: Duration) -> Option<DateTime<U
     })
 }
 
+/// When the recovery ladder should log this account in with the browser,
+/// or `None` if it needs no relogin or cannot have one (no script,
+/// disabled). Dead accounts go at once; a failed relogin waits for its
+/// backoff; never-logged-in accounts go only once a script is attached.
+pub fn next_relogin_at(account: &Account) -> Option<DateTime<Utc>> {
+    let wants = matches!(account.auth, AuthState::NeedsRelogin | AuthState::NeedsHuman | AuthState::PendingLogin);
+    if !account.enabled || !account.has_login_script || !wants || account.refreshing {
+        return None;
+    }
+    Some(account.relogin_retry_at.unwrap_or(DateTime::<Utc>::MIN_UTC))
+}
+
 /// Exponential backoff after `failures` consecutive transient failures
 /// (1 = first failure), capped at `max`, with jitter: `jitter` is a number
 /// in [0, 1) chosen by the caller; the result lies in [half, full] of the
@@ -104,6 +116,22 @@ mod tests {
         a.auth = AuthState::Active;
         a.tokens.as_mut().unwrap().refresh_token = None;
         assert_eq!(next_refresh_at(&a, margin), None, "nothing to refresh with");
+    }
+
+    #[test]
+    fn relogin_ladder_needs_a_script_and_respects_backoff() {
+        let now = Utc::now();
+        let mut a = account_with_tokens(now);
+        assert_eq!(next_relogin_at(&a), None, "healthy accounts need no relogin");
+        a.auth = AuthState::NeedsRelogin;
+        assert_eq!(next_relogin_at(&a), None, "no script, nothing the farm can do");
+        a.has_login_script = true;
+        assert_eq!(next_relogin_at(&a), Some(DateTime::<Utc>::MIN_UTC), "dead with a script: at once");
+        a.auth = AuthState::NeedsHuman;
+        a.relogin_retry_at = Some(now + Duration::minutes(10));
+        assert_eq!(next_relogin_at(&a), Some(now + Duration::minutes(10)), "after a failure: backoff, no storm");
+        a.enabled = false;
+        assert_eq!(next_relogin_at(&a), None);
     }
 
     #[test]

@@ -68,6 +68,12 @@ impl PendingLogins {
     }
 }
 
+pub(crate) struct BegunLogin {
+    pub authorize_url: Url,
+    pub redirect_uri: Url,
+    pub expires_at: DateTime<Utc>,
+}
+
 /// The answer to `POST /api/accounts/{id}/login`.
 #[derive(Debug, Serialize)]
 pub struct LoginStarted {
@@ -82,6 +88,22 @@ impl Farm {
     /// Starts a login: returns the authorize URL for a person (or a browser)
     /// to open, and listens on the redirect URI when it is a loopback one.
     pub async fn start_login(self: &Arc<Self>, id: AccountId) -> Result<LoginStarted> {
+        let begun = self.begin_login(id).await?;
+        let listening = self.ensure_loopback_listener(&begun.redirect_uri).await;
+        tracing::info!(account = id, listening, "login started");
+        self.emit(EventKind::LoginStarted, Some(id), "login started");
+        Ok(LoginStarted { account_id: id, authorize_url: begun.authorize_url.to_string(), expires_at: begun.expires_at, listening })
+    }
+
+    /// Starts a login for the farm's own browser: no loopback listener (the
+    /// browser's redirect is captured in the browser itself).
+    pub(crate) async fn start_browser_login(&self, id: AccountId) -> Result<BegunLogin> {
+        self.begin_login(id).await
+    }
+
+    /// Registers a pending login (replacing any earlier one of the account)
+    /// and builds its authorize URL.
+    async fn begin_login(&self, id: AccountId) -> Result<BegunLogin> {
         let provider_name = self.with_account(id, |a| a.provider.clone())?;
         let provider = self.provider(&provider_name)?.clone();
         let req = provider.authorize().await.map_err(|e| FarmError::Login(e.to_string()))?;
@@ -90,10 +112,7 @@ impl Farm {
             id,
             Pending { account_id: id, state: req.state, pkce_verifier: req.pkce_verifier, issuer: req.issuer, expires_at },
         );
-        let listening = self.ensure_loopback_listener(&provider.config.redirect_uri).await;
-        tracing::info!(account = id, provider = provider_name, listening, "login started");
-        self.emit(EventKind::LoginStarted, Some(id), "login started");
-        Ok(LoginStarted { account_id: id, authorize_url: req.url.to_string(), expires_at, listening })
+        Ok(BegunLogin { authorize_url: req.url, redirect_uri: provider.config.redirect_uri.clone(), expires_at })
     }
 
     /// Finishes a login from the URL the browser was redirected to. With

@@ -11,6 +11,7 @@ mod clients;
 mod credentials;
 mod login;
 mod refresh;
+mod relogin;
 mod view;
 
 use std::collections::{BTreeMap, HashMap};
@@ -29,6 +30,7 @@ use crate::store::{Store, StoreError};
 pub use clients::{Principal, NewClient};
 pub use credentials::{CredentialLease, ReportRequest};
 pub use login::LoginStarted;
+pub use relogin::ReloginDone;
 pub use view::{AccountPatch, AccountView};
 
 /// Everything that can go wrong in a farm operation. The HTTP layer turns
@@ -47,6 +49,10 @@ pub enum FarmError {
     LeaseExpired(String),
     #[error("login failed: {0}")]
     Login(String),
+    #[error("invalid login script: {0}")]
+    InvalidScript(String),
+    #[error("browser relogin failed: {0}")]
+    Relogin(String),
     #[error("refresh failed: {0}")]
     Refresh(#[source] OAuthError),
     #[error(transparent)]
@@ -80,6 +86,10 @@ pub struct Farm {
     pub(crate) metrics: crate::metrics::Metrics,
     pub events: EventBus,
     pub(crate) webhooks: Vec<Arc<crate::webhooks::Webhook>>,
+    /// The browser pool (`None` when `[browser] enabled = false`).
+    pub browser: Option<crate::browser::BrowserPool>,
+    /// One browser relogin per account at a time.
+    relogin_locks: Mutex<HashMap<AccountId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Farm {
@@ -98,6 +108,11 @@ impl Farm {
         if interrupted > 0 {
             tracing::warn!(accounts = interrupted, "refreshes were interrupted by the last shutdown; retrying them now");
         }
+        let mut accounts = accounts;
+        for a in &mut accounts {
+            a.has_login_script |= config.providers.iter().any(|p| p.name == a.provider && p.login_script.is_some());
+        }
+        let browser = config.browser.enabled.then(|| crate::browser::BrowserPool::new(browser_config(&config.browser)));
         let state = State { accounts: accounts.into_iter().map(|a| (a.id, a)).collect(), rotation: Rotation::default() };
         let events = EventBus::new(store.clone(), config.events.buffer);
         let webhooks = config
@@ -109,6 +124,8 @@ impl Farm {
         Ok(Arc::new(Farm {
             events,
             webhooks,
+            browser,
+            relogin_locks: Mutex::default(),
             refresh_slots: Semaphore::new(config.scheduler.max_concurrent_refreshes.max(1)),
             config,
             store,
@@ -170,6 +187,20 @@ impl Farm {
 
     pub fn provider_names(&self) -> impl Iterator<Item = &str> {
         self.providers.keys().map(String::as_str)
+    }
+}
+
+/// The browser runner's settings from the `[browser]` config section.
+pub fn browser_config(b: &crate::config::BrowserSettings) -> crate::browser::BrowserConfig {
+    crate::browser::BrowserConfig {
+        chromium: b.chromium.clone(),
+        node: b.node.clone(),
+        driver_cli_js: b.driver.clone(),
+        headless: b.headless,
+        extra_args: b.extra_args.clone(),
+        max_concurrent: b.max_concurrent,
+        profiles_dir: b.profiles_dir.clone(),
+        artifacts_dir: b.artifacts_dir.clone(),
     }
 }
 

@@ -40,12 +40,15 @@ pub struct AccountView {
     pub last_error: Option<LastError>,
     pub leases_24h: i64,
     pub has_refresh_token: bool,
+    pub has_login_script: bool,
+    /// The farm can log this account in with its own browser.
+    pub browser: bool,
     pub generation: i64,
     pub created_at: DateTime<Utc>,
 }
 
 impl AccountView {
-    fn of(a: &Account, now: DateTime<Utc>, leases_24h: i64) -> Self {
+    fn of(a: &Account, now: DateTime<Utc>, leases_24h: i64, browser: bool) -> Self {
         AccountView {
             id: a.id,
             provider: a.provider.clone(),
@@ -60,6 +63,8 @@ impl AccountView {
             last_error: a.last_error.clone(),
             leases_24h,
             has_refresh_token: a.has_refresh_token(),
+            has_login_script: a.has_login_script,
+            browser,
             generation: a.generation,
             created_at: a.created_at,
         }
@@ -89,13 +94,15 @@ impl Farm {
         let counts = self.leases_24h()?;
         let now = Utc::now();
         let st = self.state();
-        Ok(st.accounts.values().map(|a| AccountView::of(a, now, counts.get(&a.id).copied().unwrap_or(0))).collect())
+        let browser = self.browser.is_some();
+        Ok(st.accounts.values().map(|a| AccountView::of(a, now, counts.get(&a.id).copied().unwrap_or(0), browser)).collect())
     }
 
     pub fn account(&self, id: AccountId) -> Result<AccountView> {
         let counts = self.leases_24h()?;
         let now = Utc::now();
-        self.with_account(id, |a| AccountView::of(a, now, counts.get(&a.id).copied().unwrap_or(0)))
+        let browser = self.browser.is_some();
+        self.with_account(id, |a| AccountView::of(a, now, counts.get(&a.id).copied().unwrap_or(0), browser))
     }
 
     fn leases_24h(&self) -> Result<HashMap<AccountId, i64>> {
@@ -137,8 +144,12 @@ impl Farm {
         self.account(id)
     }
 
-    /// Removes an account for good (the only way an account is ever deleted).
-    pub fn remove_account(&self, id: AccountId) -> Result<()> {
+    /// Removes an account for good (the only way an account is ever
+    /// deleted), with its browser profile.
+    pub async fn remove_account(&self, id: AccountId) -> Result<()> {
+        if let Some(pool) = &self.browser {
+            pool.reset(&id.to_string()).await.map_err(|e| FarmError::Conflict(format!("cannot remove the account's browser profile: {e}")))?;
+        }
         if !self.store.delete_account(id)? {
             return Err(not_found_account(id));
         }

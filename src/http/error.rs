@@ -71,6 +71,8 @@ impl From<FarmError> for ApiError {
             },
             FarmError::LeaseExpired(_) => ApiError::new(StatusCode::GONE, "lease_expired", detail),
             FarmError::Login(_) => ApiError::new(StatusCode::BAD_GATEWAY, "login_failed", detail),
+            FarmError::InvalidScript(_) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_script", detail),
+            FarmError::Relogin(_) => ApiError::new(StatusCode::BAD_GATEWAY, "relogin_failed", detail),
             FarmError::Refresh(_) => ApiError::new(StatusCode::BAD_GATEWAY, "refresh_failed", detail),
             FarmError::Store(StoreError::DuplicateAccount { .. }) => ApiError::new(StatusCode::CONFLICT, "conflict", detail),
             FarmError::Store(_) => {

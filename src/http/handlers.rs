@@ -116,11 +116,14 @@ pub async fn account_patch(id: String, farm: Arc<Farm>, caller: Caller, body: Bo
 }
 
 pub async fn account_delete(id: String, farm: Arc<Farm>, caller: Caller) -> Response {
-    render((|| {
-        caller.require(&farm, Access::Admin)?;
-        farm.remove_account(id_of("account", &id)?)?;
-        Ok(with_status(warp::reply(), StatusCode::NO_CONTENT))
-    })())
+    render(
+        async {
+            caller.require(&farm, Access::Admin)?;
+            farm.remove_account(id_of("account", &id)?).await?;
+            Ok(with_status(warp::reply(), StatusCode::NO_CONTENT))
+        }
+        .await,
+    )
 }
 
 pub async fn login_start(id: String, farm: Arc<Farm>, caller: Caller) -> Response {
@@ -161,6 +164,90 @@ pub async fn account_refresh(id: String, farm: Arc<Farm>, caller: Caller) -> Res
             let mut view = serde_json::to_value(farm.account(id)?).unwrap_or_default();
             view["refresh"] = json!(format!("{outcome:?}").to_lowercase());
             Ok(json(&view))
+        }
+        .await,
+    )
+}
+
+pub async fn script_put(id: String, farm: Arc<Farm>, caller: Caller, body: Body<String>) -> Response {
+    render((|| {
+        caller.require(&farm, Access::Admin)?;
+        let id = id_of("account", &id)?;
+        let script = farm.set_login_script(id, &body?)?;
+        let secrets = farm.secret_names(id)?;
+        let required: Vec<String> = script.required_secrets().into_iter().collect();
+        let missing: Vec<&String> = required.iter().filter(|n| !secrets.iter().any(|s| &s.name == *n)).collect();
+        Ok(json(&json!({"account_id": id, "steps": script.steps.len(), "required_secrets": required, "missing_secrets": missing})))
+    })())
+}
+
+pub async fn script_get(id: String, farm: Arc<Farm>, caller: Caller) -> Response {
+    render((|| {
+        caller.require(&farm, Access::Admin)?;
+        let id = id_of("account", &id)?;
+        let text = farm
+            .login_script_text(id)?
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("account {id} has no login script")))?;
+        Ok(warp::reply::with_header(text, "content-type", "application/toml; charset=utf-8"))
+    })())
+}
+
+pub async fn script_delete(id: String, farm: Arc<Farm>, caller: Caller) -> Response {
+    render((|| {
+        caller.require(&farm, Access::Admin)?;
+        farm.remove_login_script(id_of("account", &id)?)?;
+        Ok(with_status(warp::reply(), StatusCode::NO_CONTENT))
+    })())
+}
+
+pub async fn secrets_list(id: String, farm: Arc<Farm>, caller: Caller) -> Response {
+    render((|| {
+        caller.require(&farm, Access::Admin)?;
+        Ok(json(&farm.secret_names(id_of("account", &id)?)?))
+    })())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretBody {
+    value: crate::secret::Secret,
+}
+
+pub async fn secret_put(id: String, name: String, farm: Arc<Farm>, caller: Caller, body: Body<SecretBody>) -> Response {
+    render((|| {
+        caller.require(&farm, Access::Admin)?;
+        farm.set_secret(id_of("account", &id)?, &name, &body?.value)?;
+        Ok(with_status(warp::reply(), StatusCode::NO_CONTENT))
+    })())
+}
+
+pub async fn secret_delete(id: String, name: String, farm: Arc<Farm>, caller: Caller) -> Response {
+    render((|| {
+        caller.require(&farm, Access::Admin)?;
+        farm.delete_secret(id_of("account", &id)?, &name)?;
+        Ok(with_status(warp::reply(), StatusCode::NO_CONTENT))
+    })())
+}
+
+pub async fn relogin(id: String, farm: Arc<Farm>, caller: Caller) -> Response {
+    render(
+        async {
+            caller.require(&farm, Access::Admin)?;
+            let id = id_of("account", &id)?;
+            let done = farm.relogin(id, "admin").await?;
+            let mut view = serde_json::to_value(farm.account(id)?).unwrap_or_default();
+            view["relogin"] = serde_json::to_value(&done).unwrap_or_default();
+            Ok(json(&view))
+        }
+        .await,
+    )
+}
+
+pub async fn browser_info(id: String, farm: Arc<Farm>, caller: Caller) -> Response {
+    render(
+        async {
+            caller.require(&farm, Access::Admin)?;
+            Ok(json(&farm.browser_info(id_of("account", &id)?).await?))
         }
         .await,
     )

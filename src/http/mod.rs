@@ -79,6 +79,14 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/api/accounts/{id}/login", Admin, "Start a login: returns the authorize URL", None, (200, Some("LoginStarted"))),
     route("POST", "/api/accounts/{id}/login/complete", Admin, "Finish a login with the pasted redirect URL", Some("LoginComplete"), (200, Some("Account"))),
     route("POST", "/api/accounts/{id}/refresh", Admin, "Refresh now (waits for the single-flight result)", None, (200, Some("Account"))),
+    route("PUT", "/api/accounts/{id}/script", Admin, "Attach a login script (the body is the TOML text)", Some("ScriptText"), (200, Some("ScriptAttached"))),
+    route("GET", "/api/accounts/{id}/script", Admin, "The account's login script (TOML)", None, (200, Some("ScriptText"))),
+    route("DELETE", "/api/accounts/{id}/script", Admin, "Detach the account's login script", None, (204, None)),
+    route("GET", "/api/accounts/{id}/secrets", Admin, "Names of the account's secrets (values are write-only)", None, (200, Some("SecretList"))),
+    route("PUT", "/api/accounts/{id}/secrets/{name}", Admin, "Set a secret (write-only)", Some("SecretValue"), (204, None)),
+    route("DELETE", "/api/accounts/{id}/secrets/{name}", Admin, "Delete a secret", None, (204, None)),
+    route("POST", "/api/accounts/{id}/relogin", Admin, "Log in with the farm's browser now; returns the outcome", None, (200, Some("ReloginDone"))),
+    route("GET", "/api/accounts/{id}/browser", Admin, "The account's browser profile and last browser run", None, (200, Some("BrowserInfo"))),
     route("GET", "/api/usage", Admin, "Leases and outcomes per account and client", None, (200, Some("Usage"))),
     route("GET", "/api/events", Admin, "Event stream (SSE, Last-Event-ID resume) or JSON with ?since=ID", None, (200, Some("EventList"))),
     route("GET", "/api/webhooks", Admin, "Webhook delivery status", None, (200, Some("WebhookList"))),
@@ -162,6 +170,13 @@ pub fn parse_json<T: DeserializeOwned>(b: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(b).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("invalid JSON body: {e}")))
 }
 
+/// A UTF-8 text body of at most [`MAX_BODY`] bytes (login scripts).
+pub fn text_body() -> impl Filter<Extract = (Result<String, ApiError>,), Error = warp::Rejection> + Clone {
+    warp::body::content_length_limit(MAX_BODY).and(warp::body::bytes()).map(|b: Bytes| {
+        String::from_utf8(b.to_vec()).map_err(|_| ApiError::bad_request("the body must be UTF-8 text"))
+    })
+}
+
 /// The route table.
 pub fn routes(farm: Arc<Farm>) -> BoxedFilter<(Response,)> {
     use handlers as h;
@@ -186,6 +201,14 @@ pub fn routes(farm: Arc<Farm>) -> BoxedFilter<(Response,)> {
         .or(path!("api" / "accounts" / String / "login").and(at("POST", "/api/accounts/{id}/login")).and(base()).then(h::login_start)).unify().boxed()
         .or(path!("api" / "accounts" / String / "login" / "complete").and(at("POST", "/api/accounts/{id}/login/complete")).and(base()).and(json_body()).then(h::login_complete)).unify().boxed()
         .or(path!("api" / "accounts" / String / "refresh").and(at("POST", "/api/accounts/{id}/refresh")).and(base()).then(h::account_refresh)).unify().boxed()
+        .or(path!("api" / "accounts" / String / "script").and(at("PUT", "/api/accounts/{id}/script")).and(base()).and(text_body()).then(h::script_put)).unify().boxed()
+        .or(path!("api" / "accounts" / String / "script").and(at("GET", "/api/accounts/{id}/script")).and(base()).then(h::script_get)).unify().boxed()
+        .or(path!("api" / "accounts" / String / "script").and(at("DELETE", "/api/accounts/{id}/script")).and(base()).then(h::script_delete)).unify().boxed()
+        .or(path!("api" / "accounts" / String / "secrets").and(at("GET", "/api/accounts/{id}/secrets")).and(base()).then(h::secrets_list)).unify().boxed()
+        .or(path!("api" / "accounts" / String / "secrets" / String).and(at("PUT", "/api/accounts/{id}/secrets/{name}")).and(base()).and(json_body()).then(h::secret_put)).unify().boxed()
+        .or(path!("api" / "accounts" / String / "secrets" / String).and(at("DELETE", "/api/accounts/{id}/secrets/{name}")).and(base()).then(h::secret_delete)).unify().boxed()
+        .or(path!("api" / "accounts" / String / "relogin").and(at("POST", "/api/accounts/{id}/relogin")).and(base()).then(h::relogin)).unify().boxed()
+        .or(path!("api" / "accounts" / String / "browser").and(at("GET", "/api/accounts/{id}/browser")).and(base()).then(h::browser_info)).unify().boxed()
         .or(path!("api" / "usage").and(at("GET", "/api/usage")).and(base()).then(h::usage)).unify().boxed()
         .or(path!("api" / "events").and(at("GET", "/api/events")).and(base()).and(raw_query()).and(warp::header::optional::<String>("last-event-id")).then(h::events)).unify().boxed()
         .or(path!("api" / "webhooks").and(at("GET", "/api/webhooks")).and(base()).then(h::webhooks)).unify().boxed()

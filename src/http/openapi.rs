@@ -66,10 +66,15 @@ fn operation(r: &super::Route) -> Value {
         op["parameters"] = Value::Array(params);
     }
     if let Some(req) = r.request {
-        op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": schema_ref(req)}}});
+        let media = if req == "ScriptText" { "application/toml" } else { "application/json" };
+        op["requestBody"] = json!({"required": true, "content": {media: {"schema": schema_ref(req)}}});
     }
     let (status, body) = r.ok;
-    let content_type = if body == Some("Metrics") { "text/plain" } else { "application/json" };
+    let content_type = match body {
+        Some("Metrics") => "text/plain",
+        Some("ScriptText") => "application/toml",
+        _ => "application/json",
+    };
     let mut ok = json!({"description": "success"});
     if let Some(name) = body {
         ok["content"] = json!({content_type: {"schema": schema_ref(name)}});
@@ -196,6 +201,21 @@ fn schemas() -> Value {
         "ClientCreated": {"type": "object", "required": ["id", "name", "key"], "properties": {
             "id": {"type": "integer"}, "name": {"type": "string"},
             "key": {"type": "string", "description": "Shown once; only its hash is stored"}}},
+        "ScriptText": {"type": "string", "description": "A login script (TOML); see the README"},
+        "ScriptAttached": {"type": "object", "properties": {
+            "account_id": {"type": "integer"}, "steps": {"type": "integer"},
+            "required_secrets": {"type": "array", "items": {"type": "string"}},
+            "missing_secrets": {"type": "array", "items": {"type": "string"}}}},
+        "SecretList": {"type": "array", "items": {"type": "object", "properties": {
+            "name": {"type": "string"}, "updated_at": dt()}}},
+        "SecretValue": {"type": "object", "required": ["value"], "additionalProperties": false, "properties": {
+            "value": {"type": "string"}}},
+        "ReloginDone": {"type": "object", "description": "The account, plus `relogin`: {elapsed_ms, steps_acted, session_expires_at}"},
+        "BrowserInfo": {"type": "object", "properties": {
+            "account_id": {"type": "integer"}, "browser_enabled": {"type": "boolean"}, "has_login_script": {"type": "boolean"},
+            "profile_present": {"type": "boolean"}, "profile_bytes": {"type": "integer"},
+            "in_use_by": {"type": ["string", "null"]}, "last_run_at": dt(), "last_outcome": {"type": ["string", "null"]},
+            "session_expires_at": dt()}},
         "OpenApi": {"type": "object"}
     })
 }

@@ -117,7 +117,8 @@ impl Store {
                     MAX(COALESCE(a.last_used_at, 0),
                         COALESCE((SELECT MAX(issued_at) FROM leases l WHERE l.account_id = a.id), 0)),
                     a.created_at, a.refresh_started_at,
-                    (SELECT COUNT(*) FROM leases l WHERE l.account_id = a.id AND l.issued_at >= ?1)
+                    (SELECT COUNT(*) FROM leases l WHERE l.account_id = a.id AND l.issued_at >= ?1),
+                    a.login_script IS NOT NULL
              FROM accounts a ORDER BY a.id",
         )?;
         let rows = stmt.query_map([ms(leases_since)], |row| Ok(self.account_from_row(row)))?;
@@ -156,6 +157,7 @@ impl Store {
         // retries it at once (see `domain::timing::next_refresh_at`).
         account.suspect = row.get::<_, Option<i64>>(18)?.is_some();
         account.uses = row.get::<_, i64>(19)? as u64;
+        account.has_login_script = row.get(20)?;
         Ok(account)
     }
 

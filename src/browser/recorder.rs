@@ -1,0 +1,445 @@
+//! "Add accounts by recording a login script": a person logs in once in the
+//! account's own profile; their clicks, typing and key presses become a
+//! [`LoginScript`], and what they typed into password fields becomes a
+//! secret instead of script text.
+//!
+//! The injected recorder also sees input driven by Playwright, so a test
+//! (or a person's remote desktop tooling) can play the person through
+//! [`Recorder::page`].
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::watch;
+use url::Url;
+
+use crate::browser::runner::{first_line, BrowserPool, PersonHold, PoolError, ProfileUse, Session};
+use crate::browser::script::{Action, LoginScript, Step, Template, Var, DEFAULT_TIMEOUT_MS};
+use crate::secret::Secret;
+
+/// The recorder script injected into every page.
+const RECORDER_JS: &str = include_str!("recorder.js");
+/// The function the recorder calls with each event.
+const BINDING: &str = "__reloginRecord";
+
+/// What to record.
+#[derive(Debug, Clone)]
+pub struct RecordOptions {
+    /// `provider` of the resulting script.
+    pub provider: String,
+    /// Where the recording starts (recorded as `goto = "${authorize_url}"`).
+    pub authorize_url: Url,
+    /// Recording stops when the browser is sent here.
+    pub redirect_uri: Url,
+    /// Headless for automation (`--headless`, tests); headed needs a display.
+    pub headless: bool,
+    /// How long the person has.
+    pub timeout: Duration,
+}
+
+/// A finished recording.
+#[derive(Debug, Clone)]
+pub struct Recording {
+    pub script: LoginScript,
+    /// Secrets the script refers to (`password`, `password_2`…), as typed:
+    /// store them encrypted; they are never written into the script.
+    pub secrets: BTreeMap<String, Secret>,
+    /// The redirect that ended the recording (the account is logged in:
+    /// the caller may redeem its code).
+    pub redirect_url: Url,
+    /// A one-time-code field was filled: the script uses `${totp}`, and the
+    /// account needs its `totp` seed set before a replay can pass that page.
+    pub needs_totp_seed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("{0}")]
+    Pool(#[from] PoolError),
+    #[error("the recording timed out before the login reached the redirect URI")]
+    TimedOut,
+    #[error("the browser window was closed before the login reached the redirect URI")]
+    WindowClosed,
+    #[error("could not set up the recorder: {0}")]
+    Setup(String),
+}
+
+/// One event from the page.
+#[derive(Debug, Clone, Deserialize)]
+struct RecordedEvent {
+    kind: EventKind,
+    selector: String,
+    #[serde(default)]
+    value: Secret,
+    #[serde(default)]
+    key: String,
+    #[serde(default)]
+    password: bool,
+    #[serde(default)]
+    otp: bool,
+    /// Epoch milliseconds in the page, for ordering across pages.
+    t: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum EventKind {
+    Fill,
+    Click,
+    Press,
+}
+
+type Events = Arc<Mutex<Vec<RecordedEvent>>>;
+
+/// A recording in progress: the browser is open on the authorize URL.
+/// Call [`finish`](Self::finish); dropped unfinished, it still closes the
+/// browser cleanly, in the background.
+pub struct Recorder {
+    pool: BrowserPool,
+    /// `None` once finished.
+    open: Option<(Session, PersonHold)>,
+    captured: watch::Receiver<Option<Url>>,
+    closed: watch::Receiver<bool>,
+    events: Events,
+    options: RecordOptions,
+}
+
+impl Recorder {
+    /// Opens `profile_key` at the authorize URL with the recorder injected.
+    /// The profile is held (relogins are refused) until [`finish`](Self::finish).
+    pub async fn start(
+        pool: &BrowserPool,
+        profile_key: &str,
+        options: RecordOptions,
+    ) -> Result<Recorder, RecordError> {
+        let hold = pool.hold_for_person(profile_key, ProfileUse::Recorder, options.headless)?;
+        let session = pool.launch(profile_key, options.headless).await?;
+        let closed = session.closed_by_user().await;
+        let events = Events::default();
+        let setup = async {
+            install_recorder(&session, events.clone()).await?;
+            let captured = session.capture_redirect(&options.redirect_uri).await?;
+            let opened = session
+                .page
+                .goto(options.authorize_url.as_str(), None)
+                .await;
+            // A live session goes straight to the (blocked) redirect: the
+            // navigation fails, and the recording is already complete.
+            match opened {
+                Err(e) if captured.borrow().is_none() => {
+                    Err(RecordError::Setup(first_line(&e.to_string())))
+                }
+                _ => Ok(captured),
+            }
+        };
+        match setup.await {
+            Ok(captured) => Ok(Recorder {
+                pool: pool.clone(),
+                open: Some((session, hold)),
+                captured,
+                closed,
+                events,
+                options,
+            }),
+            Err(e) => {
+                session.close().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The page the person uses (tests play the person through it).
+    pub fn page(&self) -> &playwright_rs::Page {
+        &self.open.as_ref().expect("open until finish").0.page
+    }
+
+    /// Waits for the login to reach the redirect URI, closes the browser
+    /// cleanly (the profile keeps the new session) and returns the script.
+    pub async fn finish(mut self) -> Result<Recording, RecordError> {
+        let end = self.wait_for_redirect().await;
+        // Let events still in flight from the last page land.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some((session, hold)) = self.open.take() {
+            session.close().await;
+            drop(hold);
+        }
+        let redirect_url = end?;
+        let events = std::mem::take(&mut *self.events.lock().expect("poisoned"));
+        Ok(build_recording(
+            &self.options.provider,
+            events,
+            redirect_url,
+        ))
+    }
+
+    async fn wait_for_redirect(&mut self) -> Result<Url, RecordError> {
+        let mut stopping = self.pool.stopping();
+        tokio::select! {
+            url = self.captured.wait_for(Option::is_some) => {
+                url.ok().and_then(|u| u.clone()).ok_or(RecordError::WindowClosed)
+            }
+            _ = self.closed.wait_for(|c| *c) => Err(RecordError::WindowClosed),
+            _ = stopping.wait_for(|s| *s) => Err(RecordError::Pool(PoolError::ShuttingDown)),
+            _ = tokio::time::sleep(self.options.timeout) => Err(RecordError::TimedOut),
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        let (Some((session, hold)), Ok(runtime)) =
+            (self.open.take(), tokio::runtime::Handle::try_current())
+        else {
+            return; // finished, or no runtime: playwright-rs's own Drop stops the driver
+        };
+        runtime.spawn(async move {
+            session.close().await;
+            drop(hold);
+        });
+    }
+}
+
+/// Records `profile_key` until the person reaches the redirect URI.
+pub async fn record(
+    pool: &BrowserPool,
+    profile_key: &str,
+    options: RecordOptions,
+) -> Result<Recording, RecordError> {
+    Recorder::start(pool, profile_key, options)
+        .await?
+        .finish()
+        .await
+}
+
+async fn install_recorder(session: &Session, events: Events) -> Result<(), RecordError> {
+    let setup_error = |e: playwright_rs::Error| RecordError::Setup(first_line(&e.to_string()));
+    session
+        .context
+        .expose_binding(BINDING, move |args| {
+            let event = args
+                .first()
+                .and_then(|a| a.as_str())
+                .and_then(|json| serde_json::from_str::<RecordedEvent>(json).ok());
+            if let Some(event) = event {
+                events.lock().expect("poisoned").push(event);
+            }
+            async { serde_json::Value::Null }
+        })
+        .await
+        .map_err(setup_error)?;
+    session
+        .context
+        .add_init_script(RECORDER_JS)
+        .await
+        .map_err(setup_error)
+}
+
+/// Events → script and secrets. Pure, so the rules are unit-tested.
+fn build_recording(provider: &str, mut events: Vec<RecordedEvent>, redirect_url: Url) -> Recording {
+    events.sort_by(|a, b| a.t.total_cmp(&b.t));
+    let events = coalesce_fills(events);
+    let mut secrets = SecretNames::default();
+    let mut needs_totp_seed = false;
+    let mut steps = vec![step(
+        Action::Goto {
+            url: Template::var(Var::AuthorizeUrl),
+        },
+        false,
+    )];
+    for event in events {
+        let action = match event.kind {
+            EventKind::Fill => {
+                let value = if event.password {
+                    Template::var(Var::Secret(secrets.name_for(event.value)))
+                } else if event.otp {
+                    needs_totp_seed = true;
+                    Template::var(Var::Totp)
+                } else {
+                    Template::literal(event.value.expose())
+                };
+                Action::Fill {
+                    selector: event.selector,
+                    value,
+                }
+            }
+            EventKind::Click => Action::Click {
+                selector: event.selector,
+            },
+            EventKind::Press => Action::Press {
+                selector: event.selector,
+                key: event.key,
+            },
+        };
+        // Everything after the goto is on a page a live session may skip
+        // (login, second factor, consent): optional.
+        steps.push(step(action, true));
+    }
+    let script = LoginScript {
+        provider: provider.to_string(),
+        timeout_ms: DEFAULT_TIMEOUT_MS,
+        steps,
+    };
+    Recording {
+        script,
+        secrets: secrets.values,
+        redirect_url,
+        needs_totp_seed,
+    }
+}
+
+fn step(action: Action, optional: bool) -> Step {
+    Step {
+        action,
+        optional,
+        timeout_ms: None,
+        line: 0,
+    }
+}
+
+/// Typing fires one event per keystroke: keep the last value of each run of
+/// fills into the same field.
+fn coalesce_fills(events: Vec<RecordedEvent>) -> Vec<RecordedEvent> {
+    let mut out: Vec<RecordedEvent> = Vec::with_capacity(events.len());
+    for event in events {
+        match out.last_mut() {
+            Some(last)
+                if last.kind == EventKind::Fill
+                    && event.kind == EventKind::Fill
+                    && last.selector == event.selector =>
+            {
+                *last = event;
+            }
+            _ => out.push(event),
+        }
+    }
+    out
+}
+
+/// Names password values `password`, `password_2`…; the same value typed
+/// twice (e.g. a confirmation field) is one secret.
+#[derive(Default)]
+struct SecretNames {
+    values: BTreeMap<String, Secret>,
+}
+
+impl SecretNames {
+    fn name_for(&mut self, value: Secret) -> String {
+        if let Some((name, _)) = self.values.iter().find(|(_, v)| **v == value) {
+            return name.clone();
+        }
+        let name = match self.values.len() {
+            0 => "password".to_string(),
+            n => format!("password_{}", n + 1),
+        };
+        self.values.insert(name.clone(), value);
+        name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(kind: EventKind, selector: &str, value: &str, t: f64) -> RecordedEvent {
+        RecordedEvent {
+            kind,
+            selector: selector.into(),
+            value: Secret::new(value),
+            key: if kind == EventKind::Press {
+                "Enter".into()
+            } else {
+                String::new()
+            },
+            password: false,
+            otp: false,
+            t,
+        }
+    }
+
+    #[test]
+    fn events_become_a_script_with_secrets_replaced() {
+        let mut pw1 = ev(EventKind::Fill, "#password", "s3cr", 4.0);
+        pw1.password = true;
+        let mut pw2 = ev(EventKind::Fill, "#password", "s3cret!", 5.0);
+        pw2.password = true;
+        let mut code = ev(EventKind::Fill, "#code", "123456", 8.0);
+        code.otp = true;
+        let events = vec![
+            ev(EventKind::Click, "#submit", "", 6.0),
+            ev(EventKind::Fill, "#username", "a", 1.0),
+            ev(EventKind::Fill, "#username", "alice", 2.0),
+            pw2,
+            pw1,
+            code,
+            ev(EventKind::Press, "#code", "", 9.0),
+            ev(EventKind::Click, "role=button[name=\"Allow\"s]", "", 10.0),
+        ];
+        let redirect = Url::parse("http://127.0.0.1:1/callback?code=x").unwrap();
+        let rec = build_recording("demo", events, redirect);
+        assert!(rec.needs_totp_seed);
+        assert_eq!(rec.secrets.len(), 1);
+        assert_eq!(rec.secrets["password"].expose(), "s3cret!");
+        let toml = rec.script.to_toml();
+        assert!(
+            !toml.contains("s3cret") && !toml.contains("123456"),
+            "{toml}"
+        );
+        let expected = r##"provider = "demo"
+timeout_ms = 15000
+
+[[step]]
+goto = "${authorize_url}"
+
+[[step]]
+fill = "#username"
+value = "alice"
+optional = true
+
+[[step]]
+fill = "#password"
+value = "${secret:password}"
+optional = true
+
+[[step]]
+click = "#submit"
+optional = true
+
+[[step]]
+fill = "#code"
+value = "${totp}"
+optional = true
+
+[[step]]
+press = "#code"
+key = "Enter"
+optional = true
+
+[[step]]
+click = 'role=button[name="Allow"s]'
+optional = true
+"##;
+        assert_eq!(toml, expected);
+        assert_eq!(LoginScript::parse(&toml).unwrap().steps.len(), 7);
+    }
+
+    #[test]
+    fn distinct_passwords_get_distinct_names() {
+        let mut names = SecretNames::default();
+        assert_eq!(names.name_for(Secret::new("a")), "password");
+        assert_eq!(names.name_for(Secret::new("b")), "password_2");
+        assert_eq!(names.name_for(Secret::new("a")), "password");
+    }
+
+    #[test]
+    fn literal_dollar_braces_survive() {
+        let rec = build_recording(
+            "demo",
+            vec![ev(EventKind::Fill, "#note", "cost ${x}", 1.0)],
+            Url::parse("http://h/cb").unwrap(),
+        );
+        let back = LoginScript::parse(&rec.script.to_toml()).unwrap();
+        assert_eq!(back.steps[1].action, rec.script.steps[1].action);
+    }
+}

@@ -1,0 +1,129 @@
+//! `[browser]` configuration and the process environment the Playwright
+//! driver is found through.
+
+use std::path::{Path, PathBuf};
+
+/// Where the npm-pinned driver lives, relative to the project root
+/// (`npm ci --prefix scripts/playwright` installs it).
+pub const DRIVER_CLI_JS: &str = "scripts/playwright/node_modules/playwright-core/cli.js";
+
+/// The driver version playwright-rs 0.20 speaks to; the lockfile pins it.
+pub const DRIVER_VERSION: &str = "1.64.0";
+
+/// Chromium flags for a headless server on a closed network: without the
+/// networking ones Chromium floods the network with refused connections
+/// (component updates, sync, QUIC probes). `--no-sandbox` because the farm
+/// runs as root in a container, where the sandbox cannot start.
+pub const CHROMIUM_FLAGS: [&str; 7] = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+];
+
+/// What the runner needs from the `[browser]` section of the farm config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrowserConfig {
+    /// Chromium binary (Debian: `apt-get install chromium`).
+    pub chromium: PathBuf,
+    /// Node.js that runs the Playwright driver.
+    pub node: PathBuf,
+    /// The driver's `cli.js` (`playwright-core`, pinned in scripts/playwright).
+    pub driver_cli_js: PathBuf,
+    /// Headless for scripted relogins; `open_headed` ignores it.
+    pub headless: bool,
+    /// Appended to [`CHROMIUM_FLAGS`].
+    pub extra_args: Vec<String>,
+    /// Browsers (each ~300 MB + ~120 MB for its driver) running at once for
+    /// scripted relogins; the rest queue.
+    pub max_concurrent: usize,
+    /// One persistent profile per account: `<profiles_dir>/<profile_key>/`.
+    pub profiles_dir: PathBuf,
+    /// Failure screenshots and `screenshot` steps: `<artifacts_dir>/<profile_key>/`.
+    pub artifacts_dir: PathBuf,
+}
+
+impl Default for BrowserConfig {
+    fn default() -> Self {
+        BrowserConfig::for_project(Path::new("."))
+    }
+}
+
+impl BrowserConfig {
+    /// Defaults with the driver, profiles and artifacts under `project_dir`.
+    pub fn for_project(project_dir: &Path) -> Self {
+        BrowserConfig {
+            chromium: PathBuf::from("/usr/bin/chromium"),
+            node: PathBuf::from("/usr/bin/node"),
+            driver_cli_js: project_dir.join(DRIVER_CLI_JS),
+            headless: true,
+            extra_args: Vec::new(),
+            max_concurrent: 2,
+            profiles_dir: project_dir.join("profiles"),
+            artifacts_dir: project_dir.join("data").join("artifacts"),
+        }
+    }
+
+    /// The Chromium command-line flags for a launch.
+    pub(crate) fn chromium_args(&self) -> Vec<String> {
+        CHROMIUM_FLAGS
+            .iter()
+            .map(|f| f.to_string())
+            .chain(self.extra_args.iter().cloned())
+            .collect()
+    }
+
+    /// Absolute paths, so a later `chdir` (or a relative config file) does
+    /// not break the driver lookup.
+    pub(crate) fn absolute(path: &Path) -> PathBuf {
+        std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+    }
+}
+
+/// Serializes "point playwright-rs at our driver, then start it".
+///
+/// playwright-rs reads `PLAYWRIGHT_NODE_EXE` / `PLAYWRIGHT_CLI_JS` from the
+/// process environment when a driver starts, and offers no other way to
+/// pass them. Setting them under this lock, right before each start, keeps
+/// two pools with different configs (tests) from racing each other. The
+/// values are the same for every start in a daemon, so the set is a no-op
+/// after the first.
+static DRIVER_ENV: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+pub(crate) async fn start_driver(
+    cfg: &BrowserConfig,
+) -> playwright_rs::Result<playwright_rs::Playwright> {
+    let _guard = DRIVER_ENV.lock().await;
+    export_driver_env(cfg);
+    playwright_rs::Playwright::launch().await
+}
+
+fn set_env_if_changed(name: &str, value: &Path) {
+    if std::env::var_os(name).as_deref() != Some(value.as_os_str()) {
+        // Edition 2021: `set_var` is safe to call; it is only unsound if C
+        // code reads the environment concurrently, which nothing in the farm
+        // does (Rust's own env access is locked). The daemon may also call
+        // `export_driver_env` before starting its runtime to avoid it.
+        std::env::set_var(name, value);
+    }
+}
+
+/// Sets the driver environment variables for `cfg` once, up front. Optional:
+/// call from `main` before the tokio runtime starts its threads, so later
+/// launches never write the environment.
+///
+/// Also sets `PLAYWRIGHT_NO_SIGNAL_HANDLER`: otherwise playwright-rs's first
+/// launch installs a Ctrl-C handler that calls `process::exit(130)`, which
+/// would kill the daemon on SIGINT without closing its browsers (and lose
+/// the cookies of a relogin in progress).
+pub fn export_driver_env(cfg: &BrowserConfig) {
+    set_env_if_changed("PLAYWRIGHT_NODE_EXE", &BrowserConfig::absolute(&cfg.node));
+    set_env_if_changed(
+        "PLAYWRIGHT_CLI_JS",
+        &BrowserConfig::absolute(&cfg.driver_cli_js),
+    );
+    set_env_if_changed("PLAYWRIGHT_NO_SIGNAL_HANDLER", Path::new("1"));
+}

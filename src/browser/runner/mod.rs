@@ -1,0 +1,267 @@
+//! The I/O edge: Chromium through Playwright, one persistent profile per
+//! account, at most `max_concurrent` browsers at once, none when idle.
+
+mod config;
+mod doctor;
+mod drive;
+mod outcome;
+mod profile;
+mod run;
+mod session;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Semaphore};
+use url::Url;
+
+pub use config::{export_driver_env, BrowserConfig, CHROMIUM_FLAGS, DRIVER_CLI_JS, DRIVER_VERSION};
+pub use doctor::{doctor, Problem};
+pub use outcome::{FailedStep, FailureKind, LoginOutcome, PoolError, RunFailure};
+pub use profile::{validate_profile_key, ProfileInfo, ProfileUse};
+
+use crate::browser::script::{LoginScript, Vars};
+pub(crate) use drive::first_line;
+use profile::{ProfileGuard, ProfileLocks};
+use run::Run;
+pub(crate) use session::Session;
+
+/// Runs browsers for the farm. Cheap to clone; all clones share the limits.
+#[derive(Clone)]
+pub struct BrowserPool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: BrowserConfig,
+    slots: Arc<Semaphore>,
+    profiles: ProfileLocks,
+    /// Set once by `shutdown`; every session watches it.
+    stopping: watch::Sender<bool>,
+    /// Number of browsers open right now; `shutdown` waits for 0.
+    open: watch::Sender<usize>,
+}
+
+/// Counts an open browser for `shutdown` until dropped.
+pub(crate) struct OpenGuard(Arc<Inner>);
+
+/// A person's hold on a profile (open window or recording), released on drop.
+pub(crate) struct PersonHold {
+    _profile: ProfileGuard,
+    _open: OpenGuard,
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open.send_modify(|n| *n -= 1);
+    }
+}
+
+impl BrowserPool {
+    pub fn new(cfg: BrowserConfig) -> BrowserPool {
+        let slots = Arc::new(Semaphore::new(cfg.max_concurrent.max(1)));
+        BrowserPool {
+            inner: Arc::new(Inner {
+                cfg,
+                slots,
+                profiles: ProfileLocks::default(),
+                stopping: watch::channel(false).0,
+                open: watch::channel(0).0,
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &BrowserConfig {
+        &self.inner.cfg
+    }
+
+    /// Logs the account in by replaying `script` in its profile, and returns
+    /// the redirect (with the authorization code) for the caller to redeem.
+    ///
+    /// Waits for a free slot and for other relogins of the same profile;
+    /// fails at once if a person has the profile open. `timeout` runs from
+    /// the browser launch (queueing does not count). The browser is closed
+    /// cleanly in every case, also if the caller stops waiting: the run
+    /// goes on in its own task until it ends or times out.
+    pub async fn run_login(
+        &self,
+        profile_key: &str,
+        script: &LoginScript,
+        vars: &Vars,
+        redirect_uri: &Url,
+        timeout: Duration,
+    ) -> Result<LoginOutcome, RunFailure> {
+        validate_profile_key(profile_key)?;
+        let steps = script
+            .expand(vars)
+            .map_err(|e| RunFailure::bare(FailureKind::Script(e)))?;
+        let run = Run {
+            pool: self.clone(),
+            profile_key: profile_key.to_string(),
+            steps,
+            vars: vars.clone(),
+            redirect_uri: redirect_uri.clone(),
+            timeout,
+        };
+        match tokio::spawn(run.execute()).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // The runtime itself is going away.
+            Err(_) => Err(RunFailure::refused(PoolError::ShuttingDown)),
+        }
+    }
+
+    /// Opens the profile in a visible window for a person (to fix something
+    /// by hand) and returns once they close it, or at `shutdown`. Cookies
+    /// are kept: the browser closes itself, or is closed, cleanly.
+    pub async fn open_headed(
+        &self,
+        profile_key: &str,
+        start_url: Option<&Url>,
+    ) -> Result<(), PoolError> {
+        let _hold = self.hold_for_person(profile_key, ProfileUse::Person, false)?;
+        let session = self.launch(profile_key, false).await?;
+        let mut closed = session.closed_by_user().await;
+        if let Some(url) = start_url {
+            if let Err(e) = session.page.goto(url.as_str(), None).await {
+                tracing::info!(error = %drive::first_line(&e.to_string()), "start page did not load");
+            }
+        }
+        let mut stopping = self.inner.stopping.subscribe();
+        tokio::select! {
+            _ = closed.wait_for(|c| *c) => {}
+            _ = stopping.wait_for(|s| *s) => {}
+        }
+        session.close().await;
+        Ok(())
+    }
+
+    /// Deletes the profile (its cookies and everything else). Refused while
+    /// a browser has it open.
+    pub async fn reset(&self, profile_key: &str) -> Result<(), PoolError> {
+        validate_profile_key(profile_key)?;
+        let _guard = self
+            .inner
+            .profiles
+            .try_acquire(profile_key, ProfileUse::Relogin)?;
+        let dir = self.profile_dir(profile_key);
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(PoolError::Io(format!("removing {}: {e}", dir.display()))),
+        }
+    }
+
+    /// Whether the profile exists, its size on disk, and who uses it now.
+    pub async fn profile_info(&self, profile_key: &str) -> Result<ProfileInfo, PoolError> {
+        validate_profile_key(profile_key)?;
+        let dir = self.profile_dir(profile_key);
+        let present = tokio::fs::metadata(&dir).await.is_ok_and(|m| m.is_dir());
+        let bytes = tokio::task::spawn_blocking(move || profile::disk_usage(&dir))
+            .await
+            .unwrap_or(0);
+        Ok(ProfileInfo {
+            present,
+            bytes,
+            in_use: self.inner.profiles.current_use(profile_key),
+        })
+    }
+
+    /// Closes every open browser cleanly (so their cookies reach disk) and
+    /// refuses new runs. For SIGTERM. Returns once no browser is open.
+    pub async fn shutdown(&self) {
+        self.inner.stopping.send_replace(true);
+        self.inner.slots.close();
+        let mut open = self.inner.open.subscribe();
+        let _ = open.wait_for(|n| *n == 0).await;
+    }
+
+    /// How many browsers are open right now.
+    pub fn open_browsers(&self) -> usize {
+        *self.inner.open.borrow()
+    }
+
+    pub(crate) fn profile_dir(&self, profile_key: &str) -> PathBuf {
+        profile::profile_dir(&self.inner.cfg.profiles_dir, profile_key)
+    }
+
+    pub(crate) fn artifacts_dir(&self, profile_key: &str) -> PathBuf {
+        self.inner.cfg.artifacts_dir.join(profile_key)
+    }
+
+    pub(crate) fn stopping(&self) -> watch::Receiver<bool> {
+        self.inner.stopping.subscribe()
+    }
+
+    pub(crate) fn refuse_if_stopping(&self) -> Result<(), PoolError> {
+        match *self.inner.stopping.borrow() {
+            true => Err(PoolError::ShuttingDown),
+            false => Ok(()),
+        }
+    }
+
+    /// For a person: no queueing, no slot (a window may stay open for an
+    /// hour and must not hold up relogins, nor wait behind them).
+    pub(crate) fn hold_for_person(
+        &self,
+        profile_key: &str,
+        usage: ProfileUse,
+        headless: bool,
+    ) -> Result<PersonHold, PoolError> {
+        validate_profile_key(profile_key)?;
+        if !headless {
+            require_display()?;
+        }
+        self.refuse_if_stopping()?;
+        let profile = self.inner.profiles.try_acquire(profile_key, usage)?;
+        Ok(PersonHold {
+            _profile: profile,
+            _open: self.count_open(),
+        })
+    }
+
+    pub(crate) fn count_open(&self) -> OpenGuard {
+        self.inner.open.send_modify(|n| *n += 1);
+        OpenGuard(self.inner.clone())
+    }
+
+    /// Creates the profile dir (0700) and starts a browser on it.
+    pub(crate) async fn launch(
+        &self,
+        profile_key: &str,
+        headless: bool,
+    ) -> Result<Session, PoolError> {
+        let dir = self.profile_dir(profile_key);
+        profile::create_private_dir(&dir)
+            .map_err(|e| PoolError::Io(format!("{}: {e}", dir.display())))?;
+        Session::launch(&self.inner.cfg, &dir, headless).await
+    }
+}
+
+fn require_display() -> Result<(), PoolError> {
+    let has = |v: &str| std::env::var_os(v).is_some_and(|x| !x.is_empty());
+    if has("DISPLAY") || has("WAYLAND_DISPLAY") {
+        Ok(())
+    } else {
+        Err(PoolError::NoDisplay)
+    }
+}
+
+impl BrowserPool {
+    /// Waits for the profile (other relogins of it finish first) and a slot.
+    pub(crate) async fn acquire_for_relogin(
+        &self,
+        profile_key: &str,
+    ) -> Result<(ProfileGuard, tokio::sync::OwnedSemaphorePermit), PoolError> {
+        let profile = self.inner.profiles.acquire_for_relogin(profile_key).await?;
+        let slot = self
+            .inner
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| PoolError::ShuttingDown)?;
+        Ok((profile, slot))
+    }
+}

@@ -1,0 +1,242 @@
+//! Profile directories and who is using them.
+//!
+//! Chromium refuses a second launch on a profile in use (`SingletonLock`),
+//! and a person fixing a profile by hand must not have the farm launch it
+//! under them, so every launch holds the profile's lock first.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
+
+use super::PoolError;
+
+/// Who has a profile open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProfileUse {
+    /// A scripted relogin by the farm.
+    Relogin,
+    /// A person, through `relogin-farm browser open`.
+    Person,
+    /// A person recording a login script.
+    Recorder,
+}
+
+impl fmt::Display for ProfileUse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ProfileUse::Relogin => "a relogin by the farm",
+            ProfileUse::Person => "a person (browser open)",
+            ProfileUse::Recorder => "a person recording a login script",
+        })
+    }
+}
+
+/// What `relogin-farm browser list` and `GET /api/accounts/{id}/browser`
+/// show about a profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileInfo {
+    pub present: bool,
+    /// Bytes on disk (files only).
+    pub bytes: u64,
+    pub in_use: Option<ProfileUse>,
+}
+
+/// A profile key becomes a directory name: keep it to characters that cannot
+/// escape `profiles_dir` or surprise a shell.
+pub fn validate_profile_key(key: &str) -> Result<(), PoolError> {
+    let ok = (1..=128).contains(&key.len())
+        && !key.starts_with('.')
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(PoolError::BadProfileKey(key.to_string()))
+    }
+}
+
+/// Creates `dir` (and missing parents) with mode 0700: profiles hold session
+/// cookies, screenshots show account pages.
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Sum of file sizes under `dir` (0 if absent); symlinks are not followed.
+pub(crate) fn disk_usage(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(t) if t.is_dir() => disk_usage(&entry.path()),
+            Ok(t) if t.is_file() => entry.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// One lock per profile key, created on first use.
+#[derive(Default)]
+pub(crate) struct ProfileLocks {
+    entries: Mutex<HashMap<String, Arc<ProfileEntry>>>,
+}
+
+#[derive(Default)]
+struct ProfileEntry {
+    lock: Arc<AsyncMutex<()>>,
+    user: Mutex<Option<ProfileUse>>,
+}
+
+/// Held while a browser runs on the profile; releases it on drop.
+pub(crate) struct ProfileGuard {
+    entry: Arc<ProfileEntry>,
+    _lock: OwnedMutexGuard<()>,
+}
+
+impl Drop for ProfileGuard {
+    fn drop(&mut self) {
+        *self.entry.user.lock().expect("poisoned") = None;
+    }
+}
+
+impl ProfileLocks {
+    fn entry(&self, key: &str) -> Arc<ProfileEntry> {
+        let mut entries = self.entries.lock().expect("poisoned");
+        entries.entry(key.to_string()).or_default().clone()
+    }
+
+    pub(crate) fn current_use(&self, key: &str) -> Option<ProfileUse> {
+        *self.entry(key).user.lock().expect("poisoned")
+    }
+
+    /// Relogins wait for each other (one browser per profile) but never
+    /// for a person, who may keep a window open for an hour: that fails at
+    /// once, and the scheduler retries later. A person cannot slip in ahead
+    /// of a queued relogin: tokio's mutex hands a released lock to the
+    /// oldest waiter, so `try_acquire` fails while relogins queue.
+    pub(crate) async fn acquire_for_relogin(&self, key: &str) -> Result<ProfileGuard, PoolError> {
+        let entry = self.entry(key);
+        self.refuse_if_person(key, &entry)?;
+        let lock = entry.lock.clone().lock_owned().await;
+        Ok(Self::claim(entry, lock, ProfileUse::Relogin))
+    }
+
+    /// For a person (open, record) and for `reset`: never waits.
+    pub(crate) fn try_acquire(
+        &self,
+        key: &str,
+        usage: ProfileUse,
+    ) -> Result<ProfileGuard, PoolError> {
+        let entry = self.entry(key);
+        match entry.lock.clone().try_lock_owned() {
+            Ok(lock) => Ok(Self::claim(entry, lock, usage)),
+            Err(_) => Err(PoolError::ProfileBusy {
+                profile: key.to_string(),
+                by: entry
+                    .user
+                    .lock()
+                    .expect("poisoned")
+                    .unwrap_or(ProfileUse::Relogin),
+            }),
+        }
+    }
+
+    fn refuse_if_person(&self, key: &str, entry: &ProfileEntry) -> Result<(), PoolError> {
+        match *entry.user.lock().expect("poisoned") {
+            Some(by @ (ProfileUse::Person | ProfileUse::Recorder)) => Err(PoolError::ProfileBusy {
+                profile: key.to_string(),
+                by,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn claim(
+        entry: Arc<ProfileEntry>,
+        lock: OwnedMutexGuard<()>,
+        usage: ProfileUse,
+    ) -> ProfileGuard {
+        *entry.user.lock().expect("poisoned") = Some(usage);
+        ProfileGuard { entry, _lock: lock }
+    }
+}
+
+/// `<profiles_dir>/<key>`.
+pub(crate) fn profile_dir(profiles_dir: &Path, key: &str) -> PathBuf {
+    profiles_dir.join(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profile_keys() {
+        for ok in ["alice", "acct-42", "a.b_c"] {
+            assert!(validate_profile_key(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            ".hidden",
+            "a b",
+            &"x".repeat(129),
+        ] {
+            assert!(validate_profile_key(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn person_blocks_relogin_and_relogins_queue() {
+        let locks = ProfileLocks::default();
+        let person = locks.try_acquire("a", ProfileUse::Person).unwrap();
+        assert!(matches!(
+            locks.acquire_for_relogin("a").await,
+            Err(PoolError::ProfileBusy {
+                by: ProfileUse::Person,
+                ..
+            })
+        ));
+        drop(person);
+        let first = locks.acquire_for_relogin("a").await.unwrap();
+        assert_eq!(locks.current_use("a"), Some(ProfileUse::Relogin));
+        assert!(locks.try_acquire("a", ProfileUse::Person).is_err());
+        let waiting = tokio::spawn({
+            let locks = Arc::new(locks);
+            let l2 = locks.clone();
+            async move { l2.acquire_for_relogin("a").await.map(|_| ()) }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished());
+        drop(first);
+        waiting.await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn private_dirs_and_usage() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("p/q");
+        create_private_dir(&dir).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        std::fs::write(dir.join("f"), [0u8; 100]).unwrap();
+        std::fs::create_dir(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("sub/g"), [0u8; 23]).unwrap();
+        assert_eq!(disk_usage(tmp.path()), 123);
+        assert_eq!(disk_usage(&tmp.path().join("absent")), 0);
+    }
+}

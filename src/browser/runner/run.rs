@@ -1,0 +1,169 @@
+//! One scripted relogin: launch, drive the steps, report, close.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use url::Url;
+
+use super::drive::{self, DriveEnd, Driver};
+use super::{BrowserPool, FailedStep, FailureKind, LoginOutcome, PoolError, RunFailure, Session};
+use crate::browser::script::{ResolvedStep, Vars};
+
+/// One scripted relogin, owned by its own task.
+pub(super) struct Run {
+    pub(super) pool: BrowserPool,
+    pub(super) profile_key: String,
+    pub(super) steps: Vec<ResolvedStep>,
+    pub(super) vars: Vars,
+    pub(super) redirect_uri: Url,
+    pub(super) timeout: Duration,
+}
+
+impl Run {
+    pub(super) async fn execute(self) -> Result<LoginOutcome, RunFailure> {
+        let pool = &self.pool;
+        pool.refuse_if_stopping()?;
+        let _held = self
+            .wait_for(pool.acquire_for_relogin(&self.profile_key))
+            .await??;
+        let _open = pool.count_open();
+        let started = Instant::now();
+        let session = pool
+            .launch(&self.profile_key, pool.config().headless)
+            .await?;
+        let result = self.drive(&session, started).await;
+        session.close().await;
+        log_result(&self.profile_key, &result);
+        result
+    }
+
+    /// Waits for `future` unless the pool starts shutting down first.
+    async fn wait_for<F: std::future::Future>(&self, future: F) -> Result<F::Output, PoolError> {
+        let mut stopping = self.pool.stopping();
+        tokio::select! {
+            output = future => Ok(output),
+            _ = stopping.wait_for(|s| *s) => Err(PoolError::ShuttingDown),
+        }
+    }
+
+    async fn drive(&self, session: &Session, started: Instant) -> Result<LoginOutcome, RunFailure> {
+        let captured = session.capture_redirect(&self.redirect_uri).await?;
+        let artifacts = self.pool.artifacts_dir(&self.profile_key);
+        let mut driver = Driver::new(&session.page, captured, &artifacts);
+        let mut stopping = self.pool.stopping();
+        let end = tokio::select! {
+            end = driver.run(&self.steps) => Some(end),
+            _ = tokio::time::sleep(self.timeout) => None,
+            _ = stopping.wait_for(|s| *s) => return Err(RunFailure::refused(PoolError::ShuttingDown)),
+        };
+        let Some(end) = end else {
+            let last = driver.acted.last().copied();
+            let reason = format!("no redirect within {} s", self.timeout.as_secs());
+            return Err(self
+                .fail(&driver, FailureKind::TimedOut, last, reason, started)
+                .await);
+        };
+        match end {
+            DriveEnd::Captured(redirect_url) => {
+                let elapsed = started.elapsed();
+                let session_cookie_expires = self.provider_cookie_expiry(session).await;
+                let steps_acted = driver.acted.clone();
+                Ok(LoginOutcome {
+                    redirect_url,
+                    session_cookie_expires,
+                    elapsed,
+                    steps_acted,
+                })
+            }
+            DriveEnd::StepFailed { index, reason } => Err(self
+                .fail(&driver, FailureKind::Step, Some(index), reason, started)
+                .await),
+            DriveEnd::Ended { last } => Err(self
+                .fail(
+                    &driver,
+                    FailureKind::NoRedirect,
+                    last,
+                    String::new(),
+                    started,
+                )
+                .await),
+        }
+    }
+
+    /// Builds the failure report: screenshot, page URL, what the page says,
+    /// all scrubbed of secrets.
+    async fn fail(
+        &self,
+        driver: &Driver<'_>,
+        kind: FailureKind,
+        step: Option<usize>,
+        reason: String,
+        started: Instant,
+    ) -> RunFailure {
+        let page = driver.page;
+        let path = drive::artifact_path(driver.artifacts_dir, "failure");
+        let screenshot = match drive::save_screenshot(page, &path).await {
+            Ok(()) => Some(path),
+            Err(e) => {
+                tracing::warn!(error = %e, "failure screenshot not saved");
+                None
+            }
+        };
+        let said = drive::page_message(page).await;
+        let reason = match (reason.is_empty(), said.is_empty()) {
+            (_, true) => reason,
+            (true, false) => format!("the page says: {said}"),
+            (false, false) => format!("{reason} (the page says: {said})"),
+        };
+        let redact = |text: &str| self.vars.redact(text, &driver.typed_codes);
+        RunFailure {
+            kind,
+            step: step.map(|i| self.failed_step(i)),
+            page_url: Some(redact(&page.url())),
+            reason: redact(&reason),
+            screenshot,
+            elapsed: started.elapsed(),
+        }
+    }
+
+    fn failed_step(&self, index: usize) -> FailedStep {
+        let step = &self.steps[index];
+        FailedStep {
+            index,
+            line: step.line,
+            action: step.action.to_string(),
+        }
+    }
+
+    /// Latest expiry among the cookies the provider's host gets, or `None`
+    /// for session-only cookies (or no authorize URL to know the host by).
+    async fn provider_cookie_expiry(&self, session: &Session) -> Option<DateTime<Utc>> {
+        let provider = self.vars.authorize_url()?;
+        let origin = provider.origin().ascii_serialization();
+        let cookies = match session.context.cookies(Some(&[origin.as_str()])).await {
+            Ok(cookies) => cookies,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the provider's cookies");
+                return None;
+            }
+        };
+        cookies
+            .iter()
+            .filter(|c| c.expires > 0.0)
+            .filter_map(|c| DateTime::from_timestamp(c.expires as i64, 0))
+            .max()
+    }
+}
+
+/// One line per run for the operator; the caller records the transition.
+fn log_result(profile_key: &str, result: &Result<LoginOutcome, RunFailure>) {
+    match result {
+        Ok(o) => tracing::info!(
+            profile = profile_key,
+            elapsed_ms = o.elapsed.as_millis() as u64,
+            steps = ?o.steps_acted,
+            "browser relogin reached the redirect"
+        ),
+        Err(f) => tracing::warn!(profile = profile_key, failure = %f, "browser relogin failed"),
+    }
+}

@@ -1,0 +1,268 @@
+//! One browser on one profile: a Playwright driver (node) and a Chromium
+//! persistent context, started together and always closed together.
+//!
+//! A driver per session rather than one per pool: an idle farm then keeps
+//! no process at all (idle Chromium ≈ 300 MB, its driver ≈ 120 MB), and a
+//! wedged driver only takes one run down with it.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use playwright_rs::{BrowserContext, BrowserContextOptions, Page, Playwright};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use url::Url;
+
+use super::config::{start_driver, BrowserConfig};
+use super::PoolError;
+
+/// Chromium startup bound (playwright's default is 3 minutes).
+const LAUNCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// `context.close()` bound; past it the driver is shut down, which still
+/// closes the browser (without a guarantee that cookies were flushed).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub(crate) struct Session {
+    playwright: Playwright,
+    pub(crate) context: BrowserContext,
+    pub(crate) page: Page,
+}
+
+impl Session {
+    pub(crate) async fn launch(
+        cfg: &BrowserConfig,
+        profile_dir: &Path,
+        headless: bool,
+    ) -> Result<Session, PoolError> {
+        let playwright = start_driver(cfg).await.map_err(|e| launch_error(&e))?;
+        let options = BrowserContextOptions::builder()
+            .executable_path(BrowserConfig::absolute(&cfg.chromium).display().to_string())
+            .headless(headless)
+            .args(cfg.chromium_args())
+            .timeout(LAUNCH_TIMEOUT.as_millis() as f64)
+            .build();
+        let launched = playwright
+            .chromium()
+            .launch_persistent_context_with_options(profile_dir.display().to_string(), options)
+            .await;
+        let context = match launched {
+            Ok(context) => context,
+            Err(e) => {
+                shutdown_driver(&playwright).await;
+                return Err(launch_error(&e));
+            }
+        };
+        let page = match first_page(&context).await {
+            Ok(page) => page,
+            Err(e) => {
+                Session::close_parts(&playwright, &context).await;
+                return Err(launch_error(&e));
+            }
+        };
+        Ok(Session {
+            playwright,
+            context,
+            page,
+        })
+    }
+
+    /// Closes the context cleanly (this is when Chromium writes cookies to
+    /// disk), then stops the driver. Never fails: there is nothing a caller
+    /// could do about a failed close, and it is logged.
+    pub(crate) async fn close(self) {
+        Session::close_parts(&self.playwright, &self.context).await;
+    }
+
+    async fn close_parts(playwright: &Playwright, context: &BrowserContext) {
+        match tokio::time::timeout(CLOSE_TIMEOUT, context.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "browser context did not close cleanly"),
+            Err(_) => tracing::warn!("browser context close timed out; stopping the driver"),
+        }
+        shutdown_driver(playwright).await;
+    }
+
+    /// Becomes `true` once the browser goes away by itself (a person closed
+    /// the last window). Register it right after launch: a close before
+    /// registration is only caught by the `is_closed` check.
+    pub(crate) async fn closed_by_user(&self) -> watch::Receiver<bool> {
+        let (tx, rx) = watch::channel(false);
+        let tx = Arc::new(tx);
+        let on_close = tx.clone();
+        let _ = self
+            .context
+            .on_close(move || {
+                on_close.send_replace(true);
+                async { Ok(()) }
+            })
+            .await;
+        if self.context.is_closed() {
+            tx.send_replace(true);
+        }
+        rx
+    }
+
+    /// Installs the redirect capture: the first navigation request to
+    /// `redirect_uri`, whether or not anything listens there.
+    ///
+    /// On the main page the request is also stopped before it leaves the
+    /// browser (CDP `Fetch`, which, unlike Playwright's `route()`, pauses
+    /// redirect hops): the farm may itself listen on the redirect URI, and
+    /// an authorization code delivered twice gets redeemed twice, which
+    /// makes the provider revoke the whole grant. `on_request` (which fires
+    /// for redirect hops too) covers any other page, without blocking.
+    pub(crate) async fn capture_redirect(
+        &self,
+        redirect_uri: &Url,
+    ) -> Result<watch::Receiver<Option<Url>>, PoolError> {
+        let (tx, rx) = watch::channel(None);
+        let tx = Arc::new(tx);
+        self.block_redirect_on_main_page(redirect_uri, tx.clone())
+            .await
+            .map_err(|e| launch_error(&e))?;
+        let redirect_uri = redirect_uri.clone();
+        self.context
+            .on_request(move |request| {
+                if request.is_navigation_request() {
+                    if let Some(url) = redirect_target(request.url(), &redirect_uri) {
+                        record_capture(&tx, url);
+                    }
+                }
+                async { Ok(()) }
+            })
+            .await
+            .map_err(|e| launch_error(&e))?;
+        Ok(rx)
+    }
+
+    async fn block_redirect_on_main_page(
+        &self,
+        redirect_uri: &Url,
+        tx: Arc<watch::Sender<Option<Url>>>,
+    ) -> playwright_rs::Result<()> {
+        let cdp = self.context.new_cdp_session(&self.page).await?;
+        let sender = cdp.clone();
+        let target = redirect_uri.clone();
+        cdp.on("Fetch.requestPaused", move |event: Value| {
+            let hit = event["request"]["url"]
+                .as_str()
+                .and_then(|u| redirect_target(u, &target));
+            let id = event["requestId"].clone();
+            let (method, params) = match hit {
+                Some(url) => {
+                    record_capture(&tx, url);
+                    (
+                        "Fetch.failRequest",
+                        json!({ "requestId": id, "errorReason": "Aborted" }),
+                    )
+                }
+                // The pattern is a prefix: `/callback2` lands here too.
+                None => ("Fetch.continueRequest", json!({ "requestId": id })),
+            };
+            let sender = sender.clone();
+            async move { sender.send(method, Some(params)).await.map(drop) }
+        });
+        let pattern = format!("{}*", cdp_pattern_escape(&without_query(redirect_uri)));
+        let patterns =
+            json!({ "patterns": [{ "urlPattern": pattern, "requestStage": "Request" }] });
+        cdp.send("Fetch.enable", Some(patterns)).await.map(drop)
+    }
+}
+
+/// Keeps the first captured redirect.
+fn record_capture(tx: &watch::Sender<Option<Url>>, url: Url) {
+    tx.send_if_modified(|slot| slot.is_none() && slot.replace(url).is_none());
+}
+
+fn without_query(url: &Url) -> String {
+    let mut url = url.clone();
+    url.set_query(None);
+    url.set_fragment(None);
+    url.to_string()
+}
+
+/// CDP URL patterns treat `*` and `?` as wildcards and `\` as escape.
+fn cdp_pattern_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            matches!(c, '*' | '?' | '\\')
+                .then_some('\\')
+                .into_iter()
+                .chain([c])
+        })
+        .collect()
+}
+
+/// `Some(url)` if `candidate` is a request to `redirect_uri`: same scheme,
+/// host, port and path (the OAuth exact-match rule), any query.
+pub(crate) fn redirect_target(candidate: &str, redirect_uri: &Url) -> Option<Url> {
+    let url = Url::parse(candidate).ok()?;
+    let same = url.scheme() == redirect_uri.scheme()
+        && url.host_str() == redirect_uri.host_str()
+        && url.port_or_known_default() == redirect_uri.port_or_known_default()
+        && url.path() == redirect_uri.path();
+    same.then_some(url)
+}
+
+/// A persistent context opens with one page; use it rather than a second
+/// window. playwright-rs may learn of that page a moment after the launch
+/// returns, so give it that moment before opening another.
+async fn first_page(context: &BrowserContext) -> playwright_rs::Result<Page> {
+    for _ in 0..15 {
+        if let Some(page) = context.pages().into_iter().next() {
+            return Ok(page);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    context.new_page().await
+}
+
+async fn shutdown_driver(playwright: &Playwright) {
+    if let Err(e) = playwright.shutdown().await {
+        tracing::warn!(error = %e, "playwright driver did not shut down cleanly");
+    }
+}
+
+/// The first line of a launch error, with the well-known causes spelled out.
+fn launch_error(error: &playwright_rs::Error) -> PoolError {
+    let text = error.to_string();
+    if text.contains("SingletonLock") || text.contains("ProcessSingleton") {
+        return PoolError::Launch(
+            "the profile directory is locked by another Chromium process (SingletonLock)".into(),
+        );
+    }
+    PoolError::Launch(super::drive::first_line(&text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirect_matching_is_exact_on_origin_and_path() {
+        let uri = Url::parse("http://127.0.0.1:8765/callback").unwrap();
+        let hit = redirect_target("http://127.0.0.1:8765/callback?code=a&state=b", &uri).unwrap();
+        assert_eq!(hit.query(), Some("code=a&state=b"));
+        for miss in [
+            "http://127.0.0.1:87651/callback?code=a",
+            "http://127.0.0.1:8765/callbackx?code=a",
+            "http://127.0.0.1:8765/callback/x",
+            "https://127.0.0.1:8765/callback",
+            "http://localhost:8765/callback",
+            "http://127.0.0.1:9/auth?redirect_uri=http%3A%2F%2F127.0.0.1%3A8765%2Fcallback",
+        ] {
+            assert!(redirect_target(miss, &uri).is_none(), "{miss}");
+        }
+    }
+
+    #[test]
+    fn fetch_pattern_is_the_escaped_uri_without_query() {
+        let uri = Url::parse("http://127.0.0.1:8765/cb?x=1*").unwrap();
+        assert_eq!(
+            cdp_pattern_escape(&without_query(&uri)),
+            "http://127.0.0.1:8765/cb"
+        );
+        assert_eq!(cdp_pattern_escape("a*b?c\\"), "a\\*b\\?c\\\\");
+    }
+}

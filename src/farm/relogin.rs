@@ -1,0 +1,253 @@
+//! Browser relogin: the second rung of the recovery ladder.
+//!
+//! refresh_token grant (see `refresh.rs`) → when that is dead, a browser
+//! authorize in the account's own persistent profile, replaying its login
+//! script (a live session cookie usually goes straight to the redirect) →
+//! when the script cannot finish, `needs_human` with the failing step, the
+//! page URL and a screenshot, retried only with capped exponential backoff.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use rand::Rng;
+use serde::Serialize;
+
+use super::{chrono_dur, not_found_account, Farm, FarmError, Result};
+use crate::browser::{LoginScript, RunFailure, Vars};
+use crate::domain::timing::backoff;
+use crate::domain::{AccountId, AuthState, LastError};
+use crate::events::EventKind;
+
+/// What `POST /api/accounts/{id}/relogin` returns on success.
+#[derive(Debug, Serialize)]
+pub struct ReloginDone {
+    pub account_id: AccountId,
+    pub elapsed_ms: u128,
+    /// How many script steps acted (0 or 1: a live session went straight through).
+    pub steps_acted: usize,
+    pub session_expires_at: Option<chrono::DateTime<Utc>>,
+}
+
+impl Farm {
+    /// The account's login script: its own, else its provider's file.
+    pub fn login_script_text(&self, id: AccountId) -> Result<Option<String>> {
+        if let Some(text) = self.store.login_script(id)? {
+            return Ok(Some(text));
+        }
+        let provider = self.with_account(id, |a| a.provider.clone())?;
+        let Some(path) = self.provider(&provider)?.config.login_script.clone() else { return Ok(None) };
+        std::fs::read_to_string(&path)
+            .map(Some)
+            .map_err(|e| FarmError::Conflict(format!("provider {provider}: cannot read login_script {}: {e}", path.display())))
+    }
+
+    /// Attaches a login script to an account (validated first: a bad script
+    /// is refused with its line, and nothing is stored).
+    pub fn set_login_script(&self, id: AccountId, text: &str) -> Result<LoginScript> {
+        let provider = self.with_account(id, |a| a.provider.clone())?;
+        let script = LoginScript::parse(text).map_err(|e| FarmError::InvalidScript(e.to_string()))?;
+        if script.provider != provider {
+            return Err(FarmError::InvalidScript(format!(
+                "line 1: the script is for provider {:?}, the account belongs to {provider:?}",
+                script.provider
+            )));
+        }
+        self.store.set_login_script(id, Some(text))?;
+        self.with_account(id, |a| {
+            a.has_login_script = true;
+            a.relogin_retry_at = None;
+        })?;
+        self.emit(EventKind::AccountUpdated, Some(id), "login script attached");
+        self.scheduler_wake.notify_one();
+        Ok(script)
+    }
+
+    pub fn remove_login_script(&self, id: AccountId) -> Result<()> {
+        self.with_account(id, |_| ())?;
+        self.store.set_login_script(id, None)?;
+        let provider_has_one = self.login_script_text(id)?.is_some();
+        self.with_account(id, |a| a.has_login_script = provider_has_one)?;
+        Ok(())
+    }
+
+    pub fn set_secret(&self, id: AccountId, name: &str, value: &crate::secret::Secret) -> Result<()> {
+        if !crate::browser::script::is_valid_secret_name(name) {
+            return Err(FarmError::Invalid(format!(
+                "secret name {name:?}: use letters, digits and '_' (e.g. password, totp)"
+            )));
+        }
+        if !self.store.put_secret(id, name, value, Utc::now())? {
+            return Err(not_found_account(id));
+        }
+        self.emit(EventKind::AccountUpdated, Some(id), format!("secret {name} set"));
+        self.with_account(id, |a| a.relogin_retry_at = None)?;
+        self.scheduler_wake.notify_one();
+        Ok(())
+    }
+
+    /// Logs the account in with the browser now. One relogin per account at
+    /// a time (a second caller waits, then runs again only if still needed).
+    pub async fn relogin(self: &Arc<Self>, id: AccountId, cause: &str) -> Result<ReloginDone> {
+        let pool = self.browser.clone().ok_or_else(|| {
+            FarmError::Conflict("the browser is disabled ([browser] enabled = false); log in by hand".into())
+        })?;
+        let lock = self.relogin_lock(id);
+        let _one_at_a_time = lock.lock().await;
+        let generation = self.with_account(id, |a| a.generation)?;
+        let (script, started, vars) = match self.prepare_relogin(id).await {
+            Ok(prepared) => prepared,
+            Err(e @ FarmError::NotFound { .. }) => return Err(e),
+            // A missing script or secret needs a person just like a failing
+            // step, and must be backed off just the same.
+            Err(e) => return Err(self.relogin_failed(id, &e.to_string(), true)),
+        };
+        self.emit(EventKind::ReloginStarted, Some(id), format!("browser relogin started ({cause})"));
+        tracing::info!(account = id, cause, "browser relogin started");
+        let timeout = self.config.browser.relogin_timeout;
+        let result = pool.run_login(&id.to_string(), &script, &vars, &started.redirect_uri, timeout).await;
+        match result {
+            Ok(outcome) => {
+                let completed = self.complete_login(outcome.redirect_url.as_str(), Some(id)).await;
+                // The loopback listener may have finished this login first
+                // (the browser followed the redirect to it): that is success too.
+                let logged_in = completed.is_ok() || self.with_account(id, |a| a.generation > generation)?;
+                if !logged_in {
+                    let e = completed.err().map(|e| e.to_string()).unwrap_or_default();
+                    return Err(self.relogin_failed(id, &format!("the browser reached the redirect, but {e}"), true));
+                }
+                self.store.record_browser_run(id, Utc::now(), "ok", outcome.session_cookie_expires)?;
+                self.with_account(id, |a| {
+                    a.relogin_failures = 0;
+                    a.relogin_retry_at = None;
+                })?;
+                let ms = outcome.elapsed.as_millis();
+                self.emit(EventKind::ReloginSucceeded, Some(id), format!("browser relogin succeeded in {ms} ms ({cause})"));
+                tracing::info!(account = id, elapsed_ms = ms as u64, "browser relogin succeeded");
+                Ok(ReloginDone {
+                    account_id: id,
+                    elapsed_ms: ms,
+                    steps_acted: outcome.steps_acted.len(),
+                    session_expires_at: outcome.session_cookie_expires,
+                })
+            }
+            Err(failure) => {
+                self.logins.forget_account(id);
+                let _ = self.store.record_browser_run(id, Utc::now(), "failed", None);
+                Err(self.relogin_failed(id, &describe(&failure), failure.needs_human()))
+            }
+        }
+    }
+
+    async fn prepare_relogin(&self, id: AccountId) -> Result<(LoginScript, super::login::BegunLogin, Vars)> {
+        let text = self.login_script_text(id)?.ok_or_else(|| {
+            FarmError::Conflict(format!(
+                "account {id} has no login script: attach one (PUT /api/accounts/{id}/script) or record one"
+            ))
+        })?;
+        let script = LoginScript::parse(&text).map_err(|e| FarmError::InvalidScript(e.to_string()))?;
+        let started = self.start_browser_login(id).await?;
+        let mut vars = Vars::new().with_authorize_url(started.authorize_url.clone());
+        for (name, value) in self.store.secrets(id)? {
+            vars = vars.with_secret(name, value);
+        }
+        Ok((script, started, vars))
+    }
+
+    /// Records a failed relogin: `needs_human` (announced once, on the
+    /// transition) when the script or account is wrong, a plain retry
+    /// later when the browser was only busy; capped backoff either way.
+    fn relogin_failed(&self, id: AccountId, reason: &str, needs_human: bool) -> FarmError {
+        let cfg = &self.config.browser;
+        let jitter: f64 = rand::thread_rng().gen();
+        let now = Utc::now();
+        let was = self.with_account(id, |a| {
+            let was = a.auth;
+            a.relogin_failures = a.relogin_failures.saturating_add(1);
+            let wait = backoff(a.relogin_failures, chrono_dur(cfg.retry_initial), chrono_dur(cfg.retry_max), jitter);
+            a.relogin_retry_at = Some(now + wait);
+            if needs_human {
+                a.auth = AuthState::NeedsHuman;
+                a.last_error = Some(LastError { at: now, message: format!("browser relogin failed: {reason}") });
+            }
+            was
+        });
+        if let Ok(snapshot) = self.with_account(id, |a| a.clone()) {
+            if let Err(e) = self.store.update_account(&snapshot) {
+                tracing::error!(account = id, error = %e, "could not persist a relogin failure");
+            }
+        }
+        self.emit(EventKind::ReloginFailed, Some(id), format!("browser relogin failed: {reason}"));
+        if needs_human && was.is_ok_and(|w| w != AuthState::NeedsHuman) {
+            tracing::warn!(account = id, %reason, "browser relogin failed; the account needs a person");
+            self.emit(EventKind::NeedsHuman, Some(id), reason.to_string());
+        }
+        FarmError::Relogin(reason.to_string())
+    }
+
+    pub fn secret_names(&self, id: AccountId) -> Result<Vec<SecretName>> {
+        self.with_account(id, |_| ())?;
+        Ok(self.store.secret_names(id)?.into_iter().map(|(name, updated_at)| SecretName { name, updated_at }).collect())
+    }
+
+    pub fn delete_secret(&self, id: AccountId, name: &str) -> Result<()> {
+        self.with_account(id, |_| ())?;
+        if !self.store.delete_secret(id, name)? {
+            return Err(FarmError::NotFound { what: "secret", id: name.to_string() });
+        }
+        self.emit(EventKind::AccountUpdated, Some(id), format!("secret {name} deleted"));
+        Ok(())
+    }
+
+    /// `GET /api/accounts/{id}/browser`.
+    pub async fn browser_info(&self, id: AccountId) -> Result<BrowserInfo> {
+        let has_login_script = self.with_account(id, |a| a.has_login_script)?;
+        let (last_run_at, last_outcome, session_expires_at) = self.store.browser_run(id)?.unwrap_or_default();
+        let profile = match &self.browser {
+            Some(pool) => pool.profile_info(&id.to_string()).await.ok(),
+            None => None,
+        };
+        Ok(BrowserInfo {
+            account_id: id,
+            browser_enabled: self.browser.is_some(),
+            has_login_script,
+            profile_present: profile.as_ref().is_some_and(|p| p.present),
+            profile_bytes: profile.as_ref().map_or(0, |p| p.bytes),
+            in_use_by: profile.and_then(|p| p.in_use).map(|u| u.to_string()),
+            last_run_at,
+            last_outcome,
+            session_expires_at,
+        })
+    }
+
+    pub(crate) fn relogin_lock(&self, id: AccountId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.relogin_locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(id).or_default().clone()
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct SecretName {
+    pub name: String,
+    pub updated_at: chrono::DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BrowserInfo {
+    pub account_id: AccountId,
+    pub browser_enabled: bool,
+    pub has_login_script: bool,
+    pub profile_present: bool,
+    pub profile_bytes: u64,
+    pub in_use_by: Option<String>,
+    pub last_run_at: Option<chrono::DateTime<Utc>>,
+    pub last_outcome: Option<String>,
+    /// The provider's session cookie expiry seen after the last run: when a
+    /// full scripted login (not just a consent click-through) is next needed.
+    pub session_expires_at: Option<chrono::DateTime<Utc>>,
+}
+
+/// The failure as a person reads it: step and line, page, reason,
+/// screenshot path (all secret-free: the runner redacts).
+fn describe(f: &RunFailure) -> String {
+    f.to_string()
+}
