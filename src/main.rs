@@ -45,6 +45,47 @@ enum Command {
     },
     /// Load and validate the configuration, print a summary, and exit.
     CheckConfig,
+    /// Check node, the Playwright driver and Chromium; print the fix for what is missing.
+    Doctor,
+    /// Account secrets for login scripts (write-only).
+    Secret {
+        #[command(subcommand)]
+        command: SecretCommand,
+    },
+    /// Browser profiles (one per account).
+    Browser {
+        #[command(subcommand)]
+        command: BrowserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretCommand {
+    /// Set an account's secret, read from stdin without echo (e.g. `password`, `totp`).
+    Set {
+        account: i64,
+        name: String,
+        #[command(flatten)]
+        farm: FarmArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum BrowserCommand {
+    /// Every account's profile: present, size, last run, session-cookie expiry.
+    List {
+        #[command(flatten)]
+        farm: FarmArgs,
+    },
+    /// Open an account's profile in a visible browser window, for a person to
+    /// fix something by hand; closes cleanly (cookies kept) when the window closes.
+    Open { account: i64 },
+    /// Wipe an account's profile (the next relogin runs the full script).
+    Reset {
+        account: i64,
+        #[command(flatten)]
+        farm: FarmArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -69,6 +110,21 @@ enum AccountCommand {
     },
     /// List accounts and their states.
     List {
+        #[command(flatten)]
+        farm: FarmArgs,
+    },
+    /// Record a login script: opens the account's profile at its authorize URL
+    /// (in a window), turns your clicks and typing into script steps, and when
+    /// the login reaches the redirect: logs the account in, uploads the script
+    /// and secrets to the farm, and replays it there headless to prove it.
+    Record {
+        id: i64,
+        /// Run the recording browser headless (for automation).
+        #[arg(long)]
+        headless: bool,
+        /// Also write the script here (default: scripts/login/<provider>-<label>.toml).
+        #[arg(long)]
+        out: Option<PathBuf>,
         #[command(flatten)]
         farm: FarmArgs,
     },
@@ -105,6 +161,25 @@ fn main() -> Result<()> {
         Command::Account { command } => {
             let config = load_config(&cli.config, &Overrides::default())?;
             runtime()?.block_on(account(config, command))
+        }
+        Command::Doctor => {
+            let config = load_config(&cli.config, &Overrides::default())?;
+            runtime()?.block_on(doctor(&config))
+        }
+        Command::Secret { command: SecretCommand::Set { account, name, farm } } => {
+            let config = load_config(&cli.config, &Overrides::default())?;
+            let value = read_secret_from_stdin(name)?;
+            runtime()?.block_on(async {
+                let client = FarmClient::new(&config, farm)?;
+                let path = format!("/api/accounts/{account}/secrets/{name}");
+                client.call(reqwest::Method::PUT, &path, Some(serde_json::json!({"value": value.expose()}))).await?;
+                println!("secret {name} of account {account} set");
+                Ok(())
+            })
+        }
+        Command::Browser { command } => {
+            let config = load_config(&cli.config, &Overrides::default())?;
+            runtime()?.block_on(browser(config, command))
         }
     }
 }
@@ -231,6 +306,7 @@ async fn account(config: Config, command: &AccountCommand) -> Result<()> {
             interactive_login(&client, id).await
         }
         AccountCommand::Login { id, farm } => interactive_login(&FarmClient::new(&config, farm)?, *id).await,
+        AccountCommand::Record { id, headless, out, farm } => record(&config, *id, *headless, out.as_deref(), farm).await,
         AccountCommand::List { farm } => {
             let client = FarmClient::new(&config, farm)?;
             let accounts = client.call(Method::GET, "/api/accounts", None).await?;
@@ -292,5 +368,142 @@ async fn interactive_login(client: &FarmClient, id: i64) -> Result<()> {
 
 fn done(account: &serde_json::Value) -> Result<()> {
     println!("account {} is {}", account["id"], account["state"].as_str().unwrap_or("?"));
+    Ok(())
+}
+
+/// Reads one line from stdin; without echo when stdin is a terminal.
+fn read_secret_from_stdin(name: &str) -> Result<Secret> {
+    use std::io::IsTerminal;
+    let value = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password(format!("{name}: "))?
+    } else {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        line
+    };
+    let value = value.trim_end_matches(['\n', '\r']).to_string();
+    if value.is_empty() {
+        bail!("empty secret: nothing was set");
+    }
+    Ok(Secret::new(value))
+}
+
+async fn doctor(config: &Config) -> Result<()> {
+    let cfg = relogin_farm::farm::browser_config(&config.browser);
+    let problems = relogin_farm::browser::doctor(&cfg).await;
+    if problems.is_empty() {
+        println!(
+            "browser ok: node {}, driver {}, chromium {}",
+            cfg.node.display(),
+            cfg.driver_cli_js.display(),
+            cfg.chromium.display()
+        );
+        return Ok(());
+    }
+    for p in &problems {
+        println!("problem: {}\n    fix: {}", p.problem, p.fix);
+    }
+    bail!("{} problem(s) found", problems.len())
+}
+
+async fn browser(config: Config, command: &BrowserCommand) -> Result<()> {
+    use reqwest::Method;
+    match command {
+        BrowserCommand::List { farm } => {
+            let client = FarmClient::new(&config, farm)?;
+            let accounts = client.call(Method::GET, "/api/accounts", None).await?;
+            for a in accounts.as_array().into_iter().flatten() {
+                let info = client.call(Method::GET, &format!("/api/accounts/{}/browser", a["id"]), None).await?;
+                println!(
+                    "{:>5}  {:<24} profile {:<8} {:>8} KiB  last run {} ({})  session until {}",
+                    a["id"],
+                    a["label"].as_str().unwrap_or(""),
+                    if info["profile_present"] == true { "present" } else { "none" },
+                    info["profile_bytes"].as_u64().unwrap_or(0) / 1024,
+                    info["last_run_at"].as_str().unwrap_or("never"),
+                    info["last_outcome"].as_str().unwrap_or("-"),
+                    info["session_expires_at"].as_str().unwrap_or("-"),
+                );
+            }
+            Ok(())
+        }
+        BrowserCommand::Open { account } => {
+            let pool = relogin_farm::browser::BrowserPool::new(relogin_farm::farm::browser_config(&config.browser));
+            println!("opening the profile of account {account}; close the window when done");
+            pool.open_headed(&account.to_string(), None).await?;
+            println!("closed cleanly; cookies kept");
+            Ok(())
+        }
+        BrowserCommand::Reset { account, farm } => {
+            let client = FarmClient::new(&config, farm)?;
+            client.call(Method::DELETE, &format!("/api/accounts/{account}/browser"), None).await?;
+            println!("profile of account {account} wiped");
+            Ok(())
+        }
+    }
+}
+
+/// `account record`: records locally, then hands everything to the farm.
+async fn record(config: &Config, id: i64, headless: bool, out: Option<&Path>, farm: &FarmArgs) -> Result<()> {
+    use reqwest::Method;
+    use relogin_farm::browser::recorder::{record, RecordOptions};
+    let client = FarmClient::new(config, farm)?;
+    let account = client.call(Method::GET, &format!("/api/accounts/{id}"), None).await?;
+    let provider = account["provider"].as_str().context("the farm answered without a provider")?.to_string();
+    let label = account["label"].as_str().unwrap_or("account").to_string();
+    let providers = client.call(Method::GET, "/api/providers", None).await?;
+    let redirect_uri = providers
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == provider.as_str())
+        .and_then(|p| p["redirect_uri"].as_str())
+        .context("the farm does not list the account's provider")?
+        .parse()?;
+    let started = client.call(Method::POST, &format!("/api/accounts/{id}/login"), None).await?;
+    let authorize_url = started["authorize_url"].as_str().context("no authorize_url")?.parse()?;
+    let pool = relogin_farm::browser::BrowserPool::new(relogin_farm::farm::browser_config(&config.browser));
+    println!("recording: log in to {provider} as {label} in the browser window; it stops at the redirect");
+    let options = RecordOptions { provider: provider.clone(), authorize_url, redirect_uri, headless, timeout: Duration::from_secs(600) };
+    let recording = record(&pool, &id.to_string(), options).await?;
+    pool.shutdown().await;
+
+    let body = serde_json::json!({"redirect_url": recording.redirect_url.as_str()});
+    client.call(Method::POST, &format!("/api/accounts/{id}/login/complete"), Some(body)).await?;
+    println!("account {id} logged in");
+    let text = recording.script.to_toml();
+    let path = out.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(format!("scripts/login/{provider}-{label}.toml")));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&path, &text)?;
+    upload_script(&client, id, &text).await?;
+    for (name, value) in &recording.secrets {
+        let body = serde_json::json!({"value": value.expose()});
+        client.call(Method::PUT, &format!("/api/accounts/{id}/secrets/{name}"), Some(body)).await?;
+    }
+    println!("script written to {} and attached; {} secret(s) stored", path.display(), recording.secrets.len());
+    if recording.needs_totp_seed {
+        println!("the login asked for a one-time code: store the TOTP seed with `relogin-farm secret set {id} totp`");
+        return Ok(());
+    }
+    let replay = client.call(Method::POST, &format!("/api/accounts/{id}/relogin"), None).await?;
+    println!("replayed by the farm: account {id} is {}", replay["state"].as_str().unwrap_or("?"));
+    Ok(())
+}
+
+async fn upload_script(client: &FarmClient, id: i64, text: &str) -> Result<()> {
+    let resp = client
+        .http
+        .put(format!("{}/api/accounts/{id}/script", client.base))
+        .bearer_auth(client.token.expose())
+        .header("content-type", "application/toml")
+        .body(text.to_string())
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        let v: serde_json::Value = resp.json().await.unwrap_or_default();
+        bail!("uploading the script: {}", v["detail"].as_str().unwrap_or("refused"));
+    }
     Ok(())
 }

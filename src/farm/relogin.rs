@@ -219,6 +219,15 @@ impl Farm {
         })
     }
 
+    /// Wipes the account's profile (refused while a browser has it open).
+    pub async fn reset_browser_profile(&self, id: AccountId) -> Result<()> {
+        self.with_account(id, |_| ())?;
+        let pool = self.browser.as_ref().ok_or_else(|| FarmError::Conflict("the browser is disabled".into()))?;
+        pool.reset(&id.to_string()).await.map_err(|e| FarmError::Conflict(e.to_string()))?;
+        self.emit(EventKind::AccountUpdated, Some(id), "browser profile wiped");
+        Ok(())
+    }
+
     pub(crate) fn relogin_lock(&self, id: AccountId) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.relogin_locks.lock().unwrap_or_else(|p| p.into_inner());
         locks.entry(id).or_default().clone()

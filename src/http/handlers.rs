@@ -253,6 +253,17 @@ pub async fn browser_info(id: String, farm: Arc<Farm>, caller: Caller) -> Respon
     )
 }
 
+pub async fn browser_reset(id: String, farm: Arc<Farm>, caller: Caller) -> Response {
+    render(
+        async {
+            caller.require(&farm, Access::Admin)?;
+            farm.reset_browser_profile(id_of("account", &id)?).await?;
+            Ok(with_status(warp::reply(), StatusCode::NO_CONTENT))
+        }
+        .await,
+    )
+}
+
 pub async fn usage(farm: Arc<Farm>, caller: Caller) -> Response {
     render((|| {
         caller.require(&farm, Access::Admin)?;
