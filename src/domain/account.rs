@@ -168,6 +168,24 @@ impl Account {
         }
     }
 
+    /// New tokens from a refresh or a login, already persisted as
+    /// `generation`. A provider that did not rotate the refresh token sends
+    /// none: the old one stays. Clears every failure mark.
+    pub fn install_tokens(&mut self, mut tokens: Tokens, generation: i64, now: DateTime<Utc>) {
+        if tokens.refresh_token.is_none() {
+            tokens.refresh_token = self.tokens.as_ref().and_then(|t| t.refresh_token.clone());
+        }
+        self.tokens = Some(tokens);
+        self.generation = generation;
+        self.auth = AuthState::Active;
+        self.refreshing = false;
+        self.suspect = false;
+        self.refresh_failures = 0;
+        self.retry_at = None;
+        self.last_error = None;
+        self.last_refresh_at = Some(now);
+    }
+
     pub fn display_state(&self, now: DateTime<Utc>) -> DisplayState {
         if !self.enabled {
             return DisplayState::Disabled;
@@ -255,6 +273,28 @@ mod tests {
         a.suspect = false;
         a.cooldown_until = Some(now + Duration::seconds(1));
         assert!(!a.is_servable(now, min));
+    }
+
+    #[test]
+    fn installing_tokens_keeps_an_unrotated_refresh_token_and_clears_failures() {
+        let now = Utc::now();
+        let mut a = active(now);
+        a.auth = AuthState::NeedsRelogin;
+        a.suspect = true;
+        a.refresh_failures = 3;
+        a.last_error = Some(LastError { at: now, message: "x".into() });
+        let fresh = Tokens {
+            access_token: Secret::new("at2"),
+            token_type: "Bearer".into(),
+            expires_at: now + Duration::minutes(5),
+            issued_at: now,
+            refresh_token: None,
+        };
+        a.install_tokens(fresh, 7, now);
+        assert_eq!(a.generation, 7);
+        assert_eq!(a.tokens.as_ref().unwrap().refresh_token.as_ref().unwrap().expose(), "rt");
+        assert_eq!(a.display_state(now), DisplayState::Healthy);
+        assert!(a.last_error.is_none() && a.refresh_failures == 0);
     }
 
     #[test]

@@ -157,17 +157,7 @@ impl Farm {
         let lock = self.refresh_lock(id);
         let _one_writer = lock.lock().await;
         let generation = self.store.save_tokens(id, &tokens, Utc::now())?.ok_or_else(|| super::not_found_account(id))?;
-        self.update_account(id, |a| {
-            a.tokens = Some(tokens);
-            a.generation = generation;
-            a.auth = crate::domain::AuthState::Active;
-            a.refreshing = false;
-            a.suspect = false;
-            a.refresh_failures = 0;
-            a.retry_at = None;
-            a.last_error = None;
-            a.last_refresh_at = Some(Utc::now());
-        })
+        self.update_account(id, |a| a.install_tokens(tokens, generation, Utc::now()))
     }
 
     /// Starts a listener on the redirect URI's address when it is a

@@ -106,30 +106,14 @@ impl Farm {
                 // on while the disk problem is fixed.
                 tracing::error!(account = id, error = %e, "could not persist refreshed tokens");
                 self.with_account(id, |a| {
-                    a.refreshing = false;
+                    let generation = a.generation;
+                    a.install_tokens(tokens, generation, Utc::now());
                     a.last_error = Some(LastError { at: Utc::now(), message: format!("could not persist tokens: {e}") });
-                    let keep_rt = a.tokens.as_ref().and_then(|t| t.refresh_token.clone());
-                    let mut t = tokens;
-                    t.refresh_token = t.refresh_token.or(keep_rt);
-                    a.tokens = Some(t);
                 })?;
                 return Err(e.into());
             }
         };
-        self.with_account(id, |a| {
-            let keep_rt = a.tokens.as_ref().and_then(|t| t.refresh_token.clone());
-            let mut t = tokens;
-            t.refresh_token = t.refresh_token.or(keep_rt);
-            a.tokens = Some(t);
-            a.generation = generation;
-            a.auth = AuthState::Active;
-            a.refreshing = false;
-            a.suspect = false;
-            a.refresh_failures = 0;
-            a.retry_at = None;
-            a.last_error = None;
-            a.last_refresh_at = Some(Utc::now());
-        })?;
+        self.with_account(id, |a| a.install_tokens(tokens, generation, Utc::now()))?;
         self.scheduler_wake.notify_one();
         Ok(())
     }
