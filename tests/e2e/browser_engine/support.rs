@@ -1,0 +1,363 @@
+//! Test fixtures: the real test OIDC provider, PKCE authorize URLs, a pool
+//! on a private profiles dir, and process checks.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Once;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use relogin_farm::browser::runner::{doctor, BrowserConfig, BrowserPool};
+use relogin_farm::browser::script::{LoginScript, Vars};
+use relogin_farm::secret::Secret;
+use sha2::{Digest, Sha256};
+use url::Url;
+
+/// The issue's example script.
+pub const DEMO_SCRIPT: &str = r##"provider = "demo"
+timeout_ms = 15000
+[[step]]
+goto = "${authorize_url}"
+[[step]]
+fill = "#username"
+value = "${secret:username}"
+optional = true
+[[step]]
+fill = "#password"
+value = "${secret:password}"
+optional = true
+[[step]]
+click = "#submit"
+optional = true
+[[step]]
+fill = "#code"
+value = "${totp}"
+optional = true
+[[step]]
+click = "#submit"
+optional = true
+[[step]]
+click = "#allow"
+optional = true
+"##;
+
+/// For users without a second factor (no `totp` secret to expand).
+pub const PASSWORD_SCRIPT: &str = r##"provider = "demo"
+[[step]]
+goto = "${authorize_url}"
+[[step]]
+fill = "#username"
+value = "${secret:username}"
+optional = true
+[[step]]
+fill = "#password"
+value = "${secret:password}"
+optional = true
+[[step]]
+click = "#submit"
+optional = true
+[[step]]
+click = "#allow"
+optional = true
+"##;
+
+pub fn script(text: &str) -> LoginScript {
+    LoginScript::parse(text).unwrap()
+}
+
+/// Where the main project keeps things: this crate is either copied into
+/// it, or sits beside it in /work.
+pub fn project_dir() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    [here.clone(), here.join("../main")]
+        .into_iter()
+        .find(|d| d.join("tests/oidc/provider.mjs").is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "tests/oidc/provider.mjs not found in {} or ../main",
+                here.display()
+            )
+        })
+}
+
+/// Fails loudly (never skips) when something the browser needs is missing.
+pub fn require_tools() {
+    static CHECKED: Once = Once::new();
+    CHECKED.call_once(|| {
+        let oidc = project_dir().join("tests/oidc");
+        if !oidc.join("node_modules/oidc-provider").is_dir() {
+            run(Command::new("npm").args(["ci", "--prefix"]).arg(&oidc));
+        }
+        let cfg = BrowserConfig::for_project(&project_dir());
+        // Its own thread: callers are async tests, already inside a runtime.
+        let problems = std::thread::spawn(move || {
+            tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(doctor(&cfg))
+        })
+        .join()
+        .unwrap();
+        assert!(
+            problems.is_empty(),
+            "browser tests need these fixed first:\n{}",
+            problems
+                .iter()
+                .map(|p| format!("  {}\n    fix: {}", p.problem, p.fix))
+                .collect::<String>()
+        );
+    });
+}
+
+fn run(cmd: &mut Command) {
+    let status = cmd.status().expect("spawn");
+    assert!(status.success(), "{cmd:?} failed");
+}
+
+/// A pool whose profiles and artifacts live in a fresh temp dir.
+pub struct TestPool {
+    pub pool: BrowserPool,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestPool {
+    pub fn new(max_concurrent: usize) -> TestPool {
+        require_tools();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = BrowserConfig {
+            max_concurrent,
+            profiles_dir: dir.path().join("profiles"),
+            artifacts_dir: dir.path().join("artifacts"),
+            ..BrowserConfig::for_project(&project_dir())
+        };
+        TestPool {
+            pool: BrowserPool::new(cfg),
+            dir,
+        }
+    }
+
+    /// Chromium processes (not zombies) whose command line names this
+    /// pool's profiles dir, i.e. browsers this test started.
+    pub fn chromium_pids(&self) -> Vec<u32> {
+        chromium_pids_under(&self.dir.path().join("profiles"))
+    }
+
+    /// Distinct profiles with a running Chromium right now.
+    pub fn running_profiles(&self) -> usize {
+        let needle = format!(
+            "--user-data-dir={}",
+            self.dir.path().join("profiles").display()
+        );
+        let mut dirs: Vec<String> = pgrep(&needle)
+            .into_iter()
+            .filter_map(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
+            .filter_map(|cmd| {
+                cmd.split(|b| *b == 0)
+                    .map(|a| String::from_utf8_lossy(a).to_string())
+                    .find(|a| a.starts_with(&needle))
+            })
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        dirs.len()
+    }
+
+    /// Asserts no browser of this pool is left (zombies are reaped by init
+    /// a moment later; they have no command line and do not match).
+    pub fn assert_no_chromium_left(&self) {
+        let pids = self.chromium_pids();
+        assert!(
+            pids.is_empty(),
+            "chromium still running after the runs: {pids:?}"
+        );
+    }
+}
+
+pub fn chromium_pids_under(dir: &Path) -> Vec<u32> {
+    pgrep(&dir.display().to_string())
+}
+
+/// `pgrep -f PATTERN` (fixed string), excluding ourselves.
+fn pgrep(pattern: &str) -> Vec<u32> {
+    let escaped = regex_escape(pattern);
+    let out = Command::new("pgrep")
+        .args(["-f", "--"])
+        .arg(&escaped)
+        .output()
+        .expect("pgrep");
+    let me = std::process::id();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .filter(|pid| *pid != me)
+        .collect()
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let special = "\\.+*?()|[]{}^$".contains(c);
+            special
+                .then_some('\\')
+                .into_iter()
+                .chain(std::iter::once(c))
+        })
+        .collect()
+}
+
+/// The test OIDC provider (tests/oidc/provider.mjs), killed on drop.
+pub struct Provider {
+    child: Child,
+    pub issuer: Url,
+    pub redirect_uri: Url,
+}
+
+impl Provider {
+    /// Starts a provider whose client `daemon-web` redirects to a free
+    /// loopback port where nothing listens (the browser must not need it).
+    pub fn start() -> Provider {
+        Provider::start_with_redirect(free_port())
+    }
+
+    pub fn start_with_redirect(callback_port: u16) -> Provider {
+        require_tools();
+        let redirect_uri =
+            Url::parse(&format!("http://127.0.0.1:{callback_port}/callback")).unwrap();
+        let mut child = Command::new("node")
+            .arg(project_dir().join("tests/oidc/provider.mjs"))
+            .args(["--port", "0", "--redirect-uri", redirect_uri.as_str()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the test OIDC provider");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let issuer = line
+            .strip_prefix("READY ")
+            .unwrap_or_else(|| panic!("provider did not print READY: {line:?}"))
+            .trim();
+        Provider {
+            child,
+            issuer: Url::parse(issuer).unwrap(),
+            redirect_uri,
+        }
+    }
+
+    /// A fresh authorize request (PKCE S256) for client daemon-web.
+    pub fn authorize(&self) -> Authorize {
+        let verifier = random_token();
+        let challenge = b64url(&Sha256::digest(verifier.as_bytes()));
+        let state = random_token();
+        let mut url = self.issuer.join("/auth").unwrap();
+        url.query_pairs_mut()
+            .append_pair("client_id", "daemon-web")
+            .append_pair("response_type", "code")
+            .append_pair("redirect_uri", self.redirect_uri.as_str())
+            .append_pair("scope", "openid offline_access")
+            .append_pair("code_challenge", &challenge)
+            .append_pair("code_challenge_method", "S256")
+            .append_pair("state", &state);
+        Authorize {
+            url,
+            verifier,
+            state,
+        }
+    }
+
+    /// Variables for `user`: username, password and (for `totp-` users)
+    /// the TOTP seed the provider gives out for tests.
+    pub async fn vars(&self, user: &str, password: &str) -> (Vars, Authorize) {
+        let auth = self.authorize();
+        let mut vars = Vars::new()
+            .with_authorize_url(auth.url.clone())
+            .with_secret("username", Secret::new(user))
+            .with_secret("password", Secret::new(password));
+        if let Some(seed) = self.totp_seed(user).await {
+            vars = vars.with_secret("totp", Secret::new(seed));
+        }
+        (vars, auth)
+    }
+
+    pub async fn totp_seed(&self, user: &str) -> Option<String> {
+        let url = self.issuer.join(&format!("/__test/users/{user}")).unwrap();
+        let body: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+        body["totp_seed"].as_str().map(str::to_string)
+    }
+
+    /// Ends every browser session at the provider: the next authorize shows
+    /// the login form again.
+    pub async fn end_sessions(&self) {
+        let url = self.issuer.join("/__test/end-sessions").unwrap();
+        let resp = reqwest::Client::new().post(url).send().await.unwrap();
+        assert!(resp.status().is_success());
+    }
+
+    /// Redeems the code at the token endpoint: proves the captured redirect
+    /// is a real, unused authorization code for this PKCE verifier.
+    pub async fn redeem(&self, redirect: &Url, auth: &Authorize) -> serde_json::Value {
+        let query: std::collections::HashMap<_, _> = redirect.query_pairs().into_owned().collect();
+        assert_eq!(query.get("state"), Some(&auth.state), "state round-trips");
+        let code = query.get("code").expect("redirect carries a code");
+        let resp = reqwest::Client::new()
+            .post(self.issuer.join("/token").unwrap())
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("redirect_uri", self.redirect_uri.as_str()),
+                ("client_id", "daemon-web"),
+                ("code_verifier", &auth.verifier),
+            ])
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert!(status.is_success(), "token endpoint said {status}: {body}");
+        body
+    }
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Authorize {
+    pub url: Url,
+    pub verifier: String,
+    pub state: String,
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn random_token() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let seed = format!(
+        "{nanos}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    b64url(&Sha256::digest(seed.as_bytes()))
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(60);
