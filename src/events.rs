@@ -116,7 +116,9 @@ impl EventBus {
     /// propagated: losing an event must never fail the operation it describes.
     pub fn emit(&self, kind: EventKind, account_id: Option<AccountId>, detail: impl Into<String>) {
         let detail = detail.into();
-        let at = Utc::now();
+        // Milliseconds, as stored: a live event and its replay must read the same.
+        let now = Utc::now();
+        let at = DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
         match self.store.insert_event(at, kind.as_str(), account_id, &detail) {
             Ok(id) => {
                 tracing::debug!(id, kind = kind.as_str(), account = account_id, "event");

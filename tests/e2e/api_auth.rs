@@ -4,6 +4,7 @@
 use relogin_farm::http::{Access, ROUTES};
 use reqwest::Method;
 
+use crate::support::api::probe_body;
 use crate::support::{int_of, json, str_of, Api, Bed, Resp, Settings, PROVIDER};
 
 /// Sends a request to every route that needs `access`, with `{id}` and
@@ -15,8 +16,7 @@ fn each_route(api: &Api, access: Access, id: i64, lease_id: &str) -> Vec<(String
         .map(|r| {
             let path = r.path.replace("{id}", &id.to_string()).replace("{lease_id}", lease_id);
             let method: Method = r.method.parse().expect("a method name");
-            let body = matches!(method, Method::POST | Method::PATCH).then(|| b"{}".to_vec());
-            (format!("{method} {path}"), api.send(method, &path, body))
+            (format!("{method} {path}"), api.send(method.clone(), &path, probe_body(&method)))
         })
         .collect()
 }

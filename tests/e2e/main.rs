@@ -4,17 +4,23 @@
 //!
 //! Every test starts its own provider and farm on free loopback ports with
 //! its own temp dir, so the tests run in parallel. Needs node and
-//! `tests/oidc/node_modules` (`scripts/setup` installs both): without them
-//! the tests fail, they never skip.
+//! `tests/oidc/node_modules`, and for the admin page `/usr/bin/chromium` and
+//! `scripts/playwright/node_modules` (`scripts/setup` installs them all):
+//! without them the tests fail, they never skip.
 
 mod support;
 
+mod admin_page;
+mod browser_engine;
 mod api_auth;
 mod bad_requests;
 mod cooldown;
+mod events_sse;
 mod hygiene;
 mod login;
 mod observability;
+mod openapi;
 mod refresh;
 mod restart;
 mod rotation;
+mod webhooks;

@@ -8,6 +8,8 @@ use reqwest::header::HeaderMap;
 use reqwest::Method;
 use serde_json::Value;
 
+use super::sse::EventStream;
+
 /// One caller of the farm: a base URL and the bearer token it sends.
 #[derive(Clone)]
 pub struct Api {
@@ -25,6 +27,12 @@ pub struct Resp {
     pub text: String,
 }
 
+/// A `{}` JSON body for the methods that take a body (`POST`, `PUT`,
+/// `PATCH`): a probe then reaches the handler, not the body checks.
+pub fn probe_body(method: &Method) -> Option<Vec<u8>> {
+    matches!(*method, Method::POST | Method::PUT | Method::PATCH).then(|| b"{}".to_vec())
+}
+
 pub fn http_client() -> Client {
     Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().expect("build an HTTP client")
 }
@@ -39,8 +47,20 @@ impl Api {
         Api { authorization: header.map(str::to_string), ..self.clone() }
     }
 
-    /// Sends a request; `Err` only when no HTTP answer came back.
+    /// Sends a request; `Err` only when no HTTP answer came back. An event
+    /// stream's body is not read (it never ends): its `text` is empty.
     pub fn try_send(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> reqwest::Result<Resp> {
+        let resp = self.request(method, path, body).send()?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let mut answer = Resp { status, headers, text: String::new() };
+        if !answer.header("content-type").is_some_and(|t| t.starts_with("text/event-stream")) {
+            answer.text = resp.text()?;
+        }
+        Ok(answer)
+    }
+
+    fn request(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> reqwest::blocking::RequestBuilder {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(auth) = &self.authorization {
             req = req.header("authorization", auth);
@@ -48,10 +68,25 @@ impl Api {
         if let Some(body) = body {
             req = req.header("content-type", "application/json").body(body);
         }
-        let resp = req.send()?;
+        req
+    }
+
+    /// `GET path` as a Server-Sent Events stream, resuming after
+    /// `last_event_id` when given. Any answer but a 200 event stream is the
+    /// `Err`, read in full.
+    pub fn event_stream(&self, path: &str, last_event_id: Option<&str>) -> Result<EventStream, Box<Resp>> {
+        let mut req = self.request(Method::GET, path, None).header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        let resp = req.send().unwrap_or_else(|e| panic!("GET {path}: no answer from the farm: {e}"));
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        Ok(Resp { status, headers, text: resp.text()? })
+        let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        if status == 200 && content_type.starts_with("text/event-stream") {
+            return Ok(EventStream::read(resp));
+        }
+        Err(Box::new(Resp { status, headers, text: resp.text().unwrap_or_default() }))
     }
 
     pub fn send(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Resp {

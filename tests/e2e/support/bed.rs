@@ -39,6 +39,9 @@ pub struct Settings {
     /// Give the store key in `RELOGIN_FARM_KEY`; `false`: the farm creates
     /// and uses `data/farm.key`.
     pub key_in_env: bool,
+    /// Appended to `farm.toml` as is: whole tables such as `[[webhook]]`
+    /// blocks (see [`Settings::with_toml`]).
+    pub extra_toml: String,
 }
 
 impl Default for Settings {
@@ -58,6 +61,7 @@ impl Default for Settings {
             log_level: "info",
             rust_log: None,
             key_in_env: true,
+            extra_toml: String::new(),
         }
     }
 }
@@ -67,6 +71,13 @@ impl Settings {
     /// refreshed 2 s before expiry.
     pub fn short_tokens() -> Self {
         Settings { access_ttl: 4, ..Settings::default() }
+    }
+
+    /// These settings plus `toml` at the end of `farm.toml`.
+    pub fn with_toml(mut self, toml: &str) -> Self {
+        self.extra_toml.push('\n');
+        self.extra_toml.push_str(toml);
+        self
     }
 }
 
@@ -137,6 +148,11 @@ impl Bed {
     /// Everything the farm processes of this test wrote to stderr.
     pub fn farm_log(&self) -> String {
         std::fs::read_to_string(self.layout.farm_log()).unwrap_or_default()
+    }
+
+    /// The farm's base URL, `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> &str {
+        &self.running().url
     }
 
     /// The farm's API with `token` as the bearer token (`None`: no header).

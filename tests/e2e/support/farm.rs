@@ -75,11 +75,12 @@ impl Layout {
             toml_string(&provider.issuer),
             toml_string(&provider.redirect_uri)
         );
+        toml.push_str(&s.extra_toml);
         std::fs::write(self.config(), toml).expect("write farm.toml");
     }
 }
 
-fn toml_string(s: &str) -> String {
+pub fn toml_string(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 

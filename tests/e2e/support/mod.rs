@@ -8,6 +8,8 @@
 //! - [`farm`]: the farm's config file and process.
 //! - [`api`]: a blocking HTTP client for the farm's API.
 //! - [`bed`]: one provider + one farm + the usual steps (add, log in, lease).
+//! - [`sse`]: an event stream read frame by frame, with deadlines.
+//! - [`receiver`]: an HTTP server in the test that records what it is sent.
 
 pub mod api;
 pub mod bed;
@@ -15,6 +17,8 @@ pub mod browser;
 pub mod farm;
 pub mod process;
 pub mod provider;
+pub mod receiver;
+pub mod sse;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -33,24 +37,50 @@ pub fn repo_root() -> &'static Path {
 /// `tests/oidc`, after checking that node and the provider's packages are
 /// installed. A missing tool fails the test: these tests never skip.
 pub fn oidc_dir() -> PathBuf {
-    static CHECKED: OnceLock<Result<(), String>> = OnceLock::new();
-    let dir = repo_root().join("tests/oidc");
-    let checked = CHECKED.get_or_init(|| {
-        let node = std::process::Command::new("node").arg("--version").output();
-        let fix = "run `scripts/setup` (it installs node and runs `npm ci --prefix tests/oidc`)";
-        match node {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => return Err(format!("`node --version` failed ({}); {fix}", out.status)),
-            Err(e) => return Err(format!("node is not installed ({e}); {fix}")),
-        }
-        if !dir.join("node_modules/oidc-provider/package.json").is_file() {
-            return Err(format!("{}/node_modules is missing; {fix}", dir.display()));
-        }
-        Ok(())
+    node_package_dir("tests/oidc", "oidc-provider", "the test OIDC provider", "npm ci --prefix tests/oidc")
+}
+
+/// `scripts/playwright`, the project's pinned Playwright driver, after
+/// checking that node, `playwright-core` and Debian's Chromium are installed.
+pub fn playwright_dir() -> PathBuf {
+    let dir = node_package_dir("scripts/playwright", "playwright-core", "Playwright", "npm ci --prefix scripts/playwright");
+    assert!(
+        Path::new(CHROMIUM).is_file(),
+        "the admin page tests need {CHROMIUM}: run `scripts/setup` (it runs `apt-get install chromium`)"
+    );
+    dir
+}
+
+/// The browser the page tests drive (Debian's package, as the farm uses).
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// `dir` (relative to the repository root) once node runs and
+/// `dir/node_modules/<package>` is installed; panics with how to install
+/// them otherwise (`npm_ci`: the command `scripts/setup` runs for `dir`).
+fn node_package_dir(dir: &str, package: &str, what: &str, npm_ci: &str) -> PathBuf {
+    static NODE: OnceLock<Result<(), String>> = OnceLock::new();
+    let fix = format!("run `scripts/setup` (it installs node and runs `{npm_ci}`)");
+    let node = NODE.get_or_init(|| match std::process::Command::new("node").arg("--version").output() {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(format!("`node --version` failed ({})", out.status)),
+        Err(e) => Err(format!("node is not installed ({e})")),
     });
-    if let Err(reason) = checked {
-        panic!("the e2e tests need the test OIDC provider: {reason}");
+    if let Err(reason) = node {
+        panic!("the e2e tests need {what}: {reason}; {fix}");
     }
+    let dir = repo_root().join(dir);
+    let installed = dir.join("node_modules").join(package).join("package.json");
+    assert!(installed.is_file(), "the e2e tests need {what}: {} is missing; {fix}", installed.display());
+    dir
+}
+
+/// `target/test-artifacts/<name>`, created empty: files a test leaves for a
+/// person to look at (git ignores `target/`).
+pub fn artifacts_dir(name: &str) -> PathBuf {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let dir = tmp.parent().expect("CARGO_TARGET_TMPDIR is inside the target dir").join("test-artifacts").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
     dir
 }
 

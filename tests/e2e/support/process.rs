@@ -93,14 +93,7 @@ impl Daemon {
 
     /// Waits up to `timeout` for the process to exit.
     fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => return Some(status),
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
-                _ => return None,
-            }
-        }
+        wait_exit(&mut self.child, timeout)
     }
 
     fn log_since(&self, offset: u64) -> String {
@@ -142,4 +135,48 @@ pub fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
         }
     }
     cmd
+}
+
+/// Runs `cmd` to its end and returns its output; kills it and panics if it
+/// takes longer than `timeout`.
+pub fn run_with_deadline(name: &str, mut cmd: Command, timeout: Duration) -> std::process::Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+    let Some(status) = wait_exit(&mut child, timeout) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        let err = String::from_utf8_lossy(&stderr.join().unwrap_or_default()).into_owned();
+        let out = String::from_utf8_lossy(&stdout.join().unwrap_or_default()).into_owned();
+        panic!("{name} did not finish within {timeout:?}; killed.\nstdout:\n{out}\nstderr:\n{err}");
+    };
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    std::process::Output { status, stdout, stderr }
+}
+
+/// Waits up to `timeout` for `child` to exit.
+fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+            _ => return None,
+        }
+    }
 }
