@@ -1,7 +1,6 @@
 //! Handing out credentials: `/credential/next`, reports and releases.
 
 use chrono::{DateTime, Utc};
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use super::{chrono_dur, Farm, FarmError, Principal, Result};
@@ -9,8 +8,7 @@ use crate::domain::timing::cooldown_for;
 use crate::domain::{AccountId, Choice};
 use crate::events::EventKind;
 use crate::secret::Secret;
-use crate::store::crypto::hex;
-use crate::store::leases::{NewLease, Outcome, Report};
+use crate::store::leases::{LeaseKey, NewLease, Outcome, Report};
 
 /// The answer to `GET /credential/next`.
 #[derive(Debug, Serialize)]
@@ -73,7 +71,7 @@ impl Farm {
             a.last_used_at = Some(now);
             let lease_expires_at = (now + chrono_dur(self.config.server.lease_ttl)).min(tokens.expires_at);
             let lease = NewLease {
-                id: new_lease_id(),
+                key: self.lease_log.allocate(),
                 account_id: id,
                 client_id: who.client_id(),
                 session: session.map(str::to_string),
@@ -88,7 +86,7 @@ impl Farm {
                 access_token: tokens.access_token.clone(),
                 token_type: tokens.token_type.clone(),
                 expires_at: tokens.expires_at,
-                lease_id: lease.id.clone(),
+                lease_id: lease.key.to_string(),
                 lease_expires_at,
             };
             (lease, answer)
@@ -103,7 +101,7 @@ impl Farm {
         let lease = self.lease_for(&req.lease_id, who)?;
         let now = Utc::now();
         self.store.record_report(&Report {
-            lease_id: lease.id.clone(),
+            lease: lease.key,
             account_id: lease.account_id,
             client_id: who.client_id(),
             outcome: req.outcome,
@@ -149,7 +147,7 @@ impl Farm {
 
     pub fn release(&self, lease_id: &str, who: Principal) -> Result<()> {
         let lease = self.lease_for(lease_id, who)?;
-        self.store.release_lease(&lease.id, Utc::now())?;
+        self.store.release_lease(lease.key, Utc::now())?;
         Ok(())
     }
 
@@ -157,16 +155,11 @@ impl Farm {
     /// on any lease). Another client's lease is reported as not found.
     fn lease_for(&self, lease_id: &str, who: Principal) -> Result<crate::store::leases::StoredLease> {
         let not_found = || FarmError::NotFound { what: "lease", id: lease_id.to_string() };
-        let lease = self.store.find_lease(lease_id)?.ok_or_else(not_found)?;
+        let key: LeaseKey = lease_id.parse().map_err(|()| not_found())?;
+        let lease = self.store.find_lease(key)?.ok_or_else(not_found)?;
         if who != Principal::Admin && lease.client_id != who.client_id() {
             return Err(not_found());
         }
         Ok(lease)
     }
-}
-
-fn new_lease_id() -> String {
-    let mut raw = [0u8; 16];
-    rand::thread_rng().fill_bytes(&mut raw);
-    format!("lease_{}", hex(&raw))
 }

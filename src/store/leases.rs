@@ -6,8 +6,11 @@
 //! in its queue, writes them in one transaction, and only then wakes the
 //! requests that asked: many requests, one commit.
 
+use std::fmt;
 use std::path::Path;
-use std::sync::mpsc;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread;
 
 use chrono::{DateTime, Duration, Utc};
@@ -21,9 +24,35 @@ use crate::domain::AccountId;
 /// The most leases written in one transaction.
 const MAX_BATCH: usize = 4096;
 
+/// A lease's identity: an increasing row id (cheap to insert) and a random
+/// tag, so a lease id cannot be guessed from another. Public form:
+/// `lease_<id>_<tag as 8 hex digits>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseKey {
+    pub id: i64,
+    pub tag: u32,
+}
+
+impl fmt::Display for LeaseKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "lease_{}_{:08x}", self.id, self.tag)
+    }
+}
+
+impl FromStr for LeaseKey {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let (id, tag) = s.strip_prefix("lease_").and_then(|r| r.split_once('_')).ok_or(())?;
+        if tag.len() != 8 {
+            return Err(());
+        }
+        Ok(LeaseKey { id: id.parse().map_err(|_| ())?, tag: u32::from_str_radix(tag, 16).map_err(|_| ())? })
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct NewLease {
-    pub id: String,
+    pub key: LeaseKey,
     pub account_id: AccountId,
     pub client_id: Option<i64>,
     pub session: Option<String>,
@@ -38,6 +67,7 @@ type Job = (NewLease, oneshot::Sender<Result<(), String>>);
 #[derive(Clone)]
 pub struct LeaseLog {
     tx: mpsc::Sender<Job>,
+    last_id: Arc<AtomicI64>,
 }
 
 impl LeaseLog {
@@ -45,12 +75,18 @@ impl LeaseLog {
     /// (which [`super::Store::open`] has already created and migrated).
     pub fn start(path: &Path) -> Result<LeaseLog> {
         let conn = open_connection(path, false)?;
+        let last_id: i64 = conn.query_row("SELECT COALESCE(MAX(id), 0) FROM leases", [], |r| r.get(0))?;
         let (tx, rx) = mpsc::channel::<Job>();
         thread::Builder::new()
             .name("lease-log".into())
             .spawn(move || write_loop(conn, rx))
             .map_err(|source| StoreError::Io { path: path.to_path_buf(), source })?;
-        Ok(LeaseLog { tx })
+        Ok(LeaseLog { tx, last_id: Arc::new(AtomicI64::new(last_id)) })
+    }
+
+    /// A fresh lease key (ids increase; the tag is random).
+    pub fn allocate(&self) -> LeaseKey {
+        LeaseKey { id: self.last_id.fetch_add(1, Ordering::Relaxed) + 1, tag: rand::random() }
     }
 
     /// Records a lease; returns once it is committed.
@@ -90,12 +126,13 @@ fn write_batch(conn: &mut Connection, batch: &[Job]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
         let mut stmt = tx.prepare_cached(
-            "INSERT INTO leases (id, account_id, client_id, session, generation, issued_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO leases (id, tag, account_id, client_id, session, generation, issued_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
         for (l, _) in batch {
             stmt.execute(params![
-                l.id,
+                l.key.id,
+                l.key.tag,
                 l.account_id,
                 l.client_id,
                 l.session,
@@ -110,7 +147,7 @@ fn write_batch(conn: &mut Connection, batch: &[Job]) -> rusqlite::Result<()> {
 
 #[derive(Clone, Debug)]
 pub struct StoredLease {
-    pub id: String,
+    pub key: LeaseKey,
     pub account_id: AccountId,
     pub client_id: Option<i64>,
     pub generation: i64,
@@ -119,28 +156,33 @@ pub struct StoredLease {
     pub released_at: Option<DateTime<Utc>>,
 }
 
-pub(super) fn find(conn: &Connection, id: &str) -> Result<Option<StoredLease>> {
+/// The lease with this key; a wrong tag is the same as no lease.
+pub(super) fn find(conn: &Connection, key: LeaseKey) -> Result<Option<StoredLease>> {
     Ok(conn
         .query_row(
-            "SELECT id, account_id, client_id, generation, issued_at, expires_at, released_at FROM leases WHERE id = ?1",
-            [id],
+            "SELECT id, tag, account_id, client_id, generation, issued_at, expires_at, released_at
+             FROM leases WHERE id = ?1 AND tag = ?2",
+            params![key.id, key.tag],
             |r| {
                 Ok(StoredLease {
-                    id: r.get(0)?,
-                    account_id: r.get(1)?,
-                    client_id: r.get(2)?,
-                    generation: r.get(3)?,
-                    issued_at: from_ms(r.get(4)?),
-                    expires_at: from_ms(r.get(5)?),
-                    released_at: r.get::<_, Option<i64>>(6)?.map(from_ms),
+                    key: LeaseKey { id: r.get(0)?, tag: r.get(1)? },
+                    account_id: r.get(2)?,
+                    client_id: r.get(3)?,
+                    generation: r.get(4)?,
+                    issued_at: from_ms(r.get(5)?),
+                    expires_at: from_ms(r.get(6)?),
+                    released_at: r.get::<_, Option<i64>>(7)?.map(from_ms),
                 })
             },
         )
         .optional()?)
 }
 
-pub(super) fn release(conn: &Connection, id: &str, now: DateTime<Utc>) -> Result<bool> {
-    let n = conn.execute("UPDATE leases SET released_at = ?2 WHERE id = ?1 AND released_at IS NULL", params![id, ms(now)])?;
+pub(super) fn release(conn: &Connection, key: LeaseKey, now: DateTime<Utc>) -> Result<bool> {
+    let n = conn.execute(
+        "UPDATE leases SET released_at = ?3 WHERE id = ?1 AND tag = ?2 AND released_at IS NULL",
+        params![key.id, key.tag, ms(now)],
+    )?;
     Ok(n > 0)
 }
 
@@ -166,7 +208,7 @@ impl Outcome {
 
 #[derive(Clone, Debug)]
 pub struct Report {
-    pub lease_id: String,
+    pub lease: LeaseKey,
     pub account_id: AccountId,
     pub client_id: Option<i64>,
     pub outcome: Outcome,
@@ -176,8 +218,8 @@ pub struct Report {
 
 pub(super) fn insert_report(conn: &Connection, r: &Report) -> Result<()> {
     conn.execute(
-        "INSERT INTO reports (lease_id, account_id, client_id, outcome, retry_after_s, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![r.lease_id, r.account_id, r.client_id, r.outcome.as_str(), r.retry_after_s, ms(r.at)],
+        "INSERT INTO reports (lease, account_id, client_id, outcome, retry_after_s, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![r.lease.id, r.account_id, r.client_id, r.outcome.as_str(), r.retry_after_s, ms(r.at)],
     )?;
     Ok(())
 }
@@ -268,20 +310,20 @@ fn usage_by(conn: &Connection, column: &str, hour: i64, day: i64) -> Result<Vec<
 
 fn recent(conn: &Connection, limit: i64) -> Result<Vec<RecentLease>> {
     let mut stmt = conn.prepare(
-        "SELECT l.id, l.account_id, l.client_id, l.session, l.issued_at, l.expires_at, l.released_at,
-                (SELECT outcome FROM reports r WHERE r.lease_id = l.id ORDER BY r.id DESC LIMIT 1)
+        "SELECT l.id, l.tag, l.account_id, l.client_id, l.session, l.issued_at, l.expires_at, l.released_at,
+                (SELECT outcome FROM reports r WHERE r.lease = l.id ORDER BY r.id DESC LIMIT 1)
          FROM leases l ORDER BY l.issued_at DESC LIMIT ?1",
     )?;
     let rows = stmt.query_map([limit], |r| {
         Ok(RecentLease {
-            lease_id: r.get(0)?,
-            account_id: r.get(1)?,
-            client_id: r.get(2)?,
-            session: r.get(3)?,
-            issued_at: from_ms(r.get(4)?),
-            expires_at: from_ms(r.get(5)?),
-            released_at: r.get::<_, Option<i64>>(6)?.map(from_ms),
-            outcome: r.get(7)?,
+            lease_id: LeaseKey { id: r.get(0)?, tag: r.get(1)? }.to_string(),
+            account_id: r.get(2)?,
+            client_id: r.get(3)?,
+            session: r.get(4)?,
+            issued_at: from_ms(r.get(5)?),
+            expires_at: from_ms(r.get(6)?),
+            released_at: r.get::<_, Option<i64>>(7)?.map(from_ms),
+            outcome: r.get(8)?,
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)

@@ -360,16 +360,16 @@ impl Store {
 
     // ---- reports and usage ----
 
-    pub fn find_lease(&self, lease_id: &str) -> Result<Option<leases::StoredLease>> {
-        leases::find(&self.conn(), lease_id)
+    pub fn find_lease(&self, key: leases::LeaseKey) -> Result<Option<leases::StoredLease>> {
+        leases::find(&self.conn(), key)
     }
 
     pub fn record_report(&self, report: &leases::Report) -> Result<()> {
         leases::insert_report(&self.conn(), report)
     }
 
-    pub fn release_lease(&self, lease_id: &str, now: DateTime<Utc>) -> Result<bool> {
-        leases::release(&self.conn(), lease_id, now)
+    pub fn release_lease(&self, key: leases::LeaseKey, now: DateTime<Utc>) -> Result<bool> {
+        leases::release(&self.conn(), key, now)
     }
 
     pub fn usage(&self, now: DateTime<Utc>) -> Result<leases::Usage> {

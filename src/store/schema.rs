@@ -80,6 +80,36 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE accounts ADD COLUMN browser_last_run_at INTEGER;
      ALTER TABLE accounts ADD COLUMN browser_last_outcome TEXT;
      ALTER TABLE accounts ADD COLUMN session_expires_at INTEGER;",
+    // 3 -> 4: leases keyed by an increasing integer (plus a random tag in the
+    // public id) instead of a random text key: group-committed inserts then
+    // append to the same pages instead of dirtying one random page each.
+    // Lease history from development builds before this is not carried over.
+    "DROP TABLE leases;
+     DROP TABLE reports;
+     CREATE TABLE leases (
+        id INTEGER PRIMARY KEY,
+        tag INTEGER NOT NULL,
+        account_id INTEGER NOT NULL,
+        client_id INTEGER,
+        session TEXT,
+        generation INTEGER NOT NULL,
+        issued_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        released_at INTEGER
+     );
+     CREATE INDEX leases_issued ON leases (issued_at);
+     CREATE INDEX leases_account ON leases (account_id, issued_at);
+     CREATE TABLE reports (
+        id INTEGER PRIMARY KEY,
+        lease INTEGER NOT NULL,
+        account_id INTEGER NOT NULL,
+        client_id INTEGER,
+        outcome TEXT NOT NULL,
+        retry_after_s INTEGER,
+        at INTEGER NOT NULL
+     );
+     CREATE INDEX reports_at ON reports (at);
+     CREATE INDEX reports_lease ON reports (lease);",
 ];
 
 pub fn migrate(conn: &Connection) -> Result<()> {

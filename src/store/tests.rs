@@ -3,7 +3,7 @@ use std::os::unix::fs::PermissionsExt;
 use chrono::Duration;
 
 use super::*;
-use crate::store::leases::{LeaseLog, NewLease, Outcome, Report};
+use crate::store::leases::{LeaseKey, LeaseLog, NewLease, Outcome, Report};
 
 fn key() -> Secret {
     Secret::new("11".repeat(32))
@@ -106,11 +106,14 @@ async fn lease_log_commits_before_acknowledging_and_usage_counts() {
     let a = store.insert_account("demo", "alice", 0, now).unwrap();
     let log = LeaseLog::start(store.path()).unwrap();
     let mut waits = Vec::new();
-    for i in 0..50 {
+    let mut keys = Vec::new();
+    for _ in 0..50 {
         let log = log.clone();
+        let key = log.allocate();
+        keys.push(key);
         waits.push(tokio::spawn(async move {
             log.record(NewLease {
-                id: format!("l{i}"),
+                key,
                 account_id: a.id,
                 client_id: Some(7),
                 session: None,
@@ -124,11 +127,14 @@ async fn lease_log_commits_before_acknowledging_and_usage_counts() {
     for w in waits {
         w.await.unwrap().unwrap();
     }
-    let found = store.find_lease("l7").unwrap().unwrap();
+    let found = store.find_lease(keys[7]).unwrap().unwrap();
     assert_eq!(found.account_id, a.id);
+    let forged = LeaseKey { tag: keys[7].tag ^ 1, ..keys[7] };
+    assert!(store.find_lease(forged).unwrap().is_none(), "a wrong tag finds nothing");
+    assert_eq!(keys[7].to_string().parse::<LeaseKey>(), Ok(keys[7]));
     store
         .record_report(&Report {
-            lease_id: "l7".into(),
+            lease: keys[7],
             account_id: a.id,
             client_id: Some(7),
             outcome: Outcome::RateLimited,
