@@ -427,6 +427,12 @@ pub(crate) fn from_ms(v: i64) -> DateTime<Utc> {
 
 /// Creates the data directory (0700) and the database file (0600) before
 /// SQLite opens it, so the file is never readable by others even briefly.
+///
+/// The file is opened here only when it does not exist yet: closing *any*
+/// descriptor of a file drops every POSIX lock this process holds on it, so
+/// opening the database outside SQLite while a connection is open would
+/// silently release that connection's locks (and let another process
+/// checkpoint and delete the WAL under it).
 pub(crate) fn open_connection(path: &Path, synchronous_full: bool) -> Result<Connection> {
     let io = |source| StoreError::Io { path: path.to_path_buf(), source };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -434,7 +440,13 @@ pub(crate) fn open_connection(path: &Path, synchronous_full: bool) -> Result<Con
             fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
         }
     }
-    fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path).map_err(io)?;
+    if !path.exists() {
+        match fs::OpenOptions::new().create_new(true).append(true).mode(0o600).open(path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io(e)),
+        }
+    }
     fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io)?;
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
