@@ -74,7 +74,7 @@ pub async fn run_refresh_scheduler(farm: Arc<Farm>, mut shutdown: Shutdown) {
                 let farm = farm.clone();
                 running.spawn(async move {
                     // Failures are recorded on the account (and backed off) by `relogin`.
-                    let _ = farm.relogin(id, "recovery").await;
+                    let _ = farm.relogin(id, crate::farm::ReloginCause::Recovery).await;
                     (Job::Relogin, id)
                 });
             }

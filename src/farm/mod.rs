@@ -30,7 +30,7 @@ use crate::store::{Store, StoreError};
 pub use clients::{Principal, NewClient};
 pub use credentials::{CredentialLease, ReportRequest};
 pub use login::LoginStarted;
-pub use relogin::ReloginDone;
+pub use relogin::{ReloginCause, ReloginDone};
 pub use view::{AccountPatch, AccountView};
 
 /// Everything that can go wrong in a farm operation. The HTTP layer turns

@@ -14,9 +14,27 @@ use serde::Serialize;
 
 use super::{chrono_dur, not_found_account, Farm, FarmError, Result};
 use crate::browser::{LoginScript, RunFailure, Vars};
-use crate::domain::timing::backoff;
+use crate::domain::timing::{backoff, next_relogin_at};
 use crate::domain::{AccountId, AuthState, LastError};
 use crate::events::EventKind;
+
+/// Who asked for a relogin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReloginCause {
+    /// A person (the API or the admin page): always runs.
+    Admin,
+    /// The scheduler's recovery ladder: runs only while the account needs it.
+    Recovery,
+}
+
+impl std::fmt::Display for ReloginCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ReloginCause::Admin => "admin",
+            ReloginCause::Recovery => "recovery",
+        })
+    }
+}
 
 /// What `POST /api/accounts/{id}/relogin` returns on success.
 #[derive(Debug, Serialize)]
@@ -86,14 +104,26 @@ impl Farm {
     }
 
     /// Logs the account in with the browser now. One relogin per account at
-    /// a time (a second caller waits, then runs again only if still needed).
-    pub async fn relogin(self: &Arc<Self>, id: AccountId, cause: &str) -> Result<ReloginDone> {
+    /// a time: a second caller waits, then runs again only if still needed
+    /// (the recovery ladder), or anyway (a person asked).
+    pub async fn relogin(self: &Arc<Self>, id: AccountId, cause: ReloginCause) -> Result<ReloginDone> {
         let pool = self.browser.clone().ok_or_else(|| {
             FarmError::Conflict("the browser is disabled ([browser] enabled = false); log in by hand".into())
         })?;
         let lock = self.relogin_lock(id);
         let _one_at_a_time = lock.lock().await;
-        let generation = self.with_account(id, |a| a.generation)?;
+        let (generation, still_due) = self.with_account(id, |a| (a.generation, next_relogin_at(a).is_some_and(|t| t <= Utc::now())))?;
+        if cause == ReloginCause::Recovery && !still_due {
+            return Err(FarmError::Conflict(format!("account {id} no longer needs a relogin")));
+        }
+        let missing = self.missing_secrets(id)?;
+        if cause == ReloginCause::Recovery && !missing.is_empty() {
+            // Normal during setup (script attached before its secrets):
+            // wait for `set_secret`, which wakes the ladder, without
+            // raising a needs_human alarm.
+            self.with_account(id, |a| a.relogin_retry_at = Some(Utc::now() + chrono_dur(self.config.browser.retry_max)))?;
+            return Err(FarmError::Conflict(format!("waiting for secret(s) {}", missing.join(", "))));
+        }
         let (script, started, vars) = match self.prepare_relogin(id).await {
             Ok(prepared) => prepared,
             Err(e @ FarmError::NotFound { .. }) => return Err(e),
@@ -102,7 +132,7 @@ impl Farm {
             Err(e) => return Err(self.relogin_failed(id, &e.to_string(), true)),
         };
         self.emit(EventKind::ReloginStarted, Some(id), format!("browser relogin started ({cause})"));
-        tracing::info!(account = id, cause, "browser relogin started");
+        tracing::info!(account = id, %cause, "browser relogin started");
         let timeout = self.config.browser.relogin_timeout;
         let result = pool.run_login(&id.to_string(), &script, &vars, &started.redirect_uri, timeout).await;
         match result {
@@ -136,6 +166,14 @@ impl Farm {
                 Err(self.relogin_failed(id, &describe(&failure), failure.needs_human()))
             }
         }
+    }
+
+    /// Secrets the account's script uses that are not set.
+    fn missing_secrets(&self, id: AccountId) -> Result<Vec<String>> {
+        let Some(text) = self.login_script_text(id)? else { return Ok(Vec::new()) };
+        let Ok(script) = LoginScript::parse(&text) else { return Ok(Vec::new()) };
+        let have = self.store.secret_names(id)?;
+        Ok(script.required_secrets().into_iter().filter(|n| !have.iter().any(|(h, _)| h == n)).collect())
     }
 
     async fn prepare_relogin(&self, id: AccountId) -> Result<(LoginScript, super::login::BegunLogin, Vars)> {

@@ -234,7 +234,7 @@ pub async fn relogin(id: String, farm: Arc<Farm>, caller: Caller) -> Response {
         async {
             caller.require(&farm, Access::Admin)?;
             let id = id_of("account", &id)?;
-            let done = farm.relogin(id, "admin").await?;
+            let done = farm.relogin(id, crate::farm::ReloginCause::Admin).await?;
             let mut view = serde_json::to_value(farm.account(id)?).unwrap_or_default();
             view["relogin"] = serde_json::to_value(&done).unwrap_or_default();
             Ok(json(&view))

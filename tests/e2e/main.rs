@@ -21,6 +21,7 @@ mod login;
 mod observability;
 mod openapi;
 mod refresh;
+mod relogin;
 mod restart;
 mod rotation;
 mod webhooks;

@@ -42,6 +42,27 @@ pub struct Settings {
     /// Appended to `farm.toml` as is: whole tables such as `[[webhook]]`
     /// blocks (see [`Settings::with_toml`]).
     pub extra_toml: String,
+    /// The `[browser]` section (see [`Settings::with_browser`]); `None`:
+    /// none is written (the farm's defaults, never launched by most tests).
+    pub browser: Option<BrowserSettings>,
+}
+
+/// The farm's own browser for a test: headless Debian Chromium and the
+/// project's Playwright driver, with the profiles and artifacts dirs in the
+/// test's temp dir (see [`Layout::profiles_dir`]); durations in humantime
+/// syntax.
+#[derive(Clone, Debug)]
+pub struct BrowserSettings {
+    pub max_concurrent: u32,
+    /// Backoff after a failed relogin.
+    pub retry_initial: &'static str,
+    pub retry_max: &'static str,
+}
+
+impl Default for BrowserSettings {
+    fn default() -> Self {
+        BrowserSettings { max_concurrent: 2, retry_initial: "1s", retry_max: "5s" }
+    }
 }
 
 impl Default for Settings {
@@ -62,6 +83,7 @@ impl Default for Settings {
             rust_log: None,
             key_in_env: true,
             extra_toml: String::new(),
+            browser: None,
         }
     }
 }
@@ -78,6 +100,11 @@ impl Settings {
         self.extra_toml.push('\n');
         self.extra_toml.push_str(toml);
         self
+    }
+
+    /// These settings with the farm's own browser enabled (`[browser]`).
+    pub fn with_browser(self, browser: BrowserSettings) -> Self {
+        Settings { browser: Some(browser), ..self }
     }
 }
 

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use super::bed::{Settings, PROVIDER};
+use super::bed::{BrowserSettings, Settings, PROVIDER};
 use super::process::{clean_command, Daemon, StartFailure};
 use super::provider::{Provider, CLIENT_ID};
+use super::{playwright_dir, CHROMIUM};
 
 /// Where a test's farm keeps its files, inside the test's temp dir.
 pub struct Layout {
@@ -28,6 +29,14 @@ impl Layout {
     }
     pub fn admin_token_file(&self) -> PathBuf {
         self.root.join("admin.token")
+    }
+    /// The farm's browser profiles, one dir per account (`[browser]`).
+    pub fn profiles_dir(&self) -> PathBuf {
+        self.root.join("profiles")
+    }
+    /// Screenshots of failed relogins (`[browser]`).
+    pub fn artifacts_dir(&self) -> PathBuf {
+        self.data_dir().join("artifacts")
     }
     /// What the OIDC provider wrote to stderr.
     pub fn provider_log(&self) -> PathBuf {
@@ -68,6 +77,9 @@ impl Layout {
             s.strategy, s.min_validity, s.default_cooldown, s.max_cooldown
         );
         let _ = writeln!(toml, "[log]\nlevel = \"{}\"\n", s.log_level);
+        if let Some(browser) = &s.browser {
+            toml.push_str(&self.browser_toml(browser));
+        }
         let _ = writeln!(
             toml,
             "[[provider]]\nname = \"{PROVIDER}\"\nissuer = {}\nclient_id = \"{CLIENT_ID}\"\n\
@@ -77,6 +89,24 @@ impl Layout {
         );
         toml.push_str(&s.extra_toml);
         std::fs::write(self.config(), toml).expect("write farm.toml");
+    }
+
+    /// The `[browser]` section: absolute paths, so the farm and the CLI find
+    /// everything wherever they run.
+    fn browser_toml(&self, b: &BrowserSettings) -> String {
+        let q = |p: &Path| toml_string(&p.display().to_string());
+        let driver = playwright_dir().join("node_modules/playwright-core/cli.js");
+        format!(
+            "[browser]\nchromium = {}\ndriver = {}\nheadless = true\nmax_concurrent = {}\nprofiles_dir = {}\n\
+             artifacts_dir = {}\nretry_initial = \"{}\"\nretry_max = \"{}\"\n\n",
+            q(Path::new(CHROMIUM)),
+            q(&driver),
+            b.max_concurrent,
+            q(&self.profiles_dir()),
+            q(&self.artifacts_dir()),
+            b.retry_initial,
+            b.retry_max
+        )
     }
 }
 

@@ -66,6 +66,18 @@ impl Provider {
         self.test_api(reqwest::Method::POST, &format!("revoke/{user}"))["revoked"].as_u64().unwrap_or(0)
     }
 
+    /// Ends every browser session at the provider: the next authorize shows
+    /// the login form again. Returns how many ended.
+    pub fn end_sessions(&self) -> u64 {
+        self.test_api(reqwest::Method::POST, "end-sessions")["ended"].as_u64().unwrap_or(0)
+    }
+
+    /// The base32 TOTP seed of a `totp-*` user (what their authenticator app holds).
+    pub fn totp_seed(&self, user: &str) -> String {
+        let answer = self.test_api(reqwest::Method::GET, &format!("users/{user}"));
+        answer["totp_seed"].as_str().unwrap_or_else(|| panic!("{user} has no TOTP seed: {answer}")).to_string()
+    }
+
     /// The next `count` token requests fail with `status`.
     pub fn token_fail(&self, count: u32, status: u16) {
         self.test_api(reqwest::Method::POST, &format!("token-fail?count={count}&status={status}"));

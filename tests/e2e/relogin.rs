@@ -1,0 +1,494 @@
+//! Browser relogin through the farm: login scripts and secrets attached over
+//! the admin API, the farm's own headless Chromium (one profile per account)
+//! logging accounts in, the recovery ladder run by the scheduler alone,
+//! `needs_human` without a retry storm, SIGTERM mid-run, and the CLI.
+//!
+//! Every test gets its own provider and farm with a `[browser]` section
+//! whose profiles and artifacts live in the test's temp dir, so "no
+//! Chromium left" is a `pgrep` for that dir.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+
+use crate::browser_engine::support::chromium_pids_under;
+use crate::support::bed::BrowserSettings;
+use crate::support::process::{clean_command, run_with_deadline};
+use crate::support::{int_of, json, poll, secs, str_of, wait_for, Bed, Resp, Settings, Value, PROVIDER};
+
+/// How long one scripted login through the farm may take here.
+const LOGIN: Duration = Duration::from_secs(30);
+
+/// The README's login script for `user`, with the TOTP page's steps when
+/// `totp`. Every step after the `goto` is optional, so a live session skips
+/// them all.
+fn login_script(user: &str, totp: bool) -> String {
+    let mut text = format!(
+        r##"provider = "{PROVIDER}"
+timeout_ms = 10000
+[[step]]
+goto = "${{authorize_url}}"
+[[step]]
+fill = "#username"
+value = "{user}"
+optional = true
+[[step]]
+fill = "#password"
+value = "${{secret:password}}"
+optional = true
+[[step]]
+click = "#submit"
+optional = true
+"##
+    );
+    if totp {
+        text.push_str("[[step]]\nfill = \"#code\"\nvalue = \"${totp}\"\noptional = true\n[[step]]\nclick = \"#submit\"\noptional = true\n");
+    }
+    text.push_str("[[step]]\nclick = \"#allow\"\noptional = true\n");
+    text
+}
+
+/// A script that keeps the browser open for `ms` on a page without the
+/// selector it waits for, then fails.
+fn holding_script(ms: u64) -> String {
+    format!("provider = \"{PROVIDER}\"\n[[step]]\nwait_for = \"#never\"\ntimeout_ms = {ms}\n")
+}
+
+/// The 1-based line of the `index`th (0-based) `[[step]]` of `script`.
+fn line_of_step(script: &str, index: usize) -> usize {
+    let mut headers = script.lines().enumerate().filter(|(_, l)| l.trim() == "[[step]]");
+    headers.nth(index).unwrap_or_else(|| panic!("no step {index} in:\n{script}")).0 + 1
+}
+
+/// The 1-based line of `script` that contains `text`.
+fn line_containing(script: &str, text: &str) -> usize {
+    script.lines().position(|l| l.contains(text)).unwrap_or_else(|| panic!("no {text:?} in:\n{script}")) + 1
+}
+
+/// A farm with its own browser (`max_concurrent` 2, retries after 1 s).
+fn browser_bed(settings: Settings) -> Bed {
+    Bed::start(settings.with_browser(BrowserSettings::default()))
+}
+
+fn put_script(bed: &Bed, id: i64, text: &str) -> Resp {
+    bed.admin().send(Method::PUT, &format!("/api/accounts/{id}/script"), Some(text.as_bytes().to_vec()))
+}
+
+fn set_secret(bed: &Bed, id: i64, name: &str, value: &str) {
+    let body = json!({"value": value}).to_string().into_bytes();
+    bed.admin().send(Method::PUT, &format!("/api/accounts/{id}/secrets/{name}"), Some(body)).expect(204);
+}
+
+/// An account for `user` that the farm logs in by itself: its secrets
+/// first, then its script (a pending account with a script is due for a
+/// relogin at once). Returns the id once the account is healthy.
+fn scripted_account(bed: &Bed, user: &str, secrets: &[(&str, &str)], script: &str) -> i64 {
+    let id = bed.add_account(user, 0);
+    for (name, value) in secrets {
+        set_secret(bed, id, name, value);
+    }
+    put_script(bed, id, script).ok();
+    bed.wait_state(id, "healthy", LOGIN);
+    id
+}
+
+/// `POST /api/accounts/{id}/relogin`, which must succeed; the account, with
+/// the run's outcome under `relogin`.
+fn relogin(bed: &Bed, id: i64) -> Value {
+    bed.admin().post(&format!("/api/accounts/{id}/relogin"), json!({})).ok()
+}
+
+fn steps_acted(relogin_answer: &Value) -> i64 {
+    int_of(&relogin_answer["relogin"], "steps_acted")
+}
+
+/// `/credential/next` hands out a token of `user` that the provider says is live.
+fn assert_serves_a_live_token(bed: &Bed, user: &str) {
+    let lease = bed.admin().lease(PROVIDER, None);
+    bed.provider.assert_active(str_of(&lease, "access_token"), user);
+}
+
+/// The id of the newest stored event (0: none): a cursor for [`kinds_since`].
+fn last_event_id(bed: &Bed) -> i64 {
+    events_since(bed, 0).last().map_or(0, |e| int_of(e, "id"))
+}
+
+fn events_since(bed: &Bed, after: i64) -> Vec<Value> {
+    let list = bed.admin().get(&format!("/api/events?since={after}")).ok();
+    list.as_array().unwrap_or_else(|| panic!("not an event list: {list}")).clone()
+}
+
+/// The kinds of the account's events after `after`, oldest first.
+fn kinds_since(bed: &Bed, id: i64, after: i64) -> Vec<String> {
+    let events = events_since(bed, after).into_iter().filter(|e| e["account_id"] == id);
+    events.map(|e| str_of(&e, "kind").to_string()).collect()
+}
+
+/// Asserts that `wanted` occur in `kinds` in this order (others may come between).
+fn assert_in_order(kinds: &[String], wanted: &[&str]) {
+    let mut rest = kinds.iter();
+    for want in wanted {
+        assert!(rest.any(|k| k == want), "expected {wanted:?} in this order among the events {kinds:?}");
+    }
+}
+
+fn profile_dir(bed: &Bed, id: i64) -> PathBuf {
+    bed.layout.profiles_dir().join(id.to_string())
+}
+
+/// Waits until a Chromium runs on the account's profile.
+fn wait_for_browser(bed: &Bed, id: i64) {
+    let profile = profile_dir(bed, id);
+    wait_for("a Chromium on the account's profile", secs(15), || {
+        let pids = chromium_pids_under(&profile);
+        (!pids.is_empty()).then_some(()).ok_or("none yet".to_string())
+    });
+}
+
+/// Waits until the scheduler, on its own, took the account through the
+/// recovery ladder after event `cursor` and the account is healthy again.
+fn wait_for_ladder(bed: &Bed, id: i64, cursor: i64) {
+    wait_for("the ladder to log the account in again", LOGIN, || {
+        let kinds = kinds_since(bed, id, cursor);
+        kinds.iter().any(|k| k == "relogin_succeeded").then_some(()).ok_or(format!("{kinds:?}"))
+    });
+    assert_in_order(&kinds_since(bed, id, cursor), &["needs_relogin", "relogin_started", "relogin_succeeded"]);
+    bed.wait_state(id, "healthy", secs(5));
+}
+
+/// Waits (a few seconds at most) until no Chromium runs on any of the
+/// farm's profiles: browsers are closed after every run.
+fn assert_no_chromium_left(bed: &Bed) {
+    let dir = bed.layout.profiles_dir();
+    wait_for("no Chromium left on the farm's profiles", secs(5), || match chromium_pids_under(&dir) {
+        pids if pids.is_empty() => Ok(()),
+        pids => Err(format!("pids {pids:?}")),
+    });
+}
+
+/// `relogin-farm --config farm.toml ARGS`, with `stdin` piped into it.
+fn cli(bed: &Bed, args: &[&str], stdin: &str) -> Output {
+    let mut cmd = clean_command("sh");
+    cmd.arg("-c")
+        .arg(r#"printf '%s\n' "$CLI_STDIN" | "$0" --config "$CLI_CONFIG" "$@""#)
+        .arg(env!("CARGO_BIN_EXE_relogin-farm"))
+        .args(args)
+        .env("CLI_STDIN", stdin)
+        .env("CLI_CONFIG", bed.layout.config());
+    let out = run_with_deadline("relogin-farm", cmd, secs(30));
+    assert!(
+        out.status.success(),
+        "relogin-farm {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// What `cli` printed on stdout.
+fn stdout_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn first_login_by_script_then_a_live_session_goes_straight_through() {
+    let bed = browser_bed(Settings::default());
+    let user = "erin";
+    let password = "erin-password";
+    let script = login_script(user, false);
+    let id = bed.add_account(user, 0);
+    let path = format!("/api/accounts/{id}");
+
+    // The secret goes first: a pending account is logged in as soon as a
+    // script is attached (the scheduler may well beat the POST below).
+    set_secret(&bed, id, "password", password);
+    let attached = put_script(&bed, id, &script).ok();
+    assert_eq!((&attached["required_secrets"], &attached["missing_secrets"]), (&json!(["password"]), &json!([])));
+    let first = relogin(&bed, id);
+    assert_eq!(first["state"], "healthy", "{first}");
+    assert!(first["has_refresh_token"] == true && first["has_login_script"] == true, "{first}");
+
+    // The token the farm hands out is live at the provider.
+    assert_serves_a_live_token(&bed, user);
+
+    // The script reads back as written; secrets only by name.
+    let stored = bed.admin().get(&format!("{path}/script"));
+    assert_eq!((stored.status, stored.text.as_str()), (200, script.as_str()));
+    let secrets = bed.admin().get(&format!("{path}/secrets")).ok();
+    let names: Vec<&str> = secrets.as_array().expect("a list").iter().map(|s| str_of(s, "name")).collect();
+    assert_eq!(names, ["password"], "{secrets}");
+    let info = bed.admin().get(&format!("{path}/browser")).ok();
+    assert!(info["profile_present"] == true && info["profile_bytes"].as_u64() > Some(0), "{info}");
+    assert_eq!(info["last_outcome"], "ok", "{info}");
+    assert!(info["session_expires_at"].is_string(), "the provider's session cookie expiry: {info}");
+
+    // The profile kept the provider's session: no login form this time.
+    let second = relogin(&bed, id);
+    assert!(steps_acted(&second) <= 1, "a live session should go straight to the redirect: {second}");
+    assert_eq!(second["state"], "healthy", "{second}");
+    assert!(int_of(&second, "generation") > int_of(&first, "generation"), "new tokens: {first} → {second}");
+
+    let answers = [
+        stored.text,
+        secrets.to_string(),
+        info.to_string(),
+        first.to_string(),
+        second.to_string(),
+        bed.admin().get("/api/accounts").text,
+        bed.admin().get("/api/events?since=0").text,
+    ];
+    for text in answers {
+        assert!(!text.contains(password), "the password is readable: {text}");
+    }
+    let kinds = kinds_since(&bed, id, 0);
+    assert!(!kinds.iter().any(|k| k == "needs_human" || k == "relogin_failed"), "{kinds:?}");
+    assert_no_chromium_left(&bed);
+}
+
+#[test]
+fn revoked_grant_is_recovered_by_the_ladder_alone() {
+    let bed = browser_bed(Settings::short_tokens());
+    let user = "ivan";
+    let id = bed.add_account(user, 0);
+    let url = bed.url().to_string();
+
+    // The CLI stores the password (read from stdin) in the running farm.
+    let set = cli(&bed, &["secret", "set", &id.to_string(), "password", "--farm", &url], "ivan-password");
+    assert!(stdout_of(&set).contains("secret password of account"), "{}", stdout_of(&set));
+    put_script(&bed, id, &login_script(user, false)).ok();
+    bed.wait_state(id, "healthy", LOGIN);
+    let listed = stdout_of(&cli(&bed, &["browser", "list", "--farm", &url], ""));
+    let row = listed.lines().find(|l| l.contains(user)).unwrap_or_else(|| panic!("{user} not in:\n{listed}"));
+    assert!(row.contains("present") && row.contains("(ok)"), "{row}");
+    let doctor = stdout_of(&cli(&bed, &["doctor"], ""));
+    assert!(doctor.contains("browser ok"), "{doctor}");
+
+    // The grant dies at the provider; nobody calls the farm's API but to look.
+    let cursor = last_event_id(&bed);
+    let code_grants = bed.provider.code_grants(user);
+    assert!(bed.provider.revoke(user) >= 1, "a grant to revoke");
+    wait_for_ladder(&bed, id, cursor);
+    assert!(bed.provider.code_grants(user) > code_grants, "a new authorization code was redeemed");
+    assert_serves_a_live_token(&bed, user);
+    assert_no_chromium_left(&bed);
+}
+
+#[test]
+fn ended_sessions_and_revoked_grant_run_the_full_script_with_totp() {
+    let bed = browser_bed(Settings::short_tokens());
+    let user = "totp-trent";
+    let seed = bed.provider.totp_seed(user);
+    let secrets = [("password", "totp-trent-password"), ("totp", seed.as_str())];
+    let id = scripted_account(&bed, user, &secrets, &login_script(user, true));
+
+    // No session to ride on and no grant: only the whole script, TOTP
+    // included, gets the account back.
+    let cursor = last_event_id(&bed);
+    bed.provider.end_sessions();
+    assert!(bed.provider.revoke(user) >= 1, "a grant to revoke");
+    wait_for_ladder(&bed, id, cursor);
+
+    // Forced, after the sessions end again: goto, username, password,
+    // submit, code, submit (consent is remembered). Without the TOTP page
+    // at most five steps could act.
+    bed.provider.end_sessions();
+    let forced = relogin(&bed, id);
+    assert!(steps_acted(&forced) >= 6, "the TOTP steps ran: {forced}");
+    assert_serves_a_live_token(&bed, user);
+    assert!(!bed.farm_log().contains(&seed), "the TOTP seed is in the farm's log");
+    assert_no_chromium_left(&bed);
+}
+
+#[test]
+fn a_relogin_queued_behind_another_does_not_run_again_once_healthy() {
+    let bed = browser_bed(Settings::default());
+    let user = "peggy";
+    let id = bed.add_account(user, 0);
+    let path = format!("/api/accounts/{id}");
+    // Disabled, the account is not the scheduler's to log in yet.
+    bed.admin().patch(&path, json!({"enabled": false})).ok();
+    set_secret(&bed, id, "password", "peggy-password");
+    put_script(&bed, id, &login_script(user, false)).ok();
+
+    // The admin's relogin holds the account's relogin lock through the
+    // code exchange, which the provider now makes last 3 s ...
+    bed.provider.token_delay(3000);
+    let (admin, relogin_path) = (bed.admin(), format!("{path}/relogin"));
+    let forced = std::thread::spawn(move || admin.post(&relogin_path, json!({})));
+    wait_for_browser(&bed, id);
+    // ... while the scheduler finds the account due and queues behind it.
+    bed.admin().patch(&path, json!({"enabled": true})).ok();
+    let done = forced.join().expect("the relogin request thread").ok();
+    assert_eq!(done["state"], "healthy", "{done}");
+    bed.provider.token_delay(0);
+
+    // Healthy now: the queued relogin has nothing left to do.
+    let second = poll(secs(3), || {
+        let kinds = kinds_since(&bed, id, 0);
+        let started = kinds.iter().filter(|k| *k == "relogin_started").count();
+        if started > 1 { Ok(kinds) } else { Err(String::new()) }
+    });
+    assert!(second.is_err(), "a second browser relogin ran on the account the first made healthy: {second:?}");
+    assert_no_chromium_left(&bed);
+}
+
+#[test]
+fn wrong_password_needs_a_human_once_without_leaking_it() {
+    let settings = Settings { log_level: "debug", rust_log: Some("debug"), ..Settings::default() };
+    let browser = BrowserSettings { retry_initial: "1h", retry_max: "6h", ..BrowserSettings::default() };
+    let bed = Bed::start(settings.with_browser(browser));
+    let user = "judy";
+    let password = "judy-Wr0ng-pw-5150";
+    let script = login_script(user, false);
+    let id = bed.add_account(user, 0);
+    set_secret(&bed, id, "password", password);
+    put_script(&bed, id, &script).ok();
+
+    let account = bed.wait_state(id, "needs_human", LOGIN);
+    let error = str_of(&account["last_error"], "message").to_string();
+    // The re-rendered login form has no #allow: the last step that acted is
+    // the password form's submit.
+    let submit = format!("line {}, click #submit", line_of_step(&script, 3));
+    assert!(error.contains(&submit), "last_error should name {submit:?}: {error}");
+    assert!(error.contains("Invalid username or password"), "what the page said: {error}");
+    let shot = error.rsplit_once("(screenshot: ").map(|(_, rest)| rest.trim_end_matches(')'));
+    let shot = Path::new(shot.unwrap_or_else(|| panic!("no screenshot path in last_error: {error}")));
+    assert!(shot.starts_with(bed.layout.artifacts_dir()), "{} is not under artifacts_dir", shot.display());
+    assert!(std::fs::metadata(shot).is_ok_and(|m| m.len() > 1000), "no screenshot at {}", shot.display());
+
+    // Announced once, retried only after browser.retry_initial (1 h).
+    std::thread::sleep(secs(5));
+    let kinds = kinds_since(&bed, id, 0);
+    let count = |kind: &str| kinds.iter().filter(|k| *k == kind).count();
+    assert_eq!((count("relogin_started"), count("needs_human")), (1, 1), "{kinds:?}");
+    assert_eq!(bed.account(id)["state"], "needs_human");
+
+    let path = format!("/api/accounts/{id}");
+    let info = bed.admin().get(&format!("{path}/browser")).ok();
+    assert_eq!(info["last_outcome"], "failed", "{info}");
+    let answers = [
+        bed.account(id).to_string(),
+        bed.admin().get("/api/accounts").text,
+        bed.admin().get(&format!("{path}/secrets")).text,
+        info.to_string(),
+        bed.admin().get(&format!("{path}/script")).text,
+        bed.admin().get("/api/events?since=0").text,
+        bed.farm_log(),
+    ];
+    for text in answers {
+        assert!(!text.contains(password), "the password leaked: {text}");
+    }
+    assert_no_chromium_left(&bed);
+}
+
+#[test]
+fn bad_scripts_are_refused_with_their_line_and_nothing_is_stored() {
+    let bed = Bed::start(Settings::default());
+    let id = bed.add_account("oscar", 0);
+    let good = login_script("oscar", false);
+    let cases = [
+        // (the script, the text of the line its error must name)
+        (good.replace("click = \"#submit\"", "click ="), "click ="),
+        (good.replace("click = \"#allow\"", "tap = \"#allow\""), "tap ="),
+        (good.replace("${secret:password}", "${password}"), "${password}"),
+        (good.replace("${secret:password}", "${secret:password"), "${secret:password"),
+        (good.replace("provider = \"demo\"", "provider = \"github\""), "github"),
+    ];
+    for (script, wrong) in &cases {
+        let refused = put_script(&bed, id, script).expect_error(400, "invalid_script");
+        let detail = str_of(&refused, "detail");
+        let line = format!("line {}", line_containing(script, wrong));
+        assert!(detail.contains(&line), "the detail should name {line}: {detail}\n{script}");
+    }
+    let unknown = put_script(&bed, id, &cases[2].0).json();
+    assert!(str_of(&unknown, "detail").contains("${password}"), "names the unknown variable: {unknown}");
+    let other = put_script(&bed, id, &cases[4].0).json();
+    assert!(str_of(&other, "detail").contains("github"), "names the other provider: {other}");
+
+    bed.admin().get(&format!("/api/accounts/{id}/script")).expect_error(404, "not_found");
+    let account = bed.account(id);
+    assert_eq!((&account["has_login_script"], &account["state"]), (&json!(false), &json!("pending_login")), "{account}");
+    let kinds = kinds_since(&bed, id, 0);
+    assert_eq!(kinds, ["account_added"], "nothing was attached");
+}
+
+#[test]
+fn sigterm_during_a_relogin_closes_the_browser_and_keeps_the_session() {
+    let mut bed = browser_bed(Settings::default());
+    let user = "heidi";
+    let script = login_script(user, false);
+    let id = scripted_account(&bed, user, &[("password", "heidi-password")], &script);
+    assert_no_chromium_left(&bed);
+
+    put_script(&bed, id, &holding_script(20_000)).ok();
+    let admin = bed.admin();
+    let path = format!("/api/accounts/{id}/relogin");
+    let pending = std::thread::spawn(move || admin.try_send(Method::POST, &path, Some(b"{}".to_vec())));
+    wait_for_browser(&bed, id);
+
+    let stopping = Instant::now();
+    let status = bed.stop();
+    let took = stopping.elapsed();
+    assert!(status.success(), "the farm did not exit cleanly on SIGTERM: {status}");
+    assert!(took < secs(10), "SIGTERM took {took:?}: the open browser was waited out, not closed");
+    let answer = pending.join().expect("the relogin request thread");
+    if let Ok(resp) = &answer {
+        assert_ne!(resp.status, 200, "an interrupted relogin cannot succeed: {}", resp.text);
+    }
+    let left = chromium_pids_under(&bed.layout.profiles_dir());
+    assert!(left.is_empty(), "Chromium outlived the farm: {left:?}");
+
+    // The closed profile still holds the provider's session.
+    bed.start_farm();
+    put_script(&bed, id, &script).ok();
+    let again = relogin(&bed, id);
+    assert!(steps_acted(&again) <= 1, "the session cookie should have been kept: {again}");
+    assert_eq!(again["state"], "healthy", "{again}");
+    assert_no_chromium_left(&bed);
+}
+
+#[test]
+fn two_accounts_relog_one_at_a_time_and_removing_one_removes_its_profile() {
+    let browser = BrowserSettings { max_concurrent: 1, retry_initial: "1h", retry_max: "6h" };
+    let bed = Bed::start(Settings::default().with_browser(browser));
+    let ids: Vec<i64> = ["frank", "grace"].iter().map(|u| bed.add_account(u, 0)).collect();
+    let profiles: Vec<PathBuf> = ids.iter().map(|id| profile_dir(&bed, *id)).collect();
+
+    // Count the accounts that have a Chromium at the same moment.
+    let done = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let sampler = std::thread::spawn({
+        let (done, peak, profiles) = (done.clone(), peak.clone(), profiles.clone());
+        move || {
+            while !done.load(Ordering::Relaxed) {
+                let running = profiles.iter().filter(|p| !chromium_pids_under(p).is_empty()).count();
+                peak.fetch_max(running, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    });
+    // Both are due at once, and each run holds its browser for 3 s: run
+    // side by side, they could not miss each other.
+    for id in &ids {
+        put_script(&bed, *id, &holding_script(3000)).ok();
+    }
+    for id in &ids {
+        bed.wait_state(*id, "needs_human", LOGIN);
+    }
+    done.store(true, Ordering::Relaxed);
+    sampler.join().expect("the sampler thread");
+    assert_eq!(peak.load(Ordering::Relaxed), 1, "browser.max_concurrent = 1: never two browsers at once");
+    assert_no_chromium_left(&bed);
+
+    let (gone, kept) = (ids[0], ids[1]);
+    assert!(profiles.iter().all(|p| p.is_dir()), "a profile per account: {profiles:?}");
+    bed.admin().delete(&format!("/api/accounts/{gone}")).expect(204);
+    assert!(!profile_dir(&bed, gone).exists(), "the removed account's profile is still on disk");
+    let info = bed.admin().get(&format!("/api/accounts/{kept}/browser")).ok();
+    assert_eq!(info["profile_present"], true, "the other account's profile went too: {info}");
+}
