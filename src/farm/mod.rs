@@ -190,17 +190,20 @@ impl Farm {
     }
 }
 
-/// The browser runner's settings from the `[browser]` config section.
+/// The browser runner's settings from the `[browser]` config section, with
+/// relative paths made absolute against the current directory (Chromium
+/// refuses a relative profile directory).
 pub fn browser_config(b: &crate::config::BrowserSettings) -> crate::browser::BrowserConfig {
+    let abs = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     crate::browser::BrowserConfig {
         chromium: b.chromium.clone(),
         node: b.node.clone(),
-        driver_cli_js: b.driver.clone(),
+        driver_cli_js: abs(&b.driver),
         headless: b.headless,
         extra_args: b.extra_args.clone(),
         max_concurrent: b.max_concurrent,
-        profiles_dir: b.profiles_dir.clone(),
-        artifacts_dir: b.artifacts_dir.clone(),
+        profiles_dir: abs(&b.profiles_dir),
+        artifacts_dir: abs(&b.artifacts_dir),
     }
 }
 
@@ -211,4 +214,16 @@ pub(crate) fn not_found_account(id: AccountId) -> FarmError {
 /// chrono from std, saturating (config durations are bounded anyway).
 pub(crate) fn chrono_dur(d: std::time::Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn browser_paths_become_absolute() {
+        // Chromium refuses a relative user-data dir; the config's defaults are relative.
+        let b = crate::config::Config::default().browser;
+        let c = super::browser_config(&b);
+        assert!(c.profiles_dir.is_absolute() && c.artifacts_dir.is_absolute() && c.driver_cli_js.is_absolute());
+        assert!(c.profiles_dir.ends_with("profiles"));
+    }
 }

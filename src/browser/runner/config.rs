@@ -125,5 +125,28 @@ pub fn export_driver_env(cfg: &BrowserConfig) {
         "PLAYWRIGHT_CLI_JS",
         &BrowserConfig::absolute(&cfg.driver_cli_js),
     );
+    if let Some(dir) = driver_dir(cfg) {
+        set_env_if_changed("PLAYWRIGHT_DRIVER_PATH", &dir);
+    }
     set_env_if_changed("PLAYWRIGHT_NO_SIGNAL_HANDLER", Path::new("1"));
+}
+
+/// A driver directory in playwright-rs's layout (`node`, `package/cli.js`),
+/// made of two symlinks under the profiles directory. Without it
+/// playwright-rs runs `npm root -g` and `npm root` (0.2–0.5 s) on every
+/// launch before it reads the variables above. `None` if it cannot be
+/// made; the variables above still work, only slower.
+fn driver_dir(cfg: &BrowserConfig) -> Option<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = BrowserConfig::absolute(&cfg.profiles_dir).join(".driver");
+    let package = BrowserConfig::absolute(&cfg.driver_cli_js).parent()?.to_path_buf();
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).ok()?;
+    for (name, target) in [("node", BrowserConfig::absolute(&cfg.node)), ("package", package)] {
+        let link = dir.join(name);
+        if std::fs::read_link(&link).ok().as_deref() != Some(target.as_path()) {
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(&target, &link).ok()?;
+        }
+    }
+    Some(dir)
 }
