@@ -135,6 +135,8 @@ pub struct Account {
     /// A login script is attached (to the account or its provider), so the
     /// farm can log it in with a browser by itself.
     pub has_login_script: bool,
+    /// The screenshot of the last failed browser relogin (cleared by a login).
+    pub last_screenshot: Option<std::path::PathBuf>,
     /// Consecutive failed browser relogins, for backoff.
     pub relogin_failures: u32,
     /// Not before this time is a failed relogin retried.
@@ -163,6 +165,7 @@ impl Account {
             retry_at: None,
             uses: 0,
             has_login_script: false,
+            last_screenshot: None,
             relogin_failures: 0,
             relogin_retry_at: None,
         }
@@ -183,6 +186,7 @@ impl Account {
         self.refresh_failures = 0;
         self.retry_at = None;
         self.last_error = None;
+        self.last_screenshot = None;
         self.last_refresh_at = Some(now);
     }
 

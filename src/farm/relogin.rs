@@ -163,6 +163,9 @@ impl Farm {
             Err(failure) => {
                 self.logins.forget_account(id);
                 let _ = self.store.record_browser_run(id, Utc::now(), "failed", None);
+                if let Some(shot) = &failure.screenshot {
+                    self.with_account(id, |a| a.last_screenshot = Some(shot.clone()))?;
+                }
                 Err(self.relogin_failed(id, &describe(&failure), failure.needs_human()))
             }
         }
@@ -264,6 +267,14 @@ impl Farm {
         pool.reset(&id.to_string()).await.map_err(|e| FarmError::Conflict(e.to_string()))?;
         self.emit(EventKind::AccountUpdated, Some(id), "browser profile wiped");
         Ok(())
+    }
+
+    /// The PNG of the last failed relogin, if any.
+    pub fn last_screenshot(&self, id: AccountId) -> Result<Vec<u8>> {
+        let path = self
+            .with_account(id, |a| a.last_screenshot.clone())?
+            .ok_or_else(|| FarmError::NotFound { what: "screenshot for account", id: id.to_string() })?;
+        std::fs::read(&path).map_err(|_| FarmError::NotFound { what: "screenshot for account", id: id.to_string() })
     }
 
     pub(crate) fn relogin_lock(&self, id: AccountId) -> Arc<tokio::sync::Mutex<()>> {

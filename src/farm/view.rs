@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{not_found_account, Farm, FarmError, Result};
-use crate::domain::{Account, AccountId, LastError};
+use crate::domain::{Account, AccountId};
 use crate::events::EventKind;
 
 fn describe_patch(p: &AccountPatch) -> String {
@@ -37,7 +37,7 @@ pub struct AccountView {
     pub cooldown_until: Option<DateTime<Utc>>,
     pub last_refresh_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
-    pub last_error: Option<LastError>,
+    pub last_error: Option<ErrorView>,
     pub leases_24h: i64,
     pub has_refresh_token: bool,
     pub has_login_script: bool,
@@ -60,7 +60,11 @@ impl AccountView {
             cooldown_until: a.cooldown_until.filter(|u| *u > now),
             last_refresh_at: a.last_refresh_at,
             last_used_at: a.last_used_at,
-            last_error: a.last_error.clone(),
+            last_error: a.last_error.as_ref().map(|e| ErrorView {
+                at: e.at,
+                message: e.message.clone(),
+                screenshot: a.last_screenshot.as_ref().map(|_| format!("/api/accounts/{}/screenshot", a.id)),
+            }),
             leases_24h,
             has_refresh_token: a.has_refresh_token(),
             has_login_script: a.has_login_script,
@@ -69,6 +73,15 @@ impl AccountView {
             created_at: a.created_at,
         }
     }
+}
+
+/// The last error, with the address of its screenshot when a browser
+/// relogin failed (fetched with the admin token).
+#[derive(Clone, Debug, Serialize)]
+pub struct ErrorView {
+    pub at: DateTime<Utc>,
+    pub message: String,
+    pub screenshot: Option<String>,
 }
 
 /// `PATCH /api/accounts/{id}`: only the fields present change.

@@ -264,6 +264,14 @@ pub async fn browser_reset(id: String, farm: Arc<Farm>, caller: Caller) -> Respo
     )
 }
 
+pub async fn screenshot(id: String, farm: Arc<Farm>, caller: Caller) -> Response {
+    render((|| {
+        caller.require(&farm, Access::Admin)?;
+        let png = farm.last_screenshot(id_of("account", &id)?)?;
+        Ok(warp::reply::with_header(png, "content-type", "image/png"))
+    })())
+}
+
 pub async fn usage(farm: Arc<Farm>, caller: Caller) -> Response {
     render((|| {
         caller.require(&farm, Access::Admin)?;

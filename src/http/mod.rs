@@ -88,6 +88,7 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/api/accounts/{id}/relogin", Admin, "Log in with the farm's browser now; returns the outcome", None, (200, Some("ReloginDone"))),
     route("GET", "/api/accounts/{id}/browser", Admin, "The account's browser profile and last browser run", None, (200, Some("BrowserInfo"))),
     route("DELETE", "/api/accounts/{id}/browser", Admin, "Wipe the account's browser profile", None, (204, None)),
+    route("GET", "/api/accounts/{id}/screenshot", Admin, "The screenshot of the last failed browser relogin", None, (200, Some("Png"))),
     route("GET", "/api/usage", Admin, "Leases and outcomes per account and client", None, (200, Some("Usage"))),
     route("GET", "/api/events", Admin, "Event stream (SSE, Last-Event-ID resume) or JSON with ?since=ID", None, (200, Some("EventList"))),
     route("GET", "/api/webhooks", Admin, "Webhook delivery status", None, (200, Some("WebhookList"))),
@@ -211,6 +212,7 @@ pub fn routes(farm: Arc<Farm>) -> BoxedFilter<(Response,)> {
         .or(path!("api" / "accounts" / String / "relogin").and(at("POST", "/api/accounts/{id}/relogin")).and(base()).then(h::relogin)).unify().boxed()
         .or(path!("api" / "accounts" / String / "browser").and(at("GET", "/api/accounts/{id}/browser")).and(base()).then(h::browser_info)).unify().boxed()
         .or(path!("api" / "accounts" / String / "browser").and(at("DELETE", "/api/accounts/{id}/browser")).and(base()).then(h::browser_reset)).unify().boxed()
+        .or(path!("api" / "accounts" / String / "screenshot").and(at("GET", "/api/accounts/{id}/screenshot")).and(base()).then(h::screenshot)).unify().boxed()
         .or(path!("api" / "usage").and(at("GET", "/api/usage")).and(base()).then(h::usage)).unify().boxed()
         .or(path!("api" / "events").and(at("GET", "/api/events")).and(base()).and(raw_query()).and(warp::header::optional::<String>("last-event-id")).then(h::events)).unify().boxed()
         .or(path!("api" / "webhooks").and(at("GET", "/api/webhooks")).and(base()).then(h::webhooks)).unify().boxed()

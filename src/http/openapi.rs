@@ -73,6 +73,7 @@ fn operation(r: &super::Route) -> Value {
     let content_type = match body {
         Some("Metrics") => "text/plain",
         Some("ScriptText") => "application/toml",
+        Some("Png") => "image/png",
         _ => "application/json",
     };
     let mut ok = json!({"description": "success"});
@@ -132,7 +133,8 @@ fn schemas() -> Value {
             "cooldown_until": dt(),
             "last_refresh_at": dt(),
             "last_used_at": dt(),
-            "last_error": {"type": ["object", "null"], "properties": {"at": dt(), "message": {"type": "string"}}},
+            "last_error": {"type": ["object", "null"], "properties": {"at": dt(), "message": {"type": "string"},
+                "screenshot": {"type": ["string", "null"], "description": "path of GET /api/accounts/{id}/screenshot"}}},
             "leases_24h": {"type": "integer"},
             "has_refresh_token": {"type": "boolean"},
             "generation": {"type": "integer"},
@@ -216,6 +218,7 @@ fn schemas() -> Value {
             "profile_present": {"type": "boolean"}, "profile_bytes": {"type": "integer"},
             "in_use_by": {"type": ["string", "null"]}, "last_run_at": dt(), "last_outcome": {"type": ["string", "null"]},
             "session_expires_at": dt()}},
+        "Png": {"type": "string", "contentMediaType": "image/png"},
         "OpenApi": {"type": "object"}
     })
 }

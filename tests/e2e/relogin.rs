@@ -360,6 +360,12 @@ fn wrong_password_needs_a_human_once_without_leaking_it() {
     let shot = Path::new(shot.unwrap_or_else(|| panic!("no screenshot path in last_error: {error}")));
     assert!(shot.starts_with(bed.layout.artifacts_dir()), "{} is not under artifacts_dir", shot.display());
     assert!(std::fs::metadata(shot).is_ok_and(|m| m.len() > 1000), "no screenshot at {}", shot.display());
+    // The admin page shows it through the API (with the admin token).
+    let shot_url = format!("/api/accounts/{id}/screenshot");
+    assert_eq!(account["last_error"]["screenshot"], shot_url.as_str(), "{account}");
+    let png = bed.admin().get(&shot_url);
+    assert_eq!((png.status, png.headers["content-type"].to_str().unwrap()), (200, "image/png"));
+    assert!(png.text.contains("PNG"), "not a PNG");
 
     // Announced once, retried only after browser.retry_initial (1 h).
     std::thread::sleep(secs(5));
