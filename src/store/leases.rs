@@ -81,11 +81,16 @@ impl LeaseLog {
         let conn = open_connection(path, false)?;
         let last_id: i64 = conn.query_row("SELECT COALESCE(MAX(id), 0) FROM leases", [], |r| r.get(0))?;
         let (tx, rx) = mpsc::channel::<Job>();
+        let spawn_error = |source| StoreError::Io { path: path.to_path_buf(), source };
+        thread::Builder::new().name("lease-log".into()).spawn(move || write_loop(conn, rx)).map_err(spawn_error)?;
+        let last_id = Arc::new(AtomicI64::new(last_id));
+        let checkpointer = open_connection(path, false)?;
+        let alive = Arc::downgrade(&last_id);
         thread::Builder::new()
-            .name("lease-log".into())
-            .spawn(move || write_loop(conn, rx))
-            .map_err(|source| StoreError::Io { path: path.to_path_buf(), source })?;
-        Ok(LeaseLog { tx, last_id: Arc::new(AtomicI64::new(last_id)) })
+            .name("wal-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpointer, alive))
+            .map_err(spawn_error)?;
+        Ok(LeaseLog { tx, last_id })
     }
 
     /// A fresh lease key (ids increase; the tag is random).
@@ -101,6 +106,20 @@ impl LeaseLog {
             Ok(Ok(())) => Ok(()),
             Ok(Err(msg)) => Err(StoreError::LeaseLog(msg)),
             Err(_) => Err(StoreError::LeaseLogClosed),
+        }
+    }
+}
+
+/// How often the WAL is copied back into the database.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Checkpoints the WAL in the background (PASSIVE: never blocks a writer),
+/// until every `LeaseLog` handle is gone.
+fn checkpoint_loop(conn: Connection, alive: std::sync::Weak<AtomicI64>) {
+    while alive.strong_count() > 0 {
+        thread::sleep(CHECKPOINT_EVERY);
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "WAL checkpoint failed");
         }
     }
 }

@@ -453,6 +453,10 @@ pub(crate) fn open_connection(path: &Path, synchronous_full: bool) -> Result<Con
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", if synchronous_full { "FULL" } else { "NORMAL" })?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Checkpoints run on their own thread (`leases::LeaseLog::start`), so
+    // that no commit — a lease batch holding many requests, or an account
+    // write on an async worker — ever pays for copying the WAL back.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     Ok(conn)
 }
 
