@@ -167,3 +167,31 @@ fn secrets_are_encrypted_write_only_and_go_with_the_account() {
     store.delete_account(a.id).unwrap();
     assert!(store.secrets(a.id).unwrap().is_empty());
 }
+
+/// Closing any descriptor of a file drops the process's POSIX locks on it.
+/// If the store opened `farm.db` outside SQLite after its first connection,
+/// another process opening the database would find it unlocked, checkpoint,
+/// and delete the WAL under the running farm (acknowledged leases and rotated
+/// refresh tokens lost). The second connection here is what used to do it.
+#[test]
+fn another_process_cannot_take_the_wal_from_a_running_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Utc::now();
+    let store = open(dir.path());
+    let _log = LeaseLog::start(store.path()).unwrap();
+    let a = store.insert_account("demo", "alice", 0, now).unwrap();
+    store.save_tokens(a.id, &tokens(now, "A", Some("R")), now).unwrap();
+    let wal = dir.path().join("data/farm.db-wal");
+    assert!(wal.exists());
+    let status = std::process::Command::new("python3")
+        .args(["-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('select count(*) from accounts').fetchone(); c.close()"])
+        .arg(store.path())
+        .status()
+        .expect("python3 (with its sqlite3 module) is needed for this test");
+    assert!(status.success());
+    assert!(wal.exists(), "another process deleted the running store's WAL: its locks were dropped");
+    store.save_tokens(a.id, &tokens(now, "A2", Some("R2")), now).unwrap();
+    drop(store);
+    let reopened = open(dir.path());
+    assert_eq!(reopened.load_accounts(now).unwrap()[0].tokens.as_ref().unwrap().access_token.expose(), "A2");
+}
