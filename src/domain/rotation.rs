@@ -113,7 +113,12 @@ impl Rotation {
             _ => None,
         };
         let id = chosen.unwrap_or_else(|| self.next_round_robin(provider, &usable));
-        self.last_served.insert(provider.to_string(), id);
+        match self.last_served.get_mut(provider) {
+            Some(last) => *last = id,
+            None => {
+                self.last_served.insert(provider.to_string(), id);
+            }
+        }
         if let (Strategy::Sticky, Some(key)) = (strategy, session) {
             self.sessions.insert((provider.to_string(), key.to_string()), id);
         }

@@ -36,9 +36,16 @@ pub async fn credential_next(farm: Arc<Farm>, caller: Caller, query: String) -> 
     render(
         async {
             let who = caller.require(&farm, Access::Client)?;
-            let q: HashMap<String, String> = serde_urlencoded_pairs(&query);
-            let provider = q.get("provider").ok_or_else(|| ApiError::bad_request("the provider query parameter is required"))?;
-            let lease = farm.next_credential(provider, q.get("session").map(String::as_str), who).await?;
+            let (mut provider, mut session) = (None, None);
+            for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+                match k.as_ref() {
+                    "provider" => provider = Some(v),
+                    "session" => session = Some(v),
+                    _ => {}
+                }
+            }
+            let provider = provider.ok_or_else(|| ApiError::bad_request("the provider query parameter is required"))?;
+            let lease = farm.next_credential(&provider, session.as_deref(), who).await?;
             Ok(json(&lease))
         }
         .await,

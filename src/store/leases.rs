@@ -129,13 +129,12 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
     // Ends when every `LeaseLog` handle is dropped.
     while let Ok(first) = rx.recv() {
         batch.push(first);
-        let deadline = std::time::Instant::now() + GATHER;
+        // Sleep rather than wait on the channel: a sleeping writer is not
+        // woken (a futex call on the request's side) for every lease that
+        // arrives during the window.
+        thread::sleep(GATHER);
         while batch.len() < MAX_BATCH {
-            let job = match rx.try_recv() {
-                Ok(job) => Ok(job),
-                Err(_) => rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())),
-            };
-            match job {
+            match rx.try_recv() {
                 Ok(job) => batch.push(job),
                 Err(_) => break,
             }
