@@ -75,6 +75,7 @@ const ENV_KEYS: &[&str] = &[
     "browser.profiles_dir",
     "browser.artifacts_dir",
     "browser.relogin_timeout",
+    "browser.driver_linger",
     "browser.retry_initial",
     "browser.retry_max",
 ];
@@ -248,6 +249,9 @@ pub struct BrowserSettings {
     pub artifacts_dir: PathBuf,
     /// Limit on one whole scripted relogin.
     pub relogin_timeout: Duration,
+    /// How long the Playwright driver (node, ~120 MB) stays up after the last
+    /// browser closed, so a burst of relogins starts it once; 0: never lingers.
+    pub driver_linger: Duration,
     /// Extra Chromium flags, each starting with `-`; none of the flags the
     /// farm sets itself.
     pub extra_args: Vec<String>,
@@ -505,6 +509,7 @@ impl Default for BrowserSettings {
             profiles_dir: PathBuf::from("profiles"),
             artifacts_dir: PathBuf::from("data/artifacts"),
             relogin_timeout: minutes(2),
+            driver_linger: Duration::from_secs(30),
             extra_args: Vec::new(),
             retry_initial: minutes(5),
             retry_max: minutes(6 * 60),
@@ -795,6 +800,7 @@ impl BrowserSettings {
         let relogin_timeout = sec
             .duration("relogin_timeout")?
             .unwrap_or(d.relogin_timeout);
+        let driver_linger = sec.duration_or_zero("driver_linger")?.unwrap_or(d.driver_linger);
         let extra_args = sec.chromium_args("extra_args")?.unwrap_or(d.extra_args);
         let retry_initial = sec.duration("retry_initial")?.unwrap_or(d.retry_initial);
         let retry_max = sec.duration("retry_max")?.unwrap_or(d.retry_max);
@@ -810,6 +816,7 @@ impl BrowserSettings {
             profiles_dir,
             artifacts_dir,
             relogin_timeout,
+            driver_linger,
             extra_args,
             retry_initial,
             retry_max,
@@ -2206,6 +2213,7 @@ mod tests {
                 profiles_dir: "p".into(),
                 artifacts_dir: "a".into(),
                 relogin_timeout: Duration::from_secs(90),
+                driver_linger: Duration::from_secs(30),
                 extra_args: vec![],
                 retry_initial: minutes(1),
                 retry_max: minutes(60),

@@ -204,6 +204,7 @@ pub fn browser_config(b: &crate::config::BrowserSettings) -> crate::browser::Bro
         max_concurrent: b.max_concurrent,
         profiles_dir: abs(&b.profiles_dir),
         artifacts_dir: abs(&b.artifacts_dir),
+        driver_linger: b.driver_linger,
     }
 }
 

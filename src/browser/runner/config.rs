@@ -2,6 +2,7 @@
 //! driver is found through.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Where the npm-pinned driver lives, relative to the project root
 /// (`npm ci --prefix scripts/playwright` installs it).
@@ -9,6 +10,9 @@ pub const DRIVER_CLI_JS: &str = "scripts/playwright/node_modules/playwright-core
 
 /// The driver version playwright-rs 0.20 speaks to; the lockfile pins it.
 pub const DRIVER_VERSION: &str = "1.64.0";
+
+/// How long the relogin driver stays up with no session ([`BrowserConfig::driver_linger`]).
+pub const DEFAULT_DRIVER_LINGER: Duration = Duration::from_secs(30);
 
 /// Chromium flags for a headless server on a closed network: without the
 /// networking ones Chromium floods the network with refused connections
@@ -37,13 +41,18 @@ pub struct BrowserConfig {
     pub headless: bool,
     /// Appended to [`CHROMIUM_FLAGS`].
     pub extra_args: Vec<String>,
-    /// Browsers (each ~300 MB + ~120 MB for its driver) running at once for
+    /// Browsers (each ~300 MB; their driver ~120 MB) running at once for
     /// scripted relogins; the rest queue.
     pub max_concurrent: usize,
     /// One persistent profile per account: `<profiles_dir>/<profile_key>/`.
     pub profiles_dir: PathBuf,
     /// Failure screenshots and `screenshot` steps: `<artifacts_dir>/<profile_key>/`.
     pub artifacts_dir: PathBuf,
+    /// How long the Playwright driver relogins share stays up once no
+    /// relogin runs (a node process, ~120 MB): a burst of relogins then
+    /// starts it once. Zero stops it with the last session. No Chromium
+    /// outlives its session either way.
+    pub driver_linger: Duration,
 }
 
 impl Default for BrowserConfig {
@@ -64,6 +73,7 @@ impl BrowserConfig {
             max_concurrent: 2,
             profiles_dir: project_dir.join("profiles"),
             artifacts_dir: project_dir.join("data").join("artifacts"),
+            driver_linger: DEFAULT_DRIVER_LINGER,
         }
     }
 
@@ -99,6 +109,49 @@ pub(crate) async fn start_driver(
     let _guard = DRIVER_ENV.lock().await;
     export_driver_env(cfg);
     playwright_rs::Playwright::launch().await
+}
+
+/// As [`start_driver`], also returning the driver's process id (the child
+/// of ours running `run-driver` that was not there before; drivers only
+/// start under `DRIVER_ENV`, so no other one appears meanwhile). `None` if
+/// it cannot be told (no /proc).
+pub(crate) async fn start_driver_with_pid(
+    cfg: &BrowserConfig,
+) -> playwright_rs::Result<(playwright_rs::Playwright, Option<u32>)> {
+    let _guard = DRIVER_ENV.lock().await;
+    export_driver_env(cfg);
+    let before = driver_children();
+    let playwright = playwright_rs::Playwright::launch().await?;
+    let pid = driver_children()
+        .into_iter()
+        .find(|pid| !before.contains(pid));
+    Ok((playwright, pid))
+}
+
+/// Our child processes running a Playwright driver (`cli.js run-driver`).
+fn driver_children() -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            // `pid (comm) state ppid …`; comm may hold spaces and parens.
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let rest = &stat[stat.rfind(')')? + 1..];
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(me)
+        })
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmd| cmd.split(|b| *b == 0).any(|arg| arg == b"run-driver"))
+        })
+        .collect()
 }
 
 fn set_env_if_changed(name: &str, value: &Path) {

@@ -4,6 +4,7 @@
 mod config;
 mod doctor;
 mod drive;
+mod driver;
 mod outcome;
 mod profile;
 mod run;
@@ -16,15 +17,20 @@ use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 use url::Url;
 
-pub use config::{export_driver_env, BrowserConfig, CHROMIUM_FLAGS, DRIVER_CLI_JS, DRIVER_VERSION};
+pub use config::{
+    export_driver_env, BrowserConfig, CHROMIUM_FLAGS, DEFAULT_DRIVER_LINGER, DRIVER_CLI_JS,
+    DRIVER_VERSION,
+};
 pub use doctor::{doctor, Problem};
 pub use outcome::{FailedStep, FailureKind, LoginOutcome, PoolError, RunFailure};
 pub use profile::{validate_profile_key, ProfileInfo, ProfileUse};
 
 use crate::browser::script::{LoginScript, Vars};
 pub(crate) use drive::first_line;
+use driver::DriverHost;
 use profile::{ProfileGuard, ProfileLocks};
 use run::Run;
+use session::DriverSource;
 pub(crate) use session::Session;
 
 /// Runs browsers for the farm. Cheap to clone; all clones share the limits.
@@ -41,6 +47,8 @@ struct Inner {
     stopping: watch::Sender<bool>,
     /// Number of browsers open right now; `shutdown` waits for 0.
     open: watch::Sender<usize>,
+    /// The Playwright driver relogins share.
+    driver: Arc<DriverHost>,
 }
 
 /// Counts an open browser for `shutdown` until dropped.
@@ -61,8 +69,10 @@ impl Drop for OpenGuard {
 impl BrowserPool {
     pub fn new(cfg: BrowserConfig) -> BrowserPool {
         let slots = Arc::new(Semaphore::new(cfg.max_concurrent.max(1)));
+        let driver = DriverHost::new(cfg.driver_linger);
         BrowserPool {
             inner: Arc::new(Inner {
+                driver,
                 cfg,
                 slots,
                 profiles: ProfileLocks::default(),
@@ -168,18 +178,31 @@ impl BrowserPool {
         })
     }
 
-    /// Closes every open browser cleanly (so their cookies reach disk) and
-    /// refuses new runs. For SIGTERM. Returns once no browser is open.
+    /// Closes every open browser cleanly (so their cookies reach disk),
+    /// then stops the shared driver, and refuses new runs. For SIGTERM.
+    /// Returns once no browser and no driver is left.
     pub async fn shutdown(&self) {
         self.inner.stopping.send_replace(true);
         self.inner.slots.close();
         let mut open = self.inner.open.subscribe();
         let _ = open.wait_for(|n| *n == 0).await;
+        self.inner.driver.stop().await;
     }
 
     /// How many browsers are open right now.
     pub fn open_browsers(&self) -> usize {
         *self.inner.open.borrow()
+    }
+
+    /// How many times the shared relogin driver was started.
+    pub fn driver_starts(&self) -> usize {
+        self.inner.driver.starts()
+    }
+
+    /// The process id of the shared relogin driver while it runs (in use,
+    /// or lingering); `None` when none runs (or /proc cannot tell).
+    pub fn driver_pid(&self) -> Option<u32> {
+        self.inner.driver.pid()
     }
 
     pub(crate) fn profile_dir(&self, profile_key: &str) -> PathBuf {
@@ -226,16 +249,41 @@ impl BrowserPool {
         OpenGuard(self.inner.clone())
     }
 
-    /// Creates the profile dir (0700) and starts a browser on it.
+    /// Creates the profile dir (0700) and starts a browser on it, with a
+    /// driver of its own (for a person: a window, a recording).
     pub(crate) async fn launch(
         &self,
         profile_key: &str,
         headless: bool,
     ) -> Result<Session, PoolError> {
+        self.launch_on(profile_key, headless, DriverSource::Own)
+            .await
+    }
+
+    /// As [`launch`](Self::launch), through the shared driver (relogins).
+    pub(crate) async fn launch_shared(
+        &self,
+        profile_key: &str,
+        headless: bool,
+    ) -> Result<Session, PoolError> {
+        self.launch_on(
+            profile_key,
+            headless,
+            DriverSource::Shared(&self.inner.driver),
+        )
+        .await
+    }
+
+    async fn launch_on(
+        &self,
+        profile_key: &str,
+        headless: bool,
+        source: DriverSource<'_>,
+    ) -> Result<Session, PoolError> {
         let dir = self.profile_dir(profile_key);
         profile::create_private_dir(&dir)
             .map_err(|e| PoolError::Io(format!("{}: {e}", dir.display())))?;
-        Session::launch(&self.inner.cfg, &dir, headless).await
+        Session::launch(&self.inner.cfg, &dir, headless, source).await
     }
 }
 

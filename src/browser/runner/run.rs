@@ -29,7 +29,7 @@ impl Run {
         let _open = pool.count_open();
         let started = Instant::now();
         let session = pool
-            .launch(&self.profile_key, pool.config().headless)
+            .launch_shared(&self.profile_key, pool.config().headless)
             .await?;
         let result = self.drive(&session, started).await;
         session.close().await;

@@ -1,9 +1,11 @@
-//! One browser on one profile: a Playwright driver (node) and a Chromium
-//! persistent context, started together and always closed together.
+//! One browser on one profile: a Chromium persistent context, launched
+//! through a Playwright driver (node) and always closed cleanly.
 //!
-//! A driver per session rather than one per pool: an idle farm then keeps
-//! no process at all (idle Chromium ≈ 300 MB, its driver ≈ 120 MB), and a
-//! wedged driver only takes one run down with it.
+//! Relogins share the pool's driver ([`super::driver`]), which stops after
+//! `driver_linger` without a session: an idle farm keeps no process
+//! (idle Chromium ≈ 300 MB, a driver ≈ 120 MB) beyond the linger, and no
+//! Chromium at all. A person's window and a recording get a driver of
+//! their own, stopped with them.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,18 +17,62 @@ use tokio::sync::watch;
 use url::Url;
 
 use super::config::{start_driver, BrowserConfig};
+use super::driver::{is_connection_error, AcquireError, DriverHost, DriverLease};
 use super::PoolError;
 
 /// Chromium startup bound (playwright's default is 3 minutes).
 const LAUNCH_TIMEOUT: Duration = Duration::from_secs(30);
-/// `context.close()` bound; past it the driver is shut down, which still
-/// closes the browser (without a guarantee that cookies were flushed).
+/// `context.close()` bound; past it the driver is shut down (a shared one
+/// once its other sessions are done), which still closes the browser
+/// (without a guarantee that cookies were flushed).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How much longer than `LAUNCH_TIMEOUT` the client waits for the driver.
+const CLIENT_GRACE: Duration = Duration::from_secs(10);
 
 pub(crate) struct Session {
-    playwright: Playwright,
+    driver: SessionDriver,
     pub(crate) context: BrowserContext,
     pub(crate) page: Page,
+}
+
+/// Which driver a session runs on.
+pub(crate) enum SessionDriver {
+    /// Its own, stopped with the session (a person's window, a recording).
+    Own(Box<Playwright>),
+    /// The pool's shared one (relogins).
+    Shared(DriverLease),
+}
+
+impl SessionDriver {
+    fn playwright(&self) -> &Playwright {
+        match self {
+            SessionDriver::Own(playwright) => playwright,
+            SessionDriver::Shared(lease) => lease.playwright(),
+        }
+    }
+
+    /// Resolves if the driver process exits (never for one of its own,
+    /// whose end the session's own calls see).
+    async fn died(&self) {
+        match self {
+            SessionDriver::Own(_) => std::future::pending().await,
+            SessionDriver::Shared(lease) => lease.died().await,
+        }
+    }
+
+    /// After the context is closed (or given up on: `broken`).
+    async fn release(self, broken: bool) {
+        match self {
+            SessionDriver::Own(playwright) => shutdown_driver(&playwright).await,
+            SessionDriver::Shared(lease) => lease.release(broken).await,
+        }
+    }
+}
+
+/// Where a session gets its driver.
+pub(crate) enum DriverSource<'a> {
+    Own,
+    Shared(&'a Arc<DriverHost>),
 }
 
 impl Session {
@@ -34,53 +80,116 @@ impl Session {
         cfg: &BrowserConfig,
         profile_dir: &Path,
         headless: bool,
+        source: DriverSource<'_>,
     ) -> Result<Session, PoolError> {
-        let playwright = start_driver(cfg).await.map_err(|e| launch_error(&e))?;
+        // A shared driver may have died since its last session: one retry
+        // on a fresh driver.
+        let attempts = match source {
+            DriverSource::Own => 1,
+            DriverSource::Shared(_) => 2,
+        };
+        for attempt in 1..=attempts {
+            let driver = match source {
+                DriverSource::Own => SessionDriver::Own(Box::new(
+                    start_driver(cfg).await.map_err(|e| launch_error(&e))?,
+                )),
+                DriverSource::Shared(host) => match host.acquire(cfg).await {
+                    Ok(lease) => SessionDriver::Shared(lease),
+                    Err(AcquireError::Stopped) => return Err(PoolError::ShuttingDown),
+                    Err(AcquireError::Start(e)) => return Err(launch_error(&e)),
+                },
+            };
+            match Session::launch_on(driver, cfg, profile_dir, headless).await {
+                Ok(session) => return Ok(session),
+                Err(e) if attempt < attempts && is_connection_error(&e) => {
+                    tracing::info!(
+                        error = %super::drive::first_line(&e.to_string()),
+                        "playwright driver unusable; retrying on a fresh one"
+                    );
+                }
+                Err(e) => return Err(launch_error(&e)),
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    /// Launches Chromium through `driver`; on failure the driver is
+    /// released (retired if the failure was the driver's).
+    async fn launch_on(
+        driver: SessionDriver,
+        cfg: &BrowserConfig,
+        profile_dir: &Path,
+        headless: bool,
+    ) -> playwright_rs::Result<Session> {
         let options = BrowserContextOptions::builder()
             .executable_path(BrowserConfig::absolute(&cfg.chromium).display().to_string())
             .headless(headless)
             .args(cfg.chromium_args())
             .timeout(LAUNCH_TIMEOUT.as_millis() as f64)
             .build();
-        let launched = playwright
+        // Client-side bounds too: a driver that died mid-call never answers.
+        let launch = driver
+            .playwright()
             .chromium()
-            .launch_persistent_context_with_options(profile_dir.display().to_string(), options)
-            .await;
+            .launch_persistent_context_with_options(profile_dir.display().to_string(), options);
+        let launched = tokio::select! {
+            launched = tokio::time::timeout(LAUNCH_TIMEOUT + CLIENT_GRACE, launch) => launched,
+            () = driver.died() => Ok(Err(playwright_rs::Error::TransportError(
+                "the playwright driver exited during the browser launch".into(),
+            ))),
+        };
         let context = match launched {
-            Ok(context) => context,
-            Err(e) => {
-                shutdown_driver(&playwright).await;
-                return Err(launch_error(&e));
+            Ok(Ok(context)) => context,
+            Ok(Err(e)) => {
+                driver.release(is_connection_error(&e)).await;
+                return Err(e);
+            }
+            Err(_) => {
+                driver.release(true).await;
+                return Err(playwright_rs::Error::Timeout(format!(
+                    "the driver did not answer the browser launch within {} s",
+                    (LAUNCH_TIMEOUT + CLIENT_GRACE).as_secs()
+                )));
             }
         };
         let page = match first_page(&context).await {
             Ok(page) => page,
             Err(e) => {
-                Session::close_parts(&playwright, &context).await;
-                return Err(launch_error(&e));
+                Session::close_parts(driver, &context).await;
+                return Err(e);
             }
         };
         Ok(Session {
-            playwright,
+            driver,
             context,
             page,
         })
     }
 
     /// Closes the context cleanly (this is when Chromium writes cookies to
-    /// disk), then stops the driver. Never fails: there is nothing a caller
-    /// could do about a failed close, and it is logged.
+    /// disk), then releases the driver (stops it, if the session's own).
+    /// Never fails: there is nothing a caller could do about a failed
+    /// close, and it is logged.
     pub(crate) async fn close(self) {
-        Session::close_parts(&self.playwright, &self.context).await;
+        Session::close_parts(self.driver, &self.context).await;
     }
 
-    async fn close_parts(playwright: &Playwright, context: &BrowserContext) {
-        match tokio::time::timeout(CLOSE_TIMEOUT, context.close()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "browser context did not close cleanly"),
-            Err(_) => tracing::warn!("browser context close timed out; stopping the driver"),
-        }
-        shutdown_driver(playwright).await;
+    async fn close_parts(driver: SessionDriver, context: &BrowserContext) {
+        // A close that fails or hangs leaves the browser to the driver: it
+        // is retired, and stopping it (once its other sessions are done)
+        // takes the browser down.
+        let broken = match tokio::time::timeout(CLOSE_TIMEOUT, context.close()).await {
+            Ok(Ok(())) => false,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "browser context did not close cleanly");
+                true
+            }
+            Err(_) => {
+                tracing::warn!("browser context close timed out; its driver is stopped to take the browser down");
+                true
+            }
+        };
+        driver.release(broken).await;
     }
 
     /// Becomes `true` once the browser goes away by itself (a person closed

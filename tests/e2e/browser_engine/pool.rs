@@ -245,6 +245,103 @@ async fn dropped_caller_does_not_leave_a_browser_behind() {
     assert!(failure_shot, "the timed-out run saved its screenshot");
 }
 
+/// Relogins share one Playwright driver (node), which stops once it has
+/// been idle for `driver_linger`; no Chromium outlives its run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relogins_share_one_driver_that_stops_after_the_linger() {
+    let provider = Provider::start();
+    let TestPool { pool, dir } = TestPool::new(2);
+    let linger = Duration::from_secs(1);
+    let cfg = BrowserConfig {
+        driver_linger: linger,
+        ..pool.config().clone()
+    };
+    let t = TestPool {
+        pool: BrowserPool::new(cfg),
+        dir,
+    };
+    let script = script(PASSWORD_SCRIPT);
+    assert_eq!(t.pool.driver_starts(), 0, "started lazily");
+    assert_eq!(t.pool.driver_pid(), None);
+
+    let mut pids = Vec::new();
+    for _ in 0..2 {
+        let (vars, auth) = provider.vars("kim", "kim-password").await;
+        let outcome = t
+            .pool
+            .run_login("kim", &script, &vars, &provider.redirect_uri, RUN_TIMEOUT)
+            .await
+            .unwrap();
+        provider.redeem(&outcome.redirect_url, &auth).await;
+        // Between runs: the browser is closed, the driver lingers.
+        t.assert_no_chromium_left();
+        let pid = t
+            .pool
+            .driver_pid()
+            .expect("the driver lingers between runs");
+        assert!(process_alive(pid), "driver {pid} runs");
+        pids.push(pid);
+    }
+    assert_eq!(
+        t.pool.driver_starts(),
+        1,
+        "the second run reused the driver"
+    );
+    assert_eq!(pids[0], pids[1]);
+
+    // Idle beyond the linger: no driver process is left.
+    let deadline = std::time::Instant::now() + linger + Duration::from_secs(10);
+    while t.pool.driver_pid().is_some() || process_alive(pids[0]) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "driver {} still running {linger:?} after the last run",
+            pids[0]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    t.assert_no_chromium_left();
+
+    // The next relogin starts a fresh driver; shutdown stops it at once.
+    let (vars, _) = provider.vars("kim", "kim-password").await;
+    t.pool
+        .run_login("kim", &script, &vars, &provider.redirect_uri, RUN_TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(t.pool.driver_starts(), 2);
+
+    // A driver that died while idle is replaced on the next launch.
+    let dead = t.pool.driver_pid().expect("a fresh driver");
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &dead.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let (vars, _) = provider.vars("kim", "kim-password").await;
+    t.pool
+        .run_login("kim", &script, &vars, &provider.redirect_uri, RUN_TIMEOUT)
+        .await
+        .expect("the run retries on a fresh driver");
+    assert_eq!(t.pool.driver_starts(), 3);
+    assert!(!process_alive(dead));
+
+    let pid = t.pool.driver_pid().expect("the fresh driver lingers");
+    tokio::time::timeout(Duration::from_secs(20), t.pool.shutdown())
+        .await
+        .expect("shutdown finishes");
+    assert_eq!(t.pool.driver_pid(), None);
+    assert!(!process_alive(pid), "shutdown stopped driver {pid}");
+    t.assert_no_chromium_left();
+}
+
+/// A live (not zombie) process.
+fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
 #[tokio::test]
 async fn doctor_finds_nothing_missing_here() {
     let problems = doctor(&BrowserConfig::for_project(&project_dir())).await;
