@@ -14,6 +14,7 @@ mod admin_page;
 mod browser_engine;
 mod api_auth;
 mod bad_requests;
+mod cli_login;
 mod cooldown;
 mod events_sse;
 mod hygiene;
