@@ -97,7 +97,7 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     let e = if rejection.is_not_found() {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is larger than 64 KiB")
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is larger than 1 MiB")
     } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
         ApiError::new(StatusCode::LENGTH_REQUIRED, "length_required", "send a Content-Length header with the body")
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some()

@@ -155,10 +155,27 @@ fn caller() -> impl Filter<Extract = (Caller,), Error = Infallible> + Clone {
     warp::header::optional::<String>("authorization").map(Caller).or(warp::any().map(|| Caller(None))).unify()
 }
 
+/// Bodies up to this size are read in full even when over [`MAX_BODY`], so
+/// the client finishes sending and reads its 413; answering before the body
+/// is read makes the server close the connection under a client that is
+/// still writing, which then sees a reset instead of the answer.
+const MAX_DRAINED: u64 = 1024 * 1024;
+
+/// The body, or a 413 when it is over [`MAX_BODY`].
+fn limited_body() -> impl Filter<Extract = (Result<Bytes, ApiError>,), Error = warp::Rejection> + Clone {
+    warp::body::content_length_limit(MAX_DRAINED).and(warp::body::bytes()).map(|b: Bytes| {
+        if b.len() as u64 > MAX_BODY {
+            Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is larger than 64 KiB"))
+        } else {
+            Ok(b)
+        }
+    })
+}
+
 /// A JSON body of at most [`MAX_BODY`] bytes, parsed by the handler so that
 /// a malformed body is a 400 naming the problem (line, column, field).
 pub fn json_body<T: DeserializeOwned + Send>() -> impl Filter<Extract = (Result<T, ApiError>,), Error = warp::Rejection> + Clone {
-    warp::body::content_length_limit(MAX_BODY).and(warp::body::bytes()).map(|b: Bytes| parse_json(&b))
+    limited_body().map(|b: Result<Bytes, ApiError>| b.and_then(|b| parse_json(&b)))
 }
 
 pub fn parse_json<T: DeserializeOwned>(b: &[u8]) -> Result<T, ApiError> {
@@ -174,8 +191,8 @@ pub fn parse_json<T: DeserializeOwned>(b: &[u8]) -> Result<T, ApiError> {
 
 /// A UTF-8 text body of at most [`MAX_BODY`] bytes (login scripts).
 pub fn text_body() -> impl Filter<Extract = (Result<String, ApiError>,), Error = warp::Rejection> + Clone {
-    warp::body::content_length_limit(MAX_BODY).and(warp::body::bytes()).map(|b: Bytes| {
-        String::from_utf8(b.to_vec()).map_err(|_| ApiError::bad_request("the body must be UTF-8 text"))
+    limited_body().map(|b: Result<Bytes, ApiError>| {
+        b.and_then(|b| String::from_utf8(b.to_vec()).map_err(|_| ApiError::bad_request("the body must be UTF-8 text")))
     })
 }
 
