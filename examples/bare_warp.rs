@@ -39,7 +39,9 @@ const LEASE: Lease = Lease {
 
 fn main() -> std::io::Result<()> {
     // The same runtime the `relogin-farm` binary builds.
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         println!("LISTENING http://{}", listener.local_addr()?);

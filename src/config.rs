@@ -800,7 +800,9 @@ impl BrowserSettings {
         let relogin_timeout = sec
             .duration("relogin_timeout")?
             .unwrap_or(d.relogin_timeout);
-        let driver_linger = sec.duration_or_zero("driver_linger")?.unwrap_or(d.driver_linger);
+        let driver_linger = sec
+            .duration_or_zero("driver_linger")?
+            .unwrap_or(d.driver_linger);
         let extra_args = sec.chromium_args("extra_args")?.unwrap_or(d.extra_args);
         let retry_initial = sec.duration("retry_initial")?.unwrap_or(d.retry_initial);
         let retry_max = sec.duration("retry_max")?.unwrap_or(d.retry_max);

@@ -119,10 +119,19 @@ impl EventBus {
         // Milliseconds, as stored: a live event and its replay must read the same.
         let now = Utc::now();
         let at = DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
-        match self.store.insert_event(at, kind.as_str(), account_id, &detail) {
+        match self
+            .store
+            .insert_event(at, kind.as_str(), account_id, &detail)
+        {
             Ok(id) => {
                 tracing::debug!(id, kind = kind.as_str(), account = account_id, "event");
-                let _ = self.live.send(Event { id, at, kind, account_id, detail });
+                let _ = self.live.send(Event {
+                    id,
+                    at,
+                    kind,
+                    account_id,
+                    detail,
+                });
             }
             Err(e) => tracing::error!(error = %e, kind = kind.as_str(), "could not record event"),
         }
@@ -143,7 +152,13 @@ impl EventBus {
         Ok(rows
             .into_iter()
             .filter_map(|(id, at, kind, account_id, detail)| {
-                Some(Event { id, at, kind: EventKind::parse(&kind)?, account_id, detail })
+                Some(Event {
+                    id,
+                    at,
+                    kind: EventKind::parse(&kind)?,
+                    account_id,
+                    detail,
+                })
             })
             .collect())
     }
@@ -163,7 +178,10 @@ mod tests {
     fn kinds_round_trip_and_match_serde() {
         for k in EventKind::ALL {
             assert_eq!(EventKind::parse(k.as_str()), Some(*k));
-            assert_eq!(serde_json::to_value(k).unwrap(), serde_json::json!(k.as_str()));
+            assert_eq!(
+                serde_json::to_value(k).unwrap(),
+                serde_json::json!(k.as_str())
+            );
         }
     }
 }

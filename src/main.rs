@@ -19,10 +19,19 @@ use relogin_farm::store::{write_secret_file, Cipher};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "relogin-farm", version, about = "Keeps OAuth accounts logged in and hands out their tokens with leases.")]
+#[command(
+    name = "relogin-farm",
+    version,
+    about = "Keeps OAuth accounts logged in and hands out their tokens with leases."
+)]
 struct Cli {
     /// Config file (TOML).
-    #[arg(long, global = true, env = "RELOGIN_FARM_CONFIG", default_value = "farm.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "RELOGIN_FARM_CONFIG",
+        default_value = "farm.toml"
+    )]
     config: PathBuf,
     /// Log filter (overrides log.level), e.g. "debug" or "info,relogin_farm=debug".
     #[arg(long, global = true)]
@@ -148,19 +157,34 @@ fn main() -> Result<()> {
     match &cli.command {
         Command::Init => init(&cli.config),
         Command::Serve { listen, store_path } => {
-            let overrides = Overrides { listen: *listen, store_path: store_path.clone(), log_level: cli.log_level.clone() };
+            let overrides = Overrides {
+                listen: *listen,
+                store_path: store_path.clone(),
+                log_level: cli.log_level.clone(),
+            };
             let config = load_config(&cli.config, &overrides)?;
             init_logging(&config);
             runtime()?.block_on(serve(config))
         }
         Command::CheckConfig => {
-            let config = load_config(&cli.config, &Overrides { log_level: cli.log_level.clone(), ..Default::default() })?;
+            let config = load_config(
+                &cli.config,
+                &Overrides {
+                    log_level: cli.log_level.clone(),
+                    ..Default::default()
+                },
+            )?;
             println!(
                 "config ok: listen {}, store {}, {} provider(s): {}",
                 config.server.listen,
                 config.store.path.display(),
                 config.providers.len(),
-                config.providers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
+                config
+                    .providers
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             Ok(())
         }
@@ -172,13 +196,26 @@ fn main() -> Result<()> {
             let config = load_config(&cli.config, &Overrides::default())?;
             runtime()?.block_on(doctor(&config))
         }
-        Command::Secret { command: SecretCommand::Set { account, name, farm } } => {
+        Command::Secret {
+            command:
+                SecretCommand::Set {
+                    account,
+                    name,
+                    farm,
+                },
+        } => {
             let config = load_config(&cli.config, &Overrides::default())?;
             let value = read_secret_from_stdin(name)?;
             runtime()?.block_on(async {
                 let client = FarmClient::new(&config, farm)?;
                 let path = format!("/api/accounts/{account}/secrets/{name}");
-                client.call(reqwest::Method::PUT, &path, Some(serde_json::json!({"value": value.expose()}))).await?;
+                client
+                    .call(
+                        reqwest::Method::PUT,
+                        &path,
+                        Some(serde_json::json!({"value": value.expose()})),
+                    )
+                    .await?;
                 println!("secret {name} of account {account} set");
                 Ok(())
             })
@@ -191,13 +228,17 @@ fn main() -> Result<()> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn load_config(path: &Path, overrides: &Overrides) -> Result<Config> {
     // The default path may be absent (defaults only); an explicit one must exist.
-    let explicit = std::env::var_os("RELOGIN_FARM_CONFIG").is_some() || path != Path::new("farm.toml");
-    Config::load(path, explicit, std::env::vars(), overrides).with_context(|| format!("config {}", path.display()))
+    let explicit =
+        std::env::var_os("RELOGIN_FARM_CONFIG").is_some() || path != Path::new("farm.toml");
+    Config::load(path, explicit, std::env::vars(), overrides)
+        .with_context(|| format!("config {}", path.display()))
 }
 
 fn init_logging(config: &Config) {
@@ -249,24 +290,49 @@ fn init(config_path: &Path) -> Result<()> {
     let token_file = data.join("admin.token");
     for f in [config_path, &key_file, &token_file] {
         if f.exists() {
-            bail!("{} already exists; init does not overwrite anything", f.display());
+            bail!(
+                "{} already exists; init does not overwrite anything",
+                f.display()
+            );
         }
     }
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(data).context("creating data/")?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data)
+        .context("creating data/")?;
     write_secret_file(&key_file, &Cipher::generate_key_text()).context("writing the store key")?;
     let token = Secret::new(format!("rfa_{}", random_token()));
     write_secret_file(&token_file, &token).context("writing the admin token")?;
-    std::fs::write(config_path, config::init_template(&token_file.display().to_string()))?;
-    println!("wrote {} (edit the [[provider]] section)", config_path.display());
-    println!("wrote {} (0600) — back it up: without it the database cannot be read", key_file.display());
-    println!("wrote {} (0600) — the admin API token", token_file.display());
-    println!("next: relogin-farm serve --config {}", config_path.display());
+    std::fs::write(
+        config_path,
+        config::init_template(&token_file.display().to_string()),
+    )?;
+    println!(
+        "wrote {} (edit the [[provider]] section)",
+        config_path.display()
+    );
+    println!(
+        "wrote {} (0600) — back it up: without it the database cannot be read",
+        key_file.display()
+    );
+    println!(
+        "wrote {} (0600) — the admin API token",
+        token_file.display()
+    );
+    println!(
+        "next: relogin-farm serve --config {}",
+        config_path.display()
+    );
     Ok(())
 }
 
 fn random_token() -> String {
     let key = Cipher::generate_key_text();
-    key.expose().chars().filter(char::is_ascii_alphanumeric).collect()
+    key.expose()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect()
 }
 
 /// A small admin-API client for the CLI.
@@ -281,20 +347,43 @@ impl FarmClient {
         let token = config.server.admin_token.clone().context(
             "no admin token: set server.admin_token_file or RELOGIN_FARM_ADMIN_TOKEN to talk to the farm",
         )?;
-        let base = args.farm.clone().unwrap_or_else(|| format!("http://{}", config.server.listen));
-        Ok(FarmClient { base: base.trim_end_matches('/').to_string(), token, http: reqwest::Client::new() })
+        let base = args
+            .farm
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", config.server.listen));
+        Ok(FarmClient {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http: reqwest::Client::new(),
+        })
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> Result<serde_json::Value> {
-        let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(self.token.expose());
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(self.token.expose());
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req.send().await.with_context(|| format!("cannot reach the farm at {} (is it running?)", self.base))?;
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the farm at {} (is it running?)", self.base))?;
         let status = resp.status();
         let value: serde_json::Value = resp.json().await.unwrap_or_default();
         if !status.is_success() {
-            bail!("{} {}: {}", status.as_u16(), value["error"].as_str().unwrap_or("error"), value["detail"].as_str().unwrap_or(""));
+            bail!(
+                "{} {}: {}",
+                status.as_u16(),
+                value["error"].as_str().unwrap_or("error"),
+                value["detail"].as_str().unwrap_or("")
+            );
         }
         Ok(value)
     }
@@ -303,16 +392,33 @@ impl FarmClient {
 async fn account(config: Config, command: &AccountCommand) -> Result<()> {
     use reqwest::Method;
     match command {
-        AccountCommand::Add { provider, label, priority, farm } => {
+        AccountCommand::Add {
+            provider,
+            label,
+            priority,
+            farm,
+        } => {
             let client = FarmClient::new(&config, farm)?;
-            let body = serde_json::json!({"provider": provider, "label": label, "priority": priority});
-            let account = client.call(Method::POST, "/api/accounts", Some(body)).await?;
-            let id = account["id"].as_i64().context("the farm answered without an account id")?;
+            let body =
+                serde_json::json!({"provider": provider, "label": label, "priority": priority});
+            let account = client
+                .call(Method::POST, "/api/accounts", Some(body))
+                .await?;
+            let id = account["id"]
+                .as_i64()
+                .context("the farm answered without an account id")?;
             println!("account {id} created");
             interactive_login(&client, id).await
         }
-        AccountCommand::Login { id, farm } => interactive_login(&FarmClient::new(&config, farm)?, *id).await,
-        AccountCommand::Record { id, headless, out, farm } => record(&config, *id, *headless, out.as_deref(), farm).await,
+        AccountCommand::Login { id, farm } => {
+            interactive_login(&FarmClient::new(&config, farm)?, *id).await
+        }
+        AccountCommand::Record {
+            id,
+            headless,
+            out,
+            farm,
+        } => record(&config, *id, *headless, out.as_deref(), farm).await,
         AccountCommand::List { farm } => {
             let client = FarmClient::new(&config, farm)?;
             let accounts = client.call(Method::GET, "/api/accounts", None).await?;
@@ -338,8 +444,13 @@ async fn interactive_login(client: &FarmClient, id: i64) -> Result<()> {
     let path = format!("/api/accounts/{id}");
     let generation = |a: &serde_json::Value| a["generation"].as_i64().unwrap_or(0);
     let before = generation(&client.call(Method::GET, &path, None).await?);
-    let started = client.call(Method::POST, &format!("{path}/login"), None).await?;
-    println!("\nOpen this URL in a browser and log in:\n\n  {}\n", started["authorize_url"].as_str().unwrap_or(""));
+    let started = client
+        .call(Method::POST, &format!("{path}/login"), None)
+        .await?;
+    println!(
+        "\nOpen this URL in a browser and log in:\n\n  {}\n",
+        started["authorize_url"].as_str().unwrap_or("")
+    );
     if started["listening"].as_bool() == Some(true) {
         println!("The farm is listening for the redirect. If the browser cannot reach it,");
     }
@@ -373,7 +484,11 @@ async fn interactive_login(client: &FarmClient, id: i64) -> Result<()> {
 }
 
 fn done(account: &serde_json::Value) -> Result<()> {
-    println!("account {} is {}", account["id"], account["state"].as_str().unwrap_or("?"));
+    println!(
+        "account {} is {}",
+        account["id"],
+        account["state"].as_str().unwrap_or("?")
+    );
     Ok(())
 }
 
@@ -419,12 +534,22 @@ async fn browser(config: Config, command: &BrowserCommand) -> Result<()> {
             let client = FarmClient::new(&config, farm)?;
             let accounts = client.call(Method::GET, "/api/accounts", None).await?;
             for a in accounts.as_array().into_iter().flatten() {
-                let info = client.call(Method::GET, &format!("/api/accounts/{}/browser", a["id"]), None).await?;
+                let info = client
+                    .call(
+                        Method::GET,
+                        &format!("/api/accounts/{}/browser", a["id"]),
+                        None,
+                    )
+                    .await?;
                 println!(
                     "{:>5}  {:<24} profile {:<8} {:>8} KiB  last run {} ({})  session until {}",
                     a["id"],
                     a["label"].as_str().unwrap_or(""),
-                    if info["profile_present"] == true { "present" } else { "none" },
+                    if info["profile_present"] == true {
+                        "present"
+                    } else {
+                        "none"
+                    },
                     info["profile_bytes"].as_u64().unwrap_or(0) / 1024,
                     info["last_run_at"].as_str().unwrap_or("never"),
                     info["last_outcome"].as_str().unwrap_or("-"),
@@ -434,7 +559,9 @@ async fn browser(config: Config, command: &BrowserCommand) -> Result<()> {
             Ok(())
         }
         BrowserCommand::Open { account } => {
-            let pool = relogin_farm::browser::BrowserPool::new(relogin_farm::farm::browser_config(&config.browser));
+            let pool = relogin_farm::browser::BrowserPool::new(relogin_farm::farm::browser_config(
+                &config.browser,
+            ));
             println!("opening the profile of account {account}; close the window when done");
             pool.open_headed(&account.to_string(), None).await?;
             println!("closed cleanly; cookies kept");
@@ -442,7 +569,13 @@ async fn browser(config: Config, command: &BrowserCommand) -> Result<()> {
         }
         BrowserCommand::Reset { account, farm } => {
             let client = FarmClient::new(&config, farm)?;
-            client.call(Method::DELETE, &format!("/api/accounts/{account}/browser"), None).await?;
+            client
+                .call(
+                    Method::DELETE,
+                    &format!("/api/accounts/{account}/browser"),
+                    None,
+                )
+                .await?;
             println!("profile of account {account} wiped");
             Ok(())
         }
@@ -450,12 +583,23 @@ async fn browser(config: Config, command: &BrowserCommand) -> Result<()> {
 }
 
 /// `account record`: records locally, then hands everything to the farm.
-async fn record(config: &Config, id: i64, headless: bool, out: Option<&Path>, farm: &FarmArgs) -> Result<()> {
-    use reqwest::Method;
+async fn record(
+    config: &Config,
+    id: i64,
+    headless: bool,
+    out: Option<&Path>,
+    farm: &FarmArgs,
+) -> Result<()> {
     use relogin_farm::browser::recorder::{record, RecordOptions};
+    use reqwest::Method;
     let client = FarmClient::new(config, farm)?;
-    let account = client.call(Method::GET, &format!("/api/accounts/{id}"), None).await?;
-    let provider = account["provider"].as_str().context("the farm answered without a provider")?.to_string();
+    let account = client
+        .call(Method::GET, &format!("/api/accounts/{id}"), None)
+        .await?;
+    let provider = account["provider"]
+        .as_str()
+        .context("the farm answered without a provider")?
+        .to_string();
     let label = account["label"].as_str().unwrap_or("account").to_string();
     let providers = client.call(Method::GET, "/api/providers", None).await?;
     let redirect_uri = providers
@@ -466,19 +610,40 @@ async fn record(config: &Config, id: i64, headless: bool, out: Option<&Path>, fa
         .and_then(|p| p["redirect_uri"].as_str())
         .context("the farm does not list the account's provider")?
         .parse()?;
-    let started = client.call(Method::POST, &format!("/api/accounts/{id}/login"), None).await?;
-    let authorize_url = started["authorize_url"].as_str().context("no authorize_url")?.parse()?;
-    let pool = relogin_farm::browser::BrowserPool::new(relogin_farm::farm::browser_config(&config.browser));
+    let started = client
+        .call(Method::POST, &format!("/api/accounts/{id}/login"), None)
+        .await?;
+    let authorize_url = started["authorize_url"]
+        .as_str()
+        .context("no authorize_url")?
+        .parse()?;
+    let pool = relogin_farm::browser::BrowserPool::new(relogin_farm::farm::browser_config(
+        &config.browser,
+    ));
     println!("recording: log in to {provider} as {label} in the browser window; it stops at the redirect");
-    let options = RecordOptions { provider: provider.clone(), authorize_url, redirect_uri, headless, timeout: Duration::from_secs(600) };
+    let options = RecordOptions {
+        provider: provider.clone(),
+        authorize_url,
+        redirect_uri,
+        headless,
+        timeout: Duration::from_secs(600),
+    };
     let recording = record(&pool, &id.to_string(), options).await?;
     pool.shutdown().await;
 
     let body = serde_json::json!({"redirect_url": recording.redirect_url.as_str()});
-    client.call(Method::POST, &format!("/api/accounts/{id}/login/complete"), Some(body)).await?;
+    client
+        .call(
+            Method::POST,
+            &format!("/api/accounts/{id}/login/complete"),
+            Some(body),
+        )
+        .await?;
     println!("account {id} logged in");
     let text = recording.script.to_toml();
-    let path = out.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(format!("scripts/login/{provider}-{label}.toml")));
+    let path = out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(format!("scripts/login/{provider}-{label}.toml")));
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -486,15 +651,30 @@ async fn record(config: &Config, id: i64, headless: bool, out: Option<&Path>, fa
     upload_script(&client, id, &text).await?;
     for (name, value) in &recording.secrets {
         let body = serde_json::json!({"value": value.expose()});
-        client.call(Method::PUT, &format!("/api/accounts/{id}/secrets/{name}"), Some(body)).await?;
+        client
+            .call(
+                Method::PUT,
+                &format!("/api/accounts/{id}/secrets/{name}"),
+                Some(body),
+            )
+            .await?;
     }
-    println!("script written to {} and attached; {} secret(s) stored", path.display(), recording.secrets.len());
+    println!(
+        "script written to {} and attached; {} secret(s) stored",
+        path.display(),
+        recording.secrets.len()
+    );
     if recording.needs_totp_seed {
         println!("the login asked for a one-time code: store the TOTP seed with `relogin-farm secret set {id} totp`");
         return Ok(());
     }
-    let replay = client.call(Method::POST, &format!("/api/accounts/{id}/relogin"), None).await?;
-    println!("replayed by the farm: account {id} is {}", replay["state"].as_str().unwrap_or("?"));
+    let replay = client
+        .call(Method::POST, &format!("/api/accounts/{id}/relogin"), None)
+        .await?;
+    println!(
+        "replayed by the farm: account {id} is {}",
+        replay["state"].as_str().unwrap_or("?")
+    );
     Ok(())
 }
 
@@ -509,7 +689,10 @@ async fn upload_script(client: &FarmClient, id: i64, text: &str) -> Result<()> {
         .await?;
     if !resp.status().is_success() {
         let v: serde_json::Value = resp.json().await.unwrap_or_default();
-        bail!("uploading the script: {}", v["detail"].as_str().unwrap_or("refused"));
+        bail!(
+            "uploading the script: {}",
+            v["detail"].as_str().unwrap_or("refused")
+        );
     }
     Ok(())
 }

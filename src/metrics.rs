@@ -23,7 +23,12 @@ impl Metrics {
         self.unavailable.fetch_add(1, Relaxed);
     }
     pub fn record_refresh(&self, ok: bool) {
-        if ok { &self.refresh_ok } else { &self.refresh_failed }.fetch_add(1, Relaxed);
+        if ok {
+            &self.refresh_ok
+        } else {
+            &self.refresh_failed
+        }
+        .fetch_add(1, Relaxed);
     }
     pub fn record_report(&self, outcome: Outcome) {
         self.reports[outcome as usize].fetch_add(1, Relaxed);
@@ -39,7 +44,11 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{labels} {v}");
             }
         };
-        counter("relogin_farm_leases_total", "Leases handed out.", &[("", self.leases.load(Relaxed))]);
+        counter(
+            "relogin_farm_leases_total",
+            "Leases handed out.",
+            &[("", self.leases.load(Relaxed))],
+        );
         counter(
             "relogin_farm_no_account_available_total",
             "Requests answered 503 because no account could serve.",
@@ -48,16 +57,37 @@ impl Metrics {
         counter(
             "relogin_farm_refreshes_total",
             "Refresh grants sent, by result.",
-            &[("{result=\"ok\"}", self.refresh_ok.load(Relaxed)), ("{result=\"failed\"}", self.refresh_failed.load(Relaxed))],
+            &[
+                ("{result=\"ok\"}", self.refresh_ok.load(Relaxed)),
+                ("{result=\"failed\"}", self.refresh_failed.load(Relaxed)),
+            ],
         );
-        let outcomes = [Outcome::Ok, Outcome::RateLimited, Outcome::Unauthorized, Outcome::Error];
-        let labels: Vec<String> = outcomes.iter().map(|o| format!("{{outcome=\"{}\"}}", o.as_str())).collect();
-        let samples: Vec<(&str, u64)> =
-            outcomes.iter().zip(&labels).map(|(o, l)| (l.as_str(), self.reports[*o as usize].load(Relaxed))).collect();
-        counter("relogin_farm_reports_total", "Client reports, by outcome.", &samples);
+        let outcomes = [
+            Outcome::Ok,
+            Outcome::RateLimited,
+            Outcome::Unauthorized,
+            Outcome::Error,
+        ];
+        let labels: Vec<String> = outcomes
+            .iter()
+            .map(|o| format!("{{outcome=\"{}\"}}", o.as_str()))
+            .collect();
+        let samples: Vec<(&str, u64)> = outcomes
+            .iter()
+            .zip(&labels)
+            .map(|(o, l)| (l.as_str(), self.reports[*o as usize].load(Relaxed)))
+            .collect();
+        counter(
+            "relogin_farm_reports_total",
+            "Client reports, by outcome.",
+            &samples,
+        );
         let _ = writeln!(out, "# HELP relogin_farm_accounts Accounts by provider and state.\n# TYPE relogin_farm_accounts gauge");
         for (provider, state, n) in accounts {
-            let _ = writeln!(out, "relogin_farm_accounts{{provider=\"{provider}\",state=\"{state}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "relogin_farm_accounts{{provider=\"{provider}\",state=\"{state}\"}} {n}"
+            );
         }
         out
     }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use oauth2::basic::{BasicClient, BasicErrorResponseType};
 use oauth2::{
-    AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl,
-    RefreshToken, RequestTokenError, Scope, TokenResponse, TokenUrl,
+    AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, PkceCodeChallenge,
+    PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError, Scope, TokenResponse, TokenUrl,
 };
 use serde::Deserialize;
 use tokio::sync::RwLock;
@@ -25,7 +25,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Debug, thiserror::Error)]
 pub enum OAuthError {
     #[error("provider {provider}: discovery at {url} failed: {reason}")]
-    Discovery { provider: String, url: String, reason: String },
+    Discovery {
+        provider: String,
+        url: String,
+        reason: String,
+    },
     #[error("provider {provider}: {reason}")]
     Config { provider: String, reason: String },
     /// The provider refused the grant: the code or refresh token is dead.
@@ -33,7 +37,10 @@ pub enum OAuthError {
     InvalidGrant(Option<String>),
     /// The provider answered with another OAuth error.
     #[error("the provider answered {code}{}", describe(.description))]
-    Provider { code: String, description: Option<String> },
+    Provider {
+        code: String,
+        description: Option<String>,
+    },
     /// Network failure, timeout, 5xx or an unreadable answer: worth retrying.
     #[error("could not reach the provider: {0}")]
     Transport(String),
@@ -48,7 +55,9 @@ impl OAuthError {
     pub fn is_transient(&self) -> bool {
         match self {
             OAuthError::Transport(_) | OAuthError::Discovery { .. } => true,
-            OAuthError::Provider { code, .. } => code == "temporarily_unavailable" || code == "server_error",
+            OAuthError::Provider { code, .. } => {
+                code == "temporarily_unavailable" || code == "server_error"
+            }
             OAuthError::InvalidGrant(_) | OAuthError::Config { .. } => false,
         }
     }
@@ -103,7 +112,11 @@ impl Provider {
             .timeout(REQUEST_TIMEOUT)
             .build()
             .expect("a rustls reqwest client always builds");
-        Provider { config, http, resolved: RwLock::new(None) }
+        Provider {
+            config,
+            http,
+            resolved: RwLock::new(None),
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -123,21 +136,40 @@ impl Provider {
 
     async fn resolve(&self) -> Result<ResolvedEndpoints, OAuthError> {
         match &self.config.endpoints {
-            Endpoints::Manual { authorize_url, token_url, .. } => Ok(ResolvedEndpoints {
+            Endpoints::Manual {
+                authorize_url,
+                token_url,
+                ..
+            } => Ok(ResolvedEndpoints {
                 issuer: None,
                 authorize_url: authorize_url.clone(),
                 token_url: token_url.clone(),
             }),
             Endpoints::Discovery { issuer } => {
-                let url = format!("{}/.well-known/openid-configuration", issuer.as_str().trim_end_matches('/'));
-                let fail = |reason: String| OAuthError::Discovery { provider: self.name().into(), url: url.clone(), reason };
-                let resp = self.http.get(&url).send().await.map_err(|e| fail(e.to_string()))?;
+                let url = format!(
+                    "{}/.well-known/openid-configuration",
+                    issuer.as_str().trim_end_matches('/')
+                );
+                let fail = |reason: String| OAuthError::Discovery {
+                    provider: self.name().into(),
+                    url: url.clone(),
+                    reason,
+                };
+                let resp = self
+                    .http
+                    .get(&url)
+                    .send()
+                    .await
+                    .map_err(|e| fail(e.to_string()))?;
                 if !resp.status().is_success() {
                     return Err(fail(format!("HTTP {}", resp.status())));
                 }
                 let doc: Discovery = resp.json().await.map_err(|e| fail(e.to_string()))?;
                 if doc.issuer.trim_end_matches('/') != issuer.as_str().trim_end_matches('/') {
-                    return Err(fail(format!("the document names issuer {:?}, not the configured one", doc.issuer)));
+                    return Err(fail(format!(
+                        "the document names issuer {:?}, not the configured one",
+                        doc.issuer
+                    )));
                 }
                 Ok(ResolvedEndpoints {
                     issuer: Some(doc.issuer),
@@ -171,10 +203,15 @@ impl Provider {
             reason: format!("{what}: {e}"),
         };
         let mut client = BasicClient::new(ClientId::new(self.config.client_id.clone()))
-            .set_auth_uri(AuthUrl::new(ep.authorize_url.to_string()).map_err(|e| bad("authorize_url", e))?)
-            .set_token_uri(TokenUrl::new(ep.token_url.to_string()).map_err(|e| bad("token_url", e))?)
+            .set_auth_uri(
+                AuthUrl::new(ep.authorize_url.to_string()).map_err(|e| bad("authorize_url", e))?,
+            )
+            .set_token_uri(
+                TokenUrl::new(ep.token_url.to_string()).map_err(|e| bad("token_url", e))?,
+            )
             .set_redirect_uri(
-                RedirectUrl::new(self.config.redirect_uri.to_string()).map_err(|e| bad("redirect_uri", e))?,
+                RedirectUrl::new(self.config.redirect_uri.to_string())
+                    .map_err(|e| bad("redirect_uri", e))?,
             );
         if let Some(secret) = &self.config.client_secret {
             client = client.set_client_secret(ClientSecret::new(secret.expose().to_string()));
@@ -203,7 +240,11 @@ impl Provider {
         })
     }
 
-    pub async fn exchange_code(&self, code: &Secret, pkce_verifier: &Secret) -> Result<Grant, OAuthError> {
+    pub async fn exchange_code(
+        &self,
+        code: &Secret,
+        pkce_verifier: &Secret,
+    ) -> Result<Grant, OAuthError> {
         let ep = self.endpoints().await?;
         let resp = self
             .client(&ep)?
@@ -217,13 +258,19 @@ impl Provider {
     pub async fn refresh(&self, refresh_token: &Secret) -> Result<Grant, OAuthError> {
         let ep = self.endpoints().await?;
         let token = RefreshToken::new(refresh_token.expose().to_string());
-        let resp = self.client(&ep)?.exchange_refresh_token(&token).request_async(&self.http).await;
+        let resp = self
+            .client(&ep)?
+            .exchange_refresh_token(&token)
+            .request_async(&self.http)
+            .await;
         grant_from(resp)
     }
 }
 
-type TokenResult<RE> =
-    Result<oauth2::basic::BasicTokenResponse, RequestTokenError<RE, oauth2::basic::BasicErrorResponse>>;
+type TokenResult<RE> = Result<
+    oauth2::basic::BasicTokenResponse,
+    RequestTokenError<RE, oauth2::basic::BasicErrorResponse>,
+>;
 
 fn grant_from<RE: std::error::Error + 'static>(resp: TokenResult<RE>) -> Result<Grant, OAuthError> {
     match resp {
@@ -234,16 +281,22 @@ fn grant_from<RE: std::error::Error + 'static>(resp: TokenResult<RE>) -> Result<
             refresh_token: t.refresh_token().map(|r| Secret::new(r.secret().clone())),
         }),
         Err(RequestTokenError::ServerResponse(e)) => Err(match e.error() {
-            BasicErrorResponseType::InvalidGrant => OAuthError::InvalidGrant(e.error_description().cloned()),
-            other => OAuthError::Provider { code: other.to_string(), description: e.error_description().cloned() },
+            BasicErrorResponseType::InvalidGrant => {
+                OAuthError::InvalidGrant(e.error_description().cloned())
+            }
+            other => OAuthError::Provider {
+                code: other.to_string(),
+                description: e.error_description().cloned(),
+            },
         }),
         // The messages of these variants carry no token: reqwest's errors
         // name the URL (no secrets in it for a token endpoint), and a parse
         // error's body is dropped here on purpose.
         Err(RequestTokenError::Request(e)) => Err(OAuthError::Transport(error_chain(&e))),
-        Err(RequestTokenError::Parse(e, _body)) => {
-            Err(OAuthError::Transport(format!("unreadable token response: {}", e.inner())))
-        }
+        Err(RequestTokenError::Parse(e, _body)) => Err(OAuthError::Transport(format!(
+            "unreadable token response: {}",
+            e.inner()
+        ))),
         Err(RequestTokenError::Other(m)) => Err(OAuthError::Transport(m)),
     }
 }
@@ -321,20 +374,38 @@ mod tests {
 
     #[test]
     fn callback_parsing() {
-        let u = Url::parse("http://127.0.0.1:1/callback?code=abc&state=xyz&iss=http%3A%2F%2Fi").unwrap();
+        let u = Url::parse("http://127.0.0.1:1/callback?code=abc&state=xyz&iss=http%3A%2F%2Fi")
+            .unwrap();
         let c = parse_callback(&u).unwrap();
-        assert_eq!((c.code.expose(), c.state.expose(), c.iss.as_deref()), ("abc", "xyz", Some("http://i")));
+        assert_eq!(
+            (c.code.expose(), c.state.expose(), c.iss.as_deref()),
+            ("abc", "xyz", Some("http://i"))
+        );
         let u = Url::parse("http://x/cb?error=access_denied&state=s").unwrap();
-        assert_eq!(parse_callback(&u).unwrap_err(), CallbackError::Refused("access_denied".into()));
+        assert_eq!(
+            parse_callback(&u).unwrap_err(),
+            CallbackError::Refused("access_denied".into())
+        );
         let u = Url::parse("http://x/cb?state=s").unwrap();
-        assert_eq!(parse_callback(&u).unwrap_err(), CallbackError::Missing("code"));
+        assert_eq!(
+            parse_callback(&u).unwrap_err(),
+            CallbackError::Missing("code")
+        );
     }
 
     #[test]
     fn transient_classification() {
         assert!(OAuthError::Transport("x".into()).is_transient());
         assert!(!OAuthError::InvalidGrant(None).is_transient());
-        assert!(OAuthError::Provider { code: "temporarily_unavailable".into(), description: None }.is_transient());
-        assert!(!OAuthError::Provider { code: "invalid_client".into(), description: None }.is_transient());
+        assert!(OAuthError::Provider {
+            code: "temporarily_unavailable".into(),
+            description: None
+        }
+        .is_transient());
+        assert!(!OAuthError::Provider {
+            code: "invalid_client".into(),
+            description: None
+        }
+        .is_transient());
     }
 }

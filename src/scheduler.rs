@@ -58,7 +58,10 @@ pub async fn run_refresh_scheduler(farm: Arc<Farm>, mut shutdown: Shutdown) {
         let next_cooldown_end = farm.end_cooldowns(now);
         let (due, next_due) = farm.due_refreshes(now, margin);
         let (relogins, next_relogin) = farm.due_relogins(now);
-        let next = [next_due, next_cooldown_end, next_relogin].into_iter().flatten().min();
+        let next = [next_due, next_cooldown_end, next_relogin]
+            .into_iter()
+            .flatten()
+            .min();
         for (id, generation) in due {
             if in_flight.insert((Job::Refresh, id)) {
                 let farm = farm.clone();
@@ -99,7 +102,11 @@ pub async fn run_refresh_scheduler(farm: Arc<Farm>, mut shutdown: Shutdown) {
 impl Farm {
     /// The accounts due for a refresh now (with the generation seen), and
     /// the earliest future due time among the others.
-    pub fn due_refreshes(&self, now: DateTime<Utc>, margin: chrono::Duration) -> (Vec<(AccountId, i64)>, Option<DateTime<Utc>>) {
+    pub fn due_refreshes(
+        &self,
+        now: DateTime<Utc>,
+        margin: chrono::Duration,
+    ) -> (Vec<(AccountId, i64)>, Option<DateTime<Utc>>) {
         let st = self.state();
         let mut due = Vec::new();
         let mut next: Option<DateTime<Utc>> = None;
@@ -155,7 +162,11 @@ impl Farm {
                     tracing::error!(account = id, error = %e, "could not persist the end of a cooldown");
                 }
             }
-            self.emit(crate::events::EventKind::CooldownEnded, Some(id), "cooldown over");
+            self.emit(
+                crate::events::EventKind::CooldownEnded,
+                Some(id),
+                "cooldown over",
+            );
         }
         next
     }
@@ -163,11 +174,16 @@ impl Farm {
 
 /// Runs [`sweep`] on the configured cron schedule (disabled when empty).
 pub async fn run_sweep(farm: Arc<Farm>, mut shutdown: Shutdown) {
-    let Some(schedule) = farm.config.scheduler.sweep.clone() else { return };
+    let Some(schedule) = farm.config.scheduler.sweep.clone() else {
+        return;
+    };
     let max_sleep = farm.config.scheduler.max_sleep;
     let mut next = schedule.upcoming(Utc).next();
     while let Some(at) = next {
-        let wait = (at - Utc::now()).to_std().unwrap_or_default().min(max_sleep);
+        let wait = (at - Utc::now())
+            .to_std()
+            .unwrap_or_default()
+            .min(max_sleep);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = wait_shutdown(&mut shutdown) => return,
@@ -197,7 +213,12 @@ pub fn sweep(farm: &Farm) {
         });
     let attention = farm.trim_and_count_attention();
     farm.scheduler_wake.notify_one();
-    tracing::info!(expired_logins = expired, pruned_rows = pruned, needing_attention = attention, "sweep done");
+    tracing::info!(
+        expired_logins = expired,
+        pruned_rows = pruned,
+        needing_attention = attention,
+        "sweep done"
+    );
 }
 
 impl Farm {

@@ -58,7 +58,8 @@ fn load_or_create_key_file(key_file: &Path, db: &Path) -> Result<Secret, ServeEr
                     .map_err(|e| ServeError::Key(format!("{}: {e}", dir.display())))?;
             }
             let key = Cipher::generate_key_text();
-            write_secret_file(key_file, &key).map_err(|e| ServeError::Key(format!("{}: {e}", key_file.display())))?;
+            write_secret_file(key_file, &key)
+                .map_err(|e| ServeError::Key(format!("{}: {e}", key_file.display())))?;
             tracing::info!(path = %key_file.display(), "created a new store key; back it up with the database");
             Ok(key)
         }
@@ -81,17 +82,28 @@ pub fn open_farm(config: Config) -> Result<Arc<Farm>, ServeError> {
 }
 
 /// Runs the farm on `listener` until `shutdown` completes.
-pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     let farm = open_farm(config)?;
     serve(farm, listener, shutdown).await;
     Ok(())
 }
 
 /// Serves an opened farm until `shutdown`.
-pub async fn serve(farm: Arc<Farm>, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) {
+pub async fn serve(
+    farm: Arc<Farm>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let jobs = [
-        tokio::spawn(scheduler::run_refresh_scheduler(farm.clone(), stop_rx.clone())),
+        tokio::spawn(scheduler::run_refresh_scheduler(
+            farm.clone(),
+            stop_rx.clone(),
+        )),
         tokio::spawn(scheduler::run_sweep(farm.clone(), stop_rx.clone())),
     ];
     crate::webhooks::spawn_all(&farm, &stop_rx);

@@ -57,8 +57,16 @@ impl Webhook {
         let u = &config.url;
         let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
         let target = format!("{}://{}{port}/…", u.scheme(), u.host_str().unwrap_or(""));
-        let status = WebhookStatus { index, target, events: config.events.clone(), ..Default::default() };
-        Webhook { config, status: Mutex::new(status) }
+        let status = WebhookStatus {
+            index,
+            target,
+            events: config.events.clone(),
+            ..Default::default()
+        };
+        Webhook {
+            config,
+            status: Mutex::new(status),
+        }
     }
 
     pub fn status(&self) -> WebhookStatus {
@@ -70,7 +78,11 @@ impl Webhook {
     }
 
     fn wants(&self, ev: &Event) -> bool {
-        if ev.kind == EventKind::WebhookFailed && ev.detail.starts_with(&format!("webhook {} ", self.lock().index)) {
+        if ev.kind == EventKind::WebhookFailed
+            && ev
+                .detail
+                .starts_with(&format!("webhook {} ", self.lock().index))
+        {
             return false; // never report a webhook's failure to itself
         }
         self.config.events.is_empty() || self.config.events.iter().any(|k| k == ev.kind.as_str())
@@ -93,11 +105,22 @@ pub fn spawn_all(farm: &Arc<Farm>, shutdown: &Shutdown) {
     for hook in farm.webhooks.iter().cloned() {
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(enqueue(farm.clone(), hook.clone(), tx, shutdown.clone()));
-        tokio::spawn(deliver(farm.clone(), hook, rx, client.clone(), shutdown.clone()));
+        tokio::spawn(deliver(
+            farm.clone(),
+            hook,
+            rx,
+            client.clone(),
+            shutdown.clone(),
+        ));
     }
 }
 
-async fn enqueue(farm: Arc<Farm>, hook: Arc<Webhook>, tx: mpsc::Sender<Event>, mut shutdown: Shutdown) {
+async fn enqueue(
+    farm: Arc<Farm>,
+    hook: Arc<Webhook>,
+    tx: mpsc::Sender<Event>,
+    mut shutdown: Shutdown,
+) {
     let mut live = farm.events.subscribe();
     loop {
         let ev = tokio::select! {
@@ -117,7 +140,13 @@ async fn enqueue(farm: Arc<Farm>, hook: Arc<Webhook>, tx: mpsc::Sender<Event>, m
     }
 }
 
-async fn deliver(farm: Arc<Farm>, hook: Arc<Webhook>, mut rx: mpsc::Receiver<Event>, http: reqwest::Client, mut shutdown: Shutdown) {
+async fn deliver(
+    farm: Arc<Farm>,
+    hook: Arc<Webhook>,
+    mut rx: mpsc::Receiver<Event>,
+    http: reqwest::Client,
+    mut shutdown: Shutdown,
+) {
     loop {
         let ev = tokio::select! {
             ev = rx.recv() => match ev { Some(ev) => ev, None => return },
@@ -164,7 +193,12 @@ async fn deliver(farm: Arc<Farm>, hook: Arc<Webhook>, mut rx: mpsc::Receiver<Eve
     }
 }
 
-async fn post(http: &reqwest::Client, cfg: &WebhookConfig, ev: &Event, body: &[u8]) -> Result<(), String> {
+async fn post(
+    http: &reqwest::Client,
+    cfg: &WebhookConfig,
+    ev: &Event,
+    body: &[u8],
+) -> Result<(), String> {
     let mut req = http
         .post(cfg.url.clone())
         .timeout(cfg.timeout)
@@ -175,7 +209,10 @@ async fn post(http: &reqwest::Client, cfg: &WebhookConfig, ev: &Event, body: &[u
     if let Some(secret) = &cfg.secret {
         req = req.header(SIGNATURE_HEADER, sign(secret.expose().as_bytes(), body));
     }
-    let resp = req.send().await.map_err(|e| format!("request failed: {}", e.without_url()))?;
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| format!("request failed: {}", e.without_url()))?;
     if resp.status().is_success() {
         Ok(())
     } else {

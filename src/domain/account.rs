@@ -144,7 +144,13 @@ pub struct Account {
 }
 
 impl Account {
-    pub fn new(id: AccountId, provider: String, label: String, priority: i64, now: DateTime<Utc>) -> Self {
+    pub fn new(
+        id: AccountId,
+        provider: String,
+        label: String,
+        priority: i64,
+        now: DateTime<Utc>,
+    ) -> Self {
         Account {
             id,
             provider,
@@ -218,7 +224,9 @@ impl Account {
     }
 
     pub fn has_refresh_token(&self) -> bool {
-        self.tokens.as_ref().is_some_and(|t| t.refresh_token.is_some())
+        self.tokens
+            .as_ref()
+            .is_some_and(|t| t.refresh_token.is_some())
     }
 
     /// Can this account's current token be handed to a client now?
@@ -227,7 +235,10 @@ impl Account {
             && self.auth == AuthState::Active
             && !self.suspect
             && !self.is_cooling_down(now)
-            && self.tokens.as_ref().is_some_and(|t| t.expires_at - now >= min_validity)
+            && self
+                .tokens
+                .as_ref()
+                .is_some_and(|t| t.expires_at - now >= min_validity)
     }
 }
 
@@ -256,7 +267,10 @@ mod tests {
         assert_eq!(a.display_state(now), DisplayState::Healthy);
         a.cooldown_until = Some(now + Duration::seconds(5));
         assert_eq!(a.display_state(now), DisplayState::CoolingDown);
-        assert_eq!(a.display_state(now + Duration::seconds(6)), DisplayState::Healthy);
+        assert_eq!(
+            a.display_state(now + Duration::seconds(6)),
+            DisplayState::Healthy
+        );
         a.refreshing = true;
         assert_eq!(a.display_state(now), DisplayState::Refreshing);
         a.auth = AuthState::NeedsRelogin;
@@ -271,7 +285,10 @@ mod tests {
         let mut a = active(now);
         let min = Duration::seconds(30);
         assert!(a.is_servable(now, min));
-        assert!(!a.is_servable(now + Duration::seconds(571), min), "less than 30 s left");
+        assert!(
+            !a.is_servable(now + Duration::seconds(571), min),
+            "less than 30 s left"
+        );
         a.suspect = true;
         assert!(!a.is_servable(now, min));
         a.suspect = false;
@@ -286,7 +303,10 @@ mod tests {
         a.auth = AuthState::NeedsRelogin;
         a.suspect = true;
         a.refresh_failures = 3;
-        a.last_error = Some(LastError { at: now, message: "x".into() });
+        a.last_error = Some(LastError {
+            at: now,
+            message: "x".into(),
+        });
         let fresh = Tokens {
             access_token: Secret::new("at2"),
             token_type: "Bearer".into(),
@@ -296,14 +316,28 @@ mod tests {
         };
         a.install_tokens(fresh, 7, now);
         assert_eq!(a.generation, 7);
-        assert_eq!(a.tokens.as_ref().unwrap().refresh_token.as_ref().unwrap().expose(), "rt");
+        assert_eq!(
+            a.tokens
+                .as_ref()
+                .unwrap()
+                .refresh_token
+                .as_ref()
+                .unwrap()
+                .expose(),
+            "rt"
+        );
         assert_eq!(a.display_state(now), DisplayState::Healthy);
         assert!(a.last_error.is_none() && a.refresh_failures == 0);
     }
 
     #[test]
     fn auth_state_round_trips() {
-        for s in [AuthState::PendingLogin, AuthState::Active, AuthState::NeedsRelogin, AuthState::NeedsHuman] {
+        for s in [
+            AuthState::PendingLogin,
+            AuthState::Active,
+            AuthState::NeedsRelogin,
+            AuthState::NeedsHuman,
+        ] {
             assert_eq!(AuthState::parse(s.as_str()), Some(s));
         }
         assert_eq!(AuthState::parse("bogus"), None);

@@ -30,7 +30,12 @@ pub enum Strategy {
 
 impl Strategy {
     pub const NAMES: &'static str = "round-robin | least-used | fill-first | sticky";
-    pub const ALL: &'static [Strategy] = &[Strategy::RoundRobin, Strategy::LeastUsed, Strategy::FillFirst, Strategy::Sticky];
+    pub const ALL: &'static [Strategy] = &[
+        Strategy::RoundRobin,
+        Strategy::LeastUsed,
+        Strategy::FillFirst,
+        Strategy::Sticky,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -66,7 +71,9 @@ impl FromStr for Strategy {
 pub enum Choice {
     Account(AccountId),
     /// Nothing can serve now; ask again after this long (at least 1 s).
-    NoneAvailable { retry_after: Duration },
+    NoneAvailable {
+        retry_after: Duration,
+    },
 }
 
 /// How long to tell clients to wait when no account of a provider exists
@@ -105,9 +112,15 @@ impl Rotation {
         usable.sort_by_key(|a| a.id);
         let chosen = match (strategy, session) {
             (Strategy::LeastUsed, _) => usable.iter().min_by_key(|a| (a.uses, a.id)).map(|a| a.id),
-            (Strategy::FillFirst, _) => usable.iter().min_by_key(|a| (a.priority, a.id)).map(|a| a.id),
+            (Strategy::FillFirst, _) => usable
+                .iter()
+                .min_by_key(|a| (a.priority, a.id))
+                .map(|a| a.id),
             (Strategy::Sticky, Some(key)) => {
-                let sticky = self.sessions.get(&(provider.to_string(), key.to_string())).copied();
+                let sticky = self
+                    .sessions
+                    .get(&(provider.to_string(), key.to_string()))
+                    .copied();
                 sticky.filter(|id| usable.iter().any(|a| a.id == *id))
             }
             _ => None,
@@ -120,7 +133,8 @@ impl Rotation {
             }
         }
         if let (Strategy::Sticky, Some(key)) = (strategy, session) {
-            self.sessions.insert((provider.to_string(), key.to_string()), id);
+            self.sessions
+                .insert((provider.to_string(), key.to_string()), id);
         }
         Choice::Account(id)
     }
@@ -165,7 +179,10 @@ fn retry_after<'a>(
         .filter(|a| a.provider == provider && a.enabled && a.auth == AuthState::Active)
         .map(|a| {
             let cooldown_end = a.cooldown_until.filter(|u| *u > now).unwrap_or(now);
-            let token_ok_then = a.tokens.as_ref().is_some_and(|t| t.expires_at - cooldown_end >= min_validity);
+            let token_ok_then = a
+                .tokens
+                .as_ref()
+                .is_some_and(|t| t.expires_at - cooldown_end >= min_validity);
             let ready = if token_ok_then && !a.suspect && !a.refreshing {
                 cooldown_end
             } else {
@@ -204,11 +221,23 @@ mod tests {
         a
     }
 
-    fn pick(r: &mut Rotation, s: Strategy, session: Option<&str>, accts: &[Account], now: DateTime<Utc>) -> Choice {
+    fn pick(
+        r: &mut Rotation,
+        s: Strategy,
+        session: Option<&str>,
+        accts: &[Account],
+        now: DateTime<Utc>,
+    ) -> Choice {
         r.choose(s, "p", session, accts.iter(), now, Duration::seconds(30))
     }
 
-    fn ids(r: &mut Rotation, s: Strategy, accts: &[Account], n: usize, now: DateTime<Utc>) -> Vec<AccountId> {
+    fn ids(
+        r: &mut Rotation,
+        s: Strategy,
+        accts: &[Account],
+        n: usize,
+        now: DateTime<Utc>,
+    ) -> Vec<AccountId> {
         (0..n)
             .map(|_| match pick(r, s, None, accts, now) {
                 Choice::Account(id) => id,
@@ -220,33 +249,58 @@ mod tests {
     #[test]
     fn round_robin_cycles_in_id_order_and_skips_unusable() {
         let now = Utc::now();
-        let mut accts = vec![account(3, "p", now), account(1, "p", now), account(2, "p", now), account(9, "other", now)];
+        let mut accts = vec![
+            account(3, "p", now),
+            account(1, "p", now),
+            account(2, "p", now),
+            account(9, "other", now),
+        ];
         let mut r = Rotation::default();
-        assert_eq!(ids(&mut r, Strategy::RoundRobin, &accts, 4, now), vec![1, 2, 3, 1]);
+        assert_eq!(
+            ids(&mut r, Strategy::RoundRobin, &accts, 4, now),
+            vec![1, 2, 3, 1]
+        );
         accts[2].cooldown_until = Some(now + Duration::seconds(10)); // id 2
-        assert_eq!(ids(&mut r, Strategy::RoundRobin, &accts, 3, now), vec![3, 1, 3]);
+        assert_eq!(
+            ids(&mut r, Strategy::RoundRobin, &accts, 3, now),
+            vec![3, 1, 3]
+        );
     }
 
     #[test]
     fn least_used_prefers_fewest_uses() {
         let now = Utc::now();
-        let mut accts = vec![account(1, "p", now), account(2, "p", now), account(3, "p", now)];
+        let mut accts = vec![
+            account(1, "p", now),
+            account(2, "p", now),
+            account(3, "p", now),
+        ];
         accts[0].uses = 5;
         accts[1].uses = 2;
         accts[2].uses = 2;
         let mut r = Rotation::default();
-        assert_eq!(pick(&mut r, Strategy::LeastUsed, None, &accts, now), Choice::Account(2));
+        assert_eq!(
+            pick(&mut r, Strategy::LeastUsed, None, &accts, now),
+            Choice::Account(2)
+        );
     }
 
     #[test]
     fn fill_first_uses_lowest_priority_until_it_cannot_serve() {
         let now = Utc::now();
-        let mut accts = vec![account(1, "p", now), account(2, "p", now), account(3, "p", now)];
+        let mut accts = vec![
+            account(1, "p", now),
+            account(2, "p", now),
+            account(3, "p", now),
+        ];
         accts[0].priority = 5;
         accts[1].priority = 1;
         accts[2].priority = 3;
         let mut r = Rotation::default();
-        assert_eq!(ids(&mut r, Strategy::FillFirst, &accts, 3, now), vec![2, 2, 2]);
+        assert_eq!(
+            ids(&mut r, Strategy::FillFirst, &accts, 3, now),
+            vec![2, 2, 2]
+        );
         accts[1].cooldown_until = Some(now + Duration::seconds(60));
         assert_eq!(ids(&mut r, Strategy::FillFirst, &accts, 2, now), vec![3, 3]);
     }
@@ -262,11 +316,21 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(pick(&mut r, Strategy::Sticky, Some("s-a"), &accts, now), a);
         }
-        let Choice::Account(a_id) = a else { unreachable!() };
-        accts.iter_mut().find(|x| x.id == a_id).unwrap().cooldown_until = Some(now + Duration::seconds(9));
+        let Choice::Account(a_id) = a else {
+            unreachable!()
+        };
+        accts
+            .iter_mut()
+            .find(|x| x.id == a_id)
+            .unwrap()
+            .cooldown_until = Some(now + Duration::seconds(9));
         let moved = pick(&mut r, Strategy::Sticky, Some("s-a"), &accts, now);
         assert_ne!(moved, a, "moves when its account cools down");
-        assert_eq!(pick(&mut r, Strategy::Sticky, Some("s-a"), &accts, now), moved, "and stays on the new one");
+        assert_eq!(
+            pick(&mut r, Strategy::Sticky, Some("s-a"), &accts, now),
+            moved,
+            "and stays on the new one"
+        );
     }
 
     #[test]
@@ -278,7 +342,9 @@ mod tests {
         let mut r = Rotation::default();
         assert_eq!(
             pick(&mut r, Strategy::RoundRobin, None, &accts, now),
-            Choice::NoneAvailable { retry_after: Duration::seconds(43) }
+            Choice::NoneAvailable {
+                retry_after: Duration::seconds(43)
+            }
         );
     }
 
@@ -290,11 +356,15 @@ mod tests {
         let mut r = Rotation::default();
         assert_eq!(
             pick(&mut r, Strategy::RoundRobin, None, &accts, now),
-            Choice::NoneAvailable { retry_after: RETRY_WHEN_NOTHING_PENDING }
+            Choice::NoneAvailable {
+                retry_after: RETRY_WHEN_NOTHING_PENDING
+            }
         );
         assert_eq!(
             pick(&mut r, Strategy::RoundRobin, None, &[], now),
-            Choice::NoneAvailable { retry_after: RETRY_WHEN_NOTHING_PENDING }
+            Choice::NoneAvailable {
+                retry_after: RETRY_WHEN_NOTHING_PENDING
+            }
         );
     }
 
@@ -306,15 +376,25 @@ mod tests {
         let mut r = Rotation::default();
         assert_eq!(
             pick(&mut r, Strategy::RoundRobin, None, &accts, now),
-            Choice::NoneAvailable { retry_after: Duration::seconds(1) }
+            Choice::NoneAvailable {
+                retry_after: Duration::seconds(1)
+            }
         );
     }
 
     #[test]
     fn strategy_names_round_trip() {
-        for s in [Strategy::RoundRobin, Strategy::LeastUsed, Strategy::FillFirst, Strategy::Sticky] {
+        for s in [
+            Strategy::RoundRobin,
+            Strategy::LeastUsed,
+            Strategy::FillFirst,
+            Strategy::Sticky,
+        ] {
             assert_eq!(s.as_str().parse::<Strategy>(), Ok(s));
         }
-        assert!("random".parse::<Strategy>().unwrap_err().contains("round-robin"));
+        assert!("random"
+            .parse::<Strategy>()
+            .unwrap_err()
+            .contains("round-robin"));
     }
 }

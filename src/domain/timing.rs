@@ -8,7 +8,11 @@ use super::account::{Account, AuthState};
 /// expires — but never earlier than half-way through the token's life, so a
 /// provider that issues tokens shorter than the margin is not hammered with
 /// back-to-back refreshes.
-pub fn refresh_due_at(issued_at: DateTime<Utc>, expires_at: DateTime<Utc>, margin: Duration) -> DateTime<Utc> {
+pub fn refresh_due_at(
+    issued_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    margin: Duration,
+) -> DateTime<Utc> {
     let lifetime = (expires_at - issued_at).max(Duration::zero());
     expires_at - margin.min(lifetime / 2)
 }
@@ -39,7 +43,10 @@ pub fn next_refresh_at(account: &Account, margin: Duration) -> Option<DateTime<U
 /// disabled). Dead accounts go at once; a failed relogin waits for its
 /// backoff; never-logged-in accounts go only once a script is attached.
 pub fn next_relogin_at(account: &Account) -> Option<DateTime<Utc>> {
-    let wants = matches!(account.auth, AuthState::NeedsRelogin | AuthState::NeedsHuman | AuthState::PendingLogin);
+    let wants = matches!(
+        account.auth,
+        AuthState::NeedsRelogin | AuthState::NeedsHuman | AuthState::PendingLogin
+    );
     if !account.enabled || !account.has_login_script || !wants || account.refreshing {
         return None;
     }
@@ -52,7 +59,10 @@ pub fn next_relogin_at(account: &Account) -> Option<DateTime<Utc>> {
 /// un-jittered delay so that many accounts failing together spread out.
 pub fn backoff(failures: u32, initial: Duration, max: Duration, jitter: f64) -> Duration {
     let exp = failures.saturating_sub(1).min(30);
-    let full_ms = initial.num_milliseconds().saturating_mul(1i64 << exp).min(max.num_milliseconds());
+    let full_ms = initial
+        .num_milliseconds()
+        .saturating_mul(1i64 << exp)
+        .min(max.num_milliseconds());
     let jitter = jitter.clamp(0.0, 1.0);
     Duration::milliseconds(full_ms / 2 + ((full_ms / 2) as f64 * jitter) as i64)
 }
@@ -101,13 +111,28 @@ mod tests {
         let now = Utc::now();
         let margin = Duration::minutes(5);
         let mut a = account_with_tokens(now);
-        assert_eq!(next_refresh_at(&a, margin), Some(now + Duration::minutes(55)));
+        assert_eq!(
+            next_refresh_at(&a, margin),
+            Some(now + Duration::minutes(55))
+        );
         a.cooldown_until = Some(now + Duration::hours(3));
-        assert_eq!(next_refresh_at(&a, margin), Some(now + Duration::minutes(55)), "cooling down still refreshes");
+        assert_eq!(
+            next_refresh_at(&a, margin),
+            Some(now + Duration::minutes(55)),
+            "cooling down still refreshes"
+        );
         a.suspect = true;
-        assert_eq!(next_refresh_at(&a, margin), Some(DateTime::<Utc>::MIN_UTC), "unauthorized report: at once");
+        assert_eq!(
+            next_refresh_at(&a, margin),
+            Some(DateTime::<Utc>::MIN_UTC),
+            "unauthorized report: at once"
+        );
         a.retry_at = Some(now + Duration::seconds(20));
-        assert_eq!(next_refresh_at(&a, margin), Some(now + Duration::seconds(20)), "but not before the backoff");
+        assert_eq!(
+            next_refresh_at(&a, margin),
+            Some(now + Duration::seconds(20)),
+            "but not before the backoff"
+        );
         a.refreshing = true;
         assert_eq!(next_refresh_at(&a, margin), None, "already in flight");
         a.refreshing = false;
@@ -122,14 +147,30 @@ mod tests {
     fn relogin_ladder_needs_a_script_and_respects_backoff() {
         let now = Utc::now();
         let mut a = account_with_tokens(now);
-        assert_eq!(next_relogin_at(&a), None, "healthy accounts need no relogin");
+        assert_eq!(
+            next_relogin_at(&a),
+            None,
+            "healthy accounts need no relogin"
+        );
         a.auth = AuthState::NeedsRelogin;
-        assert_eq!(next_relogin_at(&a), None, "no script, nothing the farm can do");
+        assert_eq!(
+            next_relogin_at(&a),
+            None,
+            "no script, nothing the farm can do"
+        );
         a.has_login_script = true;
-        assert_eq!(next_relogin_at(&a), Some(DateTime::<Utc>::MIN_UTC), "dead with a script: at once");
+        assert_eq!(
+            next_relogin_at(&a),
+            Some(DateTime::<Utc>::MIN_UTC),
+            "dead with a script: at once"
+        );
         a.auth = AuthState::NeedsHuman;
         a.relogin_retry_at = Some(now + Duration::minutes(10));
-        assert_eq!(next_relogin_at(&a), Some(now + Duration::minutes(10)), "after a failure: backoff, no storm");
+        assert_eq!(
+            next_relogin_at(&a),
+            Some(now + Duration::minutes(10)),
+            "after a failure: backoff, no storm"
+        );
         a.enabled = false;
         assert_eq!(next_relogin_at(&a), None);
     }
@@ -150,7 +191,10 @@ mod tests {
         let d = Duration::seconds(60);
         let max = Duration::hours(6);
         assert_eq!(cooldown_for(None, d, max), d);
-        assert_eq!(cooldown_for(Some(Duration::seconds(7)), d, max), Duration::seconds(7));
+        assert_eq!(
+            cooldown_for(Some(Duration::seconds(7)), d, max),
+            Duration::seconds(7)
+        );
         assert_eq!(cooldown_for(Some(Duration::days(3)), d, max), max);
     }
 }

@@ -56,7 +56,10 @@ impl ClientKeys {
             .filter(|c| c.revoked_at.is_none())
             .map(|c| (c.key_hash, c.id))
             .collect();
-        Ok(ClientKeys { admin_hash: admin_token.map(|t| key_hash(t.expose())), active: RwLock::new(active) })
+        Ok(ClientKeys {
+            admin_hash: admin_token.map(|t| key_hash(t.expose())),
+            active: RwLock::new(active),
+        })
     }
 
     fn is_admin(&self, token: &str) -> bool {
@@ -71,23 +74,46 @@ impl Farm {
         if self.clients.is_admin(bearer) {
             return Some(Principal::Admin);
         }
-        let active = self.clients.active.read().unwrap_or_else(|p| p.into_inner());
-        active.get(&key_hash(bearer)).map(|id| Principal::Client(*id))
+        let active = self
+            .clients
+            .active
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        active
+            .get(&key_hash(bearer))
+            .map(|id| Principal::Client(*id))
     }
 
     pub fn create_client(&self, name: &str) -> Result<NewClient> {
         if name.trim().is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
-            return Err(FarmError::Invalid("name must be 1 to 100 printable characters".into()));
+            return Err(FarmError::Invalid(
+                "name must be 1 to 100 printable characters".into(),
+            ));
         }
         let mut raw = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut raw);
-        let key = format!("rfk_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw));
+        let key = format!(
+            "rfk_{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+        );
         let hash = key_hash(&key);
         let record = self.store.insert_client(name, hash, Utc::now())?;
-        self.clients.active.write().unwrap_or_else(|p| p.into_inner()).insert(hash, record.id);
+        self.clients
+            .active
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(hash, record.id);
         tracing::info!(client = record.id, name, "client key created");
-        self.emit(EventKind::ClientCreated, None, format!("client {} ({name}) created", record.id));
-        Ok(NewClient { id: record.id, name: record.name, key: Secret::new(key) })
+        self.emit(
+            EventKind::ClientCreated,
+            None,
+            format!("client {} ({name}) created", record.id),
+        );
+        Ok(NewClient {
+            id: record.id,
+            name: record.name,
+            key: Secret::new(key),
+        })
     }
 
     pub fn list_clients(&self) -> Result<Vec<ClientRecord>> {
@@ -96,11 +122,22 @@ impl Farm {
 
     pub fn revoke_client(&self, id: i64) -> Result<()> {
         if !self.store.revoke_client(id, Utc::now())? {
-            return Err(FarmError::NotFound { what: "client", id: id.to_string() });
+            return Err(FarmError::NotFound {
+                what: "client",
+                id: id.to_string(),
+            });
         }
-        self.clients.active.write().unwrap_or_else(|p| p.into_inner()).retain(|_, v| *v != id);
+        self.clients
+            .active
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, v| *v != id);
         tracing::info!(client = id, "client key revoked");
-        self.emit(EventKind::ClientRevoked, None, format!("client {id} revoked"));
+        self.emit(
+            EventKind::ClientRevoked,
+            None,
+            format!("client {id} revoked"),
+        );
         Ok(())
     }
 }

@@ -46,15 +46,23 @@ impl Farm {
     ) -> Result<CredentialLease> {
         self.provider(provider)?;
         if session.is_some_and(|s| s.is_empty() || s.len() > MAX_SESSION_LEN) {
-            return Err(FarmError::Invalid(format!("session must be 1 to {MAX_SESSION_LEN} characters")));
+            return Err(FarmError::Invalid(format!(
+                "session must be 1 to {MAX_SESSION_LEN} characters"
+            )));
         }
         let now = Utc::now();
         let rot = &self.config.rotation;
         let (lease, answer) = {
             let mut st = self.state();
             let st = &mut *st;
-            let choice =
-                st.rotation.choose(rot.strategy, provider, session, st.accounts.values(), now, chrono_dur(rot.min_validity));
+            let choice = st.rotation.choose(
+                rot.strategy,
+                provider,
+                session,
+                st.accounts.values(),
+                now,
+                chrono_dur(rot.min_validity),
+            );
             let id = match choice {
                 Choice::Account(id) => id,
                 Choice::NoneAvailable { retry_after } => {
@@ -65,11 +73,15 @@ impl Farm {
                     });
                 }
             };
-            let a = st.accounts.get_mut(&id).expect("rotation chose an account it was given");
+            let a = st
+                .accounts
+                .get_mut(&id)
+                .expect("rotation chose an account it was given");
             let tokens = a.tokens.as_ref().expect("a servable account has tokens");
             a.uses += 1;
             a.last_used_at = Some(now);
-            let lease_expires_at = (now + chrono_dur(self.config.server.lease_ttl)).min(tokens.expires_at);
+            let lease_expires_at =
+                (now + chrono_dur(self.config.server.lease_ttl)).min(tokens.expires_at);
             let lease = NewLease {
                 key: self.lease_log.allocate(),
                 account_id: id,
@@ -112,18 +124,31 @@ impl Farm {
         match req.outcome {
             Outcome::RateLimited => {
                 let rot = &self.config.rotation;
-                let asked = req.retry_after_s.map(|s| chrono::Duration::seconds(s.min(10 * 365 * 86400) as i64));
-                let wait = cooldown_for(asked, chrono_dur(rot.default_cooldown), chrono_dur(rot.max_cooldown));
+                let asked = req
+                    .retry_after_s
+                    .map(|s| chrono::Duration::seconds(s.min(10 * 365 * 86400) as i64));
+                let wait = cooldown_for(
+                    asked,
+                    chrono_dur(rot.default_cooldown),
+                    chrono_dur(rot.max_cooldown),
+                );
                 let until = now + wait;
                 self.update_account(lease.account_id, |a| {
                     // A later report never shortens a longer cooldown.
                     a.cooldown_until = Some(a.cooldown_until.map_or(until, |u| u.max(until)));
                 })?;
-                tracing::info!(account = lease.account_id, seconds = wait.num_seconds(), "rate limited; cooling down");
+                tracing::info!(
+                    account = lease.account_id,
+                    seconds = wait.num_seconds(),
+                    "rate limited; cooling down"
+                );
                 self.emit(
                     EventKind::CooldownStarted,
                     Some(lease.account_id),
-                    format!("rate limited; cooling down until {}", until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                    format!(
+                        "rate limited; cooling down until {}",
+                        until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    ),
                 );
             }
             Outcome::Unauthorized => {
@@ -136,7 +161,10 @@ impl Farm {
                     a.generation
                 })?;
                 if current == lease.generation {
-                    tracing::info!(account = lease.account_id, "client reported the token as rejected; refreshing");
+                    tracing::info!(
+                        account = lease.account_id,
+                        "client reported the token as rejected; refreshing"
+                    );
                     self.scheduler_wake.notify_one();
                 }
             }
@@ -153,8 +181,15 @@ impl Farm {
 
     /// The lease, if it exists and belongs to the caller (the admin may act
     /// on any lease). Another client's lease is reported as not found.
-    fn lease_for(&self, lease_id: &str, who: Principal) -> Result<crate::store::leases::StoredLease> {
-        let not_found = || FarmError::NotFound { what: "lease", id: lease_id.to_string() };
+    fn lease_for(
+        &self,
+        lease_id: &str,
+        who: Principal,
+    ) -> Result<crate::store::leases::StoredLease> {
+        let not_found = || FarmError::NotFound {
+            what: "lease",
+            id: lease_id.to_string(),
+        };
         let key: LeaseKey = lease_id.parse().map_err(|()| not_found())?;
         let lease = self.store.find_lease(key)?.ok_or_else(not_found)?;
         if who != Principal::Admin && lease.client_id != who.client_id() {

@@ -58,11 +58,19 @@ impl PendingLogins {
 
     /// Takes the pending login whose state matches (compared in constant
     /// time), optionally only for one account.
-    fn take(&self, state: &Secret, account: Option<AccountId>, now: DateTime<Utc>) -> Option<Pending> {
+    fn take(
+        &self,
+        state: &Secret,
+        account: Option<AccountId>,
+        now: DateTime<Utc>,
+    ) -> Option<Pending> {
         let mut map = self.lock();
         let id = map
             .iter()
-            .find(|(id, p)| account.is_none_or(|a| a == **id) && ct_eq(p.state.expose().as_bytes(), state.expose().as_bytes()))
+            .find(|(id, p)| {
+                account.is_none_or(|a| a == **id)
+                    && ct_eq(p.state.expose().as_bytes(), state.expose().as_bytes())
+            })
             .map(|(id, _)| *id)?;
         map.remove(&id).filter(|p| p.expires_at > now)
     }
@@ -92,7 +100,12 @@ impl Farm {
         let listening = self.ensure_loopback_listener(&begun.redirect_uri).await;
         tracing::info!(account = id, listening, "login started");
         self.emit(EventKind::LoginStarted, Some(id), "login started");
-        Ok(LoginStarted { account_id: id, authorize_url: begun.authorize_url.to_string(), expires_at: begun.expires_at, listening })
+        Ok(LoginStarted {
+            account_id: id,
+            authorize_url: begun.authorize_url.to_string(),
+            expires_at: begun.expires_at,
+            listening,
+        })
     }
 
     /// Starts a login for the farm's own browser: no loopback listener (the
@@ -106,18 +119,35 @@ impl Farm {
     async fn begin_login(&self, id: AccountId) -> Result<BegunLogin> {
         let provider_name = self.with_account(id, |a| a.provider.clone())?;
         let provider = self.provider(&provider_name)?.clone();
-        let req = provider.authorize().await.map_err(|e| FarmError::Login(e.to_string()))?;
+        let req = provider
+            .authorize()
+            .await
+            .map_err(|e| FarmError::Login(e.to_string()))?;
         let expires_at = Utc::now() + chrono_dur(provider.config.login_timeout);
         self.logins.lock().insert(
             id,
-            Pending { account_id: id, state: req.state, pkce_verifier: req.pkce_verifier, issuer: req.issuer, expires_at },
+            Pending {
+                account_id: id,
+                state: req.state,
+                pkce_verifier: req.pkce_verifier,
+                issuer: req.issuer,
+                expires_at,
+            },
         );
-        Ok(BegunLogin { authorize_url: req.url, redirect_uri: provider.config.redirect_uri.clone(), expires_at })
+        Ok(BegunLogin {
+            authorize_url: req.url,
+            redirect_uri: provider.config.redirect_uri.clone(),
+            expires_at,
+        })
     }
 
     /// Finishes a login from the URL the browser was redirected to. With
     /// `account`, the login must be that account's (the paste endpoint).
-    pub async fn complete_login(&self, redirect_url: &str, account: Option<AccountId>) -> Result<AccountId> {
+    pub async fn complete_login(
+        &self,
+        redirect_url: &str,
+        account: Option<AccountId>,
+    ) -> Result<AccountId> {
         let url = Url::parse(redirect_url.trim())
             .map_err(|e| FarmError::Invalid(CallbackError::NotAUrl(e.to_string()).to_string()))?;
         let callback = parse_callback(&url).map_err(|e| match e {
@@ -130,14 +160,19 @@ impl Farm {
         // RFC 9207: when the provider names itself, it must be the one we asked.
         if let (Some(iss), Some(expected)) = (&callback.iss, &pending.issuer) {
             if iss.trim_end_matches('/') != expected.trim_end_matches('/') {
-                return Err(FarmError::Login(format!("the redirect came from issuer {iss:?}, expected {expected:?}")));
+                return Err(FarmError::Login(format!(
+                    "the redirect came from issuer {iss:?}, expected {expected:?}"
+                )));
             }
         }
         let id = pending.account_id;
         let provider_name = self.with_account(id, |a| a.provider.clone())?;
         let provider = self.provider(&provider_name)?.clone();
         let issued_at = Utc::now();
-        let grant = match provider.exchange_code(&callback.code, &pending.pkce_verifier).await {
+        let grant = match provider
+            .exchange_code(&callback.code, &pending.pkce_verifier)
+            .await
+        {
             Ok(g) => g,
             Err(e) => {
                 let detail = format!("code exchange failed: {e}");
@@ -145,7 +180,8 @@ impl Farm {
                 return Err(FarmError::Login(detail));
             }
         };
-        self.install_login_tokens(id, tokens_from(grant, issued_at)).await?;
+        self.install_login_tokens(id, tokens_from(grant, issued_at))
+            .await?;
         tracing::info!(account = id, "login completed");
         self.emit(EventKind::LoginCompleted, Some(id), "login completed");
         Ok(id)
@@ -153,23 +189,48 @@ impl Farm {
 
     /// Stores a fresh login's tokens. Holds the refresh lock so that a
     /// refresh of the old tokens cannot land on top of the new ones.
-    async fn install_login_tokens(&self, id: AccountId, tokens: crate::domain::Tokens) -> Result<()> {
+    async fn install_login_tokens(
+        &self,
+        id: AccountId,
+        tokens: crate::domain::Tokens,
+    ) -> Result<()> {
         let lock = self.refresh_lock(id);
         let _one_writer = lock.lock().await;
-        let generation = self.store.save_tokens(id, &tokens, Utc::now())?.ok_or_else(|| super::not_found_account(id))?;
+        let generation = self
+            .store
+            .save_tokens(id, &tokens, Utc::now())?
+            .ok_or_else(|| super::not_found_account(id))?;
         self.update_account(id, |a| a.install_tokens(tokens, generation, Utc::now()))
     }
 
     /// Starts a listener on the redirect URI's address when it is a
     /// loopback one and none runs yet. Returns whether one is listening.
     async fn ensure_loopback_listener(self: &Arc<Self>, redirect_uri: &Url) -> bool {
-        let Some(addr) = loopback_addr(redirect_uri) else { return false };
-        if self.logins.listeners.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&addr) {
+        let Some(addr) = loopback_addr(redirect_uri) else {
+            return false;
+        };
+        if self
+            .logins
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&addr)
+        {
             return true;
         }
-        match crate::http::loopback::spawn(addr, redirect_uri.path().to_string(), Arc::downgrade(self)).await {
+        match crate::http::loopback::spawn(
+            addr,
+            redirect_uri.path().to_string(),
+            Arc::downgrade(self),
+        )
+        .await
+        {
             Ok(stop) => {
-                self.logins.listeners.lock().unwrap_or_else(|p| p.into_inner()).insert(addr, stop);
+                self.logins
+                    .listeners
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(addr, stop);
                 true
             }
             Err(e) => {
@@ -181,7 +242,11 @@ impl Farm {
 
     /// Stops every loopback listener (shutdown).
     pub(crate) fn stop_listeners(&self) {
-        let mut l = self.logins.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        let mut l = self
+            .logins
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         for (_, stop) in l.drain() {
             let _ = stop.send(());
         }
@@ -218,8 +283,14 @@ mod tests {
     #[test]
     fn loopback_addresses() {
         let a = |s: &str| loopback_addr(&Url::parse(s).unwrap());
-        assert_eq!(a("http://127.0.0.1:18765/callback"), Some("127.0.0.1:18765".parse().unwrap()));
-        assert_eq!(a("http://localhost:9/cb"), Some("127.0.0.1:9".parse().unwrap()));
+        assert_eq!(
+            a("http://127.0.0.1:18765/callback"),
+            Some("127.0.0.1:18765".parse().unwrap())
+        );
+        assert_eq!(
+            a("http://localhost:9/cb"),
+            Some("127.0.0.1:9".parse().unwrap())
+        );
         assert_eq!(a("http://[::1]:9/cb"), Some("[::1]:9".parse().unwrap()));
         assert_eq!(a("https://127.0.0.1:9/cb"), None);
         assert_eq!(a("http://example.com/cb"), None);

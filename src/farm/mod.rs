@@ -27,7 +27,7 @@ use crate::oauth::{OAuthError, Provider};
 use crate::store::leases::LeaseLog;
 use crate::store::{Store, StoreError};
 
-pub use clients::{Principal, NewClient};
+pub use clients::{NewClient, Principal};
 pub use credentials::{CredentialLease, ReportRequest};
 pub use login::LoginStarted;
 pub use relogin::{ReloginCause, ReloginDone};
@@ -44,7 +44,10 @@ pub enum FarmError {
     #[error("{0}")]
     Conflict(String),
     #[error("no account of provider {provider:?} can serve now; retry in {retry_after_s} s")]
-    NoAccountAvailable { provider: String, retry_after_s: i64 },
+    NoAccountAvailable {
+        provider: String,
+        retry_after_s: i64,
+    },
     #[error("the lease {0} has expired")]
     LeaseExpired(String),
     #[error("login failed: {0}")]
@@ -106,14 +109,26 @@ impl Farm {
         let clients = clients::ClientKeys::load(&store, config.server.admin_token.clone())?;
         let interrupted = accounts.iter().filter(|a| a.suspect).count();
         if interrupted > 0 {
-            tracing::warn!(accounts = interrupted, "refreshes were interrupted by the last shutdown; retrying them now");
+            tracing::warn!(
+                accounts = interrupted,
+                "refreshes were interrupted by the last shutdown; retrying them now"
+            );
         }
         let mut accounts = accounts;
         for a in &mut accounts {
-            a.has_login_script |= config.providers.iter().any(|p| p.name == a.provider && p.login_script.is_some());
+            a.has_login_script |= config
+                .providers
+                .iter()
+                .any(|p| p.name == a.provider && p.login_script.is_some());
         }
-        let browser = config.browser.enabled.then(|| crate::browser::BrowserPool::new(browser_config(&config.browser)));
-        let state = State { accounts: accounts.into_iter().map(|a| (a.id, a)).collect(), rotation: Rotation::default() };
+        let browser = config
+            .browser
+            .enabled
+            .then(|| crate::browser::BrowserPool::new(browser_config(&config.browser)));
+        let state = State {
+            accounts: accounts.into_iter().map(|a| (a.id, a)).collect(),
+            rotation: Rotation::default(),
+        };
         let events = EventBus::new(store.clone(), config.events.buffer);
         let webhooks = config
             .webhooks
@@ -147,18 +162,32 @@ impl Farm {
     }
 
     pub(crate) fn provider(&self, name: &str) -> Result<&Arc<Provider>> {
-        self.providers.get(name).ok_or_else(|| FarmError::NotFound { what: "provider", id: name.to_string() })
+        self.providers.get(name).ok_or_else(|| FarmError::NotFound {
+            what: "provider",
+            id: name.to_string(),
+        })
     }
 
     /// Runs `f` on the account, or fails with 404.
-    pub(crate) fn with_account<T>(&self, id: AccountId, f: impl FnOnce(&mut Account) -> T) -> Result<T> {
+    pub(crate) fn with_account<T>(
+        &self,
+        id: AccountId,
+        f: impl FnOnce(&mut Account) -> T,
+    ) -> Result<T> {
         let mut st = self.state();
-        let a = st.accounts.get_mut(&id).ok_or_else(|| not_found_account(id))?;
+        let a = st
+            .accounts
+            .get_mut(&id)
+            .ok_or_else(|| not_found_account(id))?;
         Ok(f(a))
     }
 
     /// Applies `f` to the account in memory, then writes it through.
-    pub(crate) fn update_account<T>(&self, id: AccountId, f: impl FnOnce(&mut Account) -> T) -> Result<T> {
+    pub(crate) fn update_account<T>(
+        &self,
+        id: AccountId,
+        f: impl FnOnce(&mut Account) -> T,
+    ) -> Result<T> {
         let (out, snapshot) = self.with_account(id, |a| {
             let out = f(a);
             (out, a.clone())
@@ -177,7 +206,12 @@ impl Farm {
         Utc::now()
     }
 
-    pub(crate) fn emit(&self, kind: EventKind, account: Option<AccountId>, detail: impl Into<String>) {
+    pub(crate) fn emit(
+        &self,
+        kind: EventKind,
+        account: Option<AccountId>,
+        detail: impl Into<String>,
+    ) {
         self.events.emit(kind, account, detail);
     }
 
@@ -209,7 +243,10 @@ pub fn browser_config(b: &crate::config::BrowserSettings) -> crate::browser::Bro
 }
 
 pub(crate) fn not_found_account(id: AccountId) -> FarmError {
-    FarmError::NotFound { what: "account", id: id.to_string() }
+    FarmError::NotFound {
+        what: "account",
+        id: id.to_string(),
+    }
 }
 
 /// chrono from std, saturating (config durations are bounded anyway).
@@ -224,7 +261,11 @@ mod tests {
         // Chromium refuses a relative user-data dir; the config's defaults are relative.
         let b = crate::config::Config::default().browser;
         let c = super::browser_config(&b);
-        assert!(c.profiles_dir.is_absolute() && c.artifacts_dir.is_absolute() && c.driver_cli_js.is_absolute());
+        assert!(
+            c.profiles_dir.is_absolute()
+                && c.artifacts_dir.is_absolute()
+                && c.driver_cli_js.is_absolute()
+        );
         assert!(c.profiles_dir.ends_with("profiles"));
     }
 }

@@ -39,7 +39,12 @@ impl Farm {
     /// the caller based its decision on: if the account has moved past it,
     /// no grant is sent. `None` means "whatever the current generation is",
     /// which still coalesces with a refresh already in flight.
-    pub async fn refresh(&self, id: AccountId, seen_generation: Option<i64>, cause: &str) -> Result<RefreshOutcome> {
+    pub async fn refresh(
+        &self,
+        id: AccountId,
+        seen_generation: Option<i64>,
+        cause: &str,
+    ) -> Result<RefreshOutcome> {
         let seen = match seen_generation {
             Some(g) => g,
             None => self.with_account(id, |a| a.generation)?,
@@ -49,7 +54,10 @@ impl Farm {
 
         let (provider_name, refresh_token, generation) = {
             let mut st = self.state();
-            let a = st.accounts.get_mut(&id).ok_or_else(|| not_found_account(id))?;
+            let a = st
+                .accounts
+                .get_mut(&id)
+                .ok_or_else(|| not_found_account(id))?;
             if a.generation > seen {
                 return Ok(RefreshOutcome::AlreadyFresh);
             }
@@ -60,7 +68,9 @@ impl Farm {
                 )));
             }
             let Some(rt) = a.tokens.as_ref().and_then(|t| t.refresh_token.clone()) else {
-                return Err(FarmError::Conflict(format!("account {id} has no refresh token; log it in again")));
+                return Err(FarmError::Conflict(format!(
+                    "account {id} has no refresh token; log it in again"
+                )));
             };
             a.refreshing = true;
             (a.provider.clone(), rt, a.generation)
@@ -73,7 +83,11 @@ impl Farm {
             }
         };
 
-        let _slot = self.refresh_slots.acquire().await.expect("the refresh semaphore is never closed");
+        let _slot = self
+            .refresh_slots
+            .acquire()
+            .await
+            .expect("the refresh semaphore is never closed");
         let started = Utc::now();
         if let Err(e) = self.store.set_refresh_started(id, Some(started)) {
             self.with_account(id, |a| a.refreshing = false)?;
@@ -85,16 +99,27 @@ impl Farm {
         match result {
             Ok(grant) => self.store_refreshed(id, grant, started).map(|()| {
                 tracing::info!(account = id, cause, "token refreshed");
-                self.emit(EventKind::RefreshOk, Some(id), format!("token refreshed ({cause})"));
+                self.emit(
+                    EventKind::RefreshOk,
+                    Some(id),
+                    format!("token refreshed ({cause})"),
+                );
                 RefreshOutcome::Refreshed
             }),
-            Err(OAuthError::InvalidGrant(description)) => self.refresh_token_dead(id, generation, description),
+            Err(OAuthError::InvalidGrant(description)) => {
+                self.refresh_token_dead(id, generation, description)
+            }
             Err(other) => self.refresh_failed(id, other),
         }
     }
 
     /// Persists a successful grant, then (only then) lets it be used.
-    fn store_refreshed(&self, id: AccountId, grant: Grant, issued_at: chrono::DateTime<Utc>) -> Result<()> {
+    fn store_refreshed(
+        &self,
+        id: AccountId,
+        grant: Grant,
+        issued_at: chrono::DateTime<Utc>,
+    ) -> Result<()> {
         let tokens = tokens_from(grant, issued_at);
         let saved = self.store.save_tokens(id, &tokens, Utc::now());
         let generation = match saved {
@@ -108,7 +133,10 @@ impl Farm {
                 self.with_account(id, |a| {
                     let generation = a.generation;
                     a.install_tokens(tokens, generation, Utc::now());
-                    a.last_error = Some(LastError { at: Utc::now(), message: format!("could not persist tokens: {e}") });
+                    a.last_error = Some(LastError {
+                        at: Utc::now(),
+                        message: format!("could not persist tokens: {e}"),
+                    });
                 })?;
                 return Err(e.into());
             }
@@ -120,24 +148,42 @@ impl Farm {
 
     /// `invalid_grant`: the refresh token is dead — unless the generation
     /// moved on disk, which means the tokens we used were already replaced.
-    fn refresh_token_dead(&self, id: AccountId, used_generation: i64, description: Option<String>) -> Result<RefreshOutcome> {
+    fn refresh_token_dead(
+        &self,
+        id: AccountId,
+        used_generation: i64,
+        description: Option<String>,
+    ) -> Result<RefreshOutcome> {
         let persisted = self.store.generation(id)?;
         self.store.set_refresh_started(id, None)?;
         if persisted.is_some_and(|g| g > used_generation) {
-            tracing::warn!(account = id, "refresh token was already replaced; reloading instead of failing");
+            tracing::warn!(
+                account = id,
+                "refresh token was already replaced; reloading instead of failing"
+            );
             self.with_account(id, |a| a.refreshing = false)?;
             return Ok(RefreshOutcome::AlreadyFresh);
         }
         let message = match &description {
-            Some(d) => format!("refresh token rejected by the provider (invalid_grant: {d}); log in again"),
-            None => "refresh token rejected by the provider (invalid_grant); log in again".to_string(),
+            Some(d) => {
+                format!("refresh token rejected by the provider (invalid_grant: {d}); log in again")
+            }
+            None => {
+                "refresh token rejected by the provider (invalid_grant); log in again".to_string()
+            }
         };
-        tracing::warn!(account = id, "refresh token is dead; account needs a new login");
+        tracing::warn!(
+            account = id,
+            "refresh token is dead; account needs a new login"
+        );
         self.update_account(id, |a| {
             a.refreshing = false;
             a.suspect = false;
             a.auth = AuthState::NeedsRelogin;
-            a.last_error = Some(LastError { at: Utc::now(), message: message.clone() });
+            a.last_error = Some(LastError {
+                at: Utc::now(),
+                message: message.clone(),
+            });
         })?;
         self.emit(EventKind::NeedsRelogin, Some(id), message);
         Err(FarmError::Refresh(OAuthError::InvalidGrant(description)))
@@ -151,13 +197,25 @@ impl Farm {
         let failures = self.update_account(id, |a| {
             a.refreshing = false;
             a.refresh_failures = a.refresh_failures.saturating_add(1);
-            let wait = backoff(a.refresh_failures, chrono_dur(cfg.retry_initial), chrono_dur(cfg.retry_max), jitter);
+            let wait = backoff(
+                a.refresh_failures,
+                chrono_dur(cfg.retry_initial),
+                chrono_dur(cfg.retry_max),
+                jitter,
+            );
             a.retry_at = Some(Utc::now() + wait);
-            a.last_error = Some(LastError { at: Utc::now(), message: format!("refresh failed, will retry: {error}") });
+            a.last_error = Some(LastError {
+                at: Utc::now(),
+                message: format!("refresh failed, will retry: {error}"),
+            });
             a.refresh_failures
         })?;
         tracing::warn!(account = id, failures, error = %error, "refresh failed; backing off");
-        self.emit(EventKind::RefreshFailed, Some(id), format!("refresh failed ({failures} in a row), will retry: {error}"));
+        self.emit(
+            EventKind::RefreshFailed,
+            Some(id),
+            format!("refresh failed ({failures} in a row), will retry: {error}"),
+        );
         Err(FarmError::Refresh(error))
     }
 }

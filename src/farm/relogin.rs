@@ -53,17 +53,23 @@ impl Farm {
             return Ok(Some(text));
         }
         let provider = self.with_account(id, |a| a.provider.clone())?;
-        let Some(path) = self.provider(&provider)?.config.login_script.clone() else { return Ok(None) };
-        std::fs::read_to_string(&path)
-            .map(Some)
-            .map_err(|e| FarmError::Conflict(format!("provider {provider}: cannot read login_script {}: {e}", path.display())))
+        let Some(path) = self.provider(&provider)?.config.login_script.clone() else {
+            return Ok(None);
+        };
+        std::fs::read_to_string(&path).map(Some).map_err(|e| {
+            FarmError::Conflict(format!(
+                "provider {provider}: cannot read login_script {}: {e}",
+                path.display()
+            ))
+        })
     }
 
     /// Attaches a login script to an account (validated first: a bad script
     /// is refused with its line, and nothing is stored).
     pub fn set_login_script(&self, id: AccountId, text: &str) -> Result<LoginScript> {
         let provider = self.with_account(id, |a| a.provider.clone())?;
-        let script = LoginScript::parse(text).map_err(|e| FarmError::InvalidScript(e.to_string()))?;
+        let script =
+            LoginScript::parse(text).map_err(|e| FarmError::InvalidScript(e.to_string()))?;
         if script.provider != provider {
             return Err(FarmError::InvalidScript(format!(
                 "line 1: the script is for provider {:?}, the account belongs to {provider:?}",
@@ -88,7 +94,12 @@ impl Farm {
         Ok(())
     }
 
-    pub fn set_secret(&self, id: AccountId, name: &str, value: &crate::secret::Secret) -> Result<()> {
+    pub fn set_secret(
+        &self,
+        id: AccountId,
+        name: &str,
+        value: &crate::secret::Secret,
+    ) -> Result<()> {
         if !crate::browser::script::is_valid_secret_name(name) {
             return Err(FarmError::Invalid(format!(
                 "secret name {name:?}: use letters, digits and '_' (e.g. password, totp)"
@@ -97,7 +108,11 @@ impl Farm {
         if !self.store.put_secret(id, name, value, Utc::now())? {
             return Err(not_found_account(id));
         }
-        self.emit(EventKind::AccountUpdated, Some(id), format!("secret {name} set"));
+        self.emit(
+            EventKind::AccountUpdated,
+            Some(id),
+            format!("secret {name} set"),
+        );
         self.with_account(id, |a| a.relogin_retry_at = None)?;
         self.scheduler_wake.notify_one();
         Ok(())
@@ -106,23 +121,41 @@ impl Farm {
     /// Logs the account in with the browser now. One relogin per account at
     /// a time: a second caller waits, then runs again only if still needed
     /// (the recovery ladder), or anyway (a person asked).
-    pub async fn relogin(self: &Arc<Self>, id: AccountId, cause: ReloginCause) -> Result<ReloginDone> {
+    pub async fn relogin(
+        self: &Arc<Self>,
+        id: AccountId,
+        cause: ReloginCause,
+    ) -> Result<ReloginDone> {
         let pool = self.browser.clone().ok_or_else(|| {
-            FarmError::Conflict("the browser is disabled ([browser] enabled = false); log in by hand".into())
+            FarmError::Conflict(
+                "the browser is disabled ([browser] enabled = false); log in by hand".into(),
+            )
         })?;
         let lock = self.relogin_lock(id);
         let _one_at_a_time = lock.lock().await;
-        let (generation, still_due) = self.with_account(id, |a| (a.generation, next_relogin_at(a).is_some_and(|t| t <= Utc::now())))?;
+        let (generation, still_due) = self.with_account(id, |a| {
+            (
+                a.generation,
+                next_relogin_at(a).is_some_and(|t| t <= Utc::now()),
+            )
+        })?;
         if cause == ReloginCause::Recovery && !still_due {
-            return Err(FarmError::Conflict(format!("account {id} no longer needs a relogin")));
+            return Err(FarmError::Conflict(format!(
+                "account {id} no longer needs a relogin"
+            )));
         }
         let missing = self.missing_secrets(id)?;
         if cause == ReloginCause::Recovery && !missing.is_empty() {
             // Normal during setup (script attached before its secrets):
             // wait for `set_secret`, which wakes the ladder, without
             // raising a needs_human alarm.
-            self.with_account(id, |a| a.relogin_retry_at = Some(Utc::now() + chrono_dur(self.config.browser.retry_max)))?;
-            return Err(FarmError::Conflict(format!("waiting for secret(s) {}", missing.join(", "))));
+            self.with_account(id, |a| {
+                a.relogin_retry_at = Some(Utc::now() + chrono_dur(self.config.browser.retry_max))
+            })?;
+            return Err(FarmError::Conflict(format!(
+                "waiting for secret(s) {}",
+                missing.join(", ")
+            )));
         }
         let (script, started, vars) = match self.prepare_relogin(id).await {
             Ok(prepared) => prepared,
@@ -131,28 +164,60 @@ impl Farm {
             // step, and must be backed off just the same.
             Err(e) => return Err(self.relogin_failed(id, &e.to_string(), true)),
         };
-        self.emit(EventKind::ReloginStarted, Some(id), format!("browser relogin started ({cause})"));
+        self.emit(
+            EventKind::ReloginStarted,
+            Some(id),
+            format!("browser relogin started ({cause})"),
+        );
         tracing::info!(account = id, %cause, "browser relogin started");
         let timeout = self.config.browser.relogin_timeout;
-        let result = pool.run_login(&id.to_string(), &script, &vars, &started.redirect_uri, timeout).await;
+        let result = pool
+            .run_login(
+                &id.to_string(),
+                &script,
+                &vars,
+                &started.redirect_uri,
+                timeout,
+            )
+            .await;
         match result {
             Ok(outcome) => {
-                let completed = self.complete_login(outcome.redirect_url.as_str(), Some(id)).await;
+                let completed = self
+                    .complete_login(outcome.redirect_url.as_str(), Some(id))
+                    .await;
                 // The loopback listener may have finished this login first
                 // (the browser followed the redirect to it): that is success too.
-                let logged_in = completed.is_ok() || self.with_account(id, |a| a.generation > generation)?;
+                let logged_in =
+                    completed.is_ok() || self.with_account(id, |a| a.generation > generation)?;
                 if !logged_in {
                     let e = completed.err().map(|e| e.to_string()).unwrap_or_default();
-                    return Err(self.relogin_failed(id, &format!("the browser reached the redirect, but {e}"), true));
+                    return Err(self.relogin_failed(
+                        id,
+                        &format!("the browser reached the redirect, but {e}"),
+                        true,
+                    ));
                 }
-                self.store.record_browser_run(id, Utc::now(), "ok", outcome.session_cookie_expires)?;
+                self.store.record_browser_run(
+                    id,
+                    Utc::now(),
+                    "ok",
+                    outcome.session_cookie_expires,
+                )?;
                 self.with_account(id, |a| {
                     a.relogin_failures = 0;
                     a.relogin_retry_at = None;
                 })?;
                 let ms = outcome.elapsed.as_millis();
-                self.emit(EventKind::ReloginSucceeded, Some(id), format!("browser relogin succeeded in {ms} ms ({cause})"));
-                tracing::info!(account = id, elapsed_ms = ms as u64, "browser relogin succeeded");
+                self.emit(
+                    EventKind::ReloginSucceeded,
+                    Some(id),
+                    format!("browser relogin succeeded in {ms} ms ({cause})"),
+                );
+                tracing::info!(
+                    account = id,
+                    elapsed_ms = ms as u64,
+                    "browser relogin succeeded"
+                );
                 Ok(ReloginDone {
                     account_id: id,
                     elapsed_ms: ms,
@@ -162,7 +227,9 @@ impl Farm {
             }
             Err(failure) => {
                 self.logins.forget_account(id);
-                let _ = self.store.record_browser_run(id, Utc::now(), "failed", None);
+                let _ = self
+                    .store
+                    .record_browser_run(id, Utc::now(), "failed", None);
                 if let Some(shot) = &failure.screenshot {
                     self.with_account(id, |a| a.last_screenshot = Some(shot.clone()))?;
                 }
@@ -173,19 +240,31 @@ impl Farm {
 
     /// Secrets the account's script uses that are not set.
     fn missing_secrets(&self, id: AccountId) -> Result<Vec<String>> {
-        let Some(text) = self.login_script_text(id)? else { return Ok(Vec::new()) };
-        let Ok(script) = LoginScript::parse(&text) else { return Ok(Vec::new()) };
+        let Some(text) = self.login_script_text(id)? else {
+            return Ok(Vec::new());
+        };
+        let Ok(script) = LoginScript::parse(&text) else {
+            return Ok(Vec::new());
+        };
         let have = self.store.secret_names(id)?;
-        Ok(script.required_secrets().into_iter().filter(|n| !have.iter().any(|(h, _)| h == n)).collect())
+        Ok(script
+            .required_secrets()
+            .into_iter()
+            .filter(|n| !have.iter().any(|(h, _)| h == n))
+            .collect())
     }
 
-    async fn prepare_relogin(&self, id: AccountId) -> Result<(LoginScript, super::login::BegunLogin, Vars)> {
+    async fn prepare_relogin(
+        &self,
+        id: AccountId,
+    ) -> Result<(LoginScript, super::login::BegunLogin, Vars)> {
         let text = self.login_script_text(id)?.ok_or_else(|| {
             FarmError::Conflict(format!(
                 "account {id} has no login script: attach one (PUT /api/accounts/{id}/script) or record one"
             ))
         })?;
-        let script = LoginScript::parse(&text).map_err(|e| FarmError::InvalidScript(e.to_string()))?;
+        let script =
+            LoginScript::parse(&text).map_err(|e| FarmError::InvalidScript(e.to_string()))?;
         let started = self.start_browser_login(id).await?;
         let mut vars = Vars::new().with_authorize_url(started.authorize_url.clone());
         for (name, value) in self.store.secrets(id)? {
@@ -204,11 +283,19 @@ impl Farm {
         let was = self.with_account(id, |a| {
             let was = a.auth;
             a.relogin_failures = a.relogin_failures.saturating_add(1);
-            let wait = backoff(a.relogin_failures, chrono_dur(cfg.retry_initial), chrono_dur(cfg.retry_max), jitter);
+            let wait = backoff(
+                a.relogin_failures,
+                chrono_dur(cfg.retry_initial),
+                chrono_dur(cfg.retry_max),
+                jitter,
+            );
             a.relogin_retry_at = Some(now + wait);
             if needs_human {
                 a.auth = AuthState::NeedsHuman;
-                a.last_error = Some(LastError { at: now, message: format!("browser relogin failed: {reason}") });
+                a.last_error = Some(LastError {
+                    at: now,
+                    message: format!("browser relogin failed: {reason}"),
+                });
             }
             was
         });
@@ -217,7 +304,11 @@ impl Farm {
                 tracing::error!(account = id, error = %e, "could not persist a relogin failure");
             }
         }
-        self.emit(EventKind::ReloginFailed, Some(id), format!("browser relogin failed: {reason}"));
+        self.emit(
+            EventKind::ReloginFailed,
+            Some(id),
+            format!("browser relogin failed: {reason}"),
+        );
         if needs_human && was.is_ok_and(|w| w != AuthState::NeedsHuman) {
             tracing::warn!(account = id, %reason, "browser relogin failed; the account needs a person");
             self.emit(EventKind::NeedsHuman, Some(id), reason.to_string());
@@ -227,22 +318,35 @@ impl Farm {
 
     pub fn secret_names(&self, id: AccountId) -> Result<Vec<SecretName>> {
         self.with_account(id, |_| ())?;
-        Ok(self.store.secret_names(id)?.into_iter().map(|(name, updated_at)| SecretName { name, updated_at }).collect())
+        Ok(self
+            .store
+            .secret_names(id)?
+            .into_iter()
+            .map(|(name, updated_at)| SecretName { name, updated_at })
+            .collect())
     }
 
     pub fn delete_secret(&self, id: AccountId, name: &str) -> Result<()> {
         self.with_account(id, |_| ())?;
         if !self.store.delete_secret(id, name)? {
-            return Err(FarmError::NotFound { what: "secret", id: name.to_string() });
+            return Err(FarmError::NotFound {
+                what: "secret",
+                id: name.to_string(),
+            });
         }
-        self.emit(EventKind::AccountUpdated, Some(id), format!("secret {name} deleted"));
+        self.emit(
+            EventKind::AccountUpdated,
+            Some(id),
+            format!("secret {name} deleted"),
+        );
         Ok(())
     }
 
     /// `GET /api/accounts/{id}/browser`.
     pub async fn browser_info(&self, id: AccountId) -> Result<BrowserInfo> {
         let has_login_script = self.with_account(id, |a| a.has_login_script)?;
-        let (last_run_at, last_outcome, session_expires_at) = self.store.browser_run(id)?.unwrap_or_default();
+        let (last_run_at, last_outcome, session_expires_at) =
+            self.store.browser_run(id)?.unwrap_or_default();
         let profile = match &self.browser {
             Some(pool) => pool.profile_info(&id.to_string()).await.ok(),
             None => None,
@@ -263,8 +367,13 @@ impl Farm {
     /// Wipes the account's profile (refused while a browser has it open).
     pub async fn reset_browser_profile(&self, id: AccountId) -> Result<()> {
         self.with_account(id, |_| ())?;
-        let pool = self.browser.as_ref().ok_or_else(|| FarmError::Conflict("the browser is disabled".into()))?;
-        pool.reset(&id.to_string()).await.map_err(|e| FarmError::Conflict(e.to_string()))?;
+        let pool = self
+            .browser
+            .as_ref()
+            .ok_or_else(|| FarmError::Conflict("the browser is disabled".into()))?;
+        pool.reset(&id.to_string())
+            .await
+            .map_err(|e| FarmError::Conflict(e.to_string()))?;
         self.emit(EventKind::AccountUpdated, Some(id), "browser profile wiped");
         Ok(())
     }
@@ -273,8 +382,14 @@ impl Farm {
     pub fn last_screenshot(&self, id: AccountId) -> Result<Vec<u8>> {
         let path = self
             .with_account(id, |a| a.last_screenshot.clone())?
-            .ok_or_else(|| FarmError::NotFound { what: "screenshot for account", id: id.to_string() })?;
-        std::fs::read(&path).map_err(|_| FarmError::NotFound { what: "screenshot for account", id: id.to_string() })
+            .ok_or_else(|| FarmError::NotFound {
+                what: "screenshot for account",
+                id: id.to_string(),
+            })?;
+        std::fs::read(&path).map_err(|_| FarmError::NotFound {
+            what: "screenshot for account",
+            id: id.to_string(),
+        })
     }
 
     pub(crate) fn relogin_lock(&self, id: AccountId) -> Arc<tokio::sync::Mutex<()>> {

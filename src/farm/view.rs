@@ -19,9 +19,20 @@ fn describe_patch(p: &AccountPatch) -> String {
         parts.push(format!("priority {pr}"));
     }
     if let Some(e) = p.enabled {
-        parts.push(if e { "enabled".to_string() } else { "disabled".to_string() });
+        parts.push(if e {
+            "enabled".to_string()
+        } else {
+            "disabled".to_string()
+        });
     }
-    format!("changed: {}", if parts.is_empty() { "nothing".to_string() } else { parts.join(", ") })
+    format!(
+        "changed: {}",
+        if parts.is_empty() {
+            "nothing".to_string()
+        } else {
+            parts.join(", ")
+        }
+    )
 }
 
 /// An account as shown by the admin API. Never carries a token.
@@ -63,7 +74,10 @@ impl AccountView {
             last_error: a.last_error.as_ref().map(|e| ErrorView {
                 at: e.at,
                 message: e.message.clone(),
-                screenshot: a.last_screenshot.as_ref().map(|_| format!("/api/accounts/{}/screenshot", a.id)),
+                screenshot: a
+                    .last_screenshot
+                    .as_ref()
+                    .map(|_| format!("/api/accounts/{}/screenshot", a.id)),
             }),
             leases_24h,
             has_refresh_token: a.has_refresh_token(),
@@ -98,7 +112,9 @@ pub(crate) fn validate_label(label: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(FarmError::Invalid("label must be 1 to 100 printable characters".into()))
+        Err(FarmError::Invalid(
+            "label must be 1 to 100 printable characters".into(),
+        ))
     }
 }
 
@@ -108,31 +124,50 @@ impl Farm {
         let now = Utc::now();
         let st = self.state();
         let browser = self.browser.is_some();
-        Ok(st.accounts.values().map(|a| AccountView::of(a, now, counts.get(&a.id).copied().unwrap_or(0), browser)).collect())
+        Ok(st
+            .accounts
+            .values()
+            .map(|a| AccountView::of(a, now, counts.get(&a.id).copied().unwrap_or(0), browser))
+            .collect())
     }
 
     pub fn account(&self, id: AccountId) -> Result<AccountView> {
         let counts = self.leases_24h()?;
         let now = Utc::now();
         let browser = self.browser.is_some();
-        self.with_account(id, |a| AccountView::of(a, now, counts.get(&a.id).copied().unwrap_or(0), browser))
+        self.with_account(id, |a| {
+            AccountView::of(a, now, counts.get(&a.id).copied().unwrap_or(0), browser)
+        })
     }
 
     fn leases_24h(&self) -> Result<HashMap<AccountId, i64>> {
         let usage = self.store.usage(Utc::now())?;
-        Ok(usage.per_account.into_iter().filter_map(|r| Some((r.id?, r.last_day.leases))).collect())
+        Ok(usage
+            .per_account
+            .into_iter()
+            .filter_map(|r| Some((r.id?, r.last_day.leases)))
+            .collect())
     }
 
     pub fn add_account(&self, provider: &str, label: &str, priority: i64) -> Result<AccountView> {
         self.provider(provider)?;
         validate_label(label)?;
-        let account = self.store.insert_account(provider, label, priority, Utc::now()).map_err(|e| match e {
-            crate::store::StoreError::DuplicateAccount { .. } => FarmError::Conflict(e.to_string()),
-            other => other.into(),
-        })?;
+        let account = self
+            .store
+            .insert_account(provider, label, priority, Utc::now())
+            .map_err(|e| match e {
+                crate::store::StoreError::DuplicateAccount { .. } => {
+                    FarmError::Conflict(e.to_string())
+                }
+                other => other.into(),
+            })?;
         let id = account.id;
         tracing::info!(account = id, provider, label, "account added");
-        self.emit(EventKind::AccountAdded, Some(id), format!("{provider}/{label} added"));
+        self.emit(
+            EventKind::AccountAdded,
+            Some(id),
+            format!("{provider}/{label} added"),
+        );
         self.state().accounts.insert(id, account);
         self.account(id)
     }
@@ -161,7 +196,9 @@ impl Farm {
     /// deleted), with its browser profile.
     pub async fn remove_account(&self, id: AccountId) -> Result<()> {
         if let Some(pool) = &self.browser {
-            pool.reset(&id.to_string()).await.map_err(|e| FarmError::Conflict(format!("cannot remove the account's browser profile: {e}")))?;
+            pool.reset(&id.to_string()).await.map_err(|e| {
+                FarmError::Conflict(format!("cannot remove the account's browser profile: {e}"))
+            })?;
         }
         if !self.store.delete_account(id)? {
             return Err(not_found_account(id));
@@ -206,9 +243,12 @@ impl Farm {
     /// Prometheus text: counters plus accounts by provider and state.
     pub fn metrics_text(&self) -> String {
         let now = Utc::now();
-        let mut counts: std::collections::BTreeMap<(String, &'static str), usize> = Default::default();
+        let mut counts: std::collections::BTreeMap<(String, &'static str), usize> =
+            Default::default();
         for a in self.state().accounts.values() {
-            *counts.entry((a.provider.clone(), a.display_state(now).as_str())).or_default() += 1;
+            *counts
+                .entry((a.provider.clone(), a.display_state(now).as_str()))
+                .or_default() += 1;
         }
         let rows: Vec<_> = counts.into_iter().map(|((p, s), n)| (p, s, n)).collect();
         self.metrics.render(&rows)

@@ -29,7 +29,12 @@ struct Body<'a> {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
-        ApiError { status, code, detail: detail.into(), retry_after_s: None }
+        ApiError {
+            status,
+            code,
+            detail: detail.into(),
+            retry_after_s: None,
+        }
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Self {
@@ -38,21 +43,37 @@ impl ApiError {
 
     /// Deliberately says nothing about which part of the credentials was wrong.
     pub fn unauthorized() -> Self {
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required")
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required",
+        )
     }
 
     pub fn forbidden() -> Self {
-        ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this key may not use the admin API")
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this key may not use the admin API",
+        )
     }
 
     pub fn into_response(self) -> Response {
-        let body = Body { error: self.code, detail: &self.detail, retry_after_s: self.retry_after_s };
-        let mut resp = warp::reply::with_status(warp::reply::json(&body), self.status).into_response();
+        let body = Body {
+            error: self.code,
+            detail: &self.detail,
+            retry_after_s: self.retry_after_s,
+        };
+        let mut resp =
+            warp::reply::with_status(warp::reply::json(&body), self.status).into_response();
         if let Some(s) = self.retry_after_s {
             resp.headers_mut().insert(header::RETRY_AFTER, s.into());
         }
         if self.status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
         }
         resp
     }
@@ -67,17 +88,33 @@ impl From<FarmError> for ApiError {
             FarmError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", detail),
             FarmError::NoAccountAvailable { retry_after_s, .. } => ApiError {
                 retry_after_s: Some(retry_after_s),
-                ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_account_available", detail)
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no_account_available",
+                    detail,
+                )
             },
             FarmError::LeaseExpired(_) => ApiError::new(StatusCode::GONE, "lease_expired", detail),
             FarmError::Login(_) => ApiError::new(StatusCode::BAD_GATEWAY, "login_failed", detail),
-            FarmError::InvalidScript(_) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_script", detail),
-            FarmError::Relogin(_) => ApiError::new(StatusCode::BAD_GATEWAY, "relogin_failed", detail),
-            FarmError::Refresh(_) => ApiError::new(StatusCode::BAD_GATEWAY, "refresh_failed", detail),
-            FarmError::Store(StoreError::DuplicateAccount { .. }) => ApiError::new(StatusCode::CONFLICT, "conflict", detail),
+            FarmError::InvalidScript(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_script", detail)
+            }
+            FarmError::Relogin(_) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "relogin_failed", detail)
+            }
+            FarmError::Refresh(_) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "refresh_failed", detail)
+            }
+            FarmError::Store(StoreError::DuplicateAccount { .. }) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", detail)
+            }
             FarmError::Store(_) => {
                 tracing::error!(error = %detail, "storage error");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "a storage error occurred; see the farm's log")
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "a storage error occurred; see the farm's log",
+                )
             }
         }
     }
@@ -97,20 +134,36 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     let e = if rejection.is_not_found() {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is larger than 1 MiB")
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "the request body is larger than 1 MiB",
+        )
     } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
-        ApiError::new(StatusCode::LENGTH_REQUIRED, "length_required", "send a Content-Length header with the body")
+        ApiError::new(
+            StatusCode::LENGTH_REQUIRED,
+            "length_required",
+            "send a Content-Length header with the body",
+        )
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some()
         || rejection.find::<super::WrongMethod>().is_some()
     {
-        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this route does not take that method",
+        )
     } else if let Some(q) = rejection.find::<warp::reject::InvalidQuery>() {
         ApiError::bad_request(format!("invalid query string: {q}"))
     } else if let Some(h) = rejection.find::<warp::reject::InvalidHeader>() {
         ApiError::bad_request(h.to_string())
     } else {
         tracing::warn!(?rejection, "unhandled rejection");
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "the request could not be processed")
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the request could not be processed",
+        )
     };
     Ok(e.into_response())
 }

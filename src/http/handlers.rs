@@ -17,18 +17,30 @@ use crate::farm::{AccountPatch, Farm, ReportRequest};
 type Body<T> = Result<T, ApiError>;
 
 fn id_of(what: &'static str, raw: &str) -> Result<AccountId, ApiError> {
-    raw.parse().map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no {what} with id {raw}")))
+    raw.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no {what} with id {raw}"),
+        )
+    })
 }
 
 pub async fn healthz(farm: Arc<Farm>) -> Response {
     let accounts = farm.list_accounts().map(|a| a.len()).unwrap_or(0);
-    render(Ok::<_, ApiError>(json(&json!({"status": "ok", "accounts": accounts}))))
+    render(Ok::<_, ApiError>(json(
+        &json!({"status": "ok", "accounts": accounts}),
+    )))
 }
 
 pub async fn metrics(farm: Arc<Farm>, caller: Caller) -> Response {
     render((|| {
         caller.require(&farm, Access::Admin)?;
-        Ok(warp::reply::with_header(farm.metrics_text(), "content-type", "text/plain; version=0.0.4"))
+        Ok(warp::reply::with_header(
+            farm.metrics_text(),
+            "content-type",
+            "text/plain; version=0.0.4",
+        ))
     })())
 }
 
@@ -44,8 +56,11 @@ pub async fn credential_next(farm: Arc<Farm>, caller: Caller, query: String) -> 
                     _ => {}
                 }
             }
-            let provider = provider.ok_or_else(|| ApiError::bad_request("the provider query parameter is required"))?;
-            let lease = farm.next_credential(&provider, session.as_deref(), who).await?;
+            let provider = provider
+                .ok_or_else(|| ApiError::bad_request("the provider query parameter is required"))?;
+            let lease = farm
+                .next_credential(&provider, session.as_deref(), who)
+                .await?;
             Ok(json(&lease))
         }
         .await,
@@ -53,10 +68,16 @@ pub async fn credential_next(farm: Arc<Farm>, caller: Caller, query: String) -> 
 }
 
 fn serde_urlencoded_pairs(query: &str) -> HashMap<String, String> {
-    url::form_urlencoded::parse(query.as_bytes()).into_owned().collect()
+    url::form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect()
 }
 
-pub async fn credential_report(farm: Arc<Farm>, caller: Caller, body: Body<ReportRequest>) -> Response {
+pub async fn credential_report(
+    farm: Arc<Farm>,
+    caller: Caller,
+    body: Body<ReportRequest>,
+) -> Response {
     render(
         async {
             let who = caller.require(&farm, Access::Client)?;
@@ -114,7 +135,12 @@ pub async fn account_get(id: String, farm: Arc<Farm>, caller: Caller) -> Respons
     })())
 }
 
-pub async fn account_patch(id: String, farm: Arc<Farm>, caller: Caller, body: Body<AccountPatch>) -> Response {
+pub async fn account_patch(
+    id: String,
+    farm: Arc<Farm>,
+    caller: Caller,
+    body: Body<AccountPatch>,
+) -> Response {
     render((|| {
         caller.require(&farm, Access::Admin)?;
         let id = id_of("account", &id)?;
@@ -149,7 +175,12 @@ pub struct LoginComplete {
     redirect_url: String,
 }
 
-pub async fn login_complete(id: String, farm: Arc<Farm>, caller: Caller, body: Body<LoginComplete>) -> Response {
+pub async fn login_complete(
+    id: String,
+    farm: Arc<Farm>,
+    caller: Caller,
+    body: Body<LoginComplete>,
+) -> Response {
     render(
         async {
             caller.require(&farm, Access::Admin)?;
@@ -176,15 +207,25 @@ pub async fn account_refresh(id: String, farm: Arc<Farm>, caller: Caller) -> Res
     )
 }
 
-pub async fn script_put(id: String, farm: Arc<Farm>, caller: Caller, body: Body<String>) -> Response {
+pub async fn script_put(
+    id: String,
+    farm: Arc<Farm>,
+    caller: Caller,
+    body: Body<String>,
+) -> Response {
     render((|| {
         caller.require(&farm, Access::Admin)?;
         let id = id_of("account", &id)?;
         let script = farm.set_login_script(id, &body?)?;
         let secrets = farm.secret_names(id)?;
         let required: Vec<String> = script.required_secrets().into_iter().collect();
-        let missing: Vec<&String> = required.iter().filter(|n| !secrets.iter().any(|s| &s.name == *n)).collect();
-        Ok(json(&json!({"account_id": id, "steps": script.steps.len(), "required_secrets": required, "missing_secrets": missing})))
+        let missing: Vec<&String> = required
+            .iter()
+            .filter(|n| !secrets.iter().any(|s| &s.name == *n))
+            .collect();
+        Ok(json(
+            &json!({"account_id": id, "steps": script.steps.len(), "required_secrets": required, "missing_secrets": missing}),
+        ))
     })())
 }
 
@@ -192,10 +233,18 @@ pub async fn script_get(id: String, farm: Arc<Farm>, caller: Caller) -> Response
     render((|| {
         caller.require(&farm, Access::Admin)?;
         let id = id_of("account", &id)?;
-        let text = farm
-            .login_script_text(id)?
-            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("account {id} has no login script")))?;
-        Ok(warp::reply::with_header(text, "content-type", "application/toml; charset=utf-8"))
+        let text = farm.login_script_text(id)?.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("account {id} has no login script"),
+            )
+        })?;
+        Ok(warp::reply::with_header(
+            text,
+            "content-type",
+            "application/toml; charset=utf-8",
+        ))
     })())
 }
 
@@ -220,7 +269,13 @@ pub struct SecretBody {
     value: crate::secret::Secret,
 }
 
-pub async fn secret_put(id: String, name: String, farm: Arc<Farm>, caller: Caller, body: Body<SecretBody>) -> Response {
+pub async fn secret_put(
+    id: String,
+    name: String,
+    farm: Arc<Farm>,
+    caller: Caller,
+    body: Body<SecretBody>,
+) -> Response {
     render((|| {
         caller.require(&farm, Access::Admin)?;
         farm.set_secret(id_of("account", &id)?, &name, &body?.value)?;
@@ -288,18 +343,31 @@ pub async fn usage(farm: Arc<Farm>, caller: Caller) -> Response {
 
 /// `?since=ID` → JSON page; otherwise an SSE stream resuming after
 /// `Last-Event-ID` when given.
-pub async fn events(farm: Arc<Farm>, caller: Caller, query: String, last_event_id: Option<String>) -> Response {
+pub async fn events(
+    farm: Arc<Farm>,
+    caller: Caller,
+    query: String,
+    last_event_id: Option<String>,
+) -> Response {
     let result = (|| {
         caller.require(&farm, Access::Admin)?;
         let q = serde_urlencoded_pairs(&query);
         let parse_id = |what: &str, v: &str| {
-            v.trim().parse::<i64>().map_err(|_| ApiError::bad_request(format!("{what} must be an event id (an integer)")))
+            v.trim().parse::<i64>().map_err(|_| {
+                ApiError::bad_request(format!("{what} must be an event id (an integer)"))
+            })
         };
         if let Some(since) = q.get("since") {
-            let events = farm.events.since(parse_id("since", since)?, super::sse::PAGE).map_err(crate::farm::FarmError::from)?;
+            let events = farm
+                .events
+                .since(parse_id("since", since)?, super::sse::PAGE)
+                .map_err(crate::farm::FarmError::from)?;
             return Ok(json(&events).into_response());
         }
-        let resume = last_event_id.as_deref().map(|v| parse_id("Last-Event-ID", v)).transpose()?;
+        let resume = last_event_id
+            .as_deref()
+            .map(|v| parse_id("Last-Event-ID", v))
+            .transpose()?;
         let stream = super::sse::stream(farm.clone(), resume);
         Ok(warp::sse::reply(warp::sse::keep_alive().stream(stream)).into_response())
     })();
@@ -333,7 +401,10 @@ pub struct NewClientBody {
 pub async fn clients_add(farm: Arc<Farm>, caller: Caller, body: Body<NewClientBody>) -> Response {
     render((|| {
         caller.require(&farm, Access::Admin)?;
-        Ok(with_status(json(&farm.create_client(&body?.name)?), StatusCode::CREATED))
+        Ok(with_status(
+            json(&farm.create_client(&body?.name)?),
+            StatusCode::CREATED,
+        ))
     })())
 }
 

@@ -13,7 +13,11 @@ use crate::farm::Farm;
 
 /// Binds `addr` and serves the callback on `path` until the returned
 /// sender is used (or dropped).
-pub async fn spawn(addr: SocketAddr, path: String, farm: Weak<Farm>) -> std::io::Result<oneshot::Sender<()>> {
+pub async fn spawn(
+    addr: SocketAddr,
+    path: String,
+    farm: Weak<Farm>,
+) -> std::io::Result<oneshot::Sender<()>> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let (stop, stopped) = oneshot::channel::<()>();
     let route = warp::get()
@@ -24,10 +28,18 @@ pub async fn spawn(addr: SocketAddr, path: String, farm: Weak<Farm>) -> std::io:
             let path = path.clone();
             async move {
                 if full.as_str() != path {
-                    return page(StatusCode::NOT_FOUND, "Not found", "This address only receives login redirects.");
+                    return page(
+                        StatusCode::NOT_FOUND,
+                        "Not found",
+                        "This address only receives login redirects.",
+                    );
                 }
                 let Some(farm) = farm.upgrade() else {
-                    return page(StatusCode::SERVICE_UNAVAILABLE, "Farm stopping", "The farm is shutting down.");
+                    return page(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "Farm stopping",
+                        "The farm is shutting down.",
+                    );
                 };
                 let url = format!("http://{addr}{path}?{query}");
                 let result = farm.complete_login(&url, None).await;
@@ -68,5 +80,8 @@ fn page(status: StatusCode, title: &str, message: &str) -> warp::reply::Response
 }
 
 pub(crate) fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }

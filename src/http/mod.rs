@@ -60,42 +60,266 @@ const fn route(
     request: Option<&'static str>,
     ok: (u16, Option<&'static str>),
 ) -> Route {
-    Route { method, path, access, summary, request, ok }
+    Route {
+        method,
+        path,
+        access,
+        summary,
+        request,
+        ok,
+    }
 }
 
 use Access::{Admin, Client, Public};
 pub const ROUTES: &[Route] = &[
-    route("GET", "/healthz", Public, "Liveness check", None, (200, Some("Health"))),
-    route("GET", "/metrics", Admin, "Prometheus metrics (text format)", None, (200, Some("Metrics"))),
-    route("GET", "/credential/next", Client, "Lease the next usable account's token", None, (200, Some("CredentialLease"))),
-    route("POST", "/credential/report", Client, "Report how a leased token fared", Some("Report"), (200, Some("Recorded"))),
-    route("DELETE", "/credential/lease/{lease_id}", Client, "Release a lease", None, (204, None)),
-    route("GET", "/api/providers", Admin, "List configured providers", None, (200, Some("ProviderList"))),
-    route("GET", "/api/accounts", Admin, "List accounts", None, (200, Some("AccountList"))),
-    route("POST", "/api/accounts", Admin, "Add an account (pending login)", Some("NewAccount"), (201, Some("Account"))),
-    route("GET", "/api/accounts/{id}", Admin, "Get one account", None, (200, Some("Account"))),
-    route("PATCH", "/api/accounts/{id}", Admin, "Change label, priority or enabled", Some("AccountPatch"), (200, Some("Account"))),
-    route("DELETE", "/api/accounts/{id}", Admin, "Remove an account for good", None, (204, None)),
-    route("POST", "/api/accounts/{id}/login", Admin, "Start a login: returns the authorize URL", None, (200, Some("LoginStarted"))),
-    route("POST", "/api/accounts/{id}/login/complete", Admin, "Finish a login with the pasted redirect URL", Some("LoginComplete"), (200, Some("Account"))),
-    route("POST", "/api/accounts/{id}/refresh", Admin, "Refresh now (waits for the single-flight result)", None, (200, Some("Account"))),
-    route("PUT", "/api/accounts/{id}/script", Admin, "Attach a login script (the body is the TOML text)", Some("ScriptText"), (200, Some("ScriptAttached"))),
-    route("GET", "/api/accounts/{id}/script", Admin, "The account's login script (TOML)", None, (200, Some("ScriptText"))),
-    route("DELETE", "/api/accounts/{id}/script", Admin, "Detach the account's login script", None, (204, None)),
-    route("GET", "/api/accounts/{id}/secrets", Admin, "Names of the account's secrets (values are write-only)", None, (200, Some("SecretList"))),
-    route("PUT", "/api/accounts/{id}/secrets/{name}", Admin, "Set a secret (write-only)", Some("SecretValue"), (204, None)),
-    route("DELETE", "/api/accounts/{id}/secrets/{name}", Admin, "Delete a secret", None, (204, None)),
-    route("POST", "/api/accounts/{id}/relogin", Admin, "Log in with the farm's browser now; returns the outcome", None, (200, Some("ReloginDone"))),
-    route("GET", "/api/accounts/{id}/browser", Admin, "The account's browser profile and last browser run", None, (200, Some("BrowserInfo"))),
-    route("DELETE", "/api/accounts/{id}/browser", Admin, "Wipe the account's browser profile", None, (204, None)),
-    route("GET", "/api/accounts/{id}/screenshot", Admin, "The screenshot of the last failed browser relogin", None, (200, Some("Png"))),
-    route("GET", "/api/usage", Admin, "Leases and outcomes per account and client", None, (200, Some("Usage"))),
-    route("GET", "/api/events", Admin, "Event stream (SSE, Last-Event-ID resume) or JSON with ?since=ID", None, (200, Some("EventList"))),
-    route("GET", "/api/webhooks", Admin, "Webhook delivery status", None, (200, Some("WebhookList"))),
-    route("GET", "/api/clients", Admin, "List client keys", None, (200, Some("ClientList"))),
-    route("POST", "/api/clients", Admin, "Create a client key (shown once)", Some("NewClient"), (201, Some("ClientCreated"))),
-    route("DELETE", "/api/clients/{id}", Admin, "Revoke a client key", None, (204, None)),
-    route("GET", "/api/openapi.json", Public, "This document", None, (200, Some("OpenApi"))),
+    route(
+        "GET",
+        "/healthz",
+        Public,
+        "Liveness check",
+        None,
+        (200, Some("Health")),
+    ),
+    route(
+        "GET",
+        "/metrics",
+        Admin,
+        "Prometheus metrics (text format)",
+        None,
+        (200, Some("Metrics")),
+    ),
+    route(
+        "GET",
+        "/credential/next",
+        Client,
+        "Lease the next usable account's token",
+        None,
+        (200, Some("CredentialLease")),
+    ),
+    route(
+        "POST",
+        "/credential/report",
+        Client,
+        "Report how a leased token fared",
+        Some("Report"),
+        (200, Some("Recorded")),
+    ),
+    route(
+        "DELETE",
+        "/credential/lease/{lease_id}",
+        Client,
+        "Release a lease",
+        None,
+        (204, None),
+    ),
+    route(
+        "GET",
+        "/api/providers",
+        Admin,
+        "List configured providers",
+        None,
+        (200, Some("ProviderList")),
+    ),
+    route(
+        "GET",
+        "/api/accounts",
+        Admin,
+        "List accounts",
+        None,
+        (200, Some("AccountList")),
+    ),
+    route(
+        "POST",
+        "/api/accounts",
+        Admin,
+        "Add an account (pending login)",
+        Some("NewAccount"),
+        (201, Some("Account")),
+    ),
+    route(
+        "GET",
+        "/api/accounts/{id}",
+        Admin,
+        "Get one account",
+        None,
+        (200, Some("Account")),
+    ),
+    route(
+        "PATCH",
+        "/api/accounts/{id}",
+        Admin,
+        "Change label, priority or enabled",
+        Some("AccountPatch"),
+        (200, Some("Account")),
+    ),
+    route(
+        "DELETE",
+        "/api/accounts/{id}",
+        Admin,
+        "Remove an account for good",
+        None,
+        (204, None),
+    ),
+    route(
+        "POST",
+        "/api/accounts/{id}/login",
+        Admin,
+        "Start a login: returns the authorize URL",
+        None,
+        (200, Some("LoginStarted")),
+    ),
+    route(
+        "POST",
+        "/api/accounts/{id}/login/complete",
+        Admin,
+        "Finish a login with the pasted redirect URL",
+        Some("LoginComplete"),
+        (200, Some("Account")),
+    ),
+    route(
+        "POST",
+        "/api/accounts/{id}/refresh",
+        Admin,
+        "Refresh now (waits for the single-flight result)",
+        None,
+        (200, Some("Account")),
+    ),
+    route(
+        "PUT",
+        "/api/accounts/{id}/script",
+        Admin,
+        "Attach a login script (the body is the TOML text)",
+        Some("ScriptText"),
+        (200, Some("ScriptAttached")),
+    ),
+    route(
+        "GET",
+        "/api/accounts/{id}/script",
+        Admin,
+        "The account's login script (TOML)",
+        None,
+        (200, Some("ScriptText")),
+    ),
+    route(
+        "DELETE",
+        "/api/accounts/{id}/script",
+        Admin,
+        "Detach the account's login script",
+        None,
+        (204, None),
+    ),
+    route(
+        "GET",
+        "/api/accounts/{id}/secrets",
+        Admin,
+        "Names of the account's secrets (values are write-only)",
+        None,
+        (200, Some("SecretList")),
+    ),
+    route(
+        "PUT",
+        "/api/accounts/{id}/secrets/{name}",
+        Admin,
+        "Set a secret (write-only)",
+        Some("SecretValue"),
+        (204, None),
+    ),
+    route(
+        "DELETE",
+        "/api/accounts/{id}/secrets/{name}",
+        Admin,
+        "Delete a secret",
+        None,
+        (204, None),
+    ),
+    route(
+        "POST",
+        "/api/accounts/{id}/relogin",
+        Admin,
+        "Log in with the farm's browser now; returns the outcome",
+        None,
+        (200, Some("ReloginDone")),
+    ),
+    route(
+        "GET",
+        "/api/accounts/{id}/browser",
+        Admin,
+        "The account's browser profile and last browser run",
+        None,
+        (200, Some("BrowserInfo")),
+    ),
+    route(
+        "DELETE",
+        "/api/accounts/{id}/browser",
+        Admin,
+        "Wipe the account's browser profile",
+        None,
+        (204, None),
+    ),
+    route(
+        "GET",
+        "/api/accounts/{id}/screenshot",
+        Admin,
+        "The screenshot of the last failed browser relogin",
+        None,
+        (200, Some("Png")),
+    ),
+    route(
+        "GET",
+        "/api/usage",
+        Admin,
+        "Leases and outcomes per account and client",
+        None,
+        (200, Some("Usage")),
+    ),
+    route(
+        "GET",
+        "/api/events",
+        Admin,
+        "Event stream (SSE, Last-Event-ID resume) or JSON with ?since=ID",
+        None,
+        (200, Some("EventList")),
+    ),
+    route(
+        "GET",
+        "/api/webhooks",
+        Admin,
+        "Webhook delivery status",
+        None,
+        (200, Some("WebhookList")),
+    ),
+    route(
+        "GET",
+        "/api/clients",
+        Admin,
+        "List client keys",
+        None,
+        (200, Some("ClientList")),
+    ),
+    route(
+        "POST",
+        "/api/clients",
+        Admin,
+        "Create a client key (shown once)",
+        Some("NewClient"),
+        (201, Some("ClientCreated")),
+    ),
+    route(
+        "DELETE",
+        "/api/clients/{id}",
+        Admin,
+        "Revoke a client key",
+        None,
+        (204, None),
+    ),
+    route(
+        "GET",
+        "/api/openapi.json",
+        Public,
+        "This document",
+        None,
+        (200, Some("OpenApi")),
+    ),
 ];
 
 /// The method filter of a route in [`ROUTES`]. Building the router through
@@ -142,8 +366,15 @@ impl Caller {
         if access == Access::Public {
             return Ok(Principal::Admin);
         }
-        let token = self.0.as_deref().and_then(|h| h.strip_prefix("Bearer ")).map(str::trim);
-        let who = token.filter(|t| !t.is_empty()).and_then(|t| farm.authenticate(t)).ok_or_else(ApiError::unauthorized)?;
+        let token = self
+            .0
+            .as_deref()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim);
+        let who = token
+            .filter(|t| !t.is_empty())
+            .and_then(|t| farm.authenticate(t))
+            .ok_or_else(ApiError::unauthorized)?;
         if access == Access::Admin && who != Principal::Admin {
             return Err(ApiError::forbidden());
         }
@@ -152,7 +383,10 @@ impl Caller {
 }
 
 fn caller() -> impl Filter<Extract = (Caller,), Error = Infallible> + Clone {
-    warp::header::optional::<String>("authorization").map(Caller).or(warp::any().map(|| Caller(None))).unify()
+    warp::header::optional::<String>("authorization")
+        .map(Caller)
+        .or(warp::any().map(|| Caller(None)))
+        .unify()
 }
 
 /// Bodies up to this size are read in full even when over [`MAX_BODY`], so
@@ -162,37 +396,61 @@ fn caller() -> impl Filter<Extract = (Caller,), Error = Infallible> + Clone {
 const MAX_DRAINED: u64 = 1024 * 1024;
 
 /// The body, or a 413 when it is over [`MAX_BODY`].
-fn limited_body() -> impl Filter<Extract = (Result<Bytes, ApiError>,), Error = warp::Rejection> + Clone {
-    warp::body::content_length_limit(MAX_DRAINED).and(warp::body::bytes()).map(|b: Bytes| {
-        if b.len() as u64 > MAX_BODY {
-            Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is larger than 64 KiB"))
-        } else {
-            Ok(b)
-        }
-    })
+fn limited_body(
+) -> impl Filter<Extract = (Result<Bytes, ApiError>,), Error = warp::Rejection> + Clone {
+    warp::body::content_length_limit(MAX_DRAINED)
+        .and(warp::body::bytes())
+        .map(|b: Bytes| {
+            if b.len() as u64 > MAX_BODY {
+                Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the request body is larger than 64 KiB",
+                ))
+            } else {
+                Ok(b)
+            }
+        })
 }
 
 /// A JSON body of at most [`MAX_BODY`] bytes, parsed by the handler so that
 /// a malformed body is a 400 naming the problem (line, column, field).
-pub fn json_body<T: DeserializeOwned + Send>() -> impl Filter<Extract = (Result<T, ApiError>,), Error = warp::Rejection> + Clone {
+pub fn json_body<T: DeserializeOwned + Send>(
+) -> impl Filter<Extract = (Result<T, ApiError>,), Error = warp::Rejection> + Clone {
     limited_body().map(|b: Result<Bytes, ApiError>| b.and_then(|b| parse_json(&b)))
 }
 
 pub fn parse_json<T: DeserializeOwned>(b: &[u8]) -> Result<T, ApiError> {
     if b.is_empty() {
-        return Err(ApiError::bad_request("the request body is empty; send a JSON object"));
+        return Err(ApiError::bad_request(
+            "the request body is empty; send a JSON object",
+        ));
     }
     // serde also accepts a struct written as an array; the API takes objects only.
     if b.iter().find(|c| !c.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", "the request body must be a JSON object"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "the request body must be a JSON object",
+        ));
     }
-    serde_json::from_slice(b).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("invalid JSON body: {e}")))
+    serde_json::from_slice(b).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("invalid JSON body: {e}"),
+        )
+    })
 }
 
 /// A UTF-8 text body of at most [`MAX_BODY`] bytes (login scripts).
-pub fn text_body() -> impl Filter<Extract = (Result<String, ApiError>,), Error = warp::Rejection> + Clone {
+pub fn text_body(
+) -> impl Filter<Extract = (Result<String, ApiError>,), Error = warp::Rejection> + Clone {
     limited_body().map(|b: Result<Bytes, ApiError>| {
-        b.and_then(|b| String::from_utf8(b.to_vec()).map_err(|_| ApiError::bad_request("the body must be UTF-8 text")))
+        b.and_then(|b| {
+            String::from_utf8(b.to_vec())
+                .map_err(|_| ApiError::bad_request("the body must be UTF-8 text"))
+        })
     })
 }
 
@@ -206,41 +464,209 @@ pub fn routes(farm: Arc<Farm>) -> BoxedFilter<(Response,)> {
     let base = || farm.clone().and(caller());
     let raw_query = || warp::query::raw().or(warp::any().map(String::new)).unify();
 
-    let table = path!("healthz").and(at("GET", "/healthz")).and(farm.clone()).then(h::healthz).boxed()
-        .or(path!("metrics").and(at("GET", "/metrics")).and(base()).then(h::metrics)).unify().boxed()
-        .or(path!("credential" / "next").and(at("GET", "/credential/next")).and(base()).and(raw_query()).then(h::credential_next)).unify().boxed()
-        .or(path!("credential" / "report").and(at("POST", "/credential/report")).and(base()).and(json_body()).then(h::credential_report)).unify().boxed()
-        .or(path!("credential" / "lease" / String).and(at("DELETE", "/credential/lease/{lease_id}")).and(base()).then(h::credential_release)).unify().boxed()
-        .or(path!("api" / "providers").and(at("GET", "/api/providers")).and(base()).then(h::providers)).unify().boxed()
-        .or(path!("api" / "accounts").and(at("GET", "/api/accounts")).and(base()).then(h::accounts_list)).unify().boxed()
-        .or(path!("api" / "accounts").and(at("POST", "/api/accounts")).and(base()).and(json_body()).then(h::accounts_add)).unify().boxed()
-        .or(path!("api" / "accounts" / String).and(at("GET", "/api/accounts/{id}")).and(base()).then(h::account_get)).unify().boxed()
-        .or(path!("api" / "accounts" / String).and(at("PATCH", "/api/accounts/{id}")).and(base()).and(json_body()).then(h::account_patch)).unify().boxed()
-        .or(path!("api" / "accounts" / String).and(at("DELETE", "/api/accounts/{id}")).and(base()).then(h::account_delete)).unify().boxed()
-        .or(path!("api" / "accounts" / String / "login").and(at("POST", "/api/accounts/{id}/login")).and(base()).then(h::login_start)).unify().boxed()
-        .or(path!("api" / "accounts" / String / "login" / "complete").and(at("POST", "/api/accounts/{id}/login/complete")).and(base()).and(json_body()).then(h::login_complete)).unify().boxed()
-        .or(path!("api" / "accounts" / String / "refresh").and(at("POST", "/api/accounts/{id}/refresh")).and(base()).then(h::account_refresh)).unify().boxed()
-        .or(path!("api" / "accounts" / String / "script").and(at("PUT", "/api/accounts/{id}/script")).and(base()).and(text_body()).then(h::script_put)).unify().boxed()
-        .or(path!("api" / "accounts" / String / "script").and(at("GET", "/api/accounts/{id}/script")).and(base()).then(h::script_get)).unify().boxed()
-        .or(path!("api" / "accounts" / String / "script").and(at("DELETE", "/api/accounts/{id}/script")).and(base()).then(h::script_delete)).unify().boxed()
-        .or(path!("api" / "accounts" / String / "secrets").and(at("GET", "/api/accounts/{id}/secrets")).and(base()).then(h::secrets_list)).unify().boxed()
-        .or(path!("api" / "accounts" / String / "secrets" / String).and(at("PUT", "/api/accounts/{id}/secrets/{name}")).and(base()).and(json_body()).then(h::secret_put)).unify().boxed()
-        .or(path!("api" / "accounts" / String / "secrets" / String).and(at("DELETE", "/api/accounts/{id}/secrets/{name}")).and(base()).then(h::secret_delete)).unify().boxed()
-        .or(path!("api" / "accounts" / String / "relogin").and(at("POST", "/api/accounts/{id}/relogin")).and(base()).then(h::relogin)).unify().boxed()
-        .or(path!("api" / "accounts" / String / "browser").and(at("GET", "/api/accounts/{id}/browser")).and(base()).then(h::browser_info)).unify().boxed()
-        .or(path!("api" / "accounts" / String / "browser").and(at("DELETE", "/api/accounts/{id}/browser")).and(base()).then(h::browser_reset)).unify().boxed()
-        .or(path!("api" / "accounts" / String / "screenshot").and(at("GET", "/api/accounts/{id}/screenshot")).and(base()).then(h::screenshot)).unify().boxed()
-        .or(path!("api" / "usage").and(at("GET", "/api/usage")).and(base()).then(h::usage)).unify().boxed()
-        .or(path!("api" / "events").and(at("GET", "/api/events")).and(base()).and(raw_query()).and(warp::header::optional::<String>("last-event-id")).then(h::events)).unify().boxed()
-        .or(path!("api" / "webhooks").and(at("GET", "/api/webhooks")).and(base()).then(h::webhooks)).unify().boxed()
-        .or(path!("api" / "clients").and(at("GET", "/api/clients")).and(base()).then(h::clients_list)).unify().boxed()
-        .or(path!("api" / "clients").and(at("POST", "/api/clients")).and(base()).and(json_body()).then(h::clients_add)).unify().boxed()
-        .or(path!("api" / "clients" / String).and(at("DELETE", "/api/clients/{id}")).and(base()).then(h::clients_revoke)).unify().boxed()
-        .or(path!("api" / "openapi.json").and(at("GET", "/api/openapi.json")).then(h::openapi)).unify().boxed();
+    let table = path!("healthz")
+        .and(at("GET", "/healthz"))
+        .and(farm.clone())
+        .then(h::healthz)
+        .boxed()
+        .or(path!("metrics")
+            .and(at("GET", "/metrics"))
+            .and(base())
+            .then(h::metrics))
+        .unify()
+        .boxed()
+        .or(path!("credential" / "next")
+            .and(at("GET", "/credential/next"))
+            .and(base())
+            .and(raw_query())
+            .then(h::credential_next))
+        .unify()
+        .boxed()
+        .or(path!("credential" / "report")
+            .and(at("POST", "/credential/report"))
+            .and(base())
+            .and(json_body())
+            .then(h::credential_report))
+        .unify()
+        .boxed()
+        .or(path!("credential" / "lease" / String)
+            .and(at("DELETE", "/credential/lease/{lease_id}"))
+            .and(base())
+            .then(h::credential_release))
+        .unify()
+        .boxed()
+        .or(path!("api" / "providers")
+            .and(at("GET", "/api/providers"))
+            .and(base())
+            .then(h::providers))
+        .unify()
+        .boxed()
+        .or(path!("api" / "accounts")
+            .and(at("GET", "/api/accounts"))
+            .and(base())
+            .then(h::accounts_list))
+        .unify()
+        .boxed()
+        .or(path!("api" / "accounts")
+            .and(at("POST", "/api/accounts"))
+            .and(base())
+            .and(json_body())
+            .then(h::accounts_add))
+        .unify()
+        .boxed()
+        .or(path!("api" / "accounts" / String)
+            .and(at("GET", "/api/accounts/{id}"))
+            .and(base())
+            .then(h::account_get))
+        .unify()
+        .boxed()
+        .or(path!("api" / "accounts" / String)
+            .and(at("PATCH", "/api/accounts/{id}"))
+            .and(base())
+            .and(json_body())
+            .then(h::account_patch))
+        .unify()
+        .boxed()
+        .or(path!("api" / "accounts" / String)
+            .and(at("DELETE", "/api/accounts/{id}"))
+            .and(base())
+            .then(h::account_delete))
+        .unify()
+        .boxed()
+        .or(path!("api" / "accounts" / String / "login")
+            .and(at("POST", "/api/accounts/{id}/login"))
+            .and(base())
+            .then(h::login_start))
+        .unify()
+        .boxed()
+        .or(path!("api" / "accounts" / String / "login" / "complete")
+            .and(at("POST", "/api/accounts/{id}/login/complete"))
+            .and(base())
+            .and(json_body())
+            .then(h::login_complete))
+        .unify()
+        .boxed()
+        .or(path!("api" / "accounts" / String / "refresh")
+            .and(at("POST", "/api/accounts/{id}/refresh"))
+            .and(base())
+            .then(h::account_refresh))
+        .unify()
+        .boxed()
+        .or(path!("api" / "accounts" / String / "script")
+            .and(at("PUT", "/api/accounts/{id}/script"))
+            .and(base())
+            .and(text_body())
+            .then(h::script_put))
+        .unify()
+        .boxed()
+        .or(path!("api" / "accounts" / String / "script")
+            .and(at("GET", "/api/accounts/{id}/script"))
+            .and(base())
+            .then(h::script_get))
+        .unify()
+        .boxed()
+        .or(path!("api" / "accounts" / String / "script")
+            .and(at("DELETE", "/api/accounts/{id}/script"))
+            .and(base())
+            .then(h::script_delete))
+        .unify()
+        .boxed()
+        .or(path!("api" / "accounts" / String / "secrets")
+            .and(at("GET", "/api/accounts/{id}/secrets"))
+            .and(base())
+            .then(h::secrets_list))
+        .unify()
+        .boxed()
+        .or(path!("api" / "accounts" / String / "secrets" / String)
+            .and(at("PUT", "/api/accounts/{id}/secrets/{name}"))
+            .and(base())
+            .and(json_body())
+            .then(h::secret_put))
+        .unify()
+        .boxed()
+        .or(path!("api" / "accounts" / String / "secrets" / String)
+            .and(at("DELETE", "/api/accounts/{id}/secrets/{name}"))
+            .and(base())
+            .then(h::secret_delete))
+        .unify()
+        .boxed()
+        .or(path!("api" / "accounts" / String / "relogin")
+            .and(at("POST", "/api/accounts/{id}/relogin"))
+            .and(base())
+            .then(h::relogin))
+        .unify()
+        .boxed()
+        .or(path!("api" / "accounts" / String / "browser")
+            .and(at("GET", "/api/accounts/{id}/browser"))
+            .and(base())
+            .then(h::browser_info))
+        .unify()
+        .boxed()
+        .or(path!("api" / "accounts" / String / "browser")
+            .and(at("DELETE", "/api/accounts/{id}/browser"))
+            .and(base())
+            .then(h::browser_reset))
+        .unify()
+        .boxed()
+        .or(path!("api" / "accounts" / String / "screenshot")
+            .and(at("GET", "/api/accounts/{id}/screenshot"))
+            .and(base())
+            .then(h::screenshot))
+        .unify()
+        .boxed()
+        .or(path!("api" / "usage")
+            .and(at("GET", "/api/usage"))
+            .and(base())
+            .then(h::usage))
+        .unify()
+        .boxed()
+        .or(path!("api" / "events")
+            .and(at("GET", "/api/events"))
+            .and(base())
+            .and(raw_query())
+            .and(warp::header::optional::<String>("last-event-id"))
+            .then(h::events))
+        .unify()
+        .boxed()
+        .or(path!("api" / "webhooks")
+            .and(at("GET", "/api/webhooks"))
+            .and(base())
+            .then(h::webhooks))
+        .unify()
+        .boxed()
+        .or(path!("api" / "clients")
+            .and(at("GET", "/api/clients"))
+            .and(base())
+            .then(h::clients_list))
+        .unify()
+        .boxed()
+        .or(path!("api" / "clients")
+            .and(at("POST", "/api/clients"))
+            .and(base())
+            .and(json_body())
+            .then(h::clients_add))
+        .unify()
+        .boxed()
+        .or(path!("api" / "clients" / String)
+            .and(at("DELETE", "/api/clients/{id}"))
+            .and(base())
+            .then(h::clients_revoke))
+        .unify()
+        .boxed()
+        .or(path!("api" / "openapi.json")
+            .and(at("GET", "/api/openapi.json"))
+            .then(h::openapi))
+        .unify()
+        .boxed();
 
     let built = built.into_inner();
     for r in ROUTES {
-        assert!(built.contains(&(r.method, r.path)), "http::ROUTES lists {} {} but the router has no such route", r.method, r.path);
+        assert!(
+            built.contains(&(r.method, r.path)),
+            "http::ROUTES lists {} {} but the router has no such route",
+            r.method,
+            r.path
+        );
     }
 
     table

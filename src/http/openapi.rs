@@ -66,8 +66,13 @@ fn operation(r: &super::Route) -> Value {
         op["parameters"] = Value::Array(params);
     }
     if let Some(req) = r.request {
-        let media = if req == "ScriptText" { "application/toml" } else { "application/json" };
-        op["requestBody"] = json!({"required": true, "content": {media: {"schema": schema_ref(req)}}});
+        let media = if req == "ScriptText" {
+            "application/toml"
+        } else {
+            "application/json"
+        };
+        op["requestBody"] =
+            json!({"required": true, "content": {media: {"schema": schema_ref(req)}}});
     }
     let (status, body) = r.ok;
     let content_type = match body {
@@ -105,11 +110,13 @@ fn operation(r: &super::Route) -> Value {
         errors.push(("404", "unknown id"));
     }
     if r.path == "/credential/next" {
-        errors.push(("503", "no account can serve now; see Retry-After and retry_after_s"));
+        errors.push((
+            "503",
+            "no account can serve now; see Retry-After and retry_after_s",
+        ));
     }
     for (code, description) in errors {
-        op["responses"][code] =
-            json!({"description": description, "content": {"application/json": {"schema": schema_ref("Error")}}});
+        op["responses"][code] = json!({"description": description, "content": {"application/json": {"schema": schema_ref("Error")}}});
     }
     op
 }
@@ -232,15 +239,32 @@ mod tests {
         let doc = &*DOCUMENT;
         for r in ROUTES {
             let op = &doc["paths"][r.path][r.method.to_ascii_lowercase()];
-            assert!(op.is_object(), "{} {} missing from the document", r.method, r.path);
+            assert!(
+                op.is_object(),
+                "{} {} missing from the document",
+                r.method,
+                r.path
+            );
         }
-        let documented: usize = doc["paths"].as_object().unwrap().values().map(|p| p.as_object().unwrap().len()).sum();
-        assert_eq!(documented, ROUTES.len(), "the document has operations the table does not");
+        let documented: usize = doc["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|p| p.as_object().unwrap().len())
+            .sum();
+        assert_eq!(
+            documented,
+            ROUTES.len(),
+            "the document has operations the table does not"
+        );
         let text = doc.to_string();
         let schemas = doc["components"]["schemas"].as_object().unwrap();
         for piece in text.split("#/components/schemas/").skip(1) {
             let name: String = piece.chars().take_while(|c| c.is_alphanumeric()).collect();
-            assert!(schemas.contains_key(&name), "schema {name} is referenced but not defined");
+            assert!(
+                schemas.contains_key(&name),
+                "schema {name} is referenced but not defined"
+            );
         }
     }
 }

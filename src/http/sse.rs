@@ -62,10 +62,19 @@ impl Cursor {
 
 /// The event stream, starting after `resume_after` (replaying stored
 /// events) or, without it, with the next live event.
-pub fn stream(farm: Arc<Farm>, resume_after: Option<i64>) -> impl Stream<Item = Result<sse::Event, Infallible>> + Send {
+pub fn stream(
+    farm: Arc<Farm>,
+    resume_after: Option<i64>,
+) -> impl Stream<Item = Result<sse::Event, Infallible>> + Send {
     let live = farm.events.subscribe();
     let last = resume_after.unwrap_or_else(|| farm.events.latest_id());
-    let cursor = Cursor { farm, live, backlog: VecDeque::new(), last, catching_up: resume_after.is_some() };
+    let cursor = Cursor {
+        farm,
+        live,
+        backlog: VecDeque::new(),
+        last,
+        catching_up: resume_after.is_some(),
+    };
     stream::unfold(cursor, |mut c| async move {
         let ev = c.next().await?;
         let frame = sse::Event::default()

@@ -34,7 +34,10 @@ impl Cipher {
             h.update(key);
             hex(&h.finalize()[..8])
         };
-        Cipher { aead: ChaCha20Poly1305::new(Key::from_slice(key)), fingerprint }
+        Cipher {
+            aead: ChaCha20Poly1305::new(Key::from_slice(key)),
+            fingerprint,
+        }
     }
 
     /// Parses a key file's or variable's text: base64 (standard) or hex of
@@ -72,7 +75,13 @@ impl Cipher {
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let ct = self
             .aead
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext.expose().as_bytes(), aad: aad.as_bytes() })
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext.expose().as_bytes(),
+                    aad: aad.as_bytes(),
+                },
+            )
             .expect("ChaCha20-Poly1305 encryption cannot fail for in-memory sizes");
         let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
         out.extend_from_slice(&nonce);
@@ -87,9 +96,17 @@ impl Cipher {
         let (nonce, ct) = sealed.split_at(NONCE_LEN);
         let pt = self
             .aead
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: aad.as_bytes() })
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ct,
+                    aad: aad.as_bytes(),
+                },
+            )
             .map_err(|_| CryptoError::Decrypt)?;
-        String::from_utf8(pt).map(Secret::new).map_err(|_| CryptoError::Decrypt)
+        String::from_utf8(pt)
+            .map(Secret::new)
+            .map_err(|_| CryptoError::Decrypt)
     }
 }
 
@@ -101,7 +118,10 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
     }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// SHA-256 of a client key, as stored. Client keys are 256-bit random
@@ -119,9 +139,18 @@ mod tests {
         let c = Cipher::from_text(&Cipher::generate_key_text()).unwrap();
         let s = Secret::new("refresh-token-value");
         let sealed = c.seal(&s, "account:1:refresh_token");
-        assert!(!sealed.windows(7).any(|w| w == b"refresh"), "plaintext must not appear");
-        assert_eq!(c.open(&sealed, "account:1:refresh_token").unwrap().expose(), "refresh-token-value");
-        assert!(c.open(&sealed, "account:2:refresh_token").is_err(), "bound to its row");
+        assert!(
+            !sealed.windows(7).any(|w| w == b"refresh"),
+            "plaintext must not appear"
+        );
+        assert_eq!(
+            c.open(&sealed, "account:1:refresh_token").unwrap().expose(),
+            "refresh-token-value"
+        );
+        assert!(
+            c.open(&sealed, "account:2:refresh_token").is_err(),
+            "bound to its row"
+        );
         let other = Cipher::from_text(&Cipher::generate_key_text()).unwrap();
         assert!(other.open(&sealed, "account:1:refresh_token").is_err());
         assert_ne!(c.fingerprint(), other.fingerprint());
@@ -132,7 +161,10 @@ mod tests {
         let hexkey = "00".repeat(32);
         assert!(Cipher::from_text(&Secret::new(hexkey)).is_ok());
         assert!(Cipher::from_text(&Secret::new("short")).is_err());
-        let err = Cipher::from_text(&Secret::new("c2VjcmV0")).err().unwrap().to_string();
+        let err = Cipher::from_text(&Secret::new("c2VjcmV0"))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(!err.contains("c2VjcmV0"));
     }
 }

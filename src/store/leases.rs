@@ -46,11 +46,17 @@ impl fmt::Display for LeaseKey {
 impl FromStr for LeaseKey {
     type Err = ();
     fn from_str(s: &str) -> Result<Self, ()> {
-        let (id, tag) = s.strip_prefix("lease_").and_then(|r| r.split_once('_')).ok_or(())?;
+        let (id, tag) = s
+            .strip_prefix("lease_")
+            .and_then(|r| r.split_once('_'))
+            .ok_or(())?;
         if tag.len() != 8 {
             return Err(());
         }
-        Ok(LeaseKey { id: id.parse().map_err(|_| ())?, tag: u32::from_str_radix(tag, 16).map_err(|_| ())? })
+        Ok(LeaseKey {
+            id: id.parse().map_err(|_| ())?,
+            tag: u32::from_str_radix(tag, 16).map_err(|_| ())?,
+        })
     }
 }
 
@@ -79,10 +85,17 @@ impl LeaseLog {
     /// (which [`super::Store::open`] has already created and migrated).
     pub fn start(path: &Path) -> Result<LeaseLog> {
         let conn = open_connection(path, false)?;
-        let last_id: i64 = conn.query_row("SELECT COALESCE(MAX(id), 0) FROM leases", [], |r| r.get(0))?;
+        let last_id: i64 =
+            conn.query_row("SELECT COALESCE(MAX(id), 0) FROM leases", [], |r| r.get(0))?;
         let (tx, rx) = mpsc::channel::<Job>();
-        let spawn_error = |source| StoreError::Io { path: path.to_path_buf(), source };
-        thread::Builder::new().name("lease-log".into()).spawn(move || write_loop(conn, rx)).map_err(spawn_error)?;
+        let spawn_error = |source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        thread::Builder::new()
+            .name("lease-log".into())
+            .spawn(move || write_loop(conn, rx))
+            .map_err(spawn_error)?;
         let last_id = Arc::new(AtomicI64::new(last_id));
         let checkpointer = open_connection(path, false)?;
         let alive = Arc::downgrade(&last_id);
@@ -95,13 +108,18 @@ impl LeaseLog {
 
     /// A fresh lease key (ids increase; the tag is random).
     pub fn allocate(&self) -> LeaseKey {
-        LeaseKey { id: self.last_id.fetch_add(1, Ordering::Relaxed) + 1, tag: rand::random() }
+        LeaseKey {
+            id: self.last_id.fetch_add(1, Ordering::Relaxed) + 1,
+            tag: rand::random(),
+        }
     }
 
     /// Records a lease; returns once it is committed.
     pub async fn record(&self, lease: NewLease) -> Result<()> {
         let (done, wait) = oneshot::channel();
-        self.tx.send((lease, done)).map_err(|_| StoreError::LeaseLogClosed)?;
+        self.tx
+            .send((lease, done))
+            .map_err(|_| StoreError::LeaseLogClosed)?;
         match wait.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(msg)) => Err(StoreError::LeaseLog(msg)),
@@ -192,7 +210,10 @@ pub(super) fn find(conn: &Connection, key: LeaseKey) -> Result<Option<StoredLeas
             params![key.id, key.tag],
             |r| {
                 Ok(StoredLease {
-                    key: LeaseKey { id: r.get(0)?, tag: r.get(1)? },
+                    key: LeaseKey {
+                        id: r.get(0)?,
+                        tag: r.get(1)?,
+                    },
                     account_id: r.get(2)?,
                     client_id: r.get(3)?,
                     generation: r.get(4)?,
@@ -328,8 +349,20 @@ fn usage_by(conn: &Connection, column: &str, hour: i64, day: i64) -> Result<Vec<
         let c = |i: usize| r.get::<_, i64>(i);
         Ok(UsageRow {
             id: r.get(0)?,
-            last_hour: Counts { leases: c(1)?, ok: c(3)?, rate_limited: c(5)?, unauthorized: c(7)?, error: c(9)? },
-            last_day: Counts { leases: c(2)?, ok: c(4)?, rate_limited: c(6)?, unauthorized: c(8)?, error: c(10)? },
+            last_hour: Counts {
+                leases: c(1)?,
+                ok: c(3)?,
+                rate_limited: c(5)?,
+                unauthorized: c(7)?,
+                error: c(9)?,
+            },
+            last_day: Counts {
+                leases: c(2)?,
+                ok: c(4)?,
+                rate_limited: c(6)?,
+                unauthorized: c(8)?,
+                error: c(10)?,
+            },
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -343,7 +376,11 @@ fn recent(conn: &Connection, limit: i64) -> Result<Vec<RecentLease>> {
     )?;
     let rows = stmt.query_map([limit], |r| {
         Ok(RecentLease {
-            lease_id: LeaseKey { id: r.get(0)?, tag: r.get(1)? }.to_string(),
+            lease_id: LeaseKey {
+                id: r.get(0)?,
+                tag: r.get(1)?,
+            }
+            .to_string(),
             account_id: r.get(2)?,
             client_id: r.get(3)?,
             session: r.get(4)?,

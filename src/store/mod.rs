@@ -29,7 +29,10 @@ pub enum StoreError {
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Crypto(#[from] crypto::CryptoError),
     #[error(
@@ -75,7 +78,11 @@ impl Store {
         schema::migrate(&conn)?;
         check_fingerprint(&conn, &cipher)?;
         restrict_sidecar_files(path);
-        Ok(Store { conn: Mutex::new(conn), cipher, path: path.to_path_buf() })
+        Ok(Store {
+            conn: Mutex::new(conn),
+            cipher,
+            path: path.to_path_buf(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -90,7 +97,13 @@ impl Store {
 
     // ---- accounts ----
 
-    pub fn insert_account(&self, provider: &str, label: &str, priority: i64, now: DateTime<Utc>) -> Result<Account> {
+    pub fn insert_account(
+        &self,
+        provider: &str,
+        label: &str,
+        priority: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Account> {
         let conn = self.conn();
         let res = conn.execute(
             "INSERT INTO accounts (provider, label, priority, enabled, auth_state, generation, created_at)
@@ -98,12 +111,23 @@ impl Store {
             params![provider, label, priority, AuthState::PendingLogin.as_str(), ms(now)],
         );
         match res {
-            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
-                return Err(StoreError::DuplicateAccount { provider: provider.into(), label: label.into() })
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                return Err(StoreError::DuplicateAccount {
+                    provider: provider.into(),
+                    label: label.into(),
+                })
             }
             other => other?,
         };
-        Ok(Account::new(conn.last_insert_rowid(), provider.into(), label.into(), priority, now))
+        Ok(Account::new(
+            conn.last_insert_rowid(),
+            provider.into(),
+            label.into(),
+            priority,
+            now,
+        ))
     }
 
     pub fn load_accounts(&self, leases_since: DateTime<Utc>) -> Result<Vec<Account>> {
@@ -133,18 +157,37 @@ impl Store {
         let tokens = match (access, row.get::<_, Option<i64>>(8)?) {
             (Some(sealed), Some(expires_at)) => Some(Tokens {
                 access_token: self.cipher.open(&sealed, &aad(id, "access_token"))?,
-                token_type: row.get::<_, Option<String>>(7)?.unwrap_or_else(|| "Bearer".into()),
+                token_type: row
+                    .get::<_, Option<String>>(7)?
+                    .unwrap_or_else(|| "Bearer".into()),
                 expires_at: from_ms(expires_at),
-                issued_at: row.get::<_, Option<i64>>(9)?.map(from_ms).unwrap_or_else(|| from_ms(expires_at)),
-                refresh_token: refresh.map(|r| self.cipher.open(&r, &aad(id, "refresh_token"))).transpose()?,
+                issued_at: row
+                    .get::<_, Option<i64>>(9)?
+                    .map(from_ms)
+                    .unwrap_or_else(|| from_ms(expires_at)),
+                refresh_token: refresh
+                    .map(|r| self.cipher.open(&r, &aad(id, "refresh_token")))
+                    .transpose()?,
             }),
             _ => None,
         };
-        let last_error = match (row.get::<_, Option<String>>(14)?, row.get::<_, Option<i64>>(15)?) {
-            (Some(message), Some(at)) => Some(LastError { at: from_ms(at), message }),
+        let last_error = match (
+            row.get::<_, Option<String>>(14)?,
+            row.get::<_, Option<i64>>(15)?,
+        ) {
+            (Some(message), Some(at)) => Some(LastError {
+                at: from_ms(at),
+                message,
+            }),
             _ => None,
         };
-        let mut account = Account::new(id, row.get(1)?, row.get(2)?, row.get(3)?, from_ms(row.get(17)?));
+        let mut account = Account::new(
+            id,
+            row.get(1)?,
+            row.get(2)?,
+            row.get(3)?,
+            from_ms(row.get(17)?),
+        );
         account.enabled = row.get(4)?;
         account.auth = AuthState::parse(&auth_text).unwrap_or(AuthState::NeedsRelogin);
         account.tokens = tokens;
@@ -185,19 +228,36 @@ impl Store {
     /// Marks (or clears) a refresh as in flight, durably, before the grant
     /// is sent: after a crash the account is known to need a retry.
     pub fn set_refresh_started(&self, id: AccountId, at: Option<DateTime<Utc>>) -> Result<()> {
-        self.conn().execute("UPDATE accounts SET refresh_started_at = ?2 WHERE id = ?1", params![id, at.map(ms)])?;
+        self.conn().execute(
+            "UPDATE accounts SET refresh_started_at = ?2 WHERE id = ?1",
+            params![id, at.map(ms)],
+        )?;
         Ok(())
     }
 
     /// Persists a new token set in one transaction, bumps the generation and
     /// returns it. Keeps the old refresh token when the provider did not
     /// rotate it. Returns `None` (and writes nothing) if the account is gone.
-    pub fn save_tokens(&self, id: AccountId, tokens: &Tokens, now: DateTime<Utc>) -> Result<Option<i64>> {
+    pub fn save_tokens(
+        &self,
+        id: AccountId,
+        tokens: &Tokens,
+        now: DateTime<Utc>,
+    ) -> Result<Option<i64>> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let exists = tx.query_row("SELECT generation FROM accounts WHERE id = ?1", [id], |r| r.get::<_, i64>(0)).optional()?;
-        let Some(generation) = exists else { return Ok(None) };
-        let refresh = tokens.refresh_token.as_ref().map(|r| self.cipher.seal(r, &aad(id, "refresh_token")));
+        let exists = tx
+            .query_row("SELECT generation FROM accounts WHERE id = ?1", [id], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()?;
+        let Some(generation) = exists else {
+            return Ok(None);
+        };
+        let refresh = tokens
+            .refresh_token
+            .as_ref()
+            .map(|r| self.cipher.seal(r, &aad(id, "refresh_token")));
         tx.execute(
             "UPDATE accounts SET access_token = ?2, token_type = ?3, expires_at = ?4, issued_at = ?5,
                     refresh_token = COALESCE(?6, refresh_token), generation = ?7, auth_state = 'active',
@@ -220,7 +280,12 @@ impl Store {
 
     /// The generation as persisted (re-read before declaring an account dead).
     pub fn generation(&self, id: AccountId) -> Result<Option<i64>> {
-        Ok(self.conn().query_row("SELECT generation FROM accounts WHERE id = ?1", [id], |r| r.get(0)).optional()?)
+        Ok(self
+            .conn()
+            .query_row("SELECT generation FROM accounts WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?)
     }
 
     pub fn delete_account(&self, id: AccountId) -> Result<bool> {
@@ -235,7 +300,13 @@ impl Store {
     // ---- browser relogin: secrets, scripts, runs ----
 
     /// Stores (or replaces) an account's named secret, encrypted.
-    pub fn put_secret(&self, id: AccountId, name: &str, value: &Secret, now: DateTime<Utc>) -> Result<bool> {
+    pub fn put_secret(
+        &self,
+        id: AccountId,
+        name: &str,
+        value: &Secret,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
         let sealed = self.cipher.seal(value, &aad(id, &format!("secret:{name}")));
         let n = self.conn().execute(
             "INSERT INTO secrets (account_id, name, value, updated_at) SELECT ?1, ?2, ?3, ?4
@@ -247,14 +318,18 @@ impl Store {
     }
 
     pub fn delete_secret(&self, id: AccountId, name: &str) -> Result<bool> {
-        Ok(self.conn().execute("DELETE FROM secrets WHERE account_id = ?1 AND name = ?2", params![id, name])? > 0)
+        Ok(self.conn().execute(
+            "DELETE FROM secrets WHERE account_id = ?1 AND name = ?2",
+            params![id, name],
+        )? > 0)
     }
 
     /// Names and update times only: secret values are never read back out
     /// through the API.
     pub fn secret_names(&self, id: AccountId) -> Result<Vec<(String, DateTime<Utc>)>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT name, updated_at FROM secrets WHERE account_id = ?1 ORDER BY name")?;
+        let mut stmt = conn
+            .prepare("SELECT name, updated_at FROM secrets WHERE account_id = ?1 ORDER BY name")?;
         let rows = stmt.query_map([id], |r| Ok((r.get(0)?, from_ms(r.get(1)?))))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -263,24 +338,35 @@ impl Store {
     pub fn secrets(&self, id: AccountId) -> Result<std::collections::BTreeMap<String, Secret>> {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT name, value FROM secrets WHERE account_id = ?1")?;
-        let rows = stmt.query_map([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+        let rows = stmt.query_map([id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
         let mut out = std::collections::BTreeMap::new();
         for row in rows {
             let (name, sealed) = row?;
-            let value = self.cipher.open(&sealed, &aad(id, &format!("secret:{name}")))?;
+            let value = self
+                .cipher
+                .open(&sealed, &aad(id, &format!("secret:{name}")))?;
             out.insert(name, value);
         }
         Ok(out)
     }
 
     pub fn set_login_script(&self, id: AccountId, script: Option<&str>) -> Result<bool> {
-        Ok(self.conn().execute("UPDATE accounts SET login_script = ?2 WHERE id = ?1", params![id, script])? > 0)
+        Ok(self.conn().execute(
+            "UPDATE accounts SET login_script = ?2 WHERE id = ?1",
+            params![id, script],
+        )? > 0)
     }
 
     pub fn login_script(&self, id: AccountId) -> Result<Option<String>> {
         Ok(self
             .conn()
-            .query_row("SELECT login_script FROM accounts WHERE id = ?1", [id], |r| r.get::<_, Option<String>>(0))
+            .query_row(
+                "SELECT login_script FROM accounts WHERE id = ?1",
+                [id],
+                |r| r.get::<_, Option<String>>(0),
+            )
             .optional()?
             .flatten())
     }
@@ -302,7 +388,10 @@ impl Store {
 
     /// `(last run at, its outcome, provider session cookie expiry)`.
     #[allow(clippy::type_complexity)]
-    pub fn browser_run(&self, id: AccountId) -> Result<Option<(Option<DateTime<Utc>>, Option<String>, Option<DateTime<Utc>>)>> {
+    pub fn browser_run(
+        &self,
+        id: AccountId,
+    ) -> Result<Option<(Option<DateTime<Utc>>, Option<String>, Option<DateTime<Utc>>)>> {
         Ok(self
             .conn()
             .query_row(
@@ -321,18 +410,31 @@ impl Store {
 
     // ---- client keys ----
 
-    pub fn insert_client(&self, name: &str, key_hash: [u8; 32], now: DateTime<Utc>) -> Result<ClientRecord> {
+    pub fn insert_client(
+        &self,
+        name: &str,
+        key_hash: [u8; 32],
+        now: DateTime<Utc>,
+    ) -> Result<ClientRecord> {
         let conn = self.conn();
         conn.execute(
             "INSERT INTO clients (name, key_hash, created_at) VALUES (?1, ?2, ?3)",
             params![name, key_hash.as_slice(), ms(now)],
         )?;
-        Ok(ClientRecord { id: conn.last_insert_rowid(), name: name.into(), created_at: now, revoked_at: None, key_hash })
+        Ok(ClientRecord {
+            id: conn.last_insert_rowid(),
+            name: name.into(),
+            created_at: now,
+            revoked_at: None,
+            key_hash,
+        })
     }
 
     pub fn list_clients(&self) -> Result<Vec<ClientRecord>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT id, name, created_at, revoked_at, key_hash FROM clients ORDER BY id")?;
+        let mut stmt = conn.prepare(
+            "SELECT id, name, created_at, revoked_at, key_hash FROM clients ORDER BY id",
+        )?;
         let rows = stmt.query_map([], |r| {
             let hash: Vec<u8> = r.get(4)?;
             let mut key_hash = [0u8; 32];
@@ -352,9 +454,10 @@ impl Store {
 
     /// Revokes a client key; false if there is no such (unrevoked) client.
     pub fn revoke_client(&self, id: i64, now: DateTime<Utc>) -> Result<bool> {
-        let n = self
-            .conn()
-            .execute("UPDATE clients SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL", params![id, ms(now)])?;
+        let n = self.conn().execute(
+            "UPDATE clients SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+            params![id, ms(now)],
+        )?;
         Ok(n > 0)
     }
 
@@ -380,31 +483,53 @@ impl Store {
 
     /// Appends an event; returns its id (monotonic: AUTOINCREMENT never
     /// reuses an id, even after pruning).
-    pub fn insert_event(&self, at: DateTime<Utc>, kind: &str, account_id: Option<AccountId>, detail: &str) -> Result<i64> {
+    pub fn insert_event(
+        &self,
+        at: DateTime<Utc>,
+        kind: &str,
+        account_id: Option<AccountId>,
+        detail: &str,
+    ) -> Result<i64> {
         let conn = self.conn();
-        conn.prepare_cached("INSERT INTO events (at, kind, account_id, detail) VALUES (?1, ?2, ?3, ?4)")?
-            .execute(params![ms(at), kind, account_id, detail])?;
+        conn.prepare_cached(
+            "INSERT INTO events (at, kind, account_id, detail) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![ms(at), kind, account_id, detail])?;
         Ok(conn.last_insert_rowid())
     }
 
     #[allow(clippy::type_complexity)]
-    pub fn events_since(&self, after: i64, limit: usize) -> Result<Vec<(i64, DateTime<Utc>, String, Option<AccountId>, String)>> {
+    pub fn events_since(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, DateTime<Utc>, String, Option<AccountId>, String)>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
             "SELECT id, at, kind, account_id, detail FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![after, limit as i64], |r| {
-            Ok((r.get(0)?, from_ms(r.get(1)?), r.get(2)?, r.get(3)?, r.get(4)?))
+            Ok((
+                r.get(0)?,
+                from_ms(r.get(1)?),
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+            ))
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     pub fn latest_event_id(&self) -> Result<i64> {
-        Ok(self.conn().query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?)
+        Ok(self
+            .conn()
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?)
     }
 
     pub fn prune_events(&self, before: DateTime<Utc>) -> Result<usize> {
-        Ok(self.conn().execute("DELETE FROM events WHERE at < ?1", [ms(before)])?)
+        Ok(self
+            .conn()
+            .execute("DELETE FROM events WHERE at < ?1", [ms(before)])?)
     }
 
     /// Deletes lease history older than `before` (bounded disk use).
@@ -422,7 +547,9 @@ pub(crate) fn ms(t: DateTime<Utc>) -> i64 {
 }
 
 pub(crate) fn from_ms(v: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(v).single().unwrap_or(DateTime::<Utc>::MIN_UTC)
+    Utc.timestamp_millis_opt(v)
+        .single()
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
 /// Creates the data directory (0700) and the database file (0600) before
@@ -434,14 +561,26 @@ pub(crate) fn from_ms(v: i64) -> DateTime<Utc> {
 /// silently release that connection's locks (and let another process
 /// checkpoint and delete the WAL under it).
 pub(crate) fn open_connection(path: &Path, synchronous_full: bool) -> Result<Connection> {
-    let io = |source| StoreError::Io { path: path.to_path_buf(), source };
+    let io = |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
-            fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io)?;
         }
     }
     if !path.exists() {
-        match fs::OpenOptions::new().create_new(true).append(true).mode(0o600).open(path) {
+        match fs::OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+        {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(io(e)),
@@ -451,7 +590,11 @@ pub(crate) fn open_connection(path: &Path, synchronous_full: bool) -> Result<Con
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", if synchronous_full { "FULL" } else { "NORMAL" })?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        if synchronous_full { "FULL" } else { "NORMAL" },
+    )?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // Checkpoints run on their own thread (`leases::LeaseLog::start`), so
     // that no commit — a lease batch holding many requests, or an account
@@ -471,15 +614,24 @@ fn restrict_sidecar_files(path: &Path) {
 }
 
 fn check_fingerprint(conn: &Connection, cipher: &Cipher) -> Result<()> {
-    let stored: Option<String> =
-        conn.query_row("SELECT value FROM meta WHERE key = 'key_fingerprint'", [], |r| r.get(0)).optional()?;
+    let stored: Option<String> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'key_fingerprint'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
     match stored {
-        Some(expected) if expected != cipher.fingerprint() => {
-            Err(StoreError::WrongKey { expected, actual: cipher.fingerprint().to_string() })
-        }
+        Some(expected) if expected != cipher.fingerprint() => Err(StoreError::WrongKey {
+            expected,
+            actual: cipher.fingerprint().to_string(),
+        }),
         Some(_) => Ok(()),
         None => {
-            conn.execute("INSERT INTO meta (key, value) VALUES ('key_fingerprint', ?1)", [cipher.fingerprint()])?;
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('key_fingerprint', ?1)",
+                [cipher.fingerprint()],
+            )?;
             Ok(())
         }
     }
@@ -494,7 +646,11 @@ pub fn read_secret_file(path: &Path) -> std::io::Result<Secret> {
 /// Writes a new secret file 0600 (refusing to overwrite an existing one).
 pub fn write_secret_file(path: &Path, value: &Secret) -> std::io::Result<()> {
     use std::io::Write;
-    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(value.expose().as_bytes())?;
     f.write_all(b"\n")?;
     f.sync_all()

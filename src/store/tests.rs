@@ -10,7 +10,11 @@ fn key() -> Secret {
 }
 
 fn open(dir: &Path) -> Store {
-    Store::open(&dir.join("data/farm.db"), Cipher::from_text(&key()).unwrap()).unwrap()
+    Store::open(
+        &dir.join("data/farm.db"),
+        Cipher::from_text(&key()).unwrap(),
+    )
+    .unwrap()
 }
 
 fn tokens(now: DateTime<Utc>, access: &str, refresh: Option<&str>) -> Tokens {
@@ -29,16 +33,32 @@ fn tokens_are_encrypted_and_survive_reopen() {
     let now = Utc::now();
     let store = open(dir.path());
     let a = store.insert_account("demo", "alice", 3, now).unwrap();
-    assert_eq!(store.save_tokens(a.id, &tokens(now, "ACCESS-XYZ", Some("REFRESH-XYZ")), now).unwrap(), Some(1));
+    assert_eq!(
+        store
+            .save_tokens(a.id, &tokens(now, "ACCESS-XYZ", Some("REFRESH-XYZ")), now)
+            .unwrap(),
+        Some(1)
+    );
     // no rotation: the old refresh token is kept
-    assert_eq!(store.save_tokens(a.id, &tokens(now, "ACCESS-2", None), now).unwrap(), Some(2));
+    assert_eq!(
+        store
+            .save_tokens(a.id, &tokens(now, "ACCESS-2", None), now)
+            .unwrap(),
+        Some(2)
+    );
     drop(store);
 
     let raw = std::fs::read(dir.path().join("data/farm.db")).unwrap();
     let wal = std::fs::read(dir.path().join("data/farm.db-wal")).unwrap_or_default();
     for needle in [&b"ACCESS-"[..], b"REFRESH-"] {
-        assert!(!raw.windows(needle.len()).any(|w| w == needle), "plaintext token in db");
-        assert!(!wal.windows(needle.len()).any(|w| w == needle), "plaintext token in wal");
+        assert!(
+            !raw.windows(needle.len()).any(|w| w == needle),
+            "plaintext token in db"
+        );
+        assert!(
+            !wal.windows(needle.len()).any(|w| w == needle),
+            "plaintext token in wal"
+        );
     }
 
     let store = open(dir.path());
@@ -57,7 +77,13 @@ fn files_are_private() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     store.insert_account("demo", "a", 0, Utc::now()).unwrap();
-    let mode = |p: &str| std::fs::metadata(dir.path().join(p)).unwrap().permissions().mode() & 0o777;
+    let mode = |p: &str| {
+        std::fs::metadata(dir.path().join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
     assert_eq!(mode("data"), 0o700);
     assert_eq!(mode("data/farm.db"), 0o600);
     assert_eq!(mode("data/farm.db-wal"), 0o600);
@@ -68,21 +94,31 @@ fn wrong_key_is_refused_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     drop(open(dir.path()));
     let other = Cipher::from_text(&Secret::new("22".repeat(32))).unwrap();
-    let err = Store::open(&dir.path().join("data/farm.db"), other).err().unwrap().to_string();
+    let err = Store::open(&dir.path().join("data/farm.db"), other)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("does not match"), "{err}");
-    assert!(!err.contains(&"22".repeat(8)), "key material in message: {err}");
+    assert!(
+        !err.contains(&"22".repeat(8)),
+        "key material in message: {err}"
+    );
 }
 
 #[test]
 fn duplicate_label_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    store.insert_account("demo", "alice", 0, Utc::now()).unwrap();
+    store
+        .insert_account("demo", "alice", 0, Utc::now())
+        .unwrap();
     assert!(matches!(
         store.insert_account("demo", "alice", 0, Utc::now()),
         Err(StoreError::DuplicateAccount { .. })
     ));
-    store.insert_account("other", "alice", 0, Utc::now()).unwrap();
+    store
+        .insert_account("other", "alice", 0, Utc::now())
+        .unwrap();
 }
 
 #[test]
@@ -91,11 +127,16 @@ fn refresh_started_marker_survives_a_crash() {
     let now = Utc::now();
     let store = open(dir.path());
     let a = store.insert_account("demo", "alice", 0, now).unwrap();
-    store.save_tokens(a.id, &tokens(now, "a", Some("r")), now).unwrap();
+    store
+        .save_tokens(a.id, &tokens(now, "a", Some("r")), now)
+        .unwrap();
     store.set_refresh_started(a.id, Some(now)).unwrap();
     drop(store);
     let store = open(dir.path());
-    assert!(store.load_accounts(now).unwrap()[0].suspect, "interrupted refresh is retried at start");
+    assert!(
+        store.load_accounts(now).unwrap()[0].suspect,
+        "interrupted refresh is retried at start"
+    );
 }
 
 #[tokio::test]
@@ -129,8 +170,14 @@ async fn lease_log_commits_before_acknowledging_and_usage_counts() {
     }
     let found = store.find_lease(keys[7]).unwrap().unwrap();
     assert_eq!(found.account_id, a.id);
-    let forged = LeaseKey { tag: keys[7].tag ^ 1, ..keys[7] };
-    assert!(store.find_lease(forged).unwrap().is_none(), "a wrong tag finds nothing");
+    let forged = LeaseKey {
+        tag: keys[7].tag ^ 1,
+        ..keys[7]
+    };
+    assert!(
+        store.find_lease(forged).unwrap().is_none(),
+        "a wrong tag finds nothing"
+    );
     assert_eq!(keys[7].to_string().parse::<LeaseKey>(), Ok(keys[7]));
     store
         .record_report(&Report {
@@ -146,7 +193,10 @@ async fn lease_log_commits_before_acknowledging_and_usage_counts() {
     assert_eq!(usage.per_account[0].last_hour.leases, 50);
     assert_eq!(usage.per_account[0].last_day.rate_limited, 1);
     assert_eq!(usage.per_client[0].id, Some(7));
-    assert_eq!(store.load_accounts(now - Duration::days(1)).unwrap()[0].uses, 50);
+    assert_eq!(
+        store.load_accounts(now - Duration::days(1)).unwrap()[0].uses,
+        50
+    );
 }
 
 #[test]
@@ -155,15 +205,46 @@ fn secrets_are_encrypted_write_only_and_go_with_the_account() {
     let now = Utc::now();
     let store = open(dir.path());
     let a = store.insert_account("demo", "alice", 0, now).unwrap();
-    assert!(store.put_secret(a.id, "password", &Secret::new("PW-SECRET-1"), now).unwrap());
-    assert!(store.put_secret(a.id, "password", &Secret::new("PW-SECRET-2"), now).unwrap(), "replaces");
-    assert!(!store.put_secret(999, "password", &Secret::new("x"), now).unwrap(), "no such account");
-    assert_eq!(store.secret_names(a.id).unwrap().iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["password"]);
-    assert_eq!(store.secrets(a.id).unwrap()["password"].expose(), "PW-SECRET-2");
+    assert!(store
+        .put_secret(a.id, "password", &Secret::new("PW-SECRET-1"), now)
+        .unwrap());
+    assert!(
+        store
+            .put_secret(a.id, "password", &Secret::new("PW-SECRET-2"), now)
+            .unwrap(),
+        "replaces"
+    );
+    assert!(
+        !store
+            .put_secret(999, "password", &Secret::new("x"), now)
+            .unwrap(),
+        "no such account"
+    );
+    assert_eq!(
+        store
+            .secret_names(a.id)
+            .unwrap()
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>(),
+        ["password"]
+    );
+    assert_eq!(
+        store.secrets(a.id).unwrap()["password"].expose(),
+        "PW-SECRET-2"
+    );
     let raw = std::fs::read(dir.path().join("data/farm.db-wal")).unwrap_or_default();
-    assert!(!raw.windows(9).any(|w| w == b"PW-SECRET"), "plaintext secret on disk");
-    store.set_login_script(a.id, Some("provider = \"demo\"")).unwrap();
-    assert_eq!(store.login_script(a.id).unwrap().as_deref(), Some("provider = \"demo\""));
+    assert!(
+        !raw.windows(9).any(|w| w == b"PW-SECRET"),
+        "plaintext secret on disk"
+    );
+    store
+        .set_login_script(a.id, Some("provider = \"demo\""))
+        .unwrap();
+    assert_eq!(
+        store.login_script(a.id).unwrap().as_deref(),
+        Some("provider = \"demo\"")
+    );
     store.delete_account(a.id).unwrap();
     assert!(store.secrets(a.id).unwrap().is_empty());
 }
@@ -180,7 +261,9 @@ fn another_process_cannot_take_the_wal_from_a_running_store() {
     let store = open(dir.path());
     let _log = LeaseLog::start(store.path()).unwrap();
     let a = store.insert_account("demo", "alice", 0, now).unwrap();
-    store.save_tokens(a.id, &tokens(now, "A", Some("R")), now).unwrap();
+    store
+        .save_tokens(a.id, &tokens(now, "A", Some("R")), now)
+        .unwrap();
     let wal = dir.path().join("data/farm.db-wal");
     assert!(wal.exists());
     let status = std::process::Command::new("python3")
@@ -189,9 +272,22 @@ fn another_process_cannot_take_the_wal_from_a_running_store() {
         .status()
         .expect("python3 (with its sqlite3 module) is needed for this test");
     assert!(status.success());
-    assert!(wal.exists(), "another process deleted the running store's WAL: its locks were dropped");
-    store.save_tokens(a.id, &tokens(now, "A2", Some("R2")), now).unwrap();
+    assert!(
+        wal.exists(),
+        "another process deleted the running store's WAL: its locks were dropped"
+    );
+    store
+        .save_tokens(a.id, &tokens(now, "A2", Some("R2")), now)
+        .unwrap();
     drop(store);
     let reopened = open(dir.path());
-    assert_eq!(reopened.load_accounts(now).unwrap()[0].tokens.as_ref().unwrap().access_token.expose(), "A2");
+    assert_eq!(
+        reopened.load_accounts(now).unwrap()[0]
+            .tokens
+            .as_ref()
+            .unwrap()
+            .access_token
+            .expose(),
+        "A2"
+    );
 }

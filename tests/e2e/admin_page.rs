@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use crate::support::process::{clean_command, run_with_deadline};
 use crate::support::receiver::Receiver;
-use crate::support::{artifacts_dir, CHROMIUM, int_of, playwright_dir, repo_root, str_of, time_of, Bed, Settings, Value, PROVIDER};
+use crate::support::{
+    artifacts_dir, int_of, playwright_dir, repo_root, str_of, time_of, Bed, Settings, Value,
+    CHROMIUM, PROVIDER,
+};
 
 /// The whole browser session, Chromium's start included.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(90);
@@ -30,17 +33,27 @@ fn run_page(bed: &Bed, env: &[(&str, String)]) -> Value {
     let out = run_with_deadline("admin_page.mjs", cmd, SCRIPT_TIMEOUT);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let report: Option<Value> = stdout.lines().last().and_then(|l| serde_json::from_str(l).ok());
+    let report: Option<Value> = stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok());
     match report {
         Some(r) if out.status.success() && r["error"].is_null() => r,
-        _ => panic!("admin_page.mjs failed ({}):\nstdout: {stdout}\nstderr: {stderr}", out.status),
+        _ => panic!(
+            "admin_page.mjs failed ({}):\nstdout: {stdout}\nstderr: {stderr}",
+            out.status
+        ),
     }
 }
 
 /// Width and height of a PNG file (from its IHDR chunk).
 fn png_size(path: &Path) -> (u32, u32) {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert!(bytes.len() > 1000 && bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "{} is not a PNG", path.display());
+    assert!(
+        bytes.len() > 1000 && bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "{} is not a PNG",
+        path.display()
+    );
     let be = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
     (be(16), be(20))
 }
@@ -49,11 +62,19 @@ fn png_size(path: &Path) -> (u32, u32) {
 fn the_page_signs_in_shows_accounts_live_and_creates_a_working_client_key() {
     // A webhook that fails at once on the page's client key: the page shows it.
     let failing_hook = Receiver::start(503);
-    let bed = Bed::start(Settings::default().with_toml(&failing_hook.webhook_toml(&["client_created"], 1, None)));
+    let bed = Bed::start(Settings::default().with_toml(&failing_hook.webhook_toml(
+        &["client_created"],
+        1,
+        None,
+    )));
     let ids = bed.logged_in(&["ann", "bob"]);
     let (refresh_id, disable_id) = (ids[0], ids[1]);
     bed.admin().lease(PROVIDER, None); // so the usage page has a lease to show
-    assert_eq!(bed.admin().get("/api/clients").ok(), serde_json::json!([]), "no client key before the page makes one");
+    assert_eq!(
+        bed.admin().get("/api/clients").ok(),
+        serde_json::json!([]),
+        "no client key before the page makes one"
+    );
     let grants_before = bed.provider.refresh_grants("ann");
     let artifacts = artifacts_dir("admin");
 
@@ -70,9 +91,20 @@ fn the_page_signs_in_shows_accounts_live_and_creates_a_working_client_key() {
     // A wrong token is refused and nothing is kept.
     let refused = &page["refused"];
     assert_eq!(refused["message"], "token refused", "{page}");
-    assert_eq!((&refused["tabs_hidden"], &refused["stored"]), (&Value::Bool(true), &Value::from(0)), "{page}");
-    let refused_errors = page["console"]["refused"].as_array().expect("console messages");
-    assert!(refused_errors.iter().all(|m| m.as_str().is_some_and(|m| m.contains("401"))), "besides the 401: {page}");
+    assert_eq!(
+        (&refused["tabs_hidden"], &refused["stored"]),
+        (&Value::Bool(true), &Value::from(0)),
+        "{page}"
+    );
+    let refused_errors = page["console"]["refused"]
+        .as_array()
+        .expect("console messages");
+    assert!(
+        refused_errors
+            .iter()
+            .all(|m| m.as_str().is_some_and(|m| m.contains("401"))),
+        "besides the 401: {page}"
+    );
 
     // Signed in: the token is in session storage, never in the URL.
     let signed_in = &page["signed_in"];
@@ -85,23 +117,54 @@ fn the_page_signs_in_shows_accounts_live_and_creates_a_working_client_key() {
         .as_array()
         .expect("accounts")
         .iter()
-        .map(|a| (int_of(a, "id"), str_of(a, "label").to_string(), str_of(a, "state").to_string()))
+        .map(|a| {
+            (
+                int_of(a, "id"),
+                str_of(a, "label").to_string(),
+                str_of(a, "state").to_string(),
+            )
+        })
         .collect();
     listed.sort();
-    let expected: Vec<(i64, String, String)> =
-        ids.iter().zip(["ann", "bob"]).map(|(id, label)| (*id, label.to_string(), "healthy".to_string())).collect();
+    let expected: Vec<(i64, String, String)> = ids
+        .iter()
+        .zip(["ann", "bob"])
+        .map(|(id, label)| (*id, label.to_string(), "healthy".to_string()))
+        .collect();
     assert_eq!(listed, expected, "{page}");
 
     // "Refresh now": one refresh at the provider; its refresh_ok event came
     // in through the event stream and the row shows the new expiry.
     let refresh = &page["refresh"];
-    assert_eq!(bed.provider.refresh_grants("ann"), grants_before + 1, "{page}");
+    assert_eq!(
+        bed.provider.refresh_grants("ann"),
+        grants_before + 1,
+        "{page}"
+    );
     let events = bed.admin().get("/api/events?since=0").ok();
-    let event = events.as_array().and_then(|all| all.iter().find(|e| e["id"] == refresh["event_id"]));
-    let event = event.unwrap_or_else(|| panic!("the page's refresh_ok event {} is not in {events}", refresh["event_id"]));
-    assert_eq!((&event["kind"], &event["account_id"]), (&Value::from("refresh_ok"), &Value::from(refresh_id)), "{event}");
-    assert!(time_of(refresh, "expires_after") > time_of(refresh, "expires_before"), "{refresh}");
-    assert_eq!(time_of(refresh, "expires_after"), time_of(&bed.account(refresh_id), "expires_at"), "{refresh}");
+    let event = events
+        .as_array()
+        .and_then(|all| all.iter().find(|e| e["id"] == refresh["event_id"]));
+    let event = event.unwrap_or_else(|| {
+        panic!(
+            "the page's refresh_ok event {} is not in {events}",
+            refresh["event_id"]
+        )
+    });
+    assert_eq!(
+        (&event["kind"], &event["account_id"]),
+        (&Value::from("refresh_ok"), &Value::from(refresh_id)),
+        "{event}"
+    );
+    assert!(
+        time_of(refresh, "expires_after") > time_of(refresh, "expires_before"),
+        "{refresh}"
+    );
+    assert_eq!(
+        time_of(refresh, "expires_after"),
+        time_of(&bed.account(refresh_id), "expires_at"),
+        "{refresh}"
+    );
     assert_eq!(refresh["state"], "healthy", "{refresh}");
 
     // Disabled behind the page's back, and the page showed it by itself.
@@ -109,26 +172,57 @@ fn the_page_signs_in_shows_accounts_live_and_creates_a_working_client_key() {
 
     // The key the page showed works for a client.
     let client = &page["client"];
-    assert_eq!(client["listed"], serde_json::json!(["made-in-the-page"]), "{client}");
+    assert_eq!(
+        client["listed"],
+        serde_json::json!(["made-in-the-page"]),
+        "{client}"
+    );
     let key = str_of(client, "key");
     assert!(!key.is_empty() && key != bed.admin_token, "{client}");
     let clients = bed.admin().get("/api/clients").ok();
-    assert_eq!((clients[0]["name"].as_str(), clients[0]["revoked_at"].is_null()), (Some("made-in-the-page"), true), "{clients}");
+    assert_eq!(
+        (
+            clients[0]["name"].as_str(),
+            clients[0]["revoked_at"].is_null()
+        ),
+        (Some("made-in-the-page"), true),
+        "{clients}"
+    );
     let lease = bed.api(Some(key)).lease(PROVIDER, None);
-    assert_eq!(lease["account_id"], refresh_id, "the only enabled account: {lease}");
-    bed.provider.assert_active(str_of(&lease, "access_token"), "ann");
+    assert_eq!(
+        lease["account_id"], refresh_id,
+        "the only enabled account: {lease}"
+    );
+    bed.provider
+        .assert_active(str_of(&lease, "access_token"), "ann");
 
     // The webhook that gave up on the page's client_created is shown failing.
     assert_eq!(failing_hook.hits().len(), 1);
     let hook = &page["webhooks"][0];
-    assert_eq!((&hook["given_up"], &hook["failing"]), (&Value::from("1"), &Value::Bool(true)), "{page}");
+    assert_eq!(
+        (&hook["given_up"], &hook["failing"]),
+        (&Value::from("1"), &Value::Bool(true)),
+        "{page}"
+    );
     assert!(str_of(hook, "last_error").contains("503"), "{page}");
 
     // One document all along (no reload), live updates on, no errors.
-    assert_eq!((&page["marker"], &page["documents"]), (&Value::from("same document"), &Value::from(1)), "{page}");
+    assert_eq!(
+        (&page["marker"], &page["documents"]),
+        (&Value::from("same document"), &Value::from(1)),
+        "{page}"
+    );
     assert_eq!(page["live_status_on"], true, "{page}");
-    assert_eq!(page["console"]["normal"], serde_json::json!([]), "console errors on the normal path: {page}");
-    assert_eq!(page["alerts"], serde_json::json!([]), "alerts on the normal path: {page}");
+    assert_eq!(
+        page["console"]["normal"],
+        serde_json::json!([]),
+        "console errors on the normal path: {page}"
+    );
+    assert_eq!(
+        page["alerts"],
+        serde_json::json!([]),
+        "alerts on the normal path: {page}"
+    );
 
     // Screenshots of every tab, and of the accounts at phone width.
     for tab in ["accounts", "usage", "clients", "events"] {
@@ -138,5 +232,8 @@ fn the_page_signs_in_shows_accounts_live_and_creates_a_working_client_key() {
     let (width, height) = png_size(&artifacts.join("accounts-phone.png"));
     assert_eq!(width, 390, "accounts-phone.png is {width}x{height}");
     let phone = &page["phone"];
-    assert!(int_of(phone, "scroll_width") <= int_of(phone, "inner_width"), "the page scrolls sideways at phone width: {phone}");
+    assert!(
+        int_of(phone, "scroll_width") <= int_of(phone, "inner_width"),
+        "the page scrolls sideways at phone width: {phone}"
+    );
 }

@@ -14,9 +14,15 @@ fn each_route(api: &Api, access: Access, id: i64, lease_id: &str) -> Vec<(String
         .iter()
         .filter(|r| r.access == access)
         .map(|r| {
-            let path = r.path.replace("{id}", &id.to_string()).replace("{lease_id}", lease_id);
+            let path = r
+                .path
+                .replace("{id}", &id.to_string())
+                .replace("{lease_id}", lease_id);
             let method: Method = r.method.parse().expect("a method name");
-            (format!("{method} {path}"), api.send(method.clone(), &path, probe_body(&method)))
+            (
+                format!("{method} {path}"),
+                api.send(method.clone(), &path, probe_body(&method)),
+            )
         })
         .collect()
 }
@@ -45,14 +51,27 @@ fn missing_or_wrong_credentials_are_401_json() {
                 assert_eq!(resp.status, 401, "{route} with {header:?}: {}", resp.text);
                 bodies.push(resp.expect_error(401, "unauthorized"));
                 let challenge = resp.header("www-authenticate").unwrap_or_default();
-                assert!(challenge.starts_with("Bearer"), "{route}: WWW-Authenticate {challenge:?}");
+                assert!(
+                    challenge.starts_with("Bearer"),
+                    "{route}: WWW-Authenticate {challenge:?}"
+                );
             }
         }
     }
-    assert!(bodies.windows(2).all(|w| w[0] == w[1]), "401 bodies differ by what was wrong: {bodies:?}");
+    assert!(
+        bodies.windows(2).all(|w| w[0] == w[1]),
+        "401 bodies differ by what was wrong: {bodies:?}"
+    );
     // Nothing was done on the way.
     assert_eq!(bed.account(id)["state"], "pending_login");
-    assert_eq!(bed.admin().get("/api/clients").ok().as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        bed.admin()
+            .get("/api/clients")
+            .ok()
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
 }
 
 #[test]
@@ -67,14 +86,20 @@ fn client_keys_reach_credentials_but_not_the_admin_api() {
         resp.expect_error(403, "forbidden");
     }
     let lease = client.lease(PROVIDER, None);
-    bed.provider.assert_active(str_of(&lease, "access_token"), "rose");
+    bed.provider
+        .assert_active(str_of(&lease, "access_token"), "rose");
     client.report(&lease, "ok", None);
-    client.delete(&format!("/credential/lease/{}", str_of(&lease, "lease_id"))).expect(204);
+    client
+        .delete(&format!("/credential/lease/{}", str_of(&lease, "lease_id")))
+        .expect(204);
     // The admin token works on the credential routes too.
     bed.admin().lease(PROVIDER, None);
     // The key is shown once and never listed.
     let listed = bed.admin().get("/api/clients").ok();
-    assert!(!listed.to_string().contains(&key), "GET /api/clients shows the key: {listed}");
+    assert!(
+        !listed.to_string().contains(&key),
+        "GET /api/clients shows the key: {listed}"
+    );
     assert_eq!(bed.account(id)["state"], "healthy");
 }
 
@@ -87,16 +112,38 @@ fn a_revoked_client_key_is_401() {
     let (revoked, other) = (bed.api(Some(&revoked_key)), bed.api(Some(&other_key)));
     let old_lease = revoked.lease(PROVIDER, None);
 
-    bed.admin().delete(&format!("/api/clients/{revoked_id}")).expect(204);
-    revoked.next(PROVIDER, None).expect_error(401, "unauthorized");
-    revoked.post("/credential/report", json!({"lease_id": old_lease["lease_id"], "outcome": "ok"})).expect_error(401, "unauthorized");
+    bed.admin()
+        .delete(&format!("/api/clients/{revoked_id}"))
+        .expect(204);
+    revoked
+        .next(PROVIDER, None)
+        .expect_error(401, "unauthorized");
+    revoked
+        .post(
+            "/credential/report",
+            json!({"lease_id": old_lease["lease_id"], "outcome": "ok"}),
+        )
+        .expect_error(401, "unauthorized");
     let clients = bed.admin().get("/api/clients").ok();
-    let row = clients.as_array().and_then(|all| all.iter().find(|c| c["id"] == revoked_id).cloned());
-    assert!(row.is_some_and(|c| c["revoked_at"].is_string()), "not shown as revoked: {clients}");
+    let row = clients
+        .as_array()
+        .and_then(|all| all.iter().find(|c| c["id"] == revoked_id).cloned());
+    assert!(
+        row.is_some_and(|c| c["revoked_at"].is_string()),
+        "not shown as revoked: {clients}"
+    );
 
     // Other keys are unaffected, and one client cannot touch another's lease.
     let lease = other.lease(PROVIDER, None);
     let third = bed.client("third");
-    third.post("/credential/report", json!({"lease_id": lease["lease_id"], "outcome": "rate_limited"})).expect_error(404, "not_found");
-    assert_eq!(bed.account(int_of(&lease, "account_id"))["state"], "healthy");
+    third
+        .post(
+            "/credential/report",
+            json!({"lease_id": lease["lease_id"], "outcome": "rate_limited"}),
+        )
+        .expect_error(404, "not_found");
+    assert_eq!(
+        bed.account(int_of(&lease, "account_id"))["state"],
+        "healthy"
+    );
 }

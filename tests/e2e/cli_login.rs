@@ -28,7 +28,16 @@ impl Cli {
         let mut child = clean_command(env!("CARGO_BIN_EXE_relogin-farm"))
             .arg("--config")
             .arg(bed.layout.config())
-            .args(["account", "add", "--provider", PROVIDER, "--label", label, "--farm", bed.url()])
+            .args([
+                "account",
+                "add",
+                "--provider",
+                PROVIDER,
+                "--label",
+                label,
+                "--farm",
+                bed.url(),
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -44,7 +53,11 @@ impl Cli {
                 }
             }
         });
-        Cli { child, stdin, lines }
+        Cli {
+            child,
+            stdin,
+            lines,
+        }
     }
 
     /// The first stdout line matching `pick`, within 20 s.
@@ -59,12 +72,16 @@ impl Cli {
     }
 
     fn authorize_url(&self) -> String {
-        self.wait_line("authorize URL", |l| l.trim_start().starts_with("http")).trim().to_string()
+        self.wait_line("authorize URL", |l| l.trim_start().starts_with("http"))
+            .trim()
+            .to_string()
     }
 
     /// Waits for the CLI's last word, `account N is STATE`, and its exit.
     fn finish(mut self) -> String {
-        let done = self.wait_line("final state", |l| l.starts_with("account ") && l.contains(" is "));
+        let done = self.wait_line("final state", |l| {
+            l.starts_with("account ") && l.contains(" is ")
+        });
         let status = self.child.wait().expect("wait for the CLI");
         assert!(status.success(), "the CLI exited with {status}");
         done
@@ -76,7 +93,11 @@ fn account_add_finishes_through_the_loopback_listener() {
     let bed = Bed::start(Settings::default());
     let cli = Cli::account_add(&bed, "carol");
     let url = cli.authorize_url();
-    assert_eq!(browser::sign_in_and_follow(&url, "carol"), 200, "the loopback listener answers the browser");
+    assert_eq!(
+        browser::sign_in_and_follow(&url, "carol"),
+        200,
+        "the loopback listener answers the browser"
+    );
     assert!(cli.finish().ends_with("is healthy"));
     let accounts = bed.admin().get("/api/accounts").ok();
     assert_eq!(accounts[0]["label"], "carol");

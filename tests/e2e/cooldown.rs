@@ -20,9 +20,16 @@ fn cooling_for(bed: &Bed, id: i64) -> ChronoDuration {
 fn retry_after(client: &Api) -> i64 {
     let resp = client.next(PROVIDER, None);
     let body = resp.expect_error(503, "no_account_available");
-    let header = resp.header("retry-after").unwrap_or_else(|| panic!("a 503 without Retry-After: {body}"));
-    let seconds: i64 = header.parse().unwrap_or_else(|_| panic!("Retry-After is not delay-seconds: {header:?}"));
-    assert_eq!(body["retry_after_s"], seconds, "Retry-After {seconds} but the body says {body}");
+    let header = resp
+        .header("retry-after")
+        .unwrap_or_else(|| panic!("a 503 without Retry-After: {body}"));
+    let seconds: i64 = header
+        .parse()
+        .unwrap_or_else(|_| panic!("Retry-After is not delay-seconds: {header:?}"));
+    assert_eq!(
+        body["retry_after_s"], seconds,
+        "Retry-After {seconds} but the body says {body}"
+    );
     seconds
 }
 
@@ -48,7 +55,10 @@ fn rate_limited_accounts_cool_down_then_503_with_retry_after() {
     let (first, first_id) = lease(&client);
     client.report(&first, "rate_limited", Some(3));
     let left = cooling_for(&bed, first_id);
-    assert!(left > ChronoDuration::seconds(2) && left <= ChronoDuration::seconds(3), "cooldown of {left}");
+    assert!(
+        left > ChronoDuration::seconds(2) && left <= ChronoDuration::seconds(3),
+        "cooldown of {left}"
+    );
     let (second, second_id) = lease(&client);
     assert_ne!(second_id, first_id, "a cooling account served");
     assert!(ids.contains(&second_id));
@@ -57,29 +67,48 @@ fn rate_limited_accounts_cool_down_then_503_with_retry_after() {
 
     // Both cool: 503 until the earlier cooldown (the second's) ends.
     let wait = retry_after(&client);
-    assert!((1..=2).contains(&wait), "Retry-After {wait}, expected the 2 s cooldown left");
+    assert!(
+        (1..=2).contains(&wait),
+        "Retry-After {wait}, expected the 2 s cooldown left"
+    );
     assert!(bed.metric("relogin_farm_no_account_available_total") >= 1.0);
     thread::sleep(Duration::from_secs(wait as u64));
     let (_, then_id) = lease(&client);
-    assert_eq!(then_id, second_id, "after Retry-After the account whose cooldown ended serves");
+    assert_eq!(
+        then_id, second_id,
+        "after Retry-After the account whose cooldown ended serves"
+    );
 }
 
 #[test]
 fn cooldowns_default_and_are_capped_by_max_cooldown() {
-    let bed = Bed::start(Settings { default_cooldown: "10s", max_cooldown: "30s", ..Settings::default() });
+    let bed = Bed::start(Settings {
+        default_cooldown: "10s",
+        max_cooldown: "30s",
+        ..Settings::default()
+    });
     bed.logged_in(&["ola", "pia"]);
     let admin = bed.admin();
 
     let (huge, huge_id) = lease(&admin);
     admin.report(&huge, "rate_limited", Some(1_000_000_000_000));
     let capped = cooling_for(&bed, huge_id);
-    assert!(capped > ChronoDuration::seconds(28) && capped <= ChronoDuration::seconds(30), "cooldown of {capped}");
+    assert!(
+        capped > ChronoDuration::seconds(28) && capped <= ChronoDuration::seconds(30),
+        "cooldown of {capped}"
+    );
 
     let (unsaid, unsaid_id) = lease(&admin);
     admin.report(&unsaid, "rate_limited", None);
     let default = cooling_for(&bed, unsaid_id);
-    assert!(default > ChronoDuration::seconds(8) && default <= ChronoDuration::seconds(10), "cooldown of {default}");
+    assert!(
+        default > ChronoDuration::seconds(8) && default <= ChronoDuration::seconds(10),
+        "cooldown of {default}"
+    );
 
     let wait = retry_after(&admin);
-    assert!((9..=10).contains(&wait), "Retry-After {wait}, expected the 10 s default cooldown left");
+    assert!(
+        (9..=10).contains(&wait),
+        "Retry-After {wait}, expected the 10 s default cooldown left"
+    );
 }

@@ -12,7 +12,9 @@ const STREAM_WAIT: Duration = Duration::from_secs(10);
 /// `GET /api/events?since=after`: the stored events, oldest first.
 fn events_since(bed: &Bed, after: i64) -> Vec<Value> {
     let list = bed.admin().get(&format!("/api/events?since={after}")).ok();
-    list.as_array().unwrap_or_else(|| panic!("?since={after} is not a JSON array: {list}")).clone()
+    list.as_array()
+        .unwrap_or_else(|| panic!("?since={after} is not a JSON array: {list}"))
+        .clone()
 }
 
 fn ids(events: &[Value]) -> Vec<i64> {
@@ -22,9 +24,16 @@ fn ids(events: &[Value]) -> Vec<i64> {
 /// Creates a client key and returns its `client_created` event.
 fn new_client_event(bed: &Bed, name: &str) -> Value {
     let (id, _) = bed.new_client(name);
-    let last = events_since(bed, 0).pop().expect("an event after creating a client");
+    let last = events_since(bed, 0)
+        .pop()
+        .expect("an event after creating a client");
     assert_eq!(last["kind"], "client_created", "{last}");
-    assert!(last["detail"].as_str().is_some_and(|d| d.contains(&format!("client {id} "))), "{last}");
+    assert!(
+        last["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains(&format!("client {id} "))),
+        "{last}"
+    );
     last
 }
 
@@ -32,14 +41,30 @@ fn new_client_event(bed: &Bed, name: &str) -> Value {
 /// event name are its id and kind, the data is the event itself (its `at`
 /// to the millisecond: see [`a_live_event_reads_the_same_as_its_stored_copy`]).
 fn assert_frame_is(frame: &Frame, event: &Value) {
-    assert_eq!(frame.event_id(), int_of(event, "id"), "{frame:?} vs {event}");
-    assert_eq!(frame.event.as_deref(), event["kind"].as_str(), "{frame:?} vs {event}");
+    assert_eq!(
+        frame.event_id(),
+        int_of(event, "id"),
+        "{frame:?} vs {event}"
+    );
+    assert_eq!(
+        frame.event.as_deref(),
+        event["kind"].as_str(),
+        "{frame:?} vs {event}"
+    );
     let (mut sent, mut stored) = (frame.json(), event.clone());
     let (sent_at, stored_at) = (time_of(&sent, "at"), time_of(&stored, "at"));
-    assert_eq!(sent_at.timestamp_millis(), stored_at.timestamp_millis(), "{sent} vs {stored}");
+    assert_eq!(
+        sent_at.timestamp_millis(),
+        stored_at.timestamp_millis(),
+        "{sent} vs {stored}"
+    );
     sent["at"].take();
     stored["at"].take();
-    assert_eq!(sent, stored, "the stream's copy of event {} differs from the stored one", event["id"]);
+    assert_eq!(
+        sent, stored,
+        "the stream's copy of event {} differs from the stored one",
+        event["id"]
+    );
 }
 
 #[test]
@@ -49,27 +74,57 @@ fn last_event_id_replays_exactly_the_missed_events_then_goes_live() {
     bed.add_account("ann", 0);
     let (two, _) = bed.new_client("two");
     bed.add_account("bob", 1);
-    bed.admin().delete(&format!("/api/clients/{two}")).expect(204);
+    bed.admin()
+        .delete(&format!("/api/clients/{two}"))
+        .expect(204);
     bed.new_client("three");
 
     let all = events_since(&bed, 0);
-    let kinds: Vec<&str> = all.iter().map(|e| e["kind"].as_str().unwrap_or("?")).collect();
+    let kinds: Vec<&str> = all
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap_or("?"))
+        .collect();
     assert_eq!(
         kinds,
-        ["client_created", "account_added", "client_created", "account_added", "client_revoked", "client_created"],
+        [
+            "client_created",
+            "account_added",
+            "client_created",
+            "account_added",
+            "client_revoked",
+            "client_created"
+        ],
         "{all:?}"
     );
     let all_ids = ids(&all);
-    assert!(all_ids.windows(2).all(|w| w[0] < w[1]), "event ids are not increasing: {all_ids:?}");
+    assert!(
+        all_ids.windows(2).all(|w| w[0] < w[1]),
+        "event ids are not increasing: {all_ids:?}"
+    );
 
     let resume_after = all_ids[1];
-    let missed: Vec<Value> = all.iter().filter(|e| int_of(e, "id") > resume_after).cloned().collect();
-    assert_eq!(ids(&events_since(&bed, resume_after)), ids(&missed), "?since={resume_after}");
-    assert!(events_since(&bed, *all_ids.last().unwrap()).is_empty(), "?since=<newest> must be empty");
+    let missed: Vec<Value> = all
+        .iter()
+        .filter(|e| int_of(e, "id") > resume_after)
+        .cloned()
+        .collect();
+    assert_eq!(
+        ids(&events_since(&bed, resume_after)),
+        ids(&missed),
+        "?since={resume_after}"
+    );
+    assert!(
+        events_since(&bed, *all_ids.last().unwrap()).is_empty(),
+        "?since=<newest> must be empty"
+    );
 
     let admin = bed.admin();
-    let resumed = admin.event_stream("/api/events", Some(&resume_after.to_string())).unwrap_or_else(|r| panic!("{r:?}"));
-    let fresh = admin.event_stream("/api/events", None).unwrap_or_else(|r| panic!("{r:?}"));
+    let resumed = admin
+        .event_stream("/api/events", Some(&resume_after.to_string()))
+        .unwrap_or_else(|r| panic!("{r:?}"));
+    let fresh = admin
+        .event_stream("/api/events", None)
+        .unwrap_or_else(|r| panic!("{r:?}"));
     let replayed = resumed.take(missed.len(), STREAM_WAIT);
     for (frame, event) in replayed.iter().zip(&missed) {
         assert_frame_is(frame, event);
@@ -81,7 +136,9 @@ fn last_event_id_replays_exactly_the_missed_events_then_goes_live() {
     for name in ["four", "five"] {
         let event = new_client_event(&bed, name);
         for stream in [&resumed, &fresh] {
-            let frame = stream.next(STREAM_WAIT).unwrap_or_else(|| panic!("no live frame for {event}"));
+            let frame = stream
+                .next(STREAM_WAIT)
+                .unwrap_or_else(|| panic!("no live frame for {event}"));
             assert_frame_is(&frame, &event);
         }
     }
@@ -92,12 +149,24 @@ fn last_event_id_replays_exactly_the_missed_events_then_goes_live() {
 #[test]
 fn a_live_event_reads_the_same_as_its_stored_copy() {
     let bed = Bed::start(Settings::default());
-    let live = bed.admin().event_stream("/api/events", None).unwrap_or_else(|r| panic!("{r:?}"));
+    let live = bed
+        .admin()
+        .event_stream("/api/events", None)
+        .unwrap_or_else(|r| panic!("{r:?}"));
     let stored = new_client_event(&bed, "one");
-    let replay = bed.admin().event_stream("/api/events", Some("0")).unwrap_or_else(|r| panic!("{r:?}"));
+    let replay = bed
+        .admin()
+        .event_stream("/api/events", Some("0"))
+        .unwrap_or_else(|r| panic!("{r:?}"));
     for (how, stream) in [("replayed", &replay), ("live", &live)] {
-        let frame = stream.next(STREAM_WAIT).unwrap_or_else(|| panic!("no {how} frame for {stored}"));
-        assert_eq!(frame.json(), stored, "the {how} copy of the event differs from the stored one");
+        let frame = stream
+            .next(STREAM_WAIT)
+            .unwrap_or_else(|| panic!("no {how} frame for {stored}"));
+        assert_eq!(
+            frame.json(),
+            stored,
+            "the {how} copy of the event differs from the stored one"
+        );
     }
 }
 
@@ -107,15 +176,35 @@ fn a_bad_resume_point_is_a_400_json_error() {
     bed.new_client("one");
     let admin = bed.admin();
     for bad in ["abc", "1.5", "99999999999999999999"] {
-        let resp = admin.event_stream("/api/events", Some(bad)).map(|_| ()).expect_err("a bad Last-Event-ID opened a stream");
+        let resp = admin
+            .event_stream("/api/events", Some(bad))
+            .map(|_| ())
+            .expect_err("a bad Last-Event-ID opened a stream");
         let body = resp.expect_error(400, "bad_request");
-        assert!(body["detail"].as_str().is_some_and(|d| d.contains("Last-Event-ID")), "Last-Event-ID {bad:?}: {body}");
+        assert!(
+            body["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("Last-Event-ID")),
+            "Last-Event-ID {bad:?}: {body}"
+        );
     }
     for bad in ["abc", "", "-"] {
-        let body = admin.get(&format!("/api/events?since={bad}")).expect_error(400, "bad_request");
-        assert!(body["detail"].as_str().is_some_and(|d| d.contains("since")), "since={bad:?}: {body}");
+        let body = admin
+            .get(&format!("/api/events?since={bad}"))
+            .expect_error(400, "bad_request");
+        assert!(
+            body["detail"].as_str().is_some_and(|d| d.contains("since")),
+            "since={bad:?}: {body}"
+        );
     }
-    let anonymous = bed.api(None).event_stream("/api/events", Some("1")).map(|_| ());
-    anonymous.expect_err("an anonymous stream").expect_error(401, "unauthorized");
-    bed.client("worker").get("/api/events?since=0").expect_error(403, "forbidden");
+    let anonymous = bed
+        .api(None)
+        .event_stream("/api/events", Some("1"))
+        .map(|_| ());
+    anonymous
+        .expect_err("an anonymous stream")
+        .expect_error(401, "unauthorized");
+    bed.client("worker")
+        .get("/api/events?since=0")
+        .expect_error(403, "forbidden");
 }

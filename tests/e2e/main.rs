@@ -11,9 +11,9 @@
 mod support;
 
 mod admin_page;
-mod browser_engine;
 mod api_auth;
 mod bad_requests;
+mod browser_engine;
 mod cli_login;
 mod cooldown;
 mod events_sse;

@@ -15,18 +15,27 @@ fn healthz_is_public_and_metrics_are_prometheus_text() {
     let id = bed.logged_in(&["val"])[0];
     bed.add_account("wil", 0);
     let client = bed.client("worker");
-    bed.api(None).get("/metrics").expect_error(401, "unauthorized");
+    bed.api(None)
+        .get("/metrics")
+        .expect_error(401, "unauthorized");
     client.get("/metrics").expect_error(403, "forbidden");
 
     let leases: Vec<Value> = (0..3).map(|_| client.lease(PROVIDER, None)).collect();
     client.report(&leases[0], "rate_limited", Some(30));
-    client.next(PROVIDER, None).expect_error(503, "no_account_available");
-    bed.admin().post(&format!("/api/accounts/{id}/refresh"), json!({})).ok();
+    client
+        .next(PROVIDER, None)
+        .expect_error(503, "no_account_available");
+    bed.admin()
+        .post(&format!("/api/accounts/{id}/refresh"), json!({}))
+        .ok();
 
     let resp = bed.admin().get("/metrics");
     assert_eq!(resp.status, 200, "{}", resp.text);
     let content_type = resp.header("content-type").unwrap_or_default();
-    assert!(content_type.starts_with("text/plain"), "content-type {content_type:?}");
+    assert!(
+        content_type.starts_with("text/plain"),
+        "content-type {content_type:?}"
+    );
     let samples: BTreeMap<String, f64> = prometheus_samples(&resp.text).into_iter().collect();
     let expect = [
         ("relogin_farm_leases_total", 3.0),
@@ -35,19 +44,37 @@ fn healthz_is_public_and_metrics_are_prometheus_text() {
         ("relogin_farm_refreshes_total{result=\"failed\"}", 0.0),
         ("relogin_farm_reports_total{outcome=\"rate_limited\"}", 1.0),
         ("relogin_farm_reports_total{outcome=\"ok\"}", 0.0),
-        ("relogin_farm_accounts{provider=\"demo\",state=\"cooling_down\"}", 1.0),
-        ("relogin_farm_accounts{provider=\"demo\",state=\"pending_login\"}", 1.0),
+        (
+            "relogin_farm_accounts{provider=\"demo\",state=\"cooling_down\"}",
+            1.0,
+        ),
+        (
+            "relogin_farm_accounts{provider=\"demo\",state=\"pending_login\"}",
+            1.0,
+        ),
     ];
     for (series, value) in expect {
-        assert_eq!(samples.get(series), Some(&value), "{series} in:\n{}", resp.text);
+        assert_eq!(
+            samples.get(series),
+            Some(&value),
+            "{series} in:\n{}",
+            resp.text
+        );
     }
-    assert!(resp.text.contains("# TYPE relogin_farm_leases_total counter"), "{}", resp.text);
+    assert!(
+        resp.text
+            .contains("# TYPE relogin_farm_leases_total counter"),
+        "{}",
+        resp.text
+    );
     assert!(bed.api(None).get("/healthz").ok()["status"] == "ok");
 }
 
 /// The usage row with `id` (`null`: the admin token) in `rows`.
 fn row(rows: &Value, id: Value) -> &Value {
-    let found = rows.as_array().and_then(|all| all.iter().find(|r| r["id"] == id));
+    let found = rows
+        .as_array()
+        .and_then(|all| all.iter().find(|r| r["id"] == id));
     found.unwrap_or_else(|| panic!("no usage row {id} in {rows}"))
 }
 
@@ -57,7 +84,11 @@ fn usage_counts_leases_per_account_and_per_client() {
     let ids = bed.logged_in(&["xia", "yul"]);
     let (one_id, one_key) = bed.new_client("one");
     let (two_id, two_key) = bed.new_client("two");
-    let (one, two, admin) = (bed.api(Some(&one_key)), bed.api(Some(&two_key)), bed.admin());
+    let (one, two, admin) = (
+        bed.api(Some(&one_key)),
+        bed.api(Some(&two_key)),
+        bed.admin(),
+    );
 
     let mut by_account: BTreeMap<i64, i64> = BTreeMap::new();
     let mut take = |api: &crate::support::Api, n: usize| -> Vec<Value> {
@@ -75,7 +106,11 @@ fn usage_counts_leases_per_account_and_per_client() {
     two.report(&of_two[0], "ok", None);
 
     let usage = admin.get("/api/usage").ok();
-    for (id, leases, ok, error) in [(json!(one_id), 3, 1, 1), (json!(two_id), 2, 1, 0), (Value::Null, 1, 0, 0)] {
+    for (id, leases, ok, error) in [
+        (json!(one_id), 3, 1, 1),
+        (json!(two_id), 2, 1, 0),
+        (Value::Null, 1, 0, 0),
+    ] {
         let r = row(&usage["per_client"], id.clone());
         for window in ["last_hour", "last_day"] {
             let counts = &r[window];
@@ -84,7 +119,11 @@ fn usage_counts_leases_per_account_and_per_client() {
             assert_eq!(counts["error"], error, "client {id} {window}: {r}");
         }
     }
-    assert_eq!(by_account.keys().copied().collect::<Vec<_>>(), ids, "round-robin used both accounts");
+    assert_eq!(
+        by_account.keys().copied().collect::<Vec<_>>(),
+        ids,
+        "round-robin used both accounts"
+    );
     for (id, leases) in &by_account {
         let r = row(&usage["per_account"], json!(id));
         assert_eq!(r["last_day"]["leases"], *leases, "account {id}: {r}");
@@ -94,6 +133,10 @@ fn usage_counts_leases_per_account_and_per_client() {
     let recent = usage["recent"].as_array().expect("recent leases");
     assert_eq!(recent.len(), 6, "{usage}");
     for lease in of_one.iter().chain(&of_two) {
-        assert!(recent.iter().any(|r| r["lease_id"] == lease["lease_id"]), "{} missing", str_of(lease, "lease_id"));
+        assert!(
+            recent.iter().any(|r| r["lease_id"] == lease["lease_id"]),
+            "{} missing",
+            str_of(lease, "lease_id")
+        );
     }
 }

@@ -6,7 +6,9 @@ use std::thread;
 
 use chrono::{Duration as ChronoDuration, Utc};
 
-use crate::support::{int_of, json, secs, str_of, time_of, wait_for, Bed, Settings, Value, PROVIDER};
+use crate::support::{
+    int_of, json, secs, str_of, time_of, wait_for, Bed, Settings, Value, PROVIDER,
+};
 
 #[test]
 fn proactive_refresh_serves_valid_tokens_after_the_first_expires() {
@@ -22,7 +24,10 @@ fn proactive_refresh_serves_valid_tokens_after_the_first_expires() {
         a["generation"].as_i64() > Some(generation)
     });
     let refreshed_at = time_of(&refreshed, "last_refresh_at");
-    assert!(refreshed_at < first_expiry, "refreshed at {refreshed_at}, after the token expired at {first_expiry}");
+    assert!(
+        refreshed_at < first_expiry,
+        "refreshed at {refreshed_at}, after the token expired at {first_expiry}"
+    );
 
     // Until the first token is dead at the provider, and once more after,
     // every token served is live and has min_validity (1 s) left.
@@ -30,22 +35,33 @@ fn proactive_refresh_serves_valid_tokens_after_the_first_expires() {
         let lease = admin.lease(PROVIDER, None);
         let left = time_of(&lease, "expires_at") - Utc::now();
         // min_validity, less what the answer's trip may take
-        assert!(left >= ChronoDuration::milliseconds(700), "served a token with {left} left: {lease}");
-        bed.provider.assert_active(str_of(&lease, "access_token"), "alice");
+        assert!(
+            left >= ChronoDuration::milliseconds(700),
+            "served a token with {left} left: {lease}"
+        );
+        bed.provider
+            .assert_active(str_of(&lease, "access_token"), "alice");
         lease
     };
-    wait_for("the first access token to expire at the provider", secs(15), || {
-        check_served();
-        match bed.provider.introspect(&first_token) {
-            info if info["active"] == false => Ok(()),
-            info => Err(info.to_string()),
-        }
-    });
+    wait_for(
+        "the first access token to expire at the provider",
+        secs(15),
+        || {
+            check_served();
+            match bed.provider.introspect(&first_token) {
+                info if info["active"] == false => Ok(()),
+                info => Err(info.to_string()),
+            }
+        },
+    );
     let later = check_served();
     assert_ne!(str_of(&later, "access_token"), first_token);
 
     let stats = bed.provider.stats();
-    assert!(stats["refresh_grants"]["alice"].as_u64() >= Some(1), "{stats}");
+    assert!(
+        stats["refresh_grants"]["alice"].as_u64() >= Some(1),
+        "{stats}"
+    );
     assert_eq!(stats["refresh_failures"], json!({}), "{stats}");
     assert_eq!(stats["grants_revoked"], 0, "{stats}");
     let account = bed.account(id);
@@ -66,36 +82,56 @@ fn concurrent_refresh_triggers_send_exactly_one_grant() {
     let admin = bed.admin();
     let refresh_path = format!("/api/accounts/{id}/refresh");
     let answers: Vec<Value> = thread::scope(|s| {
-        let refreshes: Vec<_> = (0..8).map(|_| s.spawn(|| admin.post(&refresh_path, json!({})).ok())).collect();
+        let refreshes: Vec<_> = (0..8)
+            .map(|_| s.spawn(|| admin.post(&refresh_path, json!({})).ok()))
+            .collect();
         for lease in &leases {
             s.spawn(|| client.report(lease, "unauthorized", None));
         }
-        refreshes.into_iter().map(|h| h.join().expect("refresh thread")).collect()
+        refreshes
+            .into_iter()
+            .map(|h| h.join().expect("refresh thread"))
+            .collect()
     });
     bed.provider.token_delay(0);
 
     let outcomes: Vec<&str> = answers.iter().map(|a| str_of(a, "refresh")).collect();
     assert!(
-        outcomes.iter().all(|o| ["refreshed", "alreadyfresh"].contains(o)),
+        outcomes
+            .iter()
+            .all(|o| ["refreshed", "alreadyfresh"].contains(o)),
         "unexpected refresh outcomes {outcomes:?}"
     );
-    assert!(outcomes.iter().filter(|o| **o == "refreshed").count() <= 1, "{outcomes:?}");
+    assert!(
+        outcomes.iter().filter(|o| **o == "refreshed").count() <= 1,
+        "{outcomes:?}"
+    );
     let stats = bed.provider.stats();
-    assert_eq!(stats["refresh_grants"]["carol"], 1, "not exactly one refresh grant: {stats}");
+    assert_eq!(
+        stats["refresh_grants"]["carol"], 1,
+        "not exactly one refresh grant: {stats}"
+    );
     assert_eq!(stats["refresh_failures"], json!({}), "{stats}");
-    assert_eq!(stats["grants_revoked"], 0, "reuse detection revoked the grant: {stats}");
+    assert_eq!(
+        stats["grants_revoked"], 0,
+        "reuse detection revoked the grant: {stats}"
+    );
 
     let account = bed.wait_state(id, "healthy", secs(10));
     assert!(account["last_error"].is_null(), "{account}");
     let lease = client.lease(PROVIDER, None);
     assert_ne!(str_of(&lease, "access_token"), old_token);
-    bed.provider.assert_active(str_of(&lease, "access_token"), "carol");
+    bed.provider
+        .assert_active(str_of(&lease, "access_token"), "carol");
 
     // The refresh token chain is intact: the next refresh works too.
     let again = admin.post(&refresh_path, json!({})).ok();
     assert_eq!(again["refresh"], "refreshed", "{again}");
     assert_eq!(bed.provider.refresh_grants("carol"), 2);
-    bed.provider.assert_active(str_of(&client.lease(PROVIDER, None), "access_token"), "carol");
+    bed.provider.assert_active(
+        str_of(&client.lease(PROVIDER, None), "access_token"),
+        "carol",
+    );
 }
 
 #[test]
@@ -121,11 +157,21 @@ fn transient_token_endpoint_failures_are_retried_with_backoff() {
             Err(a.to_string())
         }
     });
-    assert!(states.iter().all(|s| s == "healthy" || s == "refreshing"), "the account left healthy: {states:?}");
-    assert!(errors.iter().all(|e| e.contains("retry")), "last_error while backing off: {errors:?}");
+    assert!(
+        states.iter().all(|s| s == "healthy" || s == "refreshing"),
+        "the account left healthy: {states:?}"
+    );
+    assert!(
+        errors.iter().all(|e| e.contains("retry")),
+        "last_error while backing off: {errors:?}"
+    );
     assert_eq!(refreshed["state"], "healthy", "{refreshed}");
     assert!(refreshed["last_error"].is_null(), "{refreshed}");
-    assert_eq!(int_of(&refreshed, "generation"), generation + 1, "{refreshed}");
+    assert_eq!(
+        int_of(&refreshed, "generation"),
+        generation + 1,
+        "{refreshed}"
+    );
     // Two backoffs of at least half of 300 ms and 600 ms lie between the
     // first attempt (at the due time) and the success.
     let refreshed_at = time_of(&refreshed, "last_refresh_at");
@@ -134,33 +180,60 @@ fn transient_token_endpoint_failures_are_retried_with_backoff() {
         "refreshed at {refreshed_at}, too soon after the due time {due} for two backoffs"
     );
 
-    assert_eq!(bed.metric("relogin_farm_refreshes_total{result=\"failed\"}"), 2.0);
+    assert_eq!(
+        bed.metric("relogin_farm_refreshes_total{result=\"failed\"}"),
+        2.0
+    );
     let stats = bed.provider.stats();
     assert_eq!(stats["refresh_grants"]["dave"], 1, "{stats}");
     assert_eq!(stats["grants_revoked"], 0, "{stats}");
-    bed.provider.assert_active(str_of(&bed.admin().lease(PROVIDER, None), "access_token"), "dave");
+    bed.provider.assert_active(
+        str_of(&bed.admin().lease(PROVIDER, None), "access_token"),
+        "dave",
+    );
 }
 
 #[test]
 fn revoked_grant_marks_the_account_needs_relogin_not_deleted() {
     let bed = Bed::start(Settings::default());
     let id = bed.logged_in(&["erin"])[0];
-    assert!(bed.provider.revoke("erin") >= 1, "the provider revoked nothing");
+    assert!(
+        bed.provider.revoke("erin") >= 1,
+        "the provider revoked nothing"
+    );
 
-    bed.admin().post(&format!("/api/accounts/{id}/refresh"), json!({})).expect_error(502, "refresh_failed");
+    bed.admin()
+        .post(&format!("/api/accounts/{id}/refresh"), json!({}))
+        .expect_error(502, "refresh_failed");
     let account = bed.account(id);
     assert_eq!(account["state"], "needs_relogin", "{account}");
-    let message = account["last_error"]["message"].as_str().unwrap_or_else(|| panic!("no last_error: {account}"));
+    let message = account["last_error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no last_error: {account}"));
     assert!(message.contains("invalid_grant"), "{message}");
     time_of(&account["last_error"], "at");
     let listed = bed.admin().get("/api/accounts").ok();
-    assert!(listed.as_array().is_some_and(|all| all.iter().any(|a| a["id"] == id)), "the account is gone: {listed}");
-    let unavailable = bed.admin().next(PROVIDER, None).expect_error(503, "no_account_available");
-    assert!(unavailable["retry_after_s"].as_i64() >= Some(1), "{unavailable}");
+    assert!(
+        listed
+            .as_array()
+            .is_some_and(|all| all.iter().any(|a| a["id"] == id)),
+        "the account is gone: {listed}"
+    );
+    let unavailable = bed
+        .admin()
+        .next(PROVIDER, None)
+        .expect_error(503, "no_account_available");
+    assert!(
+        unavailable["retry_after_s"].as_i64() >= Some(1),
+        "{unavailable}"
+    );
 
     // A new login brings it back.
     let account = bed.login_by_paste(id, "erin");
     assert_eq!(account["state"], "healthy", "{account}");
     assert!(account["last_error"].is_null(), "{account}");
-    bed.provider.assert_active(str_of(&bed.admin().lease(PROVIDER, None), "access_token"), "erin");
+    bed.provider.assert_active(
+        str_of(&bed.admin().lease(PROVIDER, None), "access_token"),
+        "erin",
+    );
 }

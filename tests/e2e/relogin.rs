@@ -18,7 +18,9 @@ use reqwest::Method;
 use crate::browser_engine::support::chromium_pids_under;
 use crate::support::bed::BrowserSettings;
 use crate::support::process::{clean_command, run_with_deadline};
-use crate::support::{int_of, json, poll, secs, str_of, wait_for, Bed, Resp, Settings, Value, PROVIDER};
+use crate::support::{
+    int_of, json, poll, secs, str_of, wait_for, Bed, Resp, Settings, Value, PROVIDER,
+};
 
 /// How long one scripted login through the farm may take here.
 const LOGIN: Duration = Duration::from_secs(30);
@@ -60,13 +62,24 @@ fn holding_script(ms: u64) -> String {
 
 /// The 1-based line of the `index`th (0-based) `[[step]]` of `script`.
 fn line_of_step(script: &str, index: usize) -> usize {
-    let mut headers = script.lines().enumerate().filter(|(_, l)| l.trim() == "[[step]]");
-    headers.nth(index).unwrap_or_else(|| panic!("no step {index} in:\n{script}")).0 + 1
+    let mut headers = script
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.trim() == "[[step]]");
+    headers
+        .nth(index)
+        .unwrap_or_else(|| panic!("no step {index} in:\n{script}"))
+        .0
+        + 1
 }
 
 /// The 1-based line of `script` that contains `text`.
 fn line_containing(script: &str, text: &str) -> usize {
-    script.lines().position(|l| l.contains(text)).unwrap_or_else(|| panic!("no {text:?} in:\n{script}")) + 1
+    script
+        .lines()
+        .position(|l| l.contains(text))
+        .unwrap_or_else(|| panic!("no {text:?} in:\n{script}"))
+        + 1
 }
 
 /// A farm with its own browser (`max_concurrent` 2, retries after 1 s).
@@ -75,12 +88,22 @@ fn browser_bed(settings: Settings) -> Bed {
 }
 
 fn put_script(bed: &Bed, id: i64, text: &str) -> Resp {
-    bed.admin().send(Method::PUT, &format!("/api/accounts/{id}/script"), Some(text.as_bytes().to_vec()))
+    bed.admin().send(
+        Method::PUT,
+        &format!("/api/accounts/{id}/script"),
+        Some(text.as_bytes().to_vec()),
+    )
 }
 
 fn set_secret(bed: &Bed, id: i64, name: &str, value: &str) {
     let body = json!({"value": value}).to_string().into_bytes();
-    bed.admin().send(Method::PUT, &format!("/api/accounts/{id}/secrets/{name}"), Some(body)).expect(204);
+    bed.admin()
+        .send(
+            Method::PUT,
+            &format!("/api/accounts/{id}/secrets/{name}"),
+            Some(body),
+        )
+        .expect(204);
 }
 
 /// An account for `user` that the farm logs in by itself: its secrets
@@ -99,7 +122,9 @@ fn scripted_account(bed: &Bed, user: &str, secrets: &[(&str, &str)], script: &st
 /// `POST /api/accounts/{id}/relogin`, which must succeed; the account, with
 /// the run's outcome under `relogin`.
 fn relogin(bed: &Bed, id: i64) -> Value {
-    bed.admin().post(&format!("/api/accounts/{id}/relogin"), json!({})).ok()
+    bed.admin()
+        .post(&format!("/api/accounts/{id}/relogin"), json!({}))
+        .ok()
 }
 
 fn steps_acted(relogin_answer: &Value) -> i64 {
@@ -109,7 +134,8 @@ fn steps_acted(relogin_answer: &Value) -> i64 {
 /// `/credential/next` hands out a token of `user` that the provider says is live.
 fn assert_serves_a_live_token(bed: &Bed, user: &str) {
     let lease = bed.admin().lease(PROVIDER, None);
-    bed.provider.assert_active(str_of(&lease, "access_token"), user);
+    bed.provider
+        .assert_active(str_of(&lease, "access_token"), user);
 }
 
 /// The id of the newest stored event (0: none): a cursor for [`kinds_since`].
@@ -119,12 +145,16 @@ fn last_event_id(bed: &Bed) -> i64 {
 
 fn events_since(bed: &Bed, after: i64) -> Vec<Value> {
     let list = bed.admin().get(&format!("/api/events?since={after}")).ok();
-    list.as_array().unwrap_or_else(|| panic!("not an event list: {list}")).clone()
+    list.as_array()
+        .unwrap_or_else(|| panic!("not an event list: {list}"))
+        .clone()
 }
 
 /// The kinds of the account's events after `after`, oldest first.
 fn kinds_since(bed: &Bed, id: i64, after: i64) -> Vec<String> {
-    let events = events_since(bed, after).into_iter().filter(|e| e["account_id"] == id);
+    let events = events_since(bed, after)
+        .into_iter()
+        .filter(|e| e["account_id"] == id);
     events.map(|e| str_of(&e, "kind").to_string()).collect()
 }
 
@@ -132,7 +162,10 @@ fn kinds_since(bed: &Bed, id: i64, after: i64) -> Vec<String> {
 fn assert_in_order(kinds: &[String], wanted: &[&str]) {
     let mut rest = kinds.iter();
     for want in wanted {
-        assert!(rest.any(|k| k == want), "expected {wanted:?} in this order among the events {kinds:?}");
+        assert!(
+            rest.any(|k| k == want),
+            "expected {wanted:?} in this order among the events {kinds:?}"
+        );
     }
 }
 
@@ -145,7 +178,9 @@ fn wait_for_browser(bed: &Bed, id: i64) {
     let profile = profile_dir(bed, id);
     wait_for("a Chromium on the account's profile", secs(15), || {
         let pids = chromium_pids_under(&profile);
-        (!pids.is_empty()).then_some(()).ok_or("none yet".to_string())
+        (!pids.is_empty())
+            .then_some(())
+            .ok_or("none yet".to_string())
     });
 }
 
@@ -154,9 +189,16 @@ fn wait_for_browser(bed: &Bed, id: i64) {
 fn wait_for_ladder(bed: &Bed, id: i64, cursor: i64) {
     wait_for("the ladder to log the account in again", LOGIN, || {
         let kinds = kinds_since(bed, id, cursor);
-        kinds.iter().any(|k| k == "relogin_succeeded").then_some(()).ok_or(format!("{kinds:?}"))
+        kinds
+            .iter()
+            .any(|k| k == "relogin_succeeded")
+            .then_some(())
+            .ok_or(format!("{kinds:?}"))
     });
-    assert_in_order(&kinds_since(bed, id, cursor), &["needs_relogin", "relogin_started", "relogin_succeeded"]);
+    assert_in_order(
+        &kinds_since(bed, id, cursor),
+        &["needs_relogin", "relogin_started", "relogin_succeeded"],
+    );
     bed.wait_state(id, "healthy", secs(5));
 }
 
@@ -164,10 +206,14 @@ fn wait_for_ladder(bed: &Bed, id: i64, cursor: i64) {
 /// farm's profiles: browsers are closed after every run.
 fn assert_no_chromium_left(bed: &Bed) {
     let dir = bed.layout.profiles_dir();
-    wait_for("no Chromium left on the farm's profiles", secs(5), || match chromium_pids_under(&dir) {
-        pids if pids.is_empty() => Ok(()),
-        pids => Err(format!("pids {pids:?}")),
-    });
+    wait_for(
+        "no Chromium left on the farm's profiles",
+        secs(5),
+        || match chromium_pids_under(&dir) {
+            pids if pids.is_empty() => Ok(()),
+            pids => Err(format!("pids {pids:?}")),
+        },
+    );
 }
 
 /// `relogin-farm --config farm.toml ARGS`, with `stdin` piped into it.
@@ -208,30 +254,56 @@ fn first_login_by_script_then_a_live_session_goes_straight_through() {
     // script is attached (the scheduler may well beat the POST below).
     set_secret(&bed, id, "password", password);
     let attached = put_script(&bed, id, &script).ok();
-    assert_eq!((&attached["required_secrets"], &attached["missing_secrets"]), (&json!(["password"]), &json!([])));
+    assert_eq!(
+        (&attached["required_secrets"], &attached["missing_secrets"]),
+        (&json!(["password"]), &json!([]))
+    );
     let first = relogin(&bed, id);
     assert_eq!(first["state"], "healthy", "{first}");
-    assert!(first["has_refresh_token"] == true && first["has_login_script"] == true, "{first}");
+    assert!(
+        first["has_refresh_token"] == true && first["has_login_script"] == true,
+        "{first}"
+    );
 
     // The token the farm hands out is live at the provider.
     assert_serves_a_live_token(&bed, user);
 
     // The script reads back as written; secrets only by name.
     let stored = bed.admin().get(&format!("{path}/script"));
-    assert_eq!((stored.status, stored.text.as_str()), (200, script.as_str()));
+    assert_eq!(
+        (stored.status, stored.text.as_str()),
+        (200, script.as_str())
+    );
     let secrets = bed.admin().get(&format!("{path}/secrets")).ok();
-    let names: Vec<&str> = secrets.as_array().expect("a list").iter().map(|s| str_of(s, "name")).collect();
+    let names: Vec<&str> = secrets
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|s| str_of(s, "name"))
+        .collect();
     assert_eq!(names, ["password"], "{secrets}");
     let info = bed.admin().get(&format!("{path}/browser")).ok();
-    assert!(info["profile_present"] == true && info["profile_bytes"].as_u64() > Some(0), "{info}");
+    assert!(
+        info["profile_present"] == true && info["profile_bytes"].as_u64() > Some(0),
+        "{info}"
+    );
     assert_eq!(info["last_outcome"], "ok", "{info}");
-    assert!(info["session_expires_at"].is_string(), "the provider's session cookie expiry: {info}");
+    assert!(
+        info["session_expires_at"].is_string(),
+        "the provider's session cookie expiry: {info}"
+    );
 
     // The profile kept the provider's session: no login form this time.
     let second = relogin(&bed, id);
-    assert!(steps_acted(&second) <= 1, "a live session should go straight to the redirect: {second}");
+    assert!(
+        steps_acted(&second) <= 1,
+        "a live session should go straight to the redirect: {second}"
+    );
     assert_eq!(second["state"], "healthy", "{second}");
-    assert!(int_of(&second, "generation") > int_of(&first, "generation"), "new tokens: {first} → {second}");
+    assert!(
+        int_of(&second, "generation") > int_of(&first, "generation"),
+        "new tokens: {first} → {second}"
+    );
 
     let answers = [
         stored.text,
@@ -246,7 +318,12 @@ fn first_login_by_script_then_a_live_session_goes_straight_through() {
         assert!(!text.contains(password), "the password is readable: {text}");
     }
     let kinds = kinds_since(&bed, id, 0);
-    assert!(!kinds.iter().any(|k| k == "needs_human" || k == "relogin_failed"), "{kinds:?}");
+    assert!(
+        !kinds
+            .iter()
+            .any(|k| k == "needs_human" || k == "relogin_failed"),
+        "{kinds:?}"
+    );
     assert_no_chromium_left(&bed);
 }
 
@@ -258,12 +335,23 @@ fn revoked_grant_is_recovered_by_the_ladder_alone() {
     let url = bed.url().to_string();
 
     // The CLI stores the password (read from stdin) in the running farm.
-    let set = cli(&bed, &["secret", "set", &id.to_string(), "password", "--farm", &url], "ivan-password");
-    assert!(stdout_of(&set).contains("secret password of account"), "{}", stdout_of(&set));
+    let set = cli(
+        &bed,
+        &["secret", "set", &id.to_string(), "password", "--farm", &url],
+        "ivan-password",
+    );
+    assert!(
+        stdout_of(&set).contains("secret password of account"),
+        "{}",
+        stdout_of(&set)
+    );
     put_script(&bed, id, &login_script(user, false)).ok();
     bed.wait_state(id, "healthy", LOGIN);
     let listed = stdout_of(&cli(&bed, &["browser", "list", "--farm", &url], ""));
-    let row = listed.lines().find(|l| l.contains(user)).unwrap_or_else(|| panic!("{user} not in:\n{listed}"));
+    let row = listed
+        .lines()
+        .find(|l| l.contains(user))
+        .unwrap_or_else(|| panic!("{user} not in:\n{listed}"));
     assert!(row.contains("present") && row.contains("(ok)"), "{row}");
     let doctor = stdout_of(&cli(&bed, &["doctor"], ""));
     assert!(doctor.contains("browser ok"), "{doctor}");
@@ -273,7 +361,10 @@ fn revoked_grant_is_recovered_by_the_ladder_alone() {
     let code_grants = bed.provider.code_grants(user);
     assert!(bed.provider.revoke(user) >= 1, "a grant to revoke");
     wait_for_ladder(&bed, id, cursor);
-    assert!(bed.provider.code_grants(user) > code_grants, "a new authorization code was redeemed");
+    assert!(
+        bed.provider.code_grants(user) > code_grants,
+        "a new authorization code was redeemed"
+    );
     assert_serves_a_live_token(&bed, user);
     assert_no_chromium_left(&bed);
 }
@@ -300,7 +391,10 @@ fn ended_sessions_and_revoked_grant_run_the_full_script_with_totp() {
     let forced = relogin(&bed, id);
     assert!(steps_acted(&forced) >= 6, "the TOTP steps ran: {forced}");
     assert_serves_a_live_token(&bed, user);
-    assert!(!bed.farm_log().contains(&seed), "the TOTP seed is in the farm's log");
+    assert!(
+        !bed.farm_log().contains(&seed),
+        "the TOTP seed is in the farm's log"
+    );
     assert_no_chromium_left(&bed);
 }
 
@@ -331,16 +425,31 @@ fn a_relogin_queued_behind_another_does_not_run_again_once_healthy() {
     let second = poll(secs(3), || {
         let kinds = kinds_since(&bed, id, 0);
         let started = kinds.iter().filter(|k| *k == "relogin_started").count();
-        if started > 1 { Ok(kinds) } else { Err(String::new()) }
+        if started > 1 {
+            Ok(kinds)
+        } else {
+            Err(String::new())
+        }
     });
-    assert!(second.is_err(), "a second browser relogin ran on the account the first made healthy: {second:?}");
+    assert!(
+        second.is_err(),
+        "a second browser relogin ran on the account the first made healthy: {second:?}"
+    );
     assert_no_chromium_left(&bed);
 }
 
 #[test]
 fn wrong_password_needs_a_human_once_without_leaking_it() {
-    let settings = Settings { log_level: "debug", rust_log: Some("debug"), ..Settings::default() };
-    let browser = BrowserSettings { retry_initial: "1h", retry_max: "6h", ..BrowserSettings::default() };
+    let settings = Settings {
+        log_level: "debug",
+        rust_log: Some("debug"),
+        ..Settings::default()
+    };
+    let browser = BrowserSettings {
+        retry_initial: "1h",
+        retry_max: "6h",
+        ..BrowserSettings::default()
+    };
     let bed = Bed::start(settings.with_browser(browser));
     let user = "judy";
     let password = "judy-Wr0ng-pw-5150";
@@ -354,24 +463,52 @@ fn wrong_password_needs_a_human_once_without_leaking_it() {
     // The re-rendered login form has no #allow: the last step that acted is
     // the password form's submit.
     let submit = format!("line {}, click #submit", line_of_step(&script, 3));
-    assert!(error.contains(&submit), "last_error should name {submit:?}: {error}");
-    assert!(error.contains("Invalid username or password"), "what the page said: {error}");
-    let shot = error.rsplit_once("(screenshot: ").map(|(_, rest)| rest.trim_end_matches(')'));
-    let shot = Path::new(shot.unwrap_or_else(|| panic!("no screenshot path in last_error: {error}")));
-    assert!(shot.starts_with(bed.layout.artifacts_dir()), "{} is not under artifacts_dir", shot.display());
-    assert!(std::fs::metadata(shot).is_ok_and(|m| m.len() > 1000), "no screenshot at {}", shot.display());
+    assert!(
+        error.contains(&submit),
+        "last_error should name {submit:?}: {error}"
+    );
+    assert!(
+        error.contains("Invalid username or password"),
+        "what the page said: {error}"
+    );
+    let shot = error
+        .rsplit_once("(screenshot: ")
+        .map(|(_, rest)| rest.trim_end_matches(')'));
+    let shot =
+        Path::new(shot.unwrap_or_else(|| panic!("no screenshot path in last_error: {error}")));
+    assert!(
+        shot.starts_with(bed.layout.artifacts_dir()),
+        "{} is not under artifacts_dir",
+        shot.display()
+    );
+    assert!(
+        std::fs::metadata(shot).is_ok_and(|m| m.len() > 1000),
+        "no screenshot at {}",
+        shot.display()
+    );
     // The admin page shows it through the API (with the admin token).
     let shot_url = format!("/api/accounts/{id}/screenshot");
-    assert_eq!(account["last_error"]["screenshot"], shot_url.as_str(), "{account}");
+    assert_eq!(
+        account["last_error"]["screenshot"],
+        shot_url.as_str(),
+        "{account}"
+    );
     let png = bed.admin().get(&shot_url);
-    assert_eq!((png.status, png.headers["content-type"].to_str().unwrap()), (200, "image/png"));
+    assert_eq!(
+        (png.status, png.headers["content-type"].to_str().unwrap()),
+        (200, "image/png")
+    );
     assert!(png.text.contains("PNG"), "not a PNG");
 
     // Announced once, retried only after browser.retry_initial (1 h).
     std::thread::sleep(secs(5));
     let kinds = kinds_since(&bed, id, 0);
     let count = |kind: &str| kinds.iter().filter(|k| *k == kind).count();
-    assert_eq!((count("relogin_started"), count("needs_human")), (1, 1), "{kinds:?}");
+    assert_eq!(
+        (count("relogin_started"), count("needs_human")),
+        (1, 1),
+        "{kinds:?}"
+    );
     assert_eq!(bed.account(id)["state"], "needs_human");
 
     let path = format!("/api/accounts/{id}");
@@ -400,25 +537,52 @@ fn bad_scripts_are_refused_with_their_line_and_nothing_is_stored() {
     let cases = [
         // (the script, the text of the line its error must name)
         (good.replace("click = \"#submit\"", "click ="), "click ="),
-        (good.replace("click = \"#allow\"", "tap = \"#allow\""), "tap ="),
-        (good.replace("${secret:password}", "${password}"), "${password}"),
-        (good.replace("${secret:password}", "${secret:password"), "${secret:password"),
-        (good.replace("provider = \"demo\"", "provider = \"github\""), "github"),
+        (
+            good.replace("click = \"#allow\"", "tap = \"#allow\""),
+            "tap =",
+        ),
+        (
+            good.replace("${secret:password}", "${password}"),
+            "${password}",
+        ),
+        (
+            good.replace("${secret:password}", "${secret:password"),
+            "${secret:password",
+        ),
+        (
+            good.replace("provider = \"demo\"", "provider = \"github\""),
+            "github",
+        ),
     ];
     for (script, wrong) in &cases {
         let refused = put_script(&bed, id, script).expect_error(400, "invalid_script");
         let detail = str_of(&refused, "detail");
         let line = format!("line {}", line_containing(script, wrong));
-        assert!(detail.contains(&line), "the detail should name {line}: {detail}\n{script}");
+        assert!(
+            detail.contains(&line),
+            "the detail should name {line}: {detail}\n{script}"
+        );
     }
     let unknown = put_script(&bed, id, &cases[2].0).json();
-    assert!(str_of(&unknown, "detail").contains("${password}"), "names the unknown variable: {unknown}");
+    assert!(
+        str_of(&unknown, "detail").contains("${password}"),
+        "names the unknown variable: {unknown}"
+    );
     let other = put_script(&bed, id, &cases[4].0).json();
-    assert!(str_of(&other, "detail").contains("github"), "names the other provider: {other}");
+    assert!(
+        str_of(&other, "detail").contains("github"),
+        "names the other provider: {other}"
+    );
 
-    bed.admin().get(&format!("/api/accounts/{id}/script")).expect_error(404, "not_found");
+    bed.admin()
+        .get(&format!("/api/accounts/{id}/script"))
+        .expect_error(404, "not_found");
     let account = bed.account(id);
-    assert_eq!((&account["has_login_script"], &account["state"]), (&json!(false), &json!("pending_login")), "{account}");
+    assert_eq!(
+        (&account["has_login_script"], &account["state"]),
+        (&json!(false), &json!("pending_login")),
+        "{account}"
+    );
     let kinds = kinds_since(&bed, id, 0);
     assert_eq!(kinds, ["account_added"], "nothing was attached");
 }
@@ -434,17 +598,28 @@ fn sigterm_during_a_relogin_closes_the_browser_and_keeps_the_session() {
     put_script(&bed, id, &holding_script(20_000)).ok();
     let admin = bed.admin();
     let path = format!("/api/accounts/{id}/relogin");
-    let pending = std::thread::spawn(move || admin.try_send(Method::POST, &path, Some(b"{}".to_vec())));
+    let pending =
+        std::thread::spawn(move || admin.try_send(Method::POST, &path, Some(b"{}".to_vec())));
     wait_for_browser(&bed, id);
 
     let stopping = Instant::now();
     let status = bed.stop();
     let took = stopping.elapsed();
-    assert!(status.success(), "the farm did not exit cleanly on SIGTERM: {status}");
-    assert!(took < secs(10), "SIGTERM took {took:?}: the open browser was waited out, not closed");
+    assert!(
+        status.success(),
+        "the farm did not exit cleanly on SIGTERM: {status}"
+    );
+    assert!(
+        took < secs(10),
+        "SIGTERM took {took:?}: the open browser was waited out, not closed"
+    );
     let answer = pending.join().expect("the relogin request thread");
     if let Ok(resp) = &answer {
-        assert_ne!(resp.status, 200, "an interrupted relogin cannot succeed: {}", resp.text);
+        assert_ne!(
+            resp.status, 200,
+            "an interrupted relogin cannot succeed: {}",
+            resp.text
+        );
     }
     let left = chromium_pids_under(&bed.layout.profiles_dir());
     assert!(left.is_empty(), "Chromium outlived the farm: {left:?}");
@@ -453,16 +628,26 @@ fn sigterm_during_a_relogin_closes_the_browser_and_keeps_the_session() {
     bed.start_farm();
     put_script(&bed, id, &script).ok();
     let again = relogin(&bed, id);
-    assert!(steps_acted(&again) <= 1, "the session cookie should have been kept: {again}");
+    assert!(
+        steps_acted(&again) <= 1,
+        "the session cookie should have been kept: {again}"
+    );
     assert_eq!(again["state"], "healthy", "{again}");
     assert_no_chromium_left(&bed);
 }
 
 #[test]
 fn two_accounts_relog_one_at_a_time_and_removing_one_removes_its_profile() {
-    let browser = BrowserSettings { max_concurrent: 1, retry_initial: "1h", retry_max: "6h" };
+    let browser = BrowserSettings {
+        max_concurrent: 1,
+        retry_initial: "1h",
+        retry_max: "6h",
+    };
     let bed = Bed::start(Settings::default().with_browser(browser));
-    let ids: Vec<i64> = ["frank", "grace"].iter().map(|u| bed.add_account(u, 0)).collect();
+    let ids: Vec<i64> = ["frank", "grace"]
+        .iter()
+        .map(|u| bed.add_account(u, 0))
+        .collect();
     let profiles: Vec<PathBuf> = ids.iter().map(|id| profile_dir(&bed, *id)).collect();
 
     // Count the accounts that have a Chromium at the same moment.
@@ -472,7 +657,10 @@ fn two_accounts_relog_one_at_a_time_and_removing_one_removes_its_profile() {
         let (done, peak, profiles) = (done.clone(), peak.clone(), profiles.clone());
         move || {
             while !done.load(Ordering::Relaxed) {
-                let running = profiles.iter().filter(|p| !chromium_pids_under(p).is_empty()).count();
+                let running = profiles
+                    .iter()
+                    .filter(|p| !chromium_pids_under(p).is_empty())
+                    .count();
                 peak.fetch_max(running, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -488,13 +676,31 @@ fn two_accounts_relog_one_at_a_time_and_removing_one_removes_its_profile() {
     }
     done.store(true, Ordering::Relaxed);
     sampler.join().expect("the sampler thread");
-    assert_eq!(peak.load(Ordering::Relaxed), 1, "browser.max_concurrent = 1: never two browsers at once");
+    assert_eq!(
+        peak.load(Ordering::Relaxed),
+        1,
+        "browser.max_concurrent = 1: never two browsers at once"
+    );
     assert_no_chromium_left(&bed);
 
     let (gone, kept) = (ids[0], ids[1]);
-    assert!(profiles.iter().all(|p| p.is_dir()), "a profile per account: {profiles:?}");
-    bed.admin().delete(&format!("/api/accounts/{gone}")).expect(204);
-    assert!(!profile_dir(&bed, gone).exists(), "the removed account's profile is still on disk");
-    let info = bed.admin().get(&format!("/api/accounts/{kept}/browser")).ok();
-    assert_eq!(info["profile_present"], true, "the other account's profile went too: {info}");
+    assert!(
+        profiles.iter().all(|p| p.is_dir()),
+        "a profile per account: {profiles:?}"
+    );
+    bed.admin()
+        .delete(&format!("/api/accounts/{gone}"))
+        .expect(204);
+    assert!(
+        !profile_dir(&bed, gone).exists(),
+        "the removed account's profile is still on disk"
+    );
+    let info = bed
+        .admin()
+        .get(&format!("/api/accounts/{kept}/browser"))
+        .ok();
+    assert_eq!(
+        info["profile_present"], true,
+        "the other account's profile went too: {info}"
+    );
 }

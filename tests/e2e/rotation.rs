@@ -4,16 +4,23 @@
 use crate::support::{int_of, json, str_of, Api, Bed, Settings, PROVIDER};
 
 fn bed_with(strategy: &'static str) -> Bed {
-    Bed::start(Settings { strategy, ..Settings::default() })
+    Bed::start(Settings {
+        strategy,
+        ..Settings::default()
+    })
 }
 
 /// The accounts that serve the next `n` leases.
 fn served(api: &Api, n: usize, session: Option<&str>) -> Vec<i64> {
-    (0..n).map(|_| int_of(&api.lease(PROVIDER, session), "account_id")).collect()
+    (0..n)
+        .map(|_| int_of(&api.lease(PROVIDER, session), "account_id"))
+        .collect()
 }
 
 fn set(bed: &Bed, id: i64, patch: serde_json::Value) {
-    bed.admin().patch(&format!("/api/accounts/{id}"), patch).ok();
+    bed.admin()
+        .patch(&format!("/api/accounts/{id}"), patch)
+        .ok();
 }
 
 #[test]
@@ -25,20 +32,38 @@ fn round_robin_cycles_through_the_usable_accounts() {
     let leases: Vec<_> = (0..3).map(|_| admin.lease(PROVIDER, None)).collect();
     let mut first_round: Vec<i64> = leases.iter().map(|l| int_of(l, "account_id")).collect();
     for lease in &leases {
-        bed.provider.assert_active(str_of(lease, "access_token"), str_of(lease, "label"));
+        bed.provider
+            .assert_active(str_of(lease, "access_token"), str_of(lease, "label"));
     }
     let next_rounds = served(&admin, 6, None);
-    assert_eq!(next_rounds[..3], first_round[..], "the second round differs: {first_round:?} then {next_rounds:?}");
-    assert_eq!(next_rounds[3..], first_round[..], "the third round differs: {first_round:?} then {next_rounds:?}");
+    assert_eq!(
+        next_rounds[..3],
+        first_round[..],
+        "the second round differs: {first_round:?} then {next_rounds:?}"
+    );
+    assert_eq!(
+        next_rounds[3..],
+        first_round[..],
+        "the third round differs: {first_round:?} then {next_rounds:?}"
+    );
     first_round.sort();
-    assert_eq!(first_round, ids, "one round does not serve every account once");
+    assert_eq!(
+        first_round, ids,
+        "one round does not serve every account once"
+    );
 
     // A disabled account is skipped; the others alternate.
     set(&bed, ids[1], json!({"enabled": false}));
     assert_eq!(bed.account(ids[1])["state"], "disabled");
     let rest = served(&admin, 4, None);
-    assert!(!rest.contains(&ids[1]), "a disabled account served: {rest:?}");
-    assert!(rest.windows(2).all(|w| w[0] != w[1]), "not alternating: {rest:?}");
+    assert!(
+        !rest.contains(&ids[1]),
+        "a disabled account served: {rest:?}"
+    );
+    assert!(
+        rest.windows(2).all(|w| w[0] != w[1]),
+        "not alternating: {rest:?}"
+    );
 }
 
 #[test]
@@ -57,9 +82,16 @@ fn least_used_prefers_the_accounts_with_fewest_leases() {
     // ...then the two others catch up before it serves again.
     let next = served(&admin, 6, None);
     for id in &ids[1..] {
-        assert_eq!(next.iter().filter(|n| *n == id).count(), 3, "{next:?} (accounts {ids:?})");
+        assert_eq!(
+            next.iter().filter(|n| *n == id).count(),
+            3,
+            "{next:?} (accounts {ids:?})"
+        );
     }
-    let usage: Vec<i64> = ids.iter().map(|id| int_of(&bed.account(*id), "leases_24h")).collect();
+    let usage: Vec<i64> = ids
+        .iter()
+        .map(|id| int_of(&bed.account(*id), "leases_24h"))
+        .collect();
     assert_eq!(usage, vec![3, 3, 3]);
 }
 
@@ -91,22 +123,41 @@ fn sticky_keeps_a_session_on_its_account() {
     let client = bed.client("sessions");
 
     let one = served(&client, 4, Some("session-one"));
-    assert!(one.iter().all(|id| *id == one[0]), "session-one moved: {one:?}");
+    assert!(
+        one.iter().all(|id| *id == one[0]),
+        "session-one moved: {one:?}"
+    );
     let two = served(&client, 4, Some("session-two"));
-    assert!(two.iter().all(|id| *id == two[0]), "session-two moved: {two:?}");
+    assert!(
+        two.iter().all(|id| *id == two[0]),
+        "session-two moved: {two:?}"
+    );
     // Requests between them do not move them.
     let mut anonymous = served(&client, 3, None);
     anonymous.sort();
-    assert_eq!(anonymous, ids, "without a session key every account takes its turn");
+    assert_eq!(
+        anonymous, ids,
+        "without a session key every account takes its turn"
+    );
     assert_eq!(served(&client, 2, Some("session-one")), vec![one[0]; 2]);
 
     // When its account cannot serve, the session moves on, and stays there.
     let lease = client.lease(PROVIDER, Some("session-one"));
     client.report(&lease, "rate_limited", Some(600));
     let moved = served(&client, 3, Some("session-one"));
-    assert_ne!(moved[0], one[0], "session-one still served by its cooling account");
-    assert!(moved.iter().all(|id| *id == moved[0]), "session-one did not stay on its new account: {moved:?}");
+    assert_ne!(
+        moved[0], one[0],
+        "session-one still served by its cooling account"
+    );
+    assert!(
+        moved.iter().all(|id| *id == moved[0]),
+        "session-one did not stay on its new account: {moved:?}"
+    );
     if two[0] != one[0] {
-        assert_eq!(served(&client, 2, Some("session-two")), vec![two[0]; 2], "session-two moved");
+        assert_eq!(
+            served(&client, 2, Some("session-two")),
+            vec![two[0]; 2],
+            "session-two moved"
+        );
     }
 }

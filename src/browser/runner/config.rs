@@ -192,9 +192,18 @@ pub fn export_driver_env(cfg: &BrowserConfig) {
 fn driver_dir(cfg: &BrowserConfig) -> Option<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
     let dir = BrowserConfig::absolute(&cfg.profiles_dir).join(".driver");
-    let package = BrowserConfig::absolute(&cfg.driver_cli_js).parent()?.to_path_buf();
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).ok()?;
-    for (name, target) in [("node", BrowserConfig::absolute(&cfg.node)), ("package", package)] {
+    let package = BrowserConfig::absolute(&cfg.driver_cli_js)
+        .parent()?
+        .to_path_buf();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .ok()?;
+    for (name, target) in [
+        ("node", BrowserConfig::absolute(&cfg.node)),
+        ("package", package),
+    ] {
         let link = dir.join(name);
         if std::fs::read_link(&link).ok().as_deref() != Some(target.as_path()) {
             let _ = std::fs::remove_file(&link);

@@ -72,8 +72,8 @@ async fn relogin_timings() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark"]
 async fn launch_breakdown() {
-    use relogin_farm::browser::runner::{export_driver_env, BrowserConfig};
     use playwright_rs::{BrowserContextOptions, Playwright};
+    use relogin_farm::browser::runner::{export_driver_env, BrowserConfig};
 
     let runs: usize = std::env::var("BENCH_RUNS")
         .ok()

@@ -34,33 +34,61 @@ pub fn probe_body(method: &Method) -> Option<Vec<u8>> {
 }
 
 pub fn http_client() -> Client {
-    Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().expect("build an HTTP client")
+    Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("build an HTTP client")
 }
 
 impl Api {
     pub fn new(http: Client, base: &str, token: Option<&str>) -> Api {
-        Api { http, base: base.to_string(), authorization: token.map(|t| format!("Bearer {t}")) }
+        Api {
+            http,
+            base: base.to_string(),
+            authorization: token.map(|t| format!("Bearer {t}")),
+        }
     }
 
     /// The same farm with another `Authorization` header value (or none).
     pub fn with_authorization(&self, header: Option<&str>) -> Api {
-        Api { authorization: header.map(str::to_string), ..self.clone() }
+        Api {
+            authorization: header.map(str::to_string),
+            ..self.clone()
+        }
     }
 
     /// Sends a request; `Err` only when no HTTP answer came back. An event
     /// stream's body is not read (it never ends): its `text` is empty.
-    pub fn try_send(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> reqwest::Result<Resp> {
+    pub fn try_send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> reqwest::Result<Resp> {
         let resp = self.request(method, path, body).send()?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let mut answer = Resp { status, headers, text: String::new() };
-        if !answer.header("content-type").is_some_and(|t| t.starts_with("text/event-stream")) {
+        let mut answer = Resp {
+            status,
+            headers,
+            text: String::new(),
+        };
+        if !answer
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("text/event-stream"))
+        {
             answer.text = resp.text()?;
         }
         Ok(answer)
     }
 
-    fn request(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> reqwest::blocking::RequestBuilder {
+    fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> reqwest::blocking::RequestBuilder {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(auth) = &self.authorization {
             req = req.header("authorization", auth);
@@ -74,24 +102,40 @@ impl Api {
     /// `GET path` as a Server-Sent Events stream, resuming after
     /// `last_event_id` when given. Any answer but a 200 event stream is the
     /// `Err`, read in full.
-    pub fn event_stream(&self, path: &str, last_event_id: Option<&str>) -> Result<EventStream, Box<Resp>> {
-        let mut req = self.request(Method::GET, path, None).header("accept", "text/event-stream");
+    pub fn event_stream(
+        &self,
+        path: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<EventStream, Box<Resp>> {
+        let mut req = self
+            .request(Method::GET, path, None)
+            .header("accept", "text/event-stream");
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id);
         }
-        let resp = req.send().unwrap_or_else(|e| panic!("GET {path}: no answer from the farm: {e}"));
+        let resp = req
+            .send()
+            .unwrap_or_else(|e| panic!("GET {path}: no answer from the farm: {e}"));
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let content_type = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
         if status == 200 && content_type.starts_with("text/event-stream") {
             return Ok(EventStream::read(resp));
         }
-        Err(Box::new(Resp { status, headers, text: resp.text().unwrap_or_default() }))
+        Err(Box::new(Resp {
+            status,
+            headers,
+            text: resp.text().unwrap_or_default(),
+        }))
     }
 
     pub fn send(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Resp {
         let what = format!("{method} {path}");
-        self.try_send(method, path, body).unwrap_or_else(|e| panic!("{what}: no answer from the farm: {e}"))
+        self.try_send(method, path, body)
+            .unwrap_or_else(|e| panic!("{what}: no answer from the farm: {e}"))
     }
 
     pub fn get(&self, path: &str) -> Resp {
@@ -138,8 +182,9 @@ impl Api {
 impl Resp {
     /// The body as JSON (panics with the text when it is not JSON).
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.text)
-            .unwrap_or_else(|e| panic!("HTTP {} body is not JSON ({e}): {}", self.status, self.text))
+        serde_json::from_str(&self.text).unwrap_or_else(|e| {
+            panic!("HTTP {} body is not JSON ({e}): {}", self.status, self.text)
+        })
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -148,7 +193,11 @@ impl Resp {
 
     /// Asserts `status`; returns the JSON body (`null` when empty).
     pub fn expect(&self, status: u16) -> Value {
-        assert_eq!(self.status, status, "expected HTTP {status}, got {}: {}", self.status, self.text);
+        assert_eq!(
+            self.status, status,
+            "expected HTTP {status}, got {}: {}",
+            self.status, self.text
+        );
         if self.text.is_empty() {
             Value::Null
         } else {
@@ -175,7 +224,10 @@ impl Resp {
     pub fn error_problem(&self, status: u16, code: &str) -> Option<String> {
         let content_type = self.header("content-type").unwrap_or_default();
         let body: Option<Value> = serde_json::from_str(&self.text).ok();
-        let detail = body.as_ref().and_then(|b| b["detail"].as_str()).unwrap_or_default();
+        let detail = body
+            .as_ref()
+            .and_then(|b| b["detail"].as_str())
+            .unwrap_or_default();
         let problem = if self.status != status {
             format!("expected HTTP {status}, got {}", self.status)
         } else if !content_type.starts_with("application/json") {

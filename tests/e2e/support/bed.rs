@@ -61,7 +61,11 @@ pub struct BrowserSettings {
 
 impl Default for BrowserSettings {
     fn default() -> Self {
-        BrowserSettings { max_concurrent: 2, retry_initial: "1s", retry_max: "5s" }
+        BrowserSettings {
+            max_concurrent: 2,
+            retry_initial: "1s",
+            retry_max: "5s",
+        }
     }
 }
 
@@ -92,7 +96,10 @@ impl Settings {
     /// Short-lived tokens that the scheduler refreshes: 4 s access tokens,
     /// refreshed 2 s before expiry.
     pub fn short_tokens() -> Self {
-        Settings { access_ttl: 4, ..Settings::default() }
+        Settings {
+            access_ttl: 4,
+            ..Settings::default()
+        }
     }
 
     /// These settings plus `toml` at the end of `farm.toml`.
@@ -104,7 +111,10 @@ impl Settings {
 
     /// These settings with the farm's own browser enabled (`[browser]`).
     pub fn with_browser(self, browser: BrowserSettings) -> Self {
-        Settings { browser: Some(browser), ..self }
+        Settings {
+            browser: Some(browser),
+            ..self
+        }
     }
 }
 
@@ -123,13 +133,27 @@ pub struct Bed {
 
 impl Bed {
     pub fn start(settings: Settings) -> Bed {
-        let dir = tempfile::Builder::new().prefix("relogin-farm-e2e-").tempdir().expect("create a temp dir");
-        let layout = Layout { root: dir.path().to_path_buf() };
+        let dir = tempfile::Builder::new()
+            .prefix("relogin-farm-e2e-")
+            .tempdir()
+            .expect("create a temp dir");
+        let layout = Layout {
+            root: dir.path().to_path_buf(),
+        };
         let provider = Provider::start(&layout.provider_log(), settings.access_ttl);
         let admin_token = format!("adm-{}", random_hex(24));
         layout.write_config(&settings, &provider, &admin_token);
         let store_key = random_store_key();
-        let mut bed = Bed { settings, provider, layout, admin_token, store_key, farm: None, http: http_client(), _dir: dir };
+        let mut bed = Bed {
+            settings,
+            provider,
+            layout,
+            admin_token,
+            store_key,
+            farm: None,
+            http: http_client(),
+            _dir: dir,
+        };
         bed.start_farm();
         bed
     }
@@ -168,7 +192,10 @@ impl Bed {
     /// SIGTERM, then start again on the same data dir; the stop must be clean.
     pub fn restart(&mut self) {
         let status = self.stop();
-        assert!(status.success(), "the farm did not exit cleanly on SIGTERM: {status}");
+        assert!(
+            status.success(),
+            "the farm did not exit cleanly on SIGTERM: {status}"
+        );
         self.start_farm();
     }
 
@@ -193,7 +220,10 @@ impl Bed {
 
     /// Creates a client key; returns its id and the key.
     pub fn new_client(&self, name: &str) -> (i64, String) {
-        let created = self.admin().post("/api/clients", json!({"name": name})).expect(201);
+        let created = self
+            .admin()
+            .post("/api/clients", json!({"name": name}))
+            .expect(201);
         assert_eq!(created["name"], name, "{created}");
         (int_of(&created, "id"), str_of(&created, "key").to_string())
     }
@@ -218,7 +248,10 @@ impl Bed {
 
     /// `POST /api/accounts/{id}/login`: the authorize URL.
     pub fn start_login(&self, id: i64) -> String {
-        let started = self.admin().post(&format!("/api/accounts/{id}/login"), json!({})).ok();
+        let started = self
+            .admin()
+            .post(&format!("/api/accounts/{id}/login"), json!({}))
+            .ok();
         assert!(started["expires_at"].is_string(), "{started}");
         str_of(&started, "authorize_url").to_string()
     }
@@ -226,7 +259,12 @@ impl Bed {
     /// Logs `user` in by pasting the redirect URL; returns the account.
     pub fn login_by_paste(&self, id: i64, user: &str) -> Value {
         let redirect_url = browser::sign_in(&self.start_login(id), user);
-        self.admin().post(&format!("/api/accounts/{id}/login/complete"), json!({"redirect_url": redirect_url})).ok()
+        self.admin()
+            .post(
+                &format!("/api/accounts/{id}/login/complete"),
+                json!({"redirect_url": redirect_url}),
+            )
+            .ok()
     }
 
     /// Logs `user` in through the farm's loopback listener; returns the
@@ -240,13 +278,19 @@ impl Bed {
     /// Adds one healthy account per user (priority 0, by paste); returns
     /// their ids in the same order.
     pub fn logged_in(&self, users: &[&str]) -> Vec<i64> {
-        users.iter().map(|u| self.logged_in_with_priority(u, 0)).collect()
+        users
+            .iter()
+            .map(|u| self.logged_in_with_priority(u, 0))
+            .collect()
     }
 
     pub fn logged_in_with_priority(&self, user: &str, priority: i64) -> i64 {
         let id = self.add_account(user, priority);
         let account = self.login_by_paste(id, user);
-        assert_eq!(account["state"], "healthy", "after the login of {user}: {account}");
+        assert_eq!(
+            account["state"], "healthy",
+            "after the login of {user}: {account}"
+        );
         id
     }
 
@@ -256,16 +300,26 @@ impl Bed {
         assert_eq!(resp.status, 200, "/metrics: {}", resp.text);
         let samples = prometheus_samples(&resp.text);
         let found = samples.iter().find(|(s, _)| s == series);
-        found.unwrap_or_else(|| panic!("no {series} in /metrics:\n{}", resp.text)).1
+        found
+            .unwrap_or_else(|| panic!("no {series} in /metrics:\n{}", resp.text))
+            .1
     }
 
     /// Waits until the account's state is `state`; returns the account.
     pub fn wait_state(&self, id: i64, state: &str, timeout: Duration) -> Value {
-        self.wait_account(&format!("account {id} to be {state}"), id, timeout, |a| a["state"] == state)
+        self.wait_account(&format!("account {id} to be {state}"), id, timeout, |a| {
+            a["state"] == state
+        })
     }
 
     /// Waits until `accept` holds for the account; returns the account.
-    pub fn wait_account(&self, what: &str, id: i64, timeout: Duration, accept: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait_account(
+        &self,
+        what: &str,
+        id: i64,
+        timeout: Duration,
+        accept: impl Fn(&Value) -> bool,
+    ) -> Value {
         wait_for(what, timeout, || {
             let account = self.account(id);
             if accept(&account) {
@@ -284,7 +338,10 @@ impl Drop for Bed {
         if !std::thread::panicking() {
             return;
         }
-        for (name, path) in [("farm", self.layout.farm_log()), ("provider", self.layout.provider_log())] {
+        for (name, path) in [
+            ("farm", self.layout.farm_log()),
+            ("provider", self.layout.provider_log()),
+        ] {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             let tail = lines[lines.len().saturating_sub(40)..].join("\n");

@@ -58,12 +58,17 @@ impl Layout {
             .mode(0o600)
             .open(self.admin_token_file())
             .expect("write the admin token file");
-        std::io::Write::write_all(&mut token, format!("{admin_token}\n").as_bytes()).expect("write the admin token");
+        std::io::Write::write_all(&mut token, format!("{admin_token}\n").as_bytes())
+            .expect("write the admin token");
 
         let s = settings;
         let mut toml = String::new();
         let q = |p: &Path| toml_string(&p.display().to_string());
-        let _ = writeln!(toml, "[server]\nadmin_token_file = {}\nlease_ttl = \"10m\"\n", q(&self.admin_token_file()));
+        let _ = writeln!(
+            toml,
+            "[server]\nadmin_token_file = {}\nlease_ttl = \"10m\"\n",
+            q(&self.admin_token_file())
+        );
         let _ = writeln!(toml, "[store]\npath = {}\n", q(&self.db()));
         let _ = writeln!(
             toml,
@@ -124,9 +129,17 @@ pub struct FarmProcess {
 impl FarmProcess {
     /// Starts the farm of `layout`; `store_key` goes to `RELOGIN_FARM_KEY`
     /// (`None`: the farm uses, or creates, `data/farm.key`).
-    pub fn start(layout: &Layout, store_key: Option<&str>, rust_log: Option<&str>) -> Result<FarmProcess, StartFailure> {
+    pub fn start(
+        layout: &Layout,
+        store_key: Option<&str>,
+        rust_log: Option<&str>,
+    ) -> Result<FarmProcess, StartFailure> {
         let mut cmd = clean_command(env!("CARGO_BIN_EXE_relogin-farm"));
-        cmd.arg("serve").arg("--config").arg(layout.config()).args(["--listen", "127.0.0.1:0"]).current_dir(&layout.root);
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(layout.config())
+            .args(["--listen", "127.0.0.1:0"])
+            .current_dir(&layout.root);
         if let Some(key) = store_key {
             cmd.env("RELOGIN_FARM_KEY", key);
         }
@@ -134,7 +147,10 @@ impl FarmProcess {
             cmd.env("RUST_LOG", filter);
         }
         let (daemon, url) = Daemon::spawn("relogin-farm", cmd, &layout.farm_log(), "LISTENING ")?;
-        assert!(url.starts_with("http://127.0.0.1:"), "unexpected LISTENING line: {url}");
+        assert!(
+            url.starts_with("http://127.0.0.1:"),
+            "unexpected LISTENING line: {url}"
+        );
         Ok(FarmProcess { daemon, url })
     }
 

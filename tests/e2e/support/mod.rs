@@ -37,13 +37,23 @@ pub fn repo_root() -> &'static Path {
 /// `tests/oidc`, after checking that node and the provider's packages are
 /// installed. A missing tool fails the test: these tests never skip.
 pub fn oidc_dir() -> PathBuf {
-    node_package_dir("tests/oidc", "oidc-provider", "the test OIDC provider", "npm ci --prefix tests/oidc")
+    node_package_dir(
+        "tests/oidc",
+        "oidc-provider",
+        "the test OIDC provider",
+        "npm ci --prefix tests/oidc",
+    )
 }
 
 /// `scripts/playwright`, the project's pinned Playwright driver, after
 /// checking that node, `playwright-core` and Debian's Chromium are installed.
 pub fn playwright_dir() -> PathBuf {
-    let dir = node_package_dir("scripts/playwright", "playwright-core", "Playwright", "npm ci --prefix scripts/playwright");
+    let dir = node_package_dir(
+        "scripts/playwright",
+        "playwright-core",
+        "Playwright",
+        "npm ci --prefix scripts/playwright",
+    );
     assert!(
         Path::new(CHROMIUM).is_file(),
         "the admin page tests need {CHROMIUM}: run `scripts/setup` (it runs `apt-get install chromium`)"
@@ -60,17 +70,24 @@ pub const CHROMIUM: &str = "/usr/bin/chromium";
 fn node_package_dir(dir: &str, package: &str, what: &str, npm_ci: &str) -> PathBuf {
     static NODE: OnceLock<Result<(), String>> = OnceLock::new();
     let fix = format!("run `scripts/setup` (it installs node and runs `{npm_ci}`)");
-    let node = NODE.get_or_init(|| match std::process::Command::new("node").arg("--version").output() {
-        Ok(out) if out.status.success() => Ok(()),
-        Ok(out) => Err(format!("`node --version` failed ({})", out.status)),
-        Err(e) => Err(format!("node is not installed ({e})")),
-    });
+    let node =
+        NODE.get_or_init(
+            || match std::process::Command::new("node").arg("--version").output() {
+                Ok(out) if out.status.success() => Ok(()),
+                Ok(out) => Err(format!("`node --version` failed ({})", out.status)),
+                Err(e) => Err(format!("node is not installed ({e})")),
+            },
+        );
     if let Err(reason) = node {
         panic!("the e2e tests need {what}: {reason}; {fix}");
     }
     let dir = repo_root().join(dir);
     let installed = dir.join("node_modules").join(package).join("package.json");
-    assert!(installed.is_file(), "the e2e tests need {what}: {} is missing; {fix}", installed.display());
+    assert!(
+        installed.is_file(),
+        "the e2e tests need {what}: {} is missing; {fix}",
+        installed.display()
+    );
     dir
 }
 
@@ -78,7 +95,11 @@ fn node_package_dir(dir: &str, package: &str, what: &str, npm_ci: &str) -> PathB
 /// person to look at (git ignores `target/`).
 pub fn artifacts_dir(name: &str) -> PathBuf {
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let dir = tmp.parent().expect("CARGO_TARGET_TMPDIR is inside the target dir").join("test-artifacts").join(name);
+    let dir = tmp
+        .parent()
+        .expect("CARGO_TARGET_TMPDIR is inside the target dir")
+        .join("test-artifacts")
+        .join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
     dir
@@ -86,12 +107,17 @@ pub fn artifacts_dir(name: &str) -> PathBuf {
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind a free loopback port").port()
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free loopback port")
+        .port()
 }
 
 /// `n` random bytes as lowercase hex.
 pub fn random_hex(n: usize) -> String {
-    (0..n).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
+    (0..n)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
 }
 
 /// A fresh store key: base64 of 32 random bytes.
@@ -107,12 +133,17 @@ pub fn secs(s: u64) -> Duration {
 /// Polls `probe` every 50 ms until it returns `Ok`, or panics after
 /// `timeout` with `what` and the last `Err` (what was seen instead).
 pub fn wait_for<T>(what: &str, timeout: Duration, probe: impl FnMut() -> Result<T, String>) -> T {
-    poll(timeout, probe).unwrap_or_else(|seen| panic!("timed out after {timeout:?} waiting for {what}; last seen: {seen}"))
+    poll(timeout, probe).unwrap_or_else(|seen| {
+        panic!("timed out after {timeout:?} waiting for {what}; last seen: {seen}")
+    })
 }
 
 /// Polls `probe` every 50 ms until it returns `Ok`; after `timeout`, the
 /// last `Err`.
-pub fn poll<T>(timeout: Duration, mut probe: impl FnMut() -> Result<T, String>) -> Result<T, String> {
+pub fn poll<T>(
+    timeout: Duration,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> Result<T, String> {
     let deadline = Instant::now() + timeout;
     loop {
         match probe() {
@@ -125,12 +156,16 @@ pub fn poll<T>(timeout: Duration, mut probe: impl FnMut() -> Result<T, String>) 
 
 /// `value[key]` as a string (panics with the value when it is not one).
 pub fn str_of<'a>(value: &'a Value, key: &str) -> &'a str {
-    value[key].as_str().unwrap_or_else(|| panic!("{key} is not a string in {value}"))
+    value[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("{key} is not a string in {value}"))
 }
 
 /// `value[key]` as an integer (panics with the value when it is not one).
 pub fn int_of(value: &Value, key: &str) -> i64 {
-    value[key].as_i64().unwrap_or_else(|| panic!("{key} is not an integer in {value}"))
+    value[key]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{key} is not an integer in {value}"))
 }
 
 /// Parses an RFC 3339 field of `value`.
@@ -145,7 +180,9 @@ pub fn time_of(value: &Value, key: &str) -> chrono::DateTime<chrono::Utc> {
 pub fn prometheus_samples(text: &str) -> Vec<(String, f64)> {
     let is_name = |n: &str| {
         let mut chars = n.chars();
-        chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
             && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
     };
     let mut samples = Vec::new();
@@ -153,16 +190,26 @@ pub fn prometheus_samples(text: &str) -> Vec<(String, f64)> {
         if let Some(comment) = line.strip_prefix("# ") {
             let mut words = comment.split(' ');
             let (kind, name) = (words.next(), words.next());
-            assert!(matches!(kind, Some("HELP" | "TYPE")) && name.is_some_and(is_name), "bad comment line: {line}");
+            assert!(
+                matches!(kind, Some("HELP" | "TYPE")) && name.is_some_and(is_name),
+                "bad comment line: {line}"
+            );
             continue;
         }
-        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample line: {line}"));
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad sample line: {line}"));
         let name = series.split_once('{').map_or(series, |(name, labels)| {
-            assert!(labels.ends_with('}') && labels.contains("=\""), "bad labels in: {line}");
+            assert!(
+                labels.ends_with('}') && labels.contains("=\""),
+                "bad labels in: {line}"
+            );
             name
         });
         assert!(is_name(name), "bad metric name in: {line}");
-        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad sample value in: {line}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad sample value in: {line}"));
         samples.push((series.to_string(), value));
     }
     samples

@@ -34,9 +34,18 @@ impl Daemon {
     /// Starts `cmd` (its stderr appended to `log`) and waits for a stdout
     /// line starting with `ready_prefix`; returns the daemon and the rest
     /// of that line.
-    pub fn spawn(name: &str, mut cmd: Command, log: &Path, ready_prefix: &str) -> Result<(Daemon, String), StartFailure> {
+    pub fn spawn(
+        name: &str,
+        mut cmd: Command,
+        log: &Path,
+        ready_prefix: &str,
+    ) -> Result<(Daemon, String), StartFailure> {
         let log_start = fs::metadata(log).map(|m| m.len()).unwrap_or(0);
-        let stderr = File::options().create(true).append(true).open(log).expect("open the daemon's log file");
+        let stderr = File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open the daemon's log file");
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -44,7 +53,11 @@ impl Daemon {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
         let lines = read_lines(child.stdout.take().expect("stdout is piped"));
-        let mut daemon = Daemon { name: name.to_string(), child, log: log.to_path_buf() };
+        let mut daemon = Daemon {
+            name: name.to_string(),
+            child,
+            log: log.to_path_buf(),
+        };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
@@ -57,11 +70,17 @@ impl Daemon {
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     // stdout closed: the process is exiting.
                     let status = daemon.wait(Duration::from_secs(10));
-                    return Err(StartFailure { status, log: daemon.log_since(log_start) });
+                    return Err(StartFailure {
+                        status,
+                        log: daemon.log_since(log_start),
+                    });
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     daemon.kill();
-                    return Err(StartFailure { status: None, log: daemon.log_since(log_start) });
+                    return Err(StartFailure {
+                        status: None,
+                        log: daemon.log_since(log_start),
+                    });
                 }
             }
         }
@@ -74,8 +93,14 @@ impl Daemon {
     /// SIGTERM, then waits up to `timeout` for the exit. Panics (after a
     /// SIGKILL) if the process does not stop in time.
     pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
-        let sent = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
-        assert!(sent.is_ok_and(|s| s.success()), "could not send SIGTERM to {}", self.name);
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        assert!(
+            sent.is_ok_and(|s| s.success()),
+            "could not send SIGTERM to {}",
+            self.name
+        );
         match self.wait(timeout) {
             Some(status) => status,
             None => {
@@ -155,8 +180,18 @@ pub fn run_with_deadline(name: &str, mut cmd: Command, timeout: Duration) -> std
             bytes
         })
     };
-    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
-    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
     let Some(status) = wait_exit(&mut child, timeout) else {
         let _ = child.kill();
         let _ = child.wait();
@@ -166,7 +201,11 @@ pub fn run_with_deadline(name: &str, mut cmd: Command, timeout: Duration) -> std
     };
     let stdout = stdout.join().unwrap_or_default();
     let stderr = stderr.join().unwrap_or_default();
-    std::process::Output { status, stdout, stderr }
+    std::process::Output {
+        status,
+        stdout,
+        stderr,
+    }
 }
 
 /// Waits up to `timeout` for `child` to exit.

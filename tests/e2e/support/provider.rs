@@ -29,18 +29,40 @@ impl Provider {
         let redirect_uri = format!("http://127.0.0.1:{}/callback", free_port());
         let mut cmd = clean_command("node");
         cmd.arg(oidc.join("provider.mjs"))
-            .args(["--port", "0", "--access-ttl", &access_ttl.to_string(), "--redirect-uri", &redirect_uri])
+            .args([
+                "--port",
+                "0",
+                "--access-ttl",
+                &access_ttl.to_string(),
+                "--redirect-uri",
+                &redirect_uri,
+            ])
             .current_dir(&oidc);
-        let (daemon, issuer) = Daemon::spawn("provider", cmd, log, "READY ")
-            .unwrap_or_else(|f| panic!("the OIDC provider did not start ({:?}):\n{}", f.status, f.log));
-        Provider { _daemon: daemon, issuer, redirect_uri, http: Client::builder().no_proxy().build().expect("client") }
+        let (daemon, issuer) = Daemon::spawn("provider", cmd, log, "READY ").unwrap_or_else(|f| {
+            panic!(
+                "the OIDC provider did not start ({:?}):\n{}",
+                f.status, f.log
+            )
+        });
+        Provider {
+            _daemon: daemon,
+            issuer,
+            redirect_uri,
+            http: Client::builder().no_proxy().build().expect("client"),
+        }
     }
 
     fn test_api(&self, method: reqwest::Method, path: &str) -> Value {
         let url = format!("{}/__test/{path}", self.issuer);
-        let resp = self.http.request(method, &url).send().unwrap_or_else(|e| panic!("{url}: {e}"));
+        let resp = self
+            .http
+            .request(method, &url)
+            .send()
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
         let status = resp.status();
-        let body: Value = resp.json().unwrap_or_else(|e| panic!("{url}: not JSON: {e}"));
+        let body: Value = resp
+            .json()
+            .unwrap_or_else(|e| panic!("{url}: not JSON: {e}"));
         assert!(status.is_success(), "{url}: {status} {body}");
         body
     }
@@ -63,24 +85,34 @@ impl Provider {
 
     /// Revokes every grant of `user` (the refresh token dies); returns how many.
     pub fn revoke(&self, user: &str) -> u64 {
-        self.test_api(reqwest::Method::POST, &format!("revoke/{user}"))["revoked"].as_u64().unwrap_or(0)
+        self.test_api(reqwest::Method::POST, &format!("revoke/{user}"))["revoked"]
+            .as_u64()
+            .unwrap_or(0)
     }
 
     /// Ends every browser session at the provider: the next authorize shows
     /// the login form again. Returns how many ended.
     pub fn end_sessions(&self) -> u64 {
-        self.test_api(reqwest::Method::POST, "end-sessions")["ended"].as_u64().unwrap_or(0)
+        self.test_api(reqwest::Method::POST, "end-sessions")["ended"]
+            .as_u64()
+            .unwrap_or(0)
     }
 
     /// The base32 TOTP seed of a `totp-*` user (what their authenticator app holds).
     pub fn totp_seed(&self, user: &str) -> String {
         let answer = self.test_api(reqwest::Method::GET, &format!("users/{user}"));
-        answer["totp_seed"].as_str().unwrap_or_else(|| panic!("{user} has no TOTP seed: {answer}")).to_string()
+        answer["totp_seed"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{user} has no TOTP seed: {answer}"))
+            .to_string()
     }
 
     /// The next `count` token requests fail with `status`.
     pub fn token_fail(&self, count: u32, status: u16) {
-        self.test_api(reqwest::Method::POST, &format!("token-fail?count={count}&status={status}"));
+        self.test_api(
+            reqwest::Method::POST,
+            &format!("token-fail?count={count}&status={status}"),
+        );
     }
 
     /// Every token request waits `ms` before the provider handles it.
@@ -105,8 +137,14 @@ impl Provider {
     /// Asserts that `token` is a live access token of `user`.
     pub fn assert_active(&self, token: &str, user: &str) {
         let info = self.introspect(token);
-        assert_eq!(info["active"], true, "the provider says the token of {user} is not active: {info}");
-        assert_eq!(info["sub"], user, "the token belongs to someone else: {info}");
+        assert_eq!(
+            info["active"], true,
+            "the provider says the token of {user} is not active: {info}"
+        );
+        assert_eq!(
+            info["sub"], user,
+            "the token belongs to someone else: {info}"
+        );
         assert_eq!(info["client_id"], CLIENT_ID, "{info}");
     }
 }

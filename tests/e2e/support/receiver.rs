@@ -30,8 +30,12 @@ impl Hit {
 
     /// The body as JSON (panics with the body when it is not JSON).
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("the request body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "the request body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
 }
 
@@ -47,7 +51,10 @@ impl Receiver {
     /// Listens on a free loopback port and answers `status` to everything.
     pub fn start(status: u16) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the receiver");
-        let port = listener.local_addr().expect("the receiver's address").port();
+        let port = listener
+            .local_addr()
+            .expect("the receiver's address")
+            .port();
         let hits = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (seen, stopped) = (hits.clone(), stop.clone());
@@ -61,7 +68,12 @@ impl Receiver {
                 }
             }
         });
-        Receiver { url: format!("http://127.0.0.1:{port}/hook"), hits, stop, port }
+        Receiver {
+            url: format!("http://127.0.0.1:{port}/hook"),
+            hits,
+            stop,
+            port,
+        }
     }
 
     /// A `[[webhook]]` block of `farm.toml` that posts the `events` kinds
@@ -88,7 +100,12 @@ impl Receiver {
     pub fn wait_hits(&self, n: usize, timeout: Duration) -> Vec<Hit> {
         wait_for(&format!("{n} requests at the receiver"), timeout, || {
             let hits = self.hits();
-            let summary = || hits.iter().map(|h| String::from_utf8_lossy(&h.body).into_owned()).collect::<Vec<_>>().join("\n");
+            let summary = || {
+                hits.iter()
+                    .map(|h| String::from_utf8_lossy(&h.body).into_owned())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
             if hits.len() >= n {
                 Ok(hits.clone())
             } else {
@@ -126,10 +143,20 @@ fn serve(conn: TcpStream, status: u16, hits: &Mutex<Vec<Hit>>) -> Option<()> {
         let (name, value) = line.split_once(':')?;
         headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_string());
     }
-    let length: usize = headers.get("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
+    let length: usize = headers
+        .get("content-length")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0);
     let mut body = vec![0; length];
     reader.read_exact(&mut body).ok()?;
-    hits.lock().unwrap().push(Hit { at, method, path, headers, body });
-    let answer = format!("HTTP/1.1 {status} Test\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    hits.lock().unwrap().push(Hit {
+        at,
+        method,
+        path,
+        headers,
+        body,
+    });
+    let answer =
+        format!("HTTP/1.1 {status} Test\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
     reader.get_mut().write_all(answer.as_bytes()).ok()
 }

@@ -23,13 +23,18 @@ pub struct Frame {
 impl Frame {
     /// The data as JSON (panics with the frame when it is not JSON).
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.data).unwrap_or_else(|e| panic!("SSE data is not JSON ({e}): {self:?}"))
+        serde_json::from_str(&self.data)
+            .unwrap_or_else(|e| panic!("SSE data is not JSON ({e}): {self:?}"))
     }
 
     /// The `id:` field as an event id (panics when there is none).
     pub fn event_id(&self) -> i64 {
-        let id = self.id.as_deref().unwrap_or_else(|| panic!("SSE frame without an id: {self:?}"));
-        id.parse().unwrap_or_else(|_| panic!("SSE id is not an integer: {self:?}"))
+        let id = self
+            .id
+            .as_deref()
+            .unwrap_or_else(|| panic!("SSE frame without an id: {self:?}"));
+        id.parse()
+            .unwrap_or_else(|_| panic!("SSE id is not an integer: {self:?}"))
     }
 }
 
@@ -48,7 +53,11 @@ impl EventStream {
             for line in BufReader::new(body).lines() {
                 let Ok(line) = line else { return };
                 if line.is_empty() {
-                    let frame = Frame { id: id.take(), event: event.take(), data: data.join("\n") };
+                    let frame = Frame {
+                        id: id.take(),
+                        event: event.take(),
+                        data: data.join("\n"),
+                    };
                     if !data.is_empty() && tx.send(frame).is_err() {
                         return;
                     }
@@ -84,7 +93,10 @@ impl EventStream {
         while got.len() < n {
             match self.next(deadline.saturating_duration_since(Instant::now())) {
                 Some(frame) => got.push(frame),
-                None => panic!("the event stream sent {} of {n} frames within {timeout:?}: {got:#?}", got.len()),
+                None => panic!(
+                    "the event stream sent {} of {n} frames within {timeout:?}: {got:#?}",
+                    got.len()
+                ),
             }
         }
         got
