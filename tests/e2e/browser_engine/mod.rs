@@ -4,7 +4,6 @@
 
 pub mod support;
 
-mod bench;
 mod login;
 mod pool;
 mod recorder;
