@@ -2,33 +2,8 @@ use super::*;
 use crate::secret::Secret;
 use url::Url;
 
-const DEMO: &str = r##"# scripts/login/demo-alice.toml
-provider = "demo"
-timeout_ms = 15000            # default per-step auto-wait
-[[step]]
-goto = "${authorize_url}"
-[[step]]
-fill = "#username"
-value = "alice"
-optional = true               # skipped if not visible once the page has loaded (no long wait)
-[[step]]
-fill = "#password"
-value = "${secret:password}"
-optional = true
-[[step]]
-click = "#submit"
-optional = true
-[[step]]
-fill = "#code"
-value = "${totp}"             # current TOTP code from the account's `totp` secret (base32)
-optional = true
-[[step]]
-click = "#submit"
-optional = true
-[[step]]
-click = "#allow"
-optional = true
-"##;
+/// The example script shipped in `scripts/login/` (the README's).
+const DEMO: &str = include_str!("../../../scripts/login/demo-alice.toml");
 
 /// The error for `body` appended to a valid header, as (line, message).
 fn err(text: &str) -> (usize, String) {

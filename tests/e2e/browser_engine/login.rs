@@ -3,7 +3,7 @@
 use relogin_farm::browser::runner::FailureKind;
 use relogin_farm::browser::script::LoginScript;
 
-use super::support::{script, Provider, TestPool, DEMO_SCRIPT, PASSWORD_SCRIPT, RUN_TIMEOUT};
+use super::support::{demo_script, script, Provider, TestPool, PASSWORD_SCRIPT, RUN_TIMEOUT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_login_then_live_session_then_full_script_after_sessions_end() {
@@ -70,7 +70,7 @@ async fn totp_user_passes_the_totp_page() {
     let provider = Provider::start();
     let t = TestPool::new(2);
     let (vars, auth) = provider.vars("totp-carol", "totp-carol-password").await;
-    let script = LoginScript::parse(DEMO_SCRIPT).unwrap();
+    let script = LoginScript::parse(&demo_script()).unwrap();
     let outcome = t
         .pool
         .run_login("carol", &script, &vars, &provider.redirect_uri, RUN_TIMEOUT)
@@ -191,7 +191,7 @@ async fn wrong_totp_seed_fails_on_the_totp_page_without_leaking_codes() {
     // A valid seed, but not this account's.
     let wrong_seed = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
     let vars = vars.with_secret("totp", relogin_farm::secret::Secret::new(wrong_seed));
-    let script = LoginScript::parse(DEMO_SCRIPT).unwrap();
+    let script = LoginScript::parse(&demo_script()).unwrap();
     let failure = t
         .pool
         .run_login(

@@ -16,33 +16,12 @@ use relogin_farm::secret::Secret;
 use sha2::{Digest, Sha256};
 use url::Url;
 
-/// The issue's example script.
-pub const DEMO_SCRIPT: &str = r##"provider = "demo"
-timeout_ms = 15000
-[[step]]
-goto = "${authorize_url}"
-[[step]]
-fill = "#username"
-value = "${secret:username}"
-optional = true
-[[step]]
-fill = "#password"
-value = "${secret:password}"
-optional = true
-[[step]]
-click = "#submit"
-optional = true
-[[step]]
-fill = "#code"
-value = "${totp}"
-optional = true
-[[step]]
-click = "#submit"
-optional = true
-[[step]]
-click = "#allow"
-optional = true
-"##;
+/// The example script shipped in `scripts/login/`, with the user name
+/// from a secret so it serves any test user.
+pub fn demo_script() -> String {
+    include_str!("../../../scripts/login/demo-alice.toml")
+        .replace(r#"value = "alice""#, r#"value = "${secret:username}""#)
+}
 
 /// For users without a second factor (no `totp` secret to expand).
 pub const PASSWORD_SCRIPT: &str = r##"provider = "demo"
