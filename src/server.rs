@@ -108,7 +108,7 @@ pub async fn serve(
     ];
     crate::webhooks::spawn_all(&farm, &stop_rx);
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, accounts = farm.list_accounts().map(|a| a.len()).unwrap_or(0), "relogin-farm listening");
+        tracing::info!(%addr, accounts = farm.account_count(), "relogin-farm listening");
     }
     let mut http_stop = stop_rx.clone();
     let http = tokio::spawn(

@@ -120,7 +120,7 @@ pub(crate) fn validate_label(label: &str) -> Result<()> {
 
 impl Farm {
     pub fn list_accounts(&self) -> Result<Vec<AccountView>> {
-        let counts = self.leases_24h()?;
+        let counts = self.leases_24h(None)?;
         let now = Utc::now();
         let st = self.state();
         let browser = self.browser.is_some();
@@ -132,7 +132,7 @@ impl Farm {
     }
 
     pub fn account(&self, id: AccountId) -> Result<AccountView> {
-        let counts = self.leases_24h()?;
+        let counts = self.leases_24h(Some(id))?;
         let now = Utc::now();
         let browser = self.browser.is_some();
         self.with_account(id, |a| {
@@ -140,13 +140,16 @@ impl Farm {
         })
     }
 
-    fn leases_24h(&self) -> Result<HashMap<AccountId, i64>> {
-        let usage = self.store.usage(Utc::now())?;
-        Ok(usage
-            .per_account
-            .into_iter()
-            .filter_map(|r| Some((r.id?, r.last_day.leases)))
-            .collect())
+    /// Leases of the last day per account (of one account, or of all).
+    fn leases_24h(&self, account: Option<AccountId>) -> Result<HashMap<AccountId, i64>> {
+        Ok(self
+            .store
+            .lease_counts_since(Utc::now() - chrono::Duration::days(1), account)?)
+    }
+
+    /// How many accounts there are (no I/O: for `/healthz` and logs).
+    pub fn account_count(&self) -> usize {
+        self.state().accounts.len()
     }
 
     pub fn add_account(&self, provider: &str, label: &str, priority: i64) -> Result<AccountView> {

@@ -27,7 +27,7 @@ fn id_of(what: &'static str, raw: &str) -> Result<AccountId, ApiError> {
 }
 
 pub async fn healthz(farm: Arc<Farm>) -> Response {
-    let accounts = farm.list_accounts().map(|a| a.len()).unwrap_or(0);
+    let accounts = farm.account_count();
     render(Ok::<_, ApiError>(json(
         &json!({"status": "ok", "accounts": accounts}),
     )))

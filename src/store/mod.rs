@@ -475,6 +475,21 @@ impl Store {
         leases::release(&self.conn(), key, now)
     }
 
+    /// Leases issued since `since`, per account (only `account`'s when given).
+    pub fn lease_counts_since(
+        &self,
+        since: DateTime<Utc>,
+        account: Option<AccountId>,
+    ) -> Result<std::collections::HashMap<AccountId, i64>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT account_id, COUNT(*) FROM leases WHERE issued_at >= ?1 AND (?2 IS NULL OR account_id = ?2)
+             GROUP BY account_id",
+        )?;
+        let rows = stmt.query_map(params![ms(since), account], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     pub fn usage(&self, now: DateTime<Utc>) -> Result<leases::Usage> {
         leases::usage(&self.conn(), now)
     }
