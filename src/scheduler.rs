@@ -195,8 +195,8 @@ pub async fn run_sweep(farm: Arc<Farm>, mut shutdown: Shutdown) {
     }
 }
 
-/// The health sweep: expires abandoned logins, prunes old history, bounds
-/// in-memory maps, and wakes the scheduler to re-check every account.
+/// The health sweep: expires abandoned logins, prunes old history, stores
+/// the accounts' last use, bounds in-memory maps, and wakes the scheduler to re-check every account.
 pub fn sweep(farm: &Farm) {
     let now = Utc::now();
     let expired = farm.logins.expire(now);
@@ -211,6 +211,9 @@ pub fn sweep(farm: &Farm) {
             tracing::error!(error = %e, "pruning history failed");
             0
         });
+    if let Err(e) = farm.store_last_used() {
+        tracing::error!(error = %e, "storing accounts' last use failed");
+    }
     let attention = farm.trim_and_count_attention();
     farm.scheduler_wake.notify_one();
     tracing::info!(
@@ -222,6 +225,18 @@ pub fn sweep(farm: &Farm) {
 }
 
 impl Farm {
+    /// Writes each account's last use to its row (by the sweep and at
+    /// shutdown), so that a restart need not search the lease log for it.
+    pub fn store_last_used(&self) -> crate::store::Result<()> {
+        let uses: Vec<_> = self
+            .state()
+            .accounts
+            .values()
+            .filter_map(|a| Some((a.id, a.last_used_at?)))
+            .collect();
+        self.store.store_last_used(&uses)
+    }
+
     /// Bounds the sticky-session map and counts
     /// the accounts a person must look at.
     fn trim_and_count_attention(&self) -> usize {

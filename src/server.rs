@@ -134,5 +134,8 @@ pub async fn serve(
         let _ = http.await;
     })
     .await;
+    if let Err(e) = farm.store_last_used() {
+        tracing::error!(error = %e, "storing accounts' last use failed");
+    }
     tracing::info!("stopped");
 }

@@ -50,11 +50,13 @@ impl Farm {
                 "session must be 1 to {MAX_SESSION_LEN} characters"
             )));
         }
-        let now = Utc::now();
         let rot = &self.config.rotation;
         let (lease, answer) = {
             let mut st = self.state();
             let st = &mut *st;
+            // Stamped under the lock the lease id is allocated under: lease
+            // ids and issue times increase together (`store::leases::first_id_since`).
+            let now = Utc::now();
             let choice = st.rotation.choose(
                 rot.strategy,
                 provider,

@@ -464,7 +464,15 @@ pub fn routes(farm: Arc<Farm>) -> BoxedFilter<(Response,)> {
     let base = || farm.clone().and(caller());
     let raw_query = || warp::query::raw().or(warp::any().map(String::new)).unify();
 
-    let table = path!("healthz")
+    // `/credential/next` is the hot path: it comes first, outside the `or`
+    // chain below, so its requests do not walk (and box a future for) every
+    // other route on the way.
+    let credential_next = path!("credential" / "next")
+        .and(at("GET", "/credential/next"))
+        .and(base())
+        .and(raw_query())
+        .then(h::credential_next);
+    let others = path!("healthz")
         .and(at("GET", "/healthz"))
         .and(farm.clone())
         .then(h::healthz)
@@ -473,13 +481,6 @@ pub fn routes(farm: Arc<Farm>) -> BoxedFilter<(Response,)> {
             .and(at("GET", "/metrics"))
             .and(base())
             .then(h::metrics))
-        .unify()
-        .boxed()
-        .or(path!("credential" / "next")
-            .and(at("GET", "/credential/next"))
-            .and(base())
-            .and(raw_query())
-            .then(h::credential_next))
         .unify()
         .boxed()
         .or(path!("credential" / "report")
@@ -658,6 +659,7 @@ pub fn routes(farm: Arc<Farm>) -> BoxedFilter<(Response,)> {
             .then(h::openapi))
         .unify()
         .boxed();
+    let table = credential_next.or(others).unify();
 
     let built = built.into_inner();
     for r in ROUTES {

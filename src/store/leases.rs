@@ -4,7 +4,14 @@
 //! and commit per request behind a mutex caps the endpoint at a fraction of
 //! what warp serves, so a dedicated writer thread takes every lease waiting
 //! in its queue, writes them in one transaction, and only then wakes the
-//! requests that asked: many requests, one commit.
+//! requests that asked: many requests, one commit. There is no gathering
+//! window: while one batch commits the next one queues, so the batch size
+//! follows the load by itself (one lease per commit when idle, dozens under
+//! load) and no request waits for a timer.
+//!
+//! The lease table has no secondary index (each would be one more b-tree
+//! written per lease). Lease ids increase with time, so "since T" is "from
+//! the first id issued at or after T", found by [`first_id_since`].
 
 use std::fmt;
 use std::path::Path;
@@ -23,10 +30,6 @@ use crate::domain::AccountId;
 
 /// The most leases written in one transaction.
 const MAX_BATCH: usize = 4096;
-/// After the first lease of a batch, how long the writer keeps gathering
-/// more before it commits. Under load this turns many small commits into
-/// few large ones; when idle it adds this much to one request's latency.
-const GATHER: std::time::Duration = std::time::Duration::from_micros(200);
 
 /// A lease's identity: an increasing row id (cheap to insert) and a random
 /// tag, so a lease id cannot be guessed from another. Public form:
@@ -147,10 +150,6 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
     // Ends when every `LeaseLog` handle is dropped.
     while let Ok(first) = rx.recv() {
         batch.push(first);
-        // Sleep rather than wait on the channel: a sleeping writer is not
-        // woken (a futex call on the request's side) for every lease that
-        // arrives during the window.
-        thread::sleep(GATHER);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(job) => batch.push(job),
@@ -272,8 +271,47 @@ pub(super) fn insert_report(conn: &Connection, r: &Report) -> Result<()> {
     Ok(())
 }
 
+/// The smallest lease id issued at or after `since`: every lease from it on
+/// is that recent (one past the newest id when none is; 0 when there are no
+/// leases).
+///
+/// Lease ids are allocated in order with the time stamped under the same
+/// lock (`Farm::next_credential`), so `issued_at` never decreases with the
+/// id while the clock does not step back; a binary search over the primary
+/// key finds the boundary in ~log2(n) seeks. Should the clock step back,
+/// the boundary is still a valid id, only off by the leases of the step.
+pub(super) fn first_id_since(conn: &Connection, since: DateTime<Utc>) -> Result<i64> {
+    let since = ms(since);
+    let (min, max): (Option<i64>, Option<i64>) =
+        conn.query_row("SELECT MIN(id), MAX(id) FROM leases", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let (Some(mut lo), Some(max)) = (min, max) else {
+        return Ok(0);
+    };
+    let mut first_at_or_after =
+        conn.prepare_cached("SELECT issued_at FROM leases WHERE id >= ?1 ORDER BY id LIMIT 1")?;
+    // Invariant: the answer is in lo..=hi; hi (past the newest) always qualifies.
+    let mut hi = max + 1;
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let issued: Option<i64> = first_at_or_after
+            .query_row([mid], |r| r.get(0))
+            .optional()?;
+        if issued.is_none_or(|at| at >= since) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Ok(lo)
+}
+
 pub(super) fn prune(conn: &Connection, before: DateTime<Utc>) -> Result<usize> {
-    let n = conn.execute("DELETE FROM leases WHERE issued_at < ?1", [ms(before)])?;
+    let n = conn.execute(
+        "DELETE FROM leases WHERE id < ?1",
+        [first_id_since(conn, before)?],
+    )?;
     let m = conn.execute("DELETE FROM reports WHERE at < ?1", [ms(before)])?;
     Ok(n + m)
 }
@@ -317,8 +355,14 @@ pub struct Usage {
 }
 
 pub(super) fn usage(conn: &Connection, now: DateTime<Utc>) -> Result<Usage> {
-    let hour = ms(now - Duration::hours(1));
-    let day = ms(now - Duration::days(1));
+    let window = |since: DateTime<Utc>| -> Result<Window> {
+        Ok(Window {
+            at: ms(since),
+            first_lease: first_id_since(conn, since)?,
+        })
+    };
+    let hour = window(now - Duration::hours(1))?;
+    let day = window(now - Duration::days(1))?;
     Ok(Usage {
         generated_at: now,
         per_account: usage_by(conn, "account_id", hour, day)?,
@@ -327,14 +371,22 @@ pub(super) fn usage(conn: &Connection, now: DateTime<Utc>) -> Result<Usage> {
     })
 }
 
+/// A time window: since `at` (ms) for reports, since lease id
+/// `first_lease` for leases.
+#[derive(Clone, Copy)]
+struct Window {
+    at: i64,
+    first_lease: i64,
+}
+
 /// `column` is one of two fixed column names, never user input.
-fn usage_by(conn: &Connection, column: &str, hour: i64, day: i64) -> Result<Vec<UsageRow>> {
+fn usage_by(conn: &Connection, column: &str, hour: Window, day: Window) -> Result<Vec<UsageRow>> {
     let sql = format!(
         "SELECT k, SUM(h), SUM(d), SUM(h_ok), SUM(d_ok), SUM(h_rl), SUM(d_rl), SUM(h_un), SUM(d_un), SUM(h_er), SUM(d_er)
          FROM (
-           SELECT {column} AS k, issued_at >= ?1 AS h, 1 AS d, 0 AS h_ok, 0 AS d_ok, 0 AS h_rl, 0 AS d_rl,
+           SELECT {column} AS k, id >= ?3 AS h, 1 AS d, 0 AS h_ok, 0 AS d_ok, 0 AS h_rl, 0 AS d_rl,
                   0 AS h_un, 0 AS d_un, 0 AS h_er, 0 AS d_er
-             FROM leases WHERE issued_at >= ?2
+             FROM leases WHERE id >= ?4
            UNION ALL
            SELECT {column}, 0, 0,
                   outcome = 'ok' AND at >= ?1, outcome = 'ok',
@@ -345,26 +397,29 @@ fn usage_by(conn: &Connection, column: &str, hour: i64, day: i64) -> Result<Vec<
          ) GROUP BY k ORDER BY k"
     );
     let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map(params![hour, day], |r| {
-        let c = |i: usize| r.get::<_, i64>(i);
-        Ok(UsageRow {
-            id: r.get(0)?,
-            last_hour: Counts {
-                leases: c(1)?,
-                ok: c(3)?,
-                rate_limited: c(5)?,
-                unauthorized: c(7)?,
-                error: c(9)?,
-            },
-            last_day: Counts {
-                leases: c(2)?,
-                ok: c(4)?,
-                rate_limited: c(6)?,
-                unauthorized: c(8)?,
-                error: c(10)?,
-            },
-        })
-    })?;
+    let rows = stmt.query_map(
+        params![hour.at, day.at, hour.first_lease, day.first_lease],
+        |r| {
+            let c = |i: usize| r.get::<_, i64>(i);
+            Ok(UsageRow {
+                id: r.get(0)?,
+                last_hour: Counts {
+                    leases: c(1)?,
+                    ok: c(3)?,
+                    rate_limited: c(5)?,
+                    unauthorized: c(7)?,
+                    error: c(9)?,
+                },
+                last_day: Counts {
+                    leases: c(2)?,
+                    ok: c(4)?,
+                    rate_limited: c(6)?,
+                    unauthorized: c(8)?,
+                    error: c(10)?,
+                },
+            })
+        },
+    )?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
@@ -372,7 +427,7 @@ fn recent(conn: &Connection, limit: i64) -> Result<Vec<RecentLease>> {
     let mut stmt = conn.prepare(
         "SELECT l.id, l.tag, l.account_id, l.client_id, l.session, l.issued_at, l.expires_at, l.released_at,
                 (SELECT outcome FROM reports r WHERE r.lease = l.id ORDER BY r.id DESC LIMIT 1)
-         FROM leases l ORDER BY l.issued_at DESC LIMIT ?1",
+         FROM leases l ORDER BY l.id DESC LIMIT ?1",
     )?;
     let rows = stmt.query_map([limit], |r| {
         Ok(RecentLease {

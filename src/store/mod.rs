@@ -130,23 +130,55 @@ impl Store {
         ))
     }
 
+    /// Every account, with `uses` = its leases since `leases_since`.
     pub fn load_accounts(&self, leases_since: DateTime<Utc>) -> Result<Vec<Account>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT a.id, a.provider, a.label, a.priority, a.enabled, a.auth_state, a.access_token, a.token_type,
                     a.expires_at, a.issued_at, a.refresh_token, a.generation, a.cooldown_until, a.last_refresh_at,
-                    a.last_error, a.last_error_at,
-                    -- the lease log is the record of use; the column only
-                    -- catches what was written with other changes
-                    MAX(COALESCE(a.last_used_at, 0),
-                        COALESCE((SELECT MAX(issued_at) FROM leases l WHERE l.account_id = a.id), 0)),
-                    a.created_at, a.refresh_started_at,
-                    (SELECT COUNT(*) FROM leases l WHERE l.account_id = a.id AND l.issued_at >= ?1),
-                    a.login_script IS NOT NULL
+                    a.last_error, a.last_error_at, COALESCE(a.last_used_at, 0),
+                    a.created_at, a.refresh_started_at, a.login_script IS NOT NULL
              FROM accounts a ORDER BY a.id",
         )?;
-        let rows = stmt.query_map([ms(leases_since)], |row| Ok(self.account_from_row(row)))?;
-        rows.map(|r| r?).collect()
+        let mut accounts = stmt
+            .query_map([], |row| Ok(self.account_from_row(row)))?
+            .map(|r| r?)
+            .collect::<Result<Vec<_>>>()?;
+        // The stored `last_used_at` is written by the sweep, so the lease
+        // log may hold later uses.
+        let mut recent = conn.prepare(
+            "SELECT account_id, COUNT(*), MAX(issued_at) FROM leases WHERE id >= ?1 GROUP BY account_id",
+        )?;
+        let first = leases::first_id_since(&conn, leases_since)?;
+        let mut used: std::collections::HashMap<AccountId, (i64, i64)> = recent
+            .query_map([first], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))?
+            .collect::<rusqlite::Result<_>>()?;
+        for a in &mut accounts {
+            if let Some((count, last)) = used.remove(&a.id) {
+                a.uses = count as u64;
+                a.last_used_at = a.last_used_at.max(Some(from_ms(last)));
+            }
+        }
+        Ok(accounts)
+    }
+
+    /// Stores each account's last use if it is later than the stored one
+    /// (the lease log holds every use; this keeps the account row from
+    /// having to search it).
+    pub fn store_last_used(&self, uses: &[(AccountId, DateTime<Utc>)]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE accounts SET last_used_at = ?2
+                 WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
+            )?;
+            for (id, at) in uses {
+                stmt.execute(params![id, ms(*at)])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     fn account_from_row(&self, row: &Row<'_>) -> Result<Account> {
@@ -199,8 +231,7 @@ impl Store {
         // A refresh that was in flight when the process died: the scheduler
         // retries it at once (see `domain::timing::next_refresh_at`).
         account.suspect = row.get::<_, Option<i64>>(18)?.is_some();
-        account.uses = row.get::<_, i64>(19)? as u64;
-        account.has_login_script = row.get(20)?;
+        account.has_login_script = row.get(19)?;
         Ok(account)
     }
 
@@ -482,11 +513,12 @@ impl Store {
         account: Option<AccountId>,
     ) -> Result<std::collections::HashMap<AccountId, i64>> {
         let conn = self.conn();
+        let first = leases::first_id_since(&conn, since)?;
         let mut stmt = conn.prepare_cached(
-            "SELECT account_id, COUNT(*) FROM leases WHERE issued_at >= ?1 AND (?2 IS NULL OR account_id = ?2)
+            "SELECT account_id, COUNT(*) FROM leases WHERE id >= ?1 AND (?2 IS NULL OR account_id = ?2)
              GROUP BY account_id",
         )?;
-        let rows = stmt.query_map(params![ms(since), account], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let rows = stmt.query_map(params![first, account], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 

@@ -110,6 +110,12 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE INDEX reports_at ON reports (at);
      CREATE INDEX reports_lease ON reports (lease);",
+    // 4 -> 5: no secondary index on leases. Every lease insert paid for two
+    // more b-trees; lease ids increase with time, so time windows are found
+    // by a binary search over the primary key instead
+    // (`leases::first_id_since`), and the last use is kept on the account.
+    "DROP INDEX leases_issued;
+     DROP INDEX leases_account;",
 ];
 
 pub fn migrate(conn: &Connection) -> Result<()> {

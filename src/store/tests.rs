@@ -199,6 +199,134 @@ async fn lease_log_commits_before_acknowledging_and_usage_counts() {
     );
 }
 
+/// Time windows over the lease log without an index on `issued_at`: the
+/// binary search over lease ids, with gaps in the ids (leases allocated but
+/// never written) and accounts interleaved.
+#[tokio::test]
+async fn lease_windows_are_found_by_id_and_prune_keeps_the_recent_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Utc::now();
+    let store = open(dir.path());
+    let alice = store.insert_account("demo", "alice", 0, now).unwrap();
+    let bob = store.insert_account("demo", "bob", 0, now).unwrap();
+    let conn = || store.conn();
+    assert_eq!(
+        leases::first_id_since(&conn(), now).unwrap(),
+        0,
+        "no leases"
+    );
+
+    let log = LeaseLog::start(store.path()).unwrap();
+    // One lease every 20 minutes over three days, oldest first; every third
+    // id is skipped, and every fourth lease is bob's.
+    let minutes: Vec<i64> = (0..216).map(|i| (215 - i) * 20).collect();
+    let mut ids = Vec::new();
+    for (i, ago) in minutes.iter().enumerate() {
+        let key = log.allocate();
+        if key.id % 3 == 0 {
+            let _ = log.allocate();
+        }
+        let account_id = if i % 4 == 0 { bob.id } else { alice.id };
+        let issued_at = now - Duration::minutes(*ago);
+        log.record(NewLease {
+            key,
+            account_id,
+            client_id: Some(1 + (i % 2) as i64),
+            session: None,
+            generation: 1,
+            issued_at,
+            expires_at: issued_at + Duration::minutes(1),
+        })
+        .await
+        .unwrap();
+        ids.push((key.id, issued_at, account_id));
+    }
+    let since = |d: Duration| ids.iter().filter(|(_, at, _)| *at >= now - d).count() as i64;
+
+    // The boundary may fall in a gap: what matters is which side each lease is on.
+    let first_of_day = leases::first_id_since(&conn(), now - Duration::days(1)).unwrap();
+    for (id, at, _) in &ids {
+        assert_eq!(
+            *id >= first_of_day,
+            *at >= now - Duration::days(1),
+            "lease {id}"
+        );
+    }
+    assert_eq!(
+        leases::first_id_since(&conn(), now - Duration::days(9)).unwrap(),
+        ids[0].0,
+        "all leases are newer"
+    );
+    assert_eq!(
+        leases::first_id_since(&conn(), now + Duration::minutes(1)).unwrap(),
+        ids.last().unwrap().0 + 1,
+        "no lease is that new"
+    );
+
+    let usage = store.usage(now).unwrap();
+    let total = |rows: &[leases::UsageRow], hour: bool| -> i64 {
+        rows.iter()
+            .map(|r| {
+                if hour {
+                    r.last_hour.leases
+                } else {
+                    r.last_day.leases
+                }
+            })
+            .sum()
+    };
+    assert_eq!(total(&usage.per_account, true), since(Duration::hours(1)));
+    assert_eq!(total(&usage.per_account, false), since(Duration::days(1)));
+    assert_eq!(total(&usage.per_client, false), since(Duration::days(1)));
+    let newest: LeaseKey = usage.recent[0].lease_id.parse().unwrap();
+    assert_eq!(
+        newest.id,
+        ids.last().unwrap().0,
+        "the newest lease comes first"
+    );
+
+    let bob_day = ids
+        .iter()
+        .filter(|(_, at, who)| *who == bob.id && *at >= now - Duration::days(1))
+        .count() as i64;
+    let counts = store
+        .lease_counts_since(now - Duration::days(1), Some(bob.id))
+        .unwrap();
+    assert_eq!(counts.get(&bob.id), Some(&bob_day));
+    assert_eq!(counts.len(), 1, "only bob's were asked for");
+
+    // At load: uses = the last day's leases; the last use comes from the
+    // lease log when the row has none, from the row when it is later.
+    let loaded = store.load_accounts(now - Duration::days(1)).unwrap();
+    let last = |who| {
+        ids.iter()
+            .filter(|(_, _, w)| *w == who)
+            .map(|(_, at, _)| ms(*at))
+            .max()
+    };
+    assert_eq!(loaded[1].uses as i64, bob_day);
+    assert_eq!(loaded[0].last_used_at.map(ms), last(alice.id));
+    let later = now + Duration::minutes(5);
+    store.store_last_used(&[(bob.id, later)]).unwrap();
+    store
+        .store_last_used(&[(bob.id, now - Duration::days(5))])
+        .unwrap();
+    let loaded = store.load_accounts(now - Duration::days(1)).unwrap();
+    assert_eq!(
+        loaded[1].last_used_at.map(ms),
+        Some(ms(later)),
+        "an older last use never replaces a newer one"
+    );
+
+    let removed = store.prune_leases(now - Duration::days(2)).unwrap();
+    assert_eq!(removed as i64, ids.len() as i64 - since(Duration::days(2)));
+    assert_eq!(
+        total(&store.usage(now).unwrap().per_account, false),
+        since(Duration::days(1)),
+        "the last day is untouched"
+    );
+}
+
 #[test]
 fn secrets_are_encrypted_write_only_and_go_with_the_account() {
     let dir = tempfile::tempdir().unwrap();
