@@ -35,8 +35,8 @@ impl Metrics {
     }
 
     /// Renders the counters plus the per-state account gauge the caller
-    /// computed (`(provider, state, count)`).
-    pub fn render(&self, accounts: &[(String, &'static str, usize)]) -> String {
+    /// computed (`(provider, state, count)`) and the lease log's commit count.
+    pub fn render(&self, accounts: &[(String, &'static str, usize)], lease_commits: u64) -> String {
         let mut out = String::new();
         let mut counter = |name: &str, help: &str, samples: &[(&str, u64)]| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -48,6 +48,11 @@ impl Metrics {
             "relogin_farm_leases_total",
             "Leases handed out.",
             &[("", self.leases.load(Relaxed))],
+        );
+        counter(
+            "relogin_farm_lease_commits_total",
+            "Commits of the lease log (leases are committed in groups: leases / commits is the group size).",
+            &[("", lease_commits)],
         );
         counter(
             "relogin_farm_no_account_available_total",

@@ -254,6 +254,6 @@ impl Farm {
                 .or_default() += 1;
         }
         let rows: Vec<_> = counts.into_iter().map(|((p, s), n)| (p, s, n)).collect();
-        self.metrics.render(&rows)
+        self.metrics.render(&rows, self.lease_log.commits())
     }
 }

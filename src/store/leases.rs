@@ -2,9 +2,15 @@
 //!
 //! `/credential/next` records every lease *before* answering. One INSERT
 //! and commit per request behind a mutex caps the endpoint at a fraction of
-//! what warp serves, so a dedicated writer thread takes every lease waiting
-//! in its queue, writes them in one transaction, and only then wakes the
-//! requests that asked: many requests, one commit. There is no gathering
+//! what warp serves, so leases are group-committed ([`LeaseLog::record`]):
+//! while one batch commits, the next one queues, and the first of its
+//! requests to wake commits it — many requests, one commit. The batch size
+//! follows the load by itself (one lease per commit when idle, dozens under
+//! load); no request waits for a timer or for another thread to be woken.
+//!
+//! The lease table has no secondary index (each would be one more b-tree
+//! written per lease). Lease ids increase with time, so "since T" is "from
+//! the first id issued at or after T", found by [`first_id_since`]. There is no gathering
 //! window: while one batch commits the next one queues, so the batch size
 //! follows the load by itself (one lease per commit when idle, dozens under
 //! load) and no request waits for a timer.
@@ -16,20 +22,17 @@
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::thread;
 
 use chrono::{DateTime, Duration, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
-use tokio::sync::oneshot;
+use tokio::sync::Notify;
 
 use super::{from_ms, ms, open_connection, Result, StoreError};
 use crate::domain::AccountId;
-
-/// The most leases written in one transaction.
-const MAX_BATCH: usize = 4096;
 
 /// A lease's identity: an increasing row id (cheap to insert) and a random
 /// tag, so a lease id cannot be guessed from another. Public form:
@@ -74,60 +77,190 @@ pub struct NewLease {
     pub expires_at: DateTime<Utc>,
 }
 
-type Job = (NewLease, oneshot::Sender<Result<(), String>>);
-
-/// Handle to the lease writer thread. Cloning shares the thread.
+/// The lease log: leases wait in a queue; whichever request finds nobody
+/// committing takes the whole queue and commits it (group commit without a
+/// writer thread: no cross-thread hand-off, no wake-up per lease).
+/// Cloning shares the log.
 #[derive(Clone)]
 pub struct LeaseLog {
-    tx: mpsc::Sender<Job>,
-    last_id: Arc<AtomicI64>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    /// The writer's connection, and the spare buffer its batches swap with
+    /// the queue. Whoever holds it commits; it is never held across an await.
+    writer: Mutex<(Connection, Vec<NewLease>)>,
+    /// Set while a request is committing (it holds the writer only while
+    /// it writes, but leads from before its pause to after its commit).
+    leading: AtomicBool,
+    last_id: AtomicI64,
+    commits: AtomicU64,
+}
+
+/// The leases of the next commit ("batch") and where its outcome will be.
+struct Queue {
+    leases: Vec<NewLease>,
+    batch: Arc<Batch>,
+}
+
+#[derive(Default)]
+struct Batch {
+    /// Set once, when the batch is committed (or failed).
+    outcome: OnceLock<Result<(), String>>,
+    /// Wakes the batch's requests: all of them once it is committed; one of
+    /// them (to commit it) when the writer becomes free while it waits.
+    notify: Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves the data consistent, even if it panics.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl LeaseLog {
-    /// Starts the writer on its own connection to the database at `path`
-    /// (which [`super::Store::open`] has already created and migrated).
+    /// Opens the log on its own connection to the database at `path` (which
+    /// [`super::Store::open`] has already created and migrated), and starts
+    /// the WAL checkpoint thread.
     pub fn start(path: &Path) -> Result<LeaseLog> {
         let conn = open_connection(path, false)?;
         let last_id: i64 =
             conn.query_row("SELECT COALESCE(MAX(id), 0) FROM leases", [], |r| r.get(0))?;
-        let (tx, rx) = mpsc::channel::<Job>();
-        let spawn_error = |source| StoreError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        thread::Builder::new()
-            .name("lease-log".into())
-            .spawn(move || write_loop(conn, rx))
-            .map_err(spawn_error)?;
-        let last_id = Arc::new(AtomicI64::new(last_id));
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                leases: Vec::new(),
+                batch: Arc::default(),
+            }),
+            writer: Mutex::new((conn, Vec::new())),
+            leading: AtomicBool::new(false),
+            commits: AtomicU64::new(0),
+            last_id: AtomicI64::new(last_id),
+        });
         let checkpointer = open_connection(path, false)?;
-        let alive = Arc::downgrade(&last_id);
+        let alive = Arc::downgrade(&shared);
         thread::Builder::new()
             .name("wal-checkpoint".into())
             .spawn(move || checkpoint_loop(checkpointer, alive))
-            .map_err(spawn_error)?;
-        Ok(LeaseLog { tx, last_id })
+            .map_err(|source| StoreError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(LeaseLog { shared })
     }
 
     /// A fresh lease key (ids increase; the tag is random).
     pub fn allocate(&self) -> LeaseKey {
         LeaseKey {
-            id: self.last_id.fetch_add(1, Ordering::Relaxed) + 1,
+            id: self.shared.last_id.fetch_add(1, Ordering::Relaxed) + 1,
             tag: rand::random(),
         }
     }
 
+    /// How many commits wrote leases so far (for metrics: leases ÷ commits
+    /// is the average group size).
+    pub fn commits(&self) -> u64 {
+        self.shared.commits.load(Ordering::Relaxed)
+    }
+
     /// Records a lease; returns once it is committed.
+    ///
+    /// The lease joins the open batch. If nobody is committing, this
+    /// request leads: it lets the other runnable requests queue theirs,
+    /// then commits everything queued right here, synchronously (a commit
+    /// is a few WAL page writes, no fsync; a separate writer thread costs
+    /// more in wake-ups than it saves). Otherwise it waits: the leases
+    /// queued during a commit make the next batch, which one of their
+    /// requests commits when the writer is free.
     pub async fn record(&self, lease: NewLease) -> Result<()> {
-        let (done, wait) = oneshot::channel();
-        self.tx
-            .send((lease, done))
-            .map_err(|_| StoreError::LeaseLogClosed)?;
-        match wait.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(msg)) => Err(StoreError::LeaseLog(msg)),
-            Err(_) => Err(StoreError::LeaseLogClosed),
+        let s = &*self.shared;
+        let batch = {
+            let mut q = lock(&s.queue);
+            q.leases.push(lease);
+            q.batch.clone()
+        };
+        loop {
+            // Registered before looking, so a wake-up in between is not missed.
+            let woken = batch.notify.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if let Some(outcome) = batch.outcome.get() {
+                return outcome.clone().map_err(StoreError::LeaseLog);
+            }
+            match Leader::try_become(s) {
+                Some(leader) => {
+                    // One pass of the scheduler before committing: the
+                    // requests already runnable queue their leases into this
+                    // batch. Under load that makes one commit of dozens of
+                    // leases instead of a few; when idle it costs nothing
+                    // (nobody else is runnable), unlike a timed gathering window.
+                    tokio::task::yield_now().await;
+                    leader.commit();
+                }
+                None => woken.await,
+            }
         }
+    }
+}
+
+/// The request committing the open batch. Dropping it (committed, or the
+/// request cancelled during its pause) hands the lead on.
+struct Leader<'a>(&'a Shared);
+
+impl<'a> Leader<'a> {
+    fn try_become(s: &'a Shared) -> Option<Leader<'a>> {
+        s.leading
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .ok()
+            .map(|_| Leader(s))
+    }
+
+    fn commit(self) {
+        let (conn, spare) = &mut *lock(&self.0.writer);
+        self.0.commit_queued(conn, spare);
+    }
+}
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        self.0.leading.store(false, Ordering::Release);
+        // Leases queued during the commit: wake one of their requests to
+        // commit them (the others wait for that commit).
+        let q = lock(&self.0.queue);
+        if !q.leases.is_empty() {
+            q.batch.notify.notify_one();
+        }
+    }
+}
+
+impl Shared {
+    /// Commits the open batch (the caller holds the writer) and wakes its requests.
+    fn commit_queued(&self, conn: &mut Connection, spare: &mut Vec<NewLease>) {
+        let batch = {
+            let mut q = lock(&self.queue);
+            std::mem::swap(&mut q.leases, spare);
+            std::mem::take(&mut q.batch)
+        };
+        let outcome = if spare.is_empty() {
+            Ok(())
+        } else {
+            self.commits.fetch_add(1, Ordering::Relaxed);
+            write_batch(conn, spare).map_err(|e| {
+                tracing::error!(error = %e, leases = spare.len(), "recording leases failed");
+                e.to_string()
+            })
+        };
+        spare.clear();
+        let _ = batch.outcome.set(outcome);
+        batch.notify.notify_waiters();
+    }
+}
+
+impl Drop for Shared {
+    /// Leases whose requests went away before their commit are written
+    /// when the log closes.
+    fn drop(&mut self) {
+        let (conn, spare) = &mut *lock(&self.writer);
+        self.commit_queued(conn, spare);
     }
 }
 
@@ -135,8 +268,8 @@ impl LeaseLog {
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Checkpoints the WAL in the background (PASSIVE: never blocks a writer),
-/// until every `LeaseLog` handle is gone.
-fn checkpoint_loop(conn: Connection, alive: std::sync::Weak<AtomicI64>) {
+/// until the lease log is closed.
+fn checkpoint_loop(conn: Connection, alive: Weak<Shared>) {
     while alive.strong_count() > 0 {
         thread::sleep(CHECKPOINT_EVERY);
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
@@ -145,35 +278,14 @@ fn checkpoint_loop(conn: Connection, alive: std::sync::Weak<AtomicI64>) {
     }
 }
 
-fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
-    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
-    // Ends when every `LeaseLog` handle is dropped.
-    while let Ok(first) = rx.recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        let outcome = write_batch(&mut conn, &batch).map_err(|e| e.to_string());
-        if let Err(e) = &outcome {
-            tracing::error!(error = %e, leases = batch.len(), "recording leases failed");
-        }
-        for (_, done) in batch.drain(..) {
-            let _ = done.send(outcome.clone());
-        }
-    }
-}
-
-fn write_batch(conn: &mut Connection, batch: &[Job]) -> rusqlite::Result<()> {
+fn write_batch(conn: &mut Connection, batch: &[NewLease]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
         let mut stmt = tx.prepare_cached(
             "INSERT INTO leases (id, tag, account_id, client_id, session, generation, issued_at, expires_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
-        for (l, _) in batch {
+        for l in batch {
             stmt.execute(params![
                 l.key.id,
                 l.key.tag,

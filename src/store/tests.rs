@@ -1,3 +1,4 @@
+use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 
 use chrono::Duration;
@@ -139,6 +140,112 @@ fn refresh_started_marker_survives_a_crash() {
     );
 }
 
+fn new_lease(key: LeaseKey, account_id: AccountId, issued_at: DateTime<Utc>) -> NewLease {
+    NewLease {
+        key,
+        account_id,
+        client_id: Some(7),
+        session: None,
+        generation: 1,
+        issued_at,
+        expires_at: issued_at + Duration::minutes(1),
+    }
+}
+
+fn stored_lease_ids(store: &Store) -> Vec<i64> {
+    let conn = store.conn();
+    let mut stmt = conn.prepare("SELECT id FROM leases ORDER BY id").unwrap();
+    let ids = stmt.query_map([], |r| r.get(0)).unwrap();
+    ids.map(Result::unwrap).collect()
+}
+
+/// Requests on two worker threads: every acknowledged lease is in the
+/// database, and they went in groups (far fewer commits than leases).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_leases_are_all_committed_in_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Utc::now();
+    let store = open(dir.path());
+    let a = store.insert_account("demo", "alice", 0, now).unwrap();
+    let log = LeaseLog::start(store.path()).unwrap();
+    let (tasks, each) = (64, 50);
+    let requests: Vec<_> = (0..tasks)
+        .map(|_| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                for _ in 0..each {
+                    log.record(new_lease(log.allocate(), a.id, now))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for r in requests {
+        r.await.unwrap();
+    }
+    let leases = tasks * each;
+    assert_eq!(stored_lease_ids(&store).len(), leases);
+    let commits = log.commits() as usize;
+    assert!(
+        commits < leases / 4,
+        "{commits} commits for {leases} leases: not grouped"
+    );
+}
+
+/// A request cancelled while it leads a commit (its client went away)
+/// hands the lead on: the waiting request's lease, and its own, are written.
+#[tokio::test]
+async fn a_cancelled_leader_hands_on_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Utc::now();
+    let store = open(dir.path());
+    let a = store.insert_account("demo", "alice", 0, now).unwrap();
+    let log = LeaseLog::start(store.path()).unwrap();
+    let (k1, k2) = (log.allocate(), log.allocate());
+
+    let mut first = Box::pin(log.record(new_lease(k1, a.id, now)));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(
+        first.as_mut().poll(&mut cx).is_pending(),
+        "leads, paused before committing"
+    );
+    let second = tokio::spawn({
+        let log = log.clone();
+        async move { log.record(new_lease(k2, a.id, now)).await }
+    });
+    tokio::task::yield_now().await;
+    assert!(!second.is_finished(), "waits for the leader");
+    assert_eq!(stored_lease_ids(&store), Vec::<i64>::new());
+
+    drop(first);
+    tokio::time::timeout(std::time::Duration::from_secs(5), second)
+        .await
+        .expect("the lead was handed on")
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored_lease_ids(&store), [k1.id, k2.id]);
+}
+
+/// A lease whose request went away before anyone committed it is written
+/// when the log closes.
+#[tokio::test]
+async fn queued_leases_are_written_when_the_log_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Utc::now();
+    let store = open(dir.path());
+    let a = store.insert_account("demo", "alice", 0, now).unwrap();
+    let log = LeaseLog::start(store.path()).unwrap();
+    let key = log.allocate();
+    let mut request = Box::pin(log.record(new_lease(key, a.id, now)));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(request.as_mut().poll(&mut cx).is_pending());
+    drop(request);
+    assert_eq!(stored_lease_ids(&store), Vec::<i64>::new());
+    drop(log);
+    assert_eq!(stored_lease_ids(&store), [key.id]);
+}
+
 #[tokio::test]
 async fn lease_log_commits_before_acknowledging_and_usage_counts() {
     let dir = tempfile::tempdir().unwrap();
@@ -153,16 +260,7 @@ async fn lease_log_commits_before_acknowledging_and_usage_counts() {
         let key = log.allocate();
         keys.push(key);
         waits.push(tokio::spawn(async move {
-            log.record(NewLease {
-                key,
-                account_id: a.id,
-                client_id: Some(7),
-                session: None,
-                generation: 1,
-                issued_at: now,
-                expires_at: now + Duration::minutes(1),
-            })
-            .await
+            log.record(new_lease(key, a.id, now)).await
         }));
     }
     for w in waits {

@@ -39,6 +39,8 @@ fn healthz_is_public_and_metrics_are_prometheus_text() {
     let samples: BTreeMap<String, f64> = prometheus_samples(&resp.text).into_iter().collect();
     let expect = [
         ("relogin_farm_leases_total", 3.0),
+        // one after the other: nothing to group them with
+        ("relogin_farm_lease_commits_total", 3.0),
         ("relogin_farm_no_account_available_total", 1.0),
         ("relogin_farm_refreshes_total{result=\"ok\"}", 1.0),
         ("relogin_farm_refreshes_total{result=\"failed\"}", 0.0),
