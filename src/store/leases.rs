@@ -23,7 +23,7 @@ use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, Weak};
 use std::thread;
 
 use chrono::{DateTime, Duration, Utc};
@@ -278,27 +278,52 @@ fn checkpoint_loop(conn: Connection, alive: Weak<Shared>) {
     }
 }
 
+/// Rows per INSERT statement when a batch is large: one statement run per
+/// this many leases instead of per lease.
+const ROWS_PER_INSERT: usize = 16;
+
+/// `INSERT INTO leases … VALUES (…), (…)` with `rows` rows of parameters.
+fn insert_sql(rows: usize) -> String {
+    let row = "(?, ?, ?, ?, ?, ?, ?, ?)";
+    format!(
+        "INSERT INTO leases (id, tag, account_id, client_id, session, generation, issued_at, expires_at) VALUES {}",
+        vec![row; rows].join(", ")
+    )
+}
+
 fn write_batch(conn: &mut Connection, batch: &[NewLease]) -> rusqlite::Result<()> {
+    static INSERT_MANY: LazyLock<String> = LazyLock::new(|| insert_sql(ROWS_PER_INSERT));
+    static INSERT_ONE: LazyLock<String> = LazyLock::new(|| insert_sql(1));
     let tx = conn.transaction()?;
     {
-        let mut stmt = tx.prepare_cached(
-            "INSERT INTO leases (id, tag, account_id, client_id, session, generation, issued_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?;
-        for l in batch {
-            stmt.execute(params![
-                l.key.id,
-                l.key.tag,
-                l.account_id,
-                l.client_id,
-                l.session,
-                l.generation,
-                ms(l.issued_at),
-                ms(l.expires_at)
-            ])?;
+        let mut chunks = batch.chunks_exact(ROWS_PER_INSERT);
+        let mut stmt = tx.prepare_cached(&INSERT_MANY)?;
+        for chunk in &mut chunks {
+            bind_leases(&mut stmt, chunk)?;
+            stmt.raw_execute()?;
+        }
+        let mut stmt = tx.prepare_cached(&INSERT_ONE)?;
+        for lease in chunks.remainder() {
+            bind_leases(&mut stmt, std::slice::from_ref(lease))?;
+            stmt.raw_execute()?;
         }
     }
     tx.commit()
+}
+
+fn bind_leases(stmt: &mut rusqlite::Statement<'_>, leases: &[NewLease]) -> rusqlite::Result<()> {
+    for (i, l) in leases.iter().enumerate() {
+        let at = i * 8;
+        stmt.raw_bind_parameter(at + 1, l.key.id)?;
+        stmt.raw_bind_parameter(at + 2, l.key.tag)?;
+        stmt.raw_bind_parameter(at + 3, l.account_id)?;
+        stmt.raw_bind_parameter(at + 4, l.client_id)?;
+        stmt.raw_bind_parameter(at + 5, &l.session)?;
+        stmt.raw_bind_parameter(at + 6, l.generation)?;
+        stmt.raw_bind_parameter(at + 7, ms(l.issued_at))?;
+        stmt.raw_bind_parameter(at + 8, ms(l.expires_at))?;
+    }
+    Ok(())
 }
 
 #[derive(Clone, Debug)]

@@ -160,7 +160,8 @@ fn stored_lease_ids(store: &Store) -> Vec<i64> {
 }
 
 /// Requests on two worker threads: every acknowledged lease is in the
-/// database, and they went in groups (far fewer commits than leases).
+/// database with its own values (multi-row inserts bind the right row), and
+/// they went in groups (far fewer commits than leases).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_leases_are_all_committed_in_groups() {
     let dir = tempfile::tempdir().unwrap();
@@ -174,9 +175,13 @@ async fn concurrent_leases_are_all_committed_in_groups() {
             let log = log.clone();
             tokio::spawn(async move {
                 for _ in 0..each {
-                    log.record(new_lease(log.allocate(), a.id, now))
-                        .await
-                        .unwrap();
+                    let key = log.allocate();
+                    let lease = NewLease {
+                        session: Some(format!("s{}", key.id)),
+                        generation: key.id * 2,
+                        ..new_lease(key, a.id, now)
+                    };
+                    log.record(lease).await.unwrap();
                 }
             })
         })
@@ -186,6 +191,16 @@ async fn concurrent_leases_are_all_committed_in_groups() {
     }
     let leases = tasks * each;
     assert_eq!(stored_lease_ids(&store).len(), leases);
+    let intact: i64 = store
+        .conn()
+        .query_row(
+            "SELECT COUNT(*) FROM leases WHERE session = 's' || id AND generation = id * 2
+               AND client_id = 7 AND expires_at = issued_at + 60000 AND issued_at = ?1",
+            [ms(now)],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(intact as usize, leases, "every row has its own lease's values");
     let commits = log.commits() as usize;
     assert!(
         commits < leases / 4,
