@@ -18,8 +18,10 @@ pub struct CredentialLease {
     pub provider: String,
     pub access_token: Secret,
     pub token_type: String,
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub expires_at: DateTime<Utc>,
     pub lease_id: String,
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub lease_expires_at: DateTime<Utc>,
 }
 

@@ -200,7 +200,10 @@ async fn concurrent_leases_are_all_committed_in_groups() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(intact as usize, leases, "every row has its own lease's values");
+    assert_eq!(
+        intact as usize, leases,
+        "every row has its own lease's values"
+    );
     let commits = log.commits() as usize;
     assert!(
         commits < leases / 4,
