@@ -62,8 +62,9 @@ impl ClientKeys {
         })
     }
 
-    fn is_admin(&self, token: &str) -> bool {
-        self.admin_hash.is_some_and(|h| ct_eq(&h, &key_hash(token)))
+    /// Whether `hash` (a token's [`key_hash`]) is the admin token's.
+    fn is_admin(&self, hash: &[u8; 32]) -> bool {
+        self.admin_hash.is_some_and(|h| ct_eq(&h, hash))
     }
 }
 
@@ -71,7 +72,8 @@ impl Farm {
     /// Resolves a bearer token. `None`: unknown (the caller answers 401
     /// without saying which part was wrong).
     pub fn authenticate(&self, bearer: &str) -> Option<Principal> {
-        if self.clients.is_admin(bearer) {
+        let hash = key_hash(bearer);
+        if self.clients.is_admin(&hash) {
             return Some(Principal::Admin);
         }
         let active = self
@@ -79,9 +81,7 @@ impl Farm {
             .active
             .read()
             .unwrap_or_else(|p| p.into_inner());
-        active
-            .get(&key_hash(bearer))
-            .map(|id| Principal::Client(*id))
+        active.get(&hash).map(|id| Principal::Client(*id))
     }
 
     pub fn create_client(&self, name: &str) -> Result<NewClient> {

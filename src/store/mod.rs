@@ -4,7 +4,7 @@
 //! Two connections to one WAL-mode file: the *account* connection runs with
 //! `synchronous = FULL`, because a rotated refresh token that is lost on a
 //! power cut kills the account; the *lease log* ([`leases::LeaseLog`]) has
-//! its own writer thread that commits leases in groups with
+//! its own connection that commits leases in groups with
 //! `synchronous = NORMAL` — a lost lease record costs nothing but a line of
 //! usage history, and grouping is what keeps `/credential/next` fast.
 
