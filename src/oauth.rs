@@ -104,6 +104,21 @@ struct Discovery {
     token_endpoint: Url,
 }
 
+/// An oauth2 client with the authorize and token endpoints set (the only
+/// ones the farm uses).
+type ProviderClient = oauth2::Client<
+    oauth2::basic::BasicErrorResponse,
+    oauth2::basic::BasicTokenResponse,
+    oauth2::basic::BasicTokenIntrospectionResponse,
+    oauth2::StandardRevocableToken,
+    oauth2::basic::BasicRevocationErrorResponse,
+    oauth2::EndpointSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointSet,
+>;
+
 impl Provider {
     pub fn new(config: ProviderConfig) -> Self {
         let http = reqwest::Client::builder()
@@ -180,24 +195,7 @@ impl Provider {
         }
     }
 
-    fn client(
-        &self,
-        ep: &ResolvedEndpoints,
-    ) -> Result<
-        oauth2::Client<
-            oauth2::basic::BasicErrorResponse,
-            oauth2::basic::BasicTokenResponse,
-            oauth2::basic::BasicTokenIntrospectionResponse,
-            oauth2::StandardRevocableToken,
-            oauth2::basic::BasicRevocationErrorResponse,
-            oauth2::EndpointSet,
-            oauth2::EndpointNotSet,
-            oauth2::EndpointNotSet,
-            oauth2::EndpointNotSet,
-            oauth2::EndpointSet,
-        >,
-        OAuthError,
-    > {
+    fn client(&self, ep: &ResolvedEndpoints) -> Result<ProviderClient, OAuthError> {
         let bad = |what: &str, e: oauth2::url::ParseError| OAuthError::Config {
             provider: self.name().into(),
             reason: format!("{what}: {e}"),
