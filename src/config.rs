@@ -52,6 +52,7 @@ const ENV_KEYS: &[&str] = &[
     "server.lease_ttl",
     "store.path",
     "store.key_file",
+    "store.lease_retention",
     "scheduler.refresh_margin",
     "scheduler.sweep",
     "scheduler.max_concurrent_refreshes",
@@ -169,6 +170,8 @@ pub struct StoreConfig {
     /// From `RELOGIN_FARM_KEY` (base64 of 32 bytes); when set the store uses
     /// it instead of [`Self::key_file`].
     pub key: Option<Secret>,
+    /// Leases and reports older than this are pruned by the sweep.
+    pub lease_retention: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -445,6 +448,7 @@ impl Default for StoreConfig {
             key_file: default_key_file(&path),
             path,
             key: None,
+            lease_retention: Duration::from_secs(30 * 24 * 60 * 60),
         }
     }
 }
@@ -689,6 +693,7 @@ impl StoreConfig {
     fn build(mut sec: Section<'_>, env: &EnvLayer, path_flag: Option<&Path>) -> Result<Self> {
         let path = sec.path("path")?;
         let key_file = sec.path("key_file")?;
+        let lease_retention = sec.duration("lease_retention")?;
         sec.finish()?;
         if env.store_key.is_some() && sec.set_by_env("key_file") {
             return Err(conflict(
@@ -704,6 +709,7 @@ impl StoreConfig {
             key_file: key_file.unwrap_or_else(|| default_key_file(&path)),
             path,
             key: env.store_key.clone(),
+            lease_retention: lease_retention.unwrap_or(Self::default().lease_retention),
         })
     }
 }
@@ -1781,6 +1787,10 @@ mod tests {
         assert_eq!(config.server.lease_ttl, minutes(10));
         assert_eq!(config.store.path, Path::new("data/farm.db"));
         assert_eq!(config.store.key_file, Path::new("data/farm.key"));
+        assert_eq!(
+            config.store.lease_retention,
+            Duration::from_secs(30 * 86400)
+        );
         assert_eq!(config.scheduler.sweep_expr, "0 */5 * * * *");
         assert!(config.scheduler.sweep.is_some());
         assert_eq!(config.scheduler.max_concurrent_refreshes, 8);
@@ -2041,6 +2051,8 @@ mod tests {
             ("[store]\npath = \"\"", "store.path: invalid path \"\": must not be empty"),
             ("server = 1", "server: expected a table, found integer"),
             ("[events]\nretention = \"0s\"", "events.retention: must be more than 0s"),
+            ("[store]\nlease_retention = \"0s\"", "store.lease_retention: must be more than 0s"),
+            ("[store]\nlease_retention = \"a month\"", "store.lease_retention: invalid duration \"a month\""),
             ("[events]\nretention = \"forever\"", "events.retention: invalid duration \"forever\""),
             ("[events]\nbuffer = 8", "events.buffer: must be between 16 and 65536, not 8"),
             ("[events]\nbuffer = 100000", "events.buffer: must be between 16 and 65536, not 100000"),
@@ -2181,6 +2193,7 @@ mod tests {
             file,
             &[
                 ("RELOGIN_FARM_EVENTS_RETENTION", "7d"),
+                ("RELOGIN_FARM_STORE_LEASE_RETENTION", "90d"),
                 ("RELOGIN_FARM_EVENTS_BUFFER", "4096"),
                 ("RELOGIN_FARM_BROWSER_ENABLED", "false"),
                 ("RELOGIN_FARM_BROWSER_HEADLESS", " false "),
@@ -2202,6 +2215,10 @@ mod tests {
                 retention: Duration::from_secs(7 * 86400),
                 buffer: 4096
             }
+        );
+        assert_eq!(
+            config.store.lease_retention,
+            Duration::from_secs(90 * 86400)
         );
         assert_eq!(
             config.browser,

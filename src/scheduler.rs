@@ -19,9 +19,6 @@ use crate::domain::timing::{next_refresh_at, next_relogin_at};
 use crate::domain::AccountId;
 use crate::farm::{chrono_dur, Farm};
 
-/// How long lease and report history is kept.
-pub const HISTORY_DAYS: i64 = 30;
-
 /// A shutdown signal that every job can wait on.
 pub type Shutdown = watch::Receiver<bool>;
 
@@ -201,7 +198,7 @@ pub fn sweep(farm: &Farm) {
     let now = Utc::now();
     let expired = farm.logins.expire(now);
     farm.stop_idle_listeners();
-    let history_cutoff = now - chrono::Duration::days(HISTORY_DAYS);
+    let history_cutoff = now - chrono_dur(farm.config.store.lease_retention);
     let events_cutoff = now - crate::farm::chrono_dur(farm.config.events.retention);
     let pruned = farm
         .store
