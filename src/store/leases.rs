@@ -10,13 +10,6 @@
 //!
 //! The lease table has no secondary index (each would be one more b-tree
 //! written per lease). Lease ids increase with time, so "since T" is "from
-//! the first id issued at or after T", found by [`first_id_since`]. There is no gathering
-//! window: while one batch commits the next one queues, so the batch size
-//! follows the load by itself (one lease per commit when idle, dozens under
-//! load) and no request waits for a timer.
-//!
-//! The lease table has no secondary index (each would be one more b-tree
-//! written per lease). Lease ids increase with time, so "since T" is "from
 //! the first id issued at or after T", found by [`first_id_since`].
 
 use std::fmt;
@@ -171,6 +164,10 @@ impl LeaseLog {
     /// more in wake-ups than it saves). Otherwise it waits: the leases
     /// queued during a commit make the next batch, which one of their
     /// requests commits when the writer is free.
+    ///
+    /// The commit occupies its worker thread; should an account write (with
+    /// its fsync) hold SQLite's write lock at that moment, the worker waits
+    /// for it too — account writes are rare (a refresh per token lifetime).
     pub async fn record(&self, lease: NewLease) -> Result<()> {
         let s = &*self.shared;
         let batch = {
