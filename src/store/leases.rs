@@ -534,23 +534,21 @@ fn usage_by(conn: &Connection, column: &str, hour: Window, day: Window) -> Resul
     let rows = stmt.query_map(
         params![hour.at, day.at, hour.first_lease, day.first_lease],
         |r| {
-            let c = |i: usize| r.get::<_, i64>(i);
-            Ok(UsageRow {
-                id: r.get(0)?,
-                last_hour: Counts {
+            // Columns alternate hour, day: the day's count is one to the right.
+            let counts = |day: usize| -> rusqlite::Result<Counts> {
+                let c = |i: usize| r.get::<_, i64>(i + day);
+                Ok(Counts {
                     leases: c(1)?,
                     ok: c(3)?,
                     rate_limited: c(5)?,
                     unauthorized: c(7)?,
                     error: c(9)?,
-                },
-                last_day: Counts {
-                    leases: c(2)?,
-                    ok: c(4)?,
-                    rate_limited: c(6)?,
-                    unauthorized: c(8)?,
-                    error: c(10)?,
-                },
+                })
+            };
+            Ok(UsageRow {
+                id: r.get(0)?,
+                last_hour: counts(0)?,
+                last_day: counts(1)?,
             })
         },
     )?;

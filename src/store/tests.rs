@@ -152,6 +152,17 @@ fn new_lease(key: LeaseKey, account_id: AccountId, issued_at: DateTime<Utc>) -> 
     }
 }
 
+/// A store with one account (alice) and its lease log (and the directory
+/// that holds them, removed on drop).
+fn lease_bed() -> (tempfile::TempDir, DateTime<Utc>, Store, Account, LeaseLog) {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Utc::now();
+    let store = open(dir.path());
+    let alice = store.insert_account("demo", "alice", 0, now).unwrap();
+    let log = LeaseLog::start(store.path()).unwrap();
+    (dir, now, store, alice, log)
+}
+
 fn stored_lease_ids(store: &Store) -> Vec<i64> {
     let conn = store.conn();
     let mut stmt = conn.prepare("SELECT id FROM leases ORDER BY id").unwrap();
@@ -164,11 +175,7 @@ fn stored_lease_ids(store: &Store) -> Vec<i64> {
 /// they went in groups (far fewer commits than leases).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_leases_are_all_committed_in_groups() {
-    let dir = tempfile::tempdir().unwrap();
-    let now = Utc::now();
-    let store = open(dir.path());
-    let a = store.insert_account("demo", "alice", 0, now).unwrap();
-    let log = LeaseLog::start(store.path()).unwrap();
+    let (_dir, now, store, a, log) = lease_bed();
     let (tasks, each) = (64, 50);
     let requests: Vec<_> = (0..tasks)
         .map(|_| {
@@ -215,11 +222,7 @@ async fn concurrent_leases_are_all_committed_in_groups() {
 /// hands the lead on: the waiting request's lease, and its own, are written.
 #[tokio::test]
 async fn a_cancelled_leader_hands_on_and_nothing_is_lost() {
-    let dir = tempfile::tempdir().unwrap();
-    let now = Utc::now();
-    let store = open(dir.path());
-    let a = store.insert_account("demo", "alice", 0, now).unwrap();
-    let log = LeaseLog::start(store.path()).unwrap();
+    let (_dir, now, store, a, log) = lease_bed();
     let (k1, k2) = (log.allocate(), log.allocate());
 
     let mut first = Box::pin(log.record(new_lease(k1, a.id, now)));
@@ -249,11 +252,7 @@ async fn a_cancelled_leader_hands_on_and_nothing_is_lost() {
 /// when the log closes.
 #[tokio::test]
 async fn queued_leases_are_written_when_the_log_closes() {
-    let dir = tempfile::tempdir().unwrap();
-    let now = Utc::now();
-    let store = open(dir.path());
-    let a = store.insert_account("demo", "alice", 0, now).unwrap();
-    let log = LeaseLog::start(store.path()).unwrap();
+    let (_dir, now, store, a, log) = lease_bed();
     let key = log.allocate();
     let mut request = Box::pin(log.record(new_lease(key, a.id, now)));
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
@@ -266,11 +265,7 @@ async fn queued_leases_are_written_when_the_log_closes() {
 
 #[tokio::test]
 async fn lease_log_commits_before_acknowledging_and_usage_counts() {
-    let dir = tempfile::tempdir().unwrap();
-    let now = Utc::now();
-    let store = open(dir.path());
-    let a = store.insert_account("demo", "alice", 0, now).unwrap();
-    let log = LeaseLog::start(store.path()).unwrap();
+    let (_dir, now, store, a, log) = lease_bed();
     let mut waits = Vec::new();
     let mut keys = Vec::new();
     for _ in 0..50 {
