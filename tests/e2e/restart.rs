@@ -58,6 +58,8 @@ fn restart_keeps_accounts_clients_and_tokens() {
             );
         }
         assert_same_ms(a, b, "expires_at");
+        // stored at shutdown, and in the lease log
+        assert_same_ms(a, b, "last_used_at");
         assert_eq!(a["state"], "healthy", "{a}");
         assert_eq!(a["leases_24h"], 1, "lease history lost: {a}");
     }
