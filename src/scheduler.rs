@@ -193,13 +193,14 @@ pub async fn run_sweep(farm: Arc<Farm>, mut shutdown: Shutdown) {
 }
 
 /// The health sweep: expires abandoned logins, prunes old history, stores
-/// the accounts' last use, bounds in-memory maps, and wakes the scheduler to re-check every account.
+/// the accounts' last use, bounds in-memory maps, and wakes the scheduler to
+/// re-check every account.
 pub fn sweep(farm: &Farm) {
     let now = Utc::now();
     let expired = farm.logins.expire(now);
     farm.stop_idle_listeners();
     let history_cutoff = now - chrono_dur(farm.config.store.lease_retention);
-    let events_cutoff = now - crate::farm::chrono_dur(farm.config.events.retention);
+    let events_cutoff = now - chrono_dur(farm.config.events.retention);
     let pruned = farm
         .store
         .prune_leases(history_cutoff)
@@ -222,18 +223,6 @@ pub fn sweep(farm: &Farm) {
 }
 
 impl Farm {
-    /// Writes each account's last use to its row (by the sweep and at
-    /// shutdown), so that a restart need not search the lease log for it.
-    pub fn store_last_used(&self) -> crate::store::Result<()> {
-        let uses: Vec<_> = self
-            .state()
-            .accounts
-            .values()
-            .filter_map(|a| Some((a.id, a.last_used_at?)))
-            .collect();
-        self.store.store_last_used(&uses)
-    }
-
     /// Bounds the sticky-session map and counts
     /// the accounts a person must look at.
     fn trim_and_count_attention(&self) -> usize {

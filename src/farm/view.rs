@@ -142,9 +142,21 @@ impl Farm {
 
     /// Leases of the last day per account (of one account, or of all).
     fn leases_24h(&self, account: Option<AccountId>) -> Result<HashMap<AccountId, i64>> {
-        Ok(self
-            .store
-            .lease_counts_since(Utc::now() - chrono::Duration::days(1), account)?)
+        let since = Utc::now() - chrono::Duration::days(1);
+        let used = self.store.lease_use_since(since, account)?;
+        Ok(used.into_iter().map(|(id, u)| (id, u.leases)).collect())
+    }
+
+    /// Writes each account's last use to its row (by the sweep and at
+    /// shutdown), so that a restart need not search the lease log for it.
+    pub fn store_last_used(&self) -> Result<()> {
+        let uses: Vec<_> = self
+            .state()
+            .accounts
+            .values()
+            .filter_map(|a| Some((a.id, a.last_used_at?)))
+            .collect();
+        Ok(self.store.store_last_used(&uses)?)
     }
 
     /// How many accounts there are (no I/O: for `/healthz` and logs).

@@ -450,6 +450,13 @@ pub(super) fn prune(conn: &Connection, before: DateTime<Utc>) -> Result<usize> {
     Ok(n + m)
 }
 
+/// An account's leases over a window: how many, and when the last one was issued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseUse {
+    pub leases: i64,
+    pub last_at: DateTime<Utc>,
+}
+
 /// Lease and report counts for one account or client over a window.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Counts {

@@ -132,31 +132,25 @@ impl Store {
 
     /// Every account, with `uses` = its leases since `leases_since`.
     pub fn load_accounts(&self, leases_since: DateTime<Utc>) -> Result<Vec<Account>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT a.id, a.provider, a.label, a.priority, a.enabled, a.auth_state, a.access_token, a.token_type,
-                    a.expires_at, a.issued_at, a.refresh_token, a.generation, a.cooldown_until, a.last_refresh_at,
-                    a.last_error, a.last_error_at, COALESCE(a.last_used_at, 0),
-                    a.created_at, a.refresh_started_at, a.login_script IS NOT NULL
-             FROM accounts a ORDER BY a.id",
-        )?;
-        let mut accounts = stmt
-            .query_map([], |row| Ok(self.account_from_row(row)))?
-            .map(|r| r?)
-            .collect::<Result<Vec<_>>>()?;
+        let mut accounts = {
+            let conn = self.conn();
+            let mut stmt = conn.prepare(
+                "SELECT a.id, a.provider, a.label, a.priority, a.enabled, a.auth_state, a.access_token, a.token_type,
+                        a.expires_at, a.issued_at, a.refresh_token, a.generation, a.cooldown_until, a.last_refresh_at,
+                        a.last_error, a.last_error_at, COALESCE(a.last_used_at, 0),
+                        a.created_at, a.refresh_started_at, a.login_script IS NOT NULL
+                 FROM accounts a ORDER BY a.id",
+            )?;
+            let rows = stmt.query_map([], |row| Ok(self.account_from_row(row)))?;
+            rows.map(|r| r?).collect::<Result<Vec<_>>>()?
+        };
         // The stored `last_used_at` is written by the sweep, so the lease
         // log may hold later uses.
-        let mut recent = conn.prepare(
-            "SELECT account_id, COUNT(*), MAX(issued_at) FROM leases WHERE id >= ?1 GROUP BY account_id",
-        )?;
-        let first = leases::first_id_since(&conn, leases_since)?;
-        let mut used: std::collections::HashMap<AccountId, (i64, i64)> = recent
-            .query_map([first], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))?
-            .collect::<rusqlite::Result<_>>()?;
+        let mut used = self.lease_use_since(leases_since, None)?;
         for a in &mut accounts {
-            if let Some((count, last)) = used.remove(&a.id) {
-                a.uses = count as u64;
-                a.last_used_at = a.last_used_at.max(Some(from_ms(last)));
+            if let Some(used) = used.remove(&a.id) {
+                a.uses = used.leases as u64;
+                a.last_used_at = a.last_used_at.max(Some(used.last_at));
             }
         }
         Ok(accounts)
@@ -506,19 +500,29 @@ impl Store {
         leases::release(&self.conn(), key, now)
     }
 
-    /// Leases issued since `since`, per account (only `account`'s when given).
-    pub fn lease_counts_since(
+    /// Leases issued since `since`, per account (only `account`'s when
+    /// given): how many, and the last one's time.
+    pub fn lease_use_since(
         &self,
         since: DateTime<Utc>,
         account: Option<AccountId>,
-    ) -> Result<std::collections::HashMap<AccountId, i64>> {
+    ) -> Result<std::collections::HashMap<AccountId, leases::LeaseUse>> {
         let conn = self.conn();
         let first = leases::first_id_since(&conn, since)?;
         let mut stmt = conn.prepare_cached(
-            "SELECT account_id, COUNT(*) FROM leases WHERE id >= ?1 AND (?2 IS NULL OR account_id = ?2)
+            "SELECT account_id, COUNT(*), MAX(issued_at) FROM leases
+             WHERE id >= ?1 AND (?2 IS NULL OR account_id = ?2)
              GROUP BY account_id",
         )?;
-        let rows = stmt.query_map(params![first, account], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let rows = stmt.query_map(params![first, account], |r| {
+            Ok((
+                r.get(0)?,
+                leases::LeaseUse {
+                    leases: r.get(1)?,
+                    last_at: from_ms(r.get(2)?),
+                },
+            ))
+        })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 

@@ -400,11 +400,11 @@ async fn lease_windows_are_found_by_id_and_prune_keeps_the_recent_ones() {
         .iter()
         .filter(|(_, at, who)| *who == bob.id && *at >= now - Duration::days(1))
         .count() as i64;
-    let counts = store
-        .lease_counts_since(now - Duration::days(1), Some(bob.id))
+    let used = store
+        .lease_use_since(now - Duration::days(1), Some(bob.id))
         .unwrap();
-    assert_eq!(counts.get(&bob.id), Some(&bob_day));
-    assert_eq!(counts.len(), 1, "only bob's were asked for");
+    assert_eq!(used.get(&bob.id).map(|u| u.leases), Some(bob_day));
+    assert_eq!(used.len(), 1, "only bob's were asked for");
 
     // At load: uses = the last day's leases; the last use comes from the
     // lease log when the row has none, from the row when it is later.
