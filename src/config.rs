@@ -1751,6 +1751,20 @@ mod tests {
 
     /// The error's text as a user could ever see it: Display, Debug and the
     /// whole source chain.
+    /// Each `(toml, env, expected)` is refused with an error starting with
+    /// `expected`, and no part of the error shows `secret`.
+    fn assert_refused_without_leaking(secret: &str, failures: Vec<(String, Env, &str)>) {
+        for (text, vars, expected) in failures {
+            let e = Config::from_toml_str(&text, vars, &Overrides::default()).unwrap_err();
+            let shown = all_text(&e);
+            assert!(
+                e.to_string().starts_with(expected),
+                "got {e}, want {expected}"
+            );
+            assert!(!shown.contains(secret), "secret leaked: {shown}");
+        }
+    }
+
     fn all_text(e: &ConfigError) -> String {
         let mut text = format!("{e} / {e:?}");
         let mut source = e.source();
@@ -2438,15 +2452,7 @@ mod tests {
             (WEBHOOK.into(), env(&[("RELOGIN_FARM_WEBHOOK_SECRET", SECRET)]), "RELOGIN_FARM_WEBHOOK_SECRET: unknown variable"),
             (WEBHOOK.into(), env(&[("RELOGIN_FARM_WEBHOOK_X_SECRET", SECRET)]), "RELOGIN_FARM_WEBHOOK_X_SECRET: unknown variable"),
         ];
-        for (text, vars, expected) in failures {
-            let e = Config::from_toml_str(&text, vars, &Overrides::default()).unwrap_err();
-            let shown = all_text(&e);
-            assert!(
-                e.to_string().starts_with(expected),
-                "got {e}, want {expected}"
-            );
-            assert!(!shown.contains(SECRET), "secret leaked: {shown}");
-        }
+        assert_refused_without_leaking(SECRET, failures);
     }
 
     #[test]
@@ -2567,15 +2573,7 @@ mod tests {
             (with(&format!("client_secret = \"{SECRET}")), env(&[]), "TOML syntax error at line 8, column"),
             (with(&format!("clientsecret = \"{SECRET}\"")), env(&[]), "provider[0].clientsecret: unknown key"),
         ];
-        for (text, vars, expected) in failures {
-            let e = Config::from_toml_str(&text, vars, &Overrides::default()).unwrap_err();
-            let shown = all_text(&e);
-            assert!(
-                e.to_string().starts_with(expected),
-                "got {e}, want {expected}"
-            );
-            assert!(!shown.contains(SECRET), "secret leaked: {shown}");
-        }
+        assert_refused_without_leaking(SECRET, failures);
     }
 
     #[test]

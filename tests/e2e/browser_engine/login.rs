@@ -13,11 +13,7 @@ async fn first_login_then_live_session_then_full_script_after_sessions_end() {
 
     // 1. Fresh profile: the whole script runs (login form, then consent).
     let (vars, auth) = provider.vars("alice", "alice-password").await;
-    let first = t
-        .pool
-        .run_login("alice", &script, &vars, &provider.redirect_uri, RUN_TIMEOUT)
-        .await
-        .unwrap();
+    let first = t.login(&provider, "alice", &script, &vars).await.unwrap();
     assert_eq!(
         first.steps_acted,
         [0, 1, 2, 3, 4],
@@ -33,11 +29,7 @@ async fn first_login_then_live_session_then_full_script_after_sessions_end() {
     // 2. Same profile: the session cookie survived the clean close, so the
     //    authorize request goes straight to the redirect; no form.
     let (vars, auth) = provider.vars("alice", "alice-password").await;
-    let second = t
-        .pool
-        .run_login("alice", &script, &vars, &provider.redirect_uri, RUN_TIMEOUT)
-        .await
-        .unwrap();
+    let second = t.login(&provider, "alice", &script, &vars).await.unwrap();
     assert_eq!(second.steps_acted, [0], "only the goto ran");
     provider.redeem(&second.redirect_url, &auth).await;
     eprintln!(
@@ -49,11 +41,7 @@ async fn first_login_then_live_session_then_full_script_after_sessions_end() {
     //    is remembered per account, so no consent page this time).
     provider.end_sessions().await;
     let (vars, auth) = provider.vars("alice", "alice-password").await;
-    let third = t
-        .pool
-        .run_login("alice", &script, &vars, &provider.redirect_uri, RUN_TIMEOUT)
-        .await
-        .unwrap();
+    let third = t.login(&provider, "alice", &script, &vars).await.unwrap();
     assert_eq!(third.steps_acted, [0, 1, 2, 3]);
     provider.redeem(&third.redirect_url, &auth).await;
 
@@ -71,11 +59,7 @@ async fn totp_user_passes_the_totp_page() {
     let t = TestPool::new(2);
     let (vars, auth) = provider.vars("totp-carol", "totp-carol-password").await;
     let script = LoginScript::parse(&demo_script()).unwrap();
-    let outcome = t
-        .pool
-        .run_login("carol", &script, &vars, &provider.redirect_uri, RUN_TIMEOUT)
-        .await
-        .unwrap();
+    let outcome = t.login(&provider, "carol", &script, &vars).await.unwrap();
     assert_eq!(
         outcome.steps_acted,
         [0, 1, 2, 3, 4, 5, 6],
@@ -193,14 +177,7 @@ async fn wrong_totp_seed_fails_on_the_totp_page_without_leaking_codes() {
     let vars = vars.with_secret("totp", relogin_farm::secret::Secret::new(wrong_seed));
     let script = LoginScript::parse(&demo_script()).unwrap();
     let failure = t
-        .pool
-        .run_login(
-            "mallory",
-            &script,
-            &vars,
-            &provider.redirect_uri,
-            RUN_TIMEOUT,
-        )
+        .login(&provider, "mallory", &script, &vars)
         .await
         .unwrap_err();
     assert_eq!(failure.kind, FailureKind::NoRedirect);

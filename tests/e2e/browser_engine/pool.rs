@@ -55,20 +55,8 @@ async fn max_concurrent_one_serializes_two_accounts() {
     });
     let started = std::time::Instant::now();
     let (a, b) = tokio::join!(
-        t.pool.run_login(
-            "frank",
-            &script,
-            &vars_a,
-            &provider.redirect_uri,
-            RUN_TIMEOUT
-        ),
-        t.pool.run_login(
-            "grace",
-            &script,
-            &vars_b,
-            &provider.redirect_uri,
-            RUN_TIMEOUT
-        ),
+        t.login(&provider, "frank", &script, &vars_a),
+        t.login(&provider, "grace", &script, &vars_b),
     );
     let total = started.elapsed();
     done.store(true, Ordering::Relaxed);
@@ -267,11 +255,7 @@ async fn relogins_share_one_driver_that_stops_after_the_linger() {
     let mut pids = Vec::new();
     for _ in 0..2 {
         let (vars, auth) = provider.vars("kim", "kim-password").await;
-        let outcome = t
-            .pool
-            .run_login("kim", &script, &vars, &provider.redirect_uri, RUN_TIMEOUT)
-            .await
-            .unwrap();
+        let outcome = t.login(&provider, "kim", &script, &vars).await.unwrap();
         provider.redeem(&outcome.redirect_url, &auth).await;
         // Between runs: the browser is closed, the driver lingers.
         t.assert_no_chromium_left();
@@ -303,10 +287,7 @@ async fn relogins_share_one_driver_that_stops_after_the_linger() {
 
     // The next relogin starts a fresh driver; shutdown stops it at once.
     let (vars, _) = provider.vars("kim", "kim-password").await;
-    t.pool
-        .run_login("kim", &script, &vars, &provider.redirect_uri, RUN_TIMEOUT)
-        .await
-        .unwrap();
+    t.login(&provider, "kim", &script, &vars).await.unwrap();
     assert_eq!(t.pool.driver_starts(), 2);
 
     // A driver that died while idle is replaced on the next launch.
@@ -317,8 +298,7 @@ async fn relogins_share_one_driver_that_stops_after_the_linger() {
         .unwrap();
     assert!(killed.success());
     let (vars, _) = provider.vars("kim", "kim-password").await;
-    t.pool
-        .run_login("kim", &script, &vars, &provider.redirect_uri, RUN_TIMEOUT)
+    t.login(&provider, "kim", &script, &vars)
         .await
         .expect("the run retries on a fresh driver");
     assert_eq!(t.pool.driver_starts(), 3);

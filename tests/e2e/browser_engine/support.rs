@@ -10,7 +10,7 @@ use std::sync::Once;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use relogin_farm::browser::runner::{doctor, BrowserConfig, BrowserPool};
+use relogin_farm::browser::runner::{doctor, BrowserConfig, BrowserPool, LoginOutcome, RunFailure};
 use relogin_farm::browser::script::{LoginScript, Vars};
 use relogin_farm::secret::Secret;
 use sha2::{Digest, Sha256};
@@ -115,6 +115,20 @@ impl TestPool {
             pool: BrowserPool::new(cfg),
             dir,
         }
+    }
+
+    /// Runs `script` on `profile` against the test provider, within
+    /// [`RUN_TIMEOUT`].
+    pub async fn login(
+        &self,
+        provider: &Provider,
+        profile: &str,
+        script: &LoginScript,
+        vars: &Vars,
+    ) -> Result<LoginOutcome, RunFailure> {
+        self.pool
+            .run_login(profile, script, vars, &provider.redirect_uri, RUN_TIMEOUT)
+            .await
     }
 
     /// Chromium processes (not zombies) whose command line names this
