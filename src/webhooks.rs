@@ -15,7 +15,8 @@ use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::Sha256;
-use tokio::sync::{broadcast::error::RecvError, mpsc};
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::mpsc;
 
 use crate::config::WebhookConfig;
 use crate::events::{Event, EventKind};
@@ -97,6 +98,10 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
 }
 
 /// Starts the two tasks of every webhook.
+///
+/// Each webhook subscribes to the bus here, before this returns, not in its
+/// task: an event emitted between the spawn and the task's first poll (the
+/// first request the server answers, say) would otherwise never be sent.
 pub fn spawn_all(farm: &Arc<Farm>, shutdown: &Shutdown) {
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -104,7 +109,8 @@ pub fn spawn_all(farm: &Arc<Farm>, shutdown: &Shutdown) {
         .expect("a rustls reqwest client always builds");
     for hook in farm.webhooks.iter().cloned() {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(enqueue(farm.clone(), hook.clone(), tx, shutdown.clone()));
+        let live = farm.events.subscribe();
+        tokio::spawn(enqueue(live, hook.clone(), tx, shutdown.clone()));
         tokio::spawn(deliver(
             farm.clone(),
             hook,
@@ -116,12 +122,11 @@ pub fn spawn_all(farm: &Arc<Farm>, shutdown: &Shutdown) {
 }
 
 async fn enqueue(
-    farm: Arc<Farm>,
+    mut live: broadcast::Receiver<Event>,
     hook: Arc<Webhook>,
     tx: mpsc::Sender<Event>,
     mut shutdown: Shutdown,
 ) {
-    let mut live = farm.events.subscribe();
     loop {
         let ev = tokio::select! {
             ev = live.recv() => ev,
@@ -223,6 +228,47 @@ async fn post(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// On a current-thread runtime a spawned task does not run before the
+    /// spawner yields, so an event emitted right after `spawn_all` reaches the
+    /// webhook only if it subscribed inside `spawn_all` itself.
+    #[tokio::test]
+    async fn an_event_emitted_right_after_start_is_delivered() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let receiver = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the receiver");
+        let port = receiver.local_addr().expect("its address").port();
+        let toml = format!(
+            "[store]\npath = {:?}\n[browser]\nenabled = false\n\
+             [[webhook]]\nurl = \"http://127.0.0.1:{port}/hook\"\nevents = [\"client_created\"]\n",
+            dir.path().join("farm.db").display().to_string()
+        );
+        let env = [("RELOGIN_FARM_ADMIN_TOKEN".to_owned(), "a".repeat(40))];
+        let config = crate::config::Config::from_toml_str(&toml, env, &Default::default())
+            .expect("a valid config");
+        let farm = crate::server::open_farm(config).expect("the farm opens");
+        let (_stop, shutdown) = tokio::sync::watch::channel(false);
+
+        spawn_all(&farm, &shutdown);
+        farm.events
+            .emit(EventKind::ClientCreated, None, "client 1 created");
+
+        let accepted = tokio::time::timeout(Duration::from_secs(10), receiver.accept()).await;
+        let (mut conn, _) = accepted
+            .expect("the webhook posted the event within 10 s")
+            .expect("accept");
+        let mut request = vec![0; 4096];
+        let n = conn.read(&mut request).await.expect("read the request");
+        let request = String::from_utf8_lossy(&request[..n]);
+        assert!(request.starts_with("POST /hook "), "{request}");
+        assert!(request.contains("client_created"), "{request}");
+        let _ = conn
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await;
+    }
 
     #[test]
     fn signature_is_rfc_4231_hmac_sha256() {
