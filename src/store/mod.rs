@@ -8,8 +8,10 @@
 //! `synchronous = NORMAL` — a lost lease record costs nothing but a line of
 //! usage history, and grouping is what keeps `/credential/next` fast.
 
+pub mod backup;
 pub mod crypto;
 pub mod leases;
+pub mod lock;
 mod schema;
 
 use std::fs;
@@ -48,6 +50,13 @@ pub enum StoreError {
     LeaseLog(String),
     #[error("the lease log has stopped")]
     LeaseLogClosed,
+    #[error(
+        "{db} is in use by {holder} (another relogin-farm on the same database?); \
+         stop it first: two farms on one store would refresh the same accounts"
+    )]
+    InUse { db: PathBuf, holder: String },
+    #[error("{path} is not a usable backup: {reason}")]
+    BadBackup { path: PathBuf, reason: String },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -56,6 +65,8 @@ pub struct Store {
     conn: Mutex<Connection>,
     cipher: Cipher,
     path: PathBuf,
+    /// Held for as long as the store is open: one farm per database.
+    _lock: lock::StoreLock,
 }
 
 /// A client key's record (the key itself is never stored).
@@ -73,7 +84,12 @@ pub struct ClientRecord {
 impl Store {
     /// Opens (creating if needed) the database at `path`, its directory 0700
     /// and its files 0600, migrates the schema and checks the key.
+    ///
+    /// Fails with [`StoreError::InUse`] while another `Store` (in this or
+    /// another process) has the same database open.
     pub fn open(path: &Path, cipher: Cipher) -> Result<Store> {
+        create_data_dir(path)?;
+        let lock = lock::StoreLock::acquire(path)?;
         let conn = open_connection(path, true)?;
         schema::migrate(&conn)?;
         check_fingerprint(&conn, &cipher)?;
@@ -82,11 +98,28 @@ impl Store {
             conn: Mutex::new(conn),
             cipher,
             path: path.to_path_buf(),
+            _lock: lock,
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The store key's fingerprint (as recorded in the database).
+    pub fn fingerprint(&self) -> &str {
+        self.cipher.fingerprint()
+    }
+
+    /// Takes a verified backup into `dir` and keeps the newest `keep`
+    /// (see [`backup`]). Blocking; one at a time.
+    pub fn backup(
+        &self,
+        dir: &Path,
+        keep: usize,
+        now: DateTime<Utc>,
+    ) -> Result<backup::BackupFile> {
+        backup::create(&self.path, dir, keep, self.fingerprint(), now)
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -616,15 +649,7 @@ pub(crate) fn open_connection(path: &Path, synchronous_full: bool) -> Result<Con
         path: path.to_path_buf(),
         source,
     };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(io)?;
-        }
-    }
+    create_data_dir(path)?;
     if !path.exists() {
         match fs::OpenOptions::new()
             .create_new(true)
@@ -652,6 +677,21 @@ pub(crate) fn open_connection(path: &Path, synchronous_full: bool) -> Result<Con
     // write on an async worker — ever pays for copying the WAL back.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     Ok(conn)
+}
+
+/// Creates the directory of the database at `path` (0700) if it is missing.
+fn create_data_dir(path: &Path) -> Result<()> {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) if !dir.exists() => fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| StoreError::Io {
+                path: dir.to_path_buf(),
+                source,
+            }),
+        _ => Ok(()),
+    }
 }
 
 /// SQLite gives `-wal` and `-shm` the database file's mode already; this

@@ -530,3 +530,145 @@ fn another_process_cannot_take_the_wal_from_a_running_store() {
         "A2"
     );
 }
+
+#[test]
+fn a_second_store_on_the_same_database_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = open(dir.path());
+    let second = Store::open(
+        &dir.path().join("data/farm.db"),
+        Cipher::from_text(&key()).unwrap(),
+    );
+    assert!(
+        matches!(second, Err(StoreError::InUse { .. })),
+        "{:?}",
+        second.err()
+    );
+    drop(first);
+    drop(open(dir.path()));
+}
+
+fn mode_of(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn a_backup_is_a_private_verified_snapshot_and_the_oldest_are_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Utc::now();
+    let store = open(dir.path());
+    let a = store.insert_account("demo", "alice", 0, now).unwrap();
+    store
+        .save_tokens(a.id, &tokens(now, "ACCESS-1", Some("REFRESH-1")), now)
+        .unwrap();
+    let backups = dir.path().join("data/backups");
+
+    let first = store.backup(&backups, 2, now).unwrap();
+    assert_eq!(first.file, backup::file_name(now));
+    assert_eq!(mode_of(&backups), 0o700);
+    assert_eq!(mode_of(&backups.join(&first.file)), 0o600);
+    assert_eq!(
+        std::fs::metadata(backups.join(&first.file)).unwrap().len(),
+        first.bytes
+    );
+    // Checking it left nothing beside it; the running store kept its WAL
+    // (the backup's connection did not drop this process's locks).
+    let names: Vec<String> = std::fs::read_dir(&backups)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, [first.file.clone()]);
+    assert!(dir.path().join("data/farm.db-wal").exists());
+    backup::verify(&backups.join(&first.file), store.fingerprint()).unwrap();
+    let other = Cipher::from_text(&Secret::new("22".repeat(32))).unwrap();
+    let e = backup::verify(&backups.join(&first.file), other.fingerprint()).unwrap_err();
+    assert!(e.to_string().contains("another store key"), "{e}");
+
+    // Written after the first backup: only in the later ones.
+    store
+        .save_tokens(a.id, &tokens(now, "ACCESS-2", Some("REFRESH-2")), now)
+        .unwrap();
+    let second = store
+        .backup(&backups, 2, now + Duration::seconds(1))
+        .unwrap();
+    let third = store
+        .backup(&backups, 2, now + Duration::seconds(2))
+        .unwrap();
+    let listed: Vec<String> = backup::list(&backups)
+        .unwrap()
+        .into_iter()
+        .map(|b| b.file)
+        .collect();
+    assert_eq!(listed, [second.file.clone(), third.file.clone()]);
+
+    // Restored into another farm's place, the first backup holds alice
+    // with the tokens of that moment, readable with the same key.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let db = elsewhere.path().join("data/farm.db");
+    std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+    std::fs::copy(backups.join(&second.file), &db).unwrap();
+    let restored = Store::open(&db, Cipher::from_text(&key()).unwrap()).unwrap();
+    let accounts = restored.load_accounts(now).unwrap();
+    assert_eq!(accounts.len(), 1);
+    let t = accounts[0].tokens.as_ref().unwrap();
+    assert_eq!(
+        (
+            t.access_token.expose(),
+            t.refresh_token.as_ref().unwrap().expose()
+        ),
+        ("ACCESS-2", "REFRESH-2")
+    );
+}
+
+#[test]
+fn restore_checks_the_backup_and_moves_the_current_database_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Utc::now();
+    let backups = dir.path().join("backups");
+    let store = open(dir.path());
+    store.insert_account("demo", "alice", 0, now).unwrap();
+    let taken = store.backup(&backups, 5, now).unwrap();
+    store.insert_account("demo", "bob", 0, now).unwrap();
+    let fingerprint = store.fingerprint().to_owned();
+    drop(store);
+    let db = dir.path().join("data/farm.db");
+
+    // Not a database, or not this farm's: refused, nothing moved.
+    let junk = dir.path().join("junk.db");
+    std::fs::write(&junk, b"not a database at all, just some text").unwrap();
+    let wrong = Cipher::from_text(&Secret::new("22".repeat(32))).unwrap();
+    for (from, fp) in [
+        (junk.as_path(), fingerprint.as_str()),
+        (&backups.join(&taken.file), wrong.fingerprint()),
+        (&dir.path().join("missing.db"), fingerprint.as_str()),
+    ] {
+        let e = backup::restore(from, &db, fp, now).unwrap_err();
+        assert!(matches!(e, StoreError::BadBackup { .. }), "{e}");
+        assert_eq!(open(dir.path()).load_accounts(now).unwrap().len(), 2);
+    }
+
+    let aside = backup::restore(&backups.join(&taken.file), &db, &fingerprint, now)
+        .unwrap()
+        .expect("the current database was moved aside");
+    assert!(aside.to_string_lossy().ends_with(&format!(
+        "farm.db.before-restore-{}",
+        &taken.file[5..taken.file.len() - 3]
+    )));
+    assert_eq!(mode_of(&db), 0o600);
+    let labels = |s: &Store| -> Vec<String> {
+        s.load_accounts(now)
+            .unwrap()
+            .into_iter()
+            .map(|a| a.label)
+            .collect()
+    };
+    assert_eq!(labels(&open(dir.path())), ["alice"]);
+    // The database it replaced is whole, beside it.
+    std::fs::rename(&aside, dir.path().join("old.db")).unwrap();
+    let old = Store::open(
+        &dir.path().join("old.db"),
+        Cipher::from_text(&key()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(labels(&old), ["alice", "bob"]);
+}
