@@ -577,7 +577,7 @@ fn a_backup_is_a_private_verified_snapshot_and_the_oldest_are_pruned() {
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(names, [first.file.clone()]);
+    assert_eq!(names, std::slice::from_ref(&first.file));
     assert!(dir.path().join("data/farm.db-wal").exists());
     backup::verify(&backups.join(&first.file), store.fingerprint()).unwrap();
     let other = Cipher::from_text(&Secret::new("22".repeat(32))).unwrap();
