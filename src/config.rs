@@ -53,6 +53,9 @@ const ENV_KEYS: &[&str] = &[
     "store.path",
     "store.key_file",
     "store.lease_retention",
+    "backup.schedule",
+    "backup.dir",
+    "backup.keep",
     "scheduler.refresh_margin",
     "scheduler.sweep",
     "scheduler.max_concurrent_refreshes",
@@ -102,6 +105,8 @@ pub const EVENT_KINDS: &[&str] = &[
     "client_created",
     "client_revoked",
     "webhook_failed",
+    "backup_created",
+    "backup_failed",
 ];
 
 /// Upper bound on every duration: far beyond any sensible setting, and low
@@ -139,6 +144,7 @@ const RESERVED_CHROMIUM_ARGS: &[&str] = &[
 pub struct Config {
     pub server: ServerConfig,
     pub store: StoreConfig,
+    pub backup: BackupConfig,
     pub scheduler: SchedulerConfig,
     pub rotation: RotationConfig,
     pub log: LogConfig,
@@ -172,6 +178,19 @@ pub struct StoreConfig {
     pub key: Option<Secret>,
     /// Leases and reports older than this are pruned by the sweep.
     pub lease_retention: Duration,
+}
+
+/// `[backup]`: scheduled copies of the database (see `store::backup`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackupConfig {
+    /// When to take one; `None` when `schedule = ""`.
+    pub schedule: Option<cron::Schedule>,
+    /// The expression as configured (trimmed; `""` when disabled).
+    pub schedule_expr: String,
+    /// `backup.dir`, defaulting to `backups/` beside [`StoreConfig::path`].
+    pub dir: PathBuf,
+    /// How many backups to keep (1..=1000); the oldest go first.
+    pub keep: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -453,6 +472,19 @@ impl Default for StoreConfig {
     }
 }
 
+impl Default for BackupConfig {
+    fn default() -> Self {
+        let (schedule, schedule_expr) =
+            parse_cron(DEFAULT_BACKUP_SCHEDULE).expect("the default backup schedule is valid");
+        BackupConfig {
+            schedule,
+            schedule_expr,
+            dir: default_backup_dir(&StoreConfig::default().path),
+            keep: 7,
+        }
+    }
+}
+
 impl Default for SchedulerConfig {
     fn default() -> Self {
         let sweep_expr = "0 */5 * * * *";
@@ -531,6 +563,14 @@ fn default_key_file(store_path: &Path) -> PathBuf {
     store_path.with_file_name("farm.key")
 }
 
+/// Daily at 03:30 UTC.
+const DEFAULT_BACKUP_SCHEDULE: &str = "0 30 3 * * *";
+
+/// `backups/` next to the database; moves with it like [`default_key_file`].
+fn default_backup_dir(store_path: &Path) -> PathBuf {
+    store_path.with_file_name("backups")
+}
+
 // ---------------------------------------------------------------------------
 // Loading
 // ---------------------------------------------------------------------------
@@ -577,6 +617,7 @@ impl Config {
         // reported as such rather than as whatever it was missing.
         let server = root.child("server")?;
         let store = root.child("store")?;
+        let backup = root.child("backup")?;
         let scheduler = root.child("scheduler")?;
         let rotation = root.child("rotation")?;
         let log = root.child("log")?;
@@ -586,9 +627,11 @@ impl Config {
         let providers = root.take("provider");
         root.finish()?;
 
+        let store = StoreConfig::build(store, &env, overrides.store_path.as_deref())?;
         let mut config = Config {
             server: ServerConfig::build(server, &env)?,
-            store: StoreConfig::build(store, &env, overrides.store_path.as_deref())?,
+            backup: BackupConfig::build(backup, &store.path)?,
+            store,
             scheduler: SchedulerConfig::build(scheduler)?,
             rotation: RotationConfig::build(rotation)?,
             log: LogConfig::build(log)?,
@@ -714,11 +757,28 @@ impl StoreConfig {
     }
 }
 
+impl BackupConfig {
+    fn build(mut sec: Section<'_>, store_path: &Path) -> Result<Self> {
+        let d = Self::default();
+        let schedule = sec.parsed("schedule", "cron expression", parse_cron)?;
+        let dir = sec.path("dir")?;
+        let keep = sec.count("keep", 1..=1000)?.unwrap_or(d.keep);
+        sec.finish()?;
+        let (schedule, schedule_expr) = schedule.unwrap_or((d.schedule, d.schedule_expr));
+        Ok(BackupConfig {
+            schedule,
+            schedule_expr,
+            dir: dir.unwrap_or_else(|| default_backup_dir(store_path)),
+            keep,
+        })
+    }
+}
+
 impl SchedulerConfig {
     fn build(mut sec: Section<'_>) -> Result<Self> {
         let d = Self::default();
         let refresh_margin = sec.duration("refresh_margin")?.unwrap_or(d.refresh_margin);
-        let sweep = sec.parsed("sweep", "cron expression", parse_sweep)?;
+        let sweep = sec.parsed("sweep", "cron expression", parse_cron)?;
         let max_concurrent_refreshes = sec
             .count("max_concurrent_refreshes", 1..=1024)?
             .unwrap_or(d.max_concurrent_refreshes);
@@ -843,7 +903,7 @@ fn check_log_level(level: &str) -> Result<(), &'static str> {
 
 /// `""` (or blanks) disables the sweep. A 5-field expression gets a hint,
 /// since classic cron syntax has no seconds field and is the usual mistake.
-fn parse_sweep(expr: &str) -> Result<(Option<cron::Schedule>, String), String> {
+fn parse_cron(expr: &str) -> Result<(Option<cron::Schedule>, String), String> {
     let expr = expr.trim();
     if expr.is_empty() {
         return Ok((None, String::new()));
@@ -1973,6 +2033,7 @@ mod tests {
         let config = load(file, &[]).unwrap();
         assert_eq!(config.server.listen.port(), 1001);
         assert_eq!(config.store.key_file, Path::new("file/farm.key"));
+        assert_eq!(config.backup.dir, Path::new("file/backups"));
         assert_eq!(config.log.level, "warn");
         assert_eq!(config.scheduler, SchedulerConfig::default());
 
@@ -1998,7 +2059,52 @@ mod tests {
         assert_eq!(config.server.listen.port(), 1003);
         assert_eq!(config.store.path, Path::new("flag/farm.db"));
         assert_eq!(config.store.key_file, Path::new("flag/farm.key"));
+        assert_eq!(config.backup.dir, Path::new("flag/backups"));
         assert_eq!(config.log.level, "trace");
+    }
+
+    #[test]
+    fn backup_section() {
+        let d = load("", &[]).unwrap().backup;
+        assert_eq!(
+            (d.schedule_expr.as_str(), d.dir.as_path(), d.keep),
+            ("0 30 3 * * *", Path::new("data/backups"), 7)
+        );
+        assert!(d.schedule.is_some());
+        let flags = Overrides {
+            store_path: Some("elsewhere/x.db".into()),
+            ..Overrides::default()
+        };
+        let text = "[backup]\nschedule = \"\"\ndir = \"/srv/farm-backups\"\nkeep = 30";
+        let b = Config::from_toml_str(text, env(&[]), &flags)
+            .unwrap()
+            .backup;
+        assert_eq!(
+            (b.schedule, b.dir.as_path(), b.keep),
+            (None, Path::new("/srv/farm-backups"), 30)
+        );
+        let b = load(
+            "",
+            &[
+                ("RELOGIN_FARM_BACKUP_SCHEDULE", "@daily"),
+                ("RELOGIN_FARM_BACKUP_KEEP", "2"),
+            ],
+        )
+        .unwrap()
+        .backup;
+        assert_eq!((b.schedule_expr.as_str(), b.keep), ("@daily", 2));
+        for (text, expected) in [
+            ("[backup]\nkeep = 0", "backup.keep: "),
+            ("[backup]\nkeep = 1001", "backup.keep: "),
+            (
+                "[backup]\nschedule = \"30 3 * * *\"",
+                "backup.schedule: invalid cron expression",
+            ),
+            ("[backup]\nevery = \"1d\"", "backup.every: unknown key"),
+        ] {
+            let e = err(text, &[]);
+            assert!(e.starts_with(expected), "{text}: {e}");
+        }
     }
 
     #[test]
@@ -2132,7 +2238,7 @@ mod tests {
     fn every_env_key_is_read() {
         for key in ENV_KEYS {
             let var = env_var(key);
-            let value = if *key == "scheduler.sweep" {
+            let value = if ["scheduler.sweep", "backup.schedule"].contains(key) {
                 "bogus"
             } else {
                 ""
@@ -2288,7 +2394,14 @@ mod tests {
 
     #[test]
     fn event_kinds_are_unique_snake_case() {
-        assert_eq!(EVENT_KINDS.len(), 18);
+        let emitted: Vec<&str> = crate::events::EventKind::ALL
+            .iter()
+            .map(|k| k.as_str())
+            .collect();
+        assert_eq!(
+            EVENT_KINDS, emitted,
+            "config and the event bus list the same kinds"
+        );
         let unique: BTreeSet<&str> = EVENT_KINDS.iter().copied().collect();
         assert_eq!(unique.len(), EVENT_KINDS.len());
         for kind in EVENT_KINDS {
@@ -2332,7 +2445,7 @@ mod tests {
                 EVENT_KINDS.join(" | ")
             )
         );
-        assert!(e.contains("account_added | account_removed") && e.ends_with("| webhook_failed"));
+        assert!(e.contains("account_added | account_removed") && e.ends_with("| backup_failed"));
         let cases = [
             (with("events = [\"refresh_ok\", \"refresh_ok\"]"), "webhook[0].events[1]: duplicate event kind \"refresh_ok\" (also webhook[0].events[0])"),
             (with("events = \"needs_human\""), "webhook[0].events: expected an array of strings, found string"),

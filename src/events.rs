@@ -38,6 +38,8 @@ pub enum EventKind {
     ClientCreated,
     ClientRevoked,
     WebhookFailed,
+    BackupCreated,
+    BackupFailed,
 }
 
 impl EventKind {
@@ -60,6 +62,8 @@ impl EventKind {
         EventKind::ClientCreated,
         EventKind::ClientRevoked,
         EventKind::WebhookFailed,
+        EventKind::BackupCreated,
+        EventKind::BackupFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -82,6 +86,8 @@ impl EventKind {
             EventKind::ClientCreated => "client_created",
             EventKind::ClientRevoked => "client_revoked",
             EventKind::WebhookFailed => "webhook_failed",
+            EventKind::BackupCreated => "backup_created",
+            EventKind::BackupFailed => "backup_failed",
         }
     }
 

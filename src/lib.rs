@@ -8,8 +8,8 @@
 //!   off ([`domain::timing`]).
 //! - [`config`]: defaults → TOML → `RELOGIN_FARM_*` env → CLI flags.
 //! - [`secret`]: [`secret::Secret`], a string that prints as `***`.
-//! - [`store`]: SQLite (WAL), encrypted tokens, hashed client keys, and the
-//!   group-commit lease log.
+//! - [`store`]: SQLite (WAL), encrypted tokens, hashed client keys, the
+//!   group-commit lease log, the one-farm-per-database lock, backups.
 //! - [`oauth`]: the provider edge — discovery, PKCE authorize URL, code
 //!   exchange, refresh grant.
 //! - [`farm`]: the service every caller goes through — accounts, logins,
@@ -19,7 +19,7 @@
 //! - [`browser`]: the browser relogin engine — login scripts (pure), the
 //!   Playwright/Chromium runner with one persistent profile per account,
 //!   the recorder.
-//! - [`scheduler`]: the refresh scheduler and the cron sweep.
+//! - [`scheduler`]: the refresh scheduler and the cron jobs (sweep, backups).
 //! - [`http`]: the warp route table, thin handlers, the one error renderer,
 //!   and the loopback redirect listener.
 //! - [`server`]: wiring; `server::run(config, listener, shutdown)`.

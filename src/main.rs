@@ -72,6 +72,20 @@ enum Command {
         #[command(subcommand)]
         command: BrowserCommand,
     },
+    /// Take a backup of the running farm's database now (into backup.dir).
+    Backup {
+        /// List the backups instead, newest first.
+        #[arg(long)]
+        list: bool,
+        #[command(flatten)]
+        farm: FarmArgs,
+    },
+    /// Put a backup in place of the database. The farm must be stopped; the
+    /// database it replaces is moved aside, not deleted.
+    Restore {
+        /// A backup file (e.g. data/backups/farm-20261128T033000.000Z.db).
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -224,7 +238,54 @@ fn main() -> Result<()> {
             let config = load_config(&cli.config, &Overrides::default())?;
             runtime()?.block_on(browser(config, command))
         }
+        Command::Backup { list, farm } => {
+            let config = load_config(&cli.config, &Overrides::default())?;
+            runtime()?.block_on(backup(&config, *list, farm))
+        }
+        Command::Restore { file } => {
+            let config = load_config(&cli.config, &Overrides::default())?;
+            let moved = relogin_farm::server::restore_backup(&config, file)?;
+            println!(
+                "restored {} to {}",
+                file.display(),
+                config.store.path.display()
+            );
+            if let Some(old) = moved {
+                println!("the database it replaced is kept at {}", old.display());
+            }
+            println!(
+                "start the farm; an account whose refresh token was rotated after this backup \
+                 will be found dead and logged in again"
+            );
+            Ok(())
+        }
     }
+}
+
+async fn backup(config: &Config, list: bool, farm: &FarmArgs) -> Result<()> {
+    let client = FarmClient::new(config, farm)?;
+    let line = |b: &serde_json::Value| {
+        format!(
+            "{}  {} bytes  {}",
+            b["file"].as_str().unwrap_or(""),
+            b["bytes"],
+            b["created_at"].as_str().unwrap_or("")
+        )
+    };
+    if list {
+        let found = client
+            .call(reqwest::Method::GET, "/api/backups", None)
+            .await?;
+        for b in found.as_array().into_iter().flatten() {
+            println!("{}", line(b));
+        }
+    } else {
+        let b = client
+            .call(reqwest::Method::POST, "/api/backups", None)
+            .await?;
+        println!("backup taken: {}", line(&b));
+    }
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

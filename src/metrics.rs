@@ -2,7 +2,9 @@
 //! the hot path pays one relaxed increment.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+use chrono::{DateTime, Utc};
 
 use crate::store::leases::Outcome;
 
@@ -13,6 +15,10 @@ pub struct Metrics {
     refresh_ok: AtomicU64,
     refresh_failed: AtomicU64,
     reports: [AtomicU64; 4],
+    backups_ok: AtomicU64,
+    backups_failed: AtomicU64,
+    /// Unix seconds of the newest backup (0: none yet).
+    last_backup_at: AtomicI64,
 }
 
 impl Metrics {
@@ -32,6 +38,22 @@ impl Metrics {
     }
     pub fn record_report(&self, outcome: Outcome) {
         self.reports[outcome as usize].fetch_add(1, Relaxed);
+    }
+    /// A backup attempt; `Some(when)` for one that was written.
+    pub fn record_backup(&self, created_at: Option<DateTime<Utc>>) {
+        match created_at {
+            Some(at) => {
+                self.backups_ok.fetch_add(1, Relaxed);
+                self.set_last_backup(at);
+            }
+            None => {
+                self.backups_failed.fetch_add(1, Relaxed);
+            }
+        }
+    }
+    /// The newest backup on disk (also those of earlier runs).
+    pub fn set_last_backup(&self, at: DateTime<Utc>) {
+        self.last_backup_at.fetch_max(at.timestamp(), Relaxed);
     }
 
     /// Renders the counters plus the per-state account gauge the caller
@@ -86,6 +108,21 @@ impl Metrics {
             "relogin_farm_reports_total",
             "Client reports, by outcome.",
             &samples,
+        );
+        counter(
+            "relogin_farm_backups_total",
+            "Database backups attempted, by result.",
+            &[
+                ("{result=\"ok\"}", self.backups_ok.load(Relaxed)),
+                ("{result=\"failed\"}", self.backups_failed.load(Relaxed)),
+            ],
+        );
+        let _ = writeln!(
+            out,
+            "# HELP relogin_farm_last_backup_timestamp_seconds When the newest backup was taken (0: none).\n\
+             # TYPE relogin_farm_last_backup_timestamp_seconds gauge\n\
+             relogin_farm_last_backup_timestamp_seconds {}",
+            self.last_backup_at.load(Relaxed)
         );
         let _ = writeln!(out, "# HELP relogin_farm_accounts Accounts by provider and state.\n# TYPE relogin_farm_accounts gauge");
         for (provider, state, n) in accounts {

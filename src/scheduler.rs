@@ -170,8 +170,39 @@ impl Farm {
 }
 
 /// Runs [`sweep`] on the configured cron schedule (disabled when empty).
-pub async fn run_sweep(farm: Arc<Farm>, mut shutdown: Shutdown) {
-    let Some(schedule) = farm.config.scheduler.sweep.clone() else {
+pub async fn run_sweep(farm: Arc<Farm>, shutdown: Shutdown) {
+    let schedule = farm.config.scheduler.sweep.clone();
+    on_schedule(schedule, &farm, shutdown, |farm| {
+        sweep(farm);
+        std::future::ready(())
+    })
+    .await;
+}
+
+/// Takes a backup on the `[backup]` schedule (disabled when empty). A
+/// failure is logged and announced (`backup_failed`) by the farm; the next
+/// run tries again.
+pub async fn run_backups(farm: Arc<Farm>, shutdown: Shutdown) {
+    let schedule = farm.config.backup.schedule.clone();
+    on_schedule(schedule, &farm, shutdown, |farm| async move {
+        let _ = farm.backup_now().await;
+    })
+    .await;
+}
+
+/// Runs `job` at every time of `schedule` until shutdown. Sleeps are capped
+/// at `scheduler.max_sleep` and the clock is read again after each, so a
+/// suspended machine runs a missed job once, soon after it wakes.
+async fn on_schedule<'f, F, Fut>(
+    schedule: Option<cron::Schedule>,
+    farm: &'f Farm,
+    mut shutdown: Shutdown,
+    mut job: F,
+) where
+    F: FnMut(&'f Farm) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let Some(schedule) = schedule else {
         return;
     };
     let max_sleep = farm.config.scheduler.max_sleep;
@@ -186,7 +217,10 @@ pub async fn run_sweep(farm: Arc<Farm>, mut shutdown: Shutdown) {
             _ = wait_shutdown(&mut shutdown) => return,
         }
         if Utc::now() >= at {
-            sweep(&farm);
+            tokio::select! {
+                _ = job(farm) => {}
+                _ = wait_shutdown(&mut shutdown) => return,
+            }
             next = schedule.upcoming(Utc).next();
         }
     }

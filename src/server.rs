@@ -16,7 +16,9 @@ use crate::config::Config;
 use crate::farm::{Farm, FarmError};
 use crate::scheduler;
 use crate::secret::Secret;
-use crate::store::{read_secret_file, write_secret_file, Cipher, Store, StoreError};
+use crate::store::{
+    create_parent_dir, read_secret_file, write_secret_file, Cipher, Store, StoreError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -49,14 +51,7 @@ fn load_or_create_key_file(key_file: &Path, db: &Path) -> Result<Secret, ServeEr
     match read_secret_file(key_file) {
         Ok(k) => Ok(k),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !db.exists() => {
-            if let Some(dir) = key_file.parent().filter(|d| !d.as_os_str().is_empty()) {
-                use std::os::unix::fs::DirBuilderExt;
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(dir)
-                    .map_err(|e| ServeError::Key(format!("{}: {e}", dir.display())))?;
-            }
+            create_parent_dir(key_file).map_err(|e| ServeError::Key(e.to_string()))?;
             let key = Cipher::generate_key_text();
             write_secret_file(key_file, &key)
                 .map_err(|e| ServeError::Key(format!("{}: {e}", key_file.display())))?;
@@ -69,6 +64,37 @@ fn load_or_create_key_file(key_file: &Path, db: &Path) -> Result<Secret, ServeEr
             db.display()
         ))),
     }
+}
+
+/// Puts the backup `from` in place of the configured database, after
+/// checking that it is whole and was written with the configured store key.
+/// Refused while a farm has the database open. Unlike starting the farm,
+/// this never creates a key: a backup is only readable with its own.
+/// Returns where the replaced database was moved (`None`: there was none).
+pub fn restore_backup(
+    config: &Config,
+    from: &Path,
+) -> Result<Option<std::path::PathBuf>, ServeError> {
+    let db = &config.store.path;
+    let key = match &config.store.key {
+        Some(k) => k.clone(),
+        None => read_secret_file(&config.store.key_file).map_err(|e| {
+            ServeError::Key(format!(
+                "cannot read {}: {e} (a backup is readable only with the store key it was \
+                 written with: put that key file there or set RELOGIN_FARM_KEY)",
+                config.store.key_file.display()
+            ))
+        })?,
+    };
+    let cipher = Cipher::from_text(&key).map_err(|e| ServeError::Key(e.to_string()))?;
+    create_parent_dir(db)?;
+    let _running = crate::store::lock::StoreLock::acquire(db)?;
+    Ok(crate::store::backup::restore(
+        from,
+        db,
+        cipher.fingerprint(),
+        chrono::Utc::now(),
+    )?)
 }
 
 /// Opens the store and builds the farm.
@@ -105,6 +131,7 @@ pub async fn serve(
             stop_rx.clone(),
         )),
         tokio::spawn(scheduler::run_sweep(farm.clone(), stop_rx.clone())),
+        tokio::spawn(scheduler::run_backups(farm.clone(), stop_rx.clone())),
     ];
     crate::webhooks::spawn_all(&farm, &stop_rx);
     if let Ok(addr) = listener.local_addr() {

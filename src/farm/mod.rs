@@ -7,6 +7,7 @@
 //! - tokens are persisted before anything uses them;
 //! - a failed refresh marks an account, it never deletes it.
 
+mod backup;
 mod clients;
 mod credentials;
 mod login;
@@ -60,6 +61,8 @@ pub enum FarmError {
     Refresh(#[source] OAuthError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("backup failed: {0}")]
+    Backup(#[source] StoreError),
 }
 
 pub type Result<T, E = FarmError> = std::result::Result<T, E>;
@@ -93,6 +96,8 @@ pub struct Farm {
     pub browser: Option<crate::browser::BrowserPool>,
     /// One browser relogin per account at a time.
     relogin_locks: Mutex<HashMap<AccountId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Held while a backup is being taken: one at a time.
+    backup_running: tokio::sync::Mutex<()>,
 }
 
 impl Farm {
@@ -136,6 +141,13 @@ impl Farm {
             .enumerate()
             .map(|(i, w)| Arc::new(crate::webhooks::Webhook::new(i, w.clone())))
             .collect();
+        let metrics = crate::metrics::Metrics::default();
+        if let Some(newest) = crate::store::backup::list(&config.backup.dir)
+            .ok()
+            .and_then(|found| found.last().cloned())
+        {
+            metrics.set_last_backup(newest.created_at);
+        }
         Ok(Arc::new(Farm {
             events,
             webhooks,
@@ -151,7 +163,8 @@ impl Farm {
             logins: login::PendingLogins::default(),
             clients,
             scheduler_wake: Notify::new(),
-            metrics: crate::metrics::Metrics::default(),
+            metrics,
+            backup_running: tokio::sync::Mutex::new(()),
         }))
     }
 

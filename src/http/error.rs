@@ -105,6 +105,9 @@ impl From<FarmError> for ApiError {
             FarmError::Refresh(_) => {
                 ApiError::new(StatusCode::BAD_GATEWAY, "refresh_failed", detail)
             }
+            FarmError::Backup(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "backup_failed", detail)
+            }
             FarmError::Store(StoreError::DuplicateAccount { .. }) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", detail)
             }

@@ -381,6 +381,26 @@ pub async fn webhooks(farm: Arc<Farm>, caller: Caller) -> Response {
     })())
 }
 
+pub async fn backups_list(farm: Arc<Farm>, caller: Caller) -> Response {
+    render((|| {
+        caller.require(&farm, Access::Admin)?;
+        Ok(json(&farm.backups()?))
+    })())
+}
+
+pub async fn backups_create(farm: Arc<Farm>, caller: Caller) -> Response {
+    render(
+        async {
+            caller.require(&farm, Access::Admin)?;
+            Ok(with_status(
+                json(&farm.backup_now().await?),
+                StatusCode::CREATED,
+            ))
+        }
+        .await,
+    )
+}
+
 pub async fn openapi() -> Response {
     render(Ok::<_, ApiError>(json(&*super::openapi::DOCUMENT)))
 }

@@ -290,6 +290,22 @@ pub const ROUTES: &[Route] = &[
     ),
     route(
         "GET",
+        "/api/backups",
+        Admin,
+        "Backups of the database, newest first",
+        None,
+        (200, Some("BackupList")),
+    ),
+    route(
+        "POST",
+        "/api/backups",
+        Admin,
+        "Take a backup now (waits for it; prunes beyond backup.keep)",
+        None,
+        (201, Some("Backup")),
+    ),
+    route(
+        "GET",
         "/api/clients",
         Admin,
         "List client keys",
@@ -633,6 +649,18 @@ pub fn routes(farm: Arc<Farm>) -> BoxedFilter<(Response,)> {
             .and(at("GET", "/api/webhooks"))
             .and(base())
             .then(h::webhooks))
+        .unify()
+        .boxed()
+        .or(path!("api" / "backups")
+            .and(at("GET", "/api/backups"))
+            .and(base())
+            .then(h::backups_list))
+        .unify()
+        .boxed()
+        .or(path!("api" / "backups")
+            .and(at("POST", "/api/backups"))
+            .and(base())
+            .then(h::backups_create))
         .unify()
         .boxed()
         .or(path!("api" / "clients")

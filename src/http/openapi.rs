@@ -157,7 +157,7 @@ fn schemas() -> Value {
         "account_id": {"type": ["integer", "null"]}, "detail": {"type": "string"}}});
     let client = json!({"type": "object", "required": ["id", "name", "created_at"], "properties": {
         "id": {"type": "integer"}, "name": {"type": "string"}, "created_at": dt(), "revoked_at": dt()}});
-    json!({
+    let mut all = json!({
         "Error": {"type": "object", "required": ["error", "detail"], "properties": {
             "error": {"type": "string"}, "detail": {"type": "string"}, "retry_after_s": {"type": "integer"}}},
         "Health": {"type": "object", "properties": {"status": {"const": "ok"}, "accounts": {"type": "integer"}}},
@@ -227,7 +227,13 @@ fn schemas() -> Value {
             "session_expires_at": dt()}},
         "Png": {"type": "string", "contentMediaType": "image/png"},
         "OpenApi": {"type": "object"}
-    })
+    });
+    // Added outside the literal above, which is at `json!`'s recursion limit.
+    all["Backup"] = json!({"type": "object", "required": ["file", "bytes", "created_at"], "properties": {
+        "file": {"type": "string", "description": "File name in backup.dir"}, "bytes": {"type": "integer"},
+        "created_at": dt()}});
+    all["BackupList"] = json!({"type": "array", "items": schema_ref("Backup")});
+    all
 }
 
 #[cfg(test)]

@@ -88,7 +88,7 @@ impl Store {
     /// Fails with [`StoreError::InUse`] while another `Store` (in this or
     /// another process) has the same database open.
     pub fn open(path: &Path, cipher: Cipher) -> Result<Store> {
-        create_data_dir(path)?;
+        create_parent_dir(path)?;
         let lock = lock::StoreLock::acquire(path)?;
         let conn = open_connection(path, true)?;
         schema::migrate(&conn)?;
@@ -649,7 +649,7 @@ pub(crate) fn open_connection(path: &Path, synchronous_full: bool) -> Result<Con
         path: path.to_path_buf(),
         source,
     };
-    create_data_dir(path)?;
+    create_parent_dir(path)?;
     if !path.exists() {
         match fs::OpenOptions::new()
             .create_new(true)
@@ -679,8 +679,9 @@ pub(crate) fn open_connection(path: &Path, synchronous_full: bool) -> Result<Con
     Ok(conn)
 }
 
-/// Creates the directory of the database at `path` (0700) if it is missing.
-fn create_data_dir(path: &Path) -> Result<()> {
+/// Creates the directory of the file at `path` (0700, with its parents) if
+/// it is missing: the data directory.
+pub fn create_parent_dir(path: &Path) -> Result<()> {
     match path.parent().filter(|d| !d.as_os_str().is_empty()) {
         Some(dir) if !dir.exists() => fs::DirBuilder::new()
             .recursive(true)

@@ -12,6 +12,7 @@ mod support;
 
 mod admin_page;
 mod api_auth;
+mod backup;
 mod bad_requests;
 mod browser_engine;
 mod cli_login;

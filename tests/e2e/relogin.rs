@@ -17,7 +17,6 @@ use reqwest::Method;
 
 use crate::browser_engine::support::chromium_pids_under;
 use crate::support::bed::BrowserSettings;
-use crate::support::process::{clean_command, run_with_deadline};
 use crate::support::{
     int_of, json, poll, secs, str_of, wait_for, Bed, Resp, Settings, Value, PROVIDER,
 };
@@ -216,16 +215,10 @@ fn assert_no_chromium_left(bed: &Bed) {
     );
 }
 
-/// `relogin-farm --config farm.toml ARGS`, with `stdin` piped into it.
+/// `relogin-farm --config farm.toml ARGS`, with `stdin` piped into it; it
+/// must succeed.
 fn cli(bed: &Bed, args: &[&str], stdin: &str) -> Output {
-    let mut cmd = clean_command("sh");
-    cmd.arg("-c")
-        .arg(r#"printf '%s\n' "$CLI_STDIN" | "$0" --config "$CLI_CONFIG" "$@""#)
-        .arg(env!("CARGO_BIN_EXE_relogin-farm"))
-        .args(args)
-        .env("CLI_STDIN", stdin)
-        .env("CLI_CONFIG", bed.layout.config());
-    let out = run_with_deadline("relogin-farm", cmd, secs(30));
+    let out = bed.run_cli(args, stdin);
     assert!(
         out.status.success(),
         "relogin-farm {args:?} failed ({}):\nstdout: {}\nstderr: {}",

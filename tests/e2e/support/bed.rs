@@ -2,7 +2,7 @@
 //! API client, and the steps most tests take (add an account, log it in,
 //! create a client key).
 
-use std::process::ExitStatus;
+use std::process::{ExitStatus, Output};
 use std::time::Duration;
 
 use reqwest::blocking::Client;
@@ -12,7 +12,7 @@ use tempfile::TempDir;
 use super::api::{http_client, Api};
 use super::browser;
 use super::farm::{FarmProcess, Layout};
-use super::process::StartFailure;
+use super::process::{clean_command, run_with_deadline, StartFailure};
 use super::provider::Provider;
 use super::{int_of, prometheus_samples, random_hex, random_store_key, str_of, wait_for};
 
@@ -197,6 +197,24 @@ impl Bed {
             "the farm did not exit cleanly on SIGTERM: {status}"
         );
         self.start_farm();
+    }
+
+    /// Runs `relogin-farm --config farm.toml ARGS` to its end (30 s at most)
+    /// with `stdin` piped into it, and the store key in its environment when
+    /// the farm gets it there too.
+    pub fn run_cli(&self, args: &[&str], stdin: &str) -> Output {
+        let mut cmd = clean_command("sh");
+        cmd.arg("-c")
+            .arg(r#"printf '%s\n' "$CLI_STDIN" | "$0" --config "$CLI_CONFIG" "$@""#)
+            .arg(env!("CARGO_BIN_EXE_relogin-farm"))
+            .args(args)
+            .env("CLI_STDIN", stdin)
+            .env("CLI_CONFIG", self.layout.config())
+            .current_dir(&self.layout.root);
+        if self.settings.key_in_env {
+            cmd.env("RELOGIN_FARM_KEY", &self.store_key);
+        }
+        run_with_deadline("relogin-farm", cmd, Duration::from_secs(30))
     }
 
     /// Everything the farm processes of this test wrote to stderr.
