@@ -158,6 +158,11 @@ try {
         given_up: r.querySelectorAll('td.num')[2]?.textContent,
         last_error: r.querySelector('.err')?.textContent ?? '',
       })));
+      step = 'back up now';
+      await page.waitForSelector('#backups-table tbody td.empty');
+      await page.click('#backup-now-btn');
+      await page.waitForSelector('#backups-table tbody tr[data-backup]');
+      out.backups = await page.$$eval('#backups-table tbody tr[data-backup]', (rows) => rows.map((r) => r.dataset.backup));
     }
     await shoot(page, tab);
   }

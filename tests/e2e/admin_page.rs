@@ -206,6 +206,14 @@ fn the_page_signs_in_shows_accounts_live_and_creates_a_working_client_key() {
     );
     assert!(str_of(hook, "last_error").contains("503"), "{page}");
 
+    // "Back up now" took one, and the page lists what the farm has.
+    let backups = bed.admin().get("/api/backups").ok();
+    assert_eq!(
+        page["backups"],
+        serde_json::json!([backups[0]["file"]]),
+        "{page}"
+    );
+
     // One document all along (no reload), live updates on, no errors.
     assert_eq!(
         (&page["marker"], &page["documents"]),

@@ -52,7 +52,7 @@
     }
   }
   const badge = (state) => h('span', { class: `badge s-${state}`, 'data-state': state, text: stateText(state) });
-  const NUMS = new Set(['Leases', 'OK', 'Rate limited', 'Unauthorized', 'Error', 'Delivered', 'Failed attempts', 'Given up']);
+  const NUMS = new Set(['Leases', 'OK', 'Rate limited', 'Unauthorized', 'Error', 'Delivered', 'Failed attempts', 'Given up', 'Size']);
   const head = (...cols) => h('thead', {}, h('tr', {}, cols.map((c) => h('th', { scope: 'col', class: NUMS.has(c) && 'num', text: c }))));
   const emptyRow = (n, text) => h('tr', {}, h('td', { colspan: n, class: 'empty', text }));
 
@@ -148,7 +148,7 @@
     sessionStorage.removeItem(TOKEN_KEY);
     stopLive();
     for (const d of document.querySelectorAll('dialog[open]')) d.close();
-    for (const id of ['accounts-body', 'events-list', 'usage-accounts', 'usage-clients', 'usage-recent', 'clients-table', 'webhooks-table', 'alerts'])
+    for (const id of ['accounts-body', 'events-list', 'usage-accounts', 'usage-clients', 'usage-recent', 'clients-table', 'webhooks-table', 'backups-table', 'alerts'])
       $(id).replaceChildren();
     Object.assign(S, { accounts: [], clients: [], usage: null, rendered: '', login: null });
     hideKey();
@@ -166,7 +166,7 @@
 
   // ---- tabs (roving tabindex; arrow keys, Home, End) -----------------------
 
-  const TABS = { accounts: () => loading || reload(), usage: () => loadUsage(), clients: () => loadClients(), events: () => loadWebhooks() };
+  const TABS = { accounts: () => loading || reload(), usage: () => loadUsage(), clients: () => loadClients(), events: () => Promise.all([loadWebhooks(), loadBackups()]) };
   const tabButtons = () => [...document.querySelectorAll('[role=tab]')];
   function selectTab(name, focus) {
     for (const b of tabButtons()) {
@@ -504,6 +504,23 @@
     tick();
   }
 
+  // ---- backups: what is kept, and one now ---------------------------------
+
+  const fmtBytes = (n) => (n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(1)} MiB` : `${Math.ceil(n / 1024)} KiB`);
+  async function loadBackups() {
+    let found;
+    try {
+      found = await api('GET', '/api/backups');
+    } catch (e) {
+      return showError('Loading backups', e);
+    }
+    $('backups-table').replaceChildren(head('File', 'Size', 'Taken'),
+      h('tbody', {}, found.length ? found.map((b) => h('tr', { 'data-backup': b.file },
+        h('th', { scope: 'row', text: b.file }),
+        h('td', { class: 'num', text: fmtBytes(b.bytes) }),
+        h('td', {}, when(b.created_at))))
+        : emptyRow(3, 'No backups yet.')));
+  }
   // ---- live updates: SSE read with fetch (EventSource cannot send the token) ----
 
   const HISTORY_PAGE = 1000; // the farm's page size for GET /api/events?since=ID
@@ -675,6 +692,11 @@
     const c = b && S.clients.find((x) => String(x.id) === b.closest('tr').dataset.clientId);
     if (c) revokeClient(c, b);
   });
+  on('backup-now-btn', 'click', (e) => act(e.currentTarget, 'Back up', async () => {
+    const b = await api('POST', '/api/backups');
+    note(`Backup ${b.file} taken.`);
+    await loadBackups();
+  }));
   on('client-key-copy', 'click', copyKey);
   on('client-key-done', 'click', () => (hideKey(), $('client-name').focus()));
 
