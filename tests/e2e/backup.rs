@@ -4,25 +4,16 @@
 //! puts it back (refused while the farm runs) with the replaced database
 //! kept aside.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use crate::support::farm::FarmProcess;
 use crate::support::{
-    int_of, json, secs, str_of, time_of, wait_for, Bed, Settings, Value, PROVIDER,
+    int_of, json, mode_of, secs, str_of, time_of, wait_for, Bed, Settings, Value, PROVIDER,
 };
 
 fn backups_dir(bed: &Bed) -> PathBuf {
     bed.layout.data_dir().join("backups")
-}
-
-fn mode_of(path: &Path) -> u32 {
-    std::fs::metadata(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .permissions()
-        .mode()
-        & 0o777
 }
 
 /// Names of the backup files on disk, sorted.

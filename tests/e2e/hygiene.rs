@@ -1,13 +1,12 @@
 //! Secrets stay secret: no token, key or password in a debug log, and the
 //! data files are private to the farm's user.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use relogin_farm::secret::Secret;
 use relogin_farm::store::{Cipher, Store};
 
-use crate::support::{int_of, json, secs, str_of, Bed, Settings, PROVIDER};
+use crate::support::{int_of, json, mode_of, secs, str_of, Bed, Settings, PROVIDER};
 
 /// Every access and refresh token the farm holds now, read from its store
 /// with the store key (the farm must be stopped).
@@ -88,25 +87,17 @@ fn a_debug_log_contains_no_secret() {
     }
 }
 
-fn mode(path: &Path) -> u32 {
-    std::fs::metadata(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .permissions()
-        .mode()
-        & 0o777
-}
-
 fn assert_private(data_dir: &Path) {
-    assert_eq!(mode(data_dir), 0o700, "{}", data_dir.display());
+    assert_eq!(mode_of(data_dir), 0o700, "{}", data_dir.display());
     let mut names = Vec::new();
     for entry in std::fs::read_dir(data_dir).expect("read the data dir") {
         let path = entry.expect("a dir entry").path();
         assert_eq!(
-            mode(&path),
+            mode_of(&path),
             0o600,
             "{} is mode {:o}",
             path.display(),
-            mode(&path)
+            mode_of(&path)
         );
         names.push(
             path.file_name()

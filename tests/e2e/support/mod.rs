@@ -126,6 +126,16 @@ pub fn random_store_key() -> String {
     base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
 }
 
+/// A file's permission bits (`0o600`…); panics naming the file if it is missing.
+pub fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
 pub fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
