@@ -103,7 +103,15 @@ pub fn open_farm(config: Config) -> Result<Arc<Farm>, ServeError> {
         return Err(ServeError::NoAdminToken);
     }
     let cipher = load_cipher(&config)?;
-    let store = Arc::new(Store::open(&config.store.path, cipher)?);
+    let upgrade_backup = crate::store::UpgradeBackup {
+        dir: &config.backup.dir,
+        keep: config.backup.keep,
+    };
+    let store = Arc::new(Store::open_with(
+        &config.store.path,
+        cipher,
+        Some(upgrade_backup),
+    )?);
     Ok(Farm::new(config, store)?)
 }
 

@@ -57,6 +57,24 @@ pub enum StoreError {
     InUse { db: PathBuf, holder: String },
     #[error("{path} is not a usable backup: {reason}")]
     BadBackup { path: PathBuf, reason: String },
+    #[error(
+        "the database has schema {from} and this build would upgrade it to {to}, but the backup \
+         taken first failed, so nothing was changed: {source} (fix that, e.g. backup.dir, and start again)"
+    )]
+    UpgradeBackup {
+        from: i64,
+        to: i64,
+        source: Box<StoreError>,
+    },
+}
+
+/// Where [`Store::open_with`] puts the backup it takes before upgrading the
+/// schema of an existing database.
+#[derive(Clone, Copy, Debug)]
+pub struct UpgradeBackup<'a> {
+    pub dir: &'a Path,
+    /// Backups to keep in `dir` (this one included).
+    pub keep: usize,
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -88,9 +106,40 @@ impl Store {
     /// Fails with [`StoreError::InUse`] while another `Store` (in this or
     /// another process) has the same database open.
     pub fn open(path: &Path, cipher: Cipher) -> Result<Store> {
+        Self::open_with(path, cipher, None)
+    }
+
+    /// Like [`Store::open`]; and when the database was written by an older
+    /// release (an older schema), first takes a backup of it as it is into
+    /// `upgrade_backup` — an upgrade is the one moment a bug of ours could
+    /// damage every account at once — and refuses to upgrade without one.
+    pub fn open_with(
+        path: &Path,
+        cipher: Cipher,
+        upgrade_backup: Option<UpgradeBackup<'_>>,
+    ) -> Result<Store> {
         create_parent_dir(path)?;
         let lock = lock::StoreLock::acquire(path)?;
         let conn = open_connection(path, true)?;
+        let (found, latest) = (schema::version(&conn)?, schema::latest());
+        if found > 0 {
+            // The key first: a backup is verified against it.
+            check_fingerprint(&conn, &cipher)?;
+        }
+        if let Some(b) = upgrade_backup.filter(|_| found > 0 && found < latest) {
+            let taken = backup::create(path, b.dir, b.keep, cipher.fingerprint(), Utc::now())
+                .map_err(|source| StoreError::UpgradeBackup {
+                    from: found,
+                    to: latest,
+                    source: Box::new(source),
+                })?;
+            tracing::info!(
+                from = found,
+                to = latest,
+                backup = %b.dir.join(&taken.file).display(),
+                "upgrading the database schema; backup taken first"
+            );
+        }
         schema::migrate(&conn)?;
         check_fingerprint(&conn, &cipher)?;
         restrict_sidecar_files(path);

@@ -119,12 +119,29 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 pub fn migrate(conn: &Connection) -> Result<()> {
-    let known = MIGRATIONS.len() as i64;
-    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    migrate_to(conn, latest())
+}
+
+/// The schema version this build writes.
+pub fn latest() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
+/// The database's schema version (0: a new, empty database).
+pub fn version(conn: &Connection) -> Result<i64> {
+    Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+}
+
+/// Runs the migrations up to version `target` (tests build the databases
+/// of older releases with it).
+pub(crate) fn migrate_to(conn: &Connection, target: i64) -> Result<()> {
+    let known = latest();
+    let found = version(conn)?;
     if found > known {
         return Err(StoreError::TooNew { found, known });
     }
-    for (version, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+    let steps = MIGRATIONS.iter().enumerate().take(target as usize);
+    for (version, sql) in steps.skip(found as usize) {
         let tx = conn.unchecked_transaction()?;
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", version as i64 + 1)?;

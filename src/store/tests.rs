@@ -672,3 +672,77 @@ fn restore_checks_the_backup_and_moves_the_current_database_aside() {
     .unwrap();
     assert_eq!(labels(&old), ["alice", "bob"]);
 }
+
+/// A database as the previous release left it: one migration short, with
+/// an account in it.
+fn previous_release_db(path: &Path) {
+    let conn = open_connection(path, true).unwrap();
+    schema::migrate_to(&conn, schema::latest() - 1).unwrap();
+    check_fingerprint(&conn, &Cipher::from_text(&key()).unwrap()).unwrap();
+    conn.execute(
+        "INSERT INTO accounts (provider, label, priority, enabled, auth_state, generation, created_at)
+         VALUES ('demo', 'old-timer', 0, 1, 'pending_login', 0, 0)",
+        [],
+    )
+    .unwrap();
+}
+
+fn version_of(path: &Path) -> i64 {
+    let conn =
+        Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    schema::version(&conn).unwrap()
+}
+
+#[test]
+fn an_older_schema_is_backed_up_before_it_is_upgraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("data/farm.db");
+    let backups = dir.path().join("data/backups");
+    previous_release_db(&db);
+    let upgrade = UpgradeBackup {
+        dir: &backups,
+        keep: 3,
+    };
+    let cipher = || Cipher::from_text(&key()).unwrap();
+
+    let store = Store::open_with(&db, cipher(), Some(upgrade)).unwrap();
+    assert_eq!(
+        store.load_accounts(Utc::now()).unwrap()[0].label,
+        "old-timer"
+    );
+    let taken = backup::list(&backups).unwrap();
+    assert_eq!(taken.len(), 1, "{taken:?}");
+    assert_eq!(
+        version_of(&backups.join(&taken[0].file)),
+        schema::latest() - 1,
+        "the backup is the database as the old release left it"
+    );
+    drop(store);
+    assert_eq!(version_of(&db), schema::latest());
+
+    // Already current: no backup on the next start.
+    drop(Store::open_with(&db, cipher(), Some(upgrade)).unwrap());
+    assert_eq!(backup::list(&backups).unwrap().len(), 1);
+
+    // No backup possible: no upgrade either.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let old = elsewhere.path().join("farm.db");
+    previous_release_db(&old);
+    let not_a_dir = elsewhere.path().join("backups");
+    std::fs::write(&not_a_dir, "a file where the backup dir should be").unwrap();
+    let refused = Store::open_with(
+        &old,
+        cipher(),
+        Some(UpgradeBackup {
+            dir: &not_a_dir,
+            keep: 3,
+        }),
+    );
+    let e = refused.err().expect("upgraded without a backup");
+    assert!(
+        matches!(e, StoreError::UpgradeBackup { .. })
+            && e.to_string().contains("nothing was changed"),
+        "{e}"
+    );
+    assert_eq!(version_of(&old), schema::latest() - 1);
+}
