@@ -15,6 +15,7 @@ pub struct Metrics {
     refresh_ok: AtomicU64,
     refresh_failed: AtomicU64,
     reports: [AtomicU64; 4],
+    scheduler_rounds: AtomicU64,
     backups_ok: AtomicU64,
     backups_failed: AtomicU64,
     /// Unix seconds of the newest backup (0: none yet).
@@ -38,6 +39,12 @@ impl Metrics {
     }
     pub fn record_report(&self, outcome: Outcome) {
         self.reports[outcome as usize].fetch_add(1, Relaxed);
+    }
+    pub fn record_scheduler_round(&self) {
+        self.scheduler_rounds.fetch_add(1, Relaxed);
+    }
+    pub fn scheduler_rounds(&self) -> u64 {
+        self.scheduler_rounds.load(Relaxed)
     }
     /// A backup attempt; `Some(when)` for one that was written.
     pub fn record_backup(&self, created_at: Option<DateTime<Utc>>) {
@@ -108,6 +115,11 @@ impl Metrics {
             "relogin_farm_reports_total",
             "Client reports, by outcome.",
             &samples,
+        );
+        counter(
+            "relogin_farm_scheduler_rounds_total",
+            "Passes of the refresh scheduler over the accounts (one per due time, at least one per scheduler.max_sleep): a liveness signal.",
+            &[("", self.scheduler_rounds())],
         );
         counter(
             "relogin_farm_backups_total",

@@ -46,6 +46,7 @@ pub async fn run_refresh_scheduler(farm: Arc<Farm>, mut shutdown: Shutdown) {
     let mut running: JoinSet<(Job, AccountId)> = JoinSet::new();
     let mut in_flight: HashSet<(Job, AccountId)> = HashSet::new();
     loop {
+        farm.metrics.record_scheduler_round();
         while let Some(done) = running.try_join_next() {
             if let Ok(job) = done {
                 in_flight.remove(&job);
@@ -269,5 +270,49 @@ impl Farm {
             .values()
             .filter(|a| a.enabled && a.auth != crate::domain::AuthState::Active)
             .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Account, AuthState, Tokens};
+    use crate::secret::Secret;
+
+    /// The issue's bound: idle accounts cost memory, not wake-ups. 10,000
+    /// healthy accounts whose tokens expire over the next hours: the
+    /// scheduler scans them once and sleeps (`max_sleep` is 30 s), instead of
+    /// waking per account.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ten_thousand_idle_accounts_do_not_wake_the_scheduler() {
+        let dir = tempfile::tempdir().unwrap();
+        let farm = crate::farm::test_farm(dir.path(), "");
+        let now = Utc::now();
+        {
+            let mut st = farm.state();
+            for id in 1..=10_000 {
+                let mut a = Account::new(id, "demo".into(), format!("a{id}"), 0, now);
+                a.auth = AuthState::Active;
+                a.tokens = Some(Tokens {
+                    access_token: Secret::new("t"),
+                    token_type: "Bearer".into(),
+                    expires_at: now + chrono::Duration::minutes(30 + id % 600),
+                    issued_at: now,
+                    refresh_token: Some(Secret::new("r")),
+                });
+                st.accounts.insert(id, a);
+            }
+        }
+        let (stop, shutdown) = watch::channel(false);
+        let scheduler = tokio::spawn(run_refresh_scheduler(farm.clone(), shutdown));
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let rounds = farm.metrics.scheduler_rounds();
+        stop.send(true).unwrap();
+        scheduler.await.unwrap();
+        assert_eq!(rounds, 1, "rounds in 2 s with nothing due");
+        assert!(farm
+            .due_refreshes(Utc::now(), chrono_dur(farm.config.scheduler.refresh_margin))
+            .0
+            .is_empty());
     }
 }

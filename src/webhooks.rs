@@ -241,15 +241,10 @@ mod tests {
             .await
             .expect("bind the receiver");
         let port = receiver.local_addr().expect("its address").port();
-        let toml = format!(
-            "[store]\npath = {:?}\n[browser]\nenabled = false\n\
-             [[webhook]]\nurl = \"http://127.0.0.1:{port}/hook\"\nevents = [\"client_created\"]\n",
-            dir.path().join("farm.db").display().to_string()
+        let hook = format!(
+            "[[webhook]]\nurl = \"http://127.0.0.1:{port}/hook\"\nevents = [\"client_created\"]\n"
         );
-        let env = [("RELOGIN_FARM_ADMIN_TOKEN".to_owned(), "a".repeat(40))];
-        let config = crate::config::Config::from_toml_str(&toml, env, &Default::default())
-            .expect("a valid config");
-        let farm = crate::server::open_farm(config).expect("the farm opens");
+        let farm = crate::farm::test_farm(dir.path(), &hook);
         let (_stop, shutdown) = tokio::sync::watch::channel(false);
 
         spawn_all(&farm, &shutdown);

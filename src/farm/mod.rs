@@ -267,6 +267,20 @@ pub(crate) fn chrono_dur(d: std::time::Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
+/// A farm for unit tests: its store in `dir`, the browser off, any extra
+/// config appended (sections after the defaults).
+#[cfg(test)]
+pub(crate) fn test_farm(dir: &std::path::Path, extra_toml: &str) -> Arc<Farm> {
+    let toml = format!(
+        "[store]\npath = {:?}\n[browser]\nenabled = false\n{extra_toml}",
+        dir.join("farm.db").display().to_string()
+    );
+    let env = [("RELOGIN_FARM_ADMIN_TOKEN".to_owned(), "a".repeat(40))];
+    let config =
+        Config::from_toml_str(&toml, env, &Default::default()).expect("a valid test config");
+    crate::server::open_farm(config).expect("the test farm opens")
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -63,6 +63,14 @@ fn healthz_is_public_and_metrics_are_prometheus_text() {
             resp.text
         );
     }
+    // No backup in this farm's life (the daily one is hours away).
+    assert_eq!(
+        samples.get("relogin_farm_last_backup_timestamp_seconds"),
+        Some(&0.0)
+    );
+    // The scheduler is alive (how few rounds it takes is a unit test's job).
+    let rounds = samples["relogin_farm_scheduler_rounds_total"];
+    assert!(rounds >= 1.0, "{}", resp.text);
     assert!(
         resp.text
             .contains("# TYPE relogin_farm_leases_total counter"),
