@@ -72,6 +72,11 @@ enum Command {
         #[command(subcommand)]
         command: BrowserCommand,
     },
+    /// Client keys for the programs that call /credential/next.
+    Client {
+        #[command(subcommand)]
+        command: ClientCommand,
+    },
     /// Take a backup of the running farm's database now (into backup.dir).
     Backup {
         /// List the backups instead, newest first.
@@ -159,6 +164,27 @@ enum AccountCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum ClientCommand {
+    /// Create a key; it is printed once (only its hash is stored).
+    Add {
+        name: String,
+        #[command(flatten)]
+        farm: FarmArgs,
+    },
+    /// List the keys (names and dates; never the keys).
+    List {
+        #[command(flatten)]
+        farm: FarmArgs,
+    },
+    /// Revoke a key: programs using it are refused from now on.
+    Revoke {
+        id: i64,
+        #[command(flatten)]
+        farm: FarmArgs,
+    },
+}
+
 #[derive(clap::Args)]
 struct FarmArgs {
     /// The farm's base URL (default: from server.listen in the config).
@@ -238,6 +264,10 @@ fn main() -> Result<()> {
             let config = load_config(&cli.config, &Overrides::default())?;
             runtime()?.block_on(browser(config, command))
         }
+        Command::Client { command } => {
+            let config = load_config(&cli.config, &Overrides::default())?;
+            runtime()?.block_on(client(&config, command))
+        }
         Command::Backup { list, farm } => {
             let config = load_config(&cli.config, &Overrides::default())?;
             runtime()?.block_on(backup(&config, *list, farm))
@@ -260,6 +290,54 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+async fn client(config: &Config, command: &ClientCommand) -> Result<()> {
+    use reqwest::Method;
+    match command {
+        ClientCommand::Add { name, farm } => {
+            let api = FarmClient::new(config, farm)?;
+            let created = api
+                .call(
+                    Method::POST,
+                    "/api/clients",
+                    Some(serde_json::json!({"name": name})),
+                )
+                .await?;
+            let key = created["key"]
+                .as_str()
+                .context("the farm answered without a key")?;
+            eprintln!(
+                "client {} ({name}) created; its key, shown this once:",
+                created["id"]
+            );
+            // The key alone on stdout, for `KEY=$(relogin-farm client add …)`.
+            println!("{key}");
+        }
+        ClientCommand::List { farm } => {
+            let api = FarmClient::new(config, farm)?;
+            let clients = api.call(Method::GET, "/api/clients", None).await?;
+            for c in clients.as_array().into_iter().flatten() {
+                let status = match c["revoked_at"].as_str() {
+                    Some(at) => format!("revoked {at}"),
+                    None => "active".to_owned(),
+                };
+                println!(
+                    "{:>5}  {:<24} created {}  {status}",
+                    c["id"],
+                    c["name"].as_str().unwrap_or(""),
+                    c["created_at"].as_str().unwrap_or("")
+                );
+            }
+        }
+        ClientCommand::Revoke { id, farm } => {
+            let api = FarmClient::new(config, farm)?;
+            api.call(Method::DELETE, &format!("/api/clients/{id}"), None)
+                .await?;
+            println!("client {id} revoked");
+        }
+    }
+    Ok(())
 }
 
 async fn backup(config: &Config, list: bool, farm: &FarmArgs) -> Result<()> {

@@ -15,6 +15,7 @@ mod api_auth;
 mod backup;
 mod bad_requests;
 mod browser_engine;
+mod cli_clients;
 mod cli_login;
 mod cooldown;
 mod events_sse;
