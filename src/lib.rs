@@ -23,6 +23,8 @@
 //! - [`http`]: the warp route table, thin handlers, the one error renderer,
 //!   and the loopback redirect listener.
 //! - [`server`]: wiring; `server::run(config, listener, shutdown)`.
+//! - [`lockfile`]: `flock` locks between processes that name their holder
+//!   (one farm per database, one browser per profile).
 //! - [`metrics`]: counters for `/metrics`.
 //! - [`rfc3339`]: the hot path's timestamp formatter (chrono's output, faster).
 //! - [`webhooks`]: signed, retried, non-blocking event delivery.
@@ -33,6 +35,7 @@ pub mod domain;
 pub mod events;
 pub mod farm;
 pub mod http;
+pub mod lockfile;
 pub mod metrics;
 pub mod oauth;
 pub mod rfc3339;

@@ -113,7 +113,12 @@ enum BrowserCommand {
     },
     /// Open an account's profile in a visible browser window, for a person to
     /// fix something by hand; closes cleanly (cookies kept) when the window closes.
-    Open { account: i64 },
+    Open {
+        account: i64,
+        /// A page to open first (e.g. the provider's sign-in page).
+        #[arg(long)]
+        url: Option<url::Url>,
+    },
     /// Wipe an account's profile (the next relogin runs the full script).
     Reset {
         account: i64,
@@ -697,12 +702,12 @@ async fn browser(config: Config, command: &BrowserCommand) -> Result<()> {
             }
             Ok(())
         }
-        BrowserCommand::Open { account } => {
+        BrowserCommand::Open { account, url } => {
             let pool = relogin_farm::browser::BrowserPool::new(relogin_farm::farm::browser_config(
                 &config.browser,
             ));
             println!("opening the profile of account {account}; close the window when done");
-            pool.open_headed(&account.to_string(), None).await?;
+            pool.open_headed(&account.to_string(), url.as_ref()).await?;
             println!("closed cleanly; cookies kept");
             Ok(())
         }

@@ -1,5 +1,6 @@
 //! `open_headed` under Xvfb, in its own binary: it sets DISPLAY before any
-//! thread exists (the e2e binary runs tests in parallel threads).
+//! thread exists (the e2e binary runs tests in parallel threads). Also the
+//! real `relogin-farm browser open` CLI holding a profile against the farm.
 
 #[path = "e2e/browser_engine/support.rs"]
 #[allow(dead_code)]
@@ -163,5 +164,106 @@ fn open_headed_holds_the_profile_until_the_window_closes() {
             t.pool.shutdown().await;
             open.await.unwrap().unwrap();
             t.assert_no_chromium_left();
+
+            // The same from another process: `relogin-farm browser open` (the
+            // real CLI) holds the profile; the farm's pool, in this process,
+            // neither launches nor wipes it, and names who has it.
+            let farm = TestPool::new(1);
+            let (start_url, mut page_loaded) = start_page().await;
+            let cli = BrowserCli::open(&farm, "7", &start_url);
+            page_loaded
+                .recv()
+                .await
+                .expect("the CLI's window asked for its --url page");
+            let (pid, _) = wait_for_browser(&farm, "7").await;
+            let refused = farm
+                .pool
+                .run_login("7", &script, &vars, &provider.redirect_uri, RUN_TIMEOUT)
+                .await
+                .unwrap_err();
+            let holder = format!("in use by process {} (a person (browser open))", cli.0.id());
+            assert!(!refused.needs_human());
+            assert!(refused.to_string().contains(&holder), "{refused}");
+            match farm.pool.reset("7").await {
+                Err(e @ PoolError::ProfileHeldElsewhere { .. }) => {
+                    assert!(e.to_string().contains(&holder), "{e}")
+                }
+                other => panic!("wiped under the person: {other:?}"),
+            }
+            let status = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+            if let Err(e) = cli.wait_success(Duration::from_secs(20)) {
+                panic!("the CLI did not exit cleanly once the window closed: {e}");
+            }
+            farm.pool
+                .reset("7")
+                .await
+                .expect("free once the person is done");
+            farm.pool.shutdown().await;
+            farm.assert_no_chromium_left();
         });
+}
+
+/// `relogin-farm browser open ID` on a pool's profiles dir; killed if dropped
+/// while running.
+struct BrowserCli(Child);
+
+impl BrowserCli {
+    fn open(pool: &TestPool, account: &str, url: &url::Url) -> BrowserCli {
+        let project = support::project_dir();
+        let config = pool.dir.path().join("farm.toml");
+        let q = |p: &std::path::Path| format!("{:?}", p.display().to_string());
+        std::fs::write(
+            &config,
+            format!(
+                "[browser]\nchromium = \"/usr/bin/chromium\"\ndriver = {}\nprofiles_dir = {}\nartifacts_dir = {}\n",
+                q(&project.join("scripts/playwright/node_modules/playwright-core/cli.js")),
+                q(&pool.dir.path().join("profiles")),
+                q(&pool.dir.path().join("artifacts")),
+            ),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_relogin-farm"))
+            .arg("--config")
+            .arg(&config)
+            .args(["browser", "open", account, "--url", url.as_str()])
+            .env_remove("RELOGIN_FARM_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start relogin-farm browser open");
+        BrowserCli(child)
+    }
+
+    /// Waits for the CLI to exit; `Err` with what it said unless it
+    /// succeeded in time.
+    fn wait_success(mut self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                let mut said = String::new();
+                if let Some(mut err) = self.0.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut err, &mut said);
+                }
+                return if status.success() {
+                    Ok(())
+                } else {
+                    Err(format!("{status}: {said}"))
+                };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err("still running".into())
+    }
+}
+
+impl Drop for BrowserCli {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

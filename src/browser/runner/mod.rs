@@ -70,12 +70,13 @@ impl BrowserPool {
     pub fn new(cfg: BrowserConfig) -> BrowserPool {
         let slots = Arc::new(Semaphore::new(cfg.max_concurrent.max(1)));
         let driver = DriverHost::new(cfg.driver_linger);
+        let profiles = ProfileLocks::new(&cfg.profiles_dir);
         BrowserPool {
             inner: Arc::new(Inner {
                 driver,
                 cfg,
                 slots,
-                profiles: ProfileLocks::default(),
+                profiles,
                 stopping: watch::channel(false).0,
                 open: watch::channel(0).0,
             }),

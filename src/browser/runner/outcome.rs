@@ -38,6 +38,10 @@ pub enum PoolError {
     BadProfileKey(String),
     #[error("profile {profile} is in use by {by}")]
     ProfileBusy { profile: String, by: ProfileUse },
+    /// Another process (`relogin-farm browser open`, or the daemon when
+    /// that is the other one) has the profile.
+    #[error("profile {profile} is in use by {holder}")]
+    ProfileHeldElsewhere { profile: String, holder: String },
     #[error("the browser pool is shutting down")]
     ShuttingDown,
     #[error("no display for a headed browser (DISPLAY and WAYLAND_DISPLAY unset): run it on a desktop, or record with --headless")]

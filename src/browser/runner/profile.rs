@@ -2,7 +2,9 @@
 //!
 //! Chromium refuses a second launch on a profile in use (`SingletonLock`),
 //! and a person fixing a profile by hand must not have the farm launch it
-//! under them, so every launch holds the profile's lock first.
+//! under them, so every launch holds the profile's lock first: an in-process
+//! lock (relogins queue on it) and a [`LockFile`] in `<profiles>/.locks/`,
+//! because `relogin-farm browser open` and the daemon are two processes.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -12,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
 use super::PoolError;
+use crate::lockfile::{LockError, LockFile};
 
 /// Who has a profile open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,9 +89,10 @@ pub(crate) fn disk_usage(dir: &Path) -> u64 {
 }
 
 /// One lock per profile key, created on first use.
-#[derive(Default)]
 pub(crate) struct ProfileLocks {
     entries: Mutex<HashMap<String, Arc<ProfileEntry>>>,
+    /// `<profiles_dir>/.locks` (no profile key starts with a dot).
+    files_dir: PathBuf,
 }
 
 #[derive(Default)]
@@ -101,6 +105,7 @@ struct ProfileEntry {
 pub(crate) struct ProfileGuard {
     entry: Arc<ProfileEntry>,
     _lock: OwnedMutexGuard<()>,
+    _file: LockFile,
 }
 
 impl Drop for ProfileGuard {
@@ -110,6 +115,13 @@ impl Drop for ProfileGuard {
 }
 
 impl ProfileLocks {
+    pub(crate) fn new(profiles_dir: &Path) -> Self {
+        ProfileLocks {
+            entries: Mutex::default(),
+            files_dir: profiles_dir.join(".locks"),
+        }
+    }
+
     fn entry(&self, key: &str) -> Arc<ProfileEntry> {
         let mut entries = self.entries.lock().expect("poisoned");
         entries.entry(key.to_string()).or_default().clone()
@@ -128,7 +140,7 @@ impl ProfileLocks {
         let entry = self.entry(key);
         self.refuse_if_person(key, &entry)?;
         let lock = entry.lock.clone().lock_owned().await;
-        Ok(Self::claim(entry, lock, ProfileUse::Relogin))
+        self.claim(key, entry, lock, ProfileUse::Relogin)
     }
 
     /// For a person (open, record) and for `reset`: never waits.
@@ -139,7 +151,7 @@ impl ProfileLocks {
     ) -> Result<ProfileGuard, PoolError> {
         let entry = self.entry(key);
         match entry.lock.clone().try_lock_owned() {
-            Ok(lock) => Ok(Self::claim(entry, lock, usage)),
+            Ok(lock) => self.claim(key, entry, lock, usage),
             Err(_) => Err(PoolError::ProfileBusy {
                 profile: key.to_string(),
                 by: entry
@@ -161,13 +173,33 @@ impl ProfileLocks {
         }
     }
 
+    /// With this process's lock held, takes the one between processes.
     fn claim(
+        &self,
+        key: &str,
         entry: Arc<ProfileEntry>,
         lock: OwnedMutexGuard<()>,
         usage: ProfileUse,
-    ) -> ProfileGuard {
+    ) -> Result<ProfileGuard, PoolError> {
+        let io = |e: std::io::Error| PoolError::Io(format!("{}: {e}", self.files_dir.display()));
+        create_private_dir(&self.files_dir).map_err(io)?;
+        let path = self.files_dir.join(format!("{key}.lock"));
+        let file = match LockFile::try_acquire(&path, &usage.to_string()) {
+            Ok(file) => file,
+            Err(LockError::Held { holder }) => {
+                return Err(PoolError::ProfileHeldElsewhere {
+                    profile: key.to_string(),
+                    holder,
+                })
+            }
+            Err(LockError::Io(e)) => return Err(io(e)),
+        };
         *entry.user.lock().expect("poisoned") = Some(usage);
-        ProfileGuard { entry, _lock: lock }
+        Ok(ProfileGuard {
+            entry,
+            _lock: lock,
+            _file: file,
+        })
     }
 }
 
@@ -201,7 +233,8 @@ mod tests {
 
     #[tokio::test]
     async fn person_blocks_relogin_and_relogins_queue() {
-        let locks = ProfileLocks::default();
+        let dir = tempfile::tempdir().unwrap();
+        let locks = ProfileLocks::new(dir.path());
         let person = locks.try_acquire("a", ProfileUse::Person).unwrap();
         assert!(matches!(
             locks.acquire_for_relogin("a").await,
@@ -223,6 +256,46 @@ mod tests {
         assert!(!waiting.is_finished());
         drop(first);
         waiting.await.unwrap().unwrap();
+    }
+
+    /// Two pools on one profiles dir stand for the daemon and a
+    /// `relogin-farm browser open` process.
+    #[tokio::test]
+    async fn a_profile_held_by_another_process_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (daemon, cli) = (ProfileLocks::new(dir.path()), ProfileLocks::new(dir.path()));
+        let person = cli.try_acquire("7", ProfileUse::Person).unwrap();
+        let expected = format!("process {} (a person (browser open))", std::process::id());
+        for refused in [
+            daemon.acquire_for_relogin("7").await.map(drop),
+            daemon.try_acquire("7", ProfileUse::Relogin).map(drop), // reset
+        ] {
+            match refused {
+                Err(PoolError::ProfileHeldElsewhere { profile, holder }) => {
+                    assert_eq!(
+                        (profile.as_str(), holder.as_str()),
+                        ("7", expected.as_str())
+                    )
+                }
+                other => panic!("{:?}", other.err()),
+            }
+        }
+        assert_eq!(daemon.current_use("7"), None, "a refusal claims nothing");
+        // Another profile is free, and this one is once the person is done.
+        drop(daemon.acquire_for_relogin("8").await.unwrap());
+        drop(person);
+        let relogin = daemon.acquire_for_relogin("7").await.unwrap();
+        assert!(matches!(
+            cli.try_acquire("7", ProfileUse::Person),
+            Err(PoolError::ProfileHeldElsewhere { .. })
+        ));
+        drop(relogin);
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(dir.path().join(".locks"))
+                .unwrap()
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o700);
     }
 
     #[test]
