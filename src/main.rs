@@ -415,7 +415,7 @@ async fn serve(config: Config) -> Result<()> {
     // One machine-readable line, for scripts and tests that bind port 0.
     println!("LISTENING http://{addr}");
     std::io::stdout().flush()?;
-    relogin_farm::server::serve(farm, listener, shutdown_signal()).await;
+    relogin_farm::server::serve(farm, listener, shutdown_signal()).await?;
     Ok(())
 }
 

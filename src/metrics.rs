@@ -16,6 +16,10 @@ pub struct Metrics {
     refresh_failed: AtomicU64,
     reports: [AtomicU64; 4],
     scheduler_rounds: AtomicU64,
+    /// When the last round began, in ms since [`Metrics::started`].
+    last_round_ms: AtomicU64,
+    /// When the farm started (monotonic: a wall-clock jump is no stall).
+    started: std::sync::OnceLock<std::time::Instant>,
     backups_ok: AtomicU64,
     backups_failed: AtomicU64,
     /// Unix seconds of the newest backup (0: none yet).
@@ -42,6 +46,18 @@ impl Metrics {
     }
     pub fn record_scheduler_round(&self) {
         self.scheduler_rounds.fetch_add(1, Relaxed);
+        let since_start = self.started().elapsed().as_millis() as u64;
+        self.last_round_ms.store(since_start, Relaxed);
+    }
+    /// When these metrics (the farm) started.
+    pub fn started(&self) -> std::time::Instant {
+        *self.started.get_or_init(std::time::Instant::now)
+    }
+    /// When the refresh scheduler last began a round (`None`: never).
+    pub fn last_scheduler_round(&self) -> Option<std::time::Instant> {
+        (self.scheduler_rounds() > 0).then(|| {
+            self.started() + std::time::Duration::from_millis(self.last_round_ms.load(Relaxed))
+        })
     }
     pub fn scheduler_rounds(&self) -> u64 {
         self.scheduler_rounds.load(Relaxed)

@@ -279,6 +279,38 @@ mod tests {
     use crate::domain::{Account, AuthState, Tokens};
     use crate::secret::Secret;
 
+    #[test]
+    fn health_is_degraded_once_the_scheduler_missed_three_rounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let farm = crate::farm::test_farm(dir.path(), "[scheduler]\nmax_sleep = \"2s\"\n");
+        let start = farm.metrics.started();
+        let at = |s: u64| start + std::time::Duration::from_secs(s);
+        // Never ran, but just started: 3 × 2 s + 10 s of grace.
+        assert_eq!(farm.health_at(at(15)).status, "ok");
+        let stalled = farm.health_at(at(17));
+        assert_eq!(stalled.status, "degraded");
+        assert_eq!(
+            stalled.detail.as_deref(),
+            Some("the refresh scheduler has not run for 17 s (it runs at least every 2 s)")
+        );
+        farm.metrics.record_scheduler_round();
+        let round = farm.metrics.last_scheduler_round().unwrap();
+        assert!(round >= start);
+        assert_eq!(
+            farm.health_at(round + std::time::Duration::from_secs(16)),
+            crate::farm::Health {
+                status: "ok",
+                accounts: 0,
+                detail: None
+            }
+        );
+        assert_eq!(
+            farm.health_at(round + std::time::Duration::from_secs(17))
+                .status,
+            "degraded"
+        );
+    }
+
     /// The bound: idle accounts cost memory, not wake-ups. 10,000
     /// healthy accounts whose tokens expire over the next hours: the
     /// scheduler scans them once and sleeps (`max_sleep` is 30 s), instead of

@@ -33,6 +33,11 @@ pub enum ServeError {
          RELOGIN_FARM_ADMIN_TOKEN_FILE (`relogin-farm init` creates one)"
     )]
     NoAdminToken,
+    #[error(
+        "the {0} stopped unexpectedly (see the log above); the farm shut down so that its \
+         service manager restarts it (systemd: Restart=on-failure)"
+    )]
+    JobDied(&'static str),
 }
 
 /// Loads the store key: from the config/env if given, else from the key
@@ -122,37 +127,99 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let farm = open_farm(config)?;
-    serve(farm, listener, shutdown).await;
-    Ok(())
+    serve(farm, listener, shutdown).await
 }
 
-/// Serves an opened farm until `shutdown`.
+/// How [`supervise`] returned.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// The shutdown signal came.
+    Requested,
+    /// This job panicked (or was cancelled) before any shutdown.
+    Died(&'static str),
+}
+
+/// A long-running job of the farm: its name (for the log) and its task,
+/// `None` once it has ended.
+pub type Job = (&'static str, Option<tokio::task::JoinHandle<()>>);
+
+/// Waits for `shutdown` while watching the farm's long-running jobs. A job
+/// that returns is done (a disabled cron job returns at once); one that
+/// panics ends the wait: a farm whose scheduler is dead would go on serving
+/// tokens until they all expire, so it had better stop and be restarted.
+pub async fn supervise(jobs: &mut [Job], shutdown: impl Future<Output = ()>) -> Ended {
+    tokio::pin!(shutdown);
+    loop {
+        let running: Vec<_> = jobs
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, (_, task))| {
+                task.as_mut().map(|t| Box::pin(async move { (i, t.await) }))
+            })
+            .collect();
+        if running.is_empty() {
+            shutdown.as_mut().await;
+            return Ended::Requested;
+        }
+        let ((i, result), _, _) = tokio::select! {
+            _ = shutdown.as_mut() => return Ended::Requested,
+            ended = futures_util::future::select_all(running) => ended,
+        };
+        jobs[i].1 = None;
+        if let Err(e) = result {
+            let job = jobs[i].0;
+            tracing::error!(job, error = %e, "a background job stopped unexpectedly");
+            return Ended::Died(job);
+        }
+    }
+}
+
+/// Serves an opened farm until `shutdown`, or until one of its jobs dies
+/// ([`ServeError::JobDied`]); either way it stops in order.
 pub async fn serve(
     farm: Arc<Farm>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) {
+) -> Result<(), ServeError> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let jobs = [
-        tokio::spawn(scheduler::run_refresh_scheduler(
-            farm.clone(),
-            stop_rx.clone(),
-        )),
-        tokio::spawn(scheduler::run_sweep(farm.clone(), stop_rx.clone())),
-        tokio::spawn(scheduler::run_backups(farm.clone(), stop_rx.clone())),
-    ];
     crate::webhooks::spawn_all(&farm, &stop_rx);
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, accounts = farm.account_count(), "relogin-farm listening");
     }
     let mut http_stop = stop_rx.clone();
-    let http = tokio::spawn(
-        warp::serve(crate::http::routes(farm.clone()))
-            .incoming(listener)
-            .graceful(async move { scheduler::wait_shutdown(&mut http_stop).await })
-            .run(),
-    );
-    shutdown.await;
+    let mut jobs: [Job; 4] = [
+        (
+            "refresh scheduler",
+            Some(tokio::spawn(scheduler::run_refresh_scheduler(
+                farm.clone(),
+                stop_rx.clone(),
+            ))),
+        ),
+        (
+            "sweep",
+            Some(tokio::spawn(scheduler::run_sweep(
+                farm.clone(),
+                stop_rx.clone(),
+            ))),
+        ),
+        (
+            "backup job",
+            Some(tokio::spawn(scheduler::run_backups(
+                farm.clone(),
+                stop_rx.clone(),
+            ))),
+        ),
+        (
+            "HTTP server",
+            Some(tokio::spawn(
+                warp::serve(crate::http::routes(farm.clone()))
+                    .incoming(listener)
+                    .graceful(async move { scheduler::wait_shutdown(&mut http_stop).await })
+                    .run(),
+            )),
+        ),
+    ];
+    let ended = supervise(&mut jobs, shutdown).await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     farm.stop_listeners();
@@ -163,14 +230,62 @@ pub async fn serve(
     // In-flight refreshes finish (their tokens must be persisted); the HTTP
     // server drains; nothing waits forever.
     let _ = tokio::time::timeout(Duration::from_secs(25), async {
-        for job in jobs {
-            let _ = job.await;
+        for task in jobs.into_iter().filter_map(|(_, task)| task) {
+            let _ = task.await;
         }
-        let _ = http.await;
     })
     .await;
     if let Err(e) = farm.store_last_used() {
         tracing::error!(error = %e, "storing accounts' last use failed");
     }
     tracing::info!("stopped");
+    match ended {
+        Ended::Requested => Ok(()),
+        Ended::Died(job) => Err(ServeError::JobDied(job)),
+    }
+}
+
+#[cfg(test)]
+mod supervise_tests {
+    use super::*;
+
+    fn pending_job() -> Option<tokio::task::JoinHandle<()>> {
+        Some(tokio::spawn(std::future::pending()))
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_ends_the_wait_and_is_named() {
+        let mut jobs: [Job; 3] = [
+            ("disabled job", Some(tokio::spawn(async {}))),
+            ("scheduler", pending_job()),
+            (
+                "sweep",
+                Some(tokio::spawn(async {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    panic!("a bug");
+                })),
+            ),
+        ];
+        let ended = supervise(&mut jobs, std::future::pending()).await;
+        assert_eq!(ended, Ended::Died("sweep"));
+        // What ended is not awaited again; what runs is left to the caller.
+        let left: Vec<_> = jobs
+            .iter()
+            .filter(|(_, t)| t.is_some())
+            .map(|(n, _)| *n)
+            .collect();
+        assert_eq!(left, ["scheduler"]);
+    }
+
+    #[tokio::test]
+    async fn the_shutdown_signal_ends_the_wait_with_jobs_running_or_done() {
+        let mut jobs: [Job; 2] = [
+            ("done", Some(tokio::spawn(async {}))),
+            ("scheduler", pending_job()),
+        ];
+        let ended = supervise(&mut jobs, tokio::time::sleep(Duration::from_millis(30))).await;
+        assert_eq!(ended, Ended::Requested);
+        let mut none: [Job; 0] = [];
+        assert_eq!(supervise(&mut none, async {}).await, Ended::Requested);
+    }
 }

@@ -32,7 +32,7 @@ pub use clients::{NewClient, Principal};
 pub use credentials::{CredentialLease, ReportRequest};
 pub use login::LoginStarted;
 pub use relogin::{ReloginCause, ReloginDone};
-pub use view::{AccountPatch, AccountView};
+pub use view::{AccountPatch, AccountView, Health};
 
 /// Everything that can go wrong in a farm operation. The HTTP layer turns
 /// each variant into a status code in one place (`http::error`).
@@ -142,6 +142,7 @@ impl Farm {
             .map(|(i, w)| Arc::new(crate::webhooks::Webhook::new(i, w.clone())))
             .collect();
         let metrics = crate::metrics::Metrics::default();
+        metrics.started();
         if let Some(newest) = crate::store::backup::list(&config.backup.dir)
             .ok()
             .and_then(|found| found.last().cloned())

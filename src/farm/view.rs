@@ -35,6 +35,16 @@ fn describe_patch(p: &AccountPatch) -> String {
     )
 }
 
+/// The answer to `GET /healthz`.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Health {
+    /// `ok` or `degraded` (then the HTTP status is 503).
+    pub status: &'static str,
+    pub accounts: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
 /// An account as shown by the admin API. Never carries a token.
 #[derive(Clone, Debug, Serialize)]
 pub struct AccountView {
@@ -162,6 +172,35 @@ impl Farm {
     /// How many accounts there are (no I/O: for `/healthz` and logs).
     pub fn account_count(&self) -> usize {
         self.state().accounts.len()
+    }
+
+    /// `GET /healthz`: no I/O; `degraded` when the refresh scheduler has
+    /// missed three of its rounds (it runs at least every
+    /// `scheduler.max_sleep`), which no monitoring of the port would notice.
+    pub fn health(&self) -> Health {
+        self.health_at(std::time::Instant::now())
+    }
+
+    pub(crate) fn health_at(&self, now: std::time::Instant) -> Health {
+        let max_sleep = self.config.scheduler.max_sleep;
+        let allowed = 3 * max_sleep + std::time::Duration::from_secs(10);
+        let since = self
+            .metrics
+            .last_scheduler_round()
+            .unwrap_or_else(|| self.metrics.started());
+        let quiet = now.saturating_duration_since(since);
+        let detail = (quiet > allowed).then(|| {
+            format!(
+                "the refresh scheduler has not run for {} s (it runs at least every {} s)",
+                quiet.as_secs(),
+                max_sleep.as_secs()
+            )
+        });
+        Health {
+            status: if detail.is_some() { "degraded" } else { "ok" },
+            accounts: self.account_count(),
+            detail,
+        }
     }
 
     pub fn add_account(&self, provider: &str, label: &str, priority: i64) -> Result<AccountView> {

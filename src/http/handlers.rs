@@ -27,10 +27,12 @@ fn id_of(what: &'static str, raw: &str) -> Result<AccountId, ApiError> {
 }
 
 pub async fn healthz(farm: Arc<Farm>) -> Response {
-    let accounts = farm.account_count();
-    render(Ok::<_, ApiError>(json(
-        &json!({"status": "ok", "accounts": accounts}),
-    )))
+    let health = farm.health();
+    let status = match health.detail {
+        None => StatusCode::OK,
+        Some(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    with_status(json(&health), status).into_response()
 }
 
 pub async fn metrics(farm: Arc<Farm>, caller: Caller) -> Response {

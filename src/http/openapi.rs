@@ -160,7 +160,8 @@ fn schemas() -> Value {
     let mut all = json!({
         "Error": {"type": "object", "required": ["error", "detail"], "properties": {
             "error": {"type": "string"}, "detail": {"type": "string"}, "retry_after_s": {"type": "integer"}}},
-        "Health": {"type": "object", "properties": {"status": {"const": "ok"}, "accounts": {"type": "integer"}}},
+        "Health": {"type": "object", "properties": {"status": {"enum": ["ok", "degraded"]}, "accounts": {"type": "integer"},
+            "detail": {"type": "string", "description": "Why it is degraded (then the status is 503)"}}},
         "Metrics": {"type": "string", "description": "Prometheus text exposition format"},
         "CredentialLease": {"type": "object",
             "required": ["account_id", "label", "provider", "access_token", "token_type", "expires_at", "lease_id", "lease_expires_at"],
