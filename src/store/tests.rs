@@ -746,3 +746,27 @@ fn an_older_schema_is_backed_up_before_it_is_upgraded() {
     );
     assert_eq!(version_of(&old), schema::latest() - 1);
 }
+
+#[test]
+fn restore_onto_a_new_machine_needs_no_current_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Utc::now();
+    let store = open(dir.path());
+    store.insert_account("demo", "alice", 0, now).unwrap();
+    let taken = store.backup(&dir.path().join("backups"), 1, now).unwrap();
+    let fingerprint = store.fingerprint().to_owned();
+    drop(store);
+
+    let fresh = tempfile::tempdir().unwrap();
+    let db = fresh.path().join("farm.db");
+    let moved = backup::restore(
+        &dir.path().join("backups").join(&taken.file),
+        &db,
+        &fingerprint,
+        now,
+    )
+    .unwrap();
+    assert_eq!(moved, None);
+    let restored = Store::open(&db, Cipher::from_text(&key()).unwrap()).unwrap();
+    assert_eq!(restored.load_accounts(now).unwrap()[0].label, "alice");
+}
