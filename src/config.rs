@@ -107,6 +107,7 @@ pub const EVENT_KINDS: &[&str] = &[
     "webhook_failed",
     "backup_created",
     "backup_failed",
+    "backup_restored",
 ];
 
 /// Upper bound on every duration: far beyond any sensible setting, and low
@@ -2445,7 +2446,7 @@ mod tests {
                 EVENT_KINDS.join(" | ")
             )
         );
-        assert!(e.contains("account_added | account_removed") && e.ends_with("| backup_failed"));
+        assert!(e.contains("account_added | account_removed") && e.ends_with("| backup_restored"));
         let cases = [
             (with("events = [\"refresh_ok\", \"refresh_ok\"]"), "webhook[0].events[1]: duplicate event kind \"refresh_ok\" (also webhook[0].events[0])"),
             (with("events = \"needs_human\""), "webhook[0].events: expected an array of strings, found string"),

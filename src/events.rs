@@ -40,6 +40,7 @@ pub enum EventKind {
     WebhookFailed,
     BackupCreated,
     BackupFailed,
+    BackupRestored,
 }
 
 impl EventKind {
@@ -64,6 +65,7 @@ impl EventKind {
         EventKind::WebhookFailed,
         EventKind::BackupCreated,
         EventKind::BackupFailed,
+        EventKind::BackupRestored,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -88,6 +90,7 @@ impl EventKind {
             EventKind::WebhookFailed => "webhook_failed",
             EventKind::BackupCreated => "backup_created",
             EventKind::BackupFailed => "backup_failed",
+            EventKind::BackupRestored => "backup_restored",
         }
     }
 

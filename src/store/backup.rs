@@ -155,6 +155,11 @@ pub fn list(dir: &Path) -> Result<Vec<BackupFile>> {
 /// database and its WAL files are not deleted but moved aside to
 /// `<db>.before-restore-<time>[-wal|-shm]`; the returned path is that of
 /// the moved database (`None` when there was none).
+///
+/// The restored database gets a `backup_restored` event whose id is past
+/// every event id of the database it replaces: event ids are the resume
+/// points of the event stream (`Last-Event-ID`), and a client that had seen
+/// the replaced database's later events must not skip the new ones.
 pub fn restore(
     from: &Path,
     db: &Path,
@@ -183,6 +188,17 @@ pub fn restore(
     let mut input = fs::File::open(from).map_err(io(from))?;
     std::io::copy(&mut input, &mut out).map_err(io(&incoming))?;
     out.sync_all().map_err(io(&incoming))?;
+    drop(out);
+    // The replaced database may be damaged (that may be why it is being
+    // replaced): then its ids are unknown, and the restore matters more.
+    let seen = match db.exists() {
+        true => Connection::open(db)
+            .map_err(StoreError::from)
+            .and_then(|conn| last_event_id(&conn))
+            .unwrap_or(0),
+        false => 0,
+    };
+    mark_restored(&incoming, seen, from, now)?;
 
     let aside = with_suffix(db, &format!(".before-restore-{}", now.format(STAMP)));
     let mut moved = None;
@@ -204,6 +220,35 @@ pub fn restore(
         let _ = fs::File::open(parent).and_then(|d| d.sync_all());
     }
     Ok(moved)
+}
+
+/// The highest event id ever given out (rows may have been pruned since).
+fn last_event_id(conn: &Connection) -> Result<i64> {
+    Ok(conn.query_row(
+        "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0),
+                    COALESCE((SELECT MAX(id) FROM events), 0))",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+/// Records the restore in the restored file itself, with an event id past
+/// `seen`. Rollback-journal mode while doing so, so that nothing is left in
+/// a `-wal` file beside it when it is renamed into place.
+fn mark_restored(file: &Path, seen: i64, from: &Path, now: DateTime<Utc>) -> Result<()> {
+    let conn = Connection::open(file)?;
+    conn.pragma_update(None, "journal_mode", "DELETE")?;
+    let id = last_event_id(&conn)?.max(seen) + 1;
+    let name = from.file_name().map_or_else(
+        || from.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    conn.execute(
+        "INSERT INTO events (id, at, kind, account_id, detail) VALUES (?1, ?2, 'backup_restored', NULL, ?3)",
+        rusqlite::params![id, now.timestamp_millis(), format!("database restored from {name}")],
+    )?;
+    conn.close().map_err(|(_, e)| e)?;
+    Ok(())
 }
 
 fn snapshot(db: &Path, into: &Path) -> Result<()> {

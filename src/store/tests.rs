@@ -647,9 +647,33 @@ fn restore_checks_the_backup_and_moves_the_current_database_aside() {
         assert_eq!(open(dir.path()).load_accounts(now).unwrap().len(), 2);
     }
 
+    let seen = {
+        let store = open(dir.path());
+        for n in 0..5 {
+            store
+                .insert_event(now, "account_added", None, &format!("e{n}"))
+                .unwrap();
+        }
+        store.latest_event_id().unwrap()
+    };
     let aside = backup::restore(&backups.join(&taken.file), &db, &fingerprint, now)
         .unwrap()
         .expect("the current database was moved aside");
+    // The restore is the next event after every one the replaced database
+    // gave out, so a stream resuming from those ids misses nothing new.
+    let restored = open(dir.path());
+    let last = restored.events_since(seen, 10).unwrap();
+    assert_eq!(last.len(), 1, "{last:?}");
+    assert_eq!(
+        (last[0].0, last[0].2.as_str()),
+        (seen + 1, "backup_restored")
+    );
+    assert!(last[0].4.contains(&taken.file), "{last:?}");
+    drop(restored);
+    assert!(
+        !dir.path().join("data/farm.db.partial-wal").exists()
+            && !dir.path().join("data/farm.db.partial").exists()
+    );
     assert!(aside.to_string_lossy().ends_with(&format!(
         "farm.db.before-restore-{}",
         &taken.file[5..taken.file.len() - 3]

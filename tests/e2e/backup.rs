@@ -124,6 +124,8 @@ fn a_backup_restored_after_a_stop_brings_back_accounts_and_tokens() {
     );
     assert_eq!(bed.account(bob)["label"], "bob");
 
+    let last_seen = bed.admin().get("/api/events?since=0").ok();
+    let last_seen = int_of(last_seen.as_array().unwrap().last().unwrap(), "id");
     assert!(bed.stop().success());
     let out = restore(&bed);
     assert!(out.status.success(), "{}", output_text(&out));
@@ -136,6 +138,15 @@ fn a_backup_restored_after_a_stop_brings_back_accounts_and_tokens() {
     assert_eq!(mode_of(&bed.layout.db()), 0o600);
 
     bed.start_farm();
+    // An event stream resuming from the last id it saw gets the restore
+    // (its id is past every id of the replaced database), and what follows.
+    let resumed = bed
+        .admin()
+        .get(&format!("/api/events?since={last_seen}"))
+        .ok();
+    assert_eq!(resumed[0]["kind"], "backup_restored", "{resumed}");
+    assert_eq!(int_of(&resumed[0], "id"), last_seen + 1, "{resumed}");
+    assert!(str_of(&resumed[0], "detail").contains(&file), "{resumed}");
     let accounts = bed.admin().get("/api/accounts").ok();
     let ids: Vec<i64> = accounts
         .as_array()
