@@ -167,6 +167,18 @@ pub fn restore(
     now: DateTime<Utc>,
 ) -> Result<Option<PathBuf>> {
     verify(from, fingerprint)?;
+    // A newer release's backup would be refused at start, after the current
+    // database was moved aside: refuse it now, with nothing moved.
+    let found = super::schema::version(&open_immutable(from)?)?;
+    let known = super::schema::latest();
+    if found > known {
+        return Err(StoreError::BadBackup {
+            path: from.to_path_buf(),
+            reason: format!(
+                "it was written by a newer relogin-farm (schema {found}; this build knows {known})"
+            ),
+        });
+    }
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| StoreError::Io { path, source }
@@ -275,20 +287,7 @@ pub fn verify(file: &Path, fingerprint: &str) -> Result<()> {
     if !file.is_file() {
         return Err(invalid("no such file".into()));
     }
-    // Read-only and immutable: checking a file must not create `-wal`/`-shm`
-    // files beside it (or change it).
-    let uri = format!(
-        "file:{}?immutable=1",
-        file.to_str()
-            .ok_or_else(|| invalid("the path is not UTF-8".into()))?
-            .replace('%', "%25")
-            .replace('?', "%3f")
-            .replace('#', "%23")
-    );
-    let conn = Connection::open_with_flags(
-        uri,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
-    )?;
+    let conn = open_immutable(file)?;
     let check: String = conn
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .map_err(|e| invalid(format!("not a readable database ({e})")))?;
@@ -309,6 +308,25 @@ pub fn verify(file: &Path, fingerprint: &str) -> Result<()> {
         ))),
         None => Err(invalid("it has no store-key fingerprint".into())),
     }
+}
+
+/// Read-only and immutable: reading a backup must not create `-wal`/`-shm`
+/// files beside it (or change it).
+fn open_immutable(file: &Path) -> Result<Connection> {
+    let path = file.to_str().ok_or_else(|| StoreError::BadBackup {
+        path: file.to_path_buf(),
+        reason: "the path is not UTF-8".into(),
+    })?;
+    let uri = format!(
+        "file:{}?immutable=1",
+        path.replace('%', "%25")
+            .replace('?', "%3f")
+            .replace('#', "%23")
+    );
+    Ok(Connection::open_with_flags(
+        uri,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+    )?)
 }
 
 fn remove_partials(dir: &Path) {

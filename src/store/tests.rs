@@ -633,7 +633,19 @@ fn restore_checks_the_backup_and_moves_the_current_database_aside() {
     drop(store);
     let db = dir.path().join("data/farm.db");
 
-    // Not a database, or not this farm's: refused, nothing moved.
+    // Not a database, not this farm's, or a newer release's: refused,
+    // nothing moved.
+    let newer = dir.path().join("newer.db");
+    std::fs::copy(backups.join(&taken.file), &newer).unwrap();
+    Connection::open(&newer)
+        .unwrap()
+        .pragma_update(None, "user_version", schema::latest() + 1)
+        .unwrap();
+    let e = backup::restore(&newer, &db, &fingerprint, now).unwrap_err();
+    assert!(
+        e.to_string().contains("written by a newer relogin-farm"),
+        "{e}"
+    );
     let junk = dir.path().join("junk.db");
     std::fs::write(&junk, b"not a database at all, just some text").unwrap();
     let wrong = Cipher::from_text(&Secret::new("22".repeat(32))).unwrap();
