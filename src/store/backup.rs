@@ -79,10 +79,6 @@ pub fn create(
     fingerprint: &str,
     now: DateTime<Utc>,
 ) -> Result<BackupFile> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| StoreError::Io { path, source }
-    };
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -126,12 +122,7 @@ pub fn list(dir: &Path) -> Result<Vec<BackupFile>> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(StoreError::Io {
-                path: dir.to_path_buf(),
-                source,
-            })
-        }
+        Err(e) => return Err(io(dir)(e)),
     };
     let mut found: Vec<BackupFile> = entries
         .flatten()
@@ -179,10 +170,6 @@ pub fn restore(
             ),
         });
     }
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| StoreError::Io { path, source }
-    };
     let with_suffix = |p: &Path, suffix: &str| {
         let mut s = p.as_os_str().to_owned();
         s.push(suffix);
@@ -218,10 +205,7 @@ pub fn restore(
         let current = with_suffix(db, suffix);
         if current.exists() {
             let to = with_suffix(&aside, suffix);
-            fs::rename(&current, &to).map_err(|source| StoreError::Io {
-                path: current.clone(),
-                source,
-            })?;
+            fs::rename(&current, &to).map_err(io(&current))?;
             if suffix.is_empty() {
                 moved = Some(to);
             }
@@ -329,9 +313,17 @@ fn open_immutable(file: &Path) -> Result<Connection> {
     )?)
 }
 
+/// The error of an I/O call on `path`.
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
+    let path = path.to_path_buf();
+    move |source| StoreError::Io { path, source }
+}
+
+/// Our own unfinished backups (a crash mid-backup), nothing else.
 fn remove_partials(dir: &Path) {
     for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
-        if entry.file_name().to_string_lossy().ends_with(PARTIAL) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&format!(".{PREFIX}")) && name.ends_with(PARTIAL) {
             let _ = fs::remove_file(entry.path());
         }
     }
@@ -341,7 +333,7 @@ fn prune(dir: &Path, keep: usize) -> Result<()> {
     let names: Vec<String> = list(dir)?.into_iter().map(|b| b.file).collect();
     for name in to_prune(&names, keep) {
         let path = dir.join(&name);
-        fs::remove_file(&path).map_err(|source| StoreError::Io { path, source })?;
+        fs::remove_file(&path).map_err(io(&path))?;
     }
     Ok(())
 }
