@@ -3,7 +3,7 @@
 //! `/credential/next` never waits on disk for a read), writes every change
 //! through to the [`Store`], and enforces the invariants:
 //!
-//! - one refresh grant in flight per account, whoever asks ([`refresh`]);
+//! - one refresh grant in flight per account, whoever asks (`refresh.rs`);
 //! - tokens are persisted before anything uses them;
 //! - a failed refresh marks an account, it never deletes it.
 

@@ -37,7 +37,7 @@ pub enum Access {
 }
 
 /// One row of the route table: the single source of the router's
-/// method/path checks (see [`endpoint`]), the OpenAPI document and the
+/// method/path checks (see `endpoint`), the OpenAPI document and the
 /// README's route list.
 #[derive(Clone, Copy, Debug)]
 pub struct Route {

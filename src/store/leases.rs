@@ -10,7 +10,7 @@
 //!
 //! The lease table has no secondary index (each would be one more b-tree
 //! written per lease). Lease ids increase with time, so "since T" is "from
-//! the first id issued at or after T", found by [`first_id_since`].
+//! the first id issued at or after T", found by `first_id_since`.
 
 use std::fmt;
 use std::path::Path;
