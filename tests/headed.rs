@@ -89,6 +89,14 @@ async fn start_page() -> (url::Url, tokio::sync::mpsc::Receiver<()>) {
     (url, rx)
 }
 
+/// Waits (30 s at most) until the browser asked for the start page.
+async fn page_requested(requests: &mut tokio::sync::mpsc::Receiver<()>, what: &str) {
+    match tokio::time::timeout(Duration::from_secs(30), requests.recv()).await {
+        Ok(Some(())) => {}
+        _ => panic!("{what} was not requested within 30 s"),
+    }
+}
+
 #[test]
 fn open_headed_holds_the_profile_until_the_window_closes() {
     let _xvfb = start_xvfb();
@@ -108,10 +116,7 @@ fn open_headed_holds_the_profile_until_the_window_closes() {
                 let pool = t.pool.clone();
                 async move { pool.open_headed("lena", Some(&start_url)).await }
             });
-            page_loaded
-                .recv()
-                .await
-                .expect("the start page was requested");
+            page_requested(&mut page_loaded, "the start page").await;
             let (pid, cmdline) = wait_for_browser(&t, "lena").await;
             assert!(
                 !cmdline.contains("--headless"),
@@ -171,10 +176,7 @@ fn open_headed_holds_the_profile_until_the_window_closes() {
             let farm = TestPool::new(1);
             let (start_url, mut page_loaded) = start_page().await;
             let cli = BrowserCli::open(&farm, "7", &start_url);
-            page_loaded
-                .recv()
-                .await
-                .expect("the CLI's window asked for its --url page");
+            page_requested(&mut page_loaded, "the CLI's --url page").await;
             let (pid, _) = wait_for_browser(&farm, "7").await;
             let refused = farm
                 .pool
