@@ -3,6 +3,8 @@
 //!
 //! # Module map
 //!
+//! - [`doctor`]: `relogin-farm doctor`'s checks of the data (key, database,
+//!   file modes, backups).
 //! - [`domain`]: the rules, with no I/O — account states, which account
 //!   serves next ([`domain::rotation`]), when to refresh and how long to back
 //!   off ([`domain::timing`]).
@@ -31,6 +33,7 @@
 
 pub mod browser;
 pub mod config;
+pub mod doctor;
 pub mod domain;
 pub mod events;
 pub mod farm;

@@ -657,15 +657,28 @@ fn read_secret_from_stdin(name: &str) -> Result<Secret> {
 }
 
 async fn doctor(config: &Config) -> Result<()> {
-    let cfg = relogin_farm::farm::browser_config(&config.browser);
-    let problems = relogin_farm::browser::doctor(&cfg).await;
+    let data = relogin_farm::doctor::check_data(config, chrono::Utc::now());
+    for note in &data.notes {
+        println!("{note}");
+    }
+    let mut problems = data.problems;
+    if config.browser.enabled {
+        let cfg = relogin_farm::farm::browser_config(&config.browser);
+        let browser = relogin_farm::browser::doctor(&cfg).await;
+        if browser.is_empty() {
+            println!(
+                "browser: node {}, driver {}, chromium {}",
+                cfg.node.display(),
+                cfg.driver_cli_js.display(),
+                cfg.chromium.display()
+            );
+        }
+        problems.extend(browser);
+    } else {
+        println!("browser: off (browser.enabled = false)");
+    }
     if problems.is_empty() {
-        println!(
-            "browser ok: node {}, driver {}, chromium {}",
-            cfg.node.display(),
-            cfg.driver_cli_js.display(),
-            cfg.chromium.display()
-        );
+        println!("no problems found");
         return Ok(());
     }
     for p in &problems {

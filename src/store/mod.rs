@@ -68,6 +68,11 @@ pub enum StoreError {
     },
 }
 
+/// The schema version this build writes (a newer database is refused).
+pub fn schema_version() -> i64 {
+    schema::latest()
+}
+
 /// Where [`Store::open_with`] puts the backup it takes before upgrading the
 /// schema of an existing database.
 #[derive(Clone, Copy, Debug)]

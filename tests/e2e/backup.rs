@@ -2,11 +2,14 @@
 //! a second farm on the same database is refused, a backup taken while the
 //! farm serves holds its accounts and tokens, and `relogin-farm restore`
 //! puts it back (refused while the farm runs) with the replaced database
-//! kept aside.
+//! kept aside; `relogin-farm doctor` reports on all of it.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use std::os::unix::fs::PermissionsExt;
+
+use crate::support::bed::BrowserSettings;
 use crate::support::farm::FarmProcess;
 use crate::support::{
     int_of, json, mode_of, secs, str_of, time_of, wait_for, Bed, Settings, Value, PROVIDER,
@@ -189,6 +192,37 @@ fn a_backup_that_is_not_this_farms_is_refused_and_nothing_moves() {
     assert!(!files_in(&bed.layout.data_dir())
         .iter()
         .any(|f| f.contains("before-restore")));
+}
+
+/// `relogin-farm doctor` beside a running farm: the data checks (key,
+/// database, who runs it, backups) and the browser's, exit status 0; then
+/// with a database readable by others: the problem, its fix, status 1.
+#[test]
+fn doctor_reports_the_running_farm_and_what_to_fix() {
+    let bed = Bed::start(Settings::default().with_browser(BrowserSettings::default()));
+    bed.logged_in(&["kim"]);
+    let out = bed.run_cli(&["doctor"], "");
+    let said = output_text(&out);
+    assert!(out.status.success(), "{said}");
+    for expected in [
+        "(1 accounts, schema",
+        "the store key matches",
+        "farm: running on this database (process",
+        "backups: none yet",
+        "browser: node /usr/bin/node",
+        "no problems found",
+    ] {
+        assert!(said.contains(expected), "{expected:?} in:\n{said}");
+    }
+    let db = bed.layout.db();
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = bed.run_cli(&["doctor"], "");
+    let said = output_text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("fix: chmod 600 {}", db.display())),
+        "{said}"
+    );
 }
 
 #[test]
