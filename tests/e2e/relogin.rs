@@ -347,7 +347,10 @@ fn revoked_grant_is_recovered_by_the_ladder_alone() {
         .unwrap_or_else(|| panic!("{user} not in:\n{listed}"));
     assert!(row.contains("present") && row.contains("(ok)"), "{row}");
     let doctor = stdout_of(&cli(&bed, &["doctor"], ""));
-    assert!(doctor.contains("browser ok"), "{doctor}");
+    assert!(
+        doctor.contains("browser: node ") && doctor.contains("no problems found"),
+        "{doctor}"
+    );
 
     // The grant dies at the provider; nobody calls the farm's API but to look.
     let cursor = last_event_id(&bed);
