@@ -11,8 +11,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::browser::runner::Problem;
 use crate::config::Config;
-use crate::lockfile::{LockError, LockFile};
-use crate::store::{backup, lock::lock_path, read_secret_file, Cipher};
+use crate::store::{backup, lock::StoreLock, stored_fingerprint, Cipher, StoreError};
 
 /// What the data check found: facts worth showing, and problems.
 #[derive(Debug, Default)]
@@ -79,33 +78,30 @@ pub fn check_data(config: &Config, now: DateTime<Utc>) -> DataReport {
             "restore the newest backup: relogin-farm restore <file in backup.dir>".into(),
         ),
     }
-    match LockFile::try_acquire(&lock_path(db), "relogin-farm doctor") {
+    match StoreLock::acquire(db) {
         Ok(_free) => report.note("farm: not running on this database".into()),
-        Err(LockError::Held { holder }) => {
+        Err(StoreError::InUse { holder, .. }) => {
             report.note(format!("farm: running on this database ({holder})"))
         }
-        Err(LockError::Io(e)) => report.note(format!("farm: cannot tell whether it runs ({e})")),
+        Err(e) => report.note(format!("farm: cannot tell whether it runs ({e})")),
     }
     check_backups(config, now, &mut report);
     report
 }
 
 fn read_key(config: &Config, report: &mut DataReport) -> Option<Cipher> {
-    let key = match &config.store.key {
-        Some(key) => key.clone(),
-        None => match read_secret_file(&config.store.key_file) {
-            Ok(key) => key,
-            Err(e) => {
-                report.problem(
-                    format!(
-                        "the store key {} cannot be read: {e}; the farm will refuse to start",
-                        config.store.key_file.display()
-                    ),
-                    "put back your copy of the key file this database was created with, or set RELOGIN_FARM_KEY".into(),
-                );
-                return None;
-            }
-        },
+    let key = match crate::server::configured_key(config) {
+        Ok(key) => key,
+        Err(e) => {
+            report.problem(
+                format!(
+                    "the store key {} cannot be read: {e}; the farm will refuse to start",
+                    config.store.key_file.display()
+                ),
+                "put back your copy of the key file this database was created with, or set RELOGIN_FARM_KEY".into(),
+            );
+            return None;
+        }
     };
     match Cipher::from_text(&key) {
         Ok(cipher) => Some(cipher),
@@ -128,13 +124,7 @@ fn database_facts(db: &Path) -> rusqlite::Result<(Option<String>, i64, i64)> {
     let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     let schema: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    let fingerprint = conn
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'key_fingerprint'",
-            [],
-            |r| r.get(0),
-        )
-        .ok();
+    let fingerprint = stored_fingerprint(&conn).ok().flatten();
     let accounts = conn.query_row("SELECT count(*) FROM accounts", [], |r| r.get(0))?;
     Ok((fingerprint, schema, accounts))
 }

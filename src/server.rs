@@ -45,29 +45,34 @@ pub enum ServeError {
 /// exist yet — an existing database with a lost key must not silently get a
 /// new one.
 pub fn load_cipher(config: &Config) -> Result<Cipher, ServeError> {
-    let key = match &config.store.key {
-        Some(k) => k.clone(),
-        None => load_or_create_key_file(&config.store.key_file, &config.store.path)?,
-    };
-    Cipher::from_text(&key).map_err(|e| ServeError::Key(e.to_string()))
-}
-
-fn load_or_create_key_file(key_file: &Path, db: &Path) -> Result<Secret, ServeError> {
-    match read_secret_file(key_file) {
-        Ok(k) => Ok(k),
+    let (key_file, db) = (&config.store.key_file, &config.store.path);
+    let key = match configured_key(config) {
+        Ok(k) => k,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !db.exists() => {
             create_parent_dir(key_file).map_err(|e| ServeError::Key(e.to_string()))?;
             let key = Cipher::generate_key_text();
             write_secret_file(key_file, &key)
                 .map_err(|e| ServeError::Key(format!("{}: {e}", key_file.display())))?;
             tracing::info!(path = %key_file.display(), "created a new store key; back it up with the database");
-            Ok(key)
+            key
         }
-        Err(e) => Err(ServeError::Key(format!(
-            "cannot read {}: {e} (the database {} exists, so its key is needed)",
-            key_file.display(),
-            db.display()
-        ))),
+        Err(e) => {
+            return Err(ServeError::Key(format!(
+                "cannot read {}: {e} (the database {} exists, so its key is needed)",
+                key_file.display(),
+                db.display()
+            )))
+        }
+    };
+    Cipher::from_text(&key).map_err(|e| ServeError::Key(e.to_string()))
+}
+
+/// The configured store key: `RELOGIN_FARM_KEY` if set, else the key file's
+/// content. Never creates one (only [`load_cipher`] does, for a new database).
+pub fn configured_key(config: &Config) -> std::io::Result<Secret> {
+    match &config.store.key {
+        Some(key) => Ok(key.clone()),
+        None => read_secret_file(&config.store.key_file),
     }
 }
 
@@ -81,16 +86,13 @@ pub fn restore_backup(
     from: &Path,
 ) -> Result<Option<std::path::PathBuf>, ServeError> {
     let db = &config.store.path;
-    let key = match &config.store.key {
-        Some(k) => k.clone(),
-        None => read_secret_file(&config.store.key_file).map_err(|e| {
-            ServeError::Key(format!(
-                "cannot read {}: {e} (a backup is readable only with the store key it was \
-                 written with: put that key file there or set RELOGIN_FARM_KEY)",
-                config.store.key_file.display()
-            ))
-        })?,
-    };
+    let key = configured_key(config).map_err(|e| {
+        ServeError::Key(format!(
+            "cannot read {}: {e} (a backup is readable only with the store key it was \
+             written with: put that key file there or set RELOGIN_FARM_KEY)",
+            config.store.key_file.display()
+        ))
+    })?;
     let cipher = Cipher::from_text(&key).map_err(|e| ServeError::Key(e.to_string()))?;
     create_parent_dir(db)?;
     let _running = crate::store::lock::StoreLock::acquire(db)?;

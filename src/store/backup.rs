@@ -278,12 +278,7 @@ pub fn verify(file: &Path, fingerprint: &str) -> Result<()> {
     if check != "ok" {
         return Err(invalid(format!("integrity check failed: {check}")));
     }
-    let stored: Option<String> = conn
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'key_fingerprint'",
-            [],
-            |r| r.get(0),
-        )
+    let stored = super::stored_fingerprint(&conn)
         .map_err(|e| invalid(format!("not a relogin-farm database ({e})")))?;
     match stored {
         Some(f) if f == fingerprint => Ok(()),

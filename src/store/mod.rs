@@ -128,7 +128,7 @@ impl Store {
         let conn = open_connection(path, true)?;
         let (found, latest) = (schema::version(&conn)?, schema::latest());
         if found > 0 {
-            // The key first: a backup is verified against it.
+            // The key before anything else (a backup is verified against it).
             check_fingerprint(&conn, &cipher)?;
         }
         if let Some(b) = upgrade_backup.filter(|_| found > 0 && found < latest) {
@@ -146,7 +146,10 @@ impl Store {
             );
         }
         schema::migrate(&conn)?;
-        check_fingerprint(&conn, &cipher)?;
+        if found == 0 {
+            // A new database: records the key's fingerprint.
+            check_fingerprint(&conn, &cipher)?;
+        }
         restrict_sidecar_files(path);
         Ok(Store {
             conn: Mutex::new(conn),
@@ -759,15 +762,19 @@ fn restrict_sidecar_files(path: &Path) {
     }
 }
 
+/// The fingerprint of the key a database was written with (`None`: not
+/// recorded yet). Also read by backups and `doctor`.
+pub(crate) fn stored_fingerprint(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    conn.query_row(
+        "SELECT value FROM meta WHERE key = 'key_fingerprint'",
+        [],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
 fn check_fingerprint(conn: &Connection, cipher: &Cipher) -> Result<()> {
-    let stored: Option<String> = conn
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'key_fingerprint'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?;
-    match stored {
+    match stored_fingerprint(conn)? {
         Some(expected) if expected != cipher.fingerprint() => Err(StoreError::WrongKey {
             expected,
             actual: cipher.fingerprint().to_string(),
