@@ -33,14 +33,8 @@ fn files_in(dir: &Path) -> Vec<String> {
 }
 
 fn events_of_kind(bed: &Bed, kind: &str) -> Vec<Value> {
-    let events = bed.admin().get("/api/events?since=0").ok();
-    events
-        .as_array()
-        .expect("an event list")
-        .iter()
-        .filter(|e| e["kind"] == kind)
-        .cloned()
-        .collect()
+    let events = bed.events_since(0);
+    events.into_iter().filter(|e| e["kind"] == kind).collect()
 }
 
 fn output_text(out: &Output) -> String {
@@ -127,8 +121,7 @@ fn a_backup_restored_after_a_stop_brings_back_accounts_and_tokens() {
     );
     assert_eq!(bed.account(bob)["label"], "bob");
 
-    let last_seen = bed.admin().get("/api/events?since=0").ok();
-    let last_seen = int_of(last_seen.as_array().unwrap().last().unwrap(), "id");
+    let last_seen = int_of(bed.events_since(0).last().expect("events"), "id");
     assert!(bed.stop().success());
     let out = restore(&bed);
     assert!(out.status.success(), "{}", output_text(&out));
@@ -143,13 +136,10 @@ fn a_backup_restored_after_a_stop_brings_back_accounts_and_tokens() {
     bed.start_farm();
     // An event stream resuming from the last id it saw gets the restore
     // (its id is past every id of the replaced database), and what follows.
-    let resumed = bed
-        .admin()
-        .get(&format!("/api/events?since={last_seen}"))
-        .ok();
-    assert_eq!(resumed[0]["kind"], "backup_restored", "{resumed}");
-    assert_eq!(int_of(&resumed[0], "id"), last_seen + 1, "{resumed}");
-    assert!(str_of(&resumed[0], "detail").contains(&file), "{resumed}");
+    let resumed = bed.events_since(last_seen);
+    assert_eq!(resumed[0]["kind"], "backup_restored", "{resumed:?}");
+    assert_eq!(int_of(&resumed[0], "id"), last_seen + 1, "{resumed:?}");
+    assert!(str_of(&resumed[0], "detail").contains(&file), "{resumed:?}");
     let accounts = bed.admin().get("/api/accounts").ok();
     let ids: Vec<i64> = accounts
         .as_array()

@@ -5,18 +5,11 @@
 use std::time::Duration;
 
 use crate::support::sse::Frame;
-use crate::support::{int_of, time_of, Bed, Settings, Value};
+use crate::support::{event_kinds, int_of, time_of, Bed, Settings, Value};
 
 const STREAM_WAIT: Duration = Duration::from_secs(10);
 
 /// `GET /api/events?since=after`: the stored events, oldest first.
-fn events_since(bed: &Bed, after: i64) -> Vec<Value> {
-    let list = bed.admin().get(&format!("/api/events?since={after}")).ok();
-    list.as_array()
-        .unwrap_or_else(|| panic!("?since={after} is not a JSON array: {list}"))
-        .clone()
-}
-
 fn ids(events: &[Value]) -> Vec<i64> {
     events.iter().map(|e| int_of(e, "id")).collect()
 }
@@ -24,7 +17,8 @@ fn ids(events: &[Value]) -> Vec<i64> {
 /// Creates a client key and returns its `client_created` event.
 fn new_client_event(bed: &Bed, name: &str) -> Value {
     let (id, _) = bed.new_client(name);
-    let last = events_since(bed, 0)
+    let last = bed
+        .events_since(0)
         .pop()
         .expect("an event after creating a client");
     assert_eq!(last["kind"], "client_created", "{last}");
@@ -79,13 +73,9 @@ fn last_event_id_replays_exactly_the_missed_events_then_goes_live() {
         .expect(204);
     bed.new_client("three");
 
-    let all = events_since(&bed, 0);
-    let kinds: Vec<&str> = all
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap_or("?"))
-        .collect();
+    let all = bed.events_since(0);
     assert_eq!(
-        kinds,
+        event_kinds(&all),
         [
             "client_created",
             "account_added",
@@ -109,12 +99,12 @@ fn last_event_id_replays_exactly_the_missed_events_then_goes_live() {
         .cloned()
         .collect();
     assert_eq!(
-        ids(&events_since(&bed, resume_after)),
+        ids(&bed.events_since(resume_after)),
         ids(&missed),
         "?since={resume_after}"
     );
     assert!(
-        events_since(&bed, *all_ids.last().unwrap()).is_empty(),
+        bed.events_since(*all_ids.last().unwrap()).is_empty(),
         "?since=<newest> must be empty"
     );
 

@@ -139,19 +139,13 @@ fn assert_serves_a_live_token(bed: &Bed, user: &str) {
 
 /// The id of the newest stored event (0: none): a cursor for [`kinds_since`].
 fn last_event_id(bed: &Bed) -> i64 {
-    events_since(bed, 0).last().map_or(0, |e| int_of(e, "id"))
-}
-
-fn events_since(bed: &Bed, after: i64) -> Vec<Value> {
-    let list = bed.admin().get(&format!("/api/events?since={after}")).ok();
-    list.as_array()
-        .unwrap_or_else(|| panic!("not an event list: {list}"))
-        .clone()
+    bed.events_since(0).last().map_or(0, |e| int_of(e, "id"))
 }
 
 /// The kinds of the account's events after `after`, oldest first.
 fn kinds_since(bed: &Bed, id: i64, after: i64) -> Vec<String> {
-    let events = events_since(bed, after)
+    let events = bed
+        .events_since(after)
         .into_iter()
         .filter(|e| e["account_id"] == id);
     events.map(|e| str_of(&e, "kind").to_string()).collect()

@@ -9,7 +9,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::support::receiver::{Hit, Receiver};
-use crate::support::{int_of, str_of, wait_for, Bed, Settings, Value};
+use crate::support::{event_kinds, int_of, str_of, wait_for, Bed, Settings, Value};
 
 const SECRET: &str = "hook-secret-\u{e9}t\u{e9}";
 
@@ -41,15 +41,6 @@ fn assert_signed(hit: &Hit) {
 /// `GET /api/webhooks` entry `index`.
 fn hook_status(bed: &Bed, index: usize) -> Value {
     bed.admin().get("/api/webhooks").ok()[index].clone()
-}
-
-fn stored_events(bed: &Bed) -> Vec<Value> {
-    bed.admin()
-        .get("/api/events?since=0")
-        .ok()
-        .as_array()
-        .expect("an event list")
-        .clone()
 }
 
 #[test]
@@ -113,7 +104,8 @@ fn a_failing_receiver_is_retried_with_backoff_then_given_up_visibly() {
     assert!(str_of(&status, "last_error").contains("500"), "{status}");
     assert!(status["last_error_at"].is_string(), "{status}");
 
-    let failed: Vec<Value> = stored_events(&bed)
+    let failed: Vec<Value> = bed
+        .events_since(0)
         .into_iter()
         .filter(|e| e["kind"] == "webhook_failed")
         .collect();
@@ -143,13 +135,9 @@ fn a_receiver_gets_each_subscribed_event_once_signed() {
         .expect(204);
 
     let hits = good.wait_hits(2, Duration::from_secs(10));
-    let events = stored_events(&bed);
-    let kinds: Vec<&str> = events
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap_or("?"))
-        .collect();
+    let events = bed.events_since(0);
     assert_eq!(
-        kinds,
+        event_kinds(&events),
         [
             "client_created",
             "account_added",

@@ -217,6 +217,14 @@ impl Bed {
         run_with_deadline("relogin-farm", cmd, Duration::from_secs(30))
     }
 
+    /// The stored events after id `after` (`GET /api/events?since=…`), oldest first.
+    pub fn events_since(&self, after: i64) -> Vec<Value> {
+        let list = self.admin().get(&format!("/api/events?since={after}")).ok();
+        list.as_array()
+            .unwrap_or_else(|| panic!("?since={after} is not a JSON array: {list}"))
+            .clone()
+    }
+
     /// Everything the farm processes of this test wrote to stderr.
     pub fn farm_log(&self) -> String {
         std::fs::read_to_string(self.layout.farm_log()).unwrap_or_default()

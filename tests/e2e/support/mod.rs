@@ -136,6 +136,14 @@ pub fn mode_of(path: &Path) -> u32 {
         & 0o777
 }
 
+/// The `kind` of each event, in order.
+pub fn event_kinds(events: &[Value]) -> Vec<&str> {
+    events
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap_or("?"))
+        .collect()
+}
+
 pub fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
