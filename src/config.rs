@@ -184,10 +184,9 @@ pub struct StoreConfig {
 /// `[backup]`: scheduled copies of the database (see `store::backup`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackupConfig {
-    /// When to take one; `None` when `schedule = ""`.
+    /// When to take one; `None` when `schedule = ""` (`Schedule::source`
+    /// gives the expression back).
     pub schedule: Option<cron::Schedule>,
-    /// The expression as configured (trimmed; `""` when disabled).
-    pub schedule_expr: String,
     /// `backup.dir`, defaulting to `backups/` beside [`StoreConfig::path`].
     pub dir: PathBuf,
     /// How many backups to keep (1..=1000); the oldest go first.
@@ -200,8 +199,6 @@ pub struct SchedulerConfig {
     pub refresh_margin: Duration,
     /// Periodic sweep; `None` when `sweep = ""`.
     pub sweep: Option<cron::Schedule>,
-    /// The sweep expression as configured (trimmed; `""` when disabled).
-    pub sweep_expr: String,
     pub max_concurrent_refreshes: usize,
     /// Cap on any scheduler sleep, so it catches up soon after a suspend.
     pub max_sleep: Duration,
@@ -475,11 +472,9 @@ impl Default for StoreConfig {
 
 impl Default for BackupConfig {
     fn default() -> Self {
-        let (schedule, schedule_expr) =
-            parse_cron(DEFAULT_BACKUP_SCHEDULE).expect("the default backup schedule is valid");
         BackupConfig {
-            schedule,
-            schedule_expr,
+            schedule: parse_cron(DEFAULT_BACKUP_SCHEDULE)
+                .expect("the default backup schedule is valid"),
             dir: default_backup_dir(&StoreConfig::default().path),
             keep: 7,
         }
@@ -488,15 +483,9 @@ impl Default for BackupConfig {
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        let sweep_expr = "0 */5 * * * *";
         SchedulerConfig {
             refresh_margin: minutes(5),
-            sweep: Some(
-                sweep_expr
-                    .parse()
-                    .expect("the default sweep is a valid cron expression"),
-            ),
-            sweep_expr: sweep_expr.to_owned(),
+            sweep: parse_cron("0 */5 * * * *").expect("the default sweep is valid"),
             max_concurrent_refreshes: 8,
             max_sleep: Duration::from_secs(30),
             retry_initial: Duration::from_secs(5),
@@ -765,10 +754,8 @@ impl BackupConfig {
         let dir = sec.path("dir")?;
         let keep = sec.count("keep", 1..=1000)?.unwrap_or(d.keep);
         sec.finish()?;
-        let (schedule, schedule_expr) = schedule.unwrap_or((d.schedule, d.schedule_expr));
         Ok(BackupConfig {
-            schedule,
-            schedule_expr,
+            schedule: schedule.unwrap_or(d.schedule),
             dir: dir.unwrap_or_else(|| default_backup_dir(store_path)),
             keep,
         })
@@ -788,11 +775,9 @@ impl SchedulerConfig {
         let retry_max = sec.duration("retry_max")?.unwrap_or(d.retry_max);
         sec.finish()?;
         sec.at_least("retry_max", retry_max, "retry_initial", retry_initial)?;
-        let (sweep, sweep_expr) = sweep.unwrap_or((d.sweep, d.sweep_expr));
         Ok(SchedulerConfig {
             refresh_margin,
-            sweep,
-            sweep_expr,
+            sweep: sweep.unwrap_or(d.sweep),
             max_concurrent_refreshes,
             max_sleep,
             retry_initial,
@@ -902,12 +887,12 @@ fn check_log_level(level: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// `""` (or blanks) disables the sweep. A 5-field expression gets a hint,
+/// `""` (or blanks) disables the job. A 5-field expression gets a hint,
 /// since classic cron syntax has no seconds field and is the usual mistake.
-fn parse_cron(expr: &str) -> Result<(Option<cron::Schedule>, String), String> {
+fn parse_cron(expr: &str) -> Result<Option<cron::Schedule>, String> {
     let expr = expr.trim();
     if expr.is_empty() {
-        return Ok((None, String::new()));
+        return Ok(None);
     }
     if expr.split_whitespace().count() == 5 {
         return Err(format!(
@@ -916,7 +901,7 @@ fn parse_cron(expr: &str) -> Result<(Option<cron::Schedule>, String), String> {
     }
     let schedule =
         cron::Schedule::from_str(expr).map_err(|e| describe_cron_error(&e.to_string()))?;
-    Ok((Some(schedule), expr.to_owned()))
+    Ok(Some(schedule))
 }
 
 /// cron's errors repeat the expression with a caret line under it; keep just
@@ -1866,8 +1851,7 @@ mod tests {
             config.store.lease_retention,
             Duration::from_secs(30 * 86400)
         );
-        assert_eq!(config.scheduler.sweep_expr, "0 */5 * * * *");
-        assert!(config.scheduler.sweep.is_some());
+        assert_eq!(source(&config.scheduler.sweep), "0 */5 * * * *");
         assert_eq!(config.scheduler.max_concurrent_refreshes, 8);
         assert_eq!(config.rotation.strategy, Strategy::RoundRobin);
         assert_eq!(config.rotation.max_cooldown, minutes(360));
@@ -2068,10 +2052,9 @@ mod tests {
     fn backup_section() {
         let d = load("", &[]).unwrap().backup;
         assert_eq!(
-            (d.schedule_expr.as_str(), d.dir.as_path(), d.keep),
+            (source(&d.schedule), d.dir.as_path(), d.keep),
             ("0 30 3 * * *", Path::new("data/backups"), 7)
         );
-        assert!(d.schedule.is_some());
         let flags = Overrides {
             store_path: Some("elsewhere/x.db".into()),
             ..Overrides::default()
@@ -2093,7 +2076,7 @@ mod tests {
         )
         .unwrap()
         .backup;
-        assert_eq!((b.schedule_expr.as_str(), b.keep), ("@daily", 2));
+        assert_eq!((source(&b.schedule), b.keep), ("@daily", 2));
         for (text, expected) in [
             ("[backup]\nkeep = 0", "backup.keep: "),
             ("[backup]\nkeep = 1001", "backup.keep: "),
@@ -2569,18 +2552,19 @@ mod tests {
         assert_refused_without_leaking(SECRET, failures);
     }
 
+    /// A cron job's expression as configured; panics when it is disabled.
+    fn source(schedule: &Option<cron::Schedule>) -> &str {
+        schedule.as_ref().expect("a schedule").source()
+    }
+
     #[test]
     fn empty_sweep_disables() {
         let config = load("[scheduler]\nsweep = \"\"", &[]).unwrap();
-        assert_eq!(
-            (config.scheduler.sweep, config.scheduler.sweep_expr.as_str()),
-            (None, "")
-        );
+        assert_eq!(config.scheduler.sweep, None);
         let config = load("", &[("RELOGIN_FARM_SCHEDULER_SWEEP", "")]).unwrap();
         assert_eq!(config.scheduler.sweep, None);
-        let config = load("[scheduler]\nsweep = \"@hourly\"", &[]).unwrap();
-        assert_eq!(config.scheduler.sweep_expr, "@hourly");
-        assert!(config.scheduler.sweep.is_some());
+        let config = load("[scheduler]\nsweep = \" @hourly \"", &[]).unwrap();
+        assert_eq!(source(&config.scheduler.sweep), "@hourly");
     }
 
     #[test]

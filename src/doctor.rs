@@ -183,7 +183,7 @@ fn check_backups(config: &Config, now: DateTime<Utc>, report: &mut DataReport) {
         report.note(format!(
             "backups: none yet in {} (scheduled \"{}\"; `relogin-farm backup` takes one now)",
             b.dir.display(),
-            b.schedule_expr
+            schedule.source()
         ));
         return;
     };
@@ -199,7 +199,7 @@ fn check_backups(config: &Config, now: DateTime<Utc>, report: &mut DataReport) {
                 "the newest backup, {}, is {} h old although backups are scheduled \"{}\"",
                 newest.file,
                 age.num_hours(),
-                b.schedule_expr
+                schedule.source()
             ),
             "look for backup_failed events (GET /api/events) or errors in the farm's log; `relogin-farm backup` takes one now".into(),
         );
