@@ -142,7 +142,7 @@ impl Farm {
             .map(|(i, w)| Arc::new(crate::webhooks::Webhook::new(i, w.clone())))
             .collect();
         let metrics = crate::metrics::Metrics::default();
-        metrics.started();
+        metrics.started(); // /healthz measures the scheduler's silence from here
         if let Some(newest) = crate::store::backup::list(&config.backup.dir)
             .ok()
             .and_then(|found| found.last().cloned())
