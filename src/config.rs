@@ -19,17 +19,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Display};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 use std::{fs, io};
 
-use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
 use url::Url;
 
+use crate::events::EventKind;
 use crate::secret::Secret;
 
 /// The documented example configuration, also the `relogin-farm init`
@@ -44,71 +44,6 @@ pub const ENV_PREFIX: &str = "RELOGIN_FARM_";
 /// matches every variable starting with the part before it. Add to this list
 /// when a new such variable appears.
 pub const OTHER_ENV_VARS: &[&str] = &["RELOGIN_FARM_CONFIG", "RELOGIN_FARM_DEMO_*"];
-
-/// Scalar keys that the environment may override, each through the variable
-/// [`env_var`] names. Secrets are not listed: they have their own variables.
-const ENV_KEYS: &[&str] = &[
-    "server.listen",
-    "server.lease_ttl",
-    "store.path",
-    "store.key_file",
-    "store.lease_retention",
-    "backup.schedule",
-    "backup.dir",
-    "backup.keep",
-    "scheduler.refresh_margin",
-    "scheduler.sweep",
-    "scheduler.max_concurrent_refreshes",
-    "scheduler.max_sleep",
-    "scheduler.retry_initial",
-    "scheduler.retry_max",
-    "rotation.strategy",
-    "rotation.min_validity",
-    "rotation.default_cooldown",
-    "rotation.max_cooldown",
-    "log.level",
-    "log.format",
-    "events.retention",
-    "events.buffer",
-    "browser.enabled",
-    "browser.chromium",
-    "browser.node",
-    "browser.driver",
-    "browser.headless",
-    "browser.max_concurrent",
-    "browser.profiles_dir",
-    "browser.artifacts_dir",
-    "browser.relogin_timeout",
-    "browser.driver_linger",
-    "browser.retry_initial",
-    "browser.retry_max",
-];
-
-/// Every event kind, as spelled in `webhook.events` (and in the event
-/// stream's `kind` field).
-pub const EVENT_KINDS: &[&str] = &[
-    "account_added",
-    "account_removed",
-    "account_updated",
-    "login_started",
-    "login_completed",
-    "login_failed",
-    "refresh_ok",
-    "refresh_failed",
-    "needs_relogin",
-    "relogin_started",
-    "relogin_succeeded",
-    "relogin_failed",
-    "needs_human",
-    "cooldown_started",
-    "cooldown_ended",
-    "client_created",
-    "client_revoked",
-    "webhook_failed",
-    "backup_created",
-    "backup_failed",
-    "backup_restored",
-];
 
 /// Upper bound on every duration: far beyond any sensible setting, and low
 /// enough that adding it to a timestamp can never overflow downstream.
@@ -158,78 +93,6 @@ pub struct Config {
     pub providers: Vec<ProviderConfig>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct ServerConfig {
-    pub listen: SocketAddr,
-    /// From `RELOGIN_FARM_ADMIN_TOKEN`, or read from
-    /// `RELOGIN_FARM_ADMIN_TOKEN_FILE` / `server.admin_token_file`.
-    pub admin_token: Option<Secret>,
-    /// Longest life of a lease (a lease never outlives its token).
-    pub lease_ttl: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoreConfig {
-    pub path: PathBuf,
-    /// `store.key_file`, defaulting to `farm.key` beside [`Self::path`]. Not
-    /// read here: the store reads (or creates) it.
-    pub key_file: PathBuf,
-    /// From `RELOGIN_FARM_KEY` (base64 of 32 bytes); when set the store uses
-    /// it instead of [`Self::key_file`].
-    pub key: Option<Secret>,
-    /// Leases and reports older than this are pruned by the sweep.
-    pub lease_retention: Duration,
-}
-
-/// `[backup]`: scheduled copies of the database (see `store::backup`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct BackupConfig {
-    /// When to take one; `None` when `schedule = ""` (`Schedule::source`
-    /// gives the expression back).
-    pub schedule: Option<cron::Schedule>,
-    /// `backup.dir`, defaulting to `backups/` beside [`StoreConfig::path`].
-    pub dir: PathBuf,
-    /// How many backups to keep (1..=1000); the oldest go first.
-    pub keep: usize,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct SchedulerConfig {
-    /// Refresh a token when less than this is left.
-    pub refresh_margin: Duration,
-    /// Periodic sweep; `None` when `sweep = ""`.
-    pub sweep: Option<cron::Schedule>,
-    pub max_concurrent_refreshes: usize,
-    /// Cap on any scheduler sleep, so it catches up soon after a suspend.
-    pub max_sleep: Duration,
-    pub retry_initial: Duration,
-    pub retry_max: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct RotationConfig {
-    pub strategy: Strategy,
-    pub min_validity: Duration,
-    pub default_cooldown: Duration,
-    pub max_cooldown: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct LogConfig {
-    /// A tracing `EnvFilter` directive; only checked for being non-empty
-    /// here, the caller parses it.
-    pub level: String,
-    pub format: LogFormat,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct EventsConfig {
-    /// Events older than this are pruned by the sweep.
-    pub retention: Duration,
-    /// Capacity of the in-memory broadcast to live subscribers (16..=65536).
-    pub buffer: usize,
-}
-
 /// One `[[webhook]]`: each event of a kind it wants is POSTed to `url` as
 /// JSON, signed with HMAC-SHA256 when a secret is set.
 #[derive(Clone, PartialEq)]
@@ -237,7 +100,7 @@ pub struct WebhookConfig {
     /// http or https. May carry a credential (in its path or user info), so
     /// `Debug` shows only its origin.
     pub url: Url,
-    /// Event kinds to deliver, each one of [`EVENT_KINDS`], no duplicates.
+    /// Event kinds to deliver, each one of [`EventKind::NAMES`], no duplicates.
     /// Empty means every kind: use [`WebhookConfig::wants`].
     pub events: Vec<String>,
     /// HMAC key; `None` sends unsigned requests.
@@ -246,38 +109,6 @@ pub struct WebhookConfig {
     pub max_attempts: u32,
     /// Per request.
     pub timeout: Duration,
-}
-
-/// `[browser]`: the Chromium that relogin drives through Playwright.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BrowserSettings {
-    /// `false`: never launch a browser; an account that needs a relogin
-    /// waits for a person.
-    pub enabled: bool,
-    /// The Chromium executable.
-    pub chromium: PathBuf,
-    /// The Node.js executable that runs the Playwright driver.
-    pub node: PathBuf,
-    /// The Playwright driver's `cli.js` (npm playwright-core).
-    pub driver: PathBuf,
-    pub headless: bool,
-    /// Browsers running at once (1..=16).
-    pub max_concurrent: usize,
-    /// One persistent profile per account below this directory.
-    pub profiles_dir: PathBuf,
-    /// Screenshots of failed relogins.
-    pub artifacts_dir: PathBuf,
-    /// Limit on one whole scripted relogin.
-    pub relogin_timeout: Duration,
-    /// How long the Playwright driver (node, ~120 MB) stays up after the last
-    /// browser closed, so a burst of relogins starts it once; 0: never lingers.
-    pub driver_linger: Duration,
-    /// Extra Chromium flags, each starting with `-`; none of the flags the
-    /// farm sets itself.
-    pub extra_args: Vec<String>,
-    /// Backoff after a failed relogin: starts here, doubles up to `retry_max`.
-    pub retry_initial: Duration,
-    pub retry_max: Duration,
 }
 
 impl WebhookConfig {
@@ -344,56 +175,13 @@ pub struct Overrides {
     pub log_level: Option<String>,
 }
 
-/// Declares an enum spelled in kebab-case everywhere (TOML, environment,
-/// flags, serde, `Display`), from a single list of spellings so they cannot
-/// drift apart.
-macro_rules! named_enum {
-    (
-        $(#[$meta:meta])*
-        pub enum $ty:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }
-    ) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-        pub enum $ty {
-            $($(#[$vmeta])* #[serde(rename = $text)] $variant,)+
-        }
-
-        impl $ty {
-            /// Every variant, in declaration order.
-            pub const ALL: &'static [$ty] = &[$($ty::$variant),+];
-
-            /// The spelling used in the configuration.
-            pub fn as_str(self) -> &'static str {
-                match self { $($ty::$variant => $text,)+ }
-            }
-        }
-
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl FromStr for $ty {
-            type Err = ParseEnumError;
-
-            fn from_str(s: &str) -> Result<Self, ParseEnumError> {
-                Self::ALL.iter().copied().find(|v| v.as_str() == s).ok_or_else(|| {
-                    ParseEnumError {
-                        expected: Self::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(" | "),
-                    }
-                })
-            }
-        }
-    };
-}
-
 /// How a lease picks among a provider's usable accounts (owned by the
 /// domain, which decides with it).
 pub use crate::domain::Strategy;
 
-named_enum! {
+crate::named_enum! {
     /// Log line format.
+    #[derive(Default)]
     pub enum LogFormat {
         #[default]
         Text = "text",
@@ -402,11 +190,7 @@ named_enum! {
 }
 
 /// A string that is none of an enum's spellings.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("expected one of {expected}")]
-pub struct ParseEnumError {
-    expected: String,
-}
+pub use crate::names::ParseEnumError;
 
 /// Why the configuration could not be loaded. Every variant names the key or
 /// environment variable at fault; none ever contains a secret value.
@@ -448,101 +232,6 @@ const fn minutes(n: u64) -> Duration {
     Duration::from_secs(n * 60)
 }
 
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8377)),
-            admin_token: None,
-            lease_ttl: minutes(10),
-        }
-    }
-}
-
-impl Default for StoreConfig {
-    fn default() -> Self {
-        let path = PathBuf::from("data/farm.db");
-        StoreConfig {
-            key_file: default_key_file(&path),
-            path,
-            key: None,
-            lease_retention: Duration::from_secs(30 * 24 * 60 * 60),
-        }
-    }
-}
-
-impl Default for BackupConfig {
-    fn default() -> Self {
-        BackupConfig {
-            schedule: parse_cron(DEFAULT_BACKUP_SCHEDULE)
-                .expect("the default backup schedule is valid"),
-            dir: default_backup_dir(&StoreConfig::default().path),
-            keep: 7,
-        }
-    }
-}
-
-impl Default for SchedulerConfig {
-    fn default() -> Self {
-        SchedulerConfig {
-            refresh_margin: minutes(5),
-            sweep: parse_cron("0 */5 * * * *").expect("the default sweep is valid"),
-            max_concurrent_refreshes: 8,
-            max_sleep: Duration::from_secs(30),
-            retry_initial: Duration::from_secs(5),
-            retry_max: minutes(5),
-        }
-    }
-}
-
-impl Default for RotationConfig {
-    fn default() -> Self {
-        RotationConfig {
-            strategy: Strategy::RoundRobin,
-            min_validity: Duration::from_secs(30),
-            default_cooldown: Duration::from_secs(60),
-            max_cooldown: minutes(6 * 60),
-        }
-    }
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            level: "info".to_owned(),
-            format: LogFormat::Text,
-        }
-    }
-}
-
-impl Default for EventsConfig {
-    fn default() -> Self {
-        EventsConfig {
-            retention: Duration::from_secs(30 * 24 * 60 * 60),
-            buffer: 1024,
-        }
-    }
-}
-
-impl Default for BrowserSettings {
-    fn default() -> Self {
-        BrowserSettings {
-            enabled: true,
-            chromium: PathBuf::from("/usr/bin/chromium"),
-            node: PathBuf::from("/usr/bin/node"),
-            driver: PathBuf::from("scripts/playwright/node_modules/playwright-core/cli.js"),
-            headless: true,
-            max_concurrent: 2,
-            profiles_dir: PathBuf::from("profiles"),
-            artifacts_dir: PathBuf::from("data/artifacts"),
-            relogin_timeout: minutes(2),
-            driver_linger: Duration::from_secs(30),
-            extra_args: Vec::new(),
-            retry_initial: minutes(5),
-            retry_max: minutes(6 * 60),
-        }
-    }
-}
-
 const DEFAULT_LOGIN_TIMEOUT: Duration = minutes(10);
 const DEFAULT_WEBHOOK_MAX_ATTEMPTS: u32 = 6;
 const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -553,12 +242,359 @@ fn default_key_file(store_path: &Path) -> PathBuf {
     store_path.with_file_name("farm.key")
 }
 
-/// Daily at 03:30 UTC.
-const DEFAULT_BACKUP_SCHEDULE: &str = "0 30 3 * * *";
-
 /// `backups/` next to the database; moves with it like [`default_key_file`].
 fn default_backup_dir(store_path: &Path) -> PathBuf {
     store_path.with_file_name("backups")
+}
+
+// ---------------------------------------------------------------------------
+// The key tables
+// ---------------------------------------------------------------------------
+
+/// One key of a `[section]`, as documented: the README's key table and the
+/// check of `config.example.toml` are made from these.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyDoc {
+    /// Full name: `server.listen`.
+    pub key: String,
+    /// The Rust type it is read into.
+    pub ty: &'static str,
+    /// The built-in default as it is written in the file (`"10m"`, `8`), or
+    /// `None` when it is not one value (derived from another key, or none).
+    pub default: Option<Value>,
+    /// The default as the README shows it.
+    pub shown_default: String,
+    /// The environment variable that sets it, if any.
+    pub env: Option<String>,
+    /// What it means (its doc comment, one line).
+    pub doc: String,
+}
+
+impl KeyDoc {
+    fn new(
+        section: &str,
+        name: &str,
+        ty: &'static str,
+        has_env: bool,
+        default: Value,
+        shown: Option<&str>,
+        doc: &[&str],
+    ) -> Self {
+        let key = format!("{section}.{name}");
+        KeyDoc {
+            env: has_env.then(|| env_var(&key)),
+            ty,
+            shown_default: shown.map_or_else(|| show_value(&default), str::to_owned),
+            default: shown.is_none().then_some(default),
+            doc: doc.iter().map(|l| l.trim()).collect::<Vec<_>>().join(" "),
+            key,
+        }
+    }
+}
+
+/// A default as people read it: strings without their quotes.
+fn show_value(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Declares a `[section]` from one table of its keys, generating the struct
+/// (one field per key, plus `extra` fields not read from the file), its
+/// `Default`, `read` (each key from the environment, else the file, else the
+/// default, through the named `Section` reader, whose errors name the key),
+/// and `keys()` (the [`KeyDoc`]s behind `RELOGIN_FARM_*` names, the README
+/// table and the example-file check).
+///
+/// Adding a key is one entry (plus its doc comment):
+///
+/// ```text
+/// /// What it means, one sentence (this is the README's text).
+/// name: Type = default => reader(args);
+/// ```
+///
+/// * `default` is the value as written in the TOML file (`"10m"`, `8`,
+///   `true`); it goes through the reader like a configured value, so it is
+///   validated too. Append `, shown "text"` when the real default is derived
+///   by the section's own code (the key is then fixed up after `read`).
+/// * `reader` is a `Section` method: `duration()`, `duration_or_zero()`,
+///   `count(1..=16)`, `boolean()`, `path()`, `parsed("what", parse_fn)`, …
+///   A check that needs a new rule gets a parse function, named here.
+/// * Append `, no_env` for keys the environment cannot set (arrays);
+///   every other key gets `RELOGIN_FARM_<SECTION>_<KEY>`.
+/// * Then list the key in `config.example.toml` and run
+///   `UPDATE_README=1 cargo test --lib config::tests::readme_key_table`.
+macro_rules! config_section {
+    (
+        $(#[$meta:meta])*
+        pub struct $ty:ident in $section:literal {
+            $(
+                $(#[doc = $doc:literal])*
+                $field:ident : $fty:ty = $default:expr $(, shown $shown:literal)?
+                    => $reader:ident ( $($arg:expr),* ) $(, $flag:ident)? ;
+            )+
+        }
+        $(extra {
+            $(
+                $(#[$xmeta:meta])*
+                $xfield:ident : $xty:ty = $xdefault:expr ;
+            )*
+        })?
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct $ty {
+            $( $(#[doc = $doc])* pub $field: $fty, )+
+            $($( $(#[$xmeta])* pub $xfield: $xty, )*)?
+        }
+
+        impl $ty {
+            /// The section's keys, in declaration order.
+            pub fn keys() -> Vec<KeyDoc> {
+                vec![$(
+                    KeyDoc::new(
+                        $section,
+                        stringify!($field),
+                        stringify!($fty),
+                        config_section!(@env $($flag)?),
+                        Value::from($default),
+                        config_section!(@shown $($shown)?),
+                        &[$($doc),*],
+                    ),
+                )+]
+            }
+
+            /// Reads every key of the table (without rejecting unknown ones:
+            /// the caller may read more, then calls `Section::finish`).
+            fn read(sec: &mut Section<'_>) -> Result<Self> {
+                $(
+                    sec.default_to(stringify!($field), Value::from($default));
+                    let $field = sec
+                        .$reader(stringify!($field) $(, $arg)*)?
+                        .expect("every key has a default");
+                )+
+                Ok($ty { $($field,)+ $($($xfield: $xdefault,)*)? })
+            }
+        }
+
+        impl Default for $ty {
+            fn default() -> Self {
+                let env = EnvLayer::default();
+                Self::read(&mut Section::new($section.to_owned(), Table::new(), &env))
+                    .expect("the built-in defaults are valid")
+            }
+        }
+    };
+    (@env) => { true };
+    (@env no_env) => { false };
+    (@shown) => { None };
+    (@shown $shown:literal) => { Some($shown) };
+}
+
+config_section! {
+    /// `[server]`: the HTTP API.
+    pub struct ServerConfig in "server" {
+        /// API address (port 0: any free port; the farm prints `LISTENING http://…`).
+        listen: SocketAddr = "127.0.0.1:8377" => parsed("socket address", SocketAddr::from_str);
+        /// A lease's longest life (never longer than its token).
+        lease_ttl: Duration = "10m" => duration();
+    }
+    extra {
+        /// From `RELOGIN_FARM_ADMIN_TOKEN`, or read from
+        /// `RELOGIN_FARM_ADMIN_TOKEN_FILE` / `server.admin_token_file`.
+        admin_token: Option<Secret> = None;
+    }
+}
+
+config_section! {
+    /// `[store]`: the database and its key.
+    pub struct StoreConfig in "store" {
+        /// SQLite database.
+        path: PathBuf = "data/farm.db" => path();
+        /// 32-byte key, base64 (or `RELOGIN_FARM_KEY`, the key itself). Not
+        /// read here: the store reads (or creates) it.
+        key_file: PathBuf = "data/farm.key", shown "<dir of path>/farm.key" => path();
+        /// How long leases and reports (the usage history) are kept; the sweep prunes older ones.
+        lease_retention: Duration = "30d" => duration();
+    }
+    extra {
+        /// From `RELOGIN_FARM_KEY` (base64 of 32 bytes); when set the store uses
+        /// it instead of [`Self::key_file`].
+        key: Option<Secret> = None;
+    }
+}
+
+config_section! {
+    /// `[backup]`: scheduled copies of the database (see `store::backup`).
+    pub struct BackupConfig in "backup" {
+        /// Cron (seconds field, UTC) of the database backup; `""` disables (`Schedule::source` gives the expression back).
+        schedule: Option<cron::Schedule> = "0 30 3 * * *" => parsed("cron expression", parse_cron);
+        /// Where backups go (0700, files 0600).
+        dir: PathBuf = "data/backups", shown "<dir of store.path>/backups" => path();
+        /// Backups kept (1 to 1000); the oldest are removed first.
+        keep: usize = 7 => count(1..=1000);
+    }
+}
+
+config_section! {
+    /// `[scheduler]`: when tokens are refreshed.
+    pub struct SchedulerConfig in "scheduler" {
+        /// Refresh when less than this is left (at most half the token's life).
+        refresh_margin: Duration = "5m" => duration();
+        /// Cron (seconds field) of the health sweep; `""` disables.
+        sweep: Option<cron::Schedule> = "0 */5 * * * *" => parsed("cron expression", parse_cron);
+        /// Refresh grants in flight at once (1 to 1024).
+        max_concurrent_refreshes: usize = 8 => count(1..=1024);
+        /// Longest scheduler sleep, so it catches up soon after a suspend.
+        max_sleep: Duration = "30s" => duration();
+        /// First backoff after a transient refresh failure; it doubles up to `retry_max`.
+        retry_initial: Duration = "5s" => duration();
+        /// Longest backoff after a transient refresh failure.
+        retry_max: Duration = "5m" => duration();
+    }
+}
+
+config_section! {
+    /// `[rotation]`: which account a lease gets.
+    pub struct RotationConfig in "rotation" {
+        /// `round-robin`, `least-used`, `fill-first` (by `priority`, lowest first), `sticky` (same `session` → same account).
+        strategy: Strategy = "round-robin" => parsed("strategy", Strategy::from_str);
+        /// Never hand out a token with less validity left (0s allowed).
+        min_validity: Duration = "30s" => duration_or_zero();
+        /// Cooldown after a rate-limit report that does not say how long (0s allowed).
+        default_cooldown: Duration = "60s" => duration_or_zero();
+        /// Cap on any cooldown, including a client's `retry_after_s`.
+        max_cooldown: Duration = "6h" => duration();
+    }
+}
+
+config_section! {
+    /// `[log]`.
+    pub struct LogConfig in "log" {
+        /// tracing `EnvFilter` directive (`RUST_LOG` wins); only checked for
+        /// being non-empty here, the caller parses it.
+        level: String = "info" => parsed("log level", parse_log_level);
+        /// Log line format: `text` or `json`.
+        format: LogFormat = "text" => parsed("log format", LogFormat::from_str);
+    }
+}
+
+config_section! {
+    /// `[events]`: the event log and its live broadcast.
+    pub struct EventsConfig in "events" {
+        /// How long events are kept; the sweep prunes older ones.
+        retention: Duration = "30d" => duration();
+        /// Events the live broadcast holds for a slow subscriber before it catches up from the database (16 to 65536).
+        buffer: usize = 1024 => count(16..=65536);
+    }
+}
+
+config_section! {
+    /// `[browser]`: the Chromium that relogin drives through Playwright.
+    pub struct BrowserSettings in "browser" {
+        /// `false`: never launch a browser; an account that needs a relogin waits for a person.
+        enabled: bool = true => boolean();
+        /// The Chromium executable.
+        chromium: PathBuf = "/usr/bin/chromium" => path();
+        /// The Node.js executable that runs the Playwright driver.
+        node: PathBuf = "/usr/bin/node" => path();
+        /// The Playwright driver's `cli.js` (npm playwright-core).
+        driver: PathBuf = "scripts/playwright/node_modules/playwright-core/cli.js" => path();
+        /// Run Chromium without a window.
+        headless: bool = true => boolean();
+        /// Browsers running at once (1 to 16).
+        max_concurrent: usize = 2 => count(1..=16);
+        /// One persistent profile per account below this directory.
+        profiles_dir: PathBuf = "profiles" => path();
+        /// Screenshots of failed relogins.
+        artifacts_dir: PathBuf = "data/artifacts" => path();
+        /// Limit on one whole scripted relogin.
+        relogin_timeout: Duration = "2m" => duration();
+        /// How long the Playwright driver (node, ~120 MB) stays up after the last browser closed, so a burst of relogins starts it once (0s: never lingers).
+        driver_linger: Duration = "30s" => duration_or_zero();
+        /// Extra Chromium flags, each starting with `-`; none of the flags the farm sets itself.
+        extra_args: Vec<String> = Vec::<String>::new() => chromium_args(), no_env;
+        /// First backoff after a failed relogin; it doubles up to `retry_max`.
+        retry_initial: Duration = "5m" => duration();
+        /// Longest backoff after a failed relogin.
+        retry_max: Duration = "6h" => duration();
+    }
+}
+
+/// Keys read by a section's own code rather than its table: secrets, which
+/// have their own variables. Documented here so the README table and the
+/// example check see them.
+fn custom_keys() -> Vec<KeyDoc> {
+    vec![KeyDoc {
+        key: "server.admin_token_file".to_owned(),
+        ty: "secret file",
+        default: None,
+        shown_default: "none".to_owned(),
+        env: Some(format!("{ENV_PREFIX}ADMIN_TOKEN_FILE")),
+        doc: format!(
+            "File holding the admin token (or `{ENV_PREFIX}ADMIN_TOKEN`, the token itself)."
+        ),
+    }]
+}
+
+impl Config {
+    /// Every key of every `[section]`, in file order: the table's keys and
+    /// the ones read by custom code.
+    pub fn keys() -> Vec<KeyDoc> {
+        let mut keys = table_keys();
+        let custom = custom_keys();
+        for doc in custom {
+            let section = doc.key.split('.').next().unwrap_or_default();
+            let at = keys
+                .iter()
+                .rposition(|k| k.key.starts_with(&format!("{section}.")))
+                .map_or(keys.len(), |i| i + 1);
+            keys.insert(at, doc);
+        }
+        keys
+    }
+
+    /// The README's key table (Markdown), made from [`Config::keys`].
+    pub fn keys_markdown() -> String {
+        let mut out =
+            String::from("| key | environment variable | default | meaning |\n|---|---|---|---|\n");
+        for k in Self::keys() {
+            let env = k.env.map_or_else(|| "—".to_owned(), |v| format!("`{v}`"));
+            out.push_str(&format!(
+                "| `{}` | {env} | `{}` | {} |\n",
+                k.key,
+                k.shown_default,
+                k.doc.replace('|', "\\|")
+            ));
+        }
+        out
+    }
+}
+
+/// The keys the tables declare, in file order.
+fn table_keys() -> Vec<KeyDoc> {
+    [
+        ServerConfig::keys(),
+        StoreConfig::keys(),
+        BackupConfig::keys(),
+        SchedulerConfig::keys(),
+        RotationConfig::keys(),
+        LogConfig::keys(),
+        EventsConfig::keys(),
+        BrowserSettings::keys(),
+    ]
+    .concat()
+}
+
+/// Scalar keys that the environment may override, each through the variable
+/// [`env_var`] names. Secrets are not listed: they have their own variables.
+fn env_keys() -> Vec<String> {
+    table_keys()
+        .into_iter()
+        .filter(|k| k.env.is_some())
+        .map(|k| k.key)
+        .collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -700,33 +736,27 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 }
 
 // ---------------------------------------------------------------------------
-// Sections
+// Sections: what the tables cannot say (secrets, derived defaults, checks
+// that combine keys)
 // ---------------------------------------------------------------------------
 
 impl ServerConfig {
     fn build(mut sec: Section<'_>, env: &EnvLayer) -> Result<Self> {
-        let d = Self::default();
-        let listen = sec.parsed("listen", "socket address", SocketAddr::from_str)?;
+        let mut server = Self::read(&mut sec)?;
         let token_file = sec.secret_file("admin_token_file")?;
-        let lease_ttl = sec.duration("lease_ttl")?;
         sec.finish()?;
         let from_file = SecretVars {
             value: None,
             file: token_file,
         };
-        Ok(ServerConfig {
-            listen: listen.unwrap_or(d.listen),
-            admin_token: resolve_secret(env.admin_token.clone(), from_file)?,
-            lease_ttl: lease_ttl.unwrap_or(d.lease_ttl),
-        })
+        server.admin_token = resolve_secret(env.admin_token.clone(), from_file)?;
+        Ok(server)
     }
 }
 
 impl StoreConfig {
     fn build(mut sec: Section<'_>, env: &EnvLayer, path_flag: Option<&Path>) -> Result<Self> {
-        let path = sec.path("path")?;
-        let key_file = sec.path("key_file")?;
-        let lease_retention = sec.duration("lease_retention")?;
+        let mut store = Self::read(&mut sec)?;
         sec.finish()?;
         if env.store_key.is_some() && sec.set_by_env("key_file") {
             return Err(conflict(
@@ -734,148 +764,78 @@ impl StoreConfig {
                 &env_var("store.key_file"),
             ));
         }
-        let path = path_flag
-            .map(Path::to_path_buf)
-            .or(path)
-            .unwrap_or_else(|| Self::default().path);
-        Ok(StoreConfig {
-            key_file: key_file.unwrap_or_else(|| default_key_file(&path)),
-            path,
-            key: env.store_key.clone(),
-            lease_retention: lease_retention.unwrap_or(Self::default().lease_retention),
-        })
+        if let Some(path) = path_flag {
+            store.path = path.to_path_buf();
+        }
+        if sec.is_default("key_file") {
+            store.key_file = default_key_file(&store.path);
+        }
+        store.key = env.store_key.clone();
+        Ok(store)
     }
 }
 
 impl BackupConfig {
     fn build(mut sec: Section<'_>, store_path: &Path) -> Result<Self> {
-        let d = Self::default();
-        let schedule = sec.parsed("schedule", "cron expression", parse_cron)?;
-        let dir = sec.path("dir")?;
-        let keep = sec.count("keep", 1..=1000)?.unwrap_or(d.keep);
+        let mut backup = Self::read(&mut sec)?;
         sec.finish()?;
-        Ok(BackupConfig {
-            schedule: schedule.unwrap_or(d.schedule),
-            dir: dir.unwrap_or_else(|| default_backup_dir(store_path)),
-            keep,
-        })
+        if sec.is_default("dir") {
+            backup.dir = default_backup_dir(store_path);
+        }
+        Ok(backup)
     }
 }
 
 impl SchedulerConfig {
     fn build(mut sec: Section<'_>) -> Result<Self> {
-        let d = Self::default();
-        let refresh_margin = sec.duration("refresh_margin")?.unwrap_or(d.refresh_margin);
-        let sweep = sec.parsed("sweep", "cron expression", parse_cron)?;
-        let max_concurrent_refreshes = sec
-            .count("max_concurrent_refreshes", 1..=1024)?
-            .unwrap_or(d.max_concurrent_refreshes);
-        let max_sleep = sec.duration("max_sleep")?.unwrap_or(d.max_sleep);
-        let retry_initial = sec.duration("retry_initial")?.unwrap_or(d.retry_initial);
-        let retry_max = sec.duration("retry_max")?.unwrap_or(d.retry_max);
+        let s = Self::read(&mut sec)?;
         sec.finish()?;
-        sec.at_least("retry_max", retry_max, "retry_initial", retry_initial)?;
-        Ok(SchedulerConfig {
-            refresh_margin,
-            sweep: sweep.unwrap_or(d.sweep),
-            max_concurrent_refreshes,
-            max_sleep,
-            retry_initial,
-            retry_max,
-        })
+        sec.at_least("retry_max", s.retry_max, "retry_initial", s.retry_initial)?;
+        Ok(s)
     }
 }
 
 impl RotationConfig {
     fn build(mut sec: Section<'_>) -> Result<Self> {
-        let d = Self::default();
-        let strategy = sec.parsed("strategy", "strategy", Strategy::from_str)?;
-        let min_validity = sec.duration_or_zero("min_validity")?;
-        let default_cooldown = sec
-            .duration_or_zero("default_cooldown")?
-            .unwrap_or(d.default_cooldown);
-        let max_cooldown = sec.duration("max_cooldown")?.unwrap_or(d.max_cooldown);
+        let r = Self::read(&mut sec)?;
         sec.finish()?;
         sec.at_least(
             "max_cooldown",
-            max_cooldown,
+            r.max_cooldown,
             "default_cooldown",
-            default_cooldown,
+            r.default_cooldown,
         )?;
-        Ok(RotationConfig {
-            strategy: strategy.unwrap_or(d.strategy),
-            min_validity: min_validity.unwrap_or(d.min_validity),
-            default_cooldown,
-            max_cooldown,
-        })
+        Ok(r)
     }
 }
 
 impl LogConfig {
     fn build(mut sec: Section<'_>) -> Result<Self> {
-        let d = Self::default();
-        let level = sec.parsed("level", "log level", |s| {
-            check_log_level(s).map(|()| s.to_owned())
-        })?;
-        let format = sec.parsed("format", "log format", LogFormat::from_str)?;
+        let log = Self::read(&mut sec)?;
         sec.finish()?;
-        Ok(LogConfig {
-            level: level.unwrap_or(d.level),
-            format: format.unwrap_or(d.format),
-        })
+        Ok(log)
     }
 }
 
 impl EventsConfig {
     fn build(mut sec: Section<'_>) -> Result<Self> {
-        let d = Self::default();
-        let retention = sec.duration("retention")?.unwrap_or(d.retention);
-        let buffer = sec.count("buffer", 16..=65536)?.unwrap_or(d.buffer);
+        let events = Self::read(&mut sec)?;
         sec.finish()?;
-        Ok(EventsConfig { retention, buffer })
+        Ok(events)
     }
 }
 
 impl BrowserSettings {
     fn build(mut sec: Section<'_>) -> Result<Self> {
-        let d = Self::default();
-        let enabled = sec.boolean("enabled")?.unwrap_or(d.enabled);
-        let chromium = sec.path("chromium")?.unwrap_or(d.chromium);
-        let node = sec.path("node")?.unwrap_or(d.node);
-        let driver = sec.path("driver")?.unwrap_or(d.driver);
-        let headless = sec.boolean("headless")?.unwrap_or(d.headless);
-        let max_concurrent = sec
-            .count("max_concurrent", 1..=16)?
-            .unwrap_or(d.max_concurrent);
-        let profiles_dir = sec.path("profiles_dir")?.unwrap_or(d.profiles_dir);
-        let artifacts_dir = sec.path("artifacts_dir")?.unwrap_or(d.artifacts_dir);
-        let relogin_timeout = sec
-            .duration("relogin_timeout")?
-            .unwrap_or(d.relogin_timeout);
-        let driver_linger = sec
-            .duration_or_zero("driver_linger")?
-            .unwrap_or(d.driver_linger);
-        let extra_args = sec.chromium_args("extra_args")?.unwrap_or(d.extra_args);
-        let retry_initial = sec.duration("retry_initial")?.unwrap_or(d.retry_initial);
-        let retry_max = sec.duration("retry_max")?.unwrap_or(d.retry_max);
+        let b = Self::read(&mut sec)?;
         sec.finish()?;
-        sec.at_least("retry_max", retry_max, "retry_initial", retry_initial)?;
-        Ok(BrowserSettings {
-            enabled,
-            chromium,
-            node,
-            driver,
-            headless,
-            max_concurrent,
-            profiles_dir,
-            artifacts_dir,
-            relogin_timeout,
-            driver_linger,
-            extra_args,
-            retry_initial,
-            retry_max,
-        })
+        sec.at_least("retry_max", b.retry_max, "retry_initial", b.retry_initial)?;
+        Ok(b)
     }
+}
+
+fn parse_log_level(level: &str) -> Result<String, &'static str> {
+    check_log_level(level).map(|()| level.to_owned())
 }
 
 /// Only emptiness is checked: the real parser (`EnvFilter`) lives with the
@@ -1322,8 +1282,10 @@ struct EnvLayer {
 
 impl EnvLayer {
     fn new(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self> {
-        let scalar_vars: BTreeMap<String, &str> =
-            ENV_KEYS.iter().map(|key| (env_var(key), *key)).collect();
+        let scalar_vars: BTreeMap<String, String> = env_keys()
+            .into_iter()
+            .map(|key| (env_var(&key), key))
+            .collect();
         let mut vars: Vec<(String, String)> = vars
             .into_iter()
             .filter(|(var, _)| var.starts_with(ENV_PREFIX) && !is_other_env_var(var))
@@ -1335,9 +1297,7 @@ impl EnvLayer {
         for (var, value) in vars {
             let short = &var[ENV_PREFIX.len()..];
             if let Some(key) = scalar_vars.get(&var) {
-                layer
-                    .scalars
-                    .insert((*key).to_owned(), EnvValue { var, value });
+                layer.scalars.insert(key.clone(), EnvValue { var, value });
             } else if short == "ADMIN_TOKEN" {
                 layer.admin_token.value = Some(SecretRef::inline(var, value));
             } else if short == "ADMIN_TOKEN_FILE" {
@@ -1422,11 +1382,34 @@ struct Section<'a> {
     path: String,
     table: Table,
     env: &'a EnvLayer,
+    /// Keys that neither the file nor the environment set, whose built-in
+    /// default [`Section::default_to`] put in.
+    defaulted: BTreeSet<String>,
 }
 
 impl<'a> Section<'a> {
     fn new(path: String, table: Table, env: &'a EnvLayer) -> Self {
-        Section { path, table, env }
+        Section {
+            path,
+            table,
+            env,
+            defaulted: BTreeSet::new(),
+        }
+    }
+
+    /// Gives `key` its built-in default when neither the file nor the
+    /// environment sets it; the default is then read (and checked) like a
+    /// configured value.
+    fn default_to(&mut self, key: &str, default: Value) {
+        if !self.table.contains_key(key) && !self.set_by_env(key) {
+            self.table.insert(key.to_owned(), default);
+            self.defaulted.insert(key.to_owned());
+        }
+    }
+
+    /// Whether `key` got its built-in default (see [`Section::default_to`]).
+    fn is_default(&self, key: &str) -> bool {
+        self.defaulted.contains(key)
     }
 
     fn full(&self, key: &str) -> String {
@@ -1660,16 +1643,16 @@ impl<'a> Section<'a> {
         Ok(Some(list))
     }
 
-    /// Event kinds from [`EVENT_KINDS`], each at most once.
+    /// Event kinds from [`EventKind::NAMES`], each at most once.
     fn event_kinds(&mut self, key: &str) -> Result<Option<Vec<String>>> {
         let mut seen = BTreeMap::new();
         self.string_list(key, |item_key, kind| {
-            if !EVENT_KINDS.contains(&kind) {
+            if !EventKind::NAMES.contains(&kind) {
                 return Err(ConfigError::Invalid {
                     key: item_key.to_owned(),
                     reason: format!(
                         "unknown event kind {kind:?}: expected one of {}",
-                        EVENT_KINDS.join(" | ")
+                        EventKind::NAMES.join(" | ")
                     ),
                 });
             }
@@ -1779,6 +1762,8 @@ fn wrong_type(key: String, expected: &str, found: &Value) -> ConfigError {
 #[cfg(test)]
 mod tests {
     use std::error::Error as _;
+
+    use serde::Deserialize;
 
     use super::*;
 
@@ -2220,9 +2205,9 @@ mod tests {
     /// value in each one is reported under that variable's name.
     #[test]
     fn every_env_key_is_read() {
-        for key in ENV_KEYS {
+        for key in &env_keys() {
             let var = env_var(key);
-            let value = if ["scheduler.sweep", "backup.schedule"].contains(key) {
+            let value = if ["scheduler.sweep", "backup.schedule"].contains(&key.as_str()) {
                 "bogus"
             } else {
                 ""
@@ -2378,17 +2363,9 @@ mod tests {
 
     #[test]
     fn event_kinds_are_unique_snake_case() {
-        let emitted: Vec<&str> = crate::events::EventKind::ALL
-            .iter()
-            .map(|k| k.as_str())
-            .collect();
-        assert_eq!(
-            EVENT_KINDS, emitted,
-            "config and the event bus list the same kinds"
-        );
-        let unique: BTreeSet<&str> = EVENT_KINDS.iter().copied().collect();
-        assert_eq!(unique.len(), EVENT_KINDS.len());
-        for kind in EVENT_KINDS {
+        let unique: BTreeSet<&str> = EventKind::NAMES.iter().copied().collect();
+        assert_eq!(unique.len(), EventKind::NAMES.len());
+        for kind in EventKind::NAMES {
             assert!(
                 kind.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
                 "{kind}"
@@ -2403,7 +2380,7 @@ mod tests {
             panic!("{:?}", config.webhooks)
         };
         assert!(hook.events.is_empty());
-        assert!(EVENT_KINDS.iter().all(|k| hook.wants(k)));
+        assert!(EventKind::NAMES.iter().all(|k| hook.wants(k)));
         assert_eq!(hook.secret, None);
         assert_eq!(hook.max_attempts, 6);
         assert_eq!(hook.timeout, Duration::from_secs(10));
@@ -2426,7 +2403,7 @@ mod tests {
             e,
             format!(
                 "webhook[0].events[1]: unknown event kind \"needs_humans\": expected one of {}",
-                EVENT_KINDS.join(" | ")
+                EventKind::NAMES.join(" | ")
             )
         );
         assert!(e.contains("account_added | account_removed") && e.ends_with("| backup_restored"));

@@ -40,6 +40,7 @@ pub mod farm;
 pub mod http;
 pub mod lockfile;
 pub mod metrics;
+pub mod names;
 pub mod oauth;
 pub mod rfc3339;
 pub mod scheduler;

@@ -14,7 +14,7 @@ pub struct Metrics {
     unavailable: AtomicU64,
     refresh_ok: AtomicU64,
     refresh_failed: AtomicU64,
-    reports: [AtomicU64; 4],
+    reports: [AtomicU64; Outcome::ALL.len()],
     scheduler_rounds: AtomicU64,
     /// When the last round began, in ms since [`Metrics::started`].
     last_round_ms: AtomicU64,
@@ -112,12 +112,7 @@ impl Metrics {
                 ("{result=\"failed\"}", self.refresh_failed.load(Relaxed)),
             ],
         );
-        let outcomes = [
-            Outcome::Ok,
-            Outcome::RateLimited,
-            Outcome::Unauthorized,
-            Outcome::Error,
-        ];
+        let outcomes = Outcome::ALL;
         let labels: Vec<String> = outcomes
             .iter()
             .map(|o| format!("{{outcome=\"{}\"}}", o.as_str()))

@@ -5,64 +5,25 @@
 //! long a client should wait before asking again.
 
 use std::collections::HashMap;
-use std::fmt;
-use std::str::FromStr;
 
 use chrono::{DateTime, Duration, Utc};
-use serde::{Deserialize, Serialize};
 
 use super::account::{Account, AccountId, AuthState};
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Strategy {
-    /// Each request goes to the next usable account in id order.
-    #[default]
-    RoundRobin,
-    /// The account that has served the fewest leases.
-    LeastUsed,
-    /// Lowest `priority` first; the next one only when it cannot serve.
-    FillFirst,
-    /// The same `session` key keeps its account while that account can
-    /// serve; otherwise (or without a session key) round-robin.
-    Sticky,
-}
-
-impl Strategy {
-    pub const NAMES: &'static str = "round-robin | least-used | fill-first | sticky";
-    pub const ALL: &'static [Strategy] = &[
-        Strategy::RoundRobin,
-        Strategy::LeastUsed,
-        Strategy::FillFirst,
-        Strategy::Sticky,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Strategy::RoundRobin => "round-robin",
-            Strategy::LeastUsed => "least-used",
-            Strategy::FillFirst => "fill-first",
-            Strategy::Sticky => "sticky",
-        }
-    }
-}
-
-impl fmt::Display for Strategy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Strategy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "round-robin" => Strategy::RoundRobin,
-            "least-used" => Strategy::LeastUsed,
-            "fill-first" => Strategy::FillFirst,
-            "sticky" => Strategy::Sticky,
-            _ => return Err(format!("expected one of {}", Strategy::NAMES)),
-        })
+crate::named_enum! {
+    /// How a lease picks among a provider's usable accounts.
+    #[derive(Default)]
+    pub enum Strategy {
+        /// Each request goes to the next usable account in id order.
+        #[default]
+        RoundRobin = "round-robin",
+        /// The account that has served the fewest leases.
+        LeastUsed = "least-used",
+        /// Lowest `priority` first; the next one only when it cannot serve.
+        FillFirst = "fill-first",
+        /// The same `session` key keeps its account while that account can
+        /// serve; otherwise (or without a session key) round-robin.
+        Sticky = "sticky",
     }
 }
 
@@ -395,6 +356,7 @@ mod tests {
         assert!("random"
             .parse::<Strategy>()
             .unwrap_err()
+            .to_string()
             .contains("round-robin"));
     }
 }

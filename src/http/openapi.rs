@@ -153,7 +153,7 @@ fn schemas() -> Value {
         "unauthorized": {"type": "integer"}, "error": {"type": "integer"}}});
     let usage_row = json!({"type": "object", "properties": {"id": {"type": ["integer", "null"]}, "last_hour": counts, "last_day": counts}});
     let event = json!({"type": "object", "required": ["id", "at", "kind", "detail"], "properties": {
-        "id": {"type": "integer"}, "at": dt(), "kind": {"enum": crate::config::EVENT_KINDS},
+        "id": {"type": "integer"}, "at": dt(), "kind": {"enum": crate::events::EventKind::NAMES},
         "account_id": {"type": ["integer", "null"]}, "detail": {"type": "string"}}});
     let client = json!({"type": "object", "required": ["id", "name", "created_at"], "properties": {
         "id": {"type": "integer"}, "name": {"type": "string"}, "created_at": dt(), "revoked_at": dt()}});
@@ -171,7 +171,7 @@ fn schemas() -> Value {
                 "lease_id": {"type": "string"}, "lease_expires_at": dt()}},
         "Report": {"type": "object", "required": ["lease_id", "outcome"], "additionalProperties": false, "properties": {
             "lease_id": {"type": "string"},
-            "outcome": {"enum": ["ok", "rate_limited", "unauthorized", "error"]},
+            "outcome": {"enum": crate::store::leases::Outcome::NAMES},
             "retry_after_s": {"type": "integer", "minimum": 0}}},
         "Recorded": {"type": "object", "properties": {"recorded": {"const": true}}},
         "ProviderList": {"type": "array", "items": {"type": "object", "properties": {

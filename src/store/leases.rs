@@ -367,23 +367,14 @@ pub(super) fn release(conn: &Connection, key: LeaseKey, now: DateTime<Utc>) -> R
     Ok(n > 0)
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Ok,
-    RateLimited,
-    Unauthorized,
-    Error,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::RateLimited => "rate_limited",
-            Outcome::Unauthorized => "unauthorized",
-            Outcome::Error => "error",
-        }
+crate::named_enum! {
+    /// What a client reports about a lease. The discriminant indexes the
+    /// report counters of `metrics`.
+    pub enum Outcome {
+        Ok = "ok",
+        RateLimited = "rate_limited",
+        Unauthorized = "unauthorized",
+        Error = "error",
     }
 }
 
