@@ -412,8 +412,8 @@ config_section! {
     pub struct StoreConfig in "store" {
         /// SQLite database.
         path: PathBuf = "data/farm.db" => path();
-        /// 32-byte key, base64 (or `RELOGIN_FARM_KEY`, the key itself). Not
-        /// read here: the store reads (or creates) it.
+        /// 32-byte key, base64 (or `RELOGIN_FARM_KEY`, the key itself).
+        // Not read here: the store reads (or creates) it.
         key_file: PathBuf = "data/farm.key", shown "<dir of path>/farm.key" => path();
         /// How long leases and reports (the usage history) are kept; the sweep prunes older ones.
         lease_retention: Duration = "30d" => duration();
@@ -428,7 +428,8 @@ config_section! {
 config_section! {
     /// `[backup]`: scheduled copies of the database (see `store::backup`).
     pub struct BackupConfig in "backup" {
-        /// Cron (seconds field, UTC) of the database backup; `""` disables (`Schedule::source` gives the expression back).
+        /// Cron (seconds field, UTC) of the database backup; `""` disables.
+        // `None` when disabled; `Schedule::source` gives the expression back.
         schedule: Option<cron::Schedule> = "0 30 3 * * *" => parsed("cron expression", parse_cron);
         /// Where backups go (0700, files 0600).
         dir: PathBuf = "data/backups", shown "<dir of store.path>/backups" => path();
@@ -472,8 +473,8 @@ config_section! {
 config_section! {
     /// `[log]`.
     pub struct LogConfig in "log" {
-        /// tracing `EnvFilter` directive (`RUST_LOG` wins); only checked for
-        /// being non-empty here, the caller parses it.
+        /// tracing `EnvFilter` directive (`RUST_LOG` wins).
+        // Only checked for being non-empty here; the caller parses it.
         level: String = "info" => parsed("log level", parse_log_level);
         /// Log line format: `text` or `json`.
         format: LogFormat = "text" => parsed("log format", LogFormat::from_str);
@@ -522,6 +523,9 @@ config_section! {
     }
 }
 
+/// [`KeyDoc::shown_default`] of a key without a default.
+const NO_DEFAULT: &str = "—";
+
 /// Keys read by a section's own code rather than its table: secrets, which
 /// have their own variables. Documented here so the README table and the
 /// example check see them.
@@ -530,7 +534,7 @@ fn custom_keys() -> Vec<KeyDoc> {
         key: "server.admin_token_file".to_owned(),
         ty: "secret file",
         default: None,
-        shown_default: "none".to_owned(),
+        shown_default: NO_DEFAULT.to_owned(),
         env: Some(format!("{ENV_PREFIX}ADMIN_TOKEN_FILE")),
         doc: format!(
             "File holding the admin token (or `{ENV_PREFIX}ADMIN_TOKEN`, the token itself)."
@@ -559,12 +563,16 @@ impl Config {
     pub fn keys_markdown() -> String {
         let mut out =
             String::from("| key | environment variable | default | meaning |\n|---|---|---|---|\n");
+        let code = |text: &str| match text {
+            NO_DEFAULT => text.to_owned(),
+            _ => format!("`{text}`"),
+        };
         for k in Self::keys() {
-            let env = k.env.map_or_else(|| "—".to_owned(), |v| format!("`{v}`"));
             out.push_str(&format!(
-                "| `{}` | {env} | `{}` | {} |\n",
+                "| `{}` | {} | {} | {} |\n",
                 k.key,
-                k.shown_default,
+                code(k.env.as_deref().unwrap_or(NO_DEFAULT)),
+                code(&k.shown_default),
                 k.doc.replace('|', "\\|")
             ));
         }
@@ -2669,6 +2677,105 @@ mod tests {
             e.to_string()
                 .starts_with("TOML syntax error at line 3, column 13: "),
             "{e}"
+        );
+    }
+
+    const README_TABLE_START: &str = "<!-- config-keys:start -->\n";
+    const README_TABLE_END: &str = "<!-- config-keys:end -->";
+
+    /// README.md's key table is the one the tables make. On a difference it
+    /// prints the expected table; `UPDATE_README=1` writes it instead.
+    #[test]
+    fn readme_key_table() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+        let readme = fs::read_to_string(&path).unwrap();
+        let start =
+            readme.find(README_TABLE_START).expect("the start marker") + README_TABLE_START.len();
+        let end = readme.find(README_TABLE_END).expect("the end marker");
+        let expected = Config::keys_markdown();
+        if readme[start..end] == expected {
+            return;
+        }
+        if std::env::var_os("UPDATE_README").is_some() {
+            let updated = format!("{}{expected}{}", &readme[..start], &readme[end..]);
+            fs::write(&path, updated).unwrap();
+        } else {
+            panic!(
+                "README.md's key table differs from the config tables; run \
+                 `UPDATE_README=1 cargo test --lib config::tests::readme_key_table` \
+                 or put this between its markers:\n{expected}"
+            );
+        }
+    }
+
+    /// Every key of every `[section]` is in the example (commented out or
+    /// not) in its section, showing its default when it has one. The other
+    /// way round, `example_commented_keys_are_valid` loads every key the
+    /// example shows, so none is unknown.
+    #[test]
+    fn example_lists_every_key() {
+        let mut section = String::new();
+        let mut shown = BTreeMap::new();
+        for line in EXAMPLE_TOML.lines() {
+            let line = line.strip_prefix("# ").unwrap_or(line);
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = name.to_owned();
+            } else if let Some((key, value)) =
+                line.split_once(" = ").filter(|_| looks_like_toml(line))
+            {
+                shown.entry(format!("{section}.{key}")).or_insert(value);
+            }
+        }
+        for doc in Config::keys() {
+            let Some(value) = shown.get(&doc.key) else {
+                panic!("{} is not in config.example.toml", doc.key);
+            };
+            if let Some(default) = &doc.default {
+                assert_eq!(
+                    *value,
+                    default.to_string(),
+                    "{} in config.example.toml",
+                    doc.key
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn key_table_names_and_defaults() {
+        let keys = Config::keys();
+        let driver_linger = keys
+            .iter()
+            .find(|k| k.key == "browser.driver_linger")
+            .unwrap();
+        assert_eq!(
+            driver_linger.env.as_deref(),
+            Some("RELOGIN_FARM_BROWSER_DRIVER_LINGER")
+        );
+        assert_eq!(driver_linger.shown_default, "30s");
+        assert_eq!(
+            Config::default().browser.driver_linger,
+            Duration::from_secs(30)
+        );
+        let key_file = keys.iter().find(|k| k.key == "store.key_file").unwrap();
+        assert_eq!(key_file.env.as_deref(), Some("RELOGIN_FARM_KEY_FILE"));
+        assert_eq!(key_file.default, None);
+        let extra_args = keys.iter().find(|k| k.key == "browser.extra_args").unwrap();
+        assert_eq!(extra_args.env, None);
+        let names: BTreeSet<&str> = keys.iter().map(|k| k.key.as_str()).collect();
+        assert_eq!(names.len(), keys.len(), "a key is declared twice");
+        assert!(
+            keys.iter().all(|k| !k.doc.is_empty()),
+            "every key has a doc"
+        );
+        // A derived default agrees with what the section derives from the defaults.
+        assert_eq!(
+            StoreConfig::default().key_file,
+            default_key_file(&StoreConfig::default().path)
+        );
+        assert_eq!(
+            BackupConfig::default().dir,
+            default_backup_dir(&StoreConfig::default().path)
         );
     }
 

@@ -121,6 +121,24 @@ impl EventBus {
 mod tests {
     use super::*;
 
+    /// The README's list of kinds is this one.
+    #[test]
+    fn readme_lists_the_kinds() {
+        let readme = include_str!("../README.md");
+        let listed = readme
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("a monotonic `id`, stored for `events.retention`. The kinds: ")
+            })
+            .expect("the README's list of event kinds");
+        let listed: Vec<&str> = listed
+            .trim_end_matches('.')
+            .split(", ")
+            .map(|k| k.trim_matches('`'))
+            .collect();
+        assert_eq!(listed, EventKind::NAMES);
+    }
+
     #[test]
     fn kinds_round_trip_and_match_serde() {
         for k in EventKind::ALL {
