@@ -14,10 +14,9 @@ use relogin_farm::store::{write_secret_file, Cipher};
 
 /// A lease is allocated by its request and freed by whichever worker leads
 /// its batch's commit; glibc's allocator pays for such cross-thread frees
-/// (`scripts/bench`, same run conditions: 11.2 µs per request with glibc,
-/// 10.1 with mimalloc). Built with `no_thp`: otherwise mimalloc asks for
-/// transparent huge pages, and a farm with no account idles at 24 MiB
-/// resident instead of 15 (`scripts/bench-memory`), at no measurable speed.
+/// and mimalloc does not (`scripts/bench` compares). Built with `no_thp`:
+/// otherwise mimalloc asks for transparent huge pages, which raises the
+/// resident memory of an idle farm (`scripts/bench-memory`) for no speed.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -1,5 +1,5 @@
 //! The browser engine: logs an account back in with a real browser when its
-//! refresh token is dead (issue 3), in the account's own persistent profile,
+//! refresh token is dead, in the account's own persistent profile,
 //! by replaying the login script the person recorded once.
 //!
 //! - [`script`]: the login-script format (pure: parse, validate, expand).

@@ -18,7 +18,7 @@ mod view;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::config::Config;
@@ -216,10 +216,6 @@ impl Farm {
         locks.entry(id).or_default().clone()
     }
 
-    pub fn now() -> DateTime<Utc> {
-        Utc::now()
-    }
-
     pub(crate) fn emit(
         &self,
         kind: EventKind,
@@ -231,10 +227,6 @@ impl Farm {
 
     pub fn webhook_status(&self) -> Vec<crate::webhooks::WebhookStatus> {
         self.webhooks.iter().map(|w| w.status()).collect()
-    }
-
-    pub fn provider_names(&self) -> impl Iterator<Item = &str> {
-        self.providers.keys().map(String::as_str)
     }
 }
 

@@ -1,5 +1,5 @@
 //! Login scripts: the readable, editable TOML file a person records once and
-//! the farm replays whenever an account's refresh token dies (issue 3).
+//! the farm replays whenever an account's refresh token dies.
 //!
 //! Pure: parsing, validation, serialization and variable expansion, no I/O,
 //! so `PUT /api/accounts/{id}/script` can reject a bad file with its line

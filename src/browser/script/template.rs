@@ -127,10 +127,6 @@ impl Template {
         })
     }
 
-    pub fn has_confidential_var(&self) -> bool {
-        self.vars().any(Var::is_confidential)
-    }
-
     /// The source form, escaping literal `${` so it parses back identically.
     pub fn to_source(&self) -> String {
         self.pieces
