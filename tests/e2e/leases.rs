@@ -106,3 +106,21 @@ fn a_report_on_an_expired_lease_is_refused() {
     let path = format!("/credential/lease/{}", str_of(&lease, "lease_id"));
     assert_eq!(client.send(Method::DELETE, &path, None).status, 204);
 }
+
+#[test]
+fn the_store_reports_its_size_and_a_clean_stop_leaves_no_wal() {
+    let mut bed = Bed::start(Settings::default());
+    bed.logged_in(&["erin"]);
+    let client = bed.client("worker");
+    for _ in 0..200 {
+        client.lease(PROVIDER, None);
+    }
+    assert!(bed.metric("relogin_farm_store_bytes{file=\"db\"}") > 0.0);
+    bed.metric("relogin_farm_store_bytes{file=\"wal\"}");
+    let status = bed.stop();
+    assert!(status.success(), "{status}");
+    let mut wal = bed.layout.db().into_os_string();
+    wal.push("-wal");
+    let left = std::fs::metadata(&wal).map_or(0, |m| m.len());
+    assert_eq!(left, 0, "a clean stop left a WAL of {left} bytes");
+}
