@@ -80,8 +80,14 @@ impl Metrics {
     }
 
     /// Renders the counters plus the per-state account gauge the caller
-    /// computed (`(provider, state, count)`) and the lease log's commit count.
-    pub fn render(&self, accounts: &[(String, &'static str, usize)], lease_commits: u64) -> String {
+    /// computed (`(provider, state, count)`), the lease log's commit count
+    /// and the store's size (`(database file, WAL)` in bytes).
+    pub fn render(
+        &self,
+        accounts: &[(String, &'static str, usize)],
+        lease_commits: u64,
+        (db_bytes, wal_bytes): (u64, u64),
+    ) -> String {
         let mut out = String::new();
         let mut counter = |name: &str, help: &str, samples: &[(&str, u64)]| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -146,6 +152,13 @@ impl Metrics {
              # TYPE relogin_farm_last_backup_timestamp_seconds gauge\n\
              relogin_farm_last_backup_timestamp_seconds {}",
             self.last_backup_at.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP relogin_farm_store_bytes Size of the store on disk: the database file and its WAL.\n\
+             # TYPE relogin_farm_store_bytes gauge\n\
+             relogin_farm_store_bytes{{file=\"db\"}} {db_bytes}\n\
+             relogin_farm_store_bytes{{file=\"wal\"}} {wal_bytes}"
         );
         let _ = writeln!(out, "# HELP relogin_farm_accounts Accounts by provider and state.\n# TYPE relogin_farm_accounts gauge");
         for (provider, state, n) in accounts {

@@ -240,6 +240,10 @@ pub async fn serve(
     if let Err(e) = farm.store_last_used() {
         tracing::error!(error = %e, "storing accounts' last use failed");
     }
+    // However the process ends now, no WAL is left behind.
+    if let Err(e) = farm.store.truncate_wal() {
+        tracing::warn!(error = %e, "truncating the WAL at shutdown failed");
+    }
     tracing::info!("stopped");
     match ended {
         Ended::Requested => Ok(()),

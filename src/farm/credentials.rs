@@ -116,14 +116,20 @@ impl Farm {
     pub async fn report(&self, req: ReportRequest, who: Principal) -> Result<()> {
         let lease = self.lease_for(&req.lease_id, who)?;
         let now = Utc::now();
-        self.store.record_report(&Report {
+        let report = Report {
             lease: lease.key,
             account_id: lease.account_id,
             client_id: who.client_id(),
             outcome: req.outcome,
             retry_after_s: req.retry_after_s.map(|s| s.min(i64::MAX as u64) as i64),
             at: now,
-        })?;
+        };
+        // A closed lease (released, expired, account removed) says nothing
+        // about the account now: nothing is stored, counted or acted on.
+        if !self.store.record_report(&report)? {
+            return Err(FarmError::LeaseClosed(req.lease_id));
+        }
+        self.lease_log.tally().report_stored(&report);
         self.metrics.record_report(req.outcome);
         match req.outcome {
             Outcome::RateLimited => {
@@ -179,7 +185,10 @@ impl Farm {
 
     pub fn release(&self, lease_id: &str, who: Principal) -> Result<()> {
         let lease = self.lease_for(lease_id, who)?;
-        self.store.release_lease(lease.key, Utc::now())?;
+        let now = Utc::now();
+        if self.store.release_lease(lease.key, now)? {
+            self.lease_log.tally().released(lease.key, now);
+        }
         Ok(())
     }
 

@@ -49,8 +49,10 @@ pub enum FarmError {
         provider: String,
         retry_after_s: i64,
     },
-    #[error("the lease {0} has expired")]
-    LeaseExpired(String),
+    #[error(
+        "the lease {0} is closed (released, expired, or its account was removed); take a new one"
+    )]
+    LeaseClosed(String),
     #[error("login failed: {0}")]
     Login(String),
     #[error("invalid login script: {0}")]

@@ -150,11 +150,14 @@ impl Farm {
         })
     }
 
-    /// Leases of the last day per account (of one account, or of all).
+    /// Leases of the last day per account (of one account, or of all),
+    /// from the counters in memory (`store::usage`).
     fn leases_24h(&self, account: Option<AccountId>) -> Result<HashMap<AccountId, i64>> {
-        let since = Utc::now() - chrono::Duration::days(1);
-        let used = self.store.lease_use_since(since, account)?;
-        Ok(used.into_iter().map(|(id, u)| (id, u.leases)).collect())
+        let tally = self.lease_log.tally();
+        Ok(match account {
+            Some(id) => HashMap::from([(id, tally.leases_24h(id))]),
+            None => tally.all_leases_24h(),
+        })
     }
 
     /// Writes each account's last use to its row (by the sweep and at
@@ -291,7 +294,7 @@ impl Farm {
     }
 
     pub fn usage(&self) -> Result<crate::store::leases::Usage> {
-        Ok(self.store.usage(Utc::now())?)
+        Ok(self.lease_log.tally().usage(Utc::now()))
     }
 
     /// Prometheus text: counters plus accounts by provider and state.
@@ -305,6 +308,8 @@ impl Farm {
                 .or_default() += 1;
         }
         let rows: Vec<_> = counts.into_iter().map(|((p, s), n)| (p, s, n)).collect();
-        self.metrics.render(&rows, self.lease_log.commits())
+        let store_bytes = self.store.file_sizes();
+        self.metrics
+            .render(&rows, self.lease_log.commits(), store_bytes)
     }
 }

@@ -94,7 +94,9 @@ impl From<FarmError> for ApiError {
                     detail,
                 )
             },
-            FarmError::LeaseExpired(_) => ApiError::new(StatusCode::GONE, "lease_expired", detail),
+            FarmError::LeaseClosed(_) => {
+                ApiError::new(StatusCode::CONFLICT, "lease_closed", detail)
+            }
             FarmError::Login(_) => ApiError::new(StatusCode::BAD_GATEWAY, "login_failed", detail),
             FarmError::InvalidScript(_) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_script", detail)

@@ -115,6 +115,13 @@ fn operation(r: &super::Route) -> Value {
             "no account can serve now; see Retry-After and retry_after_s",
         ));
     }
+    if r.path == "/credential/report" {
+        errors.push(("404", "unknown lease, or another client's"));
+        errors.push((
+            "409",
+            "lease_closed: the lease was released, has expired, or its account was removed; nothing is recorded",
+        ));
+    }
     for (code, description) in errors {
         op["responses"][code] = json!({"description": description, "content": {"application/json": {"schema": schema_ref("Error")}}});
     }

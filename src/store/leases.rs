@@ -19,11 +19,12 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, Weak};
 use std::thread;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use tokio::sync::Notify;
 
+use super::usage::Tally;
 use super::{from_ms, ms, open_connection, Result, StoreError};
 use crate::domain::AccountId;
 
@@ -89,6 +90,8 @@ struct Shared {
     leading: AtomicBool,
     last_id: AtomicI64,
     commits: AtomicU64,
+    /// Usage counts, kept as leases are committed (`store::usage`).
+    tally: Tally,
 }
 
 /// The leases of the next commit ("batch") and where its outcome will be.
@@ -119,6 +122,7 @@ impl LeaseLog {
         let conn = open_connection(path, false)?;
         let last_id: i64 =
             conn.query_row("SELECT COALESCE(MAX(id), 0) FROM leases", [], |r| r.get(0))?;
+        let tally = Tally::load(&conn, Utc::now())?;
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 leases: Vec::new(),
@@ -128,12 +132,18 @@ impl LeaseLog {
             leading: AtomicBool::new(false),
             commits: AtomicU64::new(0),
             last_id: AtomicI64::new(last_id),
+            tally,
         });
         let checkpointer = open_connection(path, false)?;
+        // Never waits: a checkpoint that would have to wait (for a backup's
+        // long read, say) is tried again a second later, and a TRUNCATE
+        // waiting would hold up the writers behind it.
+        checkpointer.busy_timeout(std::time::Duration::ZERO)?;
+        let wal = wal_path(path);
         let alive = Arc::downgrade(&shared);
         thread::Builder::new()
             .name("wal-checkpoint".into())
-            .spawn(move || checkpoint_loop(checkpointer, alive))
+            .spawn(move || checkpoint_loop(checkpointer, &wal, alive))
             .map_err(|source| StoreError::Io {
                 path: path.to_path_buf(),
                 source,
@@ -153,6 +163,11 @@ impl LeaseLog {
     /// is the average group size).
     pub fn commits(&self) -> u64 {
         self.shared.commits.load(Ordering::Relaxed)
+    }
+
+    /// The usage counts (admin reads: no I/O, no lock of the store).
+    pub fn tally(&self) -> &Tally {
+        &self.shared.tally
     }
 
     /// Records a lease; returns once it is committed.
@@ -241,10 +256,14 @@ impl Shared {
             Ok(())
         } else {
             self.commits.fetch_add(1, Ordering::Relaxed);
-            write_batch(conn, spare).map_err(|e| {
+            let written = write_batch(conn, spare).map_err(|e| {
                 tracing::error!(error = %e, leases = spare.len(), "recording leases failed");
                 e.to_string()
-            })
+            });
+            if written.is_ok() {
+                self.tally.leases_committed(spare);
+            }
+            written
         };
         spare.clear();
         let _ = batch.outcome.set(outcome);
@@ -258,18 +277,57 @@ impl Drop for Shared {
     fn drop(&mut self) {
         let (conn, spare) = &mut *lock(&self.writer);
         self.commit_queued(conn, spare);
+        // The log closes with the store: leave no WAL behind.
+        if let Err(e) = truncate_wal(conn) {
+            tracing::warn!(error = %e, "truncating the WAL at close failed");
+        }
     }
 }
 
 /// How often the WAL is copied back into the database.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Checkpoints the WAL in the background (PASSIVE: never blocks a writer),
-/// until the lease log is closed.
-fn checkpoint_loop(conn: Connection, alive: Weak<Shared>) {
-    while alive.strong_count() > 0 {
+/// `<db>-wal`.
+pub(super) fn wal_path(db: &Path) -> std::path::PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push("-wal");
+    p.into()
+}
+
+/// Copies the whole WAL back and empties the file (when nobody reads or
+/// writes; `Ok(false)` when someone did and nothing was truncated).
+pub(super) fn truncate_wal(conn: &Connection) -> rusqlite::Result<bool> {
+    let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+    Ok(busy == 0)
+}
+
+/// Every second, until the lease log is closed: moves the usage windows
+/// on, and checkpoints the WAL — PASSIVE (never blocks a writer) while the
+/// database is being written, TRUNCATE once it has been quiet for a second
+/// (so a flood leaves no big WAL behind; `journal_size_limit` caps what a
+/// busy WAL keeps between checkpoints).
+fn checkpoint_loop(conn: Connection, wal: &Path, alive: Weak<Shared>) {
+    let version = |c: &Connection| c.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0));
+    let mut last_version = None;
+    loop {
         thread::sleep(CHECKPOINT_EVERY);
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        let Some(shared) = alive.upgrade() else {
+            break;
+        };
+        if let Err(e) = shared.tally.advance(&conn, Utc::now()) {
+            tracing::warn!(error = %e, "moving the usage windows failed");
+        }
+        drop(shared);
+        let now = version(&conn).ok();
+        let quiet = now.is_some() && now == last_version;
+        last_version = now;
+        let wal_left = std::fs::metadata(wal).is_ok_and(|m| m.len() > 0);
+        let done = if quiet && wal_left {
+            truncate_wal(&conn).map(drop)
+        } else {
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        };
+        if let Err(e) = done {
             tracing::warn!(error = %e, "WAL checkpoint failed");
         }
     }
@@ -376,6 +434,17 @@ crate::named_enum! {
         Unauthorized = "unauthorized",
         Error = "error",
     }
+
+    pub fn parse(s: &str) -> Option<Outcome> {
+        [
+            Outcome::Ok,
+            Outcome::RateLimited,
+            Outcome::Unauthorized,
+            Outcome::Error,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == s)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -388,12 +457,21 @@ pub struct Report {
     pub at: DateTime<Utc>,
 }
 
-pub(super) fn insert_report(conn: &Connection, r: &Report) -> Result<()> {
-    conn.execute(
-        "INSERT INTO reports (lease, account_id, client_id, outcome, retry_after_s, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![r.lease.id, r.account_id, r.client_id, r.outcome.as_str(), r.retry_after_s, ms(r.at)],
+/// Stores a report if its lease is still open at `r.at`: not released, not
+/// expired, and its account still the one it was issued for (present, and
+/// created before the lease — ids are not reused since schema 6, but older
+/// databases may hold leases of a removed account under a reused id).
+/// Returns false, having stored nothing, when the lease is closed. One
+/// statement: a release or removal in between cannot slip past the check.
+pub(super) fn insert_report(conn: &Connection, r: &Report) -> Result<bool> {
+    let n = conn.execute(
+        "INSERT INTO reports (lease, account_id, client_id, outcome, retry_after_s, at)
+         SELECT l.id, l.account_id, ?3, ?4, ?5, ?6 FROM leases l JOIN accounts a ON a.id = l.account_id
+         WHERE l.id = ?1 AND l.tag = ?2 AND l.released_at IS NULL AND l.expires_at > ?6
+           AND a.created_at <= l.issued_at",
+        params![r.lease.id, r.lease.tag, r.client_id, r.outcome.as_str(), r.retry_after_s, ms(r.at)],
     )?;
-    Ok(())
+    Ok(n > 0)
 }
 
 /// The smallest lease id issued at or after `since`: every lease from it on
@@ -484,96 +562,4 @@ pub struct Usage {
     pub per_account: Vec<UsageRow>,
     pub per_client: Vec<UsageRow>,
     pub recent: Vec<RecentLease>,
-}
-
-pub(super) fn usage(conn: &Connection, now: DateTime<Utc>) -> Result<Usage> {
-    let window = |since: DateTime<Utc>| -> Result<Window> {
-        Ok(Window {
-            at: ms(since),
-            first_lease: first_id_since(conn, since)?,
-        })
-    };
-    let hour = window(now - Duration::hours(1))?;
-    let day = window(now - Duration::days(1))?;
-    Ok(Usage {
-        generated_at: now,
-        per_account: usage_by(conn, "account_id", hour, day)?,
-        per_client: usage_by(conn, "client_id", hour, day)?,
-        recent: recent(conn, 100)?,
-    })
-}
-
-/// A time window: since `at` (ms) for reports, since lease id
-/// `first_lease` for leases.
-#[derive(Clone, Copy)]
-struct Window {
-    at: i64,
-    first_lease: i64,
-}
-
-/// `column` is one of two fixed column names, never user input.
-fn usage_by(conn: &Connection, column: &str, hour: Window, day: Window) -> Result<Vec<UsageRow>> {
-    let sql = format!(
-        "SELECT k, SUM(h), SUM(d), SUM(h_ok), SUM(d_ok), SUM(h_rl), SUM(d_rl), SUM(h_un), SUM(d_un), SUM(h_er), SUM(d_er)
-         FROM (
-           SELECT {column} AS k, id >= ?3 AS h, 1 AS d, 0 AS h_ok, 0 AS d_ok, 0 AS h_rl, 0 AS d_rl,
-                  0 AS h_un, 0 AS d_un, 0 AS h_er, 0 AS d_er
-             FROM leases WHERE id >= ?4
-           UNION ALL
-           SELECT {column}, 0, 0,
-                  outcome = 'ok' AND at >= ?1, outcome = 'ok',
-                  outcome = 'rate_limited' AND at >= ?1, outcome = 'rate_limited',
-                  outcome = 'unauthorized' AND at >= ?1, outcome = 'unauthorized',
-                  outcome = 'error' AND at >= ?1, outcome = 'error'
-             FROM reports WHERE at >= ?2
-         ) GROUP BY k ORDER BY k"
-    );
-    let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map(
-        params![hour.at, day.at, hour.first_lease, day.first_lease],
-        |r| {
-            // Columns alternate hour, day: the day's count is one to the right.
-            let counts = |day: usize| -> rusqlite::Result<Counts> {
-                let c = |i: usize| r.get::<_, i64>(i + day);
-                Ok(Counts {
-                    leases: c(1)?,
-                    ok: c(3)?,
-                    rate_limited: c(5)?,
-                    unauthorized: c(7)?,
-                    error: c(9)?,
-                })
-            };
-            Ok(UsageRow {
-                id: r.get(0)?,
-                last_hour: counts(0)?,
-                last_day: counts(1)?,
-            })
-        },
-    )?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
-}
-
-fn recent(conn: &Connection, limit: i64) -> Result<Vec<RecentLease>> {
-    let mut stmt = conn.prepare(
-        "SELECT l.id, l.tag, l.account_id, l.client_id, l.session, l.issued_at, l.expires_at, l.released_at,
-                (SELECT outcome FROM reports r WHERE r.lease = l.id ORDER BY r.id DESC LIMIT 1)
-         FROM leases l ORDER BY l.id DESC LIMIT ?1",
-    )?;
-    let rows = stmt.query_map([limit], |r| {
-        Ok(RecentLease {
-            lease_id: LeaseKey {
-                id: r.get(0)?,
-                tag: r.get(1)?,
-            }
-            .to_string(),
-            account_id: r.get(2)?,
-            client_id: r.get(3)?,
-            session: r.get(4)?,
-            issued_at: from_ms(r.get(5)?),
-            expires_at: from_ms(r.get(6)?),
-            released_at: r.get::<_, Option<i64>>(7)?.map(from_ms),
-            outcome: r.get(8)?,
-        })
-    })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }

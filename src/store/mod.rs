@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod leases;
 pub mod lock;
 mod schema;
+pub mod usage;
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -582,7 +583,9 @@ impl Store {
         leases::find(&self.conn(), key)
     }
 
-    pub fn record_report(&self, report: &leases::Report) -> Result<()> {
+    /// Stores a report on an open lease; false (nothing stored) when the
+    /// lease is closed: released, expired, or its account removed.
+    pub fn record_report(&self, report: &leases::Report) -> Result<bool> {
         leases::insert_report(&self.conn(), report)
     }
 
@@ -616,8 +619,17 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    pub fn usage(&self, now: DateTime<Utc>) -> Result<leases::Usage> {
-        leases::usage(&self.conn(), now)
+    /// The database's size on disk: the file and its WAL (`stat` only:
+    /// the files are never opened outside SQLite).
+    pub fn file_sizes(&self) -> (u64, u64) {
+        let len = |p: &Path| fs::metadata(p).map_or(0, |m| m.len());
+        (len(&self.path), len(&leases::wal_path(&self.path)))
+    }
+
+    /// Copies the WAL back into the database and empties it (at shutdown).
+    pub fn truncate_wal(&self) -> Result<()> {
+        leases::truncate_wal(&self.conn())?;
+        Ok(())
     }
 
     // ---- events ----
@@ -733,8 +745,14 @@ pub(crate) fn open_connection(path: &Path, synchronous_full: bool) -> Result<Con
     // that no commit — a lease batch holding many requests, or an account
     // write on an async worker — ever pays for copying the WAL back.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    // What a WAL file keeps after a checkpoint has reset it: a burst of
+    // writes makes it grow, this gives the space back.
+    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
     Ok(conn)
 }
+
+/// The most a WAL file keeps between checkpoints (bytes).
+pub(crate) const WAL_SIZE_LIMIT: i64 = 64 << 20;
 
 /// Creates the directory of the file at `path` (0700, with its parents) if
 /// it is missing: the data directory.

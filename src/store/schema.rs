@@ -116,6 +116,67 @@ const MIGRATIONS: &[&str] = &[
     // (`leases::first_id_since`), and the last use is kept on the account.
     "DROP INDEX leases_issued;
      DROP INDEX leases_account;",
+    // 5 -> 6: account ids are never handed out twice. Without AUTOINCREMENT
+    // SQLite reuses the highest id after it is deleted, and the leases,
+    // reports and events of the removed account then belonged to the new
+    // one. SQLite cannot ALTER a key to AUTOINCREMENT: the table is copied.
+    // `secrets` references `accounts` with ON DELETE CASCADE, so its rows
+    // are set aside first (dropping `accounts` would delete them). The
+    // sequence starts past every account id ever seen, also in the history.
+    "CREATE TABLE secrets_kept AS SELECT account_id, name, value, updated_at FROM secrets;
+     DROP TABLE secrets;
+     CREATE TABLE accounts_v6 (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        provider TEXT NOT NULL,
+        label TEXT NOT NULL,
+        priority INTEGER NOT NULL DEFAULT 0,
+        enabled INTEGER NOT NULL DEFAULT 1,
+        auth_state TEXT NOT NULL,
+        access_token BLOB,
+        token_type TEXT,
+        expires_at INTEGER,
+        issued_at INTEGER,
+        refresh_token BLOB,
+        generation INTEGER NOT NULL DEFAULT 0,
+        cooldown_until INTEGER,
+        last_refresh_at INTEGER,
+        last_error TEXT,
+        last_error_at INTEGER,
+        last_used_at INTEGER,
+        refresh_started_at INTEGER,
+        created_at INTEGER NOT NULL,
+        login_script TEXT,
+        browser_last_run_at INTEGER,
+        browser_last_outcome TEXT,
+        session_expires_at INTEGER,
+        UNIQUE (provider, label)
+     );
+     INSERT INTO accounts_v6 (id, provider, label, priority, enabled, auth_state, access_token, token_type,
+            expires_at, issued_at, refresh_token, generation, cooldown_until, last_refresh_at, last_error,
+            last_error_at, last_used_at, refresh_started_at, created_at, login_script, browser_last_run_at,
+            browser_last_outcome, session_expires_at)
+        SELECT id, provider, label, priority, enabled, auth_state, access_token, token_type,
+            expires_at, issued_at, refresh_token, generation, cooldown_until, last_refresh_at, last_error,
+            last_error_at, last_used_at, refresh_started_at, created_at, login_script, browser_last_run_at,
+            browser_last_outcome, session_expires_at
+        FROM accounts;
+     DROP TABLE accounts;
+     ALTER TABLE accounts_v6 RENAME TO accounts;
+     CREATE TABLE secrets (
+        account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        value BLOB NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (account_id, name)
+     );
+     INSERT INTO secrets SELECT account_id, name, value, updated_at FROM secrets_kept;
+     DROP TABLE secrets_kept;
+     DELETE FROM sqlite_sequence WHERE name IN ('accounts', 'accounts_v6');
+     INSERT INTO sqlite_sequence (name, seq) SELECT 'accounts', MAX(
+        (SELECT COALESCE(MAX(id), 0) FROM accounts),
+        (SELECT COALESCE(MAX(account_id), 0) FROM leases),
+        (SELECT COALESCE(MAX(account_id), 0) FROM reports),
+        (SELECT COALESCE(MAX(account_id), 0) FROM events));",
 ];
 
 pub fn migrate(conn: &Connection) -> Result<()> {

@@ -290,17 +290,17 @@ async fn lease_log_commits_before_acknowledging_and_usage_counts() {
         "a wrong tag finds nothing"
     );
     assert_eq!(keys[7].to_string().parse::<LeaseKey>(), Ok(keys[7]));
-    store
-        .record_report(&Report {
-            lease: keys[7],
-            account_id: a.id,
-            client_id: Some(7),
-            outcome: Outcome::RateLimited,
-            retry_after_s: Some(5),
-            at: now,
-        })
-        .unwrap();
-    let usage = store.usage(now).unwrap();
+    let report = Report {
+        lease: keys[7],
+        account_id: a.id,
+        client_id: Some(7),
+        outcome: Outcome::RateLimited,
+        retry_after_s: Some(5),
+        at: now,
+    };
+    assert!(store.record_report(&report).unwrap());
+    log.tally().report_stored(&report);
+    let usage = log.tally().usage(now);
     assert_eq!(usage.per_account[0].last_hour.leases, 50);
     assert_eq!(usage.per_account[0].last_day.rate_limited, 1);
     assert_eq!(usage.per_client[0].id, Some(7));
@@ -374,7 +374,16 @@ async fn lease_windows_are_found_by_id_and_prune_keeps_the_recent_ones() {
         "no lease is that new"
     );
 
-    let usage = store.usage(now).unwrap();
+    // The counters added every lease as it was committed; moving the
+    // windows to now takes off those older than an hour and a day.
+    log.tally().advance(&conn(), now).unwrap();
+    let usage = log.tally().usage(now);
+    let from_sql = usage::Tally::load(&conn(), now).unwrap().usage(now);
+    assert_eq!(
+        format!("{:?}", (&usage.per_account, &usage.per_client)),
+        format!("{:?}", (&from_sql.per_account, &from_sql.per_client)),
+        "kept up as leases were written = counted afresh"
+    );
     let total = |rows: &[leases::UsageRow], hour: bool| -> i64 {
         rows.iter()
             .map(|r| {
@@ -432,7 +441,7 @@ async fn lease_windows_are_found_by_id_and_prune_keeps_the_recent_ones() {
     let removed = store.prune_leases(now - Duration::days(2)).unwrap();
     assert_eq!(removed as i64, ids.len() as i64 - since(Duration::days(2)));
     assert_eq!(
-        total(&store.usage(now).unwrap().per_account, false),
+        total(&log.tally().usage(now).per_account, false),
         since(Duration::days(1)),
         "the last day is untouched"
     );
@@ -805,4 +814,186 @@ fn restore_onto_a_new_machine_needs_no_current_database() {
     assert_eq!(moved, None);
     let restored = Store::open(&db, Cipher::from_text(&key()).unwrap()).unwrap();
     assert_eq!(restored.load_accounts(now).unwrap()[0].label, "alice");
+}
+
+#[test]
+fn account_ids_are_never_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Utc::now();
+    let store = open(dir.path());
+    store.insert_account("demo", "alice", 0, now).unwrap();
+    let bob = store.insert_account("demo", "bob", 0, now).unwrap();
+    assert!(store.delete_account(bob.id).unwrap());
+    let carl = store.insert_account("demo", "carl", 0, now).unwrap();
+    assert!(carl.id > bob.id, "bob's id {} was reused", bob.id);
+    assert!(store.delete_account(carl.id).unwrap());
+    drop(store);
+    let store = open(dir.path());
+    let dora = store.insert_account("demo", "dora", 0, now).unwrap();
+    assert!(
+        dora.id > carl.id,
+        "carl's id {} was reused after a restart",
+        carl.id
+    );
+}
+
+/// A database of the release before ids were never reused: the newest
+/// account was removed (its leases, reports and events stay), and one of the
+/// others has a secret. The upgrade keeps every account with its secrets and
+/// hands out ids past every one ever seen.
+#[tokio::test]
+async fn the_upgrade_keeps_accounts_and_secrets_and_never_reuses_an_old_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("data/farm.db");
+    let now = Utc::now();
+    let cipher = || Cipher::from_text(&key()).unwrap();
+    {
+        let conn = open_connection(&db, true).unwrap();
+        schema::migrate_to(&conn, 5).unwrap();
+        check_fingerprint(&conn, &cipher()).unwrap();
+        conn.execute_batch(
+            "INSERT INTO accounts (id, provider, label, auth_state, created_at) VALUES
+                (1, 'demo', 'alice', 'pending_login', 0), (2, 'demo', 'bob', 'pending_login', 0);
+             INSERT INTO leases (id, tag, account_id, generation, issued_at, expires_at) VALUES (1, 1, 5, 1, 0, 1);
+             INSERT INTO reports (lease, account_id, outcome, at) VALUES (1, 6, 'ok', 0);
+             INSERT INTO events (at, kind, account_id, detail) VALUES (0, 'account_removed', 7, '');",
+        )
+        .unwrap();
+        let sealed = cipher().seal(&Secret::new("hunter2"), &aad(1, "secret:password"));
+        conn.execute(
+            "INSERT INTO secrets (account_id, name, value, updated_at) VALUES (1, 'password', ?1, 0)",
+            [sealed],
+        )
+        .unwrap();
+    }
+    let store = Store::open(&db, cipher()).unwrap();
+    assert_eq!(schema::version(&store.conn()).unwrap(), schema::latest());
+    let labels: Vec<_> = store
+        .load_accounts(now)
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.id, a.label))
+        .collect();
+    assert_eq!(labels, [(1, "alice".to_string()), (2, "bob".to_string())]);
+    assert_eq!(
+        store.secrets(1).unwrap()["password"].expose(),
+        "hunter2",
+        "the secret survived the table copy"
+    );
+    let next = store.insert_account("demo", "carl", 0, now).unwrap();
+    assert_eq!(
+        next.id, 8,
+        "past every account id in accounts, leases, reports and events"
+    );
+    assert!(store.delete_account(1).unwrap());
+    assert!(
+        store.secrets(1).unwrap().is_empty(),
+        "secrets still go with their account"
+    );
+}
+
+/// A report names a lease that is still open; on a released or expired
+/// lease, or one of an account that is gone (or newer than the lease), it
+/// is not stored.
+#[tokio::test]
+async fn a_report_on_a_closed_lease_is_not_stored() {
+    let (_dir, now, store, alice, log) = lease_bed();
+    let lease = |log: &LeaseLog| {
+        let key = log.allocate();
+        (key, new_lease(key, alice.id, now))
+    };
+    let report = |key, at| Report {
+        lease: key,
+        account_id: alice.id,
+        client_id: Some(7),
+        outcome: Outcome::RateLimited,
+        retry_after_s: None,
+        at,
+    };
+    let (open_key, open_lease) = lease(&log);
+    let (released_key, released_lease) = lease(&log);
+    log.record(open_lease).await.unwrap();
+    log.record(released_lease).await.unwrap();
+    assert!(store.release_lease(released_key, now).unwrap());
+
+    assert!(
+        !store.record_report(&report(released_key, now)).unwrap(),
+        "released"
+    );
+    let expired = now + Duration::minutes(1); // leases here live a minute
+    assert!(
+        !store.record_report(&report(open_key, expired)).unwrap(),
+        "expired"
+    );
+    let forged = LeaseKey {
+        tag: open_key.tag ^ 1,
+        ..open_key
+    };
+    assert!(
+        !store.record_report(&report(forged, now)).unwrap(),
+        "wrong tag"
+    );
+    assert!(store.record_report(&report(open_key, now)).unwrap(), "open");
+    assert!(store.delete_account(alice.id).unwrap());
+    assert!(
+        !store.record_report(&report(open_key, now)).unwrap(),
+        "the account was removed"
+    );
+    let stored: i64 = store
+        .conn()
+        .query_row("SELECT COUNT(*) FROM reports", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stored, 1);
+}
+
+/// Admin reads come from the counters: they neither wait for the store's
+/// connection (held here as `save_tokens` would hold it) nor read the log.
+#[tokio::test]
+async fn usage_reads_do_not_wait_for_the_store() {
+    let (_dir, now, store, alice, log) = lease_bed();
+    let key = log.allocate();
+    log.record(new_lease(key, alice.id, now)).await.unwrap();
+    let held = store.conn();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = log.clone();
+    std::thread::spawn(move || {
+        let usage = reader.tally().usage(now);
+        let _ = tx.send((usage, reader.tally().leases_24h(alice.id)));
+    });
+    let (usage, leases) = rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("the admin read waited for the store's lock");
+    drop(held);
+    assert_eq!(leases, 1);
+    assert_eq!(usage.per_account[0].last_hour.leases, 1);
+    assert_eq!(usage.recent[0].lease_id, key.to_string());
+}
+
+/// A flood of leases grows the WAL; once writes stop, the checkpoint
+/// thread empties it, and closing the log leaves none either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_is_emptied_when_quiet_and_at_close() {
+    let (_dir, now, store, alice, log) = lease_bed();
+    let wal = || store.file_sizes().1;
+    for _ in 0..2000 {
+        let key = log.allocate();
+        log.record(new_lease(key, alice.id, now)).await.unwrap();
+    }
+    assert!(wal() > 0, "the leases went to the WAL");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(6);
+    while wal() > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(wal(), 0, "the WAL was not emptied once writes stopped");
+
+    let key = log.allocate();
+    log.record(new_lease(key, alice.id, now)).await.unwrap();
+    assert!(wal() > 0);
+    drop(log);
+    assert_eq!(wal(), 0, "closing the lease log left a WAL");
+    let limit: i64 = store
+        .conn()
+        .query_row("PRAGMA journal_size_limit", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(limit, WAL_SIZE_LIMIT);
 }
