@@ -146,6 +146,24 @@ fn operation(r: &super::Route, gens: &mut Generators, error: &Value) -> Value {
             "no account can serve now; see Retry-After and retry_after_s",
         ));
     }
+    // The routes that wait for the provider, the browser or the disk.
+    match (r.method, r.path) {
+        ("POST", "/api/accounts") => {
+            errors.push(("409", "the provider has an account with this label"))
+        }
+        ("POST", "/api/accounts/{id}/login/complete") => {
+            errors.push(("502", "the provider refused the login"))
+        }
+        ("POST", "/api/accounts/{id}/refresh") => {
+            errors.push(("502", "the provider refused or failed the refresh"))
+        }
+        ("POST", "/api/accounts/{id}/relogin") => {
+            errors.push(("409", "the browser is off or the account is busy"));
+            errors.push(("502", "the browser relogin failed (see last_error)"));
+        }
+        ("POST", "/api/backups") => errors.push(("500", "the backup failed")),
+        _ => {}
+    }
     for (code, description) in errors {
         op["responses"][code] =
             json!({"description": description, "content": {"application/json": {"schema": error}}});
