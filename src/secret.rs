@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serializer};
 use subtle::ConstantTimeEq;
 
 /// A secret string. `Debug` and `Display` print `***`.
@@ -66,11 +66,13 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
-/// Serializes the real value: only used for API responses that hand a token
-/// to an authenticated client on purpose.
-impl Serialize for Secret {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
+impl Secret {
+    /// Serializes the real value. `Secret` is deliberately not `Serialize`:
+    /// a field that hands a token out on purpose (a lease's access token, a
+    /// new client's key) names this in `#[serde(serialize_with = ...)]`, so
+    /// no struct can put a secret on the wire by merely deriving `Serialize`.
+    pub fn serialize_exposed<S: Serializer>(secret: &Secret, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&secret.0)
     }
 }
 

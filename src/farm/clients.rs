@@ -11,6 +11,7 @@ use std::sync::RwLock;
 use base64::Engine;
 use chrono::Utc;
 use rand::RngCore;
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use super::{Farm, FarmError, Result};
@@ -36,10 +37,14 @@ impl Principal {
 }
 
 /// The response to creating a client: the only time the key is shown.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "ClientCreated")]
 pub struct NewClient {
     pub id: i64,
     pub name: String,
+    /// Shown once, on purpose; only its hash is stored.
+    #[serde(serialize_with = "Secret::serialize_exposed")]
+    #[schemars(with = "String")]
     pub key: Secret,
 }
 

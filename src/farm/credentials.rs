@@ -1,7 +1,8 @@
 //! Handing out credentials: `/credential/next`, reports and releases.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use schemars::JsonSchema;
+use serde::Serialize;
 
 use super::{chrono_dur, Farm, FarmError, Principal, Result};
 use crate::domain::timing::cooldown_for;
@@ -11,11 +12,14 @@ use crate::secret::Secret;
 use crate::store::leases::{LeaseKey, NewLease, Outcome, Report};
 
 /// The answer to `GET /credential/next`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 pub struct CredentialLease {
     pub account_id: AccountId,
     pub label: String,
     pub provider: String,
+    /// Handed to the client on purpose: the point of a lease.
+    #[serde(serialize_with = "Secret::serialize_exposed")]
+    #[schemars(with = "String")]
     pub access_token: Secret,
     pub token_type: String,
     #[serde(serialize_with = "crate::rfc3339::serialize")]
@@ -25,9 +29,9 @@ pub struct CredentialLease {
     pub lease_expires_at: DateTime<Utc>,
 }
 
-/// `POST /credential/report`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `POST /credential/report`, as the farm takes it (the API's body is
+/// `http::types::Report`).
+#[derive(Debug)]
 pub struct ReportRequest {
     pub lease_id: String,
     pub outcome: Outcome,

@@ -83,7 +83,7 @@ pub(crate) struct BegunLogin {
 }
 
 /// The answer to `POST /api/accounts/{id}/login`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct LoginStarted {
     pub account_id: AccountId,
     pub authorize_url: String,

@@ -31,8 +31,9 @@ use crate::store::{Store, StoreError};
 pub use clients::{NewClient, Principal};
 pub use credentials::{CredentialLease, ReportRequest};
 pub use login::LoginStarted;
-pub use relogin::{ReloginCause, ReloginDone};
-pub use view::{AccountPatch, AccountView, Health};
+pub use refresh::RefreshOutcome;
+pub use relogin::{BrowserInfo, ReloginCause, ReloginDone, SecretName};
+pub use view::{AccountPatch, AccountView, ErrorView, Health, ProviderView};
 
 /// Everything that can go wrong in a farm operation. The HTTP layer turns
 /// each variant into a status code in one place (`http::error`).

@@ -37,7 +37,7 @@ impl std::fmt::Display for ReloginCause {
 }
 
 /// What `POST /api/accounts/{id}/relogin` returns on success.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct ReloginDone {
     pub account_id: AccountId,
     pub elapsed_ms: u128,
@@ -398,13 +398,14 @@ impl Farm {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// A secret's name; its value is write-only.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct SecretName {
     pub name: String,
     pub updated_at: chrono::DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct BrowserInfo {
     pub account_id: AccountId,
     pub browser_enabled: bool,

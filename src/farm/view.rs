@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{not_found_account, Farm, FarmError, Result};
@@ -36,21 +37,29 @@ fn describe_patch(p: &AccountPatch) -> String {
 }
 
 /// The answer to `GET /healthz`.
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Serialize, PartialEq, JsonSchema)]
 pub struct Health {
     /// `ok` or `degraded` (then the HTTP status is 503).
+    #[schemars(schema_with = "health_status")]
     pub status: &'static str,
     pub accounts: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
 
+fn health_status(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "enum": ["ok", "degraded"]})
+}
+
 /// An account as shown by the admin API. Never carries a token.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+#[schemars(rename = "Account")]
 pub struct AccountView {
     pub id: AccountId,
     pub provider: String,
     pub label: String,
+    /// The state shown (persisted state plus the refreshing/cooldown overlay).
+    #[schemars(schema_with = "display_state")]
     pub state: &'static str,
     pub priority: i64,
     pub enabled: bool,
@@ -66,6 +75,14 @@ pub struct AccountView {
     pub browser: bool,
     pub generation: i64,
     pub created_at: DateTime<Utc>,
+}
+
+fn display_state(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let states: Vec<&str> = crate::domain::DisplayState::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+    schemars::json_schema!({"type": "string", "enum": states})
 }
 
 impl AccountView {
@@ -101,7 +118,8 @@ impl AccountView {
 
 /// The last error, with the address of its screenshot when a browser
 /// relogin failed (fetched with the admin token).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+#[schemars(rename = "AccountError")]
 pub struct ErrorView {
     pub at: DateTime<Utc>,
     pub message: String,
@@ -109,7 +127,7 @@ pub struct ErrorView {
 }
 
 /// `PATCH /api/accounts/{id}`: only the fields present change.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccountPatch {
     pub label: Option<String>,
@@ -272,7 +290,8 @@ impl Farm {
 }
 
 /// A provider as the admin API shows it (never its client secret).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "Provider")]
 pub struct ProviderView {
     pub name: String,
     pub client_id: String,

@@ -19,10 +19,15 @@ pub struct ApiError {
     pub retry_after_s: Option<i64>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// Every error's body.
+#[derive(Serialize, schemars::JsonSchema)]
+#[schemars(rename = "Error")]
+pub struct Body<'a> {
+    /// A short code (`unauthorized`, `not_found`, `invalid_json`, ...).
     error: &'a str,
+    /// A human sentence.
     detail: &'a str,
+    /// With `no_account_available`: when to retry (also `Retry-After`).
     #[serde(skip_serializing_if = "Option::is_none")]
     retry_after_s: Option<i64>,
 }
@@ -136,7 +141,14 @@ pub fn render<T: Reply>(result: Result<T, ApiError>) -> Response {
 /// Turns warp's own rejections (no route, wrong method, body too large…)
 /// into the same JSON shape.
 pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
-    let e = if rejection.is_not_found() {
+    // The auth filter refuses only on a route whose path and method
+    // matched: its answer beats the other routes' "not this one".
+    let e = if let Some(denied) = rejection.find::<super::auth::Denied>() {
+        match denied {
+            super::auth::Denied::Unauthorized => ApiError::unauthorized(),
+            super::auth::Denied::Forbidden => ApiError::forbidden(),
+        }
+    } else if rejection.is_not_found() {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
         ApiError::new(

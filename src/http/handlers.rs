@@ -1,18 +1,19 @@
-//! Thin handlers: parse → call the farm → render.
+//! Thin handlers: parse → call the farm → render. Each takes its route's
+//! guard ([`Admin`], [`Principal`] or [`Anyone`]) last: the router's auth
+//! filter made it, so a handler runs only for a caller its route admits.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde::Deserialize;
-use serde_json::json;
 use warp::http::StatusCode;
 use warp::reply::{json, with_status, Response};
 use warp::Reply;
 
+use super::auth::{Admin, Anyone};
 use super::error::{render, ApiError};
-use super::{Access, Caller};
+use super::types;
 use crate::domain::AccountId;
-use crate::farm::{AccountPatch, Farm, ReportRequest};
+use crate::farm::{AccountPatch, Farm, Principal};
 
 type Body<T> = Result<T, ApiError>;
 
@@ -26,7 +27,7 @@ fn id_of(what: &'static str, raw: &str) -> Result<AccountId, ApiError> {
     })
 }
 
-pub async fn healthz(farm: Arc<Farm>) -> Response {
+pub async fn healthz(farm: Arc<Farm>, _: Anyone) -> Response {
     let health = farm.health();
     let status = match health.detail {
         None => StatusCode::OK,
@@ -35,21 +36,18 @@ pub async fn healthz(farm: Arc<Farm>) -> Response {
     with_status(json(&health), status).into_response()
 }
 
-pub async fn metrics(farm: Arc<Farm>, caller: Caller) -> Response {
-    render((|| {
-        caller.require(&farm, Access::Admin)?;
-        Ok(warp::reply::with_header(
-            farm.metrics_text(),
-            "content-type",
-            "text/plain; version=0.0.4",
-        ))
-    })())
+pub async fn metrics(farm: Arc<Farm>, _: Admin) -> Response {
+    warp::reply::with_header(
+        farm.metrics_text(),
+        "content-type",
+        "text/plain; version=0.0.4",
+    )
+    .into_response()
 }
 
-pub async fn credential_next(farm: Arc<Farm>, caller: Caller, query: String) -> Response {
+pub async fn credential_next(farm: Arc<Farm>, query: String, who: Principal) -> Response {
     render(
         async {
-            let who = caller.require(&farm, Access::Client)?;
             let (mut provider, mut session) = (None, None);
             for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
                 match k.as_ref() {
@@ -77,83 +75,60 @@ fn serde_urlencoded_pairs(query: &str) -> HashMap<String, String> {
 
 pub async fn credential_report(
     farm: Arc<Farm>,
-    caller: Caller,
-    body: Body<ReportRequest>,
+    body: Body<types::Report>,
+    who: Principal,
 ) -> Response {
     render(
         async {
-            let who = caller.require(&farm, Access::Client)?;
-            farm.report(body?, who).await?;
-            Ok(json(&json!({"recorded": true})))
+            farm.report(body?.into(), who).await?;
+            Ok(json(&types::Recorded { recorded: true }))
         }
         .await,
     )
 }
 
-pub async fn credential_release(lease_id: String, farm: Arc<Farm>, caller: Caller) -> Response {
+pub async fn credential_release(lease_id: String, farm: Arc<Farm>, who: Principal) -> Response {
     render((|| {
-        let who = caller.require(&farm, Access::Client)?;
         farm.release(&lease_id, who)?;
         Ok(with_status(warp::reply(), StatusCode::NO_CONTENT))
     })())
 }
 
-pub async fn providers(farm: Arc<Farm>, caller: Caller) -> Response {
-    render((|| {
-        caller.require(&farm, Access::Admin)?;
-        Ok(json(&farm.provider_views()))
-    })())
+pub async fn providers(farm: Arc<Farm>, _: Admin) -> Response {
+    json(&farm.provider_views()).into_response()
 }
 
-pub async fn accounts_list(farm: Arc<Farm>, caller: Caller) -> Response {
-    render((|| {
-        caller.require(&farm, Access::Admin)?;
-        Ok(json(&farm.list_accounts()?))
-    })())
+pub async fn accounts_list(farm: Arc<Farm>, _: Admin) -> Response {
+    render(farm.list_accounts().map(|a| json(&a)).map_err(Into::into))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewAccount {
-    provider: String,
-    label: String,
-    #[serde(default)]
-    priority: i64,
-}
-
-pub async fn accounts_add(farm: Arc<Farm>, caller: Caller, body: Body<NewAccount>) -> Response {
+pub async fn accounts_add(farm: Arc<Farm>, body: Body<types::NewAccount>, _: Admin) -> Response {
     render((|| {
-        caller.require(&farm, Access::Admin)?;
         let b = body?;
         let account = farm.add_account(&b.provider, &b.label, b.priority)?;
         Ok(with_status(json(&account), StatusCode::CREATED))
     })())
 }
 
-pub async fn account_get(id: String, farm: Arc<Farm>, caller: Caller) -> Response {
-    render((|| {
-        caller.require(&farm, Access::Admin)?;
-        Ok(json(&farm.account(id_of("account", &id)?)?))
-    })())
+pub async fn account_get(id: String, farm: Arc<Farm>, _: Admin) -> Response {
+    render((|| Ok(json(&farm.account(id_of("account", &id)?)?)))())
 }
 
 pub async fn account_patch(
     id: String,
     farm: Arc<Farm>,
-    caller: Caller,
     body: Body<AccountPatch>,
+    _: Admin,
 ) -> Response {
     render((|| {
-        caller.require(&farm, Access::Admin)?;
         let id = id_of("account", &id)?;
         Ok(json(&farm.patch_account(id, body?)?))
     })())
 }
 
-pub async fn account_delete(id: String, farm: Arc<Farm>, caller: Caller) -> Response {
+pub async fn account_delete(id: String, farm: Arc<Farm>, _: Admin) -> Response {
     render(
         async {
-            caller.require(&farm, Access::Admin)?;
             farm.remove_account(id_of("account", &id)?).await?;
             Ok(with_status(warp::reply(), StatusCode::NO_CONTENT))
         }
@@ -161,31 +136,18 @@ pub async fn account_delete(id: String, farm: Arc<Farm>, caller: Caller) -> Resp
     )
 }
 
-pub async fn login_start(id: String, farm: Arc<Farm>, caller: Caller) -> Response {
-    render(
-        async {
-            caller.require(&farm, Access::Admin)?;
-            Ok(json(&farm.start_login(id_of("account", &id)?).await?))
-        }
-        .await,
-    )
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LoginComplete {
-    redirect_url: String,
+pub async fn login_start(id: String, farm: Arc<Farm>, _: Admin) -> Response {
+    render(async { Ok(json(&farm.start_login(id_of("account", &id)?).await?)) }.await)
 }
 
 pub async fn login_complete(
     id: String,
     farm: Arc<Farm>,
-    caller: Caller,
-    body: Body<LoginComplete>,
+    body: Body<types::LoginComplete>,
+    _: Admin,
 ) -> Response {
     render(
         async {
-            caller.require(&farm, Access::Admin)?;
             let id = id_of("account", &id)?;
             farm.account(id)?;
             farm.complete_login(&body?.redirect_url, Some(id)).await?;
@@ -195,45 +157,42 @@ pub async fn login_complete(
     )
 }
 
-pub async fn account_refresh(id: String, farm: Arc<Farm>, caller: Caller) -> Response {
+pub async fn account_refresh(id: String, farm: Arc<Farm>, _: Admin) -> Response {
     render(
         async {
-            caller.require(&farm, Access::Admin)?;
             let id = id_of("account", &id)?;
             let outcome = farm.refresh(id, None, "admin").await?;
-            let mut view = serde_json::to_value(farm.account(id)?).unwrap_or_default();
-            view["refresh"] = json!(format!("{outcome:?}").to_lowercase());
-            Ok(json(&view))
+            Ok(json(&types::Refreshed {
+                account: farm.account(id)?,
+                refresh: outcome.into(),
+            }))
         }
         .await,
     )
 }
 
-pub async fn script_put(
-    id: String,
-    farm: Arc<Farm>,
-    caller: Caller,
-    body: Body<String>,
-) -> Response {
+pub async fn script_put(id: String, farm: Arc<Farm>, body: Body<String>, _: Admin) -> Response {
     render((|| {
-        caller.require(&farm, Access::Admin)?;
         let id = id_of("account", &id)?;
         let script = farm.set_login_script(id, &body?)?;
         let secrets = farm.secret_names(id)?;
         let required: Vec<String> = script.required_secrets().into_iter().collect();
-        let missing: Vec<&String> = required
+        let missing = required
             .iter()
             .filter(|n| !secrets.iter().any(|s| &s.name == *n))
+            .cloned()
             .collect();
-        Ok(json(
-            &json!({"account_id": id, "steps": script.steps.len(), "required_secrets": required, "missing_secrets": missing}),
-        ))
+        Ok(json(&types::ScriptAttached {
+            account_id: id,
+            steps: script.steps.len(),
+            required_secrets: required,
+            missing_secrets: missing,
+        }))
     })())
 }
 
-pub async fn script_get(id: String, farm: Arc<Farm>, caller: Caller) -> Response {
+pub async fn script_get(id: String, farm: Arc<Farm>, _: Admin) -> Response {
     render((|| {
-        caller.require(&farm, Access::Admin)?;
         let id = id_of("account", &id)?;
         let text = farm.login_script_text(id)?.ok_or_else(|| {
             ApiError::new(
@@ -250,77 +209,58 @@ pub async fn script_get(id: String, farm: Arc<Farm>, caller: Caller) -> Response
     })())
 }
 
-pub async fn script_delete(id: String, farm: Arc<Farm>, caller: Caller) -> Response {
+pub async fn script_delete(id: String, farm: Arc<Farm>, _: Admin) -> Response {
     render((|| {
-        caller.require(&farm, Access::Admin)?;
         farm.remove_login_script(id_of("account", &id)?)?;
         Ok(with_status(warp::reply(), StatusCode::NO_CONTENT))
     })())
 }
 
-pub async fn secrets_list(id: String, farm: Arc<Farm>, caller: Caller) -> Response {
-    render((|| {
-        caller.require(&farm, Access::Admin)?;
-        Ok(json(&farm.secret_names(id_of("account", &id)?)?))
-    })())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SecretBody {
-    value: crate::secret::Secret,
+pub async fn secrets_list(id: String, farm: Arc<Farm>, _: Admin) -> Response {
+    render((|| Ok(json(&farm.secret_names(id_of("account", &id)?)?)))())
 }
 
 pub async fn secret_put(
     id: String,
     name: String,
     farm: Arc<Farm>,
-    caller: Caller,
-    body: Body<SecretBody>,
+    body: Body<types::SecretValue>,
+    _: Admin,
 ) -> Response {
     render((|| {
-        caller.require(&farm, Access::Admin)?;
         farm.set_secret(id_of("account", &id)?, &name, &body?.value)?;
         Ok(with_status(warp::reply(), StatusCode::NO_CONTENT))
     })())
 }
 
-pub async fn secret_delete(id: String, name: String, farm: Arc<Farm>, caller: Caller) -> Response {
+pub async fn secret_delete(id: String, name: String, farm: Arc<Farm>, _: Admin) -> Response {
     render((|| {
-        caller.require(&farm, Access::Admin)?;
         farm.delete_secret(id_of("account", &id)?, &name)?;
         Ok(with_status(warp::reply(), StatusCode::NO_CONTENT))
     })())
 }
 
-pub async fn relogin(id: String, farm: Arc<Farm>, caller: Caller) -> Response {
+pub async fn relogin(id: String, farm: Arc<Farm>, _: Admin) -> Response {
     render(
         async {
-            caller.require(&farm, Access::Admin)?;
             let id = id_of("account", &id)?;
             let done = farm.relogin(id, crate::farm::ReloginCause::Admin).await?;
-            let mut view = serde_json::to_value(farm.account(id)?).unwrap_or_default();
-            view["relogin"] = serde_json::to_value(&done).unwrap_or_default();
-            Ok(json(&view))
+            Ok(json(&types::Relogged {
+                account: farm.account(id)?,
+                relogin: done,
+            }))
         }
         .await,
     )
 }
 
-pub async fn browser_info(id: String, farm: Arc<Farm>, caller: Caller) -> Response {
-    render(
-        async {
-            caller.require(&farm, Access::Admin)?;
-            Ok(json(&farm.browser_info(id_of("account", &id)?).await?))
-        }
-        .await,
-    )
+pub async fn browser_info(id: String, farm: Arc<Farm>, _: Admin) -> Response {
+    render(async { Ok(json(&farm.browser_info(id_of("account", &id)?).await?)) }.await)
 }
 
-pub async fn browser_reset(id: String, farm: Arc<Farm>, caller: Caller) -> Response {
+pub async fn browser_reset(id: String, farm: Arc<Farm>, _: Admin) -> Response {
     render(
         async {
-            caller.require(&farm, Access::Admin)?;
             farm.reset_browser_profile(id_of("account", &id)?).await?;
             Ok(with_status(warp::reply(), StatusCode::NO_CONTENT))
         }
@@ -328,31 +268,26 @@ pub async fn browser_reset(id: String, farm: Arc<Farm>, caller: Caller) -> Respo
     )
 }
 
-pub async fn screenshot(id: String, farm: Arc<Farm>, caller: Caller) -> Response {
+pub async fn screenshot(id: String, farm: Arc<Farm>, _: Admin) -> Response {
     render((|| {
-        caller.require(&farm, Access::Admin)?;
         let png = farm.last_screenshot(id_of("account", &id)?)?;
         Ok(warp::reply::with_header(png, "content-type", "image/png"))
     })())
 }
 
-pub async fn usage(farm: Arc<Farm>, caller: Caller) -> Response {
-    render((|| {
-        caller.require(&farm, Access::Admin)?;
-        Ok(json(&farm.usage()?))
-    })())
+pub async fn usage(farm: Arc<Farm>, _: Admin) -> Response {
+    render((|| Ok(json(&types::Usage::from(farm.usage()?))))())
 }
 
 /// `?since=ID` → JSON page; otherwise an SSE stream resuming after
 /// `Last-Event-ID` when given.
 pub async fn events(
     farm: Arc<Farm>,
-    caller: Caller,
     query: String,
     last_event_id: Option<String>,
+    _: Admin,
 ) -> Response {
     let result = (|| {
-        caller.require(&farm, Access::Admin)?;
         let q = serde_urlencoded_pairs(&query);
         let parse_id = |what: &str, v: &str| {
             v.trim().parse::<i64>().map_err(|_| {
@@ -360,10 +295,13 @@ pub async fn events(
             })
         };
         if let Some(since) = q.get("since") {
-            let events = farm
+            let events: Vec<types::Event> = farm
                 .events
                 .since(parse_id("since", since)?, super::sse::PAGE)
-                .map_err(crate::farm::FarmError::from)?;
+                .map_err(crate::farm::FarmError::from)?
+                .iter()
+                .map(types::Event::from)
+                .collect();
             return Ok(json(&events).into_response());
         }
         let resume = last_event_id
@@ -376,53 +314,45 @@ pub async fn events(
     render(result)
 }
 
-pub async fn webhooks(farm: Arc<Farm>, caller: Caller) -> Response {
+pub async fn webhooks(farm: Arc<Farm>, _: Admin) -> Response {
+    let all: Vec<types::Webhook> = farm
+        .webhook_status()
+        .into_iter()
+        .map(types::Webhook::from)
+        .collect();
+    json(&all).into_response()
+}
+
+pub async fn backups_list(farm: Arc<Farm>, _: Admin) -> Response {
     render((|| {
-        caller.require(&farm, Access::Admin)?;
-        Ok(json(&farm.webhook_status()))
+        let all: Vec<types::Backup> = farm.backups()?.into_iter().map(Into::into).collect();
+        Ok(json(&all))
     })())
 }
 
-pub async fn backups_list(farm: Arc<Farm>, caller: Caller) -> Response {
-    render((|| {
-        caller.require(&farm, Access::Admin)?;
-        Ok(json(&farm.backups()?))
-    })())
-}
-
-pub async fn backups_create(farm: Arc<Farm>, caller: Caller) -> Response {
+pub async fn backups_create(farm: Arc<Farm>, _: Admin) -> Response {
     render(
         async {
-            caller.require(&farm, Access::Admin)?;
-            Ok(with_status(
-                json(&farm.backup_now().await?),
-                StatusCode::CREATED,
-            ))
+            let made = types::Backup::from(farm.backup_now().await?);
+            Ok(with_status(json(&made), StatusCode::CREATED))
         }
         .await,
     )
 }
 
-pub async fn openapi() -> Response {
-    render(Ok::<_, ApiError>(json(&*super::openapi::DOCUMENT)))
+pub async fn openapi(_: Arc<Farm>, _: Anyone) -> Response {
+    json(&*super::openapi::DOCUMENT).into_response()
 }
 
-pub async fn clients_list(farm: Arc<Farm>, caller: Caller) -> Response {
+pub async fn clients_list(farm: Arc<Farm>, _: Admin) -> Response {
     render((|| {
-        caller.require(&farm, Access::Admin)?;
-        Ok(json(&farm.list_clients()?))
+        let all: Vec<types::Client> = farm.list_clients()?.into_iter().map(Into::into).collect();
+        Ok(json(&all))
     })())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewClientBody {
-    name: String,
-}
-
-pub async fn clients_add(farm: Arc<Farm>, caller: Caller, body: Body<NewClientBody>) -> Response {
+pub async fn clients_add(farm: Arc<Farm>, body: Body<types::NewClient>, _: Admin) -> Response {
     render((|| {
-        caller.require(&farm, Access::Admin)?;
         Ok(with_status(
             json(&farm.create_client(&body?.name)?),
             StatusCode::CREATED,
@@ -430,9 +360,8 @@ pub async fn clients_add(farm: Arc<Farm>, caller: Caller, body: Body<NewClientBo
     })())
 }
 
-pub async fn clients_revoke(id: String, farm: Arc<Farm>, caller: Caller) -> Response {
+pub async fn clients_revoke(id: String, farm: Arc<Farm>, _: Admin) -> Response {
     render((|| {
-        caller.require(&farm, Access::Admin)?;
         farm.revoke_client(id_of("client", &id)?)?;
         Ok(with_status(warp::reply(), StatusCode::NO_CONTENT))
     })())

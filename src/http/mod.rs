@@ -3,23 +3,25 @@
 //! responses in [`error`] only.
 
 pub mod admin;
+pub mod auth;
 pub mod error;
 pub mod handlers;
 pub mod loopback;
 pub mod openapi;
 pub mod sse;
+pub mod types;
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::Filter;
 
-use crate::farm::{Farm, Principal};
+use crate::farm::{self, AccountView, Farm, Health, Principal};
 use error::ApiError;
 
 /// Largest accepted request body.
@@ -37,8 +39,8 @@ pub enum Access {
 }
 
 /// One row of the route table: the single source of the router's
-/// method/path checks (see `endpoint`), the OpenAPI document and the
-/// README's route list.
+/// method/path checks and of each route's auth filter (see `endpoint`), the
+/// OpenAPI document and the README's route list.
 #[derive(Clone, Copy, Debug)]
 pub struct Route {
     pub method: &'static str,
@@ -46,314 +48,350 @@ pub struct Route {
     pub path: &'static str,
     pub access: Access,
     pub summary: &'static str,
-    /// `components/schemas` name of the JSON request body, if any.
-    pub request: Option<&'static str>,
-    /// Success status and the schema name of its body (`None`: no body).
-    pub ok: (u16, Option<&'static str>),
+    /// The request body, if any.
+    pub request: Option<Body>,
+    /// Success status and its body (`None`: no body).
+    pub ok: (u16, Option<Body>),
 }
 
-const fn route(
-    method: &'static str,
-    path: &'static str,
-    access: Access,
-    summary: &'static str,
-    request: Option<&'static str>,
-    ok: (u16, Option<&'static str>),
-) -> Route {
-    Route {
-        method,
-        path,
-        access,
-        summary,
-        request,
-        ok,
+/// A request or response body as the document describes it.
+#[derive(Clone, Copy)]
+pub enum Body {
+    /// JSON of a Rust type: its schema comes from the type (`schemars`).
+    Json(fn(&mut SchemaGenerator) -> Schema),
+    /// A body that is not JSON.
+    Text(&'static TextBody),
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Body::Json(_) => f.write_str("Json"),
+            Body::Text(t) => write!(f, "Text({})", t.media),
+        }
     }
 }
 
+#[derive(Debug)]
+pub struct TextBody {
+    pub media: &'static str,
+    pub description: &'static str,
+}
+
+/// The JSON body of type `T` (request or response).
+const fn json<T: JsonSchema>() -> Option<Body> {
+    Some(Body::Json(SchemaGenerator::subschema_for::<T>))
+}
+
+const METRICS: TextBody = TextBody {
+    media: "text/plain",
+    description: "Prometheus text exposition format",
+};
+const SCRIPT: TextBody = TextBody {
+    media: "application/toml",
+    description: "A login script (TOML); see the README",
+};
+const PNG: TextBody = TextBody {
+    media: "image/png",
+    description: "A PNG image",
+};
+
 use Access::{Admin, Client, Public};
 pub const ROUTES: &[Route] = &[
-    route(
-        "GET",
-        "/healthz",
-        Public,
-        "Liveness check",
-        None,
-        (200, Some("Health")),
-    ),
-    route(
-        "GET",
-        "/metrics",
-        Admin,
-        "Prometheus metrics (text format)",
-        None,
-        (200, Some("Metrics")),
-    ),
-    route(
-        "GET",
-        "/credential/next",
-        Client,
-        "Lease the next usable account's token",
-        None,
-        (200, Some("CredentialLease")),
-    ),
-    route(
-        "POST",
-        "/credential/report",
-        Client,
-        "Report how a leased token fared",
-        Some("Report"),
-        (200, Some("Recorded")),
-    ),
-    route(
-        "DELETE",
-        "/credential/lease/{lease_id}",
-        Client,
-        "Release a lease",
-        None,
-        (204, None),
-    ),
-    route(
-        "GET",
-        "/api/providers",
-        Admin,
-        "List configured providers",
-        None,
-        (200, Some("ProviderList")),
-    ),
-    route(
-        "GET",
-        "/api/accounts",
-        Admin,
-        "List accounts",
-        None,
-        (200, Some("AccountList")),
-    ),
-    route(
-        "POST",
-        "/api/accounts",
-        Admin,
-        "Add an account (pending login)",
-        Some("NewAccount"),
-        (201, Some("Account")),
-    ),
-    route(
-        "GET",
-        "/api/accounts/{id}",
-        Admin,
-        "Get one account",
-        None,
-        (200, Some("Account")),
-    ),
-    route(
-        "PATCH",
-        "/api/accounts/{id}",
-        Admin,
-        "Change label, priority or enabled",
-        Some("AccountPatch"),
-        (200, Some("Account")),
-    ),
-    route(
-        "DELETE",
-        "/api/accounts/{id}",
-        Admin,
-        "Remove an account for good",
-        None,
-        (204, None),
-    ),
-    route(
-        "POST",
-        "/api/accounts/{id}/login",
-        Admin,
-        "Start a login: returns the authorize URL",
-        None,
-        (200, Some("LoginStarted")),
-    ),
-    route(
-        "POST",
-        "/api/accounts/{id}/login/complete",
-        Admin,
-        "Finish a login with the pasted redirect URL",
-        Some("LoginComplete"),
-        (200, Some("Account")),
-    ),
-    route(
-        "POST",
-        "/api/accounts/{id}/refresh",
-        Admin,
-        "Refresh now (waits for the single-flight result)",
-        None,
-        (200, Some("Account")),
-    ),
-    route(
-        "PUT",
-        "/api/accounts/{id}/script",
-        Admin,
-        "Attach a login script (the body is the TOML text)",
-        Some("ScriptText"),
-        (200, Some("ScriptAttached")),
-    ),
-    route(
-        "GET",
-        "/api/accounts/{id}/script",
-        Admin,
-        "The account's login script (TOML)",
-        None,
-        (200, Some("ScriptText")),
-    ),
-    route(
-        "DELETE",
-        "/api/accounts/{id}/script",
-        Admin,
-        "Detach the account's login script",
-        None,
-        (204, None),
-    ),
-    route(
-        "GET",
-        "/api/accounts/{id}/secrets",
-        Admin,
-        "Names of the account's secrets (values are write-only)",
-        None,
-        (200, Some("SecretList")),
-    ),
-    route(
-        "PUT",
-        "/api/accounts/{id}/secrets/{name}",
-        Admin,
-        "Set a secret (write-only)",
-        Some("SecretValue"),
-        (204, None),
-    ),
-    route(
-        "DELETE",
-        "/api/accounts/{id}/secrets/{name}",
-        Admin,
-        "Delete a secret",
-        None,
-        (204, None),
-    ),
-    route(
-        "POST",
-        "/api/accounts/{id}/relogin",
-        Admin,
-        "Log in with the farm's browser now; returns the outcome",
-        None,
-        (200, Some("ReloginDone")),
-    ),
-    route(
-        "GET",
-        "/api/accounts/{id}/browser",
-        Admin,
-        "The account's browser profile and last browser run",
-        None,
-        (200, Some("BrowserInfo")),
-    ),
-    route(
-        "DELETE",
-        "/api/accounts/{id}/browser",
-        Admin,
-        "Wipe the account's browser profile",
-        None,
-        (204, None),
-    ),
-    route(
-        "GET",
-        "/api/accounts/{id}/screenshot",
-        Admin,
-        "The screenshot of the last failed browser relogin",
-        None,
-        (200, Some("Png")),
-    ),
-    route(
-        "GET",
-        "/api/usage",
-        Admin,
-        "Leases and outcomes per account and client",
-        None,
-        (200, Some("Usage")),
-    ),
-    route(
-        "GET",
-        "/api/events",
-        Admin,
-        "Event stream (SSE, Last-Event-ID resume) or JSON with ?since=ID",
-        None,
-        (200, Some("EventList")),
-    ),
-    route(
-        "GET",
-        "/api/webhooks",
-        Admin,
-        "Webhook delivery status",
-        None,
-        (200, Some("WebhookList")),
-    ),
-    route(
-        "GET",
-        "/api/backups",
-        Admin,
-        "Backups of the database, newest first",
-        None,
-        (200, Some("BackupList")),
-    ),
-    route(
-        "POST",
-        "/api/backups",
-        Admin,
-        "Take a backup now (waits for it; prunes beyond backup.keep)",
-        None,
-        (201, Some("Backup")),
-    ),
-    route(
-        "GET",
-        "/api/clients",
-        Admin,
-        "List client keys",
-        None,
-        (200, Some("ClientList")),
-    ),
-    route(
-        "POST",
-        "/api/clients",
-        Admin,
-        "Create a client key (shown once)",
-        Some("NewClient"),
-        (201, Some("ClientCreated")),
-    ),
-    route(
-        "DELETE",
-        "/api/clients/{id}",
-        Admin,
-        "Revoke a client key",
-        None,
-        (204, None),
-    ),
-    route(
-        "GET",
-        "/api/openapi.json",
-        Public,
-        "This document",
-        None,
-        (200, Some("OpenApi")),
-    ),
+    Route {
+        method: "GET",
+        path: "/healthz",
+        access: Public,
+        summary: "Liveness check",
+        request: None,
+        ok: (200, json::<Health>()),
+    },
+    Route {
+        method: "GET",
+        path: "/metrics",
+        access: Admin,
+        summary: "Prometheus metrics (text format)",
+        request: None,
+        ok: (200, Some(Body::Text(&METRICS))),
+    },
+    Route {
+        method: "GET",
+        path: "/credential/next",
+        access: Client,
+        summary: "Lease the next usable account's token",
+        request: None,
+        ok: (200, json::<farm::CredentialLease>()),
+    },
+    Route {
+        method: "POST",
+        path: "/credential/report",
+        access: Client,
+        summary: "Report how a leased token fared",
+        request: json::<types::Report>(),
+        ok: (200, json::<types::Recorded>()),
+    },
+    Route {
+        method: "DELETE",
+        path: "/credential/lease/{lease_id}",
+        access: Client,
+        summary: "Release a lease",
+        request: None,
+        ok: (204, None),
+    },
+    Route {
+        method: "GET",
+        path: "/api/providers",
+        access: Admin,
+        summary: "List configured providers",
+        request: None,
+        ok: (200, json::<Vec<farm::ProviderView>>()),
+    },
+    Route {
+        method: "GET",
+        path: "/api/accounts",
+        access: Admin,
+        summary: "List accounts",
+        request: None,
+        ok: (200, json::<Vec<AccountView>>()),
+    },
+    Route {
+        method: "POST",
+        path: "/api/accounts",
+        access: Admin,
+        summary: "Add an account (pending login)",
+        request: json::<types::NewAccount>(),
+        ok: (201, json::<AccountView>()),
+    },
+    Route {
+        method: "GET",
+        path: "/api/accounts/{id}",
+        access: Admin,
+        summary: "Get one account",
+        request: None,
+        ok: (200, json::<AccountView>()),
+    },
+    Route {
+        method: "PATCH",
+        path: "/api/accounts/{id}",
+        access: Admin,
+        summary: "Change label, priority or enabled",
+        request: json::<farm::AccountPatch>(),
+        ok: (200, json::<AccountView>()),
+    },
+    Route {
+        method: "DELETE",
+        path: "/api/accounts/{id}",
+        access: Admin,
+        summary: "Remove an account for good",
+        request: None,
+        ok: (204, None),
+    },
+    Route {
+        method: "POST",
+        path: "/api/accounts/{id}/login",
+        access: Admin,
+        summary: "Start a login: returns the authorize URL",
+        request: None,
+        ok: (200, json::<farm::LoginStarted>()),
+    },
+    Route {
+        method: "POST",
+        path: "/api/accounts/{id}/login/complete",
+        access: Admin,
+        summary: "Finish a login with the pasted redirect URL",
+        request: json::<types::LoginComplete>(),
+        ok: (200, json::<AccountView>()),
+    },
+    Route {
+        method: "POST",
+        path: "/api/accounts/{id}/refresh",
+        access: Admin,
+        summary: "Refresh now (waits for the single-flight result)",
+        request: None,
+        ok: (200, json::<types::Refreshed>()),
+    },
+    Route {
+        method: "PUT",
+        path: "/api/accounts/{id}/script",
+        access: Admin,
+        summary: "Attach a login script (the body is the TOML text)",
+        request: Some(Body::Text(&SCRIPT)),
+        ok: (200, json::<types::ScriptAttached>()),
+    },
+    Route {
+        method: "GET",
+        path: "/api/accounts/{id}/script",
+        access: Admin,
+        summary: "The account's login script (TOML)",
+        request: None,
+        ok: (200, Some(Body::Text(&SCRIPT))),
+    },
+    Route {
+        method: "DELETE",
+        path: "/api/accounts/{id}/script",
+        access: Admin,
+        summary: "Detach the account's login script",
+        request: None,
+        ok: (204, None),
+    },
+    Route {
+        method: "GET",
+        path: "/api/accounts/{id}/secrets",
+        access: Admin,
+        summary: "Names of the account's secrets (values are write-only)",
+        request: None,
+        ok: (200, json::<Vec<farm::SecretName>>()),
+    },
+    Route {
+        method: "PUT",
+        path: "/api/accounts/{id}/secrets/{name}",
+        access: Admin,
+        summary: "Set a secret (write-only)",
+        request: json::<types::SecretValue>(),
+        ok: (204, None),
+    },
+    Route {
+        method: "DELETE",
+        path: "/api/accounts/{id}/secrets/{name}",
+        access: Admin,
+        summary: "Delete a secret",
+        request: None,
+        ok: (204, None),
+    },
+    Route {
+        method: "POST",
+        path: "/api/accounts/{id}/relogin",
+        access: Admin,
+        summary: "Log in with the farm's browser now; returns the outcome",
+        request: None,
+        ok: (200, json::<types::Relogged>()),
+    },
+    Route {
+        method: "GET",
+        path: "/api/accounts/{id}/browser",
+        access: Admin,
+        summary: "The account's browser profile and last browser run",
+        request: None,
+        ok: (200, json::<farm::BrowserInfo>()),
+    },
+    Route {
+        method: "DELETE",
+        path: "/api/accounts/{id}/browser",
+        access: Admin,
+        summary: "Wipe the account's browser profile",
+        request: None,
+        ok: (204, None),
+    },
+    Route {
+        method: "GET",
+        path: "/api/accounts/{id}/screenshot",
+        access: Admin,
+        summary: "The screenshot of the last failed browser relogin",
+        request: None,
+        ok: (200, Some(Body::Text(&PNG))),
+    },
+    Route {
+        method: "GET",
+        path: "/api/usage",
+        access: Admin,
+        summary: "Leases and outcomes per account and client",
+        request: None,
+        ok: (200, json::<types::Usage>()),
+    },
+    Route {
+        method: "GET",
+        path: "/api/events",
+        access: Admin,
+        summary: "Event stream (SSE, Last-Event-ID resume) or JSON with ?since=ID",
+        request: None,
+        ok: (200, json::<Vec<types::Event>>()),
+    },
+    Route {
+        method: "GET",
+        path: "/api/webhooks",
+        access: Admin,
+        summary: "Webhook delivery status",
+        request: None,
+        ok: (200, json::<Vec<types::Webhook>>()),
+    },
+    Route {
+        method: "GET",
+        path: "/api/backups",
+        access: Admin,
+        summary: "Backups of the database, newest first",
+        request: None,
+        ok: (200, json::<Vec<types::Backup>>()),
+    },
+    Route {
+        method: "POST",
+        path: "/api/backups",
+        access: Admin,
+        summary: "Take a backup now (waits for it; prunes beyond backup.keep)",
+        request: None,
+        ok: (201, json::<types::Backup>()),
+    },
+    Route {
+        method: "GET",
+        path: "/api/clients",
+        access: Admin,
+        summary: "List client keys",
+        request: None,
+        ok: (200, json::<Vec<types::Client>>()),
+    },
+    Route {
+        method: "POST",
+        path: "/api/clients",
+        access: Admin,
+        summary: "Create a client key (shown once)",
+        request: json::<types::NewClient>(),
+        ok: (201, json::<farm::NewClient>()),
+    },
+    Route {
+        method: "DELETE",
+        path: "/api/clients/{id}",
+        access: Admin,
+        summary: "Revoke a client key",
+        request: None,
+        ok: (204, None),
+    },
+    Route {
+        method: "GET",
+        path: "/api/openapi.json",
+        access: Public,
+        summary: "This document",
+        request: None,
+        ok: (200, json::<serde_json::Value>()),
+    },
 ];
 
-/// The method filter of a route in [`ROUTES`]. Building the router through
-/// this makes it panic at startup (and in every test) if a route is not in
-/// the table, and [`routes`] checks that every table row was built: the
-/// router and the document cannot drift apart.
-fn endpoint(
+/// The filters of the route `method path` in [`ROUTES`]: its method check
+/// and its auth filter, built from the row's access and yielding the guard
+/// `G` its handler takes. Building the router through this makes it panic
+/// at startup (and in every test) if a route is not in the table or its
+/// handler's guard is not the row's access, and [`routes`] checks that every
+/// table row was built: the router, its access checks and the document
+/// cannot drift apart.
+fn endpoint<G: auth::Guard>(
     method: &'static str,
     path: &'static str,
+    farm: &Arc<Farm>,
     built: &std::cell::RefCell<Vec<(&'static str, &'static str)>>,
-) -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
-    assert!(
-        ROUTES.iter().any(|r| r.method == method && r.path == path),
-        "route {method} {path} is not in http::ROUTES"
+) -> (
+    impl Filter<Extract = (), Error = warp::Rejection> + Clone,
+    impl Filter<Extract = (G,), Error = warp::Rejection> + Clone,
+) {
+    let row = ROUTES
+        .iter()
+        .find(|r| r.method == method && r.path == path)
+        .unwrap_or_else(|| panic!("route {method} {path} is not in http::ROUTES"));
+    assert_eq!(
+        row.access,
+        G::ACCESS,
+        "the handler of {method} {path} takes the guard of another access than http::ROUTES lists"
     );
     built.borrow_mut().push((method, path));
     let m: warp::http::Method = method.parse().expect("route methods are valid");
-    warp::method()
+    let method_filter = warp::method()
         .and_then(move |got: warp::http::Method| {
             let ok = got == m;
             async move {
@@ -364,46 +402,14 @@ fn endpoint(
                 }
             }
         })
-        .untuple_one()
+        .untuple_one();
+    (method_filter, auth::filter::<G>(row.access, farm.clone()))
 }
 
 /// Rejection for a path that exists with another method (→ 405).
 #[derive(Debug)]
 pub struct WrongMethod;
 impl warp::reject::Reject for WrongMethod {}
-
-/// The caller's `Authorization` header, checked by [`Caller::require`]
-/// inside the handler (so a bad token is a 401 for *this* route, not a
-/// rejection warp would merge with other routes').
-pub struct Caller(Option<String>);
-
-impl Caller {
-    pub fn require(&self, farm: &Farm, access: Access) -> Result<Principal, ApiError> {
-        if access == Access::Public {
-            return Ok(Principal::Admin);
-        }
-        let token = self
-            .0
-            .as_deref()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim);
-        let who = token
-            .filter(|t| !t.is_empty())
-            .and_then(|t| farm.authenticate(t))
-            .ok_or_else(ApiError::unauthorized)?;
-        if access == Access::Admin && who != Principal::Admin {
-            return Err(ApiError::forbidden());
-        }
-        Ok(who)
-    }
-}
-
-fn caller() -> impl Filter<Extract = (Caller,), Error = Infallible> + Clone {
-    warp::header::optional::<String>("authorization")
-        .map(Caller)
-        .or(warp::any().map(|| Caller(None)))
-        .unify()
-}
 
 /// Bodies up to this size are read in full even when over [`MAX_BODY`], so
 /// the client finishes sending and reads its 413; answering before the body
@@ -470,223 +476,106 @@ pub fn text_body(
     })
 }
 
+/// `a.or(b).or(c)...`, each boxed so the type stays small.
+macro_rules! any_of {
+    ($first:expr $(, $rest:expr)* $(,)?) => {
+        $first.boxed() $(.or($rest).unify().boxed())*
+    };
+}
+
 /// The route table.
 pub fn routes(farm: Arc<Farm>) -> BoxedFilter<(Response,)> {
+    use auth::{Admin, Anyone};
     use handlers as h;
     use warp::path;
     let built = std::cell::RefCell::new(Vec::new());
-    let at = |method, p| endpoint(method, p, &built);
-    let farm = warp::any().map(move || farm.clone());
-    let base = || farm.clone().and(caller());
+    let with_farm = {
+        let farm = farm.clone();
+        warp::any().map(move || farm.clone())
+    };
     let raw_query = || warp::query::raw().or(warp::any().map(String::new)).unify();
+
+    // One route: `route!(Guard, "METHOD", "/template", path filter, extra
+    // filters... => handler)`. The handler is called with the path's
+    // parameters, the farm, the extra filters' values, then the guard. The
+    // auth filter runs after the body is read, as a handler would: a client
+    // still sending its body reads the 401 instead of a reset connection.
+    macro_rules! route {
+        ($guard:ty, $method:literal, $template:literal, $path:expr $(, $arg:expr)* => $handler:expr) => {{
+            let (method, auth) = endpoint::<$guard>($method, $template, &farm, &built);
+            $path
+                .and(method)
+                .and(with_farm.clone())
+                $(.and($arg))*
+                .and(auth)
+                .then($handler)
+        }};
+    }
 
     // `/credential/next` is the hot path: it comes first, outside the `or`
     // chain below, so its requests do not walk (and box a future for) every
     // other route on the way.
-    let credential_next = path!("credential" / "next")
-        .and(at("GET", "/credential/next"))
-        .and(base())
-        .and(raw_query())
-        .then(h::credential_next);
-    let others = path!("healthz")
-        .and(at("GET", "/healthz"))
-        .and(farm.clone())
-        .then(h::healthz)
-        .boxed()
-        .or(path!("metrics")
-            .and(at("GET", "/metrics"))
-            .and(base())
-            .then(h::metrics))
-        .unify()
-        .boxed()
-        .or(path!("credential" / "report")
-            .and(at("POST", "/credential/report"))
-            .and(base())
-            .and(json_body())
-            .then(h::credential_report))
-        .unify()
-        .boxed()
-        .or(path!("credential" / "lease" / String)
-            .and(at("DELETE", "/credential/lease/{lease_id}"))
-            .and(base())
-            .then(h::credential_release))
-        .unify()
-        .boxed()
-        .or(path!("api" / "providers")
-            .and(at("GET", "/api/providers"))
-            .and(base())
-            .then(h::providers))
-        .unify()
-        .boxed()
-        .or(path!("api" / "accounts")
-            .and(at("GET", "/api/accounts"))
-            .and(base())
-            .then(h::accounts_list))
-        .unify()
-        .boxed()
-        .or(path!("api" / "accounts")
-            .and(at("POST", "/api/accounts"))
-            .and(base())
-            .and(json_body())
-            .then(h::accounts_add))
-        .unify()
-        .boxed()
-        .or(path!("api" / "accounts" / String)
-            .and(at("GET", "/api/accounts/{id}"))
-            .and(base())
-            .then(h::account_get))
-        .unify()
-        .boxed()
-        .or(path!("api" / "accounts" / String)
-            .and(at("PATCH", "/api/accounts/{id}"))
-            .and(base())
-            .and(json_body())
-            .then(h::account_patch))
-        .unify()
-        .boxed()
-        .or(path!("api" / "accounts" / String)
-            .and(at("DELETE", "/api/accounts/{id}"))
-            .and(base())
-            .then(h::account_delete))
-        .unify()
-        .boxed()
-        .or(path!("api" / "accounts" / String / "login")
-            .and(at("POST", "/api/accounts/{id}/login"))
-            .and(base())
-            .then(h::login_start))
-        .unify()
-        .boxed()
-        .or(path!("api" / "accounts" / String / "login" / "complete")
-            .and(at("POST", "/api/accounts/{id}/login/complete"))
-            .and(base())
-            .and(json_body())
-            .then(h::login_complete))
-        .unify()
-        .boxed()
-        .or(path!("api" / "accounts" / String / "refresh")
-            .and(at("POST", "/api/accounts/{id}/refresh"))
-            .and(base())
-            .then(h::account_refresh))
-        .unify()
-        .boxed()
-        .or(path!("api" / "accounts" / String / "script")
-            .and(at("PUT", "/api/accounts/{id}/script"))
-            .and(base())
-            .and(text_body())
-            .then(h::script_put))
-        .unify()
-        .boxed()
-        .or(path!("api" / "accounts" / String / "script")
-            .and(at("GET", "/api/accounts/{id}/script"))
-            .and(base())
-            .then(h::script_get))
-        .unify()
-        .boxed()
-        .or(path!("api" / "accounts" / String / "script")
-            .and(at("DELETE", "/api/accounts/{id}/script"))
-            .and(base())
-            .then(h::script_delete))
-        .unify()
-        .boxed()
-        .or(path!("api" / "accounts" / String / "secrets")
-            .and(at("GET", "/api/accounts/{id}/secrets"))
-            .and(base())
-            .then(h::secrets_list))
-        .unify()
-        .boxed()
-        .or(path!("api" / "accounts" / String / "secrets" / String)
-            .and(at("PUT", "/api/accounts/{id}/secrets/{name}"))
-            .and(base())
-            .and(json_body())
-            .then(h::secret_put))
-        .unify()
-        .boxed()
-        .or(path!("api" / "accounts" / String / "secrets" / String)
-            .and(at("DELETE", "/api/accounts/{id}/secrets/{name}"))
-            .and(base())
-            .then(h::secret_delete))
-        .unify()
-        .boxed()
-        .or(path!("api" / "accounts" / String / "relogin")
-            .and(at("POST", "/api/accounts/{id}/relogin"))
-            .and(base())
-            .then(h::relogin))
-        .unify()
-        .boxed()
-        .or(path!("api" / "accounts" / String / "browser")
-            .and(at("GET", "/api/accounts/{id}/browser"))
-            .and(base())
-            .then(h::browser_info))
-        .unify()
-        .boxed()
-        .or(path!("api" / "accounts" / String / "browser")
-            .and(at("DELETE", "/api/accounts/{id}/browser"))
-            .and(base())
-            .then(h::browser_reset))
-        .unify()
-        .boxed()
-        .or(path!("api" / "accounts" / String / "screenshot")
-            .and(at("GET", "/api/accounts/{id}/screenshot"))
-            .and(base())
-            .then(h::screenshot))
-        .unify()
-        .boxed()
-        .or(path!("api" / "usage")
-            .and(at("GET", "/api/usage"))
-            .and(base())
-            .then(h::usage))
-        .unify()
-        .boxed()
-        .or(path!("api" / "events")
-            .and(at("GET", "/api/events"))
-            .and(base())
-            .and(raw_query())
-            .and(warp::header::optional::<String>("last-event-id"))
-            .then(h::events))
-        .unify()
-        .boxed()
-        .or(path!("api" / "webhooks")
-            .and(at("GET", "/api/webhooks"))
-            .and(base())
-            .then(h::webhooks))
-        .unify()
-        .boxed()
-        .or(path!("api" / "backups")
-            .and(at("GET", "/api/backups"))
-            .and(base())
-            .then(h::backups_list))
-        .unify()
-        .boxed()
-        .or(path!("api" / "backups")
-            .and(at("POST", "/api/backups"))
-            .and(base())
-            .then(h::backups_create))
-        .unify()
-        .boxed()
-        .or(path!("api" / "clients")
-            .and(at("GET", "/api/clients"))
-            .and(base())
-            .then(h::clients_list))
-        .unify()
-        .boxed()
-        .or(path!("api" / "clients")
-            .and(at("POST", "/api/clients"))
-            .and(base())
-            .and(json_body())
-            .then(h::clients_add))
-        .unify()
-        .boxed()
-        .or(path!("api" / "clients" / String)
-            .and(at("DELETE", "/api/clients/{id}"))
-            .and(base())
-            .then(h::clients_revoke))
-        .unify()
-        .boxed()
-        .or(path!("api" / "openapi.json")
-            .and(at("GET", "/api/openapi.json"))
-            .then(h::openapi))
-        .unify()
-        .boxed();
+    let credential_next = route!(Principal, "GET", "/credential/next",
+        path!("credential" / "next"), raw_query() => h::credential_next);
+    let others = any_of![
+        route!(Anyone, "GET", "/healthz", path!("healthz") => h::healthz),
+        route!(Admin, "GET", "/metrics", path!("metrics") => h::metrics),
+        route!(Principal, "POST", "/credential/report",
+            path!("credential" / "report"), json_body() => h::credential_report),
+        route!(Principal, "DELETE", "/credential/lease/{lease_id}",
+            path!("credential" / "lease" / String) => h::credential_release),
+        route!(Admin, "GET", "/api/providers", path!("api" / "providers") => h::providers),
+        route!(Admin, "GET", "/api/accounts", path!("api" / "accounts") => h::accounts_list),
+        route!(Admin, "POST", "/api/accounts",
+            path!("api" / "accounts"), json_body() => h::accounts_add),
+        route!(Admin, "GET", "/api/accounts/{id}",
+            path!("api" / "accounts" / String) => h::account_get),
+        route!(Admin, "PATCH", "/api/accounts/{id}",
+            path!("api" / "accounts" / String), json_body() => h::account_patch),
+        route!(Admin, "DELETE", "/api/accounts/{id}",
+            path!("api" / "accounts" / String) => h::account_delete),
+        route!(Admin, "POST", "/api/accounts/{id}/login",
+            path!("api" / "accounts" / String / "login") => h::login_start),
+        route!(Admin, "POST", "/api/accounts/{id}/login/complete",
+            path!("api" / "accounts" / String / "login" / "complete"), json_body()
+            => h::login_complete),
+        route!(Admin, "POST", "/api/accounts/{id}/refresh",
+            path!("api" / "accounts" / String / "refresh") => h::account_refresh),
+        route!(Admin, "PUT", "/api/accounts/{id}/script",
+            path!("api" / "accounts" / String / "script"), text_body() => h::script_put),
+        route!(Admin, "GET", "/api/accounts/{id}/script",
+            path!("api" / "accounts" / String / "script") => h::script_get),
+        route!(Admin, "DELETE", "/api/accounts/{id}/script",
+            path!("api" / "accounts" / String / "script") => h::script_delete),
+        route!(Admin, "GET", "/api/accounts/{id}/secrets",
+            path!("api" / "accounts" / String / "secrets") => h::secrets_list),
+        route!(Admin, "PUT", "/api/accounts/{id}/secrets/{name}",
+            path!("api" / "accounts" / String / "secrets" / String), json_body()
+            => h::secret_put),
+        route!(Admin, "DELETE", "/api/accounts/{id}/secrets/{name}",
+            path!("api" / "accounts" / String / "secrets" / String) => h::secret_delete),
+        route!(Admin, "POST", "/api/accounts/{id}/relogin",
+            path!("api" / "accounts" / String / "relogin") => h::relogin),
+        route!(Admin, "GET", "/api/accounts/{id}/browser",
+            path!("api" / "accounts" / String / "browser") => h::browser_info),
+        route!(Admin, "DELETE", "/api/accounts/{id}/browser",
+            path!("api" / "accounts" / String / "browser") => h::browser_reset),
+        route!(Admin, "GET", "/api/accounts/{id}/screenshot",
+            path!("api" / "accounts" / String / "screenshot") => h::screenshot),
+        route!(Admin, "GET", "/api/usage", path!("api" / "usage") => h::usage),
+        route!(Admin, "GET", "/api/events", path!("api" / "events"), raw_query(),
+            warp::header::optional::<String>("last-event-id") => h::events),
+        route!(Admin, "GET", "/api/webhooks", path!("api" / "webhooks") => h::webhooks),
+        route!(Admin, "GET", "/api/backups", path!("api" / "backups") => h::backups_list),
+        route!(Admin, "POST", "/api/backups", path!("api" / "backups") => h::backups_create),
+        route!(Admin, "GET", "/api/clients", path!("api" / "clients") => h::clients_list),
+        route!(Admin, "POST", "/api/clients",
+            path!("api" / "clients"), json_body() => h::clients_add),
+        route!(Admin, "DELETE", "/api/clients/{id}",
+            path!("api" / "clients" / String) => h::clients_revoke),
+        route!(Anyone, "GET", "/api/openapi.json",
+            path!("api" / "openapi.json") => h::openapi),
+    ];
     let table = credential_next.or(others).unify();
 
     let built = built.into_inner();

@@ -1,21 +1,54 @@
 //! `GET /api/openapi.json`: the OpenAPI 3.1 document, generated from the
-//! route table ([`super::ROUTES`]) plus the schemas below, so a route
-//! cannot be served without being documented (the router is built from the
-//! same table and checks it, see `http::endpoint`).
+//! route table ([`super::ROUTES`]), with `components/schemas` derived from
+//! the Rust types each row names (`schemars`): a route cannot be served
+//! without being documented (the router is built from the same table and
+//! checks it, see `http::endpoint`), and an answer cannot drift from its
+//! schema without a field of its type changing both.
 
 use std::sync::LazyLock;
 
+use schemars::generate::SchemaSettings;
+use schemars::SchemaGenerator;
 use serde_json::{json, Map, Value};
 
-use super::{Access, ROUTES};
+use super::{Access, Body, ROUTES};
 
 pub static DOCUMENT: LazyLock<Value> = LazyLock::new(document);
 
+/// Where the schemas live in the document.
+const SCHEMAS: &str = "/components/schemas";
+
+/// Request bodies are described as they are read (`deny_unknown_fields`
+/// → no other properties), answers as they are written.
+struct Generators {
+    request: SchemaGenerator,
+    answer: SchemaGenerator,
+}
+
 fn document() -> Value {
+    let settings = SchemaSettings::draft2020_12().with(|s| {
+        s.definitions_path = SCHEMAS.into();
+        s.meta_schema = None;
+    });
+    let mut gens = Generators {
+        request: settings.clone().for_deserialize().into_generator(),
+        answer: settings.for_serialize().into_generator(),
+    };
+    let error = gens.answer.subschema_for::<super::error::Body>().to_value();
     let mut paths = Map::new();
     for r in ROUTES {
         let item = paths.entry(r.path.to_string()).or_insert_with(|| json!({}));
-        item[r.method.to_ascii_lowercase()] = operation(r);
+        item[r.method.to_ascii_lowercase()] = operation(r, &mut gens, &error);
+    }
+    let mut schemas = gens.answer.take_definitions(true);
+    for (name, schema) in gens.request.take_definitions(true) {
+        if let Some(other) = schemas.get(&name) {
+            assert_eq!(
+                other, &schema,
+                "two types are documented as schema {name}: rename one"
+            );
+        }
+        schemas.insert(name, schema);
     }
     json!({
         "openapi": "3.1.0",
@@ -31,16 +64,26 @@ fn document() -> Value {
                 "admin": {"type": "http", "scheme": "bearer", "description": "The admin token"},
                 "client": {"type": "http", "scheme": "bearer", "description": "A client key (or the admin token)"}
             },
-            "schemas": schemas()
+            "schemas": schemas
         }
     })
 }
 
-fn schema_ref(name: &str) -> Value {
-    json!({"$ref": format!("#/components/schemas/{name}")})
+/// The `content` of a body: its media type and schema.
+fn content(body: Body, generator: &mut SchemaGenerator) -> Value {
+    match body {
+        Body::Json(schema) => json!({"application/json": {"schema": schema(generator).to_value()}}),
+        Body::Text(t) => {
+            let mut schema = json!({"type": "string", "description": t.description});
+            if !t.media.starts_with("text/") && t.media != "application/toml" {
+                schema["contentMediaType"] = json!(t.media);
+            }
+            json!({t.media: {"schema": schema}})
+        }
+    }
 }
 
-fn operation(r: &super::Route) -> Value {
+fn operation(r: &super::Route, gens: &mut Generators, error: &Value) -> Value {
     let mut op = json!({
         "summary": r.summary,
         "operationId": format!("{} {}", r.method, r.path),
@@ -66,24 +109,12 @@ fn operation(r: &super::Route) -> Value {
         op["parameters"] = Value::Array(params);
     }
     if let Some(req) = r.request {
-        let media = if req == "ScriptText" {
-            "application/toml"
-        } else {
-            "application/json"
-        };
-        op["requestBody"] =
-            json!({"required": true, "content": {media: {"schema": schema_ref(req)}}});
+        op["requestBody"] = json!({"required": true, "content": content(req, &mut gens.request)});
     }
     let (status, body) = r.ok;
-    let content_type = match body {
-        Some("Metrics") => "text/plain",
-        Some("ScriptText") => "application/toml",
-        Some("Png") => "image/png",
-        _ => "application/json",
-    };
     let mut ok = json!({"description": "success"});
-    if let Some(name) = body {
-        ok["content"] = json!({content_type: {"schema": schema_ref(name)}});
+    if let Some(body) = body {
+        ok["content"] = content(body, &mut gens.answer);
         if r.path == "/api/events" {
             ok["content"]["text/event-stream"] = json!({"schema": {"type": "string"}});
         }
@@ -115,133 +146,36 @@ fn operation(r: &super::Route) -> Value {
             "no account can serve now; see Retry-After and retry_after_s",
         ));
     }
-    if r.path == "/credential/report" {
-        errors.push(("404", "unknown lease, or another client's"));
-        errors.push((
-            "409",
-            "lease_closed: the lease was released, has expired, or its account was removed; nothing is recorded",
-        ));
+    // The routes that wait for the provider, the browser or the disk.
+    match (r.method, r.path) {
+        ("POST", "/api/accounts") => {
+            errors.push(("409", "the provider has an account with this label"))
+        }
+        ("POST", "/api/accounts/{id}/login/complete") => {
+            errors.push(("502", "the provider refused the login"))
+        }
+        ("POST", "/api/accounts/{id}/refresh") => {
+            errors.push(("502", "the provider refused or failed the refresh"))
+        }
+        ("POST", "/api/accounts/{id}/relogin") => {
+            errors.push(("409", "the browser is off or the account is busy"));
+            errors.push(("502", "the browser relogin failed (see last_error)"));
+        }
+        ("POST", "/api/backups") => errors.push(("500", "the backup failed")),
+        ("POST", "/credential/report") => {
+            errors.push(("404", "unknown lease, or another client's"));
+            errors.push((
+                "409",
+                "lease_closed: the lease was released, has expired, or its account was removed; nothing is recorded",
+            ));
+        }
+        _ => {}
     }
     for (code, description) in errors {
-        op["responses"][code] = json!({"description": description, "content": {"application/json": {"schema": schema_ref("Error")}}});
+        op["responses"][code] =
+            json!({"description": description, "content": {"application/json": {"schema": error}}});
     }
     op
-}
-
-fn dt() -> Value {
-    json!({"type": ["string", "null"], "format": "date-time"})
-}
-
-fn schemas() -> Value {
-    let account = json!({
-        "type": "object",
-        "required": ["id", "provider", "label", "state", "priority", "enabled", "leases_24h"],
-        "properties": {
-            "id": {"type": "integer"},
-            "provider": {"type": "string"},
-            "label": {"type": "string"},
-            "state": {"enum": ["healthy", "refreshing", "cooling_down", "pending_login", "needs_relogin", "needs_human", "disabled"]},
-            "priority": {"type": "integer"},
-            "enabled": {"type": "boolean"},
-            "expires_at": dt(),
-            "cooldown_until": dt(),
-            "last_refresh_at": dt(),
-            "last_used_at": dt(),
-            "last_error": {"type": ["object", "null"], "properties": {"at": dt(), "message": {"type": "string"},
-                "screenshot": {"type": ["string", "null"], "description": "path of GET /api/accounts/{id}/screenshot"}}},
-            "leases_24h": {"type": "integer"},
-            "has_refresh_token": {"type": "boolean"},
-            "generation": {"type": "integer"},
-            "created_at": dt()
-        }
-    });
-    let counts = json!({"type": "object", "properties": {
-        "leases": {"type": "integer"}, "ok": {"type": "integer"}, "rate_limited": {"type": "integer"},
-        "unauthorized": {"type": "integer"}, "error": {"type": "integer"}}});
-    let usage_row = json!({"type": "object", "properties": {"id": {"type": ["integer", "null"]}, "last_hour": counts, "last_day": counts}});
-    let event = json!({"type": "object", "required": ["id", "at", "kind", "detail"], "properties": {
-        "id": {"type": "integer"}, "at": dt(), "kind": {"enum": crate::events::EventKind::NAMES},
-        "account_id": {"type": ["integer", "null"]}, "detail": {"type": "string"}}});
-    let client = json!({"type": "object", "required": ["id", "name", "created_at"], "properties": {
-        "id": {"type": "integer"}, "name": {"type": "string"}, "created_at": dt(), "revoked_at": dt()}});
-    let mut all = json!({
-        "Error": {"type": "object", "required": ["error", "detail"], "properties": {
-            "error": {"type": "string"}, "detail": {"type": "string"}, "retry_after_s": {"type": "integer"}}},
-        "Health": {"type": "object", "properties": {"status": {"enum": ["ok", "degraded"]}, "accounts": {"type": "integer"},
-            "detail": {"type": "string", "description": "Why it is degraded (then the status is 503)"}}},
-        "Metrics": {"type": "string", "description": "Prometheus text exposition format"},
-        "CredentialLease": {"type": "object",
-            "required": ["account_id", "label", "provider", "access_token", "token_type", "expires_at", "lease_id", "lease_expires_at"],
-            "properties": {
-                "account_id": {"type": "integer"}, "label": {"type": "string"}, "provider": {"type": "string"},
-                "access_token": {"type": "string"}, "token_type": {"type": "string"}, "expires_at": dt(),
-                "lease_id": {"type": "string"}, "lease_expires_at": dt()}},
-        "Report": {"type": "object", "required": ["lease_id", "outcome"], "additionalProperties": false, "properties": {
-            "lease_id": {"type": "string"},
-            "outcome": {"enum": crate::store::leases::Outcome::NAMES},
-            "retry_after_s": {"type": "integer", "minimum": 0}}},
-        "Recorded": {"type": "object", "properties": {"recorded": {"const": true}}},
-        "ProviderList": {"type": "array", "items": {"type": "object", "properties": {
-            "name": {"type": "string"}, "client_id": {"type": "string"}, "redirect_uri": {"type": "string"},
-            "scopes": {"type": "array", "items": {"type": "string"}}}}},
-        "Account": account,
-        "AccountList": {"type": "array", "items": schema_ref("Account")},
-        "NewAccount": {"type": "object", "required": ["provider", "label"], "additionalProperties": false, "properties": {
-            "provider": {"type": "string"}, "label": {"type": "string", "minLength": 1, "maxLength": 100},
-            "priority": {"type": "integer"}}},
-        "AccountPatch": {"type": "object", "additionalProperties": false, "properties": {
-            "label": {"type": "string"}, "priority": {"type": "integer"}, "enabled": {"type": "boolean"}}},
-        "LoginStarted": {"type": "object", "properties": {
-            "account_id": {"type": "integer"}, "authorize_url": {"type": "string"}, "expires_at": dt(),
-            "listening": {"type": "boolean"}}},
-        "LoginComplete": {"type": "object", "required": ["redirect_url"], "additionalProperties": false, "properties": {
-            "redirect_url": {"type": "string"}}},
-        "Usage": {"type": "object", "properties": {
-            "generated_at": dt(),
-            "per_account": {"type": "array", "items": usage_row},
-            "per_client": {"type": "array", "items": usage_row},
-            "recent": {"type": "array", "items": {"type": "object", "properties": {
-                "lease_id": {"type": "string"}, "account_id": {"type": "integer"}, "client_id": {"type": ["integer", "null"]},
-                "session": {"type": ["string", "null"]}, "issued_at": dt(), "expires_at": dt(), "released_at": dt(),
-                "outcome": {"type": ["string", "null"]}}}}}},
-        "Event": event,
-        "EventList": {"type": "array", "items": schema_ref("Event")},
-        "WebhookList": {"type": "array", "items": {"type": "object", "properties": {
-            "index": {"type": "integer"}, "target": {"type": "string"}, "events": {"type": "array", "items": {"type": "string"}},
-            "delivered": {"type": "integer"}, "failed_attempts": {"type": "integer"}, "given_up": {"type": "integer"},
-            "dropped": {"type": "integer"}, "last_success_at": dt(), "last_error": {"type": ["string", "null"]},
-            "last_error_at": dt()}}},
-        "Client": client,
-        "ClientList": {"type": "array", "items": schema_ref("Client")},
-        "NewClient": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
-            "name": {"type": "string", "minLength": 1, "maxLength": 100}}},
-        "ClientCreated": {"type": "object", "required": ["id", "name", "key"], "properties": {
-            "id": {"type": "integer"}, "name": {"type": "string"},
-            "key": {"type": "string", "description": "Shown once; only its hash is stored"}}},
-        "ScriptText": {"type": "string", "description": "A login script (TOML); see the README"},
-        "ScriptAttached": {"type": "object", "properties": {
-            "account_id": {"type": "integer"}, "steps": {"type": "integer"},
-            "required_secrets": {"type": "array", "items": {"type": "string"}},
-            "missing_secrets": {"type": "array", "items": {"type": "string"}}}},
-        "SecretList": {"type": "array", "items": {"type": "object", "properties": {
-            "name": {"type": "string"}, "updated_at": dt()}}},
-        "SecretValue": {"type": "object", "required": ["value"], "additionalProperties": false, "properties": {
-            "value": {"type": "string"}}},
-        "ReloginDone": {"type": "object", "description": "The account, plus `relogin`: {elapsed_ms, steps_acted, session_expires_at}"},
-        "BrowserInfo": {"type": "object", "properties": {
-            "account_id": {"type": "integer"}, "browser_enabled": {"type": "boolean"}, "has_login_script": {"type": "boolean"},
-            "profile_present": {"type": "boolean"}, "profile_bytes": {"type": "integer"},
-            "in_use_by": {"type": ["string", "null"]}, "last_run_at": dt(), "last_outcome": {"type": ["string", "null"]},
-            "session_expires_at": dt()}},
-        "Png": {"type": "string", "contentMediaType": "image/png"},
-        "OpenApi": {"type": "object"}
-    });
-    // Added outside the literal above, which is at `json!`'s recursion limit.
-    all["Backup"] = json!({"type": "object", "required": ["file", "bytes", "created_at"], "properties": {
-        "file": {"type": "string", "description": "File name in backup.dir"}, "bytes": {"type": "integer"},
-        "created_at": dt()}});
-    all["BackupList"] = json!({"type": "array", "items": schema_ref("Backup")});
-    all
 }
 
 #[cfg(test)]

@@ -80,7 +80,7 @@ pub fn stream(
         let frame = sse::Event::default()
             .id(ev.id.to_string())
             .event(ev.kind.as_str())
-            .json_data(&ev)
+            .json_data(super::types::Event::from(&ev))
             .unwrap_or_else(|_| sse::Event::default().comment("unserializable event"));
         Some((Ok(frame), c))
     })

@@ -434,17 +434,6 @@ crate::named_enum! {
         Unauthorized = "unauthorized",
         Error = "error",
     }
-
-    pub fn parse(s: &str) -> Option<Outcome> {
-        [
-            Outcome::Ok,
-            Outcome::RateLimited,
-            Outcome::Unauthorized,
-            Outcome::Error,
-        ]
-        .into_iter()
-        .find(|o| o.as_str() == s)
-    }
 }
 
 #[derive(Clone, Debug)]

@@ -135,7 +135,7 @@ fn count_between(conn: &Connection, from: Edge, to: Edge) -> Result<Vec<Counted>
     })?;
     for row in rows {
         let (account, client, outcome, n) = row?;
-        if let Some(outcome) = Outcome::parse(&outcome) {
+        if let Ok(outcome) = outcome.parse::<Outcome>() {
             out.push((account, client, Tick::Report(outcome), n));
         }
     }
@@ -212,7 +212,7 @@ impl Tally {
                 outcome: r
                     .get::<_, Option<String>>(8)?
                     .as_deref()
-                    .and_then(Outcome::parse),
+                    .and_then(|o| o.parse::<Outcome>().ok()),
             })
         })?;
         let mut recent = rows.collect::<rusqlite::Result<VecDeque<_>>>()?;

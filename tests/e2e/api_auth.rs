@@ -147,3 +147,26 @@ fn a_revoked_client_key_is_401() {
         "healthy"
     );
 }
+
+/// The `Bearer` scheme is case-insensitive (RFC 9110 §11.1), for the admin
+/// token and client keys alike.
+#[test]
+fn the_bearer_scheme_is_matched_case_insensitively() {
+    let bed = Bed::start(Settings::default());
+    bed.logged_in(&["tess"]);
+    let (_, key) = bed.new_client("worker");
+    let admin = bed.admin_token.as_str();
+    for scheme in ["bearer", "BEARER", "bEaReR"] {
+        let as_admin = bed
+            .admin()
+            .with_authorization(Some(&format!("{scheme} {admin}")));
+        as_admin.get("/api/accounts").ok();
+        let as_client = bed
+            .admin()
+            .with_authorization(Some(&format!("{scheme}  {key}")));
+        as_client.lease(PROVIDER, None);
+        as_client
+            .get("/api/accounts")
+            .expect_error(403, "forbidden");
+    }
+}

@@ -99,7 +99,7 @@ fn concurrent_refresh_triggers_send_exactly_one_grant() {
     assert!(
         outcomes
             .iter()
-            .all(|o| ["refreshed", "alreadyfresh"].contains(o)),
+            .all(|o| ["refreshed", "already_fresh"].contains(o)),
         "unexpected refresh outcomes {outcomes:?}"
     );
     assert!(

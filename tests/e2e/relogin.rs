@@ -17,6 +17,7 @@ use reqwest::Method;
 
 use crate::browser_engine::support::chromium_pids_under;
 use crate::support::bed::BrowserSettings;
+use crate::support::schema::validate_answer;
 use crate::support::{
     int_of, json, poll, secs, str_of, wait_for, Bed, Resp, Settings, Value, PROVIDER,
 };
@@ -121,9 +122,13 @@ fn scripted_account(bed: &Bed, user: &str, secrets: &[(&str, &str)], script: &st
 /// `POST /api/accounts/{id}/relogin`, which must succeed; the account, with
 /// the run's outcome under `relogin`.
 fn relogin(bed: &Bed, id: i64) -> Value {
-    bed.admin()
-        .post(&format!("/api/accounts/{id}/relogin"), json!({}))
-        .ok()
+    let resp = bed
+        .admin()
+        .post(&format!("/api/accounts/{id}/relogin"), json!({}));
+    let doc = bed.api(None).get("/api/openapi.json").ok();
+    let problems = validate_answer(&doc, "POST", "/api/accounts/{id}/relogin", &resp);
+    assert!(problems.is_empty(), "{problems:?}");
+    resp.ok()
 }
 
 fn steps_acted(relogin_answer: &Value) -> i64 {

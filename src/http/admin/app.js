@@ -254,7 +254,7 @@
   const ACTIONS = {
     refresh: (a, b) => act(b, `Refresh ${a.label}`, async () => {
       const v = await api('POST', `/api/accounts/${a.id}/refresh`);
-      const how = { refreshed: 'new token', alreadyfresh: 'already fresh' }[v.refresh] || v.refresh || 'done';
+      const how = { refreshed: 'new token', already_fresh: 'already fresh' }[v.refresh] || v.refresh || 'done';
       note(`${a.label} refreshed (${how}); now ${stateText(v.state)}.`);
       await reload();
     }),

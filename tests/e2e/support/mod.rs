@@ -18,6 +18,7 @@ pub mod farm;
 pub mod process;
 pub mod provider;
 pub mod receiver;
+pub mod schema;
 pub mod sse;
 
 use std::net::TcpListener;
