@@ -1,5 +1,10 @@
 //! relogin-farm's configuration.
 //!
+//! Each `[section]` is declared once, as a `config_section!` table of its
+//! keys (see "The key tables" below): the struct, its defaults, the reading,
+//! the environment variable names and the README's key table all come from
+//! it.
+//!
 //! Layers, lowest first: built-in defaults, the TOML file, `RELOGIN_FARM_*`
 //! environment variables, command-line flags ([`Overrides`]). The file is
 //! parsed into a plain [`toml::Table`] and read key by key through a
@@ -225,7 +230,7 @@ pub enum ConfigError {
 type Result<T, E = ConfigError> = std::result::Result<T, E>;
 
 // ---------------------------------------------------------------------------
-// Defaults
+// Defaults outside the key tables: the repeated blocks, derived defaults
 // ---------------------------------------------------------------------------
 
 const fn minutes(n: u64) -> Duration {
