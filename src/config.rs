@@ -1258,23 +1258,11 @@ fn read_secret_file(name: &str, path: PathBuf) -> Result<Secret> {
             reason: "empty path".to_owned(),
         });
     }
-    let mut text = match fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(source) => {
-            return Err(ConfigError::SecretFile {
-                key: name.to_owned(),
-                path,
-                source,
-            })
-        }
-    };
-    if text.ends_with('\n') {
-        text.pop();
-        if text.ends_with('\r') {
-            text.pop();
-        }
-    }
-    Ok(Secret::new(text))
+    crate::secret::read_secret_file(&path).map_err(|source| ConfigError::SecretFile {
+        key: name.to_owned(),
+        path,
+        source,
+    })
 }
 
 /// Only the shape is checked (base64, standard or URL-safe alphabet, padding

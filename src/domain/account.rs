@@ -54,6 +54,9 @@ pub enum DisplayState {
     PendingLogin,
     NeedsRelogin,
     NeedsHuman,
+    /// `Active`, but the token is past its expiry: nothing can be served
+    /// until a refresh or a login replaces it.
+    Expired,
     Refreshing,
     CoolingDown,
     Healthy,
@@ -66,17 +69,19 @@ impl DisplayState {
             DisplayState::PendingLogin => "pending_login",
             DisplayState::NeedsRelogin => "needs_relogin",
             DisplayState::NeedsHuman => "needs_human",
+            DisplayState::Expired => "expired",
             DisplayState::Refreshing => "refreshing",
             DisplayState::CoolingDown => "cooling_down",
             DisplayState::Healthy => "healthy",
         }
     }
 
-    pub const ALL: [DisplayState; 7] = [
+    pub const ALL: [DisplayState; 8] = [
         DisplayState::Disabled,
         DisplayState::PendingLogin,
         DisplayState::NeedsRelogin,
         DisplayState::NeedsHuman,
+        DisplayState::Expired,
         DisplayState::Refreshing,
         DisplayState::CoolingDown,
         DisplayState::Healthy,
@@ -206,7 +211,12 @@ impl Account {
             AuthState::NeedsHuman => return DisplayState::NeedsHuman,
             AuthState::Active => {}
         }
-        if self.refreshing {
+        // The stored state says `Active`, but a token past its expiry is
+        // dead whatever the farm believes: say so (a refresh in flight or a
+        // cooldown is the lesser news).
+        if self.tokens.as_ref().is_none_or(|t| t.expires_at <= now) {
+            DisplayState::Expired
+        } else if self.refreshing {
             DisplayState::Refreshing
         } else if self.is_cooling_down(now) {
             DisplayState::CoolingDown
@@ -277,6 +287,39 @@ mod tests {
         assert_eq!(a.display_state(now), DisplayState::NeedsRelogin);
         a.enabled = false;
         assert_eq!(a.display_state(now), DisplayState::Disabled);
+    }
+
+    #[test]
+    fn an_active_account_past_its_expiry_shows_expired() {
+        let now = Utc::now();
+        let mut a = active(now);
+        let expiry = a.expires_at().unwrap();
+        assert_eq!(
+            a.display_state(expiry - Duration::milliseconds(1)),
+            DisplayState::Healthy
+        );
+        assert_eq!(a.display_state(expiry), DisplayState::Expired);
+        assert_eq!(
+            a.display_state(expiry + Duration::seconds(40)),
+            DisplayState::Expired,
+            "the stored state still says active"
+        );
+        assert_eq!(a.auth, AuthState::Active);
+        a.refreshing = true;
+        a.cooldown_until = Some(expiry + Duration::hours(1));
+        assert_eq!(
+            a.display_state(expiry + Duration::seconds(1)),
+            DisplayState::Expired
+        );
+        a.auth = AuthState::NeedsRelogin;
+        assert_eq!(
+            a.display_state(expiry + Duration::seconds(1)),
+            DisplayState::NeedsRelogin,
+            "a dead refresh token is the more useful news"
+        );
+        a.auth = AuthState::Active;
+        a.tokens = None;
+        assert_eq!(a.display_state(now), DisplayState::Expired);
     }
 
     #[test]

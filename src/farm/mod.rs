@@ -57,6 +57,10 @@ pub enum FarmError {
     InvalidScript(String),
     #[error("browser relogin failed: {0}")]
     Relogin(String),
+    /// The farm's configuration names something it cannot use (say, an
+    /// unreadable file); the message names the key and the path.
+    #[error("configuration error: {0}")]
+    Config(String),
     #[error("refresh failed: {0}")]
     Refresh(#[source] OAuthError),
     #[error(transparent)]
@@ -80,6 +84,9 @@ pub struct Farm {
     pub(crate) lease_log: LeaseLog,
     pub(crate) providers: BTreeMap<String, Arc<Provider>>,
     state: Mutex<State>,
+    /// Held by [`Farm::update_account`] from its store write to its memory
+    /// change: durable account changes reach disk and memory in one order.
+    account_writes: Mutex<()>,
     /// One async lock per account: holding it is the right to send a
     /// refresh grant for that account.
     refresh_locks: Mutex<HashMap<AccountId, Arc<tokio::sync::Mutex<()>>>>,
@@ -160,6 +167,7 @@ impl Farm {
             lease_log,
             providers,
             state: Mutex::new(state),
+            account_writes: Mutex::default(),
             refresh_locks: Mutex::default(),
             logins: login::PendingLogins::default(),
             clients,
@@ -196,17 +204,26 @@ impl Farm {
         Ok(f(a))
     }
 
-    /// Applies `f` to the account in memory, then writes it through.
+    /// Changes an account durably: disk first, then memory. `f` is applied
+    /// to a copy, the copy is written to the store, and only then is `f`
+    /// applied to the account in memory, so a failed write leaves memory
+    /// as it was (the API never answers 500 while serving the change).
+    /// `f` runs twice: it must only set fields, with any clock reading or
+    /// randomness taken outside it. Writers take `account_writes`, so disk
+    /// and memory see them in the same order.
     pub(crate) fn update_account<T>(
         &self,
         id: AccountId,
-        f: impl FnOnce(&mut Account) -> T,
+        f: impl Fn(&mut Account) -> T,
     ) -> Result<T> {
-        let (out, snapshot) = self.with_account(id, |a| {
-            let out = f(a);
-            (out, a.clone())
-        })?;
-        self.store.update_account(&snapshot)?;
+        let _in_order = self
+            .account_writes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut copy = self.with_account(id, |a| a.clone())?;
+        f(&mut copy);
+        self.store.update_account(&copy)?;
+        let out = self.with_account(id, f)?;
         self.scheduler_wake.notify_one();
         Ok(out)
     }
@@ -284,6 +301,51 @@ pub(crate) fn test_farm(dir: &std::path::Path, extra_toml: &str) -> Arc<Farm> {
 
 #[cfg(test)]
 mod tests {
+    /// A store that refuses every account update: a trigger in the real
+    /// database, added through a second SQLite connection.
+    fn refuse_account_updates(farm: &super::Farm) {
+        let conn = rusqlite::Connection::open(farm.store.path()).unwrap();
+        conn.execute_batch(
+            "CREATE TRIGGER refuse BEFORE UPDATE ON accounts \
+             BEGIN SELECT RAISE(ABORT, 'the disk refuses'); END;",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_failed_store_write_leaves_memory_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let farm = super::test_farm(
+            dir.path(),
+            "[[provider]]\nname = \"demo\"\nissuer = \"http://127.0.0.1:19000\"\n\
+             client_id = \"c\"\nredirect_uri = \"http://127.0.0.1:18765/callback\"\n",
+        );
+        let id = farm.add_account("demo", "alice", 3).unwrap().id;
+        refuse_account_updates(&farm);
+        let patch = super::AccountPatch {
+            label: Some("bob".into()),
+            priority: Some(9),
+            enabled: Some(false),
+        };
+        let err = farm.patch_account(id, patch).unwrap_err();
+        assert!(matches!(err, super::FarmError::Store(_)), "{err:?}");
+        let view = farm.account(id).unwrap();
+        assert_eq!(
+            (view.label.as_str(), view.priority, view.enabled),
+            ("alice", 3, true),
+            "memory kept a change the disk refused"
+        );
+        // The scheduler's end of a cooldown goes the same way.
+        let past = chrono::Utc::now() - chrono::Duration::seconds(1);
+        farm.with_account(id, |a| a.cooldown_until = Some(past))
+            .unwrap();
+        farm.end_cooldowns(chrono::Utc::now());
+        assert_eq!(
+            farm.with_account(id, |a| a.cooldown_until).unwrap(),
+            Some(past)
+        );
+    }
+
     #[test]
     fn browser_paths_become_absolute() {
         // Chromium refuses a relative user-data dir; the config's defaults are relative.

@@ -105,6 +105,10 @@ impl From<FarmError> for ApiError {
             FarmError::Refresh(_) => {
                 ApiError::new(StatusCode::BAD_GATEWAY, "refresh_failed", detail)
             }
+            FarmError::Config(_) => {
+                tracing::error!(error = %detail, "configuration error");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "config_error", detail)
+            }
             FarmError::Backup(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "backup_failed", detail)
             }

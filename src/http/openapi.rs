@@ -133,7 +133,7 @@ fn schemas() -> Value {
             "id": {"type": "integer"},
             "provider": {"type": "string"},
             "label": {"type": "string"},
-            "state": {"enum": ["healthy", "refreshing", "cooling_down", "pending_login", "needs_relogin", "needs_human", "disabled"]},
+            "state": {"enum": ["healthy", "refreshing", "cooling_down", "expired", "pending_login", "needs_relogin", "needs_human", "disabled"]},
             "priority": {"type": "integer"},
             "enabled": {"type": "boolean"},
             "expires_at": dt(),
