@@ -66,6 +66,7 @@ const ENV_KEYS: &[&str] = &[
     "rotation.min_validity",
     "rotation.default_cooldown",
     "rotation.max_cooldown",
+    "rotation.client_rate",
     "log.level",
     "log.format",
     "events.retention",
@@ -212,6 +213,8 @@ pub struct RotationConfig {
     pub min_validity: Duration,
     pub default_cooldown: Duration,
     pub max_cooldown: Duration,
+    /// Requests each client key may make to `/credential/*` (429 beyond).
+    pub client_rate: Rate,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -321,6 +324,10 @@ pub struct ProviderConfig {
     pub login_timeout: Duration,
     /// Default login script for this provider's accounts (not read here).
     pub login_script: Option<PathBuf>,
+    /// The provider revokes a grant when a spent refresh token is presented
+    /// again: after a crash mid-refresh, a scripted account is logged in by
+    /// the browser instead of replaying its refresh token.
+    pub reuse_detection: bool,
 }
 
 /// Where a provider's OAuth endpoints come from.
@@ -390,7 +397,7 @@ macro_rules! named_enum {
 
 /// How a lease picks among a provider's usable accounts (owned by the
 /// domain, which decides with it).
-pub use crate::domain::Strategy;
+pub use crate::domain::{Rate, Strategy};
 
 named_enum! {
     /// Log line format.
@@ -501,6 +508,11 @@ impl Default for RotationConfig {
             min_validity: Duration::from_secs(30),
             default_cooldown: Duration::from_secs(60),
             max_cooldown: minutes(6 * 60),
+            // Generous: 100 a second sustained, 6000 at once.
+            client_rate: Rate {
+                count: 6000,
+                per: chrono::Duration::minutes(1),
+            },
         }
     }
 }
@@ -795,6 +807,7 @@ impl RotationConfig {
             .duration_or_zero("default_cooldown")?
             .unwrap_or(d.default_cooldown);
         let max_cooldown = sec.duration("max_cooldown")?.unwrap_or(d.max_cooldown);
+        let client_rate = sec.parsed("client_rate", "rate", Rate::from_str)?;
         sec.finish()?;
         sec.at_least(
             "max_cooldown",
@@ -807,6 +820,7 @@ impl RotationConfig {
             min_validity: min_validity.unwrap_or(d.min_validity),
             default_cooldown,
             max_cooldown,
+            client_rate: client_rate.unwrap_or(d.client_rate),
         })
     }
 }
@@ -996,6 +1010,7 @@ fn build_provider(mut sec: Section<'_>, env: &EnvLayer) -> Result<ProviderConfig
         .duration("login_timeout")?
         .unwrap_or(DEFAULT_LOGIN_TIMEOUT);
     let login_script = sec.path("login_script")?;
+    let reuse_detection = sec.boolean("reuse_detection")?.unwrap_or(false);
     sec.finish()?;
     let name = sec.required("name", name)?;
     let endpoints = endpoints.resolve(&sec)?;
@@ -1016,6 +1031,7 @@ fn build_provider(mut sec: Section<'_>, env: &EnvLayer) -> Result<ProviderConfig
         extra_authorize_params,
         login_timeout,
         login_script,
+        reuse_detection,
     })
 }
 
@@ -1843,6 +1859,7 @@ mod tests {
         assert_eq!(config.scheduler.max_concurrent_refreshes, 8);
         assert_eq!(config.rotation.strategy, Strategy::RoundRobin);
         assert_eq!(config.rotation.max_cooldown, minutes(360));
+        assert_eq!(config.rotation.client_rate.to_string(), "6000/min");
         assert_eq!(
             config.log,
             LogConfig {
@@ -2130,6 +2147,7 @@ mod tests {
             ("[scheduler]\nmax_sleep = \"0s\"", "scheduler.max_sleep: must be more than 0s"),
             ("[scheduler]\nretry_max = \"400days\"", "scheduler.retry_max: must be at most 365 days"),
             ("[scheduler]\nretry_initial = \"10m\"", "scheduler.retry_max: 5m must be at least scheduler.retry_initial (10m)"),
+            ("[rotation]\nclient_rate = \"600/day\"", "rotation.client_rate: invalid rate \"600/day\": expected <count>/<s|min|h> such as \"600/min\", found \"600/day\""),
             ("[rotation]\nstrategy = \"random\"", "rotation.strategy: invalid strategy \"random\": expected one of round-robin | least-used | fill-first | sticky"),
             ("[rotation]\ndefault_cooldown = \"7h\"", "rotation.max_cooldown: 6h must be at least rotation.default_cooldown (7h)"),
             ("[scheduler]\nsweep = \"0 61 * * * *\"", "scheduler.sweep: invalid cron expression \"0 61 * * * *\": Minutes must be"),
@@ -2476,6 +2494,14 @@ mod tests {
         assert_eq!(
             config.providers[0].login_script.as_deref(),
             Some(Path::new("scripts/login/demo.toml"))
+        );
+        assert!(!config.providers[0].reuse_detection);
+        let text = format!("{MINIMAL_PROVIDER}\nreuse_detection = true");
+        assert!(load(&text, &[]).unwrap().providers[0].reuse_detection);
+        let text = format!("{MINIMAL_PROVIDER}\nreuse_detection = \"yes\"");
+        assert_eq!(
+            err(&text, &[]),
+            "provider[0].reuse_detection: expected true or false, found string"
         );
         let text = format!("{MINIMAL_PROVIDER}\nlogin_script = \"\"");
         assert_eq!(

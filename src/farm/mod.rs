@@ -49,6 +49,8 @@ pub enum FarmError {
         provider: String,
         retry_after_s: i64,
     },
+    #[error("this client key is over its rate of {rate} on /credential/* (rotation.client_rate); retry in {retry_after_s} s")]
+    RateLimited { rate: String, retry_after_s: i64 },
     #[error("the lease {0} has expired")]
     LeaseExpired(String),
     #[error("login failed: {0}")]
@@ -94,6 +96,8 @@ pub struct Farm {
     pub(crate) refresh_slots: Semaphore,
     pub(crate) logins: login::PendingLogins,
     pub(crate) clients: clients::ClientKeys,
+    /// Each client key's request bucket on `/credential/*`.
+    pub(crate) client_buckets: Mutex<HashMap<i64, crate::domain::Bucket>>,
     /// Wakes the scheduler when an account's due time may have moved.
     pub(crate) scheduler_wake: Notify,
     pub(crate) metrics: crate::metrics::Metrics,
@@ -171,6 +175,7 @@ impl Farm {
             refresh_locks: Mutex::default(),
             logins: login::PendingLogins::default(),
             clients,
+            client_buckets: Mutex::default(),
             scheduler_wake: Notify::new(),
             metrics,
             backup_running: tokio::sync::Mutex::new(()),

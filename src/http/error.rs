@@ -94,6 +94,10 @@ impl From<FarmError> for ApiError {
                     detail,
                 )
             },
+            FarmError::RateLimited { retry_after_s, .. } => ApiError {
+                retry_after_s: Some(retry_after_s),
+                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", detail)
+            },
             FarmError::LeaseExpired(_) => ApiError::new(StatusCode::GONE, "lease_expired", detail),
             FarmError::Login(_) => ApiError::new(StatusCode::BAD_GATEWAY, "login_failed", detail),
             FarmError::InvalidScript(_) => {
