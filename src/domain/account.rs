@@ -225,6 +225,21 @@ impl Account {
         }
     }
 
+    /// At start, for an account whose last refresh was interrupted (the
+    /// crash marker, loaded as `suspect`): whether to log it in with the
+    /// browser rather than replay its refresh token. The grant may have
+    /// reached the provider, so the stored refresh token may be spent; a
+    /// provider that detects reuse (`reuse_detection`) answers a replay by
+    /// revoking the whole grant. With a login script and the browser, a
+    /// relogin gets a fresh grant without that risk.
+    pub fn relogin_after_interrupted_refresh(&self, reuse_detection: bool, browser: bool) -> bool {
+        self.suspect
+            && self.auth == AuthState::Active
+            && self.has_login_script
+            && reuse_detection
+            && browser
+    }
+
     pub fn is_cooling_down(&self, now: DateTime<Utc>) -> bool {
         self.cooldown_until.is_some_and(|until| until > now)
     }
@@ -320,6 +335,40 @@ mod tests {
         a.auth = AuthState::Active;
         a.tokens = None;
         assert_eq!(a.display_state(now), DisplayState::Expired);
+    }
+
+    #[test]
+    fn an_interrupted_refresh_goes_to_the_browser_only_when_a_replay_is_dangerous() {
+        let now = Utc::now();
+        let mut a = active(now);
+        a.suspect = true; // the crash marker
+        a.has_login_script = true;
+        assert!(a.relogin_after_interrupted_refresh(true, true));
+        assert!(
+            !a.relogin_after_interrupted_refresh(false, true),
+            "no reuse detection: replaying is safe"
+        );
+        assert!(
+            !a.relogin_after_interrupted_refresh(true, false),
+            "no browser: the refresh is the only way"
+        );
+        a.has_login_script = false;
+        assert!(
+            !a.relogin_after_interrupted_refresh(true, true),
+            "no script"
+        );
+        a.has_login_script = true;
+        a.suspect = false;
+        assert!(
+            !a.relogin_after_interrupted_refresh(true, true),
+            "not interrupted"
+        );
+        a.suspect = true;
+        a.auth = AuthState::NeedsRelogin;
+        assert!(
+            !a.relogin_after_interrupted_refresh(true, true),
+            "already dead"
+        );
     }
 
     #[test]

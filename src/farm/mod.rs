@@ -137,6 +137,20 @@ impl Farm {
                 .iter()
                 .any(|p| p.name == a.provider && p.login_script.is_some());
         }
+        let reuse_detection = |provider: &str| {
+            config
+                .providers
+                .iter()
+                .any(|p| p.name == provider && p.reuse_detection)
+        };
+        for a in &mut accounts {
+            if a.relogin_after_interrupted_refresh(
+                reuse_detection(&a.provider),
+                config.browser.enabled,
+            ) {
+                to_browser_after_crash(&store, a, now)?;
+            }
+        }
         let browser = config
             .browser
             .enabled
@@ -278,6 +292,29 @@ pub fn browser_config(b: &crate::config::BrowserSettings) -> crate::browser::Bro
     }
 }
 
+/// An account whose refresh a crash interrupted, on a provider that revokes
+/// a grant when a spent refresh token comes back: marked `needs_relogin`
+/// (disk first) so the recovery ladder's browser logs it in, instead of the
+/// start-up catch-up replaying the refresh token that may be spent.
+fn to_browser_after_crash(store: &Store, a: &mut Account, now: DateTime<Utc>) -> Result<()> {
+    let mut marked = a.clone();
+    marked.auth = crate::domain::AuthState::NeedsRelogin;
+    marked.suspect = false;
+    marked.last_error = Some(crate::domain::LastError {
+        at: now,
+        message: "a refresh was interrupted by the last shutdown and the provider detects \
+                  refresh token reuse: logging in with the browser instead of replaying it"
+            .into(),
+    });
+    store.update_account(&marked)?;
+    tracing::warn!(
+        account = a.id,
+        "interrupted refresh on a provider with reuse detection; relogging in with the browser"
+    );
+    *a = marked;
+    Ok(())
+}
+
 pub(crate) fn not_found_account(id: AccountId) -> FarmError {
     FarmError::NotFound {
         what: "account",
@@ -294,14 +331,19 @@ pub(crate) fn chrono_dur(d: std::time::Duration) -> chrono::Duration {
 /// config appended (sections after the defaults).
 #[cfg(test)]
 pub(crate) fn test_farm(dir: &std::path::Path, extra_toml: &str) -> Arc<Farm> {
+    crate::server::open_farm(test_config(dir, false, extra_toml)).expect("the test farm opens")
+}
+
+/// The config of [`test_farm`], the browser on or off (it launches
+/// nothing until a relogin runs).
+#[cfg(test)]
+pub(crate) fn test_config(dir: &std::path::Path, browser: bool, extra_toml: &str) -> Config {
     let toml = format!(
-        "[store]\npath = {:?}\n[browser]\nenabled = false\n{extra_toml}",
+        "[store]\npath = {:?}\n[browser]\nenabled = {browser}\n{extra_toml}",
         dir.join("farm.db").display().to_string()
     );
     let env = [("RELOGIN_FARM_ADMIN_TOKEN".to_owned(), "a".repeat(40))];
-    let config =
-        Config::from_toml_str(&toml, env, &Default::default()).expect("a valid test config");
-    crate::server::open_farm(config).expect("the test farm opens")
+    Config::from_toml_str(&toml, env, &Default::default()).expect("a valid test config")
 }
 
 #[cfg(test)]
@@ -315,6 +357,61 @@ mod tests {
              BEGIN SELECT RAISE(ABORT, 'the disk refuses'); END;",
         )
         .unwrap();
+    }
+
+    #[test]
+    fn an_interrupted_refresh_with_reuse_detection_goes_to_the_browser_at_start() {
+        use crate::domain::{AuthState, Tokens};
+        let dir = tempfile::tempdir().unwrap();
+        let provider = |reuse: bool| {
+            format!(
+                "[[provider]]\nname = \"demo\"\nissuer = \"http://127.0.0.1:19000\"\n\
+                 client_id = \"c\"\nredirect_uri = \"http://127.0.0.1:18765/callback\"\n\
+                 login_script = \"demo.toml\"\nreuse_detection = {reuse}\n"
+            )
+        };
+        let now = chrono::Utc::now();
+        let (id, generation) = {
+            let farm =
+                crate::server::open_farm(super::test_config(dir.path(), true, &provider(false)))
+                    .unwrap();
+            let id = farm.add_account("demo", "alice", 0).unwrap().id;
+            let tokens = Tokens {
+                access_token: crate::secret::Secret::new("at"),
+                token_type: "Bearer".into(),
+                expires_at: now + chrono::Duration::hours(1),
+                issued_at: now,
+                refresh_token: Some(crate::secret::Secret::new("rt")),
+            };
+            let generation = farm.store.save_tokens(id, &tokens, now).unwrap().unwrap();
+            // The grant was sent; the process died before its answer.
+            farm.store.set_refresh_started(id, Some(now)).unwrap();
+            (id, generation)
+        };
+        let reopen = |browser: bool, reuse: bool| {
+            let config = super::test_config(dir.path(), browser, &provider(reuse));
+            crate::server::open_farm(config).unwrap()
+        };
+        let state = |farm: &super::Farm| farm.with_account(id, |a| (a.auth, a.suspect)).unwrap();
+        // Without reuse detection, or without a browser, the refresh is retried at once.
+        assert_eq!(state(&reopen(true, false)), (AuthState::Active, true));
+        assert_eq!(state(&reopen(false, true)), (AuthState::Active, true));
+        let farm = reopen(true, true);
+        assert_eq!(state(&farm), (AuthState::NeedsRelogin, false));
+        assert!(
+            farm.due_refreshes(now, chrono::Duration::minutes(1))
+                .0
+                .is_empty(),
+            "no replay of the refresh token"
+        );
+        assert_eq!(farm.due_relogins(now).0, vec![id], "the browser logs it in");
+        let view = farm.account(id).unwrap();
+        assert_eq!(view.state, "needs_relogin");
+        assert!(view.last_error.unwrap().message.contains("reuse"));
+        assert_eq!(view.generation, generation, "the tokens are kept");
+        drop(farm);
+        // The decision was stored, not just made in memory.
+        assert_eq!(state(&reopen(true, false)).0, AuthState::NeedsRelogin);
     }
 
     #[test]
