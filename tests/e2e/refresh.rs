@@ -303,3 +303,29 @@ fn a_client_over_its_rate_is_answered_429_with_retry_after() {
     client.lease(PROVIDER, None);
     client.report(&leases[0], "ok", None);
 }
+
+/// The token endpoint keeps failing past the token's expiry: the stored
+/// state still says active, but the API and `/metrics` say `expired`, as
+/// `/credential/next` answers 503.
+#[test]
+fn an_account_past_its_token_expiry_shows_expired_everywhere() {
+    let bed = Bed::start(Settings::short_tokens());
+    let id = bed.logged_in(&["iris"])[0];
+    let expires = time_of(&bed.account(id), "expires_at");
+    bed.provider.token_fail(1000, 503);
+    let account = bed.wait_state(id, "expired", secs(15));
+    assert!(Utc::now() >= expires, "{account}");
+    assert!(
+        str_of(&account["last_error"], "message").contains("will retry"),
+        "{account}"
+    );
+    assert_eq!(
+        bed.metric("relogin_farm_accounts{provider=\"demo\",state=\"expired\"}"),
+        1.0
+    );
+    bed.admin()
+        .next(PROVIDER, None)
+        .expect_error(503, "no_account_available");
+    bed.provider.token_fail(0, 503);
+    bed.wait_state(id, "healthy", secs(15));
+}
