@@ -157,6 +157,10 @@ pub struct ProviderConfig {
     pub login_timeout: Duration,
     /// Default login script for this provider's accounts (not read here).
     pub login_script: Option<PathBuf>,
+    /// The provider revokes a grant when a spent refresh token is presented
+    /// again: after a crash mid-refresh, a scripted account is logged in by
+    /// the browser instead of replaying its refresh token.
+    pub reuse_detection: bool,
 }
 
 /// Where a provider's OAuth endpoints come from.
@@ -182,7 +186,7 @@ pub struct Overrides {
 
 /// How a lease picks among a provider's usable accounts (owned by the
 /// domain, which decides with it).
-pub use crate::domain::Strategy;
+pub use crate::domain::{Rate, Strategy};
 
 crate::named_enum! {
     /// Log line format.
@@ -472,6 +476,8 @@ config_section! {
         default_cooldown: Duration = "60s" => duration_or_zero();
         /// Cap on any cooldown, including a client's `retry_after_s`.
         max_cooldown: Duration = "6h" => duration();
+        /// Requests each client key may make to `/credential/*`, as `COUNT/s`, `COUNT/min` or `COUNT/h`: up to COUNT at once, refilled evenly; beyond it 429 + `Retry-After`. The admin token is not limited.
+        client_rate: Rate = "6000/min" => parsed("rate", Rate::from_str);
     }
 }
 
@@ -969,6 +975,7 @@ fn build_provider(mut sec: Section<'_>, env: &EnvLayer) -> Result<ProviderConfig
         .duration("login_timeout")?
         .unwrap_or(DEFAULT_LOGIN_TIMEOUT);
     let login_script = sec.path("login_script")?;
+    let reuse_detection = sec.boolean("reuse_detection")?.unwrap_or(false);
     sec.finish()?;
     let name = sec.required("name", name)?;
     let endpoints = endpoints.resolve(&sec)?;
@@ -989,6 +996,7 @@ fn build_provider(mut sec: Section<'_>, env: &EnvLayer) -> Result<ProviderConfig
         extra_authorize_params,
         login_timeout,
         login_script,
+        reuse_detection,
     })
 }
 
@@ -1231,23 +1239,11 @@ fn read_secret_file(name: &str, path: PathBuf) -> Result<Secret> {
             reason: "empty path".to_owned(),
         });
     }
-    let mut text = match fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(source) => {
-            return Err(ConfigError::SecretFile {
-                key: name.to_owned(),
-                path,
-                source,
-            })
-        }
-    };
-    if text.ends_with('\n') {
-        text.pop();
-        if text.ends_with('\r') {
-            text.pop();
-        }
-    }
-    Ok(Secret::new(text))
+    crate::secret::read_secret_file(&path).map_err(|source| ConfigError::SecretFile {
+        key: name.to_owned(),
+        path,
+        source,
+    })
 }
 
 /// Only the shape is checked (base64, standard or URL-safe alphabet, padding
@@ -1853,6 +1849,7 @@ mod tests {
         assert_eq!(config.scheduler.max_concurrent_refreshes, 8);
         assert_eq!(config.rotation.strategy, Strategy::RoundRobin);
         assert_eq!(config.rotation.max_cooldown, minutes(360));
+        assert_eq!(config.rotation.client_rate.to_string(), "6000/min");
         assert_eq!(
             config.log,
             LogConfig {
@@ -2140,6 +2137,7 @@ mod tests {
             ("[scheduler]\nmax_sleep = \"0s\"", "scheduler.max_sleep: must be more than 0s"),
             ("[scheduler]\nretry_max = \"400days\"", "scheduler.retry_max: must be at most 365 days"),
             ("[scheduler]\nretry_initial = \"10m\"", "scheduler.retry_max: 5m must be at least scheduler.retry_initial (10m)"),
+            ("[rotation]\nclient_rate = \"600/day\"", "rotation.client_rate: invalid rate \"600/day\": expected <count>/<s|min|h> such as \"600/min\", found \"600/day\""),
             ("[rotation]\nstrategy = \"random\"", "rotation.strategy: invalid strategy \"random\": expected one of round-robin | least-used | fill-first | sticky"),
             ("[rotation]\ndefault_cooldown = \"7h\"", "rotation.max_cooldown: 6h must be at least rotation.default_cooldown (7h)"),
             ("[scheduler]\nsweep = \"0 61 * * * *\"", "scheduler.sweep: invalid cron expression \"0 61 * * * *\": Minutes must be"),
@@ -2478,6 +2476,14 @@ mod tests {
         assert_eq!(
             config.providers[0].login_script.as_deref(),
             Some(Path::new("scripts/login/demo.toml"))
+        );
+        assert!(!config.providers[0].reuse_detection);
+        let text = format!("{MINIMAL_PROVIDER}\nreuse_detection = true");
+        assert!(load(&text, &[]).unwrap().providers[0].reuse_detection);
+        let text = format!("{MINIMAL_PROVIDER}\nreuse_detection = \"yes\"");
+        assert_eq!(
+            err(&text, &[]),
+            "provider[0].reuse_detection: expected true or false, found string"
         );
         let text = format!("{MINIMAL_PROVIDER}\nlogin_script = \"\"");
         assert_eq!(

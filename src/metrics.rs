@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 use chrono::{DateTime, Utc};
 
+use crate::scheduler::Job;
 use crate::store::leases::Outcome;
 
 #[derive(Default)]
@@ -24,6 +25,8 @@ pub struct Metrics {
     backups_failed: AtomicU64,
     /// Unix seconds of the newest backup (0: none yet).
     last_backup_at: AtomicI64,
+    /// Scheduled tasks that panicked, by [`Job`] (a bug, caught).
+    task_panics: [AtomicU64; Job::ALL.len()],
 }
 
 impl Metrics {
@@ -43,6 +46,9 @@ impl Metrics {
     }
     pub fn record_report(&self, outcome: Outcome) {
         self.reports[outcome as usize].fetch_add(1, Relaxed);
+    }
+    pub fn record_task_panic(&self, job: Job) {
+        self.task_panics[job as usize].fetch_add(1, Relaxed);
     }
     pub fn record_scheduler_round(&self) {
         self.scheduler_rounds.fetch_add(1, Relaxed);
@@ -137,6 +143,20 @@ impl Metrics {
             "relogin_farm_scheduler_rounds_total",
             "Passes of the refresh scheduler over the accounts (one per due time, at least one per scheduler.max_sleep): a liveness signal.",
             &[("", self.scheduler_rounds())],
+        );
+        let labels: Vec<String> = Job::ALL
+            .iter()
+            .map(|j| format!("{{job=\"{}\"}}", j.as_str()))
+            .collect();
+        let samples: Vec<(&str, u64)> = Job::ALL
+            .iter()
+            .zip(&labels)
+            .map(|(j, l)| (l.as_str(), self.task_panics[*j as usize].load(Relaxed)))
+            .collect();
+        counter(
+            "relogin_farm_task_panics_total",
+            "Scheduled refresh and relogin tasks that panicked (a bug; the account is retried with backoff).",
+            &samples,
         );
         counter(
             "relogin_farm_backups_total",

@@ -8,15 +8,17 @@
 //! did not advance, and must notice the wall clock did. 10,000 idle
 //! accounts cost one scan per wake, not a wake per account.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use rand::Rng;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::task::{JoinError, JoinSet};
 
-use crate::domain::timing::{next_refresh_at, next_relogin_at};
-use crate::domain::AccountId;
+use crate::domain::timing::{backoff, next_refresh_at, next_relogin_at};
+use crate::domain::{Account, AccountId, LastError};
 use crate::farm::{chrono_dur, Farm};
 
 /// A shutdown signal that every job can wait on.
@@ -32,10 +34,83 @@ pub async fn wait_shutdown(shutdown: &mut Shutdown) {
 
 /// What the scheduler runs for an account.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Job {
-    Refresh,
+pub enum Job {
+    Refresh = 0,
     /// The recovery ladder's browser rung.
-    Relogin,
+    Relogin = 1,
+}
+
+impl Job {
+    pub const ALL: [Job; 2] = [Job::Refresh, Job::Relogin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Job::Refresh => "refresh",
+            Job::Relogin => "relogin",
+        }
+    }
+}
+
+/// The scheduler's jobs in flight. A job leaves `in_flight` when its task
+/// ends, however it ends: a panicking task's `JoinError` carries only the
+/// task id, so each task's job is kept by id. Otherwise a panic would leave
+/// the account in `in_flight`, never scheduled again, while `/healthz`
+/// still says ok.
+#[derive(Default)]
+struct Running {
+    tasks: JoinSet<()>,
+    jobs: HashMap<tokio::task::Id, (Job, AccountId)>,
+    in_flight: HashSet<(Job, AccountId)>,
+}
+
+impl Running {
+    /// Starts `task` for the job unless the same job is still running.
+    fn start(
+        &mut self,
+        job: Job,
+        id: AccountId,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) -> bool {
+        if !self.in_flight.insert((job, id)) {
+            return false;
+        }
+        let handle = self.tasks.spawn(task);
+        self.jobs.insert(handle.id(), (job, id));
+        true
+    }
+
+    /// Forgets a finished task's job; a panic is recorded on the account.
+    fn finished(&mut self, farm: &Farm, done: Result<tokio::task::Id, JoinError>) {
+        let task = match &done {
+            Ok(task) => *task,
+            Err(e) => e.id(),
+        };
+        let Some((job, id)) = self.jobs.remove(&task) else {
+            return;
+        };
+        self.in_flight.remove(&(job, id));
+        if let Err(e) = done {
+            if e.is_panic() {
+                farm.job_panicked(job, id, &panic_text(e.into_panic()));
+            }
+        }
+    }
+
+    /// Forgets every task that has finished by now.
+    fn reap(&mut self, farm: &Farm) {
+        while let Some(done) = self.tasks.try_join_next_with_id() {
+            self.finished(farm, done.map(|(task, ())| task));
+        }
+    }
+}
+
+fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(s) => *s,
+        Err(payload) => payload
+            .downcast_ref::<&str>()
+            .map_or_else(|| "a non-string panic".to_owned(), |s| (*s).to_owned()),
+    }
 }
 
 /// Refreshes every account before its token expires, and logs dead ones
@@ -43,15 +118,10 @@ enum Job {
 pub async fn run_refresh_scheduler(farm: Arc<Farm>, mut shutdown: Shutdown) {
     let margin = chrono_dur(farm.config.scheduler.refresh_margin);
     let max_sleep = farm.config.scheduler.max_sleep;
-    let mut running: JoinSet<(Job, AccountId)> = JoinSet::new();
-    let mut in_flight: HashSet<(Job, AccountId)> = HashSet::new();
+    let mut running = Running::default();
     loop {
         farm.metrics.record_scheduler_round();
-        while let Some(done) = running.try_join_next() {
-            if let Ok(job) = done {
-                in_flight.remove(&job);
-            }
-        }
+        running.reap(&farm);
         let now = Utc::now();
         let next_cooldown_end = farm.end_cooldowns(now);
         let (due, next_due) = farm.due_refreshes(now, margin);
@@ -61,24 +131,18 @@ pub async fn run_refresh_scheduler(farm: Arc<Farm>, mut shutdown: Shutdown) {
             .flatten()
             .min();
         for (id, generation) in due {
-            if in_flight.insert((Job::Refresh, id)) {
-                let farm = farm.clone();
-                running.spawn(async move {
-                    // Errors are recorded on the account by `refresh` itself.
-                    let _ = farm.refresh(id, Some(generation), "scheduled").await;
-                    (Job::Refresh, id)
-                });
-            }
+            let task = farm.clone();
+            running.start(Job::Refresh, id, async move {
+                // Errors are recorded on the account by `refresh` itself.
+                let _ = task.refresh(id, Some(generation), "scheduled").await;
+            });
         }
         for id in relogins {
-            if in_flight.insert((Job::Relogin, id)) {
-                let farm = farm.clone();
-                running.spawn(async move {
-                    // Failures are recorded on the account (and backed off) by `relogin`.
-                    let _ = farm.relogin(id, crate::farm::ReloginCause::Recovery).await;
-                    (Job::Relogin, id)
-                });
-            }
+            let task = farm.clone();
+            running.start(Job::Relogin, id, async move {
+                // Failures are recorded on the account (and backed off) by `relogin`.
+                let _ = task.relogin(id, crate::farm::ReloginCause::Recovery).await;
+            });
         }
         let sleep_for = next
             .map(|t| (t - now).to_std().unwrap_or_default())
@@ -88,13 +152,69 @@ pub async fn run_refresh_scheduler(farm: Arc<Farm>, mut shutdown: Shutdown) {
         tokio::select! {
             _ = tokio::time::sleep(sleep_for) => {}
             _ = farm.scheduler_wake.notified() => {}
-            Some(done) = running.join_next(), if !running.is_empty() => {
-                if let Ok(job) = done { in_flight.remove(&job); }
+            Some(done) = running.tasks.join_next_with_id(), if !running.tasks.is_empty() => {
+                running.finished(&farm, done.map(|(task, ())| task));
             }
             _ = wait_shutdown(&mut shutdown) => break,
         }
     }
-    running.shutdown().await;
+    running.tasks.shutdown().await;
+}
+
+impl Farm {
+    /// A scheduled job panicked (a bug): the account gets a `last_error`
+    /// and the job's backoff, so it is retried, but not in a tight loop if
+    /// it panics every time; `/metrics` counts it. The panic's text goes to
+    /// the log only.
+    fn job_panicked(&self, job: Job, id: AccountId, panic: &str) {
+        self.metrics.record_task_panic(job);
+        tracing::error!(
+            account = id,
+            job = job.as_str(),
+            panic,
+            "a scheduled task panicked"
+        );
+        let jitter: f64 = rand::thread_rng().gen();
+        let now = Utc::now();
+        let back_off = |a: &mut Account| {
+            a.refreshing = false;
+            let (failures, retry_at, cfg) = match job {
+                Job::Refresh => (
+                    &mut a.refresh_failures,
+                    &mut a.retry_at,
+                    (
+                        self.config.scheduler.retry_initial,
+                        self.config.scheduler.retry_max,
+                    ),
+                ),
+                Job::Relogin => (
+                    &mut a.relogin_failures,
+                    &mut a.relogin_retry_at,
+                    (
+                        self.config.browser.retry_initial,
+                        self.config.browser.retry_max,
+                    ),
+                ),
+            };
+            *failures = failures.saturating_add(1);
+            let wait = backoff(*failures, chrono_dur(cfg.0), chrono_dur(cfg.1), jitter);
+            *retry_at = Some(now + wait);
+        };
+        let recorded = self.update_account(id, |a| {
+            back_off(a);
+            a.last_error = Some(LastError {
+                at: now,
+                message: format!(
+                    "internal error: the scheduled {} panicked (see the farm's log); retrying with backoff",
+                    job.as_str()
+                ),
+            });
+        });
+        if let Err(e) = recorded {
+            tracing::error!(account = id, error = %e, "could not record the panic on the account");
+            let _ = self.with_account(id, back_off);
+        }
+    }
 }
 
 impl Farm {
@@ -144,21 +264,24 @@ impl Farm {
     pub fn end_cooldowns(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let mut ended = Vec::new();
         let mut next: Option<DateTime<Utc>> = None;
-        for a in self.state().accounts.values_mut() {
+        for a in self.state().accounts.values() {
             match a.cooldown_until {
-                Some(u) if u <= now => {
-                    a.cooldown_until = None;
-                    ended.push(a.id);
-                }
+                Some(u) if u <= now => ended.push(a.id),
                 Some(u) => next = Some(next.map_or(u, |n| n.min(u))),
                 None => {}
             }
         }
         for id in ended {
-            if let Ok(a) = self.with_account(id, |a| a.clone()) {
-                if let Err(e) = self.store.update_account(&a) {
-                    tracing::error!(account = id, error = %e, "could not persist the end of a cooldown");
+            // Disk first; a failed write leaves the (already harmless)
+            // past cooldown in memory, and the next round tries again.
+            let cleared = self.update_account(id, |a| {
+                if a.cooldown_until.is_some_and(|u| u <= now) {
+                    a.cooldown_until = None;
                 }
+            });
+            if let Err(e) = cleared {
+                tracing::error!(account = id, error = %e, "could not persist the end of a cooldown");
+                continue;
             }
             self.emit(
                 crate::events::EventKind::CooldownEnded,
@@ -309,6 +432,48 @@ mod tests {
                 .status,
             "degraded"
         );
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_leaves_in_flight_and_is_recorded_on_the_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let farm = crate::farm::test_farm(
+            dir.path(),
+            "[[provider]]\nname = \"demo\"\nissuer = \"http://127.0.0.1:19000\"\n\
+             client_id = \"c\"\nredirect_uri = \"http://127.0.0.1:18765/callback\"\n",
+        );
+        let id = farm.add_account("demo", "alice", 0).unwrap().id;
+        farm.with_account(id, |a| a.refreshing = true).unwrap();
+        let mut running = Running::default();
+        assert!(running.start(Job::Refresh, id, async { panic!("a bug") }));
+        assert!(
+            !running.start(Job::Refresh, id, async {}),
+            "one job per account while it runs"
+        );
+        let done = running.tasks.join_next_with_id().await.unwrap();
+        assert!(done.as_ref().is_err_and(JoinError::is_panic));
+        running.finished(&farm, done.map(|(task, ())| task));
+
+        assert!(running.in_flight.is_empty() && running.jobs.is_empty());
+        let (refreshing, error, retry_at) = farm
+            .with_account(id, |a| (a.refreshing, a.last_error.clone(), a.retry_at))
+            .unwrap();
+        assert!(!refreshing);
+        let error = error.expect("the panic is recorded on the account");
+        assert!(error.message.contains("panicked"), "{}", error.message);
+        assert!(
+            !error.message.contains("a bug"),
+            "the panic text stays in the log"
+        );
+        assert!(retry_at.is_some_and(|t| t > Utc::now()), "backed off");
+        assert!(farm
+            .metrics_text()
+            .contains("relogin_farm_task_panics_total{job=\"refresh\"} 1\n"));
+        // The account can be scheduled again.
+        assert!(running.start(Job::Refresh, id, async {}));
+        let done = running.tasks.join_next_with_id().await.unwrap();
+        running.finished(&farm, done.map(|(task, ())| task));
+        assert!(running.in_flight.is_empty());
     }
 
     /// The issue's bound: idle accounts cost memory, not wake-ups. 10,000

@@ -36,6 +36,22 @@ impl Secret {
     }
 }
 
+/// Reads a secret file (a key, a token), dropping one trailing newline:
+/// `echo` and editors add it; anything else, even a second newline, is part
+/// of the secret. The one reader for every secret file, so the store key,
+/// the admin token and client secrets follow the same rule. Errors carry the
+/// I/O cause, never the content; callers add the path and key.
+pub fn read_secret_file(path: &std::path::Path) -> std::io::Result<Secret> {
+    let mut text = std::fs::read_to_string(path)?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    Ok(Secret(text))
+}
+
 /// Constant-time byte comparison; a length mismatch returns false without
 /// short-circuiting on content.
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
@@ -87,6 +103,29 @@ mod tests {
         assert_eq!(format!("{s}"), "***");
         assert_eq!(format!("{:?}", Some(s.clone())), "Some(***)");
         assert_eq!(s.expose(), "hunter2-token");
+    }
+
+    #[test]
+    fn a_secret_file_loses_exactly_one_trailing_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let read = |content: &str| {
+            let path = dir.path().join("secret");
+            std::fs::write(&path, content).unwrap();
+            read_secret_file(&path).unwrap().expose().to_owned()
+        };
+        assert_eq!(read("k3y"), "k3y");
+        assert_eq!(read("k3y\n"), "k3y");
+        assert_eq!(read("k3y\r\n"), "k3y");
+        assert_eq!(read("k3y\n\n"), "k3y\n", "only one newline is dropped");
+        assert_eq!(read("k3y\r"), "k3y\r");
+        assert_eq!(read(" k3y \n"), " k3y ", "spaces are part of the secret");
+        // The store key file is read by the same function.
+        let path = dir.path().join("store.key");
+        std::fs::write(&path, "k3y\n\n").unwrap();
+        assert_eq!(
+            crate::store::read_secret_file(&path).unwrap().expose(),
+            "k3y\n"
+        );
     }
 
     #[test]

@@ -54,6 +54,9 @@ pub enum DisplayState {
     PendingLogin,
     NeedsRelogin,
     NeedsHuman,
+    /// `Active`, but the token is past its expiry: nothing can be served
+    /// until a refresh or a login replaces it.
+    Expired,
     Refreshing,
     CoolingDown,
     Healthy,
@@ -66,17 +69,19 @@ impl DisplayState {
             DisplayState::PendingLogin => "pending_login",
             DisplayState::NeedsRelogin => "needs_relogin",
             DisplayState::NeedsHuman => "needs_human",
+            DisplayState::Expired => "expired",
             DisplayState::Refreshing => "refreshing",
             DisplayState::CoolingDown => "cooling_down",
             DisplayState::Healthy => "healthy",
         }
     }
 
-    pub const ALL: [DisplayState; 7] = [
+    pub const ALL: [DisplayState; 8] = [
         DisplayState::Disabled,
         DisplayState::PendingLogin,
         DisplayState::NeedsRelogin,
         DisplayState::NeedsHuman,
+        DisplayState::Expired,
         DisplayState::Refreshing,
         DisplayState::CoolingDown,
         DisplayState::Healthy,
@@ -206,13 +211,33 @@ impl Account {
             AuthState::NeedsHuman => return DisplayState::NeedsHuman,
             AuthState::Active => {}
         }
-        if self.refreshing {
+        // The stored state says `Active`, but a token past its expiry is
+        // dead whatever the farm believes: say so (a refresh in flight or a
+        // cooldown is the lesser news).
+        if self.tokens.as_ref().is_none_or(|t| t.expires_at <= now) {
+            DisplayState::Expired
+        } else if self.refreshing {
             DisplayState::Refreshing
         } else if self.is_cooling_down(now) {
             DisplayState::CoolingDown
         } else {
             DisplayState::Healthy
         }
+    }
+
+    /// At start, for an account whose last refresh was interrupted (the
+    /// crash marker, loaded as `suspect`): whether to log it in with the
+    /// browser rather than replay its refresh token. The grant may have
+    /// reached the provider, so the stored refresh token may be spent; a
+    /// provider that detects reuse (`reuse_detection`) answers a replay by
+    /// revoking the whole grant. With a login script and the browser, a
+    /// relogin gets a fresh grant without that risk.
+    pub fn relogin_after_interrupted_refresh(&self, reuse_detection: bool, browser: bool) -> bool {
+        self.suspect
+            && self.auth == AuthState::Active
+            && self.has_login_script
+            && reuse_detection
+            && browser
     }
 
     pub fn is_cooling_down(&self, now: DateTime<Utc>) -> bool {
@@ -277,6 +302,73 @@ mod tests {
         assert_eq!(a.display_state(now), DisplayState::NeedsRelogin);
         a.enabled = false;
         assert_eq!(a.display_state(now), DisplayState::Disabled);
+    }
+
+    #[test]
+    fn an_active_account_past_its_expiry_shows_expired() {
+        let now = Utc::now();
+        let mut a = active(now);
+        let expiry = a.expires_at().unwrap();
+        assert_eq!(
+            a.display_state(expiry - Duration::milliseconds(1)),
+            DisplayState::Healthy
+        );
+        assert_eq!(a.display_state(expiry), DisplayState::Expired);
+        assert_eq!(
+            a.display_state(expiry + Duration::seconds(40)),
+            DisplayState::Expired,
+            "the stored state still says active"
+        );
+        assert_eq!(a.auth, AuthState::Active);
+        a.refreshing = true;
+        a.cooldown_until = Some(expiry + Duration::hours(1));
+        assert_eq!(
+            a.display_state(expiry + Duration::seconds(1)),
+            DisplayState::Expired
+        );
+        a.auth = AuthState::NeedsRelogin;
+        assert_eq!(
+            a.display_state(expiry + Duration::seconds(1)),
+            DisplayState::NeedsRelogin,
+            "a dead refresh token is the more useful news"
+        );
+        a.auth = AuthState::Active;
+        a.tokens = None;
+        assert_eq!(a.display_state(now), DisplayState::Expired);
+    }
+
+    #[test]
+    fn an_interrupted_refresh_goes_to_the_browser_only_when_a_replay_is_dangerous() {
+        let now = Utc::now();
+        let mut a = active(now);
+        a.suspect = true; // the crash marker
+        a.has_login_script = true;
+        assert!(a.relogin_after_interrupted_refresh(true, true));
+        assert!(
+            !a.relogin_after_interrupted_refresh(false, true),
+            "no reuse detection: replaying is safe"
+        );
+        assert!(
+            !a.relogin_after_interrupted_refresh(true, false),
+            "no browser: the refresh is the only way"
+        );
+        a.has_login_script = false;
+        assert!(
+            !a.relogin_after_interrupted_refresh(true, true),
+            "no script"
+        );
+        a.has_login_script = true;
+        a.suspect = false;
+        assert!(
+            !a.relogin_after_interrupted_refresh(true, true),
+            "not interrupted"
+        );
+        a.suspect = true;
+        a.auth = AuthState::NeedsRelogin;
+        assert!(
+            !a.relogin_after_interrupted_refresh(true, true),
+            "already dead"
+        );
     }
 
     #[test]

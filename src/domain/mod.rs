@@ -6,8 +6,10 @@
 //! so every rule is unit-tested directly.
 
 pub mod account;
+pub mod rate;
 pub mod rotation;
 pub mod timing;
 
 pub use account::{Account, AccountId, AuthState, DisplayState, LastError, Tokens};
+pub use rate::{Bucket, Rate};
 pub use rotation::{Choice, Rotation, Strategy};

@@ -38,6 +38,30 @@ pub fn next_refresh_at(account: &Account, margin: Duration) -> Option<DateTime<U
     })
 }
 
+/// How long after its token was issued an account ignores `unauthorized`
+/// reports (they are recorded, no grant is sent). A token the provider has
+/// just issued is almost never dead: a client that gets it rejected is
+/// sending it where it does not work, and another refresh cannot fix that.
+/// Without this, one client looping `next` → `report unauthorized` drives a
+/// refresh grant per loop; with it, at most one per this many seconds.
+pub const FRESH_TOKEN_GRACE_SECS: i64 = 5;
+
+/// Whether a client's `unauthorized` report on a lease of `lease_generation`
+/// should refresh the account. Not when the token was replaced since the
+/// lease (that refresh already happened), nor when the current token is
+/// fresh (see [`FRESH_TOKEN_GRACE_SECS`]): such reports coalesce.
+pub fn unauthorized_wants_refresh(
+    account: &Account,
+    lease_generation: i64,
+    now: DateTime<Utc>,
+) -> bool {
+    account.generation == lease_generation
+        && account
+            .tokens
+            .as_ref()
+            .is_none_or(|t| now - t.issued_at >= Duration::seconds(FRESH_TOKEN_GRACE_SECS))
+}
+
 /// When the recovery ladder should log this account in with the browser,
 /// or `None` if it needs no relogin or cannot have one (no script,
 /// disabled). Dead accounts go at once; a failed relogin waits for its
@@ -141,6 +165,23 @@ mod tests {
         a.auth = AuthState::Active;
         a.tokens.as_mut().unwrap().refresh_token = None;
         assert_eq!(next_refresh_at(&a, margin), None, "nothing to refresh with");
+    }
+
+    #[test]
+    fn unauthorized_reports_coalesce_on_replaced_and_fresh_tokens() {
+        let issued = Utc::now();
+        let a = account_with_tokens(issued);
+        let grace = Duration::seconds(FRESH_TOKEN_GRACE_SECS);
+        let after = issued + grace;
+        assert!(unauthorized_wants_refresh(&a, a.generation, after));
+        assert!(
+            !unauthorized_wants_refresh(&a, a.generation, after - Duration::milliseconds(1)),
+            "a token issued moments ago"
+        );
+        assert!(
+            !unauthorized_wants_refresh(&a, a.generation - 1, after + Duration::hours(1)),
+            "refreshed since the lease"
+        );
     }
 
     #[test]

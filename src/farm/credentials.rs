@@ -5,8 +5,9 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use super::{chrono_dur, Farm, FarmError, Principal, Result};
-use crate::domain::timing::cooldown_for;
-use crate::domain::{AccountId, Choice};
+use crate::domain::rate::retry_after_secs;
+use crate::domain::timing::{cooldown_for, unauthorized_wants_refresh};
+use crate::domain::{AccountId, Bucket, Choice};
 use crate::events::EventKind;
 use crate::secret::Secret;
 use crate::store::leases::{LeaseKey, NewLease, Outcome, Report};
@@ -50,6 +51,7 @@ impl Farm {
         session: Option<&str>,
         who: Principal,
     ) -> Result<CredentialLease> {
+        self.check_client_rate(who, Utc::now())?;
         self.provider(provider)?;
         if session.is_some_and(|s| s.is_empty() || s.len() > MAX_SESSION_LEN) {
             return Err(FarmError::Invalid(format!(
@@ -118,6 +120,7 @@ impl Farm {
 
     /// Records a client's report on a lease and acts on it.
     pub async fn report(&self, req: ReportRequest, who: Principal) -> Result<()> {
+        self.check_client_rate(who, Utc::now())?;
         let lease = self.lease_for(&req.lease_id, who)?;
         let now = Utc::now();
         let report = Report {
@@ -166,20 +169,25 @@ impl Farm {
                 );
             }
             Outcome::Unauthorized => {
-                // Skip the account at once; refresh it unless the token the
-                // client saw was already replaced.
-                let current = self.with_account(lease.account_id, |a| {
-                    if a.generation == lease.generation {
-                        a.suspect = true;
-                    }
-                    a.generation
+                // Skip the account at once and refresh it, unless the token
+                // the client saw was already replaced or is too fresh to be
+                // dead: those reports coalesce (recorded, no grant).
+                let refresh = self.with_account(lease.account_id, |a| {
+                    let refresh = unauthorized_wants_refresh(a, lease.generation, now);
+                    a.suspect |= refresh;
+                    refresh
                 })?;
-                if current == lease.generation {
+                if refresh {
                     tracing::info!(
                         account = lease.account_id,
                         "client reported the token as rejected; refreshing"
                     );
                     self.scheduler_wake.notify_one();
+                } else {
+                    tracing::debug!(
+                        account = lease.account_id,
+                        "unauthorized report coalesced: the token was replaced since the lease, or is fresh"
+                    );
                 }
             }
             Outcome::Ok | Outcome::Error => {}
@@ -188,12 +196,35 @@ impl Farm {
     }
 
     pub fn release(&self, lease_id: &str, who: Principal) -> Result<()> {
+        self.check_client_rate(who, Utc::now())?;
         let lease = self.lease_for(lease_id, who)?;
         let now = Utc::now();
         if self.store.release_lease(lease.key, now)? {
             self.lease_log.tally().released(lease.key, now);
         }
         Ok(())
+    }
+
+    /// Takes one request from the client key's bucket
+    /// (`rotation.client_rate`); the admin token is not limited.
+    pub(crate) fn check_client_rate(&self, who: Principal, now: DateTime<Utc>) -> Result<()> {
+        let Some(client) = who.client_id() else {
+            return Ok(());
+        };
+        let rate = self.config.rotation.client_rate;
+        let mut buckets = self
+            .client_buckets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let bucket = buckets
+            .entry(client)
+            .or_insert_with(|| Bucket::full(rate, now));
+        bucket
+            .take(rate, now)
+            .map_err(|wait| FarmError::RateLimited {
+                rate: rate.to_string(),
+                retry_after_s: retry_after_secs(wait),
+            })
     }
 
     /// The lease, if it exists and belongs to the caller (the admin may act

@@ -200,7 +200,11 @@ impl Farm {
             .store
             .save_tokens(id, &tokens, Utc::now())?
             .ok_or_else(|| super::not_found_account(id))?;
-        self.update_account(id, |a| a.install_tokens(tokens, generation, Utc::now()))
+        // `save_tokens` persisted the state (`active`, errors cleared) with
+        // the tokens: memory follows the disk.
+        self.with_account(id, |a| a.install_tokens(tokens, generation, Utc::now()))?;
+        self.scheduler_wake.notify_one();
+        Ok(())
     }
 
     /// Starts a listener on the redirect URI's address when it is a

@@ -54,12 +54,18 @@ pub enum FarmError {
         "the lease {0} is closed (released, expired, or its account was removed); take a new one"
     )]
     LeaseClosed(String),
+    #[error("this client key is over its rate of {rate} on /credential/* (rotation.client_rate); retry in {retry_after_s} s")]
+    RateLimited { rate: String, retry_after_s: i64 },
     #[error("login failed: {0}")]
     Login(String),
     #[error("invalid login script: {0}")]
     InvalidScript(String),
     #[error("browser relogin failed: {0}")]
     Relogin(String),
+    /// The farm's configuration names something it cannot use (say, an
+    /// unreadable file); the message names the key and the path.
+    #[error("configuration error: {0}")]
+    Config(String),
     #[error("refresh failed: {0}")]
     Refresh(#[source] OAuthError),
     #[error(transparent)]
@@ -83,6 +89,9 @@ pub struct Farm {
     pub(crate) lease_log: LeaseLog,
     pub(crate) providers: BTreeMap<String, Arc<Provider>>,
     state: Mutex<State>,
+    /// Held by [`Farm::update_account`] from its store write to its memory
+    /// change: durable account changes reach disk and memory in one order.
+    account_writes: Mutex<()>,
     /// One async lock per account: holding it is the right to send a
     /// refresh grant for that account.
     refresh_locks: Mutex<HashMap<AccountId, Arc<tokio::sync::Mutex<()>>>>,
@@ -90,6 +99,8 @@ pub struct Farm {
     pub(crate) refresh_slots: Semaphore,
     pub(crate) logins: login::PendingLogins,
     pub(crate) clients: clients::ClientKeys,
+    /// Each client key's request bucket on `/credential/*`.
+    pub(crate) client_buckets: Mutex<HashMap<i64, crate::domain::Bucket>>,
     /// Wakes the scheduler when an account's due time may have moved.
     pub(crate) scheduler_wake: Notify,
     pub(crate) metrics: crate::metrics::Metrics,
@@ -129,6 +140,20 @@ impl Farm {
                 .iter()
                 .any(|p| p.name == a.provider && p.login_script.is_some());
         }
+        let reuse_detection = |provider: &str| {
+            config
+                .providers
+                .iter()
+                .any(|p| p.name == provider && p.reuse_detection)
+        };
+        for a in &mut accounts {
+            if a.relogin_after_interrupted_refresh(
+                reuse_detection(&a.provider),
+                config.browser.enabled,
+            ) {
+                to_browser_after_crash(&store, a, now)?;
+            }
+        }
         let browser = config
             .browser
             .enabled
@@ -163,9 +188,11 @@ impl Farm {
             lease_log,
             providers,
             state: Mutex::new(state),
+            account_writes: Mutex::default(),
             refresh_locks: Mutex::default(),
             logins: login::PendingLogins::default(),
             clients,
+            client_buckets: Mutex::default(),
             scheduler_wake: Notify::new(),
             metrics,
             backup_running: tokio::sync::Mutex::new(()),
@@ -199,17 +226,26 @@ impl Farm {
         Ok(f(a))
     }
 
-    /// Applies `f` to the account in memory, then writes it through.
+    /// Changes an account durably: disk first, then memory. `f` is applied
+    /// to a copy, the copy is written to the store, and only then is `f`
+    /// applied to the account in memory, so a failed write leaves memory
+    /// as it was (the API never answers 500 while serving the change).
+    /// `f` runs twice: it must only set fields, with any clock reading or
+    /// randomness taken outside it. Writers take `account_writes`, so disk
+    /// and memory see them in the same order.
     pub(crate) fn update_account<T>(
         &self,
         id: AccountId,
-        f: impl FnOnce(&mut Account) -> T,
+        f: impl Fn(&mut Account) -> T,
     ) -> Result<T> {
-        let (out, snapshot) = self.with_account(id, |a| {
-            let out = f(a);
-            (out, a.clone())
-        })?;
-        self.store.update_account(&snapshot)?;
+        let _in_order = self
+            .account_writes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut copy = self.with_account(id, |a| a.clone())?;
+        f(&mut copy);
+        self.store.update_account(&copy)?;
+        let out = self.with_account(id, f)?;
         self.scheduler_wake.notify_one();
         Ok(out)
     }
@@ -251,6 +287,33 @@ pub fn browser_config(b: &crate::config::BrowserSettings) -> crate::browser::Bro
     }
 }
 
+/// An account whose refresh a crash interrupted, on a provider that revokes
+/// a grant when a spent refresh token comes back: marked `needs_relogin`
+/// (disk first) so the recovery ladder's browser logs it in, instead of the
+/// start-up catch-up replaying the refresh token that may be spent.
+fn to_browser_after_crash(
+    store: &Store,
+    a: &mut Account,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<()> {
+    let mut marked = a.clone();
+    marked.auth = crate::domain::AuthState::NeedsRelogin;
+    marked.suspect = false;
+    marked.last_error = Some(crate::domain::LastError {
+        at: now,
+        message: "a refresh was interrupted by the last shutdown and the provider detects \
+                  refresh token reuse: logging in with the browser instead of replaying it"
+            .into(),
+    });
+    store.update_account(&marked)?;
+    tracing::warn!(
+        account = a.id,
+        "interrupted refresh on a provider with reuse detection; relogging in with the browser"
+    );
+    *a = marked;
+    Ok(())
+}
+
 pub(crate) fn not_found_account(id: AccountId) -> FarmError {
     FarmError::NotFound {
         what: "account",
@@ -267,18 +330,123 @@ pub(crate) fn chrono_dur(d: std::time::Duration) -> chrono::Duration {
 /// config appended (sections after the defaults).
 #[cfg(test)]
 pub(crate) fn test_farm(dir: &std::path::Path, extra_toml: &str) -> Arc<Farm> {
+    crate::server::open_farm(test_config(dir, false, extra_toml)).expect("the test farm opens")
+}
+
+/// The config of [`test_farm`], the browser on or off (it launches
+/// nothing until a relogin runs).
+#[cfg(test)]
+pub(crate) fn test_config(dir: &std::path::Path, browser: bool, extra_toml: &str) -> Config {
     let toml = format!(
-        "[store]\npath = {:?}\n[browser]\nenabled = false\n{extra_toml}",
+        "[store]\npath = {:?}\n[browser]\nenabled = {browser}\n{extra_toml}",
         dir.join("farm.db").display().to_string()
     );
     let env = [("RELOGIN_FARM_ADMIN_TOKEN".to_owned(), "a".repeat(40))];
-    let config =
-        Config::from_toml_str(&toml, env, &Default::default()).expect("a valid test config");
-    crate::server::open_farm(config).expect("the test farm opens")
+    Config::from_toml_str(&toml, env, &Default::default()).expect("a valid test config")
 }
 
 #[cfg(test)]
 mod tests {
+    /// A store that refuses every account update: a trigger in the real
+    /// database, added through a second SQLite connection.
+    fn refuse_account_updates(farm: &super::Farm) {
+        let conn = rusqlite::Connection::open(farm.store.path()).unwrap();
+        conn.execute_batch(
+            "CREATE TRIGGER refuse BEFORE UPDATE ON accounts \
+             BEGIN SELECT RAISE(ABORT, 'the disk refuses'); END;",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn an_interrupted_refresh_with_reuse_detection_goes_to_the_browser_at_start() {
+        use crate::domain::{AuthState, Tokens};
+        let dir = tempfile::tempdir().unwrap();
+        let provider = |reuse: bool| {
+            format!(
+                "[[provider]]\nname = \"demo\"\nissuer = \"http://127.0.0.1:19000\"\n\
+                 client_id = \"c\"\nredirect_uri = \"http://127.0.0.1:18765/callback\"\n\
+                 login_script = \"demo.toml\"\nreuse_detection = {reuse}\n"
+            )
+        };
+        let now = chrono::Utc::now();
+        let (id, generation) = {
+            let farm =
+                crate::server::open_farm(super::test_config(dir.path(), true, &provider(false)))
+                    .unwrap();
+            let id = farm.add_account("demo", "alice", 0).unwrap().id;
+            let tokens = Tokens {
+                access_token: crate::secret::Secret::new("at"),
+                token_type: "Bearer".into(),
+                expires_at: now + chrono::Duration::hours(1),
+                issued_at: now,
+                refresh_token: Some(crate::secret::Secret::new("rt")),
+            };
+            let generation = farm.store.save_tokens(id, &tokens, now).unwrap().unwrap();
+            // The grant was sent; the process died before its answer.
+            farm.store.set_refresh_started(id, Some(now)).unwrap();
+            (id, generation)
+        };
+        let reopen = |browser: bool, reuse: bool| {
+            let config = super::test_config(dir.path(), browser, &provider(reuse));
+            crate::server::open_farm(config).unwrap()
+        };
+        let state = |farm: &super::Farm| farm.with_account(id, |a| (a.auth, a.suspect)).unwrap();
+        // Without reuse detection, or without a browser, the refresh is retried at once.
+        assert_eq!(state(&reopen(true, false)), (AuthState::Active, true));
+        assert_eq!(state(&reopen(false, true)), (AuthState::Active, true));
+        let farm = reopen(true, true);
+        assert_eq!(state(&farm), (AuthState::NeedsRelogin, false));
+        assert!(
+            farm.due_refreshes(now, chrono::Duration::minutes(1))
+                .0
+                .is_empty(),
+            "no replay of the refresh token"
+        );
+        assert_eq!(farm.due_relogins(now).0, vec![id], "the browser logs it in");
+        let view = farm.account(id).unwrap();
+        assert_eq!(view.state, "needs_relogin");
+        assert!(view.last_error.unwrap().message.contains("reuse"));
+        assert_eq!(view.generation, generation, "the tokens are kept");
+        drop(farm);
+        // The decision was stored, not just made in memory.
+        assert_eq!(state(&reopen(true, false)).0, AuthState::NeedsRelogin);
+    }
+
+    #[test]
+    fn a_failed_store_write_leaves_memory_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let farm = super::test_farm(
+            dir.path(),
+            "[[provider]]\nname = \"demo\"\nissuer = \"http://127.0.0.1:19000\"\n\
+             client_id = \"c\"\nredirect_uri = \"http://127.0.0.1:18765/callback\"\n",
+        );
+        let id = farm.add_account("demo", "alice", 3).unwrap().id;
+        refuse_account_updates(&farm);
+        let patch = super::AccountPatch {
+            label: Some("bob".into()),
+            priority: Some(9),
+            enabled: Some(false),
+        };
+        let err = farm.patch_account(id, patch).unwrap_err();
+        assert!(matches!(err, super::FarmError::Store(_)), "{err:?}");
+        let view = farm.account(id).unwrap();
+        assert_eq!(
+            (view.label.as_str(), view.priority, view.enabled),
+            ("alice", 3, true),
+            "memory kept a change the disk refused"
+        );
+        // The scheduler's end of a cooldown goes the same way.
+        let past = chrono::Utc::now() - chrono::Duration::seconds(1);
+        farm.with_account(id, |a| a.cooldown_until = Some(past))
+            .unwrap();
+        farm.end_cooldowns(chrono::Utc::now());
+        assert_eq!(
+            farm.with_account(id, |a| a.cooldown_until).unwrap(),
+            Some(past)
+        );
+    }
+
     #[test]
     fn browser_paths_become_absolute() {
         // Chromium refuses a relative user-data dir; the config's defaults are relative.

@@ -75,13 +75,8 @@ impl Farm {
             a.refreshing = true;
             (a.provider.clone(), rt, a.generation)
         };
-        let provider = match self.provider(&provider_name) {
-            Ok(p) => p.clone(),
-            Err(e) => {
-                self.with_account(id, |a| a.refreshing = false)?;
-                return Err(e);
-            }
-        };
+        let _mark = RefreshingMark { farm: self, id };
+        let provider = self.provider(&provider_name)?.clone();
 
         let _slot = self
             .refresh_slots
@@ -89,10 +84,7 @@ impl Farm {
             .await
             .expect("the refresh semaphore is never closed");
         let started = Utc::now();
-        if let Err(e) = self.store.set_refresh_started(id, Some(started)) {
-            self.with_account(id, |a| a.refreshing = false)?;
-            return Err(e.into());
-        }
+        self.store.set_refresh_started(id, Some(started))?;
         tracing::debug!(account = id, cause, "refresh grant sent");
         let result = provider.refresh(&refresh_token).await;
         self.metrics.record_refresh(result.is_ok());
@@ -176,12 +168,13 @@ impl Farm {
             account = id,
             "refresh token is dead; account needs a new login"
         );
+        let now = Utc::now();
         self.update_account(id, |a| {
             a.refreshing = false;
             a.suspect = false;
             a.auth = AuthState::NeedsRelogin;
             a.last_error = Some(LastError {
-                at: Utc::now(),
+                at: now,
                 message: message.clone(),
             });
         })?;
@@ -194,6 +187,7 @@ impl Farm {
         self.store.set_refresh_started(id, None)?;
         let cfg = &self.config.scheduler;
         let jitter: f64 = rand::thread_rng().gen();
+        let now = Utc::now();
         let failures = self.update_account(id, |a| {
             a.refreshing = false;
             a.refresh_failures = a.refresh_failures.saturating_add(1);
@@ -203,9 +197,9 @@ impl Farm {
                 chrono_dur(cfg.retry_max),
                 jitter,
             );
-            a.retry_at = Some(Utc::now() + wait);
+            a.retry_at = Some(now + wait);
             a.last_error = Some(LastError {
-                at: Utc::now(),
+                at: now,
                 message: format!("refresh failed, will retry: {error}"),
             });
             a.refresh_failures
@@ -217,6 +211,21 @@ impl Farm {
             format!("refresh failed ({failures} in a row), will retry: {error}"),
         );
         Err(FarmError::Refresh(error))
+    }
+}
+
+/// Clears the account's `refreshing` mark however the refresh ends: an
+/// error, a panic, or the caller dropping the future (a client that hung
+/// up). Made after the refresh lock is taken, so dropped before it is given
+/// up: the mark never clears a later refresh's.
+struct RefreshingMark<'a> {
+    farm: &'a Farm,
+    id: AccountId,
+}
+
+impl Drop for RefreshingMark<'_> {
+    fn drop(&mut self) {
+        let _ = self.farm.with_account(self.id, |a| a.refreshing = false);
     }
 }
 

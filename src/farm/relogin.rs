@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::{chrono_dur, not_found_account, Farm, FarmError, Result};
 use crate::browser::{LoginScript, RunFailure, Vars};
 use crate::domain::timing::{backoff, next_relogin_at};
-use crate::domain::{AccountId, AuthState, LastError};
+use crate::domain::{Account, AccountId, AuthState, LastError};
 use crate::events::EventKind;
 
 /// Who asked for a relogin.
@@ -57,8 +57,16 @@ impl Farm {
             return Ok(None);
         };
         std::fs::read_to_string(&path).map(Some).map_err(|e| {
-            FarmError::Conflict(format!(
-                "provider {provider}: cannot read login_script {}: {e}",
+            // Not the caller's fault: the configured file is missing or
+            // unreadable. Named as `farm.toml` names it.
+            let index = self
+                .config
+                .providers
+                .iter()
+                .position(|p| p.name == provider)
+                .unwrap_or_default();
+            FarmError::Config(format!(
+                "provider[{index}].login_script: cannot read {}: {e}",
                 path.display()
             ))
         })
@@ -87,9 +95,12 @@ impl Farm {
     }
 
     pub fn remove_login_script(&self, id: AccountId) -> Result<()> {
-        self.with_account(id, |_| ())?;
+        let provider = self.with_account(id, |a| a.provider.clone())?;
+        // Whether the provider has one is configuration, as at start: its
+        // file is not read here, so an unreadable one cannot fail the
+        // removal after the store has already done it.
+        let provider_has_one = self.provider(&provider)?.config.login_script.is_some();
         self.store.set_login_script(id, None)?;
-        let provider_has_one = self.login_script_text(id)?.is_some();
         self.with_account(id, |a| a.has_login_script = provider_has_one)?;
         Ok(())
     }
@@ -280,8 +291,7 @@ impl Farm {
         let cfg = &self.config.browser;
         let jitter: f64 = rand::thread_rng().gen();
         let now = Utc::now();
-        let was = self.with_account(id, |a| {
-            let was = a.auth;
+        let back_off = |a: &mut Account| {
             a.relogin_failures = a.relogin_failures.saturating_add(1);
             let wait = backoff(
                 a.relogin_failures,
@@ -290,6 +300,10 @@ impl Farm {
                 jitter,
             );
             a.relogin_retry_at = Some(now + wait);
+        };
+        let was = self.update_account(id, |a| {
+            let was = a.auth;
+            back_off(a);
             if needs_human {
                 a.auth = AuthState::NeedsHuman;
                 a.last_error = Some(LastError {
@@ -299,10 +313,11 @@ impl Farm {
             }
             was
         });
-        if let Ok(snapshot) = self.with_account(id, |a| a.clone()) {
-            if let Err(e) = self.store.update_account(&snapshot) {
-                tracing::error!(account = id, error = %e, "could not persist a relogin failure");
-            }
+        if let Err(e) = &was {
+            tracing::error!(account = id, error = %e, "could not persist a relogin failure");
+            // The state stays as the disk has it, but the ladder still
+            // backs off (in memory only) instead of relaunching at once.
+            let _ = self.with_account(id, back_off);
         }
         self.emit(
             EventKind::ReloginFailed,
@@ -424,4 +439,38 @@ pub struct BrowserInfo {
 /// screenshot path (all secret-free: the runner redacts).
 fn describe(f: &RunFailure) -> String {
     f.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreadable_provider_script_is_a_configuration_error_naming_key_and_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("scripts/demo.toml");
+        let farm = crate::farm::test_farm(
+            dir.path(),
+            &format!(
+                "[[provider]]\nname = \"demo\"\nissuer = \"http://127.0.0.1:19000\"\n\
+                 client_id = \"c\"\nredirect_uri = \"http://127.0.0.1:18765/callback\"\n\
+                 login_script = {:?}\n",
+                missing.display().to_string()
+            ),
+        );
+        let id = farm.add_account("demo", "alice", 0).unwrap().id;
+        let err = farm.login_script_text(id).unwrap_err();
+        assert!(matches!(err, FarmError::Config(_)), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("configuration error: provider[0].login_script: cannot read ")
+                && text.contains(&missing.display().to_string()),
+            "{text}"
+        );
+        let api = crate::http::error::ApiError::from(err);
+        assert_eq!((api.status.as_u16(), api.code), (500, "config_error"));
+        // Removing the account's own script does not read the provider's file.
+        farm.remove_login_script(id).unwrap();
+        assert!(farm.with_account(id, |a| a.has_login_script).unwrap());
+    }
 }

@@ -253,8 +253,8 @@ impl Farm {
         }
         let detail = describe_patch(&patch);
         self.update_account(id, |a| {
-            if let Some(label) = patch.label {
-                a.label = label;
+            if let Some(label) = &patch.label {
+                a.label = label.clone();
             }
             if let Some(p) = patch.priority {
                 a.priority = p;

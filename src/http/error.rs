@@ -102,6 +102,10 @@ impl From<FarmError> for ApiError {
             FarmError::LeaseClosed(_) => {
                 ApiError::new(StatusCode::CONFLICT, "lease_closed", detail)
             }
+            FarmError::RateLimited { retry_after_s, .. } => ApiError {
+                retry_after_s: Some(retry_after_s),
+                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", detail)
+            },
             FarmError::Login(_) => ApiError::new(StatusCode::BAD_GATEWAY, "login_failed", detail),
             FarmError::InvalidScript(_) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_script", detail)
@@ -111,6 +115,10 @@ impl From<FarmError> for ApiError {
             }
             FarmError::Refresh(_) => {
                 ApiError::new(StatusCode::BAD_GATEWAY, "refresh_failed", detail)
+            }
+            FarmError::Config(_) => {
+                tracing::error!(error = %detail, "configuration error");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "config_error", detail)
             }
             FarmError::Backup(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "backup_failed", detail)

@@ -808,11 +808,8 @@ fn check_fingerprint(conn: &Connection, cipher: &Cipher) -> Result<()> {
     }
 }
 
-/// Reads a secret that a person may have written with a trailing newline.
-pub fn read_secret_file(path: &Path) -> std::io::Result<Secret> {
-    let text = fs::read_to_string(path)?;
-    Ok(Secret::new(text.trim_end_matches(['\n', '\r']).to_string()))
-}
+/// The store key file is read by the one secret-file reader.
+pub use crate::secret::read_secret_file;
 
 /// Writes a new secret file 0600 (refusing to overwrite an existing one).
 pub fn write_secret_file(path: &Path, value: &Secret) -> std::io::Result<()> {

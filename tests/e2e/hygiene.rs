@@ -6,7 +6,7 @@ use std::path::Path;
 use relogin_farm::secret::Secret;
 use relogin_farm::store::{Cipher, Store};
 
-use crate::support::{int_of, json, mode_of, secs, str_of, Bed, Settings, PROVIDER};
+use crate::support::{int_of, json, mode_of, secs, str_of, time_of, Bed, Settings, PROVIDER};
 
 /// Every access and refresh token the farm holds now, read from its store
 /// with the store key (the farm must be stopped).
@@ -56,6 +56,11 @@ fn a_debug_log_contains_no_secret() {
         .expect("bob served a lease")
         .clone();
     let generation = int_of(&bed.account(bob), "generation");
+    // A report on a token issued moments ago is coalesced (no grant):
+    // report once bob's token is past that grace (5 s).
+    let issued = time_of(&bed.account(bob), "last_refresh_at");
+    let grace_over = issued + chrono::Duration::milliseconds(5500) - chrono::Utc::now();
+    std::thread::sleep(grace_over.to_std().unwrap_or_default());
     bed.api(Some(&key)).report(&bob_lease, "unauthorized", None);
     bed.wait_account("bob's refresh after the report", bob, secs(10), |a| {
         a["generation"].as_i64() > Some(generation)

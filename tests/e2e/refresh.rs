@@ -237,3 +237,95 @@ fn revoked_grant_marks_the_account_needs_relogin_not_deleted() {
         "erin",
     );
 }
+
+/// One client looping `next` → `report unauthorized` (with a slow token
+/// endpoint, as when it drove 183 grants in 10 s): reports on a token that
+/// was just issued, or already replaced, coalesce.
+#[test]
+fn an_unauthorized_loop_from_one_client_drives_at_most_a_handful_of_grants() {
+    let bed = Bed::start(Settings::default());
+    let id = bed.logged_in(&["gina"])[0];
+    let client = bed.client("looping-worker");
+    bed.provider.token_delay(400);
+    let started = std::time::Instant::now();
+    let (mut reports, mut unavailable) = (0, 0);
+    while started.elapsed() < secs(6) {
+        let answer = client.next(PROVIDER, None);
+        if answer.status == 503 {
+            unavailable += 1;
+            continue;
+        }
+        client.report(&answer.ok(), "unauthorized", None);
+        reports += 1;
+    }
+    bed.provider.token_delay(0);
+    let grants = bed.provider.refresh_grants("gina");
+    eprintln!("{reports} reports, {unavailable} answers 503, {grants} refresh grants");
+    assert!(reports >= 50, "the loop hardly ran: {reports} reports");
+    assert!(
+        grants <= 3,
+        "{grants} refresh grants from {reports} reports in 6 s"
+    );
+    let stats = bed.provider.stats();
+    assert_eq!(stats["grants_revoked"], 0, "{stats}");
+    assert_eq!(stats["refresh_failures"], json!({}), "{stats}");
+    let account = bed.wait_state(id, "healthy", secs(10));
+    assert!(account["last_error"].is_null(), "{account}");
+}
+
+#[test]
+fn a_client_over_its_rate_is_answered_429_with_retry_after() {
+    let bed = Bed::start(Settings {
+        client_rate: Some("5/s"),
+        ..Settings::default()
+    });
+    bed.logged_in(&["hank"]);
+    let client = bed.client("eager");
+    let leases: Vec<Value> = (0..5).map(|_| client.lease(PROVIDER, None)).collect();
+    let over = client.next(PROVIDER, None);
+    let body = over.expect_error(429, "rate_limited");
+    assert_eq!(over.header("retry-after"), Some("1"), "{body}");
+    assert_eq!(body["retry_after_s"], 1, "{body}");
+    assert!(
+        str_of(&body, "detail").contains("rotation.client_rate"),
+        "{body}"
+    );
+    let report = client.post(
+        "/credential/report",
+        json!({"lease_id": leases[0]["lease_id"], "outcome": "ok"}),
+    );
+    report.expect_error(429, "rate_limited");
+    // Per client key: another key, and the admin token, are not held back.
+    bed.client("patient").lease(PROVIDER, None);
+    bed.admin().lease(PROVIDER, None);
+    // The bucket refills: five a second.
+    thread::sleep(std::time::Duration::from_millis(1100));
+    client.lease(PROVIDER, None);
+    client.report(&leases[0], "ok", None);
+}
+
+/// The token endpoint keeps failing past the token's expiry: the stored
+/// state still says active, but the API and `/metrics` say `expired`, as
+/// `/credential/next` answers 503.
+#[test]
+fn an_account_past_its_token_expiry_shows_expired_everywhere() {
+    let bed = Bed::start(Settings::short_tokens());
+    let id = bed.logged_in(&["iris"])[0];
+    let expires = time_of(&bed.account(id), "expires_at");
+    bed.provider.token_fail(1000, 503);
+    let account = bed.wait_state(id, "expired", secs(15));
+    assert!(Utc::now() >= expires, "{account}");
+    assert!(
+        str_of(&account["last_error"], "message").contains("will retry"),
+        "{account}"
+    );
+    assert_eq!(
+        bed.metric("relogin_farm_accounts{provider=\"demo\",state=\"expired\"}"),
+        1.0
+    );
+    bed.admin()
+        .next(PROVIDER, None)
+        .expect_error(503, "no_account_available");
+    bed.provider.token_fail(0, 503);
+    bed.wait_state(id, "healthy", secs(15));
+}

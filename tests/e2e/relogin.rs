@@ -699,3 +699,54 @@ fn two_accounts_relog_one_at_a_time_and_removing_one_removes_its_profile() {
         "the other account's profile went too: {info}"
     );
 }
+
+/// A `kill -9` while a refresh grant is at the provider: the grant completes
+/// there, its answer dies with the farm, and the stored refresh token is
+/// spent. On a provider with `reuse_detection`, the restarted farm logs the
+/// scripted account in with the browser instead of replaying that token
+/// (which the test provider would answer by revoking the grant).
+#[test]
+fn kill_9_mid_refresh_on_a_reuse_detecting_provider_relogs_in_without_a_replay() {
+    let mut bed = browser_bed(Settings::default().with_toml("reuse_detection = true"));
+    let user = "judy";
+    let id = scripted_account(
+        &bed,
+        user,
+        &[("password", "judy-password")],
+        &login_script(user, false),
+    );
+    let generation = int_of(&bed.account(id), "generation");
+
+    bed.provider.token_delay(2000);
+    let admin = bed.admin();
+    let path = format!("/api/accounts/{id}/refresh");
+    let in_flight =
+        std::thread::spawn(move || admin.try_send(Method::POST, &path, Some(b"{}".to_vec())));
+    bed.wait_state(id, "refreshing", secs(10));
+    std::thread::sleep(Duration::from_millis(500)); // the grant reaches the provider
+    bed.kill9();
+    assert!(in_flight.join().expect("the refresh thread").is_err());
+    let orphan = poll(secs(5), || match bed.provider.refresh_grants(user) {
+        1 => Ok(()),
+        n => Err(format!("{n} refresh grants")),
+    });
+    eprintln!("the orphaned grant: {orphan:?}");
+    bed.provider.token_delay(0);
+    let code_grants = bed.provider.code_grants(user);
+    bed.start_farm();
+
+    let account = bed.wait_account("the browser relogin after the restart", id, LOGIN, |a| {
+        a["state"] == "healthy" && a["generation"].as_i64() > Some(generation)
+    });
+    assert!(account["last_error"].is_null(), "{account}");
+    let stats = bed.provider.stats();
+    assert_eq!(
+        stats["refresh_failures"],
+        json!({}),
+        "a refresh token was replayed: {stats}"
+    );
+    assert_eq!(stats["grants_revoked"], 0, "{stats}");
+    assert_eq!(bed.provider.refresh_grants(user), 1, "{stats}");
+    assert!(bed.provider.code_grants(user) > code_grants, "{stats}");
+    assert_serves_a_live_token(&bed, user);
+}

@@ -6,8 +6,8 @@
 (() => {
   const $ = (id) => document.getElementById(id);
   const TOKEN_KEY = 'relogin-farm.admin-token';
-  // States: healthy, cooling_down, refreshing, pending_login, needs_relogin, needs_human, disabled.
-  const ATTENTION = ['pending_login', 'needs_relogin', 'needs_human'];
+  // States: healthy, cooling_down, refreshing, expired, pending_login, needs_relogin, needs_human, disabled.
+  const ATTENTION = ['pending_login', 'expired', 'needs_relogin', 'needs_human'];
   const stateText = (s) => String(s).replace(/^./, (c) => c.toUpperCase()).replace(/_/g, ' '); // cooling_down → Cooling down
   let token = sessionStorage.getItem(TOKEN_KEY);
   // Last data from the API, plus UI state.

@@ -32,6 +32,8 @@ pub struct Settings {
     pub min_validity: &'static str,
     pub default_cooldown: &'static str,
     pub max_cooldown: &'static str,
+    /// `rotation.client_rate`; `None`: the farm's default.
+    pub client_rate: Option<&'static str>,
     /// `log.level` in the config file.
     pub log_level: &'static str,
     /// `RUST_LOG` for the farm process.
@@ -83,6 +85,7 @@ impl Default for Settings {
             min_validity: "1s",
             default_cooldown: "60s",
             max_cooldown: "1h",
+            client_rate: None,
             log_level: "info",
             rust_log: None,
             key_in_env: true,

@@ -78,8 +78,14 @@ impl Layout {
         );
         let _ = writeln!(
             toml,
-            "[rotation]\nstrategy = \"{}\"\nmin_validity = \"{}\"\ndefault_cooldown = \"{}\"\nmax_cooldown = \"{}\"\n",
-            s.strategy, s.min_validity, s.default_cooldown, s.max_cooldown
+            "[rotation]\nstrategy = \"{}\"\nmin_validity = \"{}\"\ndefault_cooldown = \"{}\"\nmax_cooldown = \"{}\"\n{}",
+            s.strategy,
+            s.min_validity,
+            s.default_cooldown,
+            s.max_cooldown,
+            s.client_rate
+                .map(|r| format!("client_rate = \"{r}\"\n"))
+                .unwrap_or_default()
         );
         let _ = writeln!(toml, "[log]\nlevel = \"{}\"\n", s.log_level);
         if let Some(browser) = &s.browser {
