@@ -43,13 +43,23 @@ pub const ENV_PREFIX: &str = "RELOGIN_FARM_";
 /// configuration must not reject them as unknown. An entry ending in `*`
 /// matches every variable starting with the part before it. Add to this list
 /// when a new such variable appears.
-pub const OTHER_ENV_VARS: &[&str] = &["RELOGIN_FARM_CONFIG", "RELOGIN_FARM_DEMO_*"];
+pub const OTHER_ENV_VARS: &[&str] = &[
+    "RELOGIN_FARM_CONFIG",
+    "RELOGIN_FARM_DEMO_*",
+    "RELOGIN_FARM_CA_FILE",
+];
 
 /// Scalar keys that the environment may override, each through the variable
 /// [`env_var`] names. Secrets are not listed: they have their own variables.
 const ENV_KEYS: &[&str] = &[
     "server.listen",
     "server.lease_ttl",
+    "server.header_read_timeout",
+    "server.idle_timeout",
+    "server.max_connections",
+    "server.max_connections_per_ip",
+    "server.tls_cert_file",
+    "server.tls_key_file",
     "store.path",
     "store.key_file",
     "store.lease_retention",
@@ -166,6 +176,28 @@ pub struct ServerConfig {
     pub admin_token: Option<Secret>,
     /// Longest life of a lease (a lease never outlives its token).
     pub lease_ttl: Duration,
+    /// A request's head must arrive whole within this of its first byte
+    /// (of the accept, for a connection's first request; the TLS handshake
+    /// included).
+    pub header_read_timeout: Duration,
+    /// A connection on which nothing moves for this long, while none of its
+    /// requests is being handled, is closed.
+    pub idle_timeout: Duration,
+    /// Client connections open at once; `None`: derived from the file limit
+    /// (`listener::default_max_connections`).
+    pub max_connections: Option<usize>,
+    /// Client connections open at once from one IP address.
+    pub max_connections_per_ip: usize,
+    /// `server.tls_cert_file` and `server.tls_key_file` (PEM), both or
+    /// neither; read by the listener (at start and on SIGHUP).
+    pub tls: Option<TlsFiles>,
+}
+
+/// The certificate chain and private key of the HTTPS listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -454,6 +486,17 @@ impl Default for ServerConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8377)),
             admin_token: None,
             lease_ttl: minutes(10),
+            // A person on a slow link sends a head in well under a second;
+            // ten leaves room and frees a silent connection's slot quickly.
+            header_read_timeout: Duration::from_secs(10),
+            // Longer than a client's pause between two requests, far
+            // shorter than it takes a flood of idle connections to matter.
+            idle_timeout: Duration::from_secs(60),
+            max_connections: None,
+            // Loopback clients all share 127.0.0.1: generous, so that a host
+            // running many workers is not refused.
+            max_connections_per_ip: 256,
+            tls: None,
         }
     }
 }
@@ -653,18 +696,29 @@ impl Config {
 
 /// The `relogin-farm init` template: [`EXAMPLE_TOML`] with its
 /// `admin_token_file` pointing at `admin_token_file` (which the caller is
-/// expected to create: loading fails while it is missing).
-pub fn init_template(admin_token_file: &str) -> String {
-    EXAMPLE_TOML.replacen(
+/// expected to create: loading fails while it is missing) and, given `tls`,
+/// its commented-out TLS keys set to those files (`init --tls`).
+pub fn init_template(admin_token_file: &str, tls: Option<&TlsFiles>) -> String {
+    let line =
+        |key: &str, path: &Path| format!("{key} = {}", Value::String(path.display().to_string()));
+    let mut text = EXAMPLE_TOML.replacen(
         EXAMPLE_ADMIN_TOKEN_LINE,
-        &format!(
-            "admin_token_file = {}",
-            Value::String(admin_token_file.to_owned())
-        ),
+        &line("admin_token_file", Path::new(admin_token_file)),
         1,
-    )
+    );
+    if let Some(tls) = tls {
+        for (commented, key, path) in [
+            (EXAMPLE_TLS_CERT_LINE, "tls_cert_file", &tls.cert_file),
+            (EXAMPLE_TLS_KEY_LINE, "tls_key_file", &tls.key_file),
+        ] {
+            text = text.replacen(commented, &line(key, path), 1);
+        }
+    }
+    text
 }
 
+const EXAMPLE_TLS_CERT_LINE: &str = "# tls_cert_file = \"data/tls.crt\"";
+const EXAMPLE_TLS_KEY_LINE: &str = "# tls_key_file = \"data/tls.key\"";
 const EXAMPLE_ADMIN_TOKEN_LINE: &str = "admin_token_file = \"data/admin.token\"";
 
 /// The name of the environment variable that overrides scalar `key`:
@@ -709,7 +763,32 @@ impl ServerConfig {
         let listen = sec.parsed("listen", "socket address", SocketAddr::from_str)?;
         let token_file = sec.secret_file("admin_token_file")?;
         let lease_ttl = sec.duration("lease_ttl")?;
+        let header_read_timeout = sec.duration("header_read_timeout")?;
+        let idle_timeout = sec.duration("idle_timeout")?;
+        let max_connections = sec.count("max_connections", 1..=1_000_000)?;
+        let max_connections_per_ip = sec.count("max_connections_per_ip", 1..=1_000_000)?;
+        let tls_cert_file = sec.path("tls_cert_file")?;
+        let tls_key_file = sec.path("tls_key_file")?;
         sec.finish()?;
+        let tls = match (tls_cert_file, tls_key_file) {
+            (Some(cert_file), Some(key_file)) => Some(TlsFiles {
+                cert_file,
+                key_file,
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(sec.invalid(
+                    "tls_cert_file",
+                    "needs server.tls_key_file too (give both or neither)",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(sec.invalid(
+                    "tls_key_file",
+                    "needs server.tls_cert_file too (give both or neither)",
+                ))
+            }
+        };
         let from_file = SecretVars {
             value: None,
             file: token_file,
@@ -718,6 +797,11 @@ impl ServerConfig {
             listen: listen.unwrap_or(d.listen),
             admin_token: resolve_secret(env.admin_token.clone(), from_file)?,
             lease_ttl: lease_ttl.unwrap_or(d.lease_ttl),
+            header_read_timeout: header_read_timeout.unwrap_or(d.header_read_timeout),
+            idle_timeout: idle_timeout.unwrap_or(d.idle_timeout),
+            max_connections,
+            max_connections_per_ip: max_connections_per_ip.unwrap_or(d.max_connections_per_ip),
+            tls,
         })
     }
 }
@@ -1935,9 +2019,52 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let token_path = dir.path().join("it's \"quoted\" \\ admin.token");
         fs::write(&token_path, format!("{TOKEN}\n")).unwrap();
-        let template = init_template(token_path.to_str().unwrap());
+        let template = init_template(token_path.to_str().unwrap(), None);
         let config = load(&template, &[]).unwrap();
         assert_eq!(config.server.admin_token, Some(Secret::new(TOKEN)));
+        assert_eq!(config.server.tls, None);
+    }
+
+    #[test]
+    fn init_template_sets_the_tls_files() {
+        assert!(EXAMPLE_TOML.contains(EXAMPLE_TLS_CERT_LINE));
+        assert!(EXAMPLE_TOML.contains(EXAMPLE_TLS_KEY_LINE));
+        let files = TlsFiles {
+            cert_file: PathBuf::from("data/tls.crt"),
+            key_file: PathBuf::from("data/tls.key"),
+        };
+        let template = init_template("data/admin.token", Some(&files));
+        let config = load(&template, &[("RELOGIN_FARM_ADMIN_TOKEN", TOKEN)]).unwrap();
+        assert_eq!(config.server.tls, Some(files));
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs_and_limits_have_ranges() {
+        assert_eq!(
+            err("[server]\ntls_cert_file = \"c.pem\"", &[]),
+            "server.tls_cert_file: needs server.tls_key_file too (give both or neither)"
+        );
+        assert_eq!(
+            err("[server]\ntls_key_file = \"k.pem\"", &[]),
+            "server.tls_key_file: needs server.tls_cert_file too (give both or neither)"
+        );
+        assert_eq!(
+            err("[server]\nmax_connections = 0", &[]),
+            "server.max_connections: must be between 1 and 1000000, not 0"
+        );
+        assert_eq!(
+            err("[server]\nidle_timeout = \"0s\"", &[]),
+            "server.idle_timeout: must be more than 0s"
+        );
+        let config = load(
+            "[server]\nmax_connections = 64\nmax_connections_per_ip = 8\nheader_read_timeout = \"2s\"",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.server.max_connections, Some(64));
+        assert_eq!(config.server.max_connections_per_ip, 8);
+        assert_eq!(config.server.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(config.server.idle_timeout, Duration::from_secs(60));
     }
 
     /// Uncomments every commented-out key (and the second provider) in the

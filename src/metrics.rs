@@ -24,6 +24,31 @@ pub struct Metrics {
     backups_failed: AtomicU64,
     /// Unix seconds of the newest backup (0: none yet).
     last_backup_at: AtomicI64,
+    /// Client connections open now.
+    connections_open: AtomicI64,
+    /// Client connections the listener closed, by [`ConnectionClosed`].
+    connections_closed: [AtomicU64; 3],
+}
+
+/// Why the listener closed a client connection itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionClosed {
+    /// Its request head (or TLS handshake) did not arrive in time.
+    HeaderTimeout = 0,
+    /// Nothing moved on it for `server.idle_timeout`.
+    IdleTimeout = 1,
+    /// Its IP address had `server.max_connections_per_ip` open already.
+    PerIpLimit = 2,
+}
+
+impl ConnectionClosed {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionClosed::HeaderTimeout => "header_timeout",
+            ConnectionClosed::IdleTimeout => "idle_timeout",
+            ConnectionClosed::PerIpLimit => "per_ip_limit",
+        }
+    }
 }
 
 impl Metrics {
@@ -79,6 +104,14 @@ impl Metrics {
         self.last_backup_at.fetch_max(at.timestamp(), Relaxed);
     }
 
+    /// A client connection opened (`+1`) or ended (`-1`).
+    pub fn record_connection(&self, delta: i64) {
+        self.connections_open.fetch_add(delta, Relaxed);
+    }
+    pub fn record_connection_closed(&self, why: ConnectionClosed) {
+        self.connections_closed[why as usize].fetch_add(1, Relaxed);
+    }
+
     /// Renders the counters plus the per-state account gauge the caller
     /// computed (`(provider, state, count)`) and the lease log's commit count.
     pub fn render(&self, accounts: &[(String, &'static str, usize)], lease_commits: u64) -> String {
@@ -118,19 +151,13 @@ impl Metrics {
             Outcome::Unauthorized,
             Outcome::Error,
         ];
-        let labels: Vec<String> = outcomes
-            .iter()
-            .map(|o| format!("{{outcome=\"{}\"}}", o.as_str()))
-            .collect();
-        let samples: Vec<(&str, u64)> = outcomes
-            .iter()
-            .zip(&labels)
-            .map(|(o, l)| (l.as_str(), self.reports[*o as usize].load(Relaxed)))
-            .collect();
+        let reports = by_label("outcome", &outcomes, Outcome::as_str, |o| {
+            self.reports[o as usize].load(Relaxed)
+        });
         counter(
             "relogin_farm_reports_total",
             "Client reports, by outcome.",
-            &samples,
+            &samples(&reports),
         );
         counter(
             "relogin_farm_scheduler_rounds_total",
@@ -144,6 +171,26 @@ impl Metrics {
                 ("{result=\"ok\"}", self.backups_ok.load(Relaxed)),
                 ("{result=\"failed\"}", self.backups_failed.load(Relaxed)),
             ],
+        );
+        let reasons = [
+            ConnectionClosed::HeaderTimeout,
+            ConnectionClosed::IdleTimeout,
+            ConnectionClosed::PerIpLimit,
+        ];
+        let closed = by_label("reason", &reasons, ConnectionClosed::as_str, |r| {
+            self.connections_closed[r as usize].load(Relaxed)
+        });
+        counter(
+            "relogin_farm_connections_closed_total",
+            "Client connections the farm closed itself, by reason (server.header_read_timeout, server.idle_timeout, server.max_connections_per_ip).",
+            &samples(&closed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP relogin_farm_connections_open Client connections open now.\n\
+             # TYPE relogin_farm_connections_open gauge\n\
+             relogin_farm_connections_open {}",
+            self.connections_open.load(Relaxed)
         );
         let _ = writeln!(
             out,
@@ -161,4 +208,21 @@ impl Metrics {
         }
         out
     }
+}
+
+/// One sample per variant: its `{key="name"}` label and its count.
+fn by_label<T: Copy>(
+    key: &str,
+    variants: &[T],
+    name: fn(T) -> &'static str,
+    count: impl Fn(T) -> u64,
+) -> Vec<(String, u64)> {
+    variants
+        .iter()
+        .map(|&v| (format!("{{{key}=\"{}\"}}", name(v)), count(v)))
+        .collect()
+}
+
+fn samples(labelled: &[(String, u64)]) -> Vec<(&str, u64)> {
+    labelled.iter().map(|(l, n)| (l.as_str(), *n)).collect()
 }
