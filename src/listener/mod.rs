@@ -125,7 +125,7 @@ impl Listener {
     pub fn new(tcp: TcpListener, server: &ServerConfig) -> Result<Listener, ListenerError> {
         let tls = server.tls.as_ref().map(TlsCert::load).transpose()?;
         let addr = tcp.local_addr()?;
-        if tls.is_none() && !addr.ip().is_loopback() {
+        if in_clear_beyond_this_host(addr, tls.is_some()) {
             tracing::warn!(
                 %addr,
                 "listening beyond loopback without TLS: client keys and the admin token cross \
@@ -231,6 +231,12 @@ impl Listener {
         }
         graceful.shutdown().await;
     }
+}
+
+/// Whether a listener on `addr` would carry bearer tokens in clear to other
+/// machines: it is not loopback-only and has no TLS.
+fn in_clear_beyond_this_host(addr: SocketAddr, tls: bool) -> bool {
+    !tls && !addr.ip().is_loopback()
 }
 
 /// Accept errors: a connection reset before it was accepted is nothing; a
@@ -713,6 +719,18 @@ mod tests {
         assert_eq!(default_max_connections(1 << 20), DEFAULT_MAX_CONNECTIONS);
         assert_eq!(default_max_connections(300), 44);
         assert_eq!(default_max_connections(100), 1);
+    }
+
+    #[test]
+    fn plain_http_beyond_loopback_is_warned_about() {
+        let warned = |addr: &str, tls| in_clear_beyond_this_host(addr.parse().unwrap(), tls);
+        assert!(warned("0.0.0.0:8377", false));
+        assert!(warned("192.168.1.5:8377", false));
+        assert!(warned("[::]:8377", false));
+        assert!(!warned("0.0.0.0:8377", true));
+        assert!(!warned("127.0.0.1:8377", false));
+        assert!(!warned("127.0.0.9:8377", false));
+        assert!(!warned("[::1]:8377", false));
     }
 
     #[test]
