@@ -226,3 +226,38 @@ fn by_label<T: Copy>(
 fn samples(labelled: &[(String, u64)]) -> Vec<(&str, u64)> {
     labelled.iter().map(|(l, n)| (l.as_str(), *n)).collect()
 }
+
+/// `relogin_farm_store_bytes`: the database file and its WAL. Read with
+/// `stat` only: opening the database outside SQLite would drop its locks.
+pub fn store_size(db: &std::path::Path) -> String {
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    format!(
+        "# HELP relogin_farm_store_bytes Size of the database file and of its write-ahead log.\n\
+         # TYPE relogin_farm_store_bytes gauge\n\
+         relogin_farm_store_bytes{{file=\"database\"}} {}\n\
+         relogin_farm_store_bytes{{file=\"wal\"}} {}\n",
+        size(db),
+        size(std::path::Path::new(&wal))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn store_size_reports_the_database_and_its_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("farm.db");
+        std::fs::write(&db, [0u8; 4096]).unwrap();
+        let text = super::store_size(&db);
+        assert!(
+            text.contains("relogin_farm_store_bytes{file=\"database\"} 4096\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("relogin_farm_store_bytes{file=\"wal\"} 0\n"),
+            "{text}"
+        );
+    }
+}

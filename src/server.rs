@@ -241,6 +241,9 @@ pub async fn serve(
     if let Err(e) = farm.store_last_used() {
         tracing::error!(error = %e, "storing accounts' last use failed");
     }
+    if let Err(e) = farm.lease_log.truncate_wal() {
+        tracing::warn!(error = %e, "emptying the WAL at shutdown failed");
+    }
     tracing::info!("stopped");
     match ended {
         Ended::Requested => Ok(()),

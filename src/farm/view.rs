@@ -305,6 +305,8 @@ impl Farm {
                 .or_default() += 1;
         }
         let rows: Vec<_> = counts.into_iter().map(|((p, s), n)| (p, s, n)).collect();
-        self.metrics.render(&rows, self.lease_log.commits())
+        let mut text = self.metrics.render(&rows, self.lease_log.commits());
+        text.push_str(&crate::metrics::store_size(self.store.path()));
+        text
     }
 }

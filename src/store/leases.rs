@@ -130,6 +130,9 @@ impl LeaseLog {
             last_id: AtomicI64::new(last_id),
         });
         let checkpointer = open_connection(path, false)?;
+        // A TRUNCATE checkpoint that cannot get through at once is left for
+        // the next idle second rather than holding up writers.
+        checkpointer.busy_timeout(CHECKPOINT_BUSY)?;
         let alive = Arc::downgrade(&shared);
         thread::Builder::new()
             .name("wal-checkpoint".into())
@@ -264,14 +267,50 @@ impl Drop for Shared {
 /// How often the WAL is copied back into the database.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Checkpoints the WAL in the background (PASSIVE: never blocks a writer),
-/// until the lease log is closed.
+/// How long a TRUNCATE checkpoint waits for readers and writers.
+const CHECKPOINT_BUSY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Checkpoints the WAL in the background until the lease log is closed:
+/// PASSIVE (never blocks a writer) while leases are being written, and
+/// once the log has been idle for a second with frames in the WAL, a
+/// TRUNCATE one, which empties the file (a flood leaves it as large as the
+/// most it ever held otherwise; `journal_size_limit` bounds it only when a
+/// writer restarts it).
 fn checkpoint_loop(conn: Connection, alive: Weak<Shared>) {
-    while alive.strong_count() > 0 {
+    let mut last_commits = None;
+    let mut wal_frames = 0;
+    loop {
         thread::sleep(CHECKPOINT_EVERY);
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(error = %e, "WAL checkpoint failed");
+        let Some(commits) = alive.upgrade().map(|s| s.commits.load(Ordering::Relaxed)) else {
+            return;
+        };
+        let idle = last_commits.replace(commits) == Some(commits);
+        let mode = if idle && wal_frames > 0 {
+            "TRUNCATE"
+        } else {
+            "PASSIVE"
+        };
+        match checkpoint(&conn, mode) {
+            Ok(frames) => wal_frames = frames,
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
         }
+    }
+}
+
+/// Runs a checkpoint (`PASSIVE`, `TRUNCATE`); returns the frames left in
+/// the WAL (all of them when it could not finish).
+fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<i64> {
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+        r.get::<_, i64>(1)
+    })
+}
+
+impl LeaseLog {
+    /// Copies the WAL into the database and empties it (at shutdown: a
+    /// stopped farm leaves no large WAL behind). Waits for readers.
+    pub fn truncate_wal(&self) -> Result<()> {
+        checkpoint(&lock(&self.shared.writer).0, "TRUNCATE")?;
+        Ok(())
     }
 }
 
@@ -585,4 +624,66 @@ fn recent(conn: &Connection, limit: i64) -> Result<Vec<RecentLease>> {
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+#[cfg(test)]
+mod wal_tests {
+    use super::*;
+    use crate::store::{Cipher, Store};
+
+    fn wal_bytes(db: &Path) -> u64 {
+        let mut wal = db.as_os_str().to_owned();
+        wal.push("-wal");
+        std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// After a burst of leases the WAL is emptied once the log is idle, and
+    /// at shutdown; `journal_size_limit` is set on every connection.
+    #[tokio::test]
+    async fn an_idle_log_empties_the_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = crate::secret::Secret::new("11".repeat(32));
+        let store = Store::open(
+            &dir.path().join("data/farm.db"),
+            Cipher::from_text(&key).unwrap(),
+        )
+        .unwrap();
+        let now = chrono::Utc::now();
+        let alice = store.insert_account("demo", "alice", 0, now).unwrap();
+        let db = store.path().to_path_buf();
+        let log = LeaseLog::start(&db).unwrap();
+        for _ in 0..2000 {
+            let key = log.allocate();
+            log.record(NewLease {
+                key,
+                account_id: alice.id,
+                client_id: None,
+                session: None,
+                generation: 1,
+                issued_at: now,
+                expires_at: now + chrono::Duration::minutes(1),
+            })
+            .await
+            .unwrap();
+        }
+        assert!(wal_bytes(&db) > 0);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while wal_bytes(&db) > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the WAL still holds {} bytes after 10 idle seconds",
+                wal_bytes(&db)
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        store.insert_account("demo", "bob", 0, now).unwrap();
+        assert!(wal_bytes(&db) > 0);
+        log.truncate_wal().unwrap();
+        assert_eq!(wal_bytes(&db), 0);
+        let limit: i64 = store
+            .conn()
+            .query_row("PRAGMA journal_size_limit", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(limit, crate::store::JOURNAL_SIZE_LIMIT);
+    }
 }

@@ -693,6 +693,10 @@ pub(crate) fn from_ms(v: i64) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
+/// Bytes a WAL is cut back to when a writer starts it over after a complete
+/// checkpoint (the idle checkpoint empties it: `leases::checkpoint_loop`).
+pub const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+
 /// Creates the data directory (0700) and the database file (0600) before
 /// SQLite opens it, so the file is never readable by others even briefly.
 ///
@@ -733,6 +737,7 @@ pub(crate) fn open_connection(path: &Path, synchronous_full: bool) -> Result<Con
     // that no commit — a lease batch holding many requests, or an account
     // write on an async worker — ever pays for copying the WAL back.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
     Ok(conn)
 }
 
