@@ -48,7 +48,11 @@ pub const ENV_PREFIX: &str = "RELOGIN_FARM_";
 /// configuration must not reject them as unknown. An entry ending in `*`
 /// matches every variable starting with the part before it. Add to this list
 /// when a new such variable appears.
-pub const OTHER_ENV_VARS: &[&str] = &["RELOGIN_FARM_CONFIG", "RELOGIN_FARM_DEMO_*"];
+pub const OTHER_ENV_VARS: &[&str] = &[
+    "RELOGIN_FARM_CONFIG",
+    "RELOGIN_FARM_DEMO_*",
+    "RELOGIN_FARM_CA_FILE",
+];
 
 /// Upper bound on every duration: far beyond any sensible setting, and low
 /// enough that adding it to a timestamp can never overflow downstream.
@@ -408,12 +412,33 @@ config_section! {
         listen: SocketAddr = "127.0.0.1:8377" => parsed("socket address", SocketAddr::from_str);
         /// A lease's longest life (never longer than its token).
         lease_ttl: Duration = "10m" => duration();
+        /// A request's head must arrive whole within this of its first byte (of the accept, TLS handshake included, for a connection's first request); see [Security](#security).
+        header_read_timeout: Duration = "10s" => duration();
+        /// A connection on which nothing moves for this long, while none of its requests is being handled, is closed.
+        idle_timeout: Duration = "60s" => duration();
+        /// Client connections open at once; never more than the open-file limit less 256 kept for the farm's own work.
+        max_connections: usize = 1024, shown "open-file limit − 256, at most 1024" => count(1..=1_000_000);
+        /// Client connections open at once from one IP address; more are closed at once.
+        max_connections_per_ip: usize = 256 => count(1..=1_000_000);
     }
     extra {
+        /// `server.tls_cert_file` and `server.tls_key_file` (PEM), both or
+        /// neither; read by the listener (at start and on SIGHUP).
+        tls: Option<TlsFiles> = None;
+        /// Whether `max_connections` was configured (else the listener
+        /// derives it from the open-file limit).
+        max_connections_configured: bool = false;
         /// From `RELOGIN_FARM_ADMIN_TOKEN`, or read from
         /// `RELOGIN_FARM_ADMIN_TOKEN_FILE` / `server.admin_token_file`.
         admin_token: Option<Secret> = None;
     }
+}
+
+/// The certificate chain and private key of the HTTPS listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 config_section! {
@@ -541,16 +566,31 @@ const NO_DEFAULT: &str = "—";
 /// have their own variables. Documented here so the README table and the
 /// example check see them.
 fn custom_keys() -> Vec<KeyDoc> {
-    vec![KeyDoc {
-        key: "server.admin_token_file".to_owned(),
-        ty: "secret file",
+    let tls_file = |name: &str, doc: &str| KeyDoc {
+        key: format!("server.{name}"),
+        ty: "path",
         default: None,
         shown_default: NO_DEFAULT.to_owned(),
-        env: Some(format!("{ENV_PREFIX}ADMIN_TOKEN_FILE")),
-        doc: format!(
-            "File holding the admin token (or `{ENV_PREFIX}ADMIN_TOKEN`, the token itself)."
+        env: None,
+        doc: doc.to_owned(),
+    };
+    vec![
+        KeyDoc {
+            key: "server.admin_token_file".to_owned(),
+            ty: "secret file",
+            default: None,
+            shown_default: NO_DEFAULT.to_owned(),
+            env: Some(format!("{ENV_PREFIX}ADMIN_TOKEN_FILE")),
+            doc: format!(
+                "File holding the admin token (or `{ENV_PREFIX}ADMIN_TOKEN`, the token itself)."
+            ),
+        },
+        tls_file(
+            "tls_cert_file",
+            "HTTPS: PEM certificate chain (with `tls_key_file`; both or neither), read again on SIGHUP; `init --tls` makes a self-signed pair.",
         ),
-    }]
+        tls_file("tls_key_file", "HTTPS: PEM private key of `tls_cert_file`."),
+    ]
 }
 
 impl Config {
@@ -708,18 +748,29 @@ impl Config {
 
 /// The `relogin-farm init` template: [`EXAMPLE_TOML`] with its
 /// `admin_token_file` pointing at `admin_token_file` (which the caller is
-/// expected to create: loading fails while it is missing).
-pub fn init_template(admin_token_file: &str) -> String {
-    EXAMPLE_TOML.replacen(
+/// expected to create: loading fails while it is missing) and, given `tls`,
+/// its commented-out TLS keys set to those files (`init --tls`).
+pub fn init_template(admin_token_file: &str, tls: Option<&TlsFiles>) -> String {
+    let line =
+        |key: &str, path: &Path| format!("{key} = {}", Value::String(path.display().to_string()));
+    let mut text = EXAMPLE_TOML.replacen(
         EXAMPLE_ADMIN_TOKEN_LINE,
-        &format!(
-            "admin_token_file = {}",
-            Value::String(admin_token_file.to_owned())
-        ),
+        &line("admin_token_file", Path::new(admin_token_file)),
         1,
-    )
+    );
+    if let Some(tls) = tls {
+        for (commented, key, path) in [
+            (EXAMPLE_TLS_CERT_LINE, "tls_cert_file", &tls.cert_file),
+            (EXAMPLE_TLS_KEY_LINE, "tls_key_file", &tls.key_file),
+        ] {
+            text = text.replacen(commented, &line(key, path), 1);
+        }
+    }
+    text
 }
 
+const EXAMPLE_TLS_CERT_LINE: &str = "# tls_cert_file = \"data/tls.crt\"";
+const EXAMPLE_TLS_KEY_LINE: &str = "# tls_key_file = \"data/tls.key\"";
 const EXAMPLE_ADMIN_TOKEN_LINE: &str = "admin_token_file = \"data/admin.token\"";
 
 /// The name of the environment variable that overrides scalar `key`:
@@ -763,7 +814,29 @@ impl ServerConfig {
     fn build(mut sec: Section<'_>, env: &EnvLayer) -> Result<Self> {
         let mut server = Self::read(&mut sec)?;
         let token_file = sec.secret_file("admin_token_file")?;
+        let tls_cert_file = sec.path("tls_cert_file")?;
+        let tls_key_file = sec.path("tls_key_file")?;
         sec.finish()?;
+        server.max_connections_configured = !sec.is_default("max_connections");
+        server.tls = match (tls_cert_file, tls_key_file) {
+            (Some(cert_file), Some(key_file)) => Some(TlsFiles {
+                cert_file,
+                key_file,
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(sec.invalid(
+                    "tls_cert_file",
+                    "needs server.tls_key_file too (give both or neither)",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(sec.invalid(
+                    "tls_key_file",
+                    "needs server.tls_cert_file too (give both or neither)",
+                ))
+            }
+        };
         let from_file = SecretVars {
             value: None,
             file: token_file,
@@ -1930,9 +2003,53 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let token_path = dir.path().join("it's \"quoted\" \\ admin.token");
         fs::write(&token_path, format!("{TOKEN}\n")).unwrap();
-        let template = init_template(token_path.to_str().unwrap());
+        let template = init_template(token_path.to_str().unwrap(), None);
         let config = load(&template, &[]).unwrap();
         assert_eq!(config.server.admin_token, Some(Secret::new(TOKEN)));
+        assert_eq!(config.server.tls, None);
+    }
+
+    #[test]
+    fn init_template_sets_the_tls_files() {
+        assert!(EXAMPLE_TOML.contains(EXAMPLE_TLS_CERT_LINE));
+        assert!(EXAMPLE_TOML.contains(EXAMPLE_TLS_KEY_LINE));
+        let files = TlsFiles {
+            cert_file: PathBuf::from("data/tls.crt"),
+            key_file: PathBuf::from("data/tls.key"),
+        };
+        let template = init_template("data/admin.token", Some(&files));
+        let config = load(&template, &[("RELOGIN_FARM_ADMIN_TOKEN", TOKEN)]).unwrap();
+        assert_eq!(config.server.tls, Some(files));
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs_and_limits_have_ranges() {
+        assert_eq!(
+            err("[server]\ntls_cert_file = \"c.pem\"", &[]),
+            "server.tls_cert_file: needs server.tls_key_file too (give both or neither)"
+        );
+        assert_eq!(
+            err("[server]\ntls_key_file = \"k.pem\"", &[]),
+            "server.tls_key_file: needs server.tls_cert_file too (give both or neither)"
+        );
+        assert_eq!(
+            err("[server]\nmax_connections = 0", &[]),
+            "server.max_connections: must be between 1 and 1000000, not 0"
+        );
+        assert_eq!(
+            err("[server]\nidle_timeout = \"0s\"", &[]),
+            "server.idle_timeout: must be more than 0s"
+        );
+        let config = load(
+            "[server]\nmax_connections = 64\nmax_connections_per_ip = 8\nheader_read_timeout = \"2s\"",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.server.max_connections, 64);
+        assert!(config.server.max_connections_configured);
+        assert_eq!(config.server.max_connections_per_ip, 8);
+        assert_eq!(config.server.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(config.server.idle_timeout, Duration::from_secs(60));
     }
 
     /// Uncomments every commented-out key (and the second provider) in the

@@ -25,6 +25,8 @@
 //! - [`http`]: the warp route table, thin handlers, the one error renderer,
 //!   and the loopback redirect listener.
 //! - [`server`]: wiring; `server::run(config, listener, shutdown)`.
+//! - [`listener`]: the HTTP(S) accept loop: connection caps, header and
+//!   idle timeouts, TLS with reload on SIGHUP.
 //! - [`lockfile`]: `flock` locks between processes that name their holder
 //!   (one farm per database, one browser per profile).
 //! - [`metrics`]: counters for `/metrics`.
@@ -38,6 +40,7 @@ pub mod domain;
 pub mod events;
 pub mod farm;
 pub mod http;
+pub mod listener;
 pub mod lockfile;
 pub mod metrics;
 pub mod names;

@@ -45,7 +45,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Write a commented farm.toml, the data dir, a store key and an admin token here.
-    Init,
+    Init {
+        /// Also make a self-signed TLS certificate for this host's names and
+        /// the loopback addresses (data/tls.crt, data/tls.key) and serve HTTPS.
+        #[arg(long)]
+        tls: bool,
+    },
     /// Run the daemon.
     Serve {
         /// Listen address (overrides server.listen); port 0 picks a free port.
@@ -202,7 +207,7 @@ struct FarmArgs {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match &cli.command {
-        Command::Init => init(&cli.config),
+        Command::Init { tls } => init(&cli.config, *tls),
         Command::Serve { listen, store_path } => {
             let overrides = Overrides {
                 listen: *listen,
@@ -406,13 +411,19 @@ fn init_logging(config: &Config) {
 }
 
 async fn serve(config: Config) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.server.listen)
+    // Before anything opens a file: every descriptor the hard limit allows.
+    match relogin_farm::listener::raise_nofile_limit() {
+        Ok(nofile) => tracing::info!(nofile, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+    let tcp = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("server.listen: cannot listen on {}", config.server.listen))?;
-    let addr = listener.local_addr()?;
+    let listener = relogin_farm::listener::Listener::new(tcp, &config.server)?;
+    let url = listener.url()?;
     let farm = relogin_farm::server::open_farm(config)?;
     // One machine-readable line, for scripts and tests that bind port 0.
-    println!("LISTENING http://{addr}");
+    println!("LISTENING {url}");
     std::io::stdout().flush()?;
     relogin_farm::server::serve(farm, listener, shutdown_signal()).await?;
     Ok(())
@@ -429,12 +440,20 @@ async fn shutdown_signal() {
 
 /// `init`: everything a first `serve` needs, in the current directory.
 /// Never overwrites: an existing file is a reason to stop, not to replace it.
-fn init(config_path: &Path) -> Result<()> {
+fn init(config_path: &Path, tls: bool) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     let data = Path::new("data");
     let key_file = data.join("farm.key");
     let token_file = data.join("admin.token");
-    for f in [config_path, &key_file, &token_file] {
+    let tls_files = tls.then(|| config::TlsFiles {
+        cert_file: data.join("tls.crt"),
+        key_file: data.join("tls.key"),
+    });
+    let mut files = vec![config_path, &key_file, &token_file];
+    if let Some(t) = &tls_files {
+        files.extend([t.cert_file.as_path(), t.key_file.as_path()]);
+    }
+    for f in files {
         if f.exists() {
             bail!(
                 "{} already exists; init does not overwrite anything",
@@ -450,9 +469,13 @@ fn init(config_path: &Path) -> Result<()> {
     write_secret_file(&key_file, &Cipher::generate_key_text()).context("writing the store key")?;
     let token = Secret::new(format!("rfa_{}", random_token()));
     write_secret_file(&token_file, &token).context("writing the admin token")?;
+    let fingerprint = match &tls_files {
+        Some(t) => Some(write_self_signed(t)?),
+        None => None,
+    };
     std::fs::write(
         config_path,
-        config::init_template(&token_file.display().to_string()),
+        config::init_template(&token_file.display().to_string(), tls_files.as_ref()),
     )?;
     println!(
         "wrote {} (edit the [[provider]] section)",
@@ -466,11 +489,36 @@ fn init(config_path: &Path) -> Result<()> {
         "wrote {} (0600) — the admin API token",
         token_file.display()
     );
+    if let (Some(t), Some(fingerprint)) = (&tls_files, fingerprint) {
+        println!(
+            "wrote {} and {} (0600) — a self-signed certificate for {}",
+            t.cert_file.display(),
+            t.key_file.display(),
+            relogin_farm::listener::tls::host_names().join(", ")
+        );
+        println!("certificate SHA-256 fingerprint: {fingerprint}");
+        println!(
+            "clients on other machines trust that certificate (copy {}; the CLI: \
+             RELOGIN_FARM_CA_FILE); set server.listen to an address they reach",
+            t.cert_file.display()
+        );
+    }
     println!(
         "next: relogin-farm serve --config {}",
         config_path.display()
     );
     Ok(())
+}
+
+/// Writes a new self-signed certificate and its key (both 0600); returns
+/// the certificate's fingerprint.
+fn write_self_signed(files: &config::TlsFiles) -> Result<String> {
+    let made = relogin_farm::listener::tls::self_signed(relogin_farm::listener::tls::host_names())
+        .context("generating the TLS certificate")?;
+    write_secret_file(&files.key_file, &made.key_pem).context("writing the TLS key")?;
+    write_secret_file(&files.cert_file, &Secret::new(made.cert_pem))
+        .context("writing the TLS certificate")?;
+    Ok(made.fingerprint)
 }
 
 fn random_token() -> String {
@@ -496,11 +544,11 @@ impl FarmClient {
         let base = args
             .farm
             .clone()
-            .unwrap_or_else(|| format!("http://{}", config.server.listen));
+            .unwrap_or_else(|| default_farm_url(&config.server));
         Ok(FarmClient {
             base: base.trim_end_matches('/').to_string(),
             token,
-            http: reqwest::Client::new(),
+            http: farm_http_client(&config.server)?,
         })
     }
 
@@ -533,6 +581,49 @@ impl FarmClient {
         }
         Ok(value)
     }
+}
+
+/// The farm's URL from `server.listen`: `https` when it serves TLS, and a
+/// loopback address for a wildcard one.
+fn default_farm_url(server: &config::ServerConfig) -> String {
+    let mut addr = server.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let scheme = if server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    format!("{scheme}://{addr}")
+}
+
+/// The CLI's HTTP client. Besides the usual roots it trusts the certificate
+/// in `RELOGIN_FARM_CA_FILE` or, without it, the farm's own
+/// `server.tls_cert_file` (a self-signed one is its own root).
+fn farm_http_client(server: &config::ServerConfig) -> Result<reqwest::Client> {
+    let ca_file = std::env::var_os("RELOGIN_FARM_CA_FILE")
+        .map(|f| ("RELOGIN_FARM_CA_FILE", PathBuf::from(f)))
+        .or_else(|| {
+            server
+                .tls
+                .as_ref()
+                .map(|t| ("server.tls_cert_file", t.cert_file.clone()))
+        });
+    let mut builder = reqwest::Client::builder();
+    if let Some((source, path)) = ca_file {
+        let pem = std::fs::read(&path)
+            .with_context(|| format!("{source}: cannot read {}", path.display()))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("{source}: {} is not a PEM certificate", path.display()))?
+        {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    Ok(builder.build()?)
 }
 
 async fn account(config: Config, command: &AccountCommand) -> Result<()> {

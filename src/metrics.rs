@@ -27,6 +27,22 @@ pub struct Metrics {
     last_backup_at: AtomicI64,
     /// Scheduled tasks that panicked, by [`Job`] (a bug, caught).
     task_panics: [AtomicU64; Job::ALL.len()],
+    /// Client connections open now.
+    connections_open: AtomicI64,
+    /// Client connections the listener closed, by [`ConnectionClosed`].
+    connections_closed: [AtomicU64; ConnectionClosed::ALL.len()],
+}
+
+crate::named_enum! {
+    /// Why the listener closed a client connection itself.
+    pub enum ConnectionClosed {
+        /// Its request head (or TLS handshake) did not arrive in time.
+        HeaderTimeout = "header_timeout",
+        /// Nothing moved on it for `server.idle_timeout`.
+        IdleTimeout = "idle_timeout",
+        /// Its IP address had `server.max_connections_per_ip` open already.
+        PerIpLimit = "per_ip_limit",
+    }
 }
 
 impl Metrics {
@@ -85,6 +101,14 @@ impl Metrics {
         self.last_backup_at.fetch_max(at.timestamp(), Relaxed);
     }
 
+    /// A client connection opened (`+1`) or ended (`-1`).
+    pub fn record_connection(&self, delta: i64) {
+        self.connections_open.fetch_add(delta, Relaxed);
+    }
+    pub fn record_connection_closed(&self, why: ConnectionClosed) {
+        self.connections_closed[why as usize].fetch_add(1, Relaxed);
+    }
+
     /// Renders the counters plus the per-state account gauge the caller
     /// computed (`(provider, state, count)`), the lease log's commit count
     /// and the store's size (`(database file, WAL)` in bytes).
@@ -124,39 +148,26 @@ impl Metrics {
                 ("{result=\"failed\"}", self.refresh_failed.load(Relaxed)),
             ],
         );
-        let outcomes = Outcome::ALL;
-        let labels: Vec<String> = outcomes
-            .iter()
-            .map(|o| format!("{{outcome=\"{}\"}}", o.as_str()))
-            .collect();
-        let samples: Vec<(&str, u64)> = outcomes
-            .iter()
-            .zip(&labels)
-            .map(|(o, l)| (l.as_str(), self.reports[*o as usize].load(Relaxed)))
-            .collect();
+        let reports = by_label("outcome", Outcome::ALL, Outcome::as_str, |o| {
+            self.reports[o as usize].load(Relaxed)
+        });
         counter(
             "relogin_farm_reports_total",
             "Client reports, by outcome.",
-            &samples,
+            &samples(&reports),
         );
         counter(
             "relogin_farm_scheduler_rounds_total",
             "Passes of the refresh scheduler over the accounts (one per due time, at least one per scheduler.max_sleep): a liveness signal.",
             &[("", self.scheduler_rounds())],
         );
-        let labels: Vec<String> = Job::ALL
-            .iter()
-            .map(|j| format!("{{job=\"{}\"}}", j.as_str()))
-            .collect();
-        let samples: Vec<(&str, u64)> = Job::ALL
-            .iter()
-            .zip(&labels)
-            .map(|(j, l)| (l.as_str(), self.task_panics[*j as usize].load(Relaxed)))
-            .collect();
+        let panics = by_label("job", &Job::ALL, Job::as_str, |j| {
+            self.task_panics[j as usize].load(Relaxed)
+        });
         counter(
             "relogin_farm_task_panics_total",
             "Scheduled refresh and relogin tasks that panicked (a bug; the account is retried with backoff).",
-            &samples,
+            &samples(&panics),
         );
         counter(
             "relogin_farm_backups_total",
@@ -165,6 +176,24 @@ impl Metrics {
                 ("{result=\"ok\"}", self.backups_ok.load(Relaxed)),
                 ("{result=\"failed\"}", self.backups_failed.load(Relaxed)),
             ],
+        );
+        let closed = by_label(
+            "reason",
+            ConnectionClosed::ALL,
+            ConnectionClosed::as_str,
+            |r| self.connections_closed[r as usize].load(Relaxed),
+        );
+        counter(
+            "relogin_farm_connections_closed_total",
+            "Client connections the farm closed itself, by reason (server.header_read_timeout, server.idle_timeout, server.max_connections_per_ip).",
+            &samples(&closed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP relogin_farm_connections_open Client connections open now.\n\
+             # TYPE relogin_farm_connections_open gauge\n\
+             relogin_farm_connections_open {}",
+            self.connections_open.load(Relaxed)
         );
         let _ = writeln!(
             out,
@@ -189,4 +218,21 @@ impl Metrics {
         }
         out
     }
+}
+
+/// One sample per variant: its `{key="name"}` label and its count.
+fn by_label<T: Copy>(
+    key: &str,
+    variants: &[T],
+    name: fn(T) -> &'static str,
+    count: impl Fn(T) -> u64,
+) -> Vec<(String, u64)> {
+    variants
+        .iter()
+        .map(|&v| (format!("{{{key}=\"{}\"}}", name(v)), count(v)))
+        .collect()
+}
+
+fn samples(labelled: &[(String, u64)]) -> Vec<(&str, u64)> {
+    labelled.iter().map(|(l, n)| (l.as_str(), *n)).collect()
 }

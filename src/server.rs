@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::farm::{Farm, FarmError};
+use crate::listener::Listener;
 use crate::scheduler;
 use crate::secret::Secret;
 use crate::store::{
@@ -33,6 +34,8 @@ pub enum ServeError {
          RELOGIN_FARM_ADMIN_TOKEN_FILE (`relogin-farm init` creates one)"
     )]
     NoAdminToken,
+    #[error(transparent)]
+    Listener(#[from] crate::listener::ListenerError),
     #[error(
         "the {0} stopped unexpectedly (see the log above); the farm shut down so that its \
          service manager restarts it (systemd: Restart=on-failure)"
@@ -128,6 +131,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let listener = Listener::new(listener, &config.server)?;
     let farm = open_farm(config)?;
     serve(farm, listener, shutdown).await
 }
@@ -180,7 +184,7 @@ pub async fn supervise(jobs: &mut [Job], shutdown: impl Future<Output = ()>) -> 
 /// ([`ServeError::JobDied`]); either way it stops in order.
 pub async fn serve(
     farm: Arc<Farm>,
-    listener: TcpListener,
+    listener: Listener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -213,12 +217,9 @@ pub async fn serve(
         ),
         (
             "HTTP server",
-            Some(tokio::spawn(
-                warp::serve(crate::http::routes(farm.clone()))
-                    .incoming(listener)
-                    .graceful(async move { scheduler::wait_shutdown(&mut http_stop).await })
-                    .run(),
-            )),
+            Some(tokio::spawn(listener.run(farm.clone(), async move {
+                scheduler::wait_shutdown(&mut http_stop).await
+            }))),
         ),
     ];
     let ended = supervise(&mut jobs, shutdown).await;

@@ -309,7 +309,14 @@ pub async fn events(
             .map(|v| parse_id("Last-Event-ID", v))
             .transpose()?;
         let stream = super::sse::stream(farm.clone(), resume);
-        Ok(warp::sse::reply(warp::sse::keep_alive().stream(stream)).into_response())
+        Ok(warp::sse::reply(
+            warp::sse::keep_alive()
+                .interval(crate::listener::sse_keep_alive(
+                    farm.config.server.idle_timeout,
+                ))
+                .stream(stream),
+        )
+        .into_response())
     })();
     render(result)
 }

@@ -333,6 +333,23 @@ fn checkpoint_loop(conn: Connection, wal: &Path, alive: Weak<Shared>) {
     }
 }
 
+/// Runs a checkpoint (`PASSIVE`, `TRUNCATE`); returns the frames left in
+/// the WAL (all of them when it could not finish).
+fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<i64> {
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+        r.get::<_, i64>(1)
+    })
+}
+
+impl LeaseLog {
+    /// Copies the WAL into the database and empties it (at shutdown: a
+    /// stopped farm leaves no large WAL behind). Waits for readers.
+    pub fn truncate_wal(&self) -> Result<()> {
+        checkpoint(&lock(&self.shared.writer).0, "TRUNCATE")?;
+        Ok(())
+    }
+}
+
 /// Rows per INSERT statement when a batch is large: one statement run per
 /// this many leases instead of per lease.
 const ROWS_PER_INSERT: usize = 16;

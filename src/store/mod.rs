@@ -705,6 +705,10 @@ pub(crate) fn from_ms(v: i64) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
+/// Bytes a WAL is cut back to when a writer starts it over after a complete
+/// checkpoint (the idle checkpoint empties it: `leases::checkpoint_loop`).
+pub const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+
 /// Creates the data directory (0700) and the database file (0600) before
 /// SQLite opens it, so the file is never readable by others even briefly.
 ///

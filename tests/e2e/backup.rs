@@ -49,7 +49,8 @@ fn output_text(out: &Output) -> String {
 fn a_second_farm_on_the_same_store_is_refused_and_the_first_keeps_serving() {
     let bed = Bed::start(Settings::default());
     let id = bed.logged_in(&["hana"])[0];
-    let failure = match FarmProcess::start(&bed.layout, Some(&bed.store_key), None) {
+    let failure = match FarmProcess::start(&bed.layout, Some(&bed.store_key), &Settings::default())
+    {
         Ok(_) => panic!("a second farm started on the same store"),
         Err(f) => f,
     };

@@ -47,6 +47,10 @@ pub struct Settings {
     /// The `[browser]` section (see [`Settings::with_browser`]); `None`:
     /// none is written (the farm's defaults, never launched by most tests).
     pub browser: Option<BrowserSettings>,
+    /// Lines added to the `[server]` section (see [`Settings::with_server`]).
+    pub server_toml: String,
+    /// The farm process's open-file limit (soft and hard); `None`: inherited.
+    pub nofile: Option<u64>,
 }
 
 /// The farm's own browser for a test: headless Debian Chromium and the
@@ -91,6 +95,8 @@ impl Default for Settings {
             key_in_env: true,
             extra_toml: String::new(),
             browser: None,
+            server_toml: String::new(),
+            nofile: None,
         }
     }
 }
@@ -109,6 +115,13 @@ impl Settings {
     pub fn with_toml(mut self, toml: &str) -> Self {
         self.extra_toml.push('\n');
         self.extra_toml.push_str(toml);
+        self
+    }
+
+    /// These settings plus `lines` in the `[server]` section.
+    pub fn with_server(mut self, lines: &str) -> Self {
+        self.server_toml.push_str(lines);
+        self.server_toml.push('\n');
         self
     }
 
@@ -173,7 +186,7 @@ impl Bed {
     /// Starts the farm with `store_key` in `RELOGIN_FARM_KEY` (or none).
     pub fn try_start_farm(&mut self, store_key: Option<&str>) -> Result<(), StartFailure> {
         assert!(self.farm.is_none(), "the farm is already running");
-        let farm = FarmProcess::start(&self.layout, store_key, self.settings.rust_log)?;
+        let farm = FarmProcess::start(&self.layout, store_key, &self.settings)?;
         self.farm = Some(farm);
         Ok(())
     }

@@ -66,8 +66,9 @@ impl Layout {
         let q = |p: &Path| toml_string(&p.display().to_string());
         let _ = writeln!(
             toml,
-            "[server]\nadmin_token_file = {}\nlease_ttl = \"10m\"\n",
-            q(&self.admin_token_file())
+            "[server]\nadmin_token_file = {}\nlease_ttl = \"10m\"\n{}",
+            q(&self.admin_token_file()),
+            s.server_toml
         );
         let _ = writeln!(toml, "[store]\npath = {}\n", q(&self.db()));
         let _ = writeln!(
@@ -138,7 +139,7 @@ impl FarmProcess {
     pub fn start(
         layout: &Layout,
         store_key: Option<&str>,
-        rust_log: Option<&str>,
+        settings: &Settings,
     ) -> Result<FarmProcess, StartFailure> {
         let mut cmd = clean_command(env!("CARGO_BIN_EXE_relogin-farm"));
         cmd.arg("serve")
@@ -149,8 +150,11 @@ impl FarmProcess {
         if let Some(key) = store_key {
             cmd.env("RELOGIN_FARM_KEY", key);
         }
-        if let Some(filter) = rust_log {
+        if let Some(filter) = settings.rust_log {
             cmd.env("RUST_LOG", filter);
+        }
+        if let Some(nofile) = settings.nofile {
+            limit_open_files(&mut cmd, nofile);
         }
         let (daemon, url) = Daemon::spawn("relogin-farm", cmd, &layout.farm_log(), "LISTENING ")?;
         assert!(
@@ -168,5 +172,24 @@ impl FarmProcess {
     /// `kill -9`.
     pub fn kill9(mut self) {
         self.daemon.kill();
+    }
+}
+
+/// Runs `cmd` with at most `nofile` open files (soft and hard limit).
+pub fn limit_open_files(cmd: &mut std::process::Command, nofile: u64) {
+    use std::os::unix::process::CommandExt;
+    let limit = libc::rlimit {
+        rlim_cur: nofile,
+        rlim_max: nofile,
+    };
+    // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
     }
 }
