@@ -82,6 +82,7 @@ const ENV_KEYS: &[&str] = &[
     "browser.driver_linger",
     "browser.retry_initial",
     "browser.retry_max",
+    "browser.sandbox",
 ];
 
 /// Every event kind, as spelled in `webhook.events` (and in the event
@@ -278,7 +279,15 @@ pub struct BrowserSettings {
     /// Backoff after a failed relogin: starts here, doubles up to `retry_max`.
     pub retry_initial: Duration,
     pub retry_max: Duration,
+    /// Chromium's sandbox: on unless the farm runs as root (`Auto`).
+    pub sandbox: Sandbox,
+    /// Hosts a relogin's pages may be on (`*.example.com` for subdomains),
+    /// besides the provider's authorize and redirect hosts; empty: any.
+    /// Other schemes than http(s) are refused either way.
+    pub allowed_hosts: Vec<String>,
 }
+
+pub use crate::browser::runner::Sandbox;
 
 impl WebhookConfig {
     /// Whether events of `kind` go to this webhook.
@@ -539,6 +548,8 @@ impl Default for BrowserSettings {
             extra_args: Vec::new(),
             retry_initial: minutes(5),
             retry_max: minutes(6 * 60),
+            sandbox: Sandbox::Auto,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -858,6 +869,8 @@ impl BrowserSettings {
         let extra_args = sec.chromium_args("extra_args")?.unwrap_or(d.extra_args);
         let retry_initial = sec.duration("retry_initial")?.unwrap_or(d.retry_initial);
         let retry_max = sec.duration("retry_max")?.unwrap_or(d.retry_max);
+        let sandbox = sec.sandbox("sandbox")?.unwrap_or(d.sandbox);
+        let allowed_hosts = sec.host_names("allowed_hosts")?.unwrap_or(d.allowed_hosts);
         sec.finish()?;
         sec.at_least("retry_max", retry_max, "retry_initial", retry_initial)?;
         Ok(BrowserSettings {
@@ -874,6 +887,8 @@ impl BrowserSettings {
             extra_args,
             retry_initial,
             retry_max,
+            sandbox,
+            allowed_hosts,
         })
     }
 }
@@ -1712,6 +1727,45 @@ impl<'a> Section<'a> {
         })
     }
 
+    /// `"auto"`, `true` or `false` (from the environment: those as strings).
+    fn sandbox(&mut self, key: &str) -> Result<Option<Sandbox>> {
+        let from_env = self.set_by_env(key);
+        let expected = "\"auto\", true or false";
+        match self.take(key) {
+            None => Ok(None),
+            Some(Value::Boolean(true)) => Ok(Some(Sandbox::On)),
+            Some(Value::Boolean(false)) => Ok(Some(Sandbox::Off)),
+            Some(Value::String(text)) => match text.trim() {
+                "auto" => Ok(Some(Sandbox::Auto)),
+                "true" if from_env => Ok(Some(Sandbox::On)),
+                "false" if from_env => Ok(Some(Sandbox::Off)),
+                _ => Err(self.invalid(key, format!("invalid value {text:?}: expected {expected}"))),
+            },
+            Some(other) => Err(wrong_type(self.name(key), expected, &other)),
+        }
+    }
+
+    /// Host names (`login.example.com`, or `*.example.com` for it and its
+    /// subdomains): no scheme, port or path.
+    fn host_names(&mut self, key: &str) -> Result<Option<Vec<String>>> {
+        self.string_list(key, |item_key, host| {
+            let name = host.strip_prefix("*.").unwrap_or(host);
+            let valid = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'));
+            if valid {
+                return Ok(());
+            }
+            Err(ConfigError::Invalid {
+                key: item_key.to_owned(),
+                reason: format!(
+                    "invalid host {host:?}: a host name such as \"login.example.com\" or \"*.example.com\" (no scheme, port or path)"
+                ),
+            })
+        })
+    }
+
     fn secret(&mut self, key: &str) -> Result<Option<SecretRef>> {
         Ok(self
             .string(key)?
@@ -2173,6 +2227,10 @@ mod tests {
             ("[browser]\nextra_args = [\"--lang=de\", 1]", "browser.extra_args[1]: expected a string, found integer"),
             ("[browser]\nextra_args = [\"no-sandbox\"]", "browser.extra_args[0]: invalid Chromium flag \"no-sandbox\": must be --name or --name=value"),
             ("[browser]\nextra_args = [\"--\"]", "browser.extra_args[0]: invalid Chromium flag \"--\""),
+            ("[browser]\nsandbox = \"yes\"", "browser.sandbox: invalid value \"yes\": expected \"auto\", true or false"),
+            ("[browser]\nsandbox = 1", "browser.sandbox: expected \"auto\", true or false, found integer"),
+            ("[browser]\nallowed_hosts = [\"https://x.test\"]", "browser.allowed_hosts[0]: invalid host \"https://x.test\": a host name such as \"login.example.com\" or \"*.example.com\" (no scheme, port or path)"),
+            ("[browser]\nallowed_hosts = [\"x.test:443\"]", "browser.allowed_hosts[0]: invalid host \"x.test:443\": a host name such as \"login.example.com\" or \"*.example.com\" (no scheme, port or path)"),
             ("[browser]\nextra_args = [\"--lang=de\", \"--headless=new\"]", "browser.extra_args[1]: --headless is reserved: relogin-farm sets it itself (use browser.headless)"),
             ("[browser]\nextra_args = [\"-user-data-dir=/tmp/x\"]", "browser.extra_args[0]: -user-data-dir is reserved"),
             ("[browser]\nextra_args = [\"--remote-debugging-port=9222\"]", "browser.extra_args[0]: --remote-debugging-port is reserved"),
@@ -2310,6 +2368,7 @@ mod tests {
                 ("RELOGIN_FARM_BROWSER_RELOGIN_TIMEOUT", "90s"),
                 ("RELOGIN_FARM_BROWSER_RETRY_INITIAL", "1m"),
                 ("RELOGIN_FARM_BROWSER_RETRY_MAX", "1h"),
+                ("RELOGIN_FARM_BROWSER_SANDBOX", "false"),
             ],
         )
         .unwrap();
@@ -2340,6 +2399,8 @@ mod tests {
                 extra_args: vec![],
                 retry_initial: minutes(1),
                 retry_max: minutes(60),
+                sandbox: Sandbox::Off,
+                allowed_hosts: vec![],
             }
         );
         let config = load(

@@ -673,6 +673,17 @@ async fn doctor(config: &Config) -> Result<()> {
                 cfg.chromium.display()
             );
         }
+        let root = relogin_farm::browser::runner::running_as_root();
+        println!(
+            "browser sandbox: {} (browser.sandbox = {}, running as {})",
+            if cfg.sandbox {
+                "on"
+            } else {
+                "off: Chromium runs with --no-sandbox"
+            },
+            config.browser.sandbox.as_config(),
+            if root { "root" } else { "a user" }
+        );
         problems.extend(browser);
     } else {
         println!("browser: off (browser.enabled = false)");

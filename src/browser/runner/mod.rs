@@ -5,6 +5,7 @@ mod config;
 mod doctor;
 mod drive;
 mod driver;
+mod navigation;
 mod outcome;
 mod profile;
 mod run;
@@ -18,8 +19,8 @@ use tokio::sync::{watch, Semaphore};
 use url::Url;
 
 pub use config::{
-    export_driver_env, BrowserConfig, CHROMIUM_FLAGS, DEFAULT_DRIVER_LINGER, DRIVER_CLI_JS,
-    DRIVER_VERSION,
+    export_driver_env, running_as_root, BrowserConfig, Sandbox, CHROMIUM_FLAGS,
+    DEFAULT_DRIVER_LINGER, DRIVER_CLI_JS, DRIVER_VERSION,
 };
 pub use doctor::{doctor, Problem};
 pub use outcome::{FailedStep, FailureKind, LoginOutcome, PoolError, RunFailure};
