@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use relogin_farm::config::{self, Config, Overrides};
 use relogin_farm::secret::Secret;
-use relogin_farm::store::{write_secret_file, Cipher};
+use relogin_farm::store::{write_private_file as write_private, write_secret_file, Cipher};
 
 /// A lease is allocated by its request and freed by whichever worker leads
 /// its batch's commit; glibc's allocator pays for such cross-thread frees
@@ -451,10 +451,12 @@ fn init(config_path: &Path) -> Result<()> {
     write_secret_file(&key_file, &Cipher::generate_key_text()).context("writing the store key")?;
     let token = Secret::new(format!("rfa_{}", random_token()));
     write_secret_file(&token_file, &token).context("writing the admin token")?;
-    std::fs::write(
+    // 0600: a farm.toml may come to hold a client secret.
+    write_private(
         config_path,
-        config::init_template(&token_file.display().to_string()),
-    )?;
+        config::init_template(&token_file.display().to_string()).as_bytes(),
+    )
+    .with_context(|| format!("writing {}", config_path.display()))?;
     println!(
         "wrote {} (edit the [[provider]] section)",
         config_path.display()
@@ -812,13 +814,15 @@ async fn record(
         .await?;
     println!("account {id} logged in");
     let text = recording.script.to_toml();
-    let path = out
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(format!("scripts/login/{provider}-{label}.toml")));
+    let path = out.map(Path::to_path_buf).unwrap_or_else(|| {
+        Path::new("scripts/login").join(relogin_farm::browser::recorder::script_file_name(
+            &provider, &label,
+        ))
+    });
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(&path, &text)?;
+    write_private(&path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
     upload_script(&client, id, &text).await?;
     for (name, value) in &recording.secrets {
         let body = serde_json::json!({"value": value.expose()});

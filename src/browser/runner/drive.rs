@@ -320,22 +320,8 @@ impl Driver<'_> {
                 Ok(Err(e)) => return Err(first_line(&e.to_string())),
                 Err(_) => return Err("screenshot timed out".into()),
             };
-        write_private(path, &png).map_err(|e| format!("{}: {e}", path.display()))
+        crate::store::write_private_file(path, &png).map_err(|e| format!("{}: {e}", path.display()))
     }
-}
-
-/// Writes a new file readable by the farm's user only: screenshots show
-/// account pages.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(bytes)
 }
 
 /// A browser error in the words of the script: timeouts name what was

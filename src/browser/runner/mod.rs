@@ -157,12 +157,22 @@ impl BrowserPool {
             .inner
             .profiles
             .try_acquire(profile_key, ProfileUse::Relogin)?;
-        let dir = self.profile_dir(profile_key);
-        match tokio::fs::remove_dir_all(&dir).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(PoolError::Io(format!("removing {}: {e}", dir.display()))),
-        }
+        remove_dir_if_present(&self.profile_dir(profile_key)).await
+    }
+
+    /// Everything the farm keeps for a profile key, for an account that is
+    /// being removed: the profile, its screenshots and its lock file (taken
+    /// first: refused while a browser has the profile open).
+    pub async fn remove_all(&self, profile_key: &str) -> Result<(), PoolError> {
+        validate_profile_key(profile_key)?;
+        let guard = self
+            .inner
+            .profiles
+            .try_acquire(profile_key, ProfileUse::Relogin)?;
+        remove_dir_if_present(&self.profile_dir(profile_key)).await?;
+        remove_dir_if_present(&self.artifacts_dir(profile_key)).await?;
+        guard.remove_lock_file();
+        Ok(())
     }
 
     /// Whether the profile exists, its size on disk, and who uses it now.
@@ -286,6 +296,14 @@ impl BrowserPool {
         profile::create_private_dir(&dir)
             .map_err(|e| PoolError::Io(format!("{}: {e}", dir.display())))?;
         Session::launch(&self.inner.cfg, &dir, headless, source).await
+    }
+}
+
+async fn remove_dir_if_present(dir: &std::path::Path) -> Result<(), PoolError> {
+    match tokio::fs::remove_dir_all(dir).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(PoolError::Io(format!("removing {}: {e}", dir.display()))),
     }
 }
 
