@@ -664,19 +664,28 @@ impl Config {
 
 /// The `relogin-farm init` template: [`EXAMPLE_TOML`] with its
 /// `admin_token_file` pointing at `admin_token_file` (which the caller is
-/// expected to create: loading fails while it is missing).
-pub fn init_template(admin_token_file: &str) -> String {
-    EXAMPLE_TOML.replacen(
-        EXAMPLE_ADMIN_TOKEN_LINE,
-        &format!(
-            "admin_token_file = {}",
-            Value::String(admin_token_file.to_owned())
-        ),
-        1,
-    )
+/// expected to create: loading fails while it is missing) and its
+/// `browser.driver` at `driver` (absolute: the farm may run from anywhere).
+pub fn init_template(admin_token_file: &str, driver: &str) -> String {
+    EXAMPLE_TOML
+        .replacen(
+            EXAMPLE_ADMIN_TOKEN_LINE,
+            &format!(
+                "admin_token_file = {}",
+                Value::String(admin_token_file.to_owned())
+            ),
+            1,
+        )
+        .replacen(
+            EXAMPLE_DRIVER_LINE,
+            &format!("driver = {}", Value::String(driver.to_owned())),
+            1,
+        )
 }
 
 const EXAMPLE_ADMIN_TOKEN_LINE: &str = "admin_token_file = \"data/admin.token\"";
+const EXAMPLE_DRIVER_LINE: &str =
+    "driver = \"scripts/playwright/node_modules/playwright-core/cli.js\"";
 
 /// The name of the environment variable that overrides scalar `key`:
 /// `RELOGIN_FARM_<SECTION>_<KEY>`, except `store.key_file`, which is
@@ -1986,12 +1995,14 @@ mod tests {
     #[test]
     fn init_template_points_at_the_token_file() {
         assert!(EXAMPLE_TOML.contains(EXAMPLE_ADMIN_TOKEN_LINE));
+        assert!(EXAMPLE_TOML.contains(EXAMPLE_DRIVER_LINE));
         let dir = tempfile::tempdir().unwrap();
         let token_path = dir.path().join("it's \"quoted\" \\ admin.token");
         fs::write(&token_path, format!("{TOKEN}\n")).unwrap();
-        let template = init_template(token_path.to_str().unwrap());
+        let template = init_template(token_path.to_str().unwrap(), "/srv/f \"x\"/cli.js");
         let config = load(&template, &[]).unwrap();
         assert_eq!(config.server.admin_token, Some(Secret::new(TOKEN)));
+        assert_eq!(config.browser.driver, Path::new("/srv/f \"x\"/cli.js"));
     }
 
     /// Uncomments every commented-out key (and the second provider) in the

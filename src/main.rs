@@ -128,6 +128,9 @@ enum BrowserCommand {
         #[command(flatten)]
         farm: FarmArgs,
     },
+    /// Install the pinned Playwright driver (npm ci) where browser.driver
+    /// points; `init` does it once.
+    Install,
 }
 
 #[derive(Subcommand)]
@@ -242,7 +245,7 @@ fn main() -> Result<()> {
         }
         Command::Doctor => {
             let config = load_config(&cli.config, &Overrides::default())?;
-            runtime()?.block_on(doctor(&config))
+            runtime()?.block_on(doctor(&config, &cli.config))
         }
         Command::Secret {
             command:
@@ -451,10 +454,16 @@ fn init(config_path: &Path) -> Result<()> {
     write_secret_file(&key_file, &Cipher::generate_key_text()).context("writing the store key")?;
     let token = Secret::new(format!("rfa_{}", random_token()));
     write_secret_file(&token_file, &token).context("writing the admin token")?;
+    let driver_dir = std::path::absolute(relogin_farm::browser::runner::INSTALL_DIR)?;
+    let driver = relogin_farm::browser::runner::driver_cli_js_in(&driver_dir);
     // 0600: a farm.toml may come to hold a client secret.
     write_private(
         config_path,
-        config::init_template(&token_file.display().to_string()).as_bytes(),
+        config::init_template(
+            &token_file.display().to_string(),
+            &driver.display().to_string(),
+        )
+        .as_bytes(),
     )
     .with_context(|| format!("writing {}", config_path.display()))?;
     println!(
@@ -469,6 +478,15 @@ fn init(config_path: &Path) -> Result<()> {
         "wrote {} (0600) — the admin API token",
         token_file.display()
     );
+    println!(
+        "installing the Playwright driver into {} (npm ci)…",
+        driver_dir.display()
+    );
+    runtime()?
+        .block_on(relogin_farm::browser::runner::install_driver(&driver_dir))
+        .map_err(anyhow::Error::msg)
+        .context("the browser relogin needs the Playwright driver")?;
+    println!("installed {}", driver.display());
     println!(
         "next: relogin-farm serve --config {}",
         config_path.display()
@@ -658,7 +676,7 @@ fn read_secret_from_stdin(name: &str) -> Result<Secret> {
     Ok(Secret::new(value))
 }
 
-async fn doctor(config: &Config) -> Result<()> {
+async fn doctor(config: &Config, config_path: &Path) -> Result<()> {
     let data = relogin_farm::doctor::check_data(config, chrono::Utc::now());
     for note in &data.notes {
         println!("{note}");
@@ -694,8 +712,24 @@ async fn doctor(config: &Config) -> Result<()> {
         println!("no problems found");
         return Ok(());
     }
+    let install = relogin_farm::browser::runner::INSTALL_COMMAND;
     for p in &problems {
-        println!("problem: {}\n    fix: {}", p.problem, p.fix);
+        // The install command must read this farm's config.
+        let fix = match (
+            p.fix.starts_with(install),
+            config_path == Path::new("farm.toml"),
+        ) {
+            (true, false) => p.fix.replacen(
+                install,
+                &format!(
+                    "relogin-farm --config {} browser install",
+                    config_path.display()
+                ),
+                1,
+            ),
+            _ => p.fix.clone(),
+        };
+        println!("problem: {}\n    fix: {fix}", p.problem);
     }
     bail!("{} problem(s) found", problems.len())
 }
@@ -738,6 +772,24 @@ async fn browser(config: Config, command: &BrowserCommand) -> Result<()> {
             println!("opening the profile of account {account}; close the window when done");
             pool.open_headed(&account.to_string(), url.as_ref()).await?;
             println!("closed cleanly; cookies kept");
+            Ok(())
+        }
+        BrowserCommand::Install => {
+            use relogin_farm::browser::runner::{install_dir_of, install_driver};
+            let driver = std::path::absolute(&config.browser.driver)?;
+            let Some(dir) = install_dir_of(&driver) else {
+                bail!(
+                    "browser.driver {} is not <dir>/node_modules/playwright-core/cli.js: \
+                     point it at such a path, then run this again",
+                    driver.display()
+                );
+            };
+            println!(
+                "installing the Playwright driver into {} (npm ci)…",
+                dir.display()
+            );
+            install_driver(&dir).await.map_err(anyhow::Error::msg)?;
+            println!("installed {}", driver.display());
             Ok(())
         }
         BrowserCommand::Reset { account, farm } => {

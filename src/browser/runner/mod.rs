@@ -5,6 +5,7 @@ mod config;
 mod doctor;
 mod drive;
 mod driver;
+mod install;
 mod navigation;
 mod outcome;
 mod profile;
@@ -22,7 +23,8 @@ pub use config::{
     export_driver_env, running_as_root, BrowserConfig, Sandbox, CHROMIUM_FLAGS,
     DEFAULT_DRIVER_LINGER, DRIVER_CLI_JS, DRIVER_VERSION,
 };
-pub use doctor::{doctor, Problem};
+pub use doctor::{doctor, Problem, INSTALL_COMMAND};
+pub use install::{driver_cli_js_in, install_dir_of, install_driver, INSTALL_DIR};
 pub use outcome::{FailedStep, FailureKind, LoginOutcome, PoolError, RunFailure};
 pub use profile::{validate_profile_key, ProfileInfo, ProfileUse};
 
