@@ -544,6 +544,19 @@ fn bad_scripts_are_refused_with_their_line_and_nothing_is_stored() {
             good.replace("provider = \"demo\"", "provider = \"github\""),
             "github",
         ),
+        // Only web pages: not the host's files nor the browser's own.
+        (
+            good.replace("${authorize_url}", "file:///etc/passwd"),
+            "file:///etc/passwd",
+        ),
+        (
+            good.replace("${authorize_url}", "data:text/html,<h1>x</h1>"),
+            "data:text/html",
+        ),
+        (
+            good.replace("${authorize_url}", "chrome://version"),
+            "chrome://version",
+        ),
     ];
     for (script, wrong) in &cases {
         let refused = put_script(&bed, id, script).expect_error(400, "invalid_script");
@@ -558,6 +571,11 @@ fn bad_scripts_are_refused_with_their_line_and_nothing_is_stored() {
     assert!(
         str_of(&unknown, "detail").contains("${password}"),
         "names the unknown variable: {unknown}"
+    );
+    let local = put_script(&bed, id, &cases[5].0).json();
+    assert!(
+        str_of(&local, "detail").contains("may only go to an http:// or https:// URL"),
+        "says why: {local}"
     );
     let other = put_script(&bed, id, &cases[4].0).json();
     assert!(
