@@ -5,7 +5,7 @@
 //!   cargo run --release --example bench_relogin -- run \
 //!       --issuer http://127.0.0.1:PORT --redirect-uri http://127.0.0.1:PORT2/callback \
 //!       --user bench-rust --profiles /tmp/bench-profiles --mode live --runs 7
-//!   cargo run --release --example bench_relogin -- flags   # CHROMIUM_FLAGS, one a line
+//!   cargo run --release --example bench_relogin -- flags   # the Chromium flags of a default launch, one a line
 //!
 //! Every run gets a fresh PKCE authorize URL. `full` ends the provider's
 //! sessions (`POST /__test/end-sessions`, test provider only) before each
@@ -25,7 +25,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use clap::{Parser, Subcommand, ValueEnum};
 use rand::RngCore;
-use relogin_farm::browser::runner::CHROMIUM_FLAGS;
 use relogin_farm::browser::{BrowserConfig, BrowserPool, LoginScript, Vars};
 use relogin_farm::secret::Secret;
 use serde_json::json;
@@ -121,7 +120,10 @@ async fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Flags => {
-            CHROMIUM_FLAGS.iter().for_each(|f| println!("{f}"));
+            BrowserConfig::default()
+                .chromium_args()
+                .iter()
+                .for_each(|f| println!("{f}"));
             Ok(())
         }
         Command::Run(args) => Bench::new(*args).await?.run().await,

@@ -556,8 +556,14 @@ config_section! {
         retry_initial: Duration = "5m" => duration();
         /// Longest backoff after a failed relogin.
         retry_max: Duration = "6h" => duration();
+        /// Chromium's sandbox: `"auto"` (on unless the farm runs as root), `true` or `false` (`--no-sandbox`).
+        sandbox: Sandbox = "auto" => sandbox();
+        /// Hosts a relogin's pages may be on (`*.example.com` also matches subdomains), besides the provider's authorize and redirect hosts; empty: any. Schemes other than http(s) are refused either way.
+        allowed_hosts: Vec<String> = Vec::<String>::new() => host_names(), no_env;
     }
 }
+
+pub use crate::browser::runner::Sandbox;
 
 /// [`KeyDoc::shown_default`] of a key without a default.
 const NO_DEFAULT: &str = "—";
@@ -748,16 +754,20 @@ impl Config {
 
 /// The `relogin-farm init` template: [`EXAMPLE_TOML`] with its
 /// `admin_token_file` pointing at `admin_token_file` (which the caller is
-/// expected to create: loading fails while it is missing) and, given `tls`,
-/// its commented-out TLS keys set to those files (`init --tls`).
-pub fn init_template(admin_token_file: &str, tls: Option<&TlsFiles>) -> String {
+/// expected to create: loading fails while it is missing), its
+/// `browser.driver` at `driver` (absolute: the farm may run from anywhere)
+/// and, given `tls`, its commented-out TLS keys set to those files
+/// (`init --tls`).
+pub fn init_template(admin_token_file: &str, driver: &str, tls: Option<&TlsFiles>) -> String {
     let line =
         |key: &str, path: &Path| format!("{key} = {}", Value::String(path.display().to_string()));
-    let mut text = EXAMPLE_TOML.replacen(
-        EXAMPLE_ADMIN_TOKEN_LINE,
-        &line("admin_token_file", Path::new(admin_token_file)),
-        1,
-    );
+    let mut text = EXAMPLE_TOML
+        .replacen(
+            EXAMPLE_ADMIN_TOKEN_LINE,
+            &line("admin_token_file", Path::new(admin_token_file)),
+            1,
+        )
+        .replacen(EXAMPLE_DRIVER_LINE, &line("driver", Path::new(driver)), 1);
     if let Some(tls) = tls {
         for (commented, key, path) in [
             (EXAMPLE_TLS_CERT_LINE, "tls_cert_file", &tls.cert_file),
@@ -772,6 +782,8 @@ pub fn init_template(admin_token_file: &str, tls: Option<&TlsFiles>) -> String {
 const EXAMPLE_TLS_CERT_LINE: &str = "# tls_cert_file = \"data/tls.crt\"";
 const EXAMPLE_TLS_KEY_LINE: &str = "# tls_key_file = \"data/tls.key\"";
 const EXAMPLE_ADMIN_TOKEN_LINE: &str = "admin_token_file = \"data/admin.token\"";
+const EXAMPLE_DRIVER_LINE: &str =
+    "driver = \"scripts/playwright/node_modules/playwright-core/cli.js\"";
 
 /// The name of the environment variable that overrides scalar `key`:
 /// `RELOGIN_FARM_<SECTION>_<KEY>`, except `store.key_file`, which is
@@ -1777,6 +1789,45 @@ impl<'a> Section<'a> {
         })
     }
 
+    /// `"auto"`, `true` or `false` (from the environment: those as strings).
+    fn sandbox(&mut self, key: &str) -> Result<Option<Sandbox>> {
+        let from_env = self.set_by_env(key);
+        let expected = "\"auto\", true or false";
+        match self.take(key) {
+            None => Ok(None),
+            Some(Value::Boolean(true)) => Ok(Some(Sandbox::On)),
+            Some(Value::Boolean(false)) => Ok(Some(Sandbox::Off)),
+            Some(Value::String(text)) => match text.trim() {
+                "auto" => Ok(Some(Sandbox::Auto)),
+                "true" if from_env => Ok(Some(Sandbox::On)),
+                "false" if from_env => Ok(Some(Sandbox::Off)),
+                _ => Err(self.invalid(key, format!("invalid value {text:?}: expected {expected}"))),
+            },
+            Some(other) => Err(wrong_type(self.name(key), expected, &other)),
+        }
+    }
+
+    /// Host names (`login.example.com`, or `*.example.com` for it and its
+    /// subdomains): no scheme, port or path.
+    fn host_names(&mut self, key: &str) -> Result<Option<Vec<String>>> {
+        self.string_list(key, |item_key, host| {
+            let name = host.strip_prefix("*.").unwrap_or(host);
+            let valid = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'));
+            if valid {
+                return Ok(());
+            }
+            Err(ConfigError::Invalid {
+                key: item_key.to_owned(),
+                reason: format!(
+                    "invalid host {host:?}: a host name such as \"login.example.com\" or \"*.example.com\" (no scheme, port or path)"
+                ),
+            })
+        })
+    }
+
     fn secret(&mut self, key: &str) -> Result<Option<SecretRef>> {
         Ok(self
             .string(key)?
@@ -2000,12 +2051,14 @@ mod tests {
     #[test]
     fn init_template_points_at_the_token_file() {
         assert!(EXAMPLE_TOML.contains(EXAMPLE_ADMIN_TOKEN_LINE));
+        assert!(EXAMPLE_TOML.contains(EXAMPLE_DRIVER_LINE));
         let dir = tempfile::tempdir().unwrap();
         let token_path = dir.path().join("it's \"quoted\" \\ admin.token");
         fs::write(&token_path, format!("{TOKEN}\n")).unwrap();
-        let template = init_template(token_path.to_str().unwrap(), None);
+        let template = init_template(token_path.to_str().unwrap(), "/srv/f \"x\"/cli.js", None);
         let config = load(&template, &[]).unwrap();
         assert_eq!(config.server.admin_token, Some(Secret::new(TOKEN)));
+        assert_eq!(config.browser.driver, Path::new("/srv/f \"x\"/cli.js"));
         assert_eq!(config.server.tls, None);
     }
 
@@ -2017,7 +2070,7 @@ mod tests {
             cert_file: PathBuf::from("data/tls.crt"),
             key_file: PathBuf::from("data/tls.key"),
         };
-        let template = init_template("data/admin.token", Some(&files));
+        let template = init_template("data/admin.token", "/srv/cli.js", Some(&files));
         let config = load(&template, &[("RELOGIN_FARM_ADMIN_TOKEN", TOKEN)]).unwrap();
         assert_eq!(config.server.tls, Some(files));
     }
@@ -2286,6 +2339,10 @@ mod tests {
             ("[browser]\nextra_args = [\"--lang=de\", 1]", "browser.extra_args[1]: expected a string, found integer"),
             ("[browser]\nextra_args = [\"no-sandbox\"]", "browser.extra_args[0]: invalid Chromium flag \"no-sandbox\": must be --name or --name=value"),
             ("[browser]\nextra_args = [\"--\"]", "browser.extra_args[0]: invalid Chromium flag \"--\""),
+            ("[browser]\nsandbox = \"yes\"", "browser.sandbox: invalid value \"yes\": expected \"auto\", true or false"),
+            ("[browser]\nsandbox = 1", "browser.sandbox: expected \"auto\", true or false, found integer"),
+            ("[browser]\nallowed_hosts = [\"https://x.test\"]", "browser.allowed_hosts[0]: invalid host \"https://x.test\": a host name such as \"login.example.com\" or \"*.example.com\" (no scheme, port or path)"),
+            ("[browser]\nallowed_hosts = [\"x.test:443\"]", "browser.allowed_hosts[0]: invalid host \"x.test:443\": a host name such as \"login.example.com\" or \"*.example.com\" (no scheme, port or path)"),
             ("[browser]\nextra_args = [\"--lang=de\", \"--headless=new\"]", "browser.extra_args[1]: --headless is reserved: relogin-farm sets it itself (use browser.headless)"),
             ("[browser]\nextra_args = [\"-user-data-dir=/tmp/x\"]", "browser.extra_args[0]: -user-data-dir is reserved"),
             ("[browser]\nextra_args = [\"--remote-debugging-port=9222\"]", "browser.extra_args[0]: --remote-debugging-port is reserved"),
@@ -2423,6 +2480,7 @@ mod tests {
                 ("RELOGIN_FARM_BROWSER_RELOGIN_TIMEOUT", "90s"),
                 ("RELOGIN_FARM_BROWSER_RETRY_INITIAL", "1m"),
                 ("RELOGIN_FARM_BROWSER_RETRY_MAX", "1h"),
+                ("RELOGIN_FARM_BROWSER_SANDBOX", "false"),
             ],
         )
         .unwrap();
@@ -2453,6 +2511,8 @@ mod tests {
                 extra_args: vec![],
                 retry_initial: minutes(1),
                 retry_max: minutes(60),
+                sandbox: Sandbox::Off,
+                allowed_hosts: vec![],
             }
         );
         let config = load(

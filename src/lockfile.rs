@@ -3,8 +3,9 @@
 //! refused can say by whom.
 //!
 //! The kernel drops the lock when its holder exits, however it exits, so a
-//! `kill -9` never leaves a stale lock. The file is never deleted (deleting
-//! a lock file races with the next taker). Locks conflict between separate
+//! `kill -9` never leaves a stale lock. The file is not deleted while what
+//! it guards exists (deleting a lock file races with the next taker); a
+//! browser profile's goes with its account. Locks conflict between separate
 //! opens even within one process, which is what lets tests play two
 //! processes.
 

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use relogin_farm::config::{self, Config, Overrides};
 use relogin_farm::secret::Secret;
-use relogin_farm::store::{write_secret_file, Cipher};
+use relogin_farm::store::{write_private_file as write_private, write_secret_file, Cipher};
 
 /// A lease is allocated by its request and freed by whichever worker leads
 /// its batch's commit; glibc's allocator pays for such cross-thread frees
@@ -132,6 +132,9 @@ enum BrowserCommand {
         #[command(flatten)]
         farm: FarmArgs,
     },
+    /// Install the pinned Playwright driver (npm ci) where browser.driver
+    /// points; `init` does it once.
+    Install,
 }
 
 #[derive(Subcommand)]
@@ -246,7 +249,7 @@ fn main() -> Result<()> {
         }
         Command::Doctor => {
             let config = load_config(&cli.config, &Overrides::default())?;
-            runtime()?.block_on(doctor(&config))
+            runtime()?.block_on(doctor(&config, &cli.config))
         }
         Command::Secret {
             command:
@@ -473,10 +476,19 @@ fn init(config_path: &Path, tls: bool) -> Result<()> {
         Some(t) => Some(write_self_signed(t)?),
         None => None,
     };
-    std::fs::write(
+    let driver_dir = std::path::absolute(relogin_farm::browser::runner::INSTALL_DIR)?;
+    let driver = relogin_farm::browser::runner::driver_cli_js_in(&driver_dir);
+    // 0600: a farm.toml may come to hold a client secret.
+    write_private(
         config_path,
-        config::init_template(&token_file.display().to_string(), tls_files.as_ref()),
-    )?;
+        config::init_template(
+            &token_file.display().to_string(),
+            &driver.display().to_string(),
+            tls_files.as_ref(),
+        )
+        .as_bytes(),
+    )
+    .with_context(|| format!("writing {}", config_path.display()))?;
     println!(
         "wrote {} (edit the [[provider]] section)",
         config_path.display()
@@ -503,6 +515,15 @@ fn init(config_path: &Path, tls: bool) -> Result<()> {
             t.cert_file.display()
         );
     }
+    println!(
+        "installing the Playwright driver into {} (npm ci)…",
+        driver_dir.display()
+    );
+    runtime()?
+        .block_on(relogin_farm::browser::runner::install_driver(&driver_dir))
+        .map_err(anyhow::Error::msg)
+        .context("the browser relogin needs the Playwright driver")?;
+    println!("installed {}", driver.display());
     println!(
         "next: relogin-farm serve --config {}",
         config_path.display()
@@ -746,7 +767,7 @@ fn read_secret_from_stdin(name: &str) -> Result<Secret> {
     Ok(Secret::new(value))
 }
 
-async fn doctor(config: &Config) -> Result<()> {
+async fn doctor(config: &Config, config_path: &Path) -> Result<()> {
     let data = relogin_farm::doctor::check_data(config, chrono::Utc::now());
     for note in &data.notes {
         println!("{note}");
@@ -763,6 +784,17 @@ async fn doctor(config: &Config) -> Result<()> {
                 cfg.chromium.display()
             );
         }
+        let root = relogin_farm::browser::runner::running_as_root();
+        println!(
+            "browser sandbox: {} (browser.sandbox = {}, running as {})",
+            if cfg.sandbox {
+                "on"
+            } else {
+                "off: Chromium runs with --no-sandbox"
+            },
+            config.browser.sandbox.as_config(),
+            if root { "root" } else { "a user" }
+        );
         problems.extend(browser);
     } else {
         println!("browser: off (browser.enabled = false)");
@@ -771,8 +803,24 @@ async fn doctor(config: &Config) -> Result<()> {
         println!("no problems found");
         return Ok(());
     }
+    let install = relogin_farm::browser::runner::INSTALL_COMMAND;
     for p in &problems {
-        println!("problem: {}\n    fix: {}", p.problem, p.fix);
+        // The install command must read this farm's config.
+        let fix = match (
+            p.fix.starts_with(install),
+            config_path == Path::new("farm.toml"),
+        ) {
+            (true, false) => p.fix.replacen(
+                install,
+                &format!(
+                    "relogin-farm --config {} browser install",
+                    config_path.display()
+                ),
+                1,
+            ),
+            _ => p.fix.clone(),
+        };
+        println!("problem: {}\n    fix: {fix}", p.problem);
     }
     bail!("{} problem(s) found", problems.len())
 }
@@ -815,6 +863,24 @@ async fn browser(config: Config, command: &BrowserCommand) -> Result<()> {
             println!("opening the profile of account {account}; close the window when done");
             pool.open_headed(&account.to_string(), url.as_ref()).await?;
             println!("closed cleanly; cookies kept");
+            Ok(())
+        }
+        BrowserCommand::Install => {
+            use relogin_farm::browser::runner::{install_dir_of, install_driver};
+            let driver = std::path::absolute(&config.browser.driver)?;
+            let Some(dir) = install_dir_of(&driver) else {
+                bail!(
+                    "browser.driver {} is not <dir>/node_modules/playwright-core/cli.js: \
+                     point it at such a path, then run this again",
+                    driver.display()
+                );
+            };
+            println!(
+                "installing the Playwright driver into {} (npm ci)…",
+                dir.display()
+            );
+            install_driver(&dir).await.map_err(anyhow::Error::msg)?;
+            println!("installed {}", driver.display());
             Ok(())
         }
         BrowserCommand::Reset { account, farm } => {
@@ -891,13 +957,15 @@ async fn record(
         .await?;
     println!("account {id} logged in");
     let text = recording.script.to_toml();
-    let path = out
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(format!("scripts/login/{provider}-{label}.toml")));
+    let path = out.map(Path::to_path_buf).unwrap_or_else(|| {
+        Path::new("scripts/login").join(relogin_farm::browser::recorder::script_file_name(
+            &provider, &label,
+        ))
+    });
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(&path, &text)?;
+    write_private(&path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
     upload_script(&client, id, &text).await?;
     for (name, value) in &recording.secrets {
         let body = serde_json::json!({"value": value.expose()});

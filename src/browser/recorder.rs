@@ -338,9 +338,50 @@ impl SecretNames {
     }
 }
 
+/// Where `account record` writes a script: `<provider>-<label slug>.toml`.
+/// The label is free text (`../../x`, spaces, emoji); the file name keeps
+/// only lowercase ASCII letters, digits and single dashes of it, so it
+/// cannot leave the scripts directory.
+pub fn script_file_name(provider: &str, label: &str) -> String {
+    let slug = |text: &str| {
+        let mut out = String::new();
+        for c in text.chars() {
+            if c.is_ascii_alphanumeric() {
+                out.push(c.to_ascii_lowercase());
+            } else if !out.is_empty() && !out.ends_with('-') {
+                out.push('-');
+            }
+        }
+        let mut slug: String = out.trim_end_matches('-').chars().take(64).collect();
+        if slug.is_empty() {
+            slug.push_str("account");
+        }
+        slug
+    };
+    format!("{}-{}.toml", slug(provider), slug(label))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn script_file_names_stay_in_their_directory() {
+        for (label, name) in [
+            ("alice", "demo-alice.toml"),
+            ("Alice Smith", "demo-alice-smith.toml"),
+            ("../../tmp/rf-escape/pwned", "demo-tmp-rf-escape-pwned.toml"),
+            ("/etc/passwd", "demo-etc-passwd.toml"),
+            ("..", "demo-account.toml"),
+            ("ünï 😀", "demo-n.toml"),
+            ("😀", "demo-account.toml"),
+            ("a\\b\0c", "demo-a-b-c.toml"),
+        ] {
+            assert_eq!(script_file_name("demo", label), name, "{label:?}");
+        }
+        let long = script_file_name("demo", &"x".repeat(500));
+        assert_eq!(long.len(), "demo-".len() + 64 + ".toml".len());
+    }
 
     fn ev(kind: EventKind, selector: &str, value: &str, t: f64) -> RecordedEvent {
         RecordedEvent {

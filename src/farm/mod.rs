@@ -280,6 +280,8 @@ pub fn browser_config(b: &crate::config::BrowserSettings) -> crate::browser::Bro
         driver_cli_js: abs(&b.driver),
         headless: b.headless,
         extra_args: b.extra_args.clone(),
+        sandbox: b.sandbox.applies(crate::browser::runner::running_as_root()),
+        allowed_hosts: b.allowed_hosts.clone(),
         max_concurrent: b.max_concurrent,
         profiles_dir: abs(&b.profiles_dir),
         artifacts_dir: abs(&b.artifacts_dir),

@@ -268,10 +268,13 @@ impl Farm {
     }
 
     /// Removes an account for good (the only way an account is ever
-    /// deleted), with its browser profile.
+    /// deleted), with its browser profile, screenshots and lock file.
     pub async fn remove_account(&self, id: AccountId) -> Result<()> {
+        // Before any file is touched: no lock file for an account that
+        // does not exist.
+        self.with_account(id, |_| ())?;
         if let Some(pool) = &self.browser {
-            pool.reset(&id.to_string()).await.map_err(|e| {
+            pool.remove_all(&id.to_string()).await.map_err(|e| {
                 FarmError::Conflict(format!("cannot remove the account's browser profile: {e}"))
             })?;
         }

@@ -828,5 +828,19 @@ pub fn write_secret_file(path: &Path, value: &Secret) -> std::io::Result<()> {
     f.sync_all()
 }
 
+/// Writes `bytes` to `path` readable by its owner only (0600, also when
+/// the file existed): configs that may hold secrets, scripts, screenshots.
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(fs::Permissions::from_mode(0o600))?;
+    f.write_all(bytes)
+}
+
 #[cfg(test)]
 mod tests;

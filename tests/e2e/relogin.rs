@@ -7,6 +7,7 @@
 //! whose profiles and artifacts live in the test's temp dir, so "no
 //! Chromium left" is a `pgrep` for that dir.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -548,6 +549,19 @@ fn bad_scripts_are_refused_with_their_line_and_nothing_is_stored() {
             good.replace("provider = \"demo\"", "provider = \"github\""),
             "github",
         ),
+        // Only web pages: not the host's files nor the browser's own.
+        (
+            good.replace("${authorize_url}", "file:///etc/passwd"),
+            "file:///etc/passwd",
+        ),
+        (
+            good.replace("${authorize_url}", "data:text/html,<h1>x</h1>"),
+            "data:text/html",
+        ),
+        (
+            good.replace("${authorize_url}", "chrome://version"),
+            "chrome://version",
+        ),
     ];
     for (script, wrong) in &cases {
         let refused = put_script(&bed, id, script).expect_error(400, "invalid_script");
@@ -562,6 +576,11 @@ fn bad_scripts_are_refused_with_their_line_and_nothing_is_stored() {
     assert!(
         str_of(&unknown, "detail").contains("${password}"),
         "names the unknown variable: {unknown}"
+    );
+    let local = put_script(&bed, id, &cases[5].0).json();
+    assert!(
+        str_of(&local, "detail").contains("may only go to an http:// or https:// URL"),
+        "says why: {local}"
     );
     let other = put_script(&bed, id, &cases[4].0).json();
     assert!(
@@ -683,6 +702,19 @@ fn two_accounts_relog_one_at_a_time_and_removing_one_removes_its_profile() {
         profiles.iter().all(|p| p.is_dir()),
         "a profile per account: {profiles:?}"
     );
+    let artifacts = |id: i64| bed.layout.artifacts_dir().join(id.to_string());
+    let lock_file = |id: &str| bed.layout.profiles_dir().join(format!(".locks/{id}.lock"));
+    for id in &ids {
+        let shots: Vec<_> = std::fs::read_dir(artifacts(*id))
+            .expect("the failure screenshots")
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert!(!shots.is_empty());
+        for shot in shots {
+            let mode = std::fs::metadata(&shot).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", shot.display());
+        }
+    }
     bed.admin()
         .delete(&format!("/api/accounts/{gone}"))
         .expect(204);
@@ -690,6 +722,22 @@ fn two_accounts_relog_one_at_a_time_and_removing_one_removes_its_profile() {
         !profile_dir(&bed, gone).exists(),
         "the removed account's profile is still on disk"
     );
+    assert!(!artifacts(gone).exists(), "its screenshots outlive it");
+    assert!(
+        !lock_file(&gone.to_string()).exists(),
+        "its lock file outlives it"
+    );
+    assert!(artifacts(kept).is_dir() && lock_file(&kept.to_string()).is_file());
+    // An account that does not exist leaves nothing behind.
+    for missing in ["-5", "9999"] {
+        bed.admin()
+            .delete(&format!("/api/accounts/{missing}"))
+            .expect(404);
+        assert!(
+            !lock_file(missing).exists(),
+            "a lock file for account {missing}"
+        );
+    }
     let info = bed
         .admin()
         .get(&format!("/api/accounts/{kept}/browser"))

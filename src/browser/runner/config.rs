@@ -16,10 +16,9 @@ pub const DEFAULT_DRIVER_LINGER: Duration = Duration::from_secs(30);
 
 /// Chromium flags for a headless server on a closed network: without the
 /// networking ones Chromium floods the network with refused connections
-/// (component updates, sync, QUIC probes). `--no-sandbox` because the farm
-/// runs as root in a container, where the sandbox cannot start.
-pub const CHROMIUM_FLAGS: [&str; 7] = [
-    "--no-sandbox",
+/// (component updates, sync, QUIC probes). `--no-sandbox` is not among
+/// them: see [`Sandbox`].
+pub const CHROMIUM_FLAGS: [&str; 6] = [
     "--disable-gpu",
     "--disable-quic",
     "--no-first-run",
@@ -27,6 +26,50 @@ pub const CHROMIUM_FLAGS: [&str; 7] = [
     "--disable-component-update",
     "--disable-sync",
 ];
+
+/// `browser.sandbox`: whether Chromium runs its renderers in its sandbox.
+/// The sandbox is what keeps a page that exploits a renderer bug from
+/// the farm's files; Chromium refuses to start it as root (it needs user
+/// namespaces an unprivileged user gets), so `Auto` turns it off only
+/// there.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Sandbox {
+    /// On, unless the farm runs as root.
+    #[default]
+    Auto,
+    /// Always on (a root farm's browsers then fail to start).
+    On,
+    /// Always off (`--no-sandbox`), e.g. in a container without user
+    /// namespaces.
+    Off,
+}
+
+impl Sandbox {
+    /// Whether the sandbox is used, for a farm running as root or not.
+    pub fn applies(self, running_as_root: bool) -> bool {
+        match self {
+            Sandbox::Auto => !running_as_root,
+            Sandbox::On => true,
+            Sandbox::Off => false,
+        }
+    }
+
+    /// The setting as written in `farm.toml`.
+    pub fn as_config(self) -> &'static str {
+        match self {
+            Sandbox::Auto => "\"auto\"",
+            Sandbox::On => "true",
+            Sandbox::Off => "false",
+        }
+    }
+}
+
+/// Whether this process runs as root (effective uid 0): the owner of
+/// `/proc/self` is the effective uid.
+pub fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
 
 /// What the runner needs from the `[browser]` section of the farm config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +84,12 @@ pub struct BrowserConfig {
     pub headless: bool,
     /// Appended to [`CHROMIUM_FLAGS`].
     pub extra_args: Vec<String>,
+    /// Whether Chromium runs with its sandbox (decided from
+    /// `browser.sandbox` by [`Sandbox::applies`]).
+    pub sandbox: bool,
+    /// Hosts relogin pages may be on besides the run's authorize and
+    /// redirect hosts (`*.example.com` for subdomains); empty: any.
+    pub allowed_hosts: Vec<String>,
     /// Browsers (each ~300 MB; their driver ~120 MB) running at once for
     /// scripted relogins; the rest queue.
     pub max_concurrent: usize,
@@ -70,6 +119,8 @@ impl BrowserConfig {
             driver_cli_js: project_dir.join(DRIVER_CLI_JS),
             headless: true,
             extra_args: Vec::new(),
+            sandbox: Sandbox::Auto.applies(running_as_root()),
+            allowed_hosts: Vec::new(),
             max_concurrent: 2,
             profiles_dir: project_dir.join("profiles"),
             artifacts_dir: project_dir.join("data").join("artifacts"),
@@ -77,11 +128,16 @@ impl BrowserConfig {
         }
     }
 
-    /// The Chromium command-line flags for a launch.
-    pub(crate) fn chromium_args(&self) -> Vec<String> {
-        CHROMIUM_FLAGS
-            .iter()
-            .map(|f| f.to_string())
+    /// The Chromium command-line flags for a launch. Playwright adds
+    /// `--no-sandbox` itself unless told the sandbox is wanted
+    /// (`chromiumSandbox`, set from [`sandbox`](Self::sandbox) at launch);
+    /// it is named here too so the decision is in one place and visible.
+    pub fn chromium_args(&self) -> Vec<String> {
+        let no_sandbox = (!self.sandbox).then_some("--no-sandbox");
+        no_sandbox
+            .into_iter()
+            .chain(CHROMIUM_FLAGS)
+            .map(str::to_string)
             .chain(self.extra_args.iter().cloned())
             .collect()
     }
@@ -211,4 +267,42 @@ fn driver_dir(cfg: &BrowserConfig) -> Option<PathBuf> {
         }
     }
     Some(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sandbox_is_off_only_for_root_or_when_asked() {
+        for (setting, root, applies) in [
+            (Sandbox::Auto, false, true),
+            (Sandbox::Auto, true, false),
+            (Sandbox::On, true, true),
+            (Sandbox::On, false, true),
+            (Sandbox::Off, false, false),
+            (Sandbox::Off, true, false),
+        ] {
+            assert_eq!(
+                setting.applies(root),
+                applies,
+                "{setting:?} as root: {root}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_sandbox_flag_only_without_the_sandbox() {
+        let cfg = |sandbox| BrowserConfig {
+            sandbox,
+            extra_args: vec!["--lang=de".into()],
+            ..BrowserConfig::for_project(Path::new("."))
+        };
+        let with = cfg(true).chromium_args();
+        assert!(!with.iter().any(|a| a == "--no-sandbox"), "{with:?}");
+        assert_eq!(with.last().map(String::as_str), Some("--lang=de"));
+        let without = cfg(false).chromium_args();
+        assert_eq!(without[0], "--no-sandbox");
+        assert_eq!(without.len(), with.len() + 1);
+    }
 }

@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use super::config::{BrowserConfig, DRIVER_VERSION};
 
+/// Installs the pinned driver where `browser.driver` points (main adds
+/// `--config` when the farm's config is not `./farm.toml`).
+pub const INSTALL_COMMAND: &str = "relogin-farm browser install";
+
 /// Something missing or wrong, and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -53,11 +57,14 @@ async fn check_node(node: &Path) -> Option<Problem> {
 /// one fails with protocol errors far from the cause.
 fn check_driver(cli_js: &Path) -> Option<Problem> {
     let package_dir = cli_js.parent().unwrap_or(Path::new("."));
-    let install_dir = package_dir
-        .parent()
-        .and_then(Path::parent)
-        .unwrap_or(Path::new("."));
-    let fix = format!("npm ci --prefix {}", install_dir.display());
+    let fix = match super::install_dir_of(cli_js) {
+        Some(_) => INSTALL_COMMAND.to_string(),
+        None => format!(
+            "{INSTALL_COMMAND} into ./{}, then set [browser] driver = {:?}",
+            super::INSTALL_DIR,
+            super::driver_cli_js_in(&BrowserConfig::absolute(Path::new(super::INSTALL_DIR)))
+        ),
+    };
     if !cli_js.is_file() {
         return Some(Problem {
             problem: format!("Playwright driver not found at {}", cli_js.display()),
@@ -141,10 +148,7 @@ mod tests {
             fixes,
             [
                 "apt-get install -y nodejs",
-                &format!(
-                    "npm ci --prefix {}",
-                    tmp.path().join("scripts/playwright").display()
-                ),
+                INSTALL_COMMAND,
                 "apt-get update && apt-get install -y chromium",
             ]
         );
@@ -164,9 +168,6 @@ mod tests {
                 .contains("is 1.50.0, playwright-rs needs 1.64.0"),
             "{problem:?}"
         );
-        assert_eq!(
-            problem.fix,
-            format!("npm ci --prefix {}", tmp.path().display())
-        );
+        assert_eq!(problem.fix, INSTALL_COMMAND);
     }
 }

@@ -10,6 +10,7 @@ use playwright_rs::{
 use tokio::sync::watch;
 use url::Url;
 
+use super::navigation::NavigationPolicy;
 use crate::browser::script::{Glob, ResolvedAction, ResolvedStep};
 use crate::secret::Secret;
 
@@ -46,6 +47,11 @@ pub(crate) struct Driver<'a> {
     pub(crate) captured: watch::Receiver<Option<Url>>,
     /// Where `screenshot` steps write.
     pub(crate) artifacts_dir: &'a Path,
+    /// Where the page may go.
+    pub(crate) policy: &'a NavigationPolicy,
+    /// Selectors a secret or one-time code was typed into: every
+    /// screenshot masks them.
+    pub(crate) masked: Vec<String>,
     /// Values typed that contain a TOTP code: the account's secrets are
     /// redacted through `Vars`, but a derived code is not among them.
     pub(crate) typed_codes: Vec<Secret>,
@@ -66,11 +72,14 @@ impl<'a> Driver<'a> {
         page: &'a Page,
         captured: watch::Receiver<Option<Url>>,
         artifacts_dir: &'a Path,
+        policy: &'a NavigationPolicy,
     ) -> Self {
         Driver {
             page,
             captured,
             artifacts_dir,
+            policy,
+            masked: Vec::new(),
             typed_codes: Vec::new(),
             acted: Vec::new(),
             acting: None,
@@ -125,13 +134,29 @@ impl<'a> Driver<'a> {
 
     async fn run_step(&mut self, step: &ResolvedStep) -> Result<Ran, String> {
         let guard = step.timeout + DRIVER_SLACK;
-        match tokio::time::timeout(guard, self.run_step_inner(step)).await {
+        let ran = match tokio::time::timeout(guard, self.run_step_inner(step)).await {
             Ok(result) => result,
             Err(_) => Err(format!(
                 "no answer from the browser within {} ms",
                 guard.as_millis()
             )),
+        };
+        // Whatever the step did, the page must still be a web page.
+        self.keep_on_the_web().await?;
+        ran
+    }
+
+    /// Fails (after leaving the page for `about:blank`, so no screenshot
+    /// or page text shows it) when the page is not one the policy allows.
+    async fn keep_on_the_web(&self) -> Result<(), String> {
+        let Err(refusal) = self.policy.check_page(&self.page.url()) else {
+            return Ok(());
+        };
+        let blank = GotoOptions::new().timeout(Duration::from_secs(5));
+        if let Err(e) = self.page.goto("about:blank", blank).await {
+            tracing::warn!(error = %first_line(&e.to_string()), "could not leave a refused page");
         }
+        Err(format!("the page left the allowed web: {refusal}"))
     }
 
     async fn run_step_inner(&mut self, step: &ResolvedStep) -> Result<Ran, String> {
@@ -152,15 +177,23 @@ impl<'a> Driver<'a> {
         let page = self.page;
         let result = match &step.action {
             ResolvedAction::Goto { url } => {
+                let url = url.render();
+                self.policy
+                    .check_page(url.expose())
+                    .map_err(|refusal| format!("goto refused: {refusal}"))?;
                 let options = GotoOptions::new()
                     .timeout(step.timeout)
                     .wait_until(WaitUntil::Load);
-                page.goto(url.render().expose(), options).await.map(drop)
+                page.goto(url.expose(), options).await.map(drop)
             }
             ResolvedAction::Fill { selector, value } => {
                 let rendered = value.render();
                 if value.has_totp() {
                     self.typed_codes.push(rendered.clone());
+                }
+                // Before typing: a fill that fails half-way may have typed.
+                if value.is_confidential() && !self.masked.contains(selector) {
+                    self.masked.push(selector.clone());
                 }
                 let options = FillOptions::builder().timeout(ms).build();
                 page.locator(selector)
@@ -188,7 +221,7 @@ impl<'a> Driver<'a> {
             }
             ResolvedAction::Screenshot { name } => {
                 let path = artifact_path(self.artifacts_dir, name);
-                return save_screenshot(page, &path).await.map(|_| Ran::Acted);
+                return self.save_screenshot(&path).await.map(|_| Ran::Acted);
             }
         };
         result
@@ -259,19 +292,35 @@ pub(crate) fn artifact_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{stamp}-{name}.png"))
 }
 
-/// Full-page screenshot to `path` (its directory is created 0700).
-pub(crate) async fn save_screenshot(page: &Page, path: &Path) -> Result<(), String> {
-    if let Some(dir) = path.parent() {
-        super::profile::create_private_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
-    let options = playwright_rs::ScreenshotOptions::builder()
-        .full_page(true)
-        .build();
-    let shot = page.screenshot_to_file(path, options);
-    match tokio::time::timeout(Duration::from_secs(10), shot).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(first_line(&e.to_string())),
-        Err(_) => Err("screenshot timed out".into()),
+/// The colour of the boxes over the fields a secret was typed into.
+pub(crate) const MASK_COLOR: &str = "#000000";
+
+impl Driver<'_> {
+    /// Full-page screenshot to `path` (0600, its directory created 0700),
+    /// with every field a secret was typed into painted over. None of a
+    /// page the policy refuses (a `file:` page would show the host's files).
+    pub(crate) async fn save_screenshot(&self, path: &Path) -> Result<(), String> {
+        let page = self.page;
+        if let Err(refusal) = self.policy.check_page(&page.url()) {
+            return Err(format!("not taken: {refusal}"));
+        }
+        if let Some(dir) = path.parent() {
+            super::profile::create_private_dir(dir)
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        let masks = self.masked.iter().map(|s| page.locator(s)).collect();
+        let options = playwright_rs::ScreenshotOptions::builder()
+            .full_page(true)
+            .mask(masks)
+            .mask_color(MASK_COLOR)
+            .build();
+        let png =
+            match tokio::time::timeout(Duration::from_secs(10), page.screenshot(options)).await {
+                Ok(Ok(png)) => png,
+                Ok(Err(e)) => return Err(first_line(&e.to_string())),
+                Err(_) => return Err("screenshot timed out".into()),
+            };
+        crate::store::write_private_file(path, &png).map_err(|e| format!("{}: {e}", path.display()))
     }
 }
 

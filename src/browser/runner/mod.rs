@@ -5,6 +5,8 @@ mod config;
 mod doctor;
 mod drive;
 mod driver;
+mod install;
+mod navigation;
 mod outcome;
 mod profile;
 mod run;
@@ -18,10 +20,11 @@ use tokio::sync::{watch, Semaphore};
 use url::Url;
 
 pub use config::{
-    export_driver_env, BrowserConfig, CHROMIUM_FLAGS, DEFAULT_DRIVER_LINGER, DRIVER_CLI_JS,
-    DRIVER_VERSION,
+    export_driver_env, running_as_root, BrowserConfig, Sandbox, CHROMIUM_FLAGS,
+    DEFAULT_DRIVER_LINGER, DRIVER_CLI_JS, DRIVER_VERSION,
 };
-pub use doctor::{doctor, Problem};
+pub use doctor::{doctor, Problem, INSTALL_COMMAND};
+pub use install::{driver_cli_js_in, install_dir_of, install_driver, INSTALL_DIR};
 pub use outcome::{FailedStep, FailureKind, LoginOutcome, PoolError, RunFailure};
 pub use profile::{validate_profile_key, ProfileInfo, ProfileUse};
 
@@ -156,12 +159,22 @@ impl BrowserPool {
             .inner
             .profiles
             .try_acquire(profile_key, ProfileUse::Relogin)?;
-        let dir = self.profile_dir(profile_key);
-        match tokio::fs::remove_dir_all(&dir).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(PoolError::Io(format!("removing {}: {e}", dir.display()))),
-        }
+        remove_dir_if_present(&self.profile_dir(profile_key)).await
+    }
+
+    /// Everything the farm keeps for a profile key, for an account that is
+    /// being removed: the profile, its screenshots and its lock file (taken
+    /// first: refused while a browser has the profile open).
+    pub async fn remove_all(&self, profile_key: &str) -> Result<(), PoolError> {
+        validate_profile_key(profile_key)?;
+        let guard = self
+            .inner
+            .profiles
+            .try_acquire(profile_key, ProfileUse::Relogin)?;
+        remove_dir_if_present(&self.profile_dir(profile_key)).await?;
+        remove_dir_if_present(&self.artifacts_dir(profile_key)).await?;
+        guard.remove_lock_file();
+        Ok(())
     }
 
     /// Whether the profile exists, its size on disk, and who uses it now.
@@ -285,6 +298,14 @@ impl BrowserPool {
         profile::create_private_dir(&dir)
             .map_err(|e| PoolError::Io(format!("{}: {e}", dir.display())))?;
         Session::launch(&self.inner.cfg, &dir, headless, source).await
+    }
+}
+
+async fn remove_dir_if_present(dir: &std::path::Path) -> Result<(), PoolError> {
+    match tokio::fs::remove_dir_all(dir).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(PoolError::Io(format!("removing {}: {e}", dir.display()))),
     }
 }
 

@@ -106,6 +106,22 @@ pub(crate) struct ProfileGuard {
     entry: Arc<ProfileEntry>,
     _lock: OwnedMutexGuard<()>,
     _file: LockFile,
+    path: PathBuf,
+}
+
+impl ProfileGuard {
+    /// Deletes the lock file while holding it: only when the account goes
+    /// away, so no lock file outlives its account. The lock file's usual
+    /// rule (never deleted) guards a profile in use; this one is being
+    /// removed, and a process that opened the old file meanwhile can only
+    /// lock a profile that no longer exists.
+    pub(crate) fn remove_lock_file(self) {
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %self.path.display(), error = %e, "lock file not removed");
+            }
+        }
+    }
 }
 
 impl Drop for ProfileGuard {
@@ -199,6 +215,7 @@ impl ProfileLocks {
             entry,
             _lock: lock,
             _file: file,
+            path,
         })
     }
 }

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use url::Url;
 
 use super::drive::{self, DriveEnd, Driver};
+use super::navigation::NavigationPolicy;
 use super::{BrowserPool, FailedStep, FailureKind, LoginOutcome, PoolError, RunFailure, Session};
 use crate::browser::script::{ResolvedStep, Vars};
 
@@ -47,9 +48,17 @@ impl Run {
     }
 
     async fn drive(&self, session: &Session, started: Instant) -> Result<LoginOutcome, RunFailure> {
+        let policy = NavigationPolicy::new(
+            &self.pool.config().allowed_hosts,
+            self.vars
+                .authorize_url()
+                .into_iter()
+                .chain([&self.redirect_uri]),
+        );
+        session.restrict_navigation(policy.clone()).await?;
         let captured = session.capture_redirect(&self.redirect_uri).await?;
         let artifacts = self.pool.artifacts_dir(&self.profile_key);
-        let mut driver = Driver::new(&session.page, captured, &artifacts);
+        let mut driver = Driver::new(&session.page, captured, &artifacts, &policy);
         let mut stopping = self.pool.stopping();
         let end = tokio::select! {
             end = driver.run(&self.steps) => Some(end),
@@ -102,14 +111,18 @@ impl Run {
     ) -> RunFailure {
         let page = driver.page;
         let path = drive::artifact_path(driver.artifacts_dir, "failure");
-        let screenshot = match drive::save_screenshot(page, &path).await {
+        let screenshot = match driver.save_screenshot(&path).await {
             Ok(()) => Some(path),
             Err(e) => {
                 tracing::warn!(error = %e, "failure screenshot not saved");
                 None
             }
         };
-        let said = drive::page_message(page).await;
+        // A refused page's text is no more for `last_error` than its pixels.
+        let said = match driver.policy.check_page(&page.url()) {
+            Ok(()) => drive::page_message(page).await,
+            Err(_) => String::new(),
+        };
         let reason = match (reason.is_empty(), said.is_empty()) {
             (_, true) => reason,
             (true, false) => format!("the page says: {said}"),

@@ -18,6 +18,7 @@ use url::Url;
 
 use super::config::{start_driver, BrowserConfig};
 use super::driver::{is_connection_error, AcquireError, DriverHost, DriverLease};
+use super::navigation::NavigationPolicy;
 use super::PoolError;
 
 /// Chromium startup bound (playwright's default is 3 minutes).
@@ -124,6 +125,7 @@ impl Session {
         let options = BrowserContextOptions::builder()
             .executable_path(BrowserConfig::absolute(&cfg.chromium).display().to_string())
             .headless(headless)
+            .chromium_sandbox(cfg.sandbox)
             .args(cfg.chromium_args())
             .timeout(LAUNCH_TIMEOUT.as_millis() as f64)
             .build();
@@ -276,6 +278,35 @@ impl Session {
         let patterns =
             json!({ "patterns": [{ "urlPattern": pattern, "requestStage": "Request" }] });
         cdp.send("Fetch.enable", Some(patterns)).await.map(drop)
+    }
+}
+
+impl Session {
+    /// Aborts every request `policy` refuses, on every page of the context
+    /// (pop-ups included). Route handlers see neither redirect hops nor
+    /// `file:` loads: the driver checks the page URL after each step too.
+    pub(crate) async fn restrict_navigation(
+        &self,
+        policy: NavigationPolicy,
+    ) -> Result<(), PoolError> {
+        let policy = Arc::new(policy);
+        self.context
+            .route("**/*", move |route| {
+                let policy = policy.clone();
+                async move {
+                    let request = route.request();
+                    let is_page = request.is_navigation_request();
+                    match policy.check_request(request.url(), is_page) {
+                        Ok(()) => route.continue_(None).await,
+                        Err(refusal) => {
+                            tracing::info!(%refusal, "browser request blocked");
+                            route.abort(Some("blockedbyclient")).await
+                        }
+                    }
+                }
+            })
+            .await
+            .map_err(|e| launch_error(&e))
     }
 }
 

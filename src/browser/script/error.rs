@@ -63,6 +63,10 @@ pub enum ScriptErrorKind {
         "{0} cannot go in a URL (URLs end up in logs and history): type it with `fill` … `value`"
     )]
     ConfidentialInUrl(String),
+    #[error(
+        "`goto` may only go to an http:// or https:// URL or to ${{authorize_url}}, not `{0}`"
+    )]
+    NotAWebUrl(String),
     #[error("bad glob in `wait_for_url`: {0}")]
     BadGlob(GlobError),
     #[error("screenshot `name` must be 1-64 letters, digits, `_` or `-`")]

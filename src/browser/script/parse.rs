@@ -11,7 +11,7 @@ use std::ops::Range;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use super::template::{Template, TemplateError};
+use super::template::{Piece, Template, TemplateError, Var};
 use super::{
     Action, Glob, LoginScript, ScriptError, ScriptErrorKind as K, Step, ACTIONS, DEFAULT_TIMEOUT_MS,
 };
@@ -267,7 +267,28 @@ fn url_template(entry: &Entry<'_>) -> Result<Template, ScriptError> {
     if let Some(var) = url.vars().find(|v| v.is_confidential()) {
         return Err(entry.error(K::ConfidentialInUrl(var.to_string())));
     }
+    if !is_web_target(&url) {
+        return Err(entry.error(K::NotAWebUrl(url.to_source())));
+    }
     Ok(url)
+}
+
+/// A `goto` leads to the farm's authorize URL or to an http(s) page: a
+/// `file:`, `data:`, `chrome:` or `javascript:` page would show the host's
+/// files or the browser's internals in a failure screenshot. The runner
+/// checks the rendered URL again (the authorize URL comes from the config).
+fn is_web_target(url: &Template) -> bool {
+    match url.pieces().first() {
+        Some(Piece::Var(Var::AuthorizeUrl)) => true,
+        Some(Piece::Text(text)) => {
+            let Some((scheme, rest)) = text.split_once("://") else {
+                return false;
+            };
+            let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+            matches!(scheme.to_ascii_lowercase().as_str(), "http" | "https") && !host.is_empty()
+        }
+        _ => false,
+    }
 }
 
 fn bool_value(entry: &Entry<'_>) -> Result<bool, ScriptError> {

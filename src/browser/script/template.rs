@@ -127,6 +127,12 @@ impl Template {
         })
     }
 
+    /// Whether it expands a secret or a one-time code (what it fills is
+    /// masked in screenshots).
+    pub fn has_confidential_var(&self) -> bool {
+        self.vars().any(Var::is_confidential)
+    }
+
     /// The source form, escaping literal `${` so it parses back identically.
     pub fn to_source(&self) -> String {
         self.pieces

@@ -98,10 +98,13 @@ fn toml_syntax_error_names_its_line() {
 
 #[test]
 fn top_level_errors() {
-    assert_eq!(err("[[step]]\ngoto = \"x\"\n").0, 1);
-    assert_eq!(err("[[step]]\ngoto = \"x\"\n").1, "missing `provider`");
+    assert_eq!(err("[[step]]\ngoto = \"https://x.test/\"\n").0, 1);
     assert_eq!(
-        err("provider = \"demo\"\nretries = 3\n[[step]]\ngoto = \"x\"\n"),
+        err("[[step]]\ngoto = \"https://x.test/\"\n").1,
+        "missing `provider`"
+    );
+    assert_eq!(
+        err("provider = \"demo\"\nretries = 3\n[[step]]\ngoto = \"https://x.test/\"\n"),
         (
             2,
             "unknown key `retries` (the top level takes provider, timeout_ms and [[step]])".into()
@@ -109,18 +112,18 @@ fn top_level_errors() {
     );
     assert_eq!(err("provider = \"demo\"\n").1, "the script has no [[step]]");
     assert_eq!(
-        err("provider = \"\"\n[[step]]\ngoto = \"x\"\n"),
+        err("provider = \"\"\n[[step]]\ngoto = \"https://x.test/\"\n"),
         (1, "`provider` must not be empty".into())
     );
     assert_eq!(
-        err("provider = \"d\"\ntimeout_ms = 0\n[[step]]\ngoto = \"x\"\n"),
+        err("provider = \"d\"\ntimeout_ms = 0\n[[step]]\ngoto = \"https://x.test/\"\n"),
         (
             2,
             "`timeout_ms` must be a positive integer (milliseconds)".into()
         )
     );
     assert_eq!(
-        err("provider = \"d\"\ntimeout_ms = \"15s\"\n[[step]]\ngoto = \"x\"\n").0,
+        err("provider = \"d\"\ntimeout_ms = \"15s\"\n[[step]]\ngoto = \"https://x.test/\"\n").0,
         2
     );
     assert_eq!(
@@ -132,7 +135,7 @@ fn top_level_errors() {
 #[test]
 fn unknown_action() {
     let (line, msg) = err(&with_header(
-        "[[step]]\ngoto = \"x\"\n[[step]]\nclik = \"#submit\"\n",
+        "[[step]]\ngoto = \"https://x.test/\"\n[[step]]\nclik = \"#submit\"\n",
     ));
     assert_eq!(line, 5);
     assert_eq!(
@@ -156,7 +159,7 @@ fn two_actions_point_at_the_second() {
 #[test]
 fn step_without_action_points_at_its_header() {
     let (line, msg) = err(&with_header(
-        "[[step]]\ngoto = \"x\"\n\n[[step]]\noptional = true\n",
+        "[[step]]\ngoto = \"https://x.test/\"\n\n[[step]]\noptional = true\n",
     ));
     assert_eq!(line, 5);
     assert!(msg.starts_with("step has no action"), "{msg}");
@@ -269,10 +272,49 @@ fn variable_errors() {
 }
 
 #[test]
+fn goto_goes_only_to_web_pages() {
+    for ok in [
+        "${authorize_url}",
+        "${authorize_url}&prompt=login",
+        "https://x.test/",
+        "HTTP://x.test",
+        "http://127.0.0.1:9/a?b=${authorize_url}",
+    ] {
+        let text = with_header(&format!("[[step]]\ngoto = \"{ok}\"\n"));
+        assert!(LoginScript::parse(&text).is_ok(), "{ok}");
+    }
+    for bad in [
+        "file:///etc/passwd",
+        "FILE:///etc/passwd",
+        "data:text/html,<h1>x</h1>",
+        "chrome://settings",
+        "javascript:alert(1)",
+        "about:blank",
+        "/relative/path",
+        "https:///no-host",
+        "x.test/login",
+        "view-source:https://x.test/",
+        "ftp://x.test/",
+    ] {
+        let text = with_header(&format!(
+            "[[step]]\nclick = \"#a\"\n\n[[step]]\ngoto = \"{bad}\"\n"
+        ));
+        assert_eq!(
+            err(&text),
+            (
+                6,
+                format!("`goto` may only go to an http:// or https:// URL or to ${{authorize_url}}, not `{bad}`")
+            ),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
 fn bad_glob() {
     assert_eq!(
         err(&with_header(
-            "[[step]]\ngoto = \"x\"\n[[step]]\nwait_for_url = \"**/{login,consent\"\n"
+            "[[step]]\ngoto = \"https://x.test/\"\n[[step]]\nwait_for_url = \"**/{login,consent\"\n"
         )),
         (5, "bad glob in `wait_for_url`: `{` is never closed".into())
     );
@@ -311,10 +353,19 @@ fn expand_resolves_and_defers_totp() {
         panic!()
     };
     assert_eq!(value.render().expose(), "alice-password");
+    assert!(value.is_confidential());
     assert_eq!(format!("{value:?}"), "StepValue(***)");
+    let ResolvedAction::Fill { value, .. } = &steps[1].action else {
+        panic!()
+    };
+    assert!(!value.is_confidential(), "a literal user name is shown");
     let ResolvedAction::Fill { value, .. } = &steps[4].action else {
         panic!()
     };
+    assert!(
+        value.is_confidential(),
+        "a ${{totp}} is masked like a secret"
+    );
     let code = value.render();
     assert_eq!(code.expose().len(), 6);
     assert!(code.expose().chars().all(|c| c.is_ascii_digit()));

@@ -114,6 +114,9 @@ enum Part {
 #[derive(Clone)]
 pub struct StepValue {
     parts: Vec<Part>,
+    /// Holds a `${secret:…}` or `${totp}`: whatever it is typed into is
+    /// masked in screenshots.
+    confidential: bool,
 }
 
 impl StepValue {
@@ -126,7 +129,15 @@ impl StepValue {
                 Piece::Var(v) => vars.resolve(v),
             })
             .collect::<Result<_, _>>()?;
-        Ok(StepValue { parts })
+        Ok(StepValue {
+            parts,
+            confidential: template.has_confidential_var(),
+        })
+    }
+
+    /// Whether the value holds a secret or a one-time code.
+    pub fn is_confidential(&self) -> bool {
+        self.confidential
     }
 
     /// Whether [`render`](Self::render) includes a one-time code.

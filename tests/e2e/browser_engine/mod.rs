@@ -4,6 +4,7 @@
 
 pub mod support;
 
+mod hardening;
 mod login;
 mod pool;
 mod recorder;

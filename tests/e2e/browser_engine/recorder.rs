@@ -6,7 +6,7 @@ use relogin_farm::browser::recorder::{RecordOptions, Recorder};
 use relogin_farm::browser::script::{Action, LoginScript, Vars};
 use url::Url;
 
-use super::support::{Provider, TestPool, RUN_TIMEOUT};
+use super::support::{serve_html, Provider, TestPool, RUN_TIMEOUT};
 
 fn options(provider: &Provider, authorize_url: Url) -> RecordOptions {
     RecordOptions {
@@ -258,27 +258,4 @@ async fn selectors_prefer_id_name_label_role_testid_over_nth_child() {
         .unwrap();
     assert_eq!(outcome.steps_acted, [0, 1, 2, 3, 4, 5, 6]);
     t.assert_no_chromium_left();
-}
-
-/// Serves `html` at `/` on a loopback port, forever (test lifetime).
-async fn serve_html(html: String) -> Url {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            let html = html.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 8192];
-                let _ = sock.read(&mut buf).await;
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                    html.len()
-                );
-                let _ = sock.write_all(head.as_bytes()).await;
-                let _ = sock.write_all(html.as_bytes()).await;
-            });
-        }
-    });
-    url
 }

@@ -103,12 +103,19 @@ pub struct TestPool {
 
 impl TestPool {
     pub fn new(max_concurrent: usize) -> TestPool {
+        TestPool::with_allowed_hosts(max_concurrent, &[])
+    }
+
+    /// A pool whose relogin pages may only be on `hosts` (and the run's
+    /// authorize and redirect hosts); none: any host.
+    pub fn with_allowed_hosts(max_concurrent: usize, hosts: &[&str]) -> TestPool {
         require_tools();
         let dir = tempfile::tempdir().unwrap();
         let cfg = BrowserConfig {
             max_concurrent,
             profiles_dir: dir.path().join("profiles"),
             artifacts_dir: dir.path().join("artifacts"),
+            allowed_hosts: hosts.iter().map(|h| h.to_string()).collect(),
             ..BrowserConfig::for_project(&project_dir())
         };
         TestPool {
@@ -354,3 +361,113 @@ fn b64url(bytes: &[u8]) -> String {
 }
 
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Serves `html` at `/` on a loopback port, forever (test lifetime).
+pub async fn serve_html(html: String) -> Url {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let html = html.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 8192];
+                let _ = sock.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    html.len()
+                );
+                let _ = sock.write_all(head.as_bytes()).await;
+                let _ = sock.write_all(html.as_bytes()).await;
+            });
+        }
+    });
+    url
+}
+
+/// An 8-bit RGB or RGBA, non-interlaced PNG (what Chromium's screenshots
+/// are), decoded to rows of RGB pixels.
+pub struct Png {
+    pub width: usize,
+    pub height: usize,
+    rgb: Vec<[u8; 3]>,
+}
+
+impl Png {
+    pub fn read(path: &Path) -> Png {
+        let bytes = std::fs::read(path).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
+        let (mut pos, mut header, mut data) = (8, None, Vec::new());
+        while pos + 8 <= bytes.len() {
+            let len = u32::from_be_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+            let kind = &bytes[pos + 4..pos + 8];
+            let body = &bytes[pos + 8..pos + 8 + len];
+            match kind {
+                b"IHDR" => header = Some(body.to_vec()),
+                b"IDAT" => data.extend_from_slice(body),
+                _ => {}
+            }
+            pos += 12 + len;
+        }
+        let h = header.expect("IHDR");
+        let width = u32::from_be_bytes(h[0..4].try_into().unwrap()) as usize;
+        let height = u32::from_be_bytes(h[4..8].try_into().unwrap()) as usize;
+        let channels = match (h[8], h[9], h[12]) {
+            (8, 2, 0) => 3,
+            (8, 6, 0) => 4,
+            other => panic!("unsupported PNG (depth, colour type, interlace) {other:?}"),
+        };
+        let mut raw = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::ZlibDecoder::new(&data[..]), &mut raw)
+            .unwrap();
+        let stride = width * channels;
+        let mut prev = vec![0u8; stride];
+        let mut rgb = Vec::with_capacity(width * height);
+        for row in raw.chunks(stride + 1).take(height) {
+            let (filter, line) = (row[0], &row[1..]);
+            let mut cur = vec![0u8; stride];
+            for i in 0..stride {
+                let a = if i >= channels { cur[i - channels] } else { 0 } as i16;
+                let b = prev[i] as i16;
+                let c = if i >= channels { prev[i - channels] } else { 0 } as i16;
+                let predictor = match filter {
+                    0 => 0,
+                    1 => a,
+                    2 => b,
+                    3 => (a + b) / 2,
+                    4 => {
+                        let p = a + b - c;
+                        let (pa, pb, pc) = ((p - a).abs(), (p - b).abs(), (p - c).abs());
+                        if pa <= pb && pa <= pc {
+                            a
+                        } else if pb <= pc {
+                            b
+                        } else {
+                            c
+                        }
+                    }
+                    f => panic!("bad PNG filter {f}"),
+                };
+                cur[i] = line[i].wrapping_add(predictor as u8);
+            }
+            rgb.extend(cur.chunks(channels).map(|p| [p[0], p[1], p[2]]));
+            prev = cur;
+        }
+        Png { width, height, rgb }
+    }
+
+    /// The distinct colours in the rectangle `x0..x1` × `y0..y1`.
+    pub fn colours_in(&self, x0: usize, y0: usize, x1: usize, y1: usize) -> Vec<[u8; 3]> {
+        assert!(
+            x1 <= self.width && y1 <= self.height,
+            "the box is inside the image"
+        );
+        let mut colours: Vec<[u8; 3]> = (y0..y1)
+            .flat_map(|y| (x0..x1).map(move |x| (x, y)))
+            .map(|(x, y)| self.rgb[y * self.width + x])
+            .collect();
+        colours.sort();
+        colours.dedup();
+        colours
+    }
+}
