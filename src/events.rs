@@ -41,6 +41,7 @@ pub enum EventKind {
     BackupCreated,
     BackupFailed,
     BackupRestored,
+    ProxyFailover,
 }
 
 impl EventKind {
@@ -66,6 +67,7 @@ impl EventKind {
         EventKind::BackupCreated,
         EventKind::BackupFailed,
         EventKind::BackupRestored,
+        EventKind::ProxyFailover,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -91,6 +93,7 @@ impl EventKind {
             EventKind::BackupCreated => "backup_created",
             EventKind::BackupFailed => "backup_failed",
             EventKind::BackupRestored => "backup_restored",
+            EventKind::ProxyFailover => "proxy_failover",
         }
     }
 

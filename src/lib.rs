@@ -41,6 +41,7 @@ pub mod http;
 pub mod lockfile;
 pub mod metrics;
 pub mod oauth;
+pub mod proxy;
 pub mod rfc3339;
 pub mod scheduler;
 pub mod secret;

@@ -6,6 +6,7 @@
 //! so every rule is unit-tested directly.
 
 pub mod account;
+pub mod ratelimit;
 pub mod rotation;
 pub mod timing;
 

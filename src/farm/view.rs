@@ -66,10 +66,18 @@ pub struct AccountView {
     pub browser: bool,
     pub generation: i64,
     pub created_at: DateTime<Utc>,
+    /// The last rate-limit headers the proxy saw for this account.
+    pub quota: Option<crate::proxy::Quota>,
 }
 
 impl AccountView {
-    fn of(a: &Account, now: DateTime<Utc>, leases_24h: i64, browser: bool) -> Self {
+    fn of(
+        a: &Account,
+        now: DateTime<Utc>,
+        leases_24h: i64,
+        browser: bool,
+        quota: Option<crate::proxy::Quota>,
+    ) -> Self {
         AccountView {
             id: a.id,
             provider: a.provider.clone(),
@@ -95,6 +103,7 @@ impl AccountView {
             browser,
             generation: a.generation,
             created_at: a.created_at,
+            quota,
         }
     }
 }
@@ -137,7 +146,10 @@ impl Farm {
         Ok(st
             .accounts
             .values()
-            .map(|a| AccountView::of(a, now, counts.get(&a.id).copied().unwrap_or(0), browser))
+            .map(|a| {
+                let leases = counts.get(&a.id).copied().unwrap_or(0);
+                AccountView::of(a, now, leases, browser, self.proxy.quota(a.id))
+            })
             .collect())
     }
 
@@ -146,7 +158,8 @@ impl Farm {
         let now = Utc::now();
         let browser = self.browser.is_some();
         self.with_account(id, |a| {
-            AccountView::of(a, now, counts.get(&a.id).copied().unwrap_or(0), browser)
+            let leases = counts.get(&a.id).copied().unwrap_or(0);
+            AccountView::of(a, now, leases, browser, self.proxy.quota(a.id))
         })
     }
 
@@ -305,6 +318,8 @@ impl Farm {
                 .or_default() += 1;
         }
         let rows: Vec<_> = counts.into_iter().map(|((p, s), n)| (p, s, n)).collect();
-        self.metrics.render(&rows, self.lease_log.commits())
+        let mut text = self.metrics.render(&rows, self.lease_log.commits());
+        self.proxy.metrics.render(&mut text);
+        text
     }
 }

@@ -70,6 +70,21 @@ const fn route(
     }
 }
 
+/// The rotating proxy's path; one row per method it forwards.
+pub const PROXY_PATH: &str = "/proxy/{provider}/{path}";
+
+const fn proxy_route(method: &'static str) -> Route {
+    route(
+        method,
+        PROXY_PATH,
+        Access::Client,
+        "Forward to the provider's upstream with the next account's token (failover inside the request); \
+         the client key may also come as x-api-key",
+        None,
+        (200, None),
+    )
+}
+
 use Access::{Admin, Client, Public};
 pub const ROUTES: &[Route] = &[
     route(
@@ -328,6 +343,11 @@ pub const ROUTES: &[Route] = &[
         None,
         (204, None),
     ),
+    proxy_route("GET"),
+    proxy_route("POST"),
+    proxy_route("PUT"),
+    proxy_route("PATCH"),
+    proxy_route("DELETE"),
     route(
         "GET",
         "/api/openapi.json",
@@ -687,7 +707,39 @@ pub fn routes(farm: Arc<Farm>) -> BoxedFilter<(Response,)> {
             .then(h::openapi))
         .unify()
         .boxed();
-    let table = credential_next.or(others).unify();
+    // Any method of the table's proxy rows; auth, limits and errors are the
+    // proxy's own (`crate::proxy`), so that x-api-key works too.
+    let proxy_methods = at("GET", PROXY_PATH)
+        .or(at("POST", PROXY_PATH))
+        .unify()
+        .or(at("PUT", PROXY_PATH))
+        .unify()
+        .or(at("PATCH", PROXY_PATH))
+        .unify()
+        .or(at("DELETE", PROXY_PATH))
+        .unify();
+    let proxy = path!("proxy" / String / ..)
+        .and(warp::path::tail())
+        .and(proxy_methods)
+        .and(farm.clone())
+        .and(warp::method())
+        .and(warp::header::headers_cloned())
+        .and(raw_query())
+        .and(warp::body::stream())
+        .then(
+            |provider: String, tail: warp::path::Tail, farm, method, headers, query, body| {
+                let req = crate::proxy::Incoming {
+                    provider,
+                    path: tail.as_str().to_owned(),
+                    query,
+                    method,
+                    headers,
+                };
+                crate::proxy::handle(farm, req, Box::pin(body))
+            },
+        )
+        .boxed();
+    let table = credential_next.or(proxy).unify().or(others).unify();
 
     let built = built.into_inner();
     for r in ROUTES {

@@ -115,6 +115,16 @@ fn operation(r: &super::Route) -> Value {
             "no account can serve now; see Retry-After and retry_after_s",
         ));
     }
+    if r.path == super::PROXY_PATH {
+        op["responses"]["200"]["description"] = json!("the upstream's answer, streamed as it came");
+        errors.extend([
+            ("413", "body over the provider's proxy.max_body"),
+            ("501", "WebSocket upgrade"),
+            ("502", "the upstream could not be reached"),
+            ("503", "no account can serve now; see Retry-After and retry_after_s"),
+            ("504", "the upstream did not answer within proxy.first_byte_timeout"),
+        ]);
+    }
     for (code, description) in errors {
         op["responses"][code] = json!({"description": description, "content": {"application/json": {"schema": schema_ref("Error")}}});
     }
@@ -234,6 +244,10 @@ fn schemas() -> Value {
         "file": {"type": "string", "description": "File name in backup.dir"}, "bytes": {"type": "integer"},
         "created_at": dt()}});
     all["BackupList"] = json!({"type": "array", "items": schema_ref("Backup")});
+    all["Account"]["properties"]["quota"] = json!({"type": ["object", "null"],
+        "description": "The last rate-limit headers the proxy saw for this account",
+        "properties": {"at": dt(), "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+            "resets_at": dt()}});
     all
 }
 
