@@ -1107,9 +1107,7 @@ impl ProxyConfig {
             .count("max_body", 1..=1024 * 1024 * 1024)?
             .unwrap_or(d.max_body);
         let failover_on = sec.statuses("failover_on")?.unwrap_or(d.failover_on);
-        let max_attempts = sec
-            .count("max_attempts", 1..=10)?
-            .unwrap_or(d.max_attempts);
+        let max_attempts = sec.count("max_attempts", 1..=10)?.unwrap_or(d.max_attempts);
         let header_list = |sec: &mut Section<'_>, key: &str| {
             sec.string_list(key, |item_key, name| {
                 parse_header_name(name)
@@ -1883,7 +1881,11 @@ impl<'a> Section<'a> {
             return Ok(None);
         };
         let Value::Array(items) = value else {
-            return Err(wrong_type(self.name(key), "an array of status codes", &value));
+            return Err(wrong_type(
+                self.name(key),
+                "an array of status codes",
+                &value,
+            ));
         };
         let mut list = Vec::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
@@ -2698,8 +2700,12 @@ mod tests {
     fn provider_proxy_section() {
         let config = load(MINIMAL_PROVIDER, &[]).unwrap();
         assert_eq!(config.providers[0].proxy, None);
-        let text = format!("{MINIMAL_PROVIDER}\n[provider.proxy]\nupstream = \"http://127.0.0.1:9/\"");
-        let proxy = load(&text, &[]).unwrap().providers[0].proxy.clone().unwrap();
+        let text =
+            format!("{MINIMAL_PROVIDER}\n[provider.proxy]\nupstream = \"http://127.0.0.1:9/\"");
+        let proxy = load(&text, &[]).unwrap().providers[0]
+            .proxy
+            .clone()
+            .unwrap();
         let d = ProxyConfig::default();
         assert_eq!(proxy.upstream.as_str(), "http://127.0.0.1:9/");
         assert_eq!(
@@ -2707,7 +2713,10 @@ mod tests {
             (32 * 1024 * 1024, &vec![401, 429, 529], 3)
         );
         assert_eq!(proxy.quota_headers, d.quota_headers);
-        assert_eq!((proxy.auth_header.as_str(), proxy.auth_scheme.as_str()), ("authorization", "Bearer"));
+        assert_eq!(
+            (proxy.auth_header.as_str(), proxy.auth_scheme.as_str()),
+            ("authorization", "Bearer")
+        );
 
         let text = format!(
             r#"{MINIMAL_PROVIDER}
@@ -2727,9 +2736,15 @@ mod tests {
             idle_timeout = "1m"
             "#
         );
-        let proxy = load(&text, &[]).unwrap().providers[0].proxy.clone().unwrap();
+        let proxy = load(&text, &[]).unwrap().providers[0]
+            .proxy
+            .clone()
+            .unwrap();
         assert_eq!(proxy.headers["anthropic-beta"], "oauth-2025-04-20");
-        assert_eq!((proxy.auth_header.as_str(), proxy.auth_scheme.as_str()), ("x-api-key", ""));
+        assert_eq!(
+            (proxy.auth_header.as_str(), proxy.auth_scheme.as_str()),
+            ("x-api-key", "")
+        );
         assert_eq!(proxy.session_header.as_deref(), Some("x-claude-session"));
         assert_eq!((proxy.max_body, proxy.max_attempts), (1024, 5));
         assert_eq!(proxy.failover_on, [429]);
@@ -2741,22 +2756,55 @@ mod tests {
 
         for (body, expected) in [
             ("max_body = 1", "provider[0].proxy.upstream: missing"),
-            ("upstream = \"ftp://x\"", "provider[0].proxy.upstream: invalid URL"),
-            ("upstream = \"http://x\"\nfailover_on = [700]", "provider[0].proxy.failover_on[0]: must be an HTTP status"),
-            ("upstream = \"http://x\"\nmax_attempts = 0", "provider[0].proxy.max_attempts: must be between 1 and 10"),
-            ("upstream = \"http://x\"\nmax_body = 0", "provider[0].proxy.max_body: must be between"),
-            ("upstream = \"http://x\"\nheaders = {{ \"a b\" = \"1\" }}", "provider[0].proxy.headers.a b: invalid header name"),
-            ("upstream = \"http://x\"\nquota_headers = [\"a:\"]", "provider[0].proxy.quota_headers[0]: invalid header name"),
-            ("upstream = \"http://x\"\nauth_scheme = \"a b\"", "provider[0].proxy.auth_scheme: invalid scheme"),
-            ("upstream = \"http://x\"\nidle_timeout = \"0s\"", "provider[0].proxy.idle_timeout: must be more than 0s"),
-            ("upstream = \"http://x\"\nbogus = 1", "provider[0].proxy.bogus: unknown key"),
+            (
+                "upstream = \"ftp://x\"",
+                "provider[0].proxy.upstream: invalid URL",
+            ),
+            (
+                "upstream = \"http://x\"\nfailover_on = [700]",
+                "provider[0].proxy.failover_on[0]: must be an HTTP status",
+            ),
+            (
+                "upstream = \"http://x\"\nmax_attempts = 0",
+                "provider[0].proxy.max_attempts: must be between 1 and 10",
+            ),
+            (
+                "upstream = \"http://x\"\nmax_body = 0",
+                "provider[0].proxy.max_body: must be between",
+            ),
+            (
+                "upstream = \"http://x\"\nheaders = {{ \"a b\" = \"1\" }}",
+                "provider[0].proxy.headers.a b: invalid header name",
+            ),
+            (
+                "upstream = \"http://x\"\nquota_headers = [\"a:\"]",
+                "provider[0].proxy.quota_headers[0]: invalid header name",
+            ),
+            (
+                "upstream = \"http://x\"\nauth_scheme = \"a b\"",
+                "provider[0].proxy.auth_scheme: invalid scheme",
+            ),
+            (
+                "upstream = \"http://x\"\nidle_timeout = \"0s\"",
+                "provider[0].proxy.idle_timeout: must be more than 0s",
+            ),
+            (
+                "upstream = \"http://x\"\nbogus = 1",
+                "provider[0].proxy.bogus: unknown key",
+            ),
         ] {
-            let text = format!("{MINIMAL_PROVIDER}\n[provider.proxy]\n{}", body.replace("{{", "{").replace("}}", "}"));
+            let text = format!(
+                "{MINIMAL_PROVIDER}\n[provider.proxy]\n{}",
+                body.replace("{{", "{").replace("}}", "}")
+            );
             let e = err(&text, &[]);
             assert!(e.starts_with(expected), "{body}: got {e}, want {expected}");
         }
         let text = format!("{MINIMAL_PROVIDER}\nproxy = 3");
-        assert_eq!(err(&text, &[]), "provider[0].proxy: expected a table, found integer");
+        assert_eq!(
+            err(&text, &[]),
+            "provider[0].proxy: expected a table, found integer"
+        );
     }
 
     #[test]

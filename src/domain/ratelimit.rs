@@ -175,7 +175,8 @@ pub fn quota_headers<'a>(
     headers
         .filter(|(name, _)| {
             prefixes.iter().any(|p| {
-                name.len() >= p.len() && name.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+                name.len() >= p.len()
+                    && name.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
             })
         })
         .map(|(n, v)| (n.to_ascii_lowercase(), v.to_string()))
@@ -285,10 +286,16 @@ mod tests {
         assert_eq!(reset_value("2026-05-01T12:01:00Z", n), in_s(60));
         assert_eq!(reset_value("2026-05-01T14:01:00+02:00", n), in_s(60));
         assert_eq!(reset_value("12", n), in_s(12));
-        assert_eq!(reset_value("1.5", n), Some(n + Duration::milliseconds(1500)));
+        assert_eq!(
+            reset_value("1.5", n),
+            Some(n + Duration::milliseconds(1500))
+        );
         assert_eq!(reset_value("6m0s", n), in_s(360));
         assert_eq!(reset_value("1h2m3s", n), in_s(3723));
-        assert_eq!(reset_value("250ms", n), Some(n + Duration::milliseconds(250)));
+        assert_eq!(
+            reset_value("250ms", n),
+            Some(n + Duration::milliseconds(250))
+        );
         for bad in ["", "-3", "soon", "5x", "m", "1e400"] {
             assert_eq!(reset_value(bad, n), None, "{bad:?}");
         }

@@ -121,8 +121,14 @@ fn operation(r: &super::Route) -> Value {
             ("413", "body over the provider's proxy.max_body"),
             ("501", "WebSocket upgrade"),
             ("502", "the upstream could not be reached"),
-            ("503", "no account can serve now; see Retry-After and retry_after_s"),
-            ("504", "the upstream did not answer within proxy.first_byte_timeout"),
+            (
+                "503",
+                "no account can serve now; see Retry-After and retry_after_s",
+            ),
+            (
+                "504",
+                "the upstream did not answer within proxy.first_byte_timeout",
+            ),
         ]);
     }
     for (code, description) in errors {

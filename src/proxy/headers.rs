@@ -177,7 +177,10 @@ mod tests {
     fn credential_header_and_scheme() {
         let mut config = ProxyConfig::default();
         let (n, v) = credential(&config, "tok").unwrap();
-        assert_eq!((n.as_str(), v.to_str().unwrap()), ("authorization", "Bearer tok"));
+        assert_eq!(
+            (n.as_str(), v.to_str().unwrap()),
+            ("authorization", "Bearer tok")
+        );
         config.auth_header = "x-api-key".into();
         config.auth_scheme = String::new();
         let (n, v) = credential(&config, "tok").unwrap();
@@ -189,7 +192,10 @@ mod tests {
 
     #[test]
     fn client_key_from_bearer_or_x_api_key() {
-        assert_eq!(client_key(&map(&[("authorization", "Bearer k1")])), Some("k1"));
+        assert_eq!(
+            client_key(&map(&[("authorization", "Bearer k1")])),
+            Some("k1")
+        );
         assert_eq!(client_key(&map(&[("x-api-key", "k2")])), Some("k2"));
         assert_eq!(client_key(&map(&[("authorization", "Basic k1")])), None);
         assert_eq!(client_key(&map(&[("authorization", "Bearer ")])), None);
@@ -206,7 +212,10 @@ mod tests {
         ]);
         clean_response(&mut h);
         let names: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
-        assert_eq!(names, ["content-type", "anthropic-ratelimit-unified-status"]);
+        assert_eq!(
+            names,
+            ["content-type", "anthropic-ratelimit-unified-status"]
+        );
     }
 
     #[test]

@@ -58,7 +58,12 @@ impl ProxyMetrics {
             "# HELP relogin_farm_proxy_requests_total Answers of the proxy to its clients, by provider and status.\n\
              # TYPE relogin_farm_proxy_requests_total counter"
         );
-        for ((provider, status), n) in self.answers.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for ((provider, status), n) in self
+            .answers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
             let _ = writeln!(
                 out,
                 "relogin_farm_proxy_requests_total{{provider=\"{provider}\",status=\"{status}\"}} {n}"
@@ -69,7 +74,12 @@ impl ProxyMetrics {
             "# HELP relogin_farm_proxy_failovers_total Requests moved to the next account, by reason.\n\
              # TYPE relogin_farm_proxy_failovers_total counter"
         );
-        for (reason, n) in self.failovers.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for (reason, n) in self
+            .failovers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
             let _ = writeln!(
                 out,
                 "relogin_farm_proxy_failovers_total{{reason=\"{reason}\"}} {n}"

@@ -10,7 +10,7 @@
 //!    upstream. A WebSocket upgrade is refused (501).
 //! 2. The body is read in full, up to `proxy.max_body` (else 413), so that
 //!    it can be sent again, byte for byte, to another account.
-//! 3. Each attempt is a lease through [`Farm::next_credential`] (rotation,
+//! 3. Each attempt is a lease through [`Farm::next_credential_except`] (rotation,
 //!    sticky session from `x-relogin-session` or `proxy.session_header`,
 //!    the lease log, the per-client limits that path enforces), and ends in
 //!    a report through [`Farm::report`], like any other client's.
@@ -18,12 +18,14 @@
 //!    hop-by-hop headers, with the account's token in `proxy.auth_header`.
 //! 5. Before the first byte of an answer reaches the client, an upstream
 //!    status in `proxy.failover_on` moves the request to the next account
-//!    ([`domain::ratelimit::verdict`]): 401 → `unauthorized` (the
+//!    it has not tried yet ([`domain::ratelimit::verdict`]): 401 → `unauthorized` (the
 //!    single-flight refresh); 429 → a cooldown until the announced reset;
 //!    a 429 with `x-should-retry: true` and a 529 → no cooldown. A connection
-//!    error or `first_byte_timeout` moves on too. After `max_attempts` the
-//!    last upstream answer goes to the client as it came; when no account
-//!    can serve, the 503 of `/credential/next` (with `Retry-After`).
+//!    error or `first_byte_timeout` moves on too. After `max_attempts`, or
+//!    when only tried accounts that are still usable remain, the last
+//!    upstream answer goes to the client as it came (or the 502/504 of the
+//!    last error); when no account can serve, the 503 of `/credential/next`
+//!    (with `Retry-After`).
 //! 6. The answer streams to the client chunk by chunk ([`relay::Relay`]); a
 //!    client that goes away drops the upstream request; a break after the
 //!    first byte reaches the client as a cut body, never as a retry.
@@ -254,25 +256,40 @@ where
     let method = reqwest::Method::from_bytes(req.method.as_str().as_bytes())
         .map_err(|e| ProxyError::Body(e.to_string()))?;
 
-    // The account the previous attempt left, and why.
+    // The account the previous attempt left, and why; the accounts tried.
     let mut left: Option<(AccountId, String)> = None;
-    let mut failure = ProxyError::Unreachable("no attempt was made".into());
+    let mut tried: Vec<AccountId> = Vec::with_capacity(cfg.max_attempts);
+    // The last failed attempt: an upstream answer that moved on while its
+    // account stays usable (529, a retryable 429), or an error.
+    let mut held: Option<reqwest::Response> = None;
+    let mut failure: Option<ProxyError> = None;
     for attempt in 1..=cfg.max_attempts {
-        let lease = match farm
-            .next_credential(&req.provider, session.as_deref(), who)
-            .await
-        {
+        let leased = farm
+            .next_credential_except(&req.provider, session.as_deref(), who, &tried)
+            .await;
+        let lease = match leased {
             Ok(lease) => lease,
             Err(e) => {
                 if let Some((from, why)) = left.take() {
                     failed_over(farm, from, None, &why);
                 }
-                return Err(e.into());
+                // Only accounts this request already tried could serve:
+                // their last answer (or error) is the client's. Otherwise
+                // nothing can serve: the farm's 503.
+                let only_tried = matches!(e, FarmError::NoAccountAvailable { .. });
+                return match (only_tried, held, failure) {
+                    (true, Some(resp), _) => Ok(relay(resp, cfg)),
+                    (true, None, Some(f)) => Err(f),
+                    _ => Err(e.into()),
+                };
             }
         };
         if let Some((from, why)) = left.take() {
             failed_over(farm, from, Some(lease.account_id), &why);
         }
+        tried.push(lease.account_id);
+        held = None;
+        failure = None;
         *served = Some(Served {
             account: lease.account_id,
             lease: lease.lease_id.clone(),
@@ -292,14 +309,15 @@ where
             Ok(Err(e)) => {
                 report(farm, &lease, who, Outcome::Error, None).await;
                 let why = if e.is_connect() { "connect" } else { "request" };
-                failure = ProxyError::Unreachable(describe(&e));
-                tracing::warn!(account = lease.account_id, error = %failure, "proxy: upstream request failed");
+                let error = ProxyError::Unreachable(describe(&e));
+                tracing::warn!(account = lease.account_id, error = %error, "proxy: upstream request failed");
+                failure = Some(error);
                 left = Some((lease.account_id, why.to_owned()));
                 continue;
             }
             Err(_) => {
                 report(farm, &lease, who, Outcome::Error, None).await;
-                failure = ProxyError::Timeout(cfg.first_byte_timeout.as_secs());
+                failure = Some(ProxyError::Timeout(cfg.first_byte_timeout.as_secs()));
                 left = Some((lease.account_id, "timeout".to_owned()));
                 continue;
             }
@@ -349,16 +367,22 @@ where
         if attempt == cfg.max_attempts {
             return Ok(relay(resp, cfg));
         }
+        if verdict == Verdict::Busy {
+            held = Some(resp);
+        }
         left = Some((lease.account_id, verdict.why(status)));
     }
     if let Some((from, why)) = left {
         failed_over(farm, from, None, &why);
     }
-    Err(failure)
+    Err(failure.unwrap_or_else(|| ProxyError::Unreachable("no attempt was made".into())))
 }
-
 /// Reads the whole body (it is replayed on failover), at most `limit` bytes.
-async fn read_body<S, B>(headers: &HeaderMap, mut body: S, limit: usize) -> Result<Bytes, ProxyError>
+async fn read_body<S, B>(
+    headers: &HeaderMap,
+    mut body: S,
+    limit: usize,
+) -> Result<Bytes, ProxyError>
 where
     S: Stream<Item = Result<B, warp::Error>> + Send + Unpin,
     B: Buf,

@@ -23,6 +23,7 @@ mod hygiene;
 mod login;
 mod observability;
 mod openapi;
+mod proxy;
 mod refresh;
 mod relogin;
 mod restart;

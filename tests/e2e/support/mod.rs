@@ -10,6 +10,7 @@
 //! - [`bed`]: one provider + one farm + the usual steps (add, log in, lease).
 //! - [`sse`]: an event stream read frame by frame, with deadlines.
 //! - [`receiver`]: an HTTP server in the test that records what it is sent.
+//! - [`upstream`]: a fake LLM upstream for the proxy, scripted per token.
 
 pub mod api;
 pub mod bed;
@@ -19,6 +20,7 @@ pub mod process;
 pub mod provider;
 pub mod receiver;
 pub mod sse;
+pub mod upstream;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
