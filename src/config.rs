@@ -43,7 +43,12 @@ pub const ENV_PREFIX: &str = "RELOGIN_FARM_";
 /// configuration must not reject them as unknown. An entry ending in `*`
 /// matches every variable starting with the part before it. Add to this list
 /// when a new such variable appears.
-pub const OTHER_ENV_VARS: &[&str] = &["RELOGIN_FARM_CONFIG", "RELOGIN_FARM_DEMO_*"];
+pub const OTHER_ENV_VARS: &[&str] = &[
+    "RELOGIN_FARM_CONFIG",
+    "RELOGIN_FARM_DEMO_*",
+    "RELOGIN_FARM_URL",
+    "RELOGIN_FARM_CLIENT_KEY",
+];
 
 /// Scalar keys that the environment may override, each through the variable
 /// [`env_var`] names. Secrets are not listed: they have their own variables.
@@ -2164,6 +2169,17 @@ mod tests {
             demo.login_script.as_deref(),
             Some(Path::new("scripts/login/demo.toml"))
         );
+        let proxy = demo.proxy.as_ref().expect("the example's [provider.proxy]");
+        assert_eq!(proxy.upstream.as_str(), "https://api.example.com/");
+        assert_eq!(
+            proxy.session_header.as_deref(),
+            Some("x-claude-code-session-id")
+        );
+        assert_eq!(
+            proxy.max_body,
+            ProxyConfig::default().max_body,
+            "the example shows the default"
+        );
         let [hook] = &config.webhooks[..] else {
             panic!("{:?}", config.webhooks)
         };
@@ -2624,7 +2640,7 @@ mod tests {
                 EVENT_KINDS.join(" | ")
             )
         );
-        assert!(e.contains("account_added | account_removed") && e.ends_with("| backup_restored"));
+        assert!(e.contains("account_added | account_removed") && e.ends_with("| proxy_failover"));
         let cases = [
             (with("events = [\"refresh_ok\", \"refresh_ok\"]"), "webhook[0].events[1]: duplicate event kind \"refresh_ok\" (also webhook[0].events[0])"),
             (with("events = \"needs_human\""), "webhook[0].events: expected an array of strings, found string"),

@@ -81,6 +81,19 @@ impl ProxyBed {
         HashMap::from([(self.mia, mia), (self.ned, ned)])
     }
 
+    /// The next request of each account gets a 429 with `retry-after: seconds`.
+    fn every_account_rate_limited(&self, upstream: &Upstream, seconds: u64) {
+        for token in self.tokens().values() {
+            upstream.script(
+                token,
+                &[Behaviour::RateLimited {
+                    reset_epoch_s: None,
+                    retry_after_s: Some(seconds),
+                }],
+            );
+        }
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}/proxy/{PROVIDER}{path}", self.bed.url())
     }
@@ -287,16 +300,7 @@ fn a_529_or_a_retryable_429_moves_on_without_a_cooldown() {
 fn when_every_account_cools_the_proxy_answers_503_with_retry_after() {
     let upstream = Upstream::start();
     let pb = ProxyBed::start(&upstream.url, "");
-    let tokens = pb.tokens();
-    for id in [pb.mia, pb.ned] {
-        upstream.script(
-            &tokens[&id],
-            &[Behaviour::RateLimited {
-                reset_epoch_s: None,
-                retry_after_s: Some(3),
-            }],
-        );
-    }
+    pb.every_account_rate_limited(&upstream, 3);
     let resp = pb.post("/v1/messages", MESSAGE);
     let body = resp.expect_error(503, "no_account_available");
     let wait: i64 = resp
@@ -506,4 +510,102 @@ fn an_unreachable_upstream_is_a_502_within_the_connect_timeout() {
         errors, 2,
         "one error report per attempt, each account once: {usage}"
     );
+}
+
+#[test]
+fn the_token_command_prints_a_fresh_access_token() {
+    use crate::support::process::{clean_command, run_with_deadline};
+    let upstream = Upstream::start();
+    let pb = ProxyBed::start(&upstream.url, "");
+    let run = |key: &str| {
+        let mut cmd = clean_command(env!("CARGO_BIN_EXE_relogin-farm"));
+        cmd.args(["token", PROVIDER])
+            .env("RELOGIN_FARM_URL", pb.bed.url())
+            .env("RELOGIN_FARM_CLIENT_KEY", key);
+        run_with_deadline("relogin-farm token", cmd, Duration::from_secs(30))
+    };
+    let out = run(&pb.key);
+    assert!(out.status.success(), "{out:?}");
+    let token = String::from_utf8(out.stdout).unwrap();
+    let token = token.strip_suffix('\n').expect("one line");
+    pb.bed.provider.assert_active(token, "mia");
+
+    let out = run("not-a-key");
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("401 unauthorized"), "{stderr}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+}
+
+/// Runs `tests/clients/sdk.mjs SDK BASE KEY [stream]`: one request with an
+/// official SDK (its own retries on) through the proxy; returns its text
+/// and how long it took in ms.
+fn sdk(pb: &ProxyBed, sdk: &str, stream: bool) -> (String, u64) {
+    use crate::support::clients_dir;
+    use crate::support::process::{clean_command, run_with_deadline};
+    // The Anthropic SDK appends /v1/messages; the OpenAI SDK wants /v1 in the base.
+    let base = match sdk {
+        "anthropic" => pb.url(""),
+        _ => pb.url("/v1"),
+    };
+    let dir = clients_dir();
+    let mut cmd = clean_command("node");
+    cmd.arg(dir.join("sdk.mjs"))
+        .args([sdk, &base, &pb.key])
+        .args(stream.then_some("stream"))
+        .current_dir(&dir);
+    let out = run_with_deadline("node sdk.mjs", cmd, Duration::from_secs(60));
+    let what = format!("{sdk} (stream: {stream})");
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {:?}", out.stdout));
+    (
+        str_of(&answer, "text").to_string(),
+        answer["ms"].as_u64().unwrap_or_default(),
+    )
+}
+
+#[test]
+fn the_official_sdks_get_their_answer_across_a_429_failover() {
+    let upstream = Upstream::start();
+    let pb = ProxyBed::start(&upstream.url, "");
+    let tokens = pb.tokens();
+    for name in ["anthropic", "openai-chat", "openai-responses"] {
+        for stream in [false, true] {
+            upstream.script(&tokens[&pb.mia], &[Behaviour::ShouldRetry]);
+            let before = upstream.seen().len();
+            let (text, _) = sdk(&pb, name, stream);
+            assert_eq!(text, WORDS.concat(), "{name} (stream: {stream})");
+            let seen = upstream.seen();
+            let tried: Vec<_> = seen[before..].iter().map(|s| s.bearer()).collect();
+            assert_eq!(
+                tried,
+                [
+                    Some(tokens[&pb.mia].as_str()),
+                    Some(tokens[&pb.ned].as_str())
+                ],
+                "{name} (stream: {stream}): not one failover from mia to ned"
+            );
+        }
+    }
+    upstream.assert_never_saw(&pb.key);
+}
+
+#[test]
+fn an_sdk_waits_out_the_503_when_every_account_cools_and_succeeds() {
+    let upstream = Upstream::start();
+    let pb = ProxyBed::start(&upstream.url, "");
+    pb.every_account_rate_limited(&upstream, 2);
+    let (text, ms) = sdk(&pb, "anthropic", false);
+    assert_eq!(text, WORDS.concat());
+    assert!(ms >= 1500, "the SDK did not wait for Retry-After: {ms} ms");
+    let answers = pb.bed.metric(&format!(
+        "relogin_farm_proxy_requests_total{{provider=\"{PROVIDER}\",status=\"503\"}}"
+    ));
+    assert!(answers >= 1.0, "no 503 was answered");
+    upstream.assert_never_saw(&pb.key);
 }

@@ -47,6 +47,17 @@ pub fn oidc_dir() -> PathBuf {
     )
 }
 
+/// `tests/clients`, the official SDKs pinned from npm, after checking that
+/// they are installed.
+pub fn clients_dir() -> PathBuf {
+    node_package_dir(
+        "tests/clients",
+        "openai",
+        "the official SDKs",
+        "npm ci --prefix tests/clients",
+    )
+}
+
 /// `scripts/playwright`, the project's pinned Playwright driver, after
 /// checking that node, `playwright-core` and Debian's Chromium are installed.
 pub fn playwright_dir() -> PathBuf {
