@@ -609,3 +609,49 @@ fn an_sdk_waits_out_the_503_when_every_account_cools_and_succeeds() {
     assert!(answers >= 1.0, "no 503 was answered");
     upstream.assert_never_saw(&pb.key);
 }
+
+#[test]
+fn claude_code_answers_through_the_proxy_across_a_failover() {
+    use crate::support::clients_dir;
+    use crate::support::process::{clean_command, run_with_deadline};
+    let upstream = Upstream::start();
+    let pb = ProxyBed::start(&upstream.url, "");
+    let tokens = pb.tokens();
+    upstream.script(&tokens[&pb.mia], &[Behaviour::ShouldRetry]);
+    let home = tempfile::tempdir().expect("a home for claude");
+    let claude = clients_dir().join("node_modules/.bin/claude");
+    let mut cmd = clean_command(&claude);
+    cmd.args(["-p", "say hello"])
+        .env("HOME", home.path())
+        .env("ANTHROPIC_BASE_URL", pb.url(""))
+        .env("ANTHROPIC_API_KEY", &pb.key)
+        // Nothing but the model's API: no telemetry, error reports or updates.
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .env("DISABLE_AUTOUPDATER", "1")
+        .current_dir(home.path());
+    let out = run_with_deadline("claude -p", cmd, Duration::from_secs(120));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(&WORDS.concat()),
+        "claude -p: {:?}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = upstream.seen();
+    assert!(
+        seen.iter()
+            .any(|s| s.bearer() == Some(tokens[&pb.mia].as_str()))
+            && seen
+                .iter()
+                .any(|s| s.bearer() == Some(tokens[&pb.ned].as_str())),
+        "no failover from mia to ned: {:?}",
+        seen.iter()
+            .map(|s| (&s.path, s.bearer()))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        seen.iter().all(|s| s.path.starts_with("/v1/messages")),
+        "{seen:?}"
+    );
+    upstream.assert_never_saw(&pb.key);
+}
