@@ -221,6 +221,15 @@ fn a_429_moves_to_the_next_account_which_cools_until_the_announced_reset() {
     );
     assert!(Utc::now().timestamp() >= reset as i64);
 
+    // No token and no client key in the farm's log.
+    let log = pb.bed.farm_log();
+    for secret in tokens.values().chain([&pb.key]) {
+        assert!(
+            !log.contains(secret.as_str()),
+            "a secret is in the farm's log"
+        );
+    }
+
     // The quota headers of the last answers are on the accounts.
     let quota = &pb.bed.account(pb.ned)["quota"];
     assert_eq!(
