@@ -52,6 +52,8 @@ pub const OTHER_ENV_VARS: &[&str] = &[
     "RELOGIN_FARM_CONFIG",
     "RELOGIN_FARM_DEMO_*",
     "RELOGIN_FARM_CA_FILE",
+    "RELOGIN_FARM_URL",
+    "RELOGIN_FARM_CLIENT_KEY",
 ];
 
 /// Upper bound on every duration: far beyond any sensible setting, and low
@@ -165,6 +167,61 @@ pub struct ProviderConfig {
     /// again: after a crash mid-refresh, a scripted account is logged in by
     /// the browser instead of replaying its refresh token.
     pub reuse_detection: bool,
+    /// `[provider.proxy]`: the rotating proxy at `/proxy/<name>/…` (`None`: off).
+    pub proxy: Option<ProxyConfig>,
+}
+
+/// `[provider.proxy]`: where `/proxy/<provider>/<path>` forwards to and how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyConfig {
+    /// Requests to `/proxy/<provider>/<path>` go to `<upstream>/<path>`.
+    pub upstream: Url,
+    /// Added to every upstream request, comma-merged with the client's value.
+    pub headers: BTreeMap<String, String>,
+    /// The header that carries the account's token (lowercase).
+    pub auth_header: String,
+    /// Put before the token with a space (`""`: the bare token).
+    pub auth_scheme: String,
+    /// A header the client already sends that keys its sticky session
+    /// (besides `x-relogin-session`), lowercase.
+    pub session_header: Option<String>,
+    /// Largest request body, buffered for replays (bytes).
+    pub max_body: usize,
+    /// Upstream statuses that move the request to the next account.
+    pub failover_on: Vec<u16>,
+    /// Accounts tried per request, first one included.
+    pub max_attempts: usize,
+    /// Headers read for a 429's reset time after `retry-after(-ms)`.
+    pub reset_headers: Vec<String>,
+    /// Prefixes of the rate-limit headers kept as the account's quota.
+    pub quota_headers: Vec<String>,
+    pub connect_timeout: Duration,
+    /// From the request sent to the upstream's status line.
+    pub first_byte_timeout: Duration,
+    /// Longest silence between two chunks of an answer.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            upstream: Url::parse("http://127.0.0.1/").expect("a valid URL"),
+            headers: BTreeMap::new(),
+            auth_header: "authorization".to_owned(),
+            auth_scheme: "Bearer".to_owned(),
+            session_header: None,
+            max_body: 32 * 1024 * 1024,
+            failover_on: vec![401, 429, 529],
+            max_attempts: 3,
+            reset_headers: vec!["anthropic-ratelimit-unified-reset".to_owned()],
+            quota_headers: ["anthropic-ratelimit-", "x-ratelimit-", "x-codex-"]
+                .map(str::to_owned)
+                .to_vec(),
+            connect_timeout: Duration::from_secs(10),
+            first_byte_timeout: minutes(10),
+            idle_timeout: minutes(5),
+        }
+    }
 }
 
 /// Where a provider's OAuth endpoints come from.
@@ -1061,6 +1118,15 @@ fn build_provider(mut sec: Section<'_>, env: &EnvLayer) -> Result<ProviderConfig
         .unwrap_or(DEFAULT_LOGIN_TIMEOUT);
     let login_script = sec.path("login_script")?;
     let reuse_detection = sec.boolean("reuse_detection")?.unwrap_or(false);
+    let proxy = match sec.take("proxy") {
+        None => None,
+        Some(Value::Table(table)) => Some(ProxyConfig::build(Section::new(
+            sec.full("proxy"),
+            table,
+            env,
+        ))?),
+        Some(other) => return Err(wrong_type(sec.full("proxy"), "a table", &other)),
+    };
     sec.finish()?;
     let name = sec.required("name", name)?;
     let endpoints = endpoints.resolve(&sec)?;
@@ -1082,7 +1148,79 @@ fn build_provider(mut sec: Section<'_>, env: &EnvLayer) -> Result<ProviderConfig
         login_timeout,
         login_script,
         reuse_detection,
+        proxy,
     })
+}
+
+impl ProxyConfig {
+    fn build(mut sec: Section<'_>) -> Result<Self> {
+        let d = Self::default();
+        let upstream = sec.url("upstream")?;
+        let headers = sec.header_values("headers")?.unwrap_or_default();
+        let auth_header = sec
+            .parsed("auth_header", "header name", parse_header_name)?
+            .unwrap_or(d.auth_header);
+        let auth_scheme = sec
+            .parsed("auth_scheme", "scheme", |s| {
+                if s.contains(char::is_whitespace) {
+                    Err("must be one word (or \"\" for the bare token)")
+                } else {
+                    Ok(s.to_owned())
+                }
+            })?
+            .unwrap_or(d.auth_scheme);
+        let session_header = sec.parsed("session_header", "header name", parse_header_name)?;
+        let max_body = sec
+            .count("max_body", 1..=1024 * 1024 * 1024)?
+            .unwrap_or(d.max_body);
+        let failover_on = sec.statuses("failover_on")?.unwrap_or(d.failover_on);
+        let max_attempts = sec.count("max_attempts", 1..=10)?.unwrap_or(d.max_attempts);
+        let header_list = |sec: &mut Section<'_>, key: &str| {
+            sec.string_list(key, |item_key, name| {
+                parse_header_name(name)
+                    .map(|_| ())
+                    .map_err(|reason| ConfigError::Invalid {
+                        key: item_key.to_owned(),
+                        reason: format!("invalid header name {name:?}: {reason}"),
+                    })
+            })
+            .map(|list| list.map(|l| l.iter().map(|n| n.to_ascii_lowercase()).collect()))
+        };
+        let reset_headers = header_list(&mut sec, "reset_headers")?.unwrap_or(d.reset_headers);
+        let quota_headers = header_list(&mut sec, "quota_headers")?.unwrap_or(d.quota_headers);
+        let connect_timeout = sec
+            .duration("connect_timeout")?
+            .unwrap_or(d.connect_timeout);
+        let first_byte_timeout = sec
+            .duration("first_byte_timeout")?
+            .unwrap_or(d.first_byte_timeout);
+        let idle_timeout = sec.duration("idle_timeout")?.unwrap_or(d.idle_timeout);
+        sec.finish()?;
+        Ok(ProxyConfig {
+            upstream: sec.required("upstream", upstream)?,
+            headers,
+            auth_header,
+            auth_scheme,
+            session_header,
+            max_body,
+            failover_on,
+            max_attempts,
+            reset_headers,
+            quota_headers,
+            connect_timeout,
+            first_byte_timeout,
+            idle_timeout,
+        })
+    }
+}
+
+/// An HTTP header name (token characters), lowercased.
+fn parse_header_name(name: &str) -> Result<String, &'static str> {
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if name.is_empty() || !name.bytes().all(token) {
+        return Err("use letters, digits and - only");
+    }
+    Ok(name.to_ascii_lowercase())
 }
 
 /// The endpoint keys as given, before checking they make a valid set.
@@ -1854,6 +1992,64 @@ impl<'a> Section<'a> {
         })
     }
 
+    /// HTTP status codes (100..=599), such as `[401, 429, 529]`.
+    fn statuses(&mut self, key: &str) -> Result<Option<Vec<u16>>> {
+        let Some(value) = self.take(key) else {
+            return Ok(None);
+        };
+        let Value::Array(items) = value else {
+            return Err(wrong_type(
+                self.name(key),
+                "an array of status codes",
+                &value,
+            ));
+        };
+        let mut list = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            let item_key = format!("{}[{i}]", self.name(key));
+            match item {
+                Value::Integer(n) if (100..=599).contains(&n) => list.push(n as u16),
+                Value::Integer(n) => {
+                    return Err(ConfigError::Invalid {
+                        key: item_key,
+                        reason: format!("must be an HTTP status between 100 and 599, not {n}"),
+                    })
+                }
+                other => return Err(wrong_type(item_key, "an integer", &other)),
+            }
+        }
+        Ok(Some(list))
+    }
+
+    /// A table of header names to string values (names lowercased).
+    fn header_values(&mut self, key: &str) -> Result<Option<BTreeMap<String, String>>> {
+        let Some(value) = self.take(key) else {
+            return Ok(None);
+        };
+        let Value::Table(table) = value else {
+            return Err(wrong_type(self.name(key), "a table of strings", &value));
+        };
+        let mut headers = BTreeMap::new();
+        for (name, value) in table {
+            let item_key = format!("{}.{name}", self.name(key));
+            let name = parse_header_name(&name).map_err(|reason| ConfigError::Invalid {
+                key: item_key.clone(),
+                reason: format!("invalid header name: {reason}"),
+            })?;
+            let Value::String(value) = value else {
+                return Err(wrong_type(item_key, "a string", &value));
+            };
+            if value.bytes().any(|b| b.is_ascii_control()) {
+                return Err(ConfigError::Invalid {
+                    key: item_key,
+                    reason: "control characters are not allowed in a header value".to_owned(),
+                });
+            }
+            headers.insert(name, value);
+        }
+        Ok(Some(headers))
+    }
+
     /// A table of string values that must not touch the parameters
     /// relogin-farm sets itself.
     fn authorize_params(&mut self, key: &str) -> Result<Option<BTreeMap<String, String>>> {
@@ -2133,6 +2329,17 @@ mod tests {
         assert_eq!(
             demo.login_script.as_deref(),
             Some(Path::new("scripts/login/demo.toml"))
+        );
+        let proxy = demo.proxy.as_ref().expect("the example's [provider.proxy]");
+        assert_eq!(proxy.upstream.as_str(), "https://api.example.com/");
+        assert_eq!(
+            proxy.session_header.as_deref(),
+            Some("x-claude-code-session-id")
+        );
+        assert_eq!(
+            proxy.max_body,
+            ProxyConfig::default().max_body,
+            "the example shows the default"
         );
         let [hook] = &config.webhooks[..] else {
             panic!("{:?}", config.webhooks)
@@ -2594,7 +2801,7 @@ mod tests {
                 EventKind::NAMES.join(" | ")
             )
         );
-        assert!(e.contains("account_added | account_removed") && e.ends_with("| backup_restored"));
+        assert!(e.contains("account_added | account_removed") && e.ends_with("| proxy_failover"));
         let cases = [
             (with("events = [\"refresh_ok\", \"refresh_ok\"]"), "webhook[0].events[1]: duplicate event kind \"refresh_ok\" (also webhook[0].events[0])"),
             (with("events = \"needs_human\""), "webhook[0].events: expected an array of strings, found string"),
@@ -2671,6 +2878,117 @@ mod tests {
         assert_eq!(
             err(&text, &[]),
             "provider[0].login_script: expected a string, found array"
+        );
+    }
+
+    #[test]
+    fn provider_proxy_section() {
+        let config = load(MINIMAL_PROVIDER, &[]).unwrap();
+        assert_eq!(config.providers[0].proxy, None);
+        let text =
+            format!("{MINIMAL_PROVIDER}\n[provider.proxy]\nupstream = \"http://127.0.0.1:9/\"");
+        let proxy = load(&text, &[]).unwrap().providers[0]
+            .proxy
+            .clone()
+            .unwrap();
+        let d = ProxyConfig::default();
+        assert_eq!(proxy.upstream.as_str(), "http://127.0.0.1:9/");
+        assert_eq!(
+            (proxy.max_body, &proxy.failover_on, proxy.max_attempts),
+            (32 * 1024 * 1024, &vec![401, 429, 529], 3)
+        );
+        assert_eq!(proxy.quota_headers, d.quota_headers);
+        assert_eq!(
+            (proxy.auth_header.as_str(), proxy.auth_scheme.as_str()),
+            ("authorization", "Bearer")
+        );
+
+        let text = format!(
+            r#"{MINIMAL_PROVIDER}
+            [provider.proxy]
+            upstream = "https://api.example.com"
+            headers = {{ "Anthropic-Beta" = "oauth-2025-04-20" }}
+            auth_header = "X-Api-Key"
+            auth_scheme = ""
+            session_header = "x-claude-session"
+            max_body = 1024
+            failover_on = [429]
+            max_attempts = 5
+            reset_headers = ["x-reset"]
+            quota_headers = ["x-q-"]
+            connect_timeout = "2s"
+            first_byte_timeout = "30s"
+            idle_timeout = "1m"
+            "#
+        );
+        let proxy = load(&text, &[]).unwrap().providers[0]
+            .proxy
+            .clone()
+            .unwrap();
+        assert_eq!(proxy.headers["anthropic-beta"], "oauth-2025-04-20");
+        assert_eq!(
+            (proxy.auth_header.as_str(), proxy.auth_scheme.as_str()),
+            ("x-api-key", "")
+        );
+        assert_eq!(proxy.session_header.as_deref(), Some("x-claude-session"));
+        assert_eq!((proxy.max_body, proxy.max_attempts), (1024, 5));
+        assert_eq!(proxy.failover_on, [429]);
+        assert_eq!(proxy.reset_headers, ["x-reset"]);
+        assert_eq!(proxy.quota_headers, ["x-q-"]);
+        assert_eq!(proxy.connect_timeout, Duration::from_secs(2));
+        assert_eq!(proxy.first_byte_timeout, Duration::from_secs(30));
+        assert_eq!(proxy.idle_timeout, Duration::from_secs(60));
+
+        for (body, expected) in [
+            ("max_body = 1", "provider[0].proxy.upstream: missing"),
+            (
+                "upstream = \"ftp://x\"",
+                "provider[0].proxy.upstream: invalid URL",
+            ),
+            (
+                "upstream = \"http://x\"\nfailover_on = [700]",
+                "provider[0].proxy.failover_on[0]: must be an HTTP status",
+            ),
+            (
+                "upstream = \"http://x\"\nmax_attempts = 0",
+                "provider[0].proxy.max_attempts: must be between 1 and 10",
+            ),
+            (
+                "upstream = \"http://x\"\nmax_body = 0",
+                "provider[0].proxy.max_body: must be between",
+            ),
+            (
+                "upstream = \"http://x\"\nheaders = {{ \"a b\" = \"1\" }}",
+                "provider[0].proxy.headers.a b: invalid header name",
+            ),
+            (
+                "upstream = \"http://x\"\nquota_headers = [\"a:\"]",
+                "provider[0].proxy.quota_headers[0]: invalid header name",
+            ),
+            (
+                "upstream = \"http://x\"\nauth_scheme = \"a b\"",
+                "provider[0].proxy.auth_scheme: invalid scheme",
+            ),
+            (
+                "upstream = \"http://x\"\nidle_timeout = \"0s\"",
+                "provider[0].proxy.idle_timeout: must be more than 0s",
+            ),
+            (
+                "upstream = \"http://x\"\nbogus = 1",
+                "provider[0].proxy.bogus: unknown key",
+            ),
+        ] {
+            let text = format!(
+                "{MINIMAL_PROVIDER}\n[provider.proxy]\n{}",
+                body.replace("{{", "{").replace("}}", "}")
+            );
+            let e = err(&text, &[]);
+            assert!(e.starts_with(expected), "{body}: got {e}, want {expected}");
+        }
+        let text = format!("{MINIMAL_PROVIDER}\nproxy = 3");
+        assert_eq!(
+            err(&text, &[]),
+            "provider[0].proxy: expected a table, found integer"
         );
     }
 

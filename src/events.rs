@@ -40,6 +40,7 @@ crate::named_enum! {
         BackupCreated = "backup_created",
         BackupFailed = "backup_failed",
         BackupRestored = "backup_restored",
+        ProxyFailover = "proxy_failover",
     }
 }
 

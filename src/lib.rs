@@ -45,6 +45,7 @@ pub mod lockfile;
 pub mod metrics;
 pub mod names;
 pub mod oauth;
+pub mod proxy;
 pub mod rfc3339;
 pub mod scheduler;
 pub mod secret;

@@ -92,6 +92,25 @@ enum Command {
         #[command(flatten)]
         farm: FarmArgs,
     },
+    /// Print a fresh access token of PROVIDER's next account on stdout (for
+    /// shell scripts), leased through the running farm's /credential/next.
+    Token {
+        provider: String,
+        /// The farm's base URL.
+        #[arg(
+            long,
+            env = "RELOGIN_FARM_URL",
+            default_value = "http://127.0.0.1:8377"
+        )]
+        farm: String,
+        /// A client key (or the admin token). Not RELOGIN_FARM_KEY: that is
+        /// the store key, which must never travel to the farm's API.
+        #[arg(long, env = "RELOGIN_FARM_CLIENT_KEY", hide_env_values = true)]
+        key: String,
+        /// Sticky session key.
+        #[arg(long)]
+        session: Option<String>,
+    },
     /// Put a backup in place of the database. The farm must be stopped; the
     /// database it replaces is moved aside, not deleted.
     Restore {
@@ -287,6 +306,12 @@ fn main() -> Result<()> {
             let config = load_config(&cli.config, &Overrides::default())?;
             runtime()?.block_on(backup(&config, *list, farm))
         }
+        Command::Token {
+            provider,
+            farm,
+            key,
+            session,
+        } => runtime()?.block_on(token(farm, key, provider, session.as_deref())),
         Command::Restore { file } => {
             let config = load_config(&cli.config, &Overrides::default())?;
             let moved = relogin_farm::server::restore_backup(&config, file)?;
@@ -378,6 +403,27 @@ async fn backup(config: &Config, list: bool, farm: &FarmArgs) -> Result<()> {
             .await?;
         println!("backup taken: {}", line(&b));
     }
+    Ok(())
+}
+
+/// `relogin-farm token`: one `/credential/next`, the token alone on stdout.
+async fn token(farm: &str, key: &str, provider: &str, session: Option<&str>) -> Result<()> {
+    let client = FarmClient {
+        base: farm.trim_end_matches('/').to_string(),
+        token: Secret::new(key.to_string()),
+        http: reqwest::Client::new(),
+    };
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    query.append_pair("provider", provider);
+    if let Some(s) = session {
+        query.append_pair("session", s);
+    }
+    let path = format!("/credential/next?{}", query.finish());
+    let lease = client.call(reqwest::Method::GET, &path, None).await?;
+    let token = lease["access_token"]
+        .as_str()
+        .context("the farm's answer has no access_token")?;
+    println!("{token}");
     Ok(())
 }
 

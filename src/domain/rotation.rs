@@ -128,7 +128,7 @@ impl Rotation {
 /// Seconds until the earliest account of `provider` could serve again: the
 /// end of its cooldown, or shortly after its expected refresh. Accounts that
 /// need a person (or are disabled) do not count.
-fn retry_after<'a>(
+pub fn retry_after<'a>(
     provider: &str,
     accounts: impl IntoIterator<Item = &'a Account>,
     now: DateTime<Utc>,

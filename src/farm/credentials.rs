@@ -51,6 +51,19 @@ impl Farm {
         session: Option<&str>,
         who: Principal,
     ) -> Result<CredentialLease> {
+        self.next_credential_except(provider, session, who, &[])
+            .await
+    }
+
+    /// [`Farm::next_credential`] among the accounts not in `tried` (those
+    /// the proxy's failover already sent this request to).
+    pub async fn next_credential_except(
+        &self,
+        provider: &str,
+        session: Option<&str>,
+        who: Principal,
+        tried: &[AccountId],
+    ) -> Result<CredentialLease> {
         self.check_client_rate(who, Utc::now())?;
         self.provider(provider)?;
         if session.is_some_and(|s| s.is_empty() || s.len() > MAX_SESSION_LEN) {
@@ -69,13 +82,22 @@ impl Farm {
                 rot.strategy,
                 provider,
                 session,
-                st.accounts.values(),
+                st.accounts.values().filter(|a| !tried.contains(&a.id)),
                 now,
                 chrono_dur(rot.min_validity),
             );
             let id = match choice {
                 Choice::Account(id) => id,
-                Choice::NoneAvailable { retry_after } => {
+                Choice::NoneAvailable { mut retry_after } => {
+                    if !tried.is_empty() {
+                        // When any account, tried ones included, serves again.
+                        retry_after = crate::domain::rotation::retry_after(
+                            provider,
+                            st.accounts.values(),
+                            now,
+                            chrono_dur(rot.min_validity),
+                        );
+                    }
                     self.metrics.record_unavailable();
                     return Err(FarmError::NoAccountAvailable {
                         provider: provider.to_string(),

@@ -112,6 +112,8 @@ pub struct Farm {
     relogin_locks: Mutex<HashMap<AccountId, Arc<tokio::sync::Mutex<()>>>>,
     /// Held while a backup is being taken: one at a time.
     backup_running: tokio::sync::Mutex<()>,
+    /// The rotating proxy's upstreams, quotas and metrics.
+    pub(crate) proxy: crate::proxy::Proxies,
 }
 
 impl Farm {
@@ -169,6 +171,7 @@ impl Farm {
             .enumerate()
             .map(|(i, w)| Arc::new(crate::webhooks::Webhook::new(i, w.clone())))
             .collect();
+        let proxy = crate::proxy::Proxies::new(&config).map_err(FarmError::Invalid)?;
         let metrics = crate::metrics::Metrics::default();
         metrics.started(); // /healthz measures the scheduler's silence from here
         if let Some(newest) = crate::store::backup::list(&config.backup.dir)
@@ -196,6 +199,7 @@ impl Farm {
             scheduler_wake: Notify::new(),
             metrics,
             backup_running: tokio::sync::Mutex::new(()),
+            proxy,
         }))
     }
 

@@ -75,6 +75,8 @@ pub struct AccountView {
     pub browser: bool,
     pub generation: i64,
     pub created_at: DateTime<Utc>,
+    /// The last rate-limit headers the proxy saw for this account.
+    pub quota: Option<crate::proxy::Quota>,
 }
 
 fn display_state(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
@@ -86,7 +88,13 @@ fn display_state(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 }
 
 impl AccountView {
-    fn of(a: &Account, now: DateTime<Utc>, leases_24h: i64, browser: bool) -> Self {
+    fn of(
+        a: &Account,
+        now: DateTime<Utc>,
+        leases_24h: i64,
+        browser: bool,
+        quota: Option<crate::proxy::Quota>,
+    ) -> Self {
         AccountView {
             id: a.id,
             provider: a.provider.clone(),
@@ -112,6 +120,7 @@ impl AccountView {
             browser,
             generation: a.generation,
             created_at: a.created_at,
+            quota,
         }
     }
 }
@@ -155,7 +164,10 @@ impl Farm {
         Ok(st
             .accounts
             .values()
-            .map(|a| AccountView::of(a, now, counts.get(&a.id).copied().unwrap_or(0), browser))
+            .map(|a| {
+                let leases = counts.get(&a.id).copied().unwrap_or(0);
+                AccountView::of(a, now, leases, browser, self.proxy.quota(a.id))
+            })
             .collect())
     }
 
@@ -164,7 +176,8 @@ impl Farm {
         let now = Utc::now();
         let browser = self.browser.is_some();
         self.with_account(id, |a| {
-            AccountView::of(a, now, counts.get(&a.id).copied().unwrap_or(0), browser)
+            let leases = counts.get(&a.id).copied().unwrap_or(0);
+            AccountView::of(a, now, leases, browser, self.proxy.quota(a.id))
         })
     }
 
@@ -331,7 +344,10 @@ impl Farm {
         }
         let rows: Vec<_> = counts.into_iter().map(|((p, s), n)| (p, s, n)).collect();
         let store_bytes = self.store.file_sizes();
-        self.metrics
-            .render(&rows, self.lease_log.commits(), store_bytes)
+        let mut text = self
+            .metrics
+            .render(&rows, self.lease_log.commits(), store_bytes);
+        self.proxy.metrics.render(&mut text);
+        text
     }
 }

@@ -78,23 +78,29 @@ pub(super) fn filter<G: Guard>(
     access: Access,
     farm: Arc<Farm>,
 ) -> impl Filter<Extract = (G,), Error = warp::Rejection> + Clone {
-    warp::header::optional::<String>("authorization")
-        // A header that is not UTF-8 is no token (401), not a 400.
-        .or(warp::any().map(|| None))
-        .unify()
-        .and_then(move |header: Option<String>| {
+    let header = |name: &'static str| {
+        warp::header::optional::<String>(name)
+            .or(warp::any().map(|| None))
+            .unify()
+    };
+    header("authorization").and(header("x-api-key")).and_then(
+        move |authorization: Option<String>, api_key: Option<String>| {
             let admitted = if access == Access::Public {
                 G::admit(None)
             } else {
-                header
+                // `x-api-key` is what SDKs send their API key as; the proxy's
+                // clients know nothing else.
+                authorization
                     .as_deref()
                     .and_then(bearer_token)
+                    .or(api_key.as_deref())
                     .and_then(|t| farm.authenticate(t))
                     .ok_or(Denied::Unauthorized)
                     .and_then(|who| G::admit(Some(who)))
             };
             ready(admitted.map_err(warp::reject::custom))
-        })
+        },
+    )
 }
 
 #[cfg(test)]

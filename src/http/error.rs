@@ -138,6 +138,27 @@ impl From<FarmError> for ApiError {
     }
 }
 
+impl From<crate::proxy::ProxyError> for ApiError {
+    fn from(e: crate::proxy::ProxyError) -> Self {
+        use crate::proxy::ProxyError as P;
+        let detail = e.to_string();
+        match e {
+            P::Unauthorized => ApiError::unauthorized(),
+            P::NotProxied(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", detail),
+            P::TooLarge(_) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", detail)
+            }
+            P::Body(_) => ApiError::bad_request(detail),
+            P::WebSocket => ApiError::new(StatusCode::NOT_IMPLEMENTED, "not_implemented", detail),
+            P::Unreachable(_) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "upstream_unreachable", detail)
+            }
+            P::Timeout(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", detail),
+            P::Farm(e) => e.into(),
+        }
+    }
+}
+
 /// Renders a handler's result.
 pub fn render<T: Reply>(result: Result<T, ApiError>) -> Response {
     match result {

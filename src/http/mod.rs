@@ -96,6 +96,20 @@ const PNG: TextBody = TextBody {
     description: "A PNG image",
 };
 
+/// The rotating proxy's path; one row per method it forwards.
+pub const PROXY_PATH: &str = "/proxy/{provider}/{path}";
+
+const fn proxy_route(method: &'static str) -> Route {
+    Route {
+        method,
+        path: PROXY_PATH,
+        access: Access::Client,
+        summary: "Forward to the provider's upstream with the next account's token (failover inside the request)",
+        request: None,
+        ok: (200, None),
+    }
+}
+
 use Access::{Admin, Client, Public};
 pub const ROUTES: &[Route] = &[
     Route {
@@ -354,6 +368,11 @@ pub const ROUTES: &[Route] = &[
         request: None,
         ok: (204, None),
     },
+    proxy_route("GET"),
+    proxy_route("POST"),
+    proxy_route("PUT"),
+    proxy_route("PATCH"),
+    proxy_route("DELETE"),
     Route {
         method: "GET",
         path: "/api/openapi.json",
@@ -576,7 +595,49 @@ pub fn routes(farm: Arc<Farm>) -> BoxedFilter<(Response,)> {
         route!(Anyone, "GET", "/api/openapi.json",
             path!("api" / "openapi.json") => h::openapi),
     ];
-    let table = credential_next.or(others).unify();
+    // The proxy: one row per method, one handler (`crate::proxy::handle`).
+    let proxy_at = |method: &'static str| {
+        let (method_filter, auth) = endpoint::<Principal>(method, PROXY_PATH, &farm, &built);
+        path!("proxy" / String / ..)
+            .and(warp::path::tail())
+            .and(method_filter)
+            .and(with_farm.clone())
+            .and(warp::method())
+            .and(warp::header::headers_cloned())
+            .and(raw_query())
+            .and(warp::body::stream())
+            .and(auth)
+            .then(
+                |provider: String,
+                 tail: warp::path::Tail,
+                 farm,
+                 method,
+                 headers,
+                 query,
+                 body,
+                 who| {
+                    let req = crate::proxy::Incoming {
+                        provider,
+                        path: tail.as_str().to_owned(),
+                        query,
+                        method,
+                        headers,
+                    };
+                    crate::proxy::handle(farm, who, req, Box::pin(body))
+                },
+            )
+            .boxed()
+    };
+    let proxy = proxy_at("GET")
+        .or(proxy_at("POST"))
+        .unify()
+        .or(proxy_at("PUT"))
+        .unify()
+        .or(proxy_at("PATCH"))
+        .unify()
+        .or(proxy_at("DELETE"))
+        .unify();
+    let table = credential_next.or(proxy).unify().or(others).unify();
 
     let built = built.into_inner();
     for r in ROUTES {

@@ -171,6 +171,22 @@ fn operation(r: &super::Route, gens: &mut Generators, error: &Value) -> Value {
         }
         _ => {}
     }
+    if r.path == super::PROXY_PATH {
+        op["responses"]["200"]["description"] = json!("the upstream's answer, streamed as it came");
+        errors.extend([
+            ("413", "body over the provider's proxy.max_body"),
+            ("501", "WebSocket upgrade"),
+            ("502", "the upstream could not be reached"),
+            (
+                "503",
+                "no account can serve now; see Retry-After and retry_after_s",
+            ),
+            (
+                "504",
+                "the upstream did not answer within proxy.first_byte_timeout",
+            ),
+        ]);
+    }
     for (code, description) in errors {
         op["responses"][code] =
             json!({"description": description, "content": {"application/json": {"schema": error}}});

@@ -26,6 +26,7 @@ mod listener;
 mod login;
 mod observability;
 mod openapi;
+mod proxy;
 mod refresh;
 mod relogin;
 mod restart;

@@ -10,6 +10,7 @@
 //! - [`bed`]: one provider + one farm + the usual steps (add, log in, lease).
 //! - [`sse`]: an event stream read frame by frame, with deadlines.
 //! - [`receiver`]: an HTTP server in the test that records what it is sent.
+//! - [`upstream`]: a fake LLM upstream for the proxy, scripted per token.
 
 pub mod api;
 pub mod bed;
@@ -20,6 +21,7 @@ pub mod provider;
 pub mod receiver;
 pub mod schema;
 pub mod sse;
+pub mod upstream;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -43,6 +45,17 @@ pub fn oidc_dir() -> PathBuf {
         "oidc-provider",
         "the test OIDC provider",
         "npm ci --prefix tests/oidc",
+    )
+}
+
+/// `tests/clients`, the official SDKs pinned from npm, after checking that
+/// they are installed.
+pub fn clients_dir() -> PathBuf {
+    node_package_dir(
+        "tests/clients",
+        "openai",
+        "the official SDKs",
+        "npm ci --prefix tests/clients",
     )
 }
 

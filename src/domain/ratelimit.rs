@@ -1,0 +1,343 @@
+//! What an upstream's answer means for the account that sent it: whether the
+//! proxy moves on to the next account, and until when a rate-limited account
+//! rests. Headers come in as `(lowercase name, value)` pairs; `now` is given.
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+
+/// What the proxy does after an upstream answered `status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Pass the answer to the client.
+    Pass,
+    /// The token was refused: report `unauthorized` (refresh) and move on.
+    Unauthorized,
+    /// Rate limited: cool the account down until `until` (`None`: nothing
+    /// said when; the default cooldown applies) and move on.
+    RateLimited { until: Option<DateTime<Utc>> },
+    /// Busy or a transient limit (`x-should-retry: true`, 529): move on,
+    /// the account stays in rotation.
+    Busy,
+}
+
+impl Verdict {
+    /// A short word for events and metrics.
+    pub fn why(self, status: u16) -> String {
+        match self {
+            Verdict::Pass => format!("{status}"),
+            Verdict::Unauthorized => format!("{status} unauthorized"),
+            Verdict::RateLimited { .. } => format!("{status} rate limited"),
+            Verdict::Busy => format!("{status} busy"),
+        }
+    }
+}
+
+/// The verdict on an answer with `status` and `headers`; statuses outside
+/// `failover_on` always pass. `reset_headers` name the provider's reset
+/// headers (epoch seconds, epoch ms, RFC 3339 or a delay), read after
+/// `retry-after-ms` and `retry-after`.
+pub fn verdict<'a>(
+    status: u16,
+    headers: impl Iterator<Item = (&'a str, &'a str)> + Clone,
+    failover_on: &[u16],
+    reset_headers: &[String],
+    now: DateTime<Utc>,
+) -> Verdict {
+    if !failover_on.contains(&status) {
+        return Verdict::Pass;
+    }
+    let header = |name: &str| {
+        headers
+            .clone()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim())
+    };
+    match status {
+        401 | 403 => Verdict::Unauthorized,
+        429 if header("x-should-retry").is_some_and(|v| v.eq_ignore_ascii_case("true")) => {
+            Verdict::Busy
+        }
+        429 => Verdict::RateLimited {
+            until: reset_at(&header, reset_headers, now),
+        },
+        _ => Verdict::Busy,
+    }
+}
+
+/// When the upstream said the limit resets: `retry-after-ms`, then
+/// `retry-after` (seconds or HTTP date), then the first of `reset_headers`
+/// present and readable.
+fn reset_at<'a>(
+    header: &impl Fn(&str) -> Option<&'a str>,
+    reset_headers: &[String],
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    if let Some(ms) = header("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
+        if ms.is_finite() && ms >= 0.0 {
+            return Some(now + Duration::milliseconds(ms.min(1e13) as i64));
+        }
+    }
+    if let Some(at) = header("retry-after").and_then(|v| retry_after(v, now)) {
+        return Some(at);
+    }
+    reset_headers
+        .iter()
+        .find_map(|name| header(name).and_then(|v| reset_value(v, now)))
+}
+
+/// `Retry-After`: delay-seconds or an HTTP date.
+pub fn retry_after(value: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(now + Duration::seconds(seconds.min(MAX_SECONDS) as i64));
+    }
+    httpdate::parse_http_date(value).ok().map(DateTime::from)
+}
+
+/// Ten years: longer is a typo, and chrono would overflow on the extreme.
+const MAX_SECONDS: u64 = 10 * 365 * 86_400;
+
+/// Epoch seconds since this are read as a time, smaller integers as a delay
+/// in seconds (2001-09-09: no provider announces a reset before it).
+const EPOCH_FLOOR: i64 = 1_000_000_000;
+
+/// A reset header's value, its format detected: epoch seconds, epoch
+/// milliseconds, RFC 3339, a delay in seconds (`"12"`, `"1.5"`) or a Go-style
+/// duration (`"1m30s"`, `"250ms"`, as OpenAI's `x-ratelimit-reset-*`).
+pub fn reset_value(value: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let value = value.trim();
+    if let Ok(n) = value.parse::<i64>() {
+        return if n >= EPOCH_FLOOR * 1000 {
+            Utc.timestamp_millis_opt(n).single()
+        } else if n >= EPOCH_FLOOR {
+            Utc.timestamp_opt(n, 0).single()
+        } else if n >= 0 {
+            Some(now + Duration::seconds(n.min(MAX_SECONDS as i64)))
+        } else {
+            None
+        };
+    }
+    if let Ok(t) = DateTime::parse_from_rfc3339(value) {
+        return Some(t.with_timezone(&Utc));
+    }
+    if let Ok(secs) = value.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0)
+            .then(|| now + Duration::milliseconds((secs.min(MAX_SECONDS as f64) * 1000.0) as i64));
+    }
+    go_duration(value).map(|d| now + d)
+}
+
+/// `1h2m3.5s`, `250ms`, `6m0s`: units h, m, s, ms, each with a number.
+fn go_duration(text: &str) -> Option<Duration> {
+    let mut total_ms = 0f64;
+    let mut rest = text;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "h" => 3_600_000.0,
+            "m" => 60_000.0,
+            "s" => 1000.0,
+            "ms" => 1.0,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total_ms += number * scale;
+    }
+    (total_ms <= MAX_SECONDS as f64 * 1000.0).then(|| Duration::milliseconds(total_ms as i64))
+}
+
+/// Whole seconds from `now` until `until`, rounded up (a cooldown never
+/// ends before the announced reset); 0 when it has passed.
+pub fn seconds_until(until: DateTime<Utc>, now: DateTime<Utc>) -> u64 {
+    let ms = (until - now).num_milliseconds();
+    if ms <= 0 {
+        0
+    } else {
+        (ms as u64).div_ceil(1000)
+    }
+}
+
+/// The headers worth keeping as the account's quota: names starting with
+/// one of `prefixes` (compared without case), names lowercased.
+pub fn quota_headers<'a>(
+    headers: impl Iterator<Item = (&'a str, &'a str)>,
+    prefixes: &[String],
+) -> Vec<(String, String)> {
+    headers
+        .filter(|(name, _)| {
+            prefixes.iter().any(|p| {
+                name.len() >= p.len()
+                    && name.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+            })
+        })
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.to_string()))
+        .collect()
+}
+
+/// The earliest reset among the quota headers whose name ends in `reset`
+/// (`…-reset`, `…-reset-requests`…), for the account view.
+pub fn quota_resets_at(headers: &[(String, String)], now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    headers
+        .iter()
+        .filter(|(name, _)| name.contains("reset"))
+        .filter_map(|(_, v)| reset_value(v, now))
+        .min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 5, 1, 12, 0, 0).unwrap()
+    }
+
+    fn judge(status: u16, headers: &[(&str, &str)]) -> Verdict {
+        let resets = vec!["anthropic-ratelimit-unified-reset".to_string()];
+        verdict(
+            status,
+            headers.iter().copied(),
+            &[401, 429, 529],
+            &resets,
+            now(),
+        )
+    }
+
+    #[test]
+    fn statuses_outside_failover_on_pass() {
+        assert_eq!(judge(200, &[]), Verdict::Pass);
+        assert_eq!(judge(500, &[]), Verdict::Pass);
+        assert_eq!(judge(400, &[("retry-after", "3")]), Verdict::Pass);
+    }
+
+    #[test]
+    fn unauthorized_and_busy() {
+        assert_eq!(judge(401, &[]), Verdict::Unauthorized);
+        assert_eq!(judge(529, &[("retry-after", "3")]), Verdict::Busy);
+        assert_eq!(
+            judge(429, &[("X-Should-Retry", "true"), ("retry-after", "9")]),
+            Verdict::Busy,
+            "a 429 that says retry moves on without cooling"
+        );
+        assert_eq!(
+            judge(429, &[("x-should-retry", "false")]),
+            Verdict::RateLimited { until: None }
+        );
+    }
+
+    #[test]
+    fn rate_limit_reset_sources_in_order() {
+        let at = |s: i64| Some(now() + Duration::seconds(s));
+        assert_eq!(
+            judge(429, &[("retry-after", "7")]),
+            Verdict::RateLimited { until: at(7) }
+        );
+        assert_eq!(
+            judge(429, &[("retry-after-ms", "1500"), ("retry-after", "7")]),
+            Verdict::RateLimited {
+                until: Some(now() + Duration::milliseconds(1500))
+            }
+        );
+        assert_eq!(
+            judge(429, &[("retry-after", "Fri, 01 May 2026 12:00:30 GMT")]),
+            Verdict::RateLimited { until: at(30) }
+        );
+        let epoch = (now() + Duration::seconds(42)).timestamp().to_string();
+        assert_eq!(
+            judge(429, &[("anthropic-ratelimit-unified-reset", &epoch)]),
+            Verdict::RateLimited { until: at(42) }
+        );
+        // An unreadable retry-after falls through to the reset header.
+        assert_eq!(
+            judge(
+                429,
+                &[
+                    ("retry-after", "soon"),
+                    ("anthropic-ratelimit-unified-reset", &epoch)
+                ]
+            ),
+            Verdict::RateLimited { until: at(42) }
+        );
+        // Headers not in reset_headers are not read.
+        assert_eq!(
+            judge(429, &[("x-ratelimit-reset", &epoch)]),
+            Verdict::RateLimited { until: None }
+        );
+    }
+
+    #[test]
+    fn reset_value_formats_are_detected() {
+        let n = now();
+        let in_s = |s: i64| Some(n + Duration::seconds(s));
+        assert_eq!(reset_value(&(n.timestamp() + 5).to_string(), n), in_s(5));
+        assert_eq!(
+            reset_value(&(n.timestamp_millis() + 5_000).to_string(), n),
+            in_s(5)
+        );
+        assert_eq!(reset_value("2026-05-01T12:01:00Z", n), in_s(60));
+        assert_eq!(reset_value("2026-05-01T14:01:00+02:00", n), in_s(60));
+        assert_eq!(reset_value("12", n), in_s(12));
+        assert_eq!(
+            reset_value("1.5", n),
+            Some(n + Duration::milliseconds(1500))
+        );
+        assert_eq!(reset_value("6m0s", n), in_s(360));
+        assert_eq!(reset_value("1h2m3s", n), in_s(3723));
+        assert_eq!(
+            reset_value("250ms", n),
+            Some(n + Duration::milliseconds(250))
+        );
+        for bad in ["", "-3", "soon", "5x", "m", "1e400"] {
+            assert_eq!(reset_value(bad, n), None, "{bad:?}");
+        }
+        // Absurd delays are capped, not overflowed.
+        assert!(reset_value("999999999", n).is_some());
+    }
+
+    #[test]
+    fn seconds_until_rounds_up() {
+        let n = now();
+        assert_eq!(seconds_until(n + Duration::milliseconds(1), n), 1);
+        assert_eq!(seconds_until(n + Duration::seconds(3), n), 3);
+        assert_eq!(seconds_until(n + Duration::milliseconds(3001), n), 4);
+        assert_eq!(seconds_until(n - Duration::seconds(3), n), 0);
+    }
+
+    #[test]
+    fn quota_headers_by_prefix() {
+        let prefixes = vec!["anthropic-ratelimit-".to_string(), "x-codex-".to_string()];
+        let epoch = (now().timestamp() + 90).to_string();
+        let kept = quota_headers(
+            [
+                ("Anthropic-Ratelimit-Unified-Reset", epoch.as_str()),
+                ("anthropic-ratelimit-unified-status", "allowed"),
+                ("x-codex-primary-used-percent", "12"),
+                ("content-type", "application/json"),
+                ("x-ratelimit-remaining", "3"),
+            ]
+            .into_iter(),
+            &prefixes,
+        );
+        assert_eq!(
+            kept.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            [
+                "anthropic-ratelimit-unified-reset",
+                "anthropic-ratelimit-unified-status",
+                "x-codex-primary-used-percent"
+            ]
+        );
+        assert_eq!(
+            quota_resets_at(&kept, now()),
+            Some(now() + Duration::seconds(90))
+        );
+    }
+}

@@ -1,0 +1,478 @@
+//! The rotating proxy: `ANY /proxy/<provider>/<path>` forwards to
+//! `<proxy.upstream>/<path>` with the next account's token, so a client that
+//! only takes a base URL and a key (an SDK, an agent CLI) gets the farm's
+//! failover without knowing about it.
+//!
+//! One request, in order:
+//!
+//! 1. The client authenticates with its farm key, as `Authorization: Bearer`
+//!    or `x-api-key`; without a valid one it gets a 401 and nothing is sent
+//!    upstream. A WebSocket upgrade is refused (501).
+//! 2. The body is read in full, up to `proxy.max_body` (else 413), so that
+//!    it can be sent again, byte for byte, to another account.
+//! 3. Each attempt is a lease through [`Farm::next_credential_except`] (rotation,
+//!    sticky session from `x-relogin-session` or `proxy.session_header`,
+//!    the lease log, the per-client limits that path enforces), and ends in
+//!    a report through [`Farm::report`], like any other client's.
+//! 4. The request goes upstream without the client's credential, cookies or
+//!    hop-by-hop headers, with the account's token in `proxy.auth_header`.
+//! 5. Before the first byte of an answer reaches the client, an upstream
+//!    status in `proxy.failover_on` moves the request to the next account
+//!    it has not tried yet ([`domain::ratelimit::verdict`]): 401 → `unauthorized` (the
+//!    single-flight refresh); 429 → a cooldown until the announced reset;
+//!    a 429 with `x-should-retry: true` and a 529 → no cooldown. A connection
+//!    error or `first_byte_timeout` moves on too. After `max_attempts`, or
+//!    when only tried accounts that are still usable remain, the last
+//!    upstream answer goes to the client as it came (or the 502/504 of the
+//!    last error); when no account can serve, the 503 of `/credential/next`
+//!    (with `Retry-After`).
+//! 6. The answer streams to the client chunk by chunk ([`relay::Relay`]); a
+//!    client that goes away drops the upstream request; a break after the
+//!    first byte reaches the client as a cut body, never as a retry.
+//!
+//! Every answer carries `x-relogin-account` and `x-relogin-lease` once an
+//! account was leased. The last rate-limit headers of each account are kept
+//! as its quota (shown in the account view).
+//!
+//! [`domain::ratelimit::verdict`]: crate::domain::ratelimit::verdict
+
+pub mod headers;
+pub mod metrics;
+pub mod relay;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use chrono::{DateTime, Utc};
+use futures_util::{Stream, StreamExt};
+use serde::Serialize;
+use warp::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use warp::reply::{Reply, Response};
+
+use crate::config::{Config, ProxyConfig};
+use crate::domain::ratelimit::{self, Verdict};
+use crate::domain::AccountId;
+use crate::events::EventKind;
+use crate::farm::{CredentialLease, Farm, FarmError, Principal, ReportRequest};
+use crate::http::error::ApiError;
+use crate::store::leases::Outcome;
+
+/// Why the proxy answers itself instead of with the upstream's answer
+/// (rendered in `http::error`).
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("a valid client key is required")]
+    Unauthorized,
+    #[error("provider {0:?} has no [provider.proxy] section")]
+    NotProxied(String),
+    #[error("the request body is larger than proxy.max_body ({0} bytes)")]
+    TooLarge(usize),
+    #[error("the request body could not be read: {0}")]
+    Body(String),
+    #[error("WebSocket upgrades are not proxied; use plain HTTP or SSE")]
+    WebSocket,
+    #[error("the upstream could not be reached: {0}")]
+    Unreachable(String),
+    #[error("the upstream did not answer within proxy.first_byte_timeout ({0} s)")]
+    Timeout(u64),
+    #[error(transparent)]
+    Farm(#[from] FarmError),
+}
+
+/// The last rate-limit headers an account's upstream sent.
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct Quota {
+    pub at: DateTime<Utc>,
+    pub headers: BTreeMap<String, String>,
+    /// The earliest reset among them.
+    pub resets_at: Option<DateTime<Utc>>,
+}
+
+/// One proxied provider: its settings and its pooled HTTP client.
+struct Upstream {
+    config: ProxyConfig,
+    /// `upstream` without its trailing `/`.
+    base: String,
+    http: reqwest::Client,
+}
+
+/// The proxy's state, one per farm.
+#[derive(Default)]
+pub struct Proxies {
+    upstreams: HashMap<String, Upstream>,
+    quota: Mutex<HashMap<AccountId, Quota>>,
+    pub metrics: metrics::ProxyMetrics,
+}
+
+impl Proxies {
+    pub fn new(config: &Config) -> Result<Proxies, String> {
+        let mut upstreams = HashMap::new();
+        for p in &config.providers {
+            let Some(proxy) = &p.proxy else { continue };
+            let http = reqwest::Client::builder()
+                .connect_timeout(proxy.connect_timeout)
+                .redirect(reqwest::redirect::Policy::none())
+                .tcp_nodelay(true)
+                .build()
+                .map_err(|e| format!("provider {}: proxy HTTP client: {e}", p.name))?;
+            upstreams.insert(
+                p.name.clone(),
+                Upstream {
+                    base: proxy.upstream.as_str().trim_end_matches('/').to_owned(),
+                    config: proxy.clone(),
+                    http,
+                },
+            );
+        }
+        Ok(Proxies {
+            upstreams,
+            ..Proxies::default()
+        })
+    }
+
+    /// The account's last quota headers, if the upstream ever sent any.
+    pub fn quota(&self, account: AccountId) -> Option<Quota> {
+        self.quota
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&account)
+            .cloned()
+    }
+
+    fn note_quota(&self, account: AccountId, headers: &HeaderMap, prefixes: &[String]) {
+        let pairs = headers
+            .iter()
+            .filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?)));
+        let kept = ratelimit::quota_headers(pairs, prefixes);
+        if kept.is_empty() {
+            return;
+        }
+        let now = Utc::now();
+        let quota = Quota {
+            at: now,
+            resets_at: ratelimit::quota_resets_at(&kept, now),
+            headers: kept.into_iter().collect(),
+        };
+        self.quota
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(account, quota);
+    }
+}
+
+/// A client's request as the router hands it over.
+pub struct Incoming {
+    pub provider: String,
+    /// The path after `/proxy/<provider>/`.
+    pub path: String,
+    /// The raw query string (`""`: none).
+    pub query: String,
+    pub method: Method,
+    pub headers: HeaderMap,
+}
+
+/// Bodies up to this much over `max_body` are read (and dropped) before the
+/// 413, so the client finishes sending and reads the answer instead of a
+/// reset connection.
+const MAX_DRAINED: usize = 1024 * 1024;
+
+/// The account and lease that served (or last tried) a request.
+struct Served {
+    account: AccountId,
+    lease: String,
+}
+
+/// Serves one proxied request; every outcome is a response.
+pub async fn handle<S, B>(farm: Arc<Farm>, who: Principal, req: Incoming, body: S) -> Response
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send + Unpin,
+    B: Buf,
+{
+    let provider = req.provider.clone();
+    let mut served = None;
+    let mut resp = match forward(&farm, who, req, body, &mut served).await {
+        Ok(resp) => resp,
+        Err(e) => ApiError::from(e).into_response(),
+    };
+    if let Some(s) = served {
+        let h = resp.headers_mut();
+        h.insert("x-relogin-account", HeaderValue::from(s.account));
+        if let Ok(v) = HeaderValue::from_str(&s.lease) {
+            h.insert("x-relogin-lease", v);
+        }
+    }
+    if farm.proxy.upstreams.contains_key(&provider) {
+        farm.proxy
+            .metrics
+            .record_answer(&provider, resp.status().as_u16());
+    }
+    resp
+}
+
+async fn forward<S, B>(
+    farm: &Arc<Farm>,
+    who: Principal,
+    req: Incoming,
+    body: S,
+    served: &mut Option<Served>,
+) -> Result<Response, ProxyError>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send + Unpin,
+    B: Buf,
+{
+    let up = match farm.proxy.upstreams.get(&req.provider) {
+        Some(up) => up,
+        None => {
+            farm.provider(&req.provider)?;
+            return Err(ProxyError::NotProxied(req.provider));
+        }
+    };
+    let cfg = &up.config;
+    let wants_upgrade = req
+        .headers
+        .get("upgrade")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if wants_upgrade {
+        return Err(ProxyError::WebSocket);
+    }
+    let body = read_body(&req.headers, body, cfg.max_body).await?;
+    let session = headers::session(&req.headers, cfg).map(str::to_owned);
+    let sent_headers = headers::upstream_request(&req.headers, cfg);
+    let url = if req.query.is_empty() {
+        format!("{}/{}", up.base, req.path)
+    } else {
+        format!("{}/{}?{}", up.base, req.path, req.query)
+    };
+    let method = reqwest::Method::from_bytes(req.method.as_str().as_bytes())
+        .map_err(|e| ProxyError::Body(e.to_string()))?;
+
+    // The account the previous attempt left, and why; the accounts tried.
+    let mut left: Option<(AccountId, String)> = None;
+    let mut tried: Vec<AccountId> = Vec::with_capacity(cfg.max_attempts);
+    // The last failed attempt: an upstream answer that moved on while its
+    // account stays usable (529, a retryable 429), or an error.
+    let mut held: Option<reqwest::Response> = None;
+    let mut failure: Option<ProxyError> = None;
+    for attempt in 1..=cfg.max_attempts {
+        let leased = farm
+            .next_credential_except(&req.provider, session.as_deref(), who, &tried)
+            .await;
+        let lease = match leased {
+            Ok(lease) => lease,
+            Err(e) => {
+                if let Some((from, why)) = left.take() {
+                    failed_over(farm, from, None, &why);
+                }
+                // Only accounts this request already tried could serve:
+                // their last answer (or error) is the client's. Otherwise
+                // nothing can serve: the farm's 503.
+                let only_tried = matches!(e, FarmError::NoAccountAvailable { .. });
+                return match (only_tried, held, failure) {
+                    (true, Some(resp), _) => Ok(relay(resp, cfg)),
+                    (true, None, Some(f)) => Err(f),
+                    _ => Err(e.into()),
+                };
+            }
+        };
+        if let Some((from, why)) = left.take() {
+            failed_over(farm, from, Some(lease.account_id), &why);
+        }
+        tried.push(lease.account_id);
+        held = None;
+        failure = None;
+        *served = Some(Served {
+            account: lease.account_id,
+            lease: lease.lease_id.clone(),
+        });
+        let mut request = up
+            .http
+            .request(method.clone(), &url)
+            .headers(sent_headers.clone())
+            .body(body.clone());
+        if let Some((name, value)) = headers::credential(cfg, lease.access_token.expose()) {
+            request = request.header(name, value);
+        }
+        let started = Instant::now();
+        let answer = tokio::time::timeout(cfg.first_byte_timeout, request.send()).await;
+        let resp = match answer {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => {
+                report(farm, &lease, who, Outcome::Error, None).await;
+                let why = if e.is_connect() { "connect" } else { "request" };
+                let error = ProxyError::Unreachable(describe(&e));
+                tracing::warn!(account = lease.account_id, error = %error, "proxy: upstream request failed");
+                failure = Some(error);
+                left = Some((lease.account_id, why.to_owned()));
+                continue;
+            }
+            Err(_) => {
+                report(farm, &lease, who, Outcome::Error, None).await;
+                failure = Some(ProxyError::Timeout(cfg.first_byte_timeout.as_secs()));
+                left = Some((lease.account_id, "timeout".to_owned()));
+                continue;
+            }
+        };
+        farm.proxy.metrics.record_latency(started.elapsed());
+        farm.proxy
+            .note_quota(lease.account_id, resp.headers(), &cfg.quota_headers);
+        let status = resp.status().as_u16();
+        let now = Utc::now();
+        let pairs: Vec<(&str, &str)> = resp
+            .headers()
+            .iter()
+            .filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?)))
+            .collect();
+        let verdict = ratelimit::verdict(
+            status,
+            pairs.iter().copied(),
+            &cfg.failover_on,
+            &cfg.reset_headers,
+            now,
+        );
+        match verdict {
+            Verdict::Pass => {
+                let outcome = if status >= 500 {
+                    Outcome::Error
+                } else {
+                    Outcome::Ok
+                };
+                // The report need not delay the answer.
+                let (farm, lease_id) = (farm.clone(), lease.lease_id.clone());
+                tokio::spawn(async move {
+                    report_lease(&farm, lease_id, who, outcome, None).await;
+                });
+                return Ok(relay(resp, cfg));
+            }
+            Verdict::Unauthorized => {
+                report(farm, &lease, who, Outcome::Unauthorized, None).await;
+            }
+            Verdict::RateLimited { until } => {
+                let seconds = until.map(|u| ratelimit::seconds_until(u, now));
+                report(farm, &lease, who, Outcome::RateLimited, seconds).await;
+            }
+            Verdict::Busy => {
+                report(farm, &lease, who, Outcome::Error, None).await;
+            }
+        }
+        if attempt == cfg.max_attempts {
+            return Ok(relay(resp, cfg));
+        }
+        if verdict == Verdict::Busy {
+            held = Some(resp);
+        }
+        left = Some((lease.account_id, verdict.why(status)));
+    }
+    if let Some((from, why)) = left {
+        failed_over(farm, from, None, &why);
+    }
+    Err(failure.unwrap_or_else(|| ProxyError::Unreachable("no attempt was made".into())))
+}
+/// Reads the whole body (it is replayed on failover), at most `limit` bytes.
+async fn read_body<S, B>(
+    headers: &HeaderMap,
+    mut body: S,
+    limit: usize,
+) -> Result<Bytes, ProxyError>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send + Unpin,
+    B: Buf,
+{
+    let declared = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit.saturating_add(MAX_DRAINED)) {
+        return Err(ProxyError::TooLarge(limit));
+    }
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
+    let mut seen = 0usize;
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|e| ProxyError::Body(e.to_string()))?;
+        seen = seen.saturating_add(chunk.remaining());
+        if seen > limit {
+            if seen > limit.saturating_add(MAX_DRAINED) {
+                break;
+            }
+            chunk.advance(chunk.remaining());
+            continue;
+        }
+        buf.put(chunk);
+    }
+    if seen > limit {
+        return Err(ProxyError::TooLarge(limit));
+    }
+    Ok(buf.freeze())
+}
+
+/// The upstream's answer as the client's: status and headers (less
+/// hop-by-hop and cookies), the body streamed through.
+fn relay(resp: reqwest::Response, cfg: &ProxyConfig) -> Response {
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut headers = resp.headers().clone();
+    headers::clean_response(&mut headers);
+    let body = relay::Relay::new(resp, cfg.idle_timeout);
+    let mut out = warp::reply::stream(body).into_response();
+    *out.status_mut() = status;
+    *out.headers_mut() = headers;
+    out
+}
+
+async fn report(
+    farm: &Farm,
+    lease: &CredentialLease,
+    who: Principal,
+    outcome: Outcome,
+    retry_after_s: Option<u64>,
+) {
+    report_lease(farm, lease.lease_id.clone(), who, outcome, retry_after_s).await;
+}
+
+async fn report_lease(
+    farm: &Farm,
+    lease_id: String,
+    who: Principal,
+    outcome: Outcome,
+    retry_after_s: Option<u64>,
+) {
+    let req = ReportRequest {
+        lease_id,
+        outcome,
+        retry_after_s,
+    };
+    if let Err(e) = farm.report(req, who).await {
+        tracing::warn!(error = %e, "proxy: could not record the attempt's outcome");
+    }
+}
+
+/// Records a move from account `from` to `to` (`None`: no account could take
+/// over).
+fn failed_over(farm: &Farm, from: AccountId, to: Option<AccountId>, why: &str) {
+    let reason = why.split(' ').next().unwrap_or(why);
+    farm.proxy.metrics.record_failover(reason);
+    let to = to.map_or_else(|| "none".to_owned(), |id| format!("account {id}"));
+    farm.emit(
+        EventKind::ProxyFailover,
+        Some(from),
+        format!("account {from} → {to}: {why}"),
+    );
+}
+
+/// A connection error in words, without the URL (which may carry a query).
+fn describe(e: &reqwest::Error) -> String {
+    let mut text = if e.is_connect() {
+        "connection failed".to_owned()
+    } else if e.is_timeout() {
+        "timed out".to_owned()
+    } else {
+        "request failed".to_owned()
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}
