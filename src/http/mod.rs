@@ -6,7 +6,6 @@ pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod handlers;
-pub mod loopback;
 pub mod openapi;
 pub mod sse;
 pub mod types;

@@ -41,7 +41,7 @@ impl Cursor {
                 continue;
             }
             if self.catching_up {
-                match self.farm.events.since(self.last, PAGE) {
+                match self.farm.replay_events(self.last, PAGE) {
                     Ok(page) if !page.is_empty() => self.backlog = page.into(),
                     Ok(_) => self.catching_up = false,
                     Err(e) => {
@@ -66,8 +66,8 @@ pub fn stream(
     farm: Arc<Farm>,
     resume_after: Option<i64>,
 ) -> impl Stream<Item = Result<sse::Event, Infallible>> + Send {
-    let live = farm.events.subscribe();
-    let last = resume_after.unwrap_or_else(|| farm.events.latest_id());
+    let live = farm.subscribe_events();
+    let last = resume_after.unwrap_or_else(|| farm.newest_event_id());
     let cursor = Cursor {
         farm,
         live,

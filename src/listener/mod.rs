@@ -214,8 +214,7 @@ impl Listener {
                 _ = &mut stop => break,
             };
             let Some(ip_slot) = per_ip.take(peer.ip()) else {
-                farm.metrics
-                    .record_connection_closed(ConnectionClosed::PerIpLimit);
+                farm.record_connection_closed(ConnectionClosed::PerIpLimit);
                 tracing::debug!(%peer, "refused: server.max_connections_per_ip reached");
                 continue;
             };
@@ -350,8 +349,7 @@ impl Conn {
             _slots,
         } = self;
         let accepted = Instant::now();
-        let metrics = &farm.metrics;
-        metrics.record_connection(1);
+        farm.record_connection(1);
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity::new(accepted));
         let closed = match tls {
@@ -369,10 +367,10 @@ impl Conn {
             }
         };
         if let Some(why) = closed {
-            metrics.record_connection_closed(why);
+            farm.record_connection_closed(why);
             tracing::debug!(reason = why.as_str(), "connection closed by the farm");
         }
-        metrics.record_connection(-1);
+        farm.record_connection(-1);
     }
 }
 
