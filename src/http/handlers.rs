@@ -309,7 +309,7 @@ pub async fn events(
         let stream = super::sse::stream(farm.clone(), resume);
         Ok(warp::sse::reply(
             warp::sse::keep_alive()
-                .interval(crate::listener::sse_keep_alive(farm.idle_timeout()))
+                .interval(super::sse::keep_alive(farm.idle_timeout()))
                 .stream(stream),
         )
         .into_response())

@@ -622,7 +622,9 @@ pub fn routes(farm: Arc<Farm>) -> BoxedFilter<(Response,)> {
                         method,
                         headers,
                     };
-                    crate::proxy::handle(farm, who, req, Box::pin(body))
+                    crate::proxy::handle(farm, who, req, Box::pin(body), |e| {
+                        error::ApiError::from(e).into_response()
+                    })
                 },
             )
             .boxed()

@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::stream::{self, Stream};
 use tokio::sync::broadcast::{self, error::RecvError};
@@ -84,4 +85,23 @@ pub fn stream(
             .unwrap_or_else(|_| sse::Event::default().comment("unserializable event"));
         Some((Ok(frame), c))
     })
+}
+
+/// How often an event stream sends a keep-alive comment: often enough that
+/// the listener's `server.idle_timeout` never closes a stream whose reader
+/// keeps up.
+pub fn keep_alive(idle_timeout: Duration) -> Duration {
+    (idle_timeout / 2).min(Duration::from_secs(15))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn event_streams_keep_alive_within_the_idle_timeout() {
+        let secs = Duration::from_secs;
+        assert_eq!(super::keep_alive(secs(60)), secs(15));
+        assert_eq!(super::keep_alive(secs(2)), secs(1));
+    }
 }

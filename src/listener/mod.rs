@@ -626,12 +626,6 @@ impl Drop for HandlerGuard {
     }
 }
 
-/// How often an event stream sends a keep-alive comment: often enough that
-/// `server.idle_timeout` never closes a stream whose reader keeps up.
-pub fn sse_keep_alive(idle_timeout: Duration) -> Duration {
-    (idle_timeout / 2).min(Duration::from_secs(15))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -732,11 +726,5 @@ mod tests {
         assert!(!warned("127.0.0.1:8377", false));
         assert!(!warned("127.0.0.9:8377", false));
         assert!(!warned("[::1]:8377", false));
-    }
-
-    #[test]
-    fn event_streams_keep_alive_within_the_idle_timeout() {
-        assert_eq!(sse_keep_alive(secs(60)), secs(15));
-        assert_eq!(sse_keep_alive(secs(2)), secs(1));
     }
 }

@@ -57,7 +57,6 @@ use crate::domain::ratelimit::{self, Verdict};
 use crate::domain::AccountId;
 use crate::events::EventKind;
 use crate::farm::{CredentialLease, Farm, FarmError, Principal, ReportRequest};
-use crate::http::error::ApiError;
 use crate::store::leases::Outcome;
 
 /// Why the proxy answers itself instead of with the upstream's answer
@@ -104,8 +103,17 @@ struct Served {
     lease: String,
 }
 
-/// Serves one proxied request; every outcome is a response.
-pub async fn handle<S, B>(farm: Arc<Farm>, who: Principal, req: Incoming, body: S) -> Response
+/// Serves one proxied request; every outcome is a response. The proxy's
+/// own refusals are rendered by `render` (the router passes `http::error`'s
+/// renderer: errors become HTTP there only, and the proxy need not import
+/// the HTTP layer that routes to it).
+pub async fn handle<S, B>(
+    farm: Arc<Farm>,
+    who: Principal,
+    req: Incoming,
+    body: S,
+    render: impl FnOnce(ProxyError) -> Response,
+) -> Response
 where
     S: Stream<Item = Result<B, warp::Error>> + Send + Unpin,
     B: Buf,
@@ -114,7 +122,7 @@ where
     let mut served = None;
     let mut resp = match forward(&farm, who, req, body, &mut served).await {
         Ok(resp) => resp,
-        Err(e) => ApiError::from(e).into_response(),
+        Err(e) => render(e),
     };
     if let Some(s) = served {
         let h = resp.headers_mut();
