@@ -245,11 +245,7 @@ impl Farm {
     /// `f` runs twice: it must only set fields, with any clock reading or
     /// randomness taken outside it. Writers take `account_writes`, so disk
     /// and memory see them in the same order.
-    pub(crate) fn update_account<T>(
-        &self,
-        id: AccountId,
-        f: impl Fn(&mut Account) -> T,
-    ) -> Result<T> {
+    fn update_account<T>(&self, id: AccountId, f: impl Fn(&mut Account) -> T) -> Result<T> {
         let _in_order = self
             .account_writes
             .lock()
@@ -262,7 +258,7 @@ impl Farm {
         Ok(out)
     }
 
-    pub(crate) fn refresh_lock(&self, id: AccountId) -> Arc<tokio::sync::Mutex<()>> {
+    fn refresh_lock(&self, id: AccountId) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.refresh_locks.lock().unwrap_or_else(|p| p.into_inner());
         locks.entry(id).or_default().clone()
     }
