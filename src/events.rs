@@ -55,6 +55,8 @@ pub struct Event {
     pub detail: String,
 }
 
+/// Cloned by the webhook tasks, which announce their own failures.
+#[derive(Clone)]
 pub struct EventBus {
     store: Arc<Store>,
     live: broadcast::Sender<Event>,

@@ -22,8 +22,10 @@
 //!   Playwright/Chromium runner with one persistent profile per account,
 //!   the recorder.
 //! - [`scheduler`]: the refresh scheduler and the cron jobs (sweep, backups).
-//! - [`http`]: the warp route table, thin handlers, the one error renderer,
-//!   and the loopback redirect listener.
+//! - [`http`]: the warp route table, thin handlers, the one error renderer.
+//! - [`loopback`]: the redirect listener of a pending login, finishing it
+//!   through a callback the farm hands in.
+//! - [`shutdown`]: the signal every background job waits on.
 //! - [`server`]: wiring; `server::run(config, listener, shutdown)`.
 //! - [`listener`]: the HTTP(S) accept loop: connection caps, header and
 //!   idle timeouts, TLS with reload on SIGHUP.
@@ -42,6 +44,7 @@ pub mod farm;
 pub mod http;
 pub mod listener;
 pub mod lockfile;
+pub mod loopback;
 pub mod metrics;
 pub mod names;
 pub mod oauth;
@@ -50,5 +53,6 @@ pub mod rfc3339;
 pub mod scheduler;
 pub mod secret;
 pub mod server;
+pub mod shutdown;
 pub mod store;
 pub mod webhooks;

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 use chrono::{DateTime, Utc};
 
-use crate::scheduler::Job;
+use crate::domain::Job;
 use crate::store::leases::Outcome;
 
 #[derive(Default)]

@@ -12,44 +12,12 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
-use rand::Rng;
-use tokio::sync::watch;
+use chrono::Utc;
 use tokio::task::{JoinError, JoinSet};
 
-use crate::domain::timing::{backoff, next_refresh_at, next_relogin_at};
-use crate::domain::{Account, AccountId, LastError};
+use crate::domain::{AccountId, Job};
 use crate::farm::{chrono_dur, Farm};
-
-/// A shutdown signal that every job can wait on.
-pub type Shutdown = watch::Receiver<bool>;
-
-pub async fn wait_shutdown(shutdown: &mut Shutdown) {
-    while !*shutdown.borrow() {
-        if shutdown.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// What the scheduler runs for an account.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Job {
-    Refresh = 0,
-    /// The recovery ladder's browser rung.
-    Relogin = 1,
-}
-
-impl Job {
-    pub const ALL: [Job; 2] = [Job::Refresh, Job::Relogin];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Job::Refresh => "refresh",
-            Job::Relogin => "relogin",
-        }
-    }
-}
+use crate::shutdown::{wait_shutdown, Shutdown};
 
 /// The scheduler's jobs in flight. A job leaves `in_flight` when its task
 /// ends, however it ends: a panicking task's `JoinError` carries only the
@@ -116,11 +84,11 @@ fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
 /// Refreshes every account before its token expires, and logs dead ones
 /// back in with the browser (the recovery ladder).
 pub async fn run_refresh_scheduler(farm: Arc<Farm>, mut shutdown: Shutdown) {
-    let margin = chrono_dur(farm.config.scheduler.refresh_margin);
-    let max_sleep = farm.config.scheduler.max_sleep;
+    let margin = chrono_dur(farm.scheduler_settings().refresh_margin);
+    let max_sleep = farm.scheduler_settings().max_sleep;
     let mut running = Running::default();
     loop {
-        farm.metrics.record_scheduler_round();
+        farm.record_scheduler_round();
         running.reap(&farm);
         let now = Utc::now();
         let next_cooldown_end = farm.end_cooldowns(now);
@@ -151,7 +119,7 @@ pub async fn run_refresh_scheduler(farm: Arc<Farm>, mut shutdown: Shutdown) {
             .max(std::time::Duration::from_millis(50));
         tokio::select! {
             _ = tokio::time::sleep(sleep_for) => {}
-            _ = farm.scheduler_wake.notified() => {}
+            _ = farm.due_times_moved() => {}
             Some(done) = running.tasks.join_next_with_id(), if !running.tasks.is_empty() => {
                 running.finished(&farm, done.map(|(task, ())| task));
             }
@@ -161,143 +129,11 @@ pub async fn run_refresh_scheduler(farm: Arc<Farm>, mut shutdown: Shutdown) {
     running.tasks.shutdown().await;
 }
 
-impl Farm {
-    /// A scheduled job panicked (a bug): the account gets a `last_error`
-    /// and the job's backoff, so it is retried, but not in a tight loop if
-    /// it panics every time; `/metrics` counts it. The panic's text goes to
-    /// the log only.
-    fn job_panicked(&self, job: Job, id: AccountId, panic: &str) {
-        self.metrics.record_task_panic(job);
-        tracing::error!(
-            account = id,
-            job = job.as_str(),
-            panic,
-            "a scheduled task panicked"
-        );
-        let jitter: f64 = rand::thread_rng().gen();
-        let now = Utc::now();
-        let back_off = |a: &mut Account| {
-            a.refreshing = false;
-            let (failures, retry_at, cfg) = match job {
-                Job::Refresh => (
-                    &mut a.refresh_failures,
-                    &mut a.retry_at,
-                    (
-                        self.config.scheduler.retry_initial,
-                        self.config.scheduler.retry_max,
-                    ),
-                ),
-                Job::Relogin => (
-                    &mut a.relogin_failures,
-                    &mut a.relogin_retry_at,
-                    (
-                        self.config.browser.retry_initial,
-                        self.config.browser.retry_max,
-                    ),
-                ),
-            };
-            *failures = failures.saturating_add(1);
-            let wait = backoff(*failures, chrono_dur(cfg.0), chrono_dur(cfg.1), jitter);
-            *retry_at = Some(now + wait);
-        };
-        let recorded = self.update_account(id, |a| {
-            back_off(a);
-            a.last_error = Some(LastError {
-                at: now,
-                message: format!(
-                    "internal error: the scheduled {} panicked (see the farm's log); retrying with backoff",
-                    job.as_str()
-                ),
-            });
-        });
-        if let Err(e) = recorded {
-            tracing::error!(account = id, error = %e, "could not record the panic on the account");
-            let _ = self.with_account(id, back_off);
-        }
-    }
-}
-
-impl Farm {
-    /// The accounts due for a refresh now (with the generation seen), and
-    /// the earliest future due time among the others.
-    pub fn due_refreshes(
-        &self,
-        now: DateTime<Utc>,
-        margin: chrono::Duration,
-    ) -> (Vec<(AccountId, i64)>, Option<DateTime<Utc>>) {
-        let st = self.state();
-        let mut due = Vec::new();
-        let mut next: Option<DateTime<Utc>> = None;
-        for a in st.accounts.values() {
-            match next_refresh_at(a, margin) {
-                Some(t) if t <= now => due.push((a.id, a.generation)),
-                Some(t) => next = Some(next.map_or(t, |n| n.min(t))),
-                None => {}
-            }
-        }
-        (due, next)
-    }
-
-    /// The accounts the browser should log in now, and the earliest later
-    /// time one will be due. Empty when the browser is disabled.
-    pub fn due_relogins(&self, now: DateTime<Utc>) -> (Vec<AccountId>, Option<DateTime<Utc>>) {
-        if self.browser.is_none() {
-            return (Vec::new(), None);
-        }
-        let st = self.state();
-        let mut due = Vec::new();
-        let mut next: Option<DateTime<Utc>> = None;
-        for a in st.accounts.values() {
-            match next_relogin_at(a) {
-                Some(t) if t <= now => due.push(a.id),
-                Some(t) => next = Some(next.map_or(t, |n| n.min(t))),
-                None => {}
-            }
-        }
-        (due, next)
-    }
-}
-
-impl Farm {
-    /// Ends the cooldowns that are over (one `cooldown_ended` event each)
-    /// and returns when the next one ends.
-    pub fn end_cooldowns(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let mut ended = Vec::new();
-        let mut next: Option<DateTime<Utc>> = None;
-        for a in self.state().accounts.values() {
-            match a.cooldown_until {
-                Some(u) if u <= now => ended.push(a.id),
-                Some(u) => next = Some(next.map_or(u, |n| n.min(u))),
-                None => {}
-            }
-        }
-        for id in ended {
-            // Disk first; a failed write leaves the (already harmless)
-            // past cooldown in memory, and the next round tries again.
-            let cleared = self.update_account(id, |a| {
-                if a.cooldown_until.is_some_and(|u| u <= now) {
-                    a.cooldown_until = None;
-                }
-            });
-            if let Err(e) = cleared {
-                tracing::error!(account = id, error = %e, "could not persist the end of a cooldown");
-                continue;
-            }
-            self.emit(
-                crate::events::EventKind::CooldownEnded,
-                Some(id),
-                "cooldown over",
-            );
-        }
-        next
-    }
-}
-
-/// Runs [`sweep`] on the configured cron schedule (disabled when empty).
+/// Runs [`Farm::sweep`] on the configured cron schedule (disabled when empty).
 pub async fn run_sweep(farm: Arc<Farm>, shutdown: Shutdown) {
-    let schedule = farm.config.scheduler.sweep.clone();
+    let schedule = farm.scheduler_settings().sweep.clone();
     on_schedule(schedule, &farm, shutdown, |farm| {
-        sweep(farm);
+        farm.sweep();
         std::future::ready(())
     })
     .await;
@@ -307,7 +143,7 @@ pub async fn run_sweep(farm: Arc<Farm>, shutdown: Shutdown) {
 /// failure is logged and announced (`backup_failed`) by the farm; the next
 /// run tries again.
 pub async fn run_backups(farm: Arc<Farm>, shutdown: Shutdown) {
-    let schedule = farm.config.backup.schedule.clone();
+    let schedule = farm.backup_schedule();
     on_schedule(schedule, &farm, shutdown, |farm| async move {
         let _ = farm.backup_now().await;
     })
@@ -329,7 +165,7 @@ async fn on_schedule<'f, F, Fut>(
     let Some(schedule) = schedule else {
         return;
     };
-    let max_sleep = farm.config.scheduler.max_sleep;
+    let max_sleep = farm.scheduler_settings().max_sleep;
     let mut next = schedule.upcoming(Utc).next();
     while let Some(at) = next {
         let wait = (at - Utc::now())
@@ -350,89 +186,11 @@ async fn on_schedule<'f, F, Fut>(
     }
 }
 
-/// The health sweep: expires abandoned logins, prunes old history, stores
-/// the accounts' last use, bounds in-memory maps, and wakes the scheduler to
-/// re-check every account.
-pub fn sweep(farm: &Farm) {
-    let now = Utc::now();
-    let expired = farm.logins.expire(now);
-    farm.stop_idle_listeners();
-    let history_cutoff = now - chrono_dur(farm.config.store.lease_retention);
-    let events_cutoff = now - chrono_dur(farm.config.events.retention);
-    let pruned = farm
-        .store
-        .prune_leases(history_cutoff)
-        .and_then(|n| Ok(n + farm.store.prune_events(events_cutoff)?))
-        .unwrap_or_else(|e| {
-            tracing::error!(error = %e, "pruning history failed");
-            0
-        });
-    if let Err(e) = farm.store_last_used() {
-        tracing::error!(error = %e, "storing accounts' last use failed");
-    }
-    let attention = farm.trim_and_count_attention();
-    farm.scheduler_wake.notify_one();
-    tracing::info!(
-        expired_logins = expired,
-        pruned_rows = pruned,
-        needing_attention = attention,
-        "sweep done"
-    );
-}
-
-impl Farm {
-    /// Bounds the sticky-session map and counts
-    /// the accounts a person must look at.
-    fn trim_and_count_attention(&self) -> usize {
-        const MAX_STICKY_SESSIONS: usize = 100_000;
-        let mut st = self.state();
-        if st.rotation.session_count() > MAX_STICKY_SESSIONS {
-            st.rotation.clear_sessions();
-        }
-        st.accounts
-            .values()
-            .filter(|a| a.enabled && a.auth != crate::domain::AuthState::Active)
-            .count()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::{Account, AuthState, Tokens};
     use crate::secret::Secret;
-
-    #[test]
-    fn health_is_degraded_once_the_scheduler_missed_three_rounds() {
-        let dir = tempfile::tempdir().unwrap();
-        let farm = crate::farm::test_farm(dir.path(), "[scheduler]\nmax_sleep = \"2s\"\n");
-        let start = farm.metrics.started();
-        let at = |s: u64| start + std::time::Duration::from_secs(s);
-        // Never ran, but just started: 3 × 2 s + 10 s of grace.
-        assert_eq!(farm.health_at(at(15)).status, "ok");
-        let stalled = farm.health_at(at(17));
-        assert_eq!(stalled.status, "degraded");
-        assert_eq!(
-            stalled.detail.as_deref(),
-            Some("the refresh scheduler has not run for 17 s (it runs at least every 2 s)")
-        );
-        farm.metrics.record_scheduler_round();
-        let round = farm.metrics.last_scheduler_round().unwrap();
-        assert!(round >= start);
-        assert_eq!(
-            farm.health_at(round + std::time::Duration::from_secs(16)),
-            crate::farm::Health {
-                status: "ok",
-                accounts: 0,
-                detail: None
-            }
-        );
-        assert_eq!(
-            farm.health_at(round + std::time::Duration::from_secs(17))
-                .status,
-            "degraded"
-        );
-    }
 
     #[tokio::test]
     async fn a_panicking_job_leaves_in_flight_and_is_recorded_on_the_account() {
@@ -467,7 +225,7 @@ mod tests {
         );
         assert!(retry_at.is_some_and(|t| t > Utc::now()), "backed off");
         assert!(farm
-            .metrics_text()
+            .render_metrics()
             .contains("relogin_farm_task_panics_total{job=\"refresh\"} 1\n"));
         // The account can be scheduled again.
         assert!(running.start(Job::Refresh, id, async {}));
@@ -486,7 +244,7 @@ mod tests {
         let farm = crate::farm::test_farm(dir.path(), "");
         let now = Utc::now();
         {
-            let mut st = farm.state();
+            let mut accounts = Vec::new();
             for id in 1..=10_000 {
                 let mut a = Account::new(id, "demo".into(), format!("a{id}"), 0, now);
                 a.auth = AuthState::Active;
@@ -497,18 +255,22 @@ mod tests {
                     issued_at: now,
                     refresh_token: Some(Secret::new("r")),
                 });
-                st.accounts.insert(id, a);
+                accounts.push(a);
             }
+            farm.put_accounts_for_test(accounts);
         }
-        let (stop, shutdown) = watch::channel(false);
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
         let scheduler = tokio::spawn(run_refresh_scheduler(farm.clone(), shutdown));
         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-        let rounds = farm.metrics.scheduler_rounds();
+        let rounds = farm.scheduler_rounds();
         stop.send(true).unwrap();
         scheduler.await.unwrap();
         assert_eq!(rounds, 1, "rounds in 2 s with nothing due");
         assert!(farm
-            .due_refreshes(Utc::now(), chrono_dur(farm.config.scheduler.refresh_margin))
+            .due_refreshes(
+                Utc::now(),
+                chrono_dur(farm.scheduler_settings().refresh_margin)
+            )
             .0
             .is_empty());
     }

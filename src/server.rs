@@ -188,7 +188,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    crate::webhooks::spawn_all(&farm, &stop_rx);
+    farm.start_webhooks(&stop_rx);
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, accounts = farm.account_count(), "relogin-farm listening");
     }
@@ -218,18 +218,14 @@ pub async fn serve(
         (
             "HTTP server",
             Some(tokio::spawn(listener.run(farm.clone(), async move {
-                scheduler::wait_shutdown(&mut http_stop).await
+                crate::shutdown::wait_shutdown(&mut http_stop).await
             }))),
         ),
     ];
     let ended = supervise(&mut jobs, shutdown).await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
-    farm.stop_listeners();
-    if let Some(pool) = &farm.browser {
-        // Cookies reach the profile only on a clean close.
-        pool.shutdown().await;
-    }
+    farm.stop_logins_and_browsers().await;
     // In-flight refreshes finish (their tokens must be persisted); the HTTP
     // server drains; nothing waits forever.
     let _ = tokio::time::timeout(Duration::from_secs(25), async {
@@ -238,13 +234,7 @@ pub async fn serve(
         }
     })
     .await;
-    if let Err(e) = farm.store_last_used() {
-        tracing::error!(error = %e, "storing accounts' last use failed");
-    }
-    // However the process ends now, no WAL is left behind.
-    if let Err(e) = farm.store.truncate_wal() {
-        tracing::warn!(error = %e, "truncating the WAL at shutdown failed");
-    }
+    farm.finish_shutdown();
     tracing::info!("stopped");
     match ended {
         Ended::Requested => Ok(()),

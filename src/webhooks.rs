@@ -19,9 +19,8 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::mpsc;
 
 use crate::config::WebhookConfig;
-use crate::events::{Event, EventKind};
-use crate::farm::Farm;
-use crate::scheduler::{wait_shutdown, Shutdown};
+use crate::events::{Event, EventBus, EventKind};
+use crate::shutdown::{wait_shutdown, Shutdown};
 use crate::store::crypto::hex;
 
 /// Events waiting for one webhook at most; beyond that they are dropped.
@@ -102,17 +101,17 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
 /// Each webhook subscribes to the bus here, before this returns, not in its
 /// task: an event emitted between the spawn and the task's first poll (the
 /// first request the server answers, say) would otherwise never be sent.
-pub fn spawn_all(farm: &Arc<Farm>, shutdown: &Shutdown) {
+pub fn spawn_all(hooks: &[Arc<Webhook>], events: &EventBus, shutdown: &Shutdown) {
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("a rustls reqwest client always builds");
-    for hook in farm.webhooks.iter().cloned() {
+    for hook in hooks.iter().cloned() {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let live = farm.events.subscribe();
+        let live = events.subscribe();
         tokio::spawn(enqueue(live, hook.clone(), tx, shutdown.clone()));
         tokio::spawn(deliver(
-            farm.clone(),
+            events.clone(),
             hook,
             rx,
             client.clone(),
@@ -146,7 +145,7 @@ async fn enqueue(
 }
 
 async fn deliver(
-    farm: Arc<Farm>,
+    events: EventBus,
     hook: Arc<Webhook>,
     mut rx: mpsc::Receiver<Event>,
     http: reqwest::Client,
@@ -179,7 +178,7 @@ async fn deliver(
                         let index = hook.lock().index;
                         hook.lock().given_up += 1;
                         tracing::warn!(webhook = index, event = ev.id, attempts = attempt, %reason, "webhook delivery given up");
-                        farm.events.emit(
+                        events.emit(
                             EventKind::WebhookFailed,
                             ev.account_id,
                             format!("webhook {index} gave up on event {} after {attempt} attempts: {reason}", ev.id),
@@ -247,9 +246,8 @@ mod tests {
         let farm = crate::farm::test_farm(dir.path(), &hook);
         let (_stop, shutdown) = tokio::sync::watch::channel(false);
 
-        spawn_all(&farm, &shutdown);
-        farm.events
-            .emit(EventKind::ClientCreated, None, "client 1 created");
+        farm.start_webhooks(&shutdown);
+        farm.emit(EventKind::ClientCreated, None, "client 1 created");
 
         let accepted = tokio::time::timeout(Duration::from_secs(10), receiver.accept()).await;
         let (mut conn, _) = accepted

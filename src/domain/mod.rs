@@ -6,11 +6,13 @@
 //! so every rule is unit-tested directly.
 
 pub mod account;
+pub mod job;
 pub mod rate;
 pub mod ratelimit;
 pub mod rotation;
 pub mod timing;
 
 pub use account::{Account, AccountId, AuthState, DisplayState, LastError, Tokens};
+pub use job::Job;
 pub use rate::{Bucket, Rate};
 pub use rotation::{Choice, Rotation, Strategy};

@@ -14,6 +14,7 @@ use super::refresh::tokens_from;
 use super::{chrono_dur, Farm, FarmError, Result};
 use crate::domain::AccountId;
 use crate::events::EventKind;
+use crate::loopback::{self, Landing};
 use crate::oauth::{parse_callback, CallbackError};
 use crate::secret::{ct_eq, Secret};
 
@@ -222,10 +223,10 @@ impl Farm {
         {
             return true;
         }
-        match crate::http::loopback::spawn(
+        match loopback::spawn(
             addr,
             redirect_uri.path().to_string(),
-            Arc::downgrade(self),
+            self.finish_redirect(),
         )
         .await
         {
@@ -242,6 +243,27 @@ impl Farm {
                 false
             }
         }
+    }
+
+    /// The loopback listener's callback: finishes the login its redirect
+    /// carries, then stops the listeners if no login is left pending. It
+    /// holds the farm weakly: a listener never keeps a stopped farm alive.
+    fn finish_redirect(self: &Arc<Self>) -> loopback::Finish {
+        let farm = Arc::downgrade(self);
+        Arc::new(move |url: String| {
+            let farm = farm.clone();
+            Box::pin(async move {
+                let Some(farm) = farm.upgrade() else {
+                    return Landing::Stopping;
+                };
+                let result = farm.complete_login(&url, None).await;
+                farm.stop_idle_listeners();
+                match result {
+                    Ok(id) => Landing::LoggedIn(id),
+                    Err(e) => Landing::Failed(e.to_string()),
+                }
+            })
+        })
     }
 
     /// Stops every loopback listener (shutdown).

@@ -10,9 +10,12 @@
 mod backup;
 mod clients;
 mod credentials;
+mod lifecycle;
 mod login;
+mod observe;
 mod refresh;
 mod relogin;
+mod schedule;
 mod view;
 
 use std::collections::{BTreeMap, HashMap};
@@ -84,10 +87,10 @@ pub(crate) struct State {
 }
 
 pub struct Farm {
-    pub(crate) config: Config,
-    pub(crate) store: Arc<Store>,
-    pub(crate) lease_log: LeaseLog,
-    pub(crate) providers: BTreeMap<String, Arc<Provider>>,
+    config: Config,
+    store: Arc<Store>,
+    lease_log: LeaseLog,
+    providers: BTreeMap<String, Arc<Provider>>,
     state: Mutex<State>,
     /// Held by [`Farm::update_account`] from its store write to its memory
     /// change: durable account changes reach disk and memory in one order.
@@ -96,24 +99,24 @@ pub struct Farm {
     /// refresh grant for that account.
     refresh_locks: Mutex<HashMap<AccountId, Arc<tokio::sync::Mutex<()>>>>,
     /// Bounds refresh grants in flight across all accounts.
-    pub(crate) refresh_slots: Semaphore,
-    pub(crate) logins: login::PendingLogins,
-    pub(crate) clients: clients::ClientKeys,
+    refresh_slots: Semaphore,
+    logins: login::PendingLogins,
+    clients: clients::ClientKeys,
     /// Each client key's request bucket on `/credential/*`.
-    pub(crate) client_buckets: Mutex<HashMap<i64, crate::domain::Bucket>>,
+    client_buckets: Mutex<HashMap<i64, crate::domain::Bucket>>,
     /// Wakes the scheduler when an account's due time may have moved.
-    pub(crate) scheduler_wake: Notify,
-    pub(crate) metrics: crate::metrics::Metrics,
-    pub events: EventBus,
-    pub(crate) webhooks: Vec<Arc<crate::webhooks::Webhook>>,
+    scheduler_wake: Notify,
+    metrics: crate::metrics::Metrics,
+    events: EventBus,
+    webhooks: Vec<Arc<crate::webhooks::Webhook>>,
     /// The browser pool (`None` when `[browser] enabled = false`).
-    pub browser: Option<crate::browser::BrowserPool>,
+    browser: Option<crate::browser::BrowserPool>,
     /// One browser relogin per account at a time.
     relogin_locks: Mutex<HashMap<AccountId, Arc<tokio::sync::Mutex<()>>>>,
     /// Held while a backup is being taken: one at a time.
     backup_running: tokio::sync::Mutex<()>,
     /// The rotating proxy's upstreams, quotas and metrics.
-    pub(crate) proxy: crate::proxy::Proxies,
+    proxy: crate::proxy::state::Proxies,
 }
 
 impl Farm {
@@ -171,7 +174,7 @@ impl Farm {
             .enumerate()
             .map(|(i, w)| Arc::new(crate::webhooks::Webhook::new(i, w.clone())))
             .collect();
-        let proxy = crate::proxy::Proxies::new(&config).map_err(FarmError::Invalid)?;
+        let proxy = crate::proxy::state::Proxies::new(&config).map_err(FarmError::Invalid)?;
         let metrics = crate::metrics::Metrics::default();
         metrics.started(); // /healthz measures the scheduler's silence from here
         if let Some(newest) = crate::store::backup::list(&config.backup.dir)
@@ -203,7 +206,7 @@ impl Farm {
         }))
     }
 
-    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+    fn state(&self) -> MutexGuard<'_, State> {
         // Every critical section leaves `State` consistent before any call
         // that could panic, so a poisoned lock is still safe to use.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -214,6 +217,11 @@ impl Farm {
             what: "provider",
             id: name.to_string(),
         })
+    }
+
+    /// The rotating proxy's upstreams, quotas and counters.
+    pub fn proxies(&self) -> &crate::proxy::state::Proxies {
+        &self.proxy
     }
 
     /// Runs `f` on the account, or fails with 404.
@@ -237,11 +245,7 @@ impl Farm {
     /// `f` runs twice: it must only set fields, with any clock reading or
     /// randomness taken outside it. Writers take `account_writes`, so disk
     /// and memory see them in the same order.
-    pub(crate) fn update_account<T>(
-        &self,
-        id: AccountId,
-        f: impl Fn(&mut Account) -> T,
-    ) -> Result<T> {
+    fn update_account<T>(&self, id: AccountId, f: impl Fn(&mut Account) -> T) -> Result<T> {
         let _in_order = self
             .account_writes
             .lock()
@@ -254,7 +258,7 @@ impl Farm {
         Ok(out)
     }
 
-    pub(crate) fn refresh_lock(&self, id: AccountId) -> Arc<tokio::sync::Mutex<()>> {
+    fn refresh_lock(&self, id: AccountId) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.refresh_locks.lock().unwrap_or_else(|p| p.into_inner());
         locks.entry(id).or_default().clone()
     }
@@ -266,10 +270,6 @@ impl Farm {
         detail: impl Into<String>,
     ) {
         self.events.emit(kind, account, detail);
-    }
-
-    pub fn webhook_status(&self) -> Vec<crate::webhooks::WebhookStatus> {
-        self.webhooks.iter().map(|w| w.status()).collect()
     }
 }
 
@@ -337,6 +337,16 @@ pub(crate) fn chrono_dur(d: std::time::Duration) -> chrono::Duration {
 #[cfg(test)]
 pub(crate) fn test_farm(dir: &std::path::Path, extra_toml: &str) -> Arc<Farm> {
     crate::server::open_farm(test_config(dir, false, extra_toml)).expect("the test farm opens")
+}
+
+#[cfg(test)]
+impl Farm {
+    /// Puts accounts into memory only, as a test's fixture.
+    pub(crate) fn put_accounts_for_test(&self, accounts: impl IntoIterator<Item = Account>) {
+        self.state()
+            .accounts
+            .extend(accounts.into_iter().map(|a| (a.id, a)));
+    }
 }
 
 /// The config of [`test_farm`], the browser on or off (it launches

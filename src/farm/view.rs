@@ -76,7 +76,7 @@ pub struct AccountView {
     pub generation: i64,
     pub created_at: DateTime<Utc>,
     /// The last rate-limit headers the proxy saw for this account.
-    pub quota: Option<crate::proxy::Quota>,
+    pub quota: Option<crate::proxy::state::Quota>,
 }
 
 fn display_state(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
@@ -93,7 +93,7 @@ impl AccountView {
         now: DateTime<Utc>,
         leases_24h: i64,
         browser: bool,
-        quota: Option<crate::proxy::Quota>,
+        quota: Option<crate::proxy::state::Quota>,
     ) -> Self {
         AccountView {
             id: a.id,
@@ -193,7 +193,7 @@ impl Farm {
 
     /// Writes each account's last use to its row (by the sweep and at
     /// shutdown), so that a restart need not search the lease log for it.
-    pub fn store_last_used(&self) -> Result<()> {
+    pub fn save_last_used(&self) -> Result<()> {
         let uses: Vec<_> = self
             .state()
             .accounts
@@ -333,7 +333,7 @@ impl Farm {
     }
 
     /// Prometheus text: counters plus accounts by provider and state.
-    pub fn metrics_text(&self) -> String {
+    pub fn render_metrics(&self) -> String {
         let now = Utc::now();
         let mut counts: std::collections::BTreeMap<(String, &'static str), usize> =
             Default::default();

@@ -38,7 +38,7 @@ pub async fn healthz(farm: Arc<Farm>, _: Anyone) -> Response {
 
 pub async fn metrics(farm: Arc<Farm>, _: Admin) -> Response {
     warp::reply::with_header(
-        farm.metrics_text(),
+        farm.render_metrics(),
         "content-type",
         "text/plain; version=0.0.4",
     )
@@ -296,9 +296,7 @@ pub async fn events(
         };
         if let Some(since) = q.get("since") {
             let events: Vec<types::Event> = farm
-                .events
-                .since(parse_id("since", since)?, super::sse::PAGE)
-                .map_err(crate::farm::FarmError::from)?
+                .replay_events(parse_id("since", since)?, super::sse::PAGE)?
                 .iter()
                 .map(types::Event::from)
                 .collect();
@@ -311,9 +309,7 @@ pub async fn events(
         let stream = super::sse::stream(farm.clone(), resume);
         Ok(warp::sse::reply(
             warp::sse::keep_alive()
-                .interval(crate::listener::sse_keep_alive(
-                    farm.config.server.idle_timeout,
-                ))
+                .interval(super::sse::keep_alive(farm.idle_timeout()))
                 .stream(stream),
         )
         .into_response())

@@ -6,7 +6,6 @@ pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod handlers;
-pub mod loopback;
 pub mod openapi;
 pub mod sse;
 pub mod types;
@@ -623,7 +622,9 @@ pub fn routes(farm: Arc<Farm>) -> BoxedFilter<(Response,)> {
                         method,
                         headers,
                     };
-                    crate::proxy::handle(farm, who, req, Box::pin(body))
+                    crate::proxy::handle(farm, who, req, Box::pin(body), |e| {
+                        error::ApiError::from(e).into_response()
+                    })
                 },
             )
             .boxed()

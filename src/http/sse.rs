@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::stream::{self, Stream};
 use tokio::sync::broadcast::{self, error::RecvError};
@@ -41,7 +42,7 @@ impl Cursor {
                 continue;
             }
             if self.catching_up {
-                match self.farm.events.since(self.last, PAGE) {
+                match self.farm.replay_events(self.last, PAGE) {
                     Ok(page) if !page.is_empty() => self.backlog = page.into(),
                     Ok(_) => self.catching_up = false,
                     Err(e) => {
@@ -66,8 +67,8 @@ pub fn stream(
     farm: Arc<Farm>,
     resume_after: Option<i64>,
 ) -> impl Stream<Item = Result<sse::Event, Infallible>> + Send {
-    let live = farm.events.subscribe();
-    let last = resume_after.unwrap_or_else(|| farm.events.latest_id());
+    let live = farm.subscribe_events();
+    let last = resume_after.unwrap_or_else(|| farm.newest_event_id());
     let cursor = Cursor {
         farm,
         live,
@@ -84,4 +85,23 @@ pub fn stream(
             .unwrap_or_else(|_| sse::Event::default().comment("unserializable event"));
         Some((Ok(frame), c))
     })
+}
+
+/// How often an event stream sends a keep-alive comment: often enough that
+/// the listener's `server.idle_timeout` never closes a stream whose reader
+/// keeps up.
+pub fn keep_alive(idle_timeout: Duration) -> Duration {
+    (idle_timeout / 2).min(Duration::from_secs(15))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn event_streams_keep_alive_within_the_idle_timeout() {
+        let secs = Duration::from_secs;
+        assert_eq!(super::keep_alive(secs(60)), secs(15));
+        assert_eq!(super::keep_alive(secs(2)), secs(1));
+    }
 }

@@ -214,8 +214,7 @@ impl Listener {
                 _ = &mut stop => break,
             };
             let Some(ip_slot) = per_ip.take(peer.ip()) else {
-                farm.metrics
-                    .record_connection_closed(ConnectionClosed::PerIpLimit);
+                farm.record_connection_closed(ConnectionClosed::PerIpLimit);
                 tracing::debug!(%peer, "refused: server.max_connections_per_ip reached");
                 continue;
             };
@@ -350,8 +349,7 @@ impl Conn {
             _slots,
         } = self;
         let accepted = Instant::now();
-        let metrics = &farm.metrics;
-        metrics.record_connection(1);
+        farm.record_connection(1);
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity::new(accepted));
         let closed = match tls {
@@ -369,10 +367,10 @@ impl Conn {
             }
         };
         if let Some(why) = closed {
-            metrics.record_connection_closed(why);
+            farm.record_connection_closed(why);
             tracing::debug!(reason = why.as_str(), "connection closed by the farm");
         }
-        metrics.record_connection(-1);
+        farm.record_connection(-1);
     }
 }
 
@@ -628,12 +626,6 @@ impl Drop for HandlerGuard {
     }
 }
 
-/// How often an event stream sends a keep-alive comment: often enough that
-/// `server.idle_timeout` never closes a stream whose reader keeps up.
-pub fn sse_keep_alive(idle_timeout: Duration) -> Duration {
-    (idle_timeout / 2).min(Duration::from_secs(15))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -734,11 +726,5 @@ mod tests {
         assert!(!warned("127.0.0.1:8377", false));
         assert!(!warned("127.0.0.9:8377", false));
         assert!(!warned("[::1]:8377", false));
-    }
-
-    #[test]
-    fn event_streams_keep_alive_within_the_idle_timeout() {
-        assert_eq!(sse_keep_alive(secs(60)), secs(15));
-        assert_eq!(sse_keep_alive(secs(2)), secs(1));
     }
 }

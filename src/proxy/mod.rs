@@ -39,24 +39,24 @@
 pub mod headers;
 pub mod metrics;
 pub mod relay;
+pub mod state;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+pub use state::{Proxies, Quota};
+
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures_util::{Stream, StreamExt};
-use serde::Serialize;
 use warp::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use warp::reply::{Reply, Response};
 
-use crate::config::{Config, ProxyConfig};
+use crate::config::ProxyConfig;
 use crate::domain::ratelimit::{self, Verdict};
 use crate::domain::AccountId;
 use crate::events::EventKind;
 use crate::farm::{CredentialLease, Farm, FarmError, Principal, ReportRequest};
-use crate::http::error::ApiError;
 use crate::store::leases::Outcome;
 
 /// Why the proxy answers itself instead of with the upstream's answer
@@ -81,87 +81,6 @@ pub enum ProxyError {
     Farm(#[from] FarmError),
 }
 
-/// The last rate-limit headers an account's upstream sent.
-#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
-pub struct Quota {
-    pub at: DateTime<Utc>,
-    pub headers: BTreeMap<String, String>,
-    /// The earliest reset among them.
-    pub resets_at: Option<DateTime<Utc>>,
-}
-
-/// One proxied provider: its settings and its pooled HTTP client.
-struct Upstream {
-    config: ProxyConfig,
-    /// `upstream` without its trailing `/`.
-    base: String,
-    http: reqwest::Client,
-}
-
-/// The proxy's state, one per farm.
-#[derive(Default)]
-pub struct Proxies {
-    upstreams: HashMap<String, Upstream>,
-    quota: Mutex<HashMap<AccountId, Quota>>,
-    pub metrics: metrics::ProxyMetrics,
-}
-
-impl Proxies {
-    pub fn new(config: &Config) -> Result<Proxies, String> {
-        let mut upstreams = HashMap::new();
-        for p in &config.providers {
-            let Some(proxy) = &p.proxy else { continue };
-            let http = reqwest::Client::builder()
-                .connect_timeout(proxy.connect_timeout)
-                .redirect(reqwest::redirect::Policy::none())
-                .tcp_nodelay(true)
-                .build()
-                .map_err(|e| format!("provider {}: proxy HTTP client: {e}", p.name))?;
-            upstreams.insert(
-                p.name.clone(),
-                Upstream {
-                    base: proxy.upstream.as_str().trim_end_matches('/').to_owned(),
-                    config: proxy.clone(),
-                    http,
-                },
-            );
-        }
-        Ok(Proxies {
-            upstreams,
-            ..Proxies::default()
-        })
-    }
-
-    /// The account's last quota headers, if the upstream ever sent any.
-    pub fn quota(&self, account: AccountId) -> Option<Quota> {
-        self.quota
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&account)
-            .cloned()
-    }
-
-    fn note_quota(&self, account: AccountId, headers: &HeaderMap, prefixes: &[String]) {
-        let pairs = headers
-            .iter()
-            .filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?)));
-        let kept = ratelimit::quota_headers(pairs, prefixes);
-        if kept.is_empty() {
-            return;
-        }
-        let now = Utc::now();
-        let quota = Quota {
-            at: now,
-            resets_at: ratelimit::quota_resets_at(&kept, now),
-            headers: kept.into_iter().collect(),
-        };
-        self.quota
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(account, quota);
-    }
-}
-
 /// A client's request as the router hands it over.
 pub struct Incoming {
     pub provider: String,
@@ -184,8 +103,17 @@ struct Served {
     lease: String,
 }
 
-/// Serves one proxied request; every outcome is a response.
-pub async fn handle<S, B>(farm: Arc<Farm>, who: Principal, req: Incoming, body: S) -> Response
+/// Serves one proxied request; every outcome is a response. The proxy's
+/// own refusals are rendered by `render` (the router passes `http::error`'s
+/// renderer: errors become HTTP there only, and the proxy need not import
+/// the HTTP layer that routes to it).
+pub async fn handle<S, B>(
+    farm: Arc<Farm>,
+    who: Principal,
+    req: Incoming,
+    body: S,
+    render: impl FnOnce(ProxyError) -> Response,
+) -> Response
 where
     S: Stream<Item = Result<B, warp::Error>> + Send + Unpin,
     B: Buf,
@@ -194,7 +122,7 @@ where
     let mut served = None;
     let mut resp = match forward(&farm, who, req, body, &mut served).await {
         Ok(resp) => resp,
-        Err(e) => ApiError::from(e).into_response(),
+        Err(e) => render(e),
     };
     if let Some(s) = served {
         let h = resp.headers_mut();
@@ -203,8 +131,8 @@ where
             h.insert("x-relogin-lease", v);
         }
     }
-    if farm.proxy.upstreams.contains_key(&provider) {
-        farm.proxy
+    if farm.proxies().upstreams.contains_key(&provider) {
+        farm.proxies()
             .metrics
             .record_answer(&provider, resp.status().as_u16());
     }
@@ -222,7 +150,7 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Send + Unpin,
     B: Buf,
 {
-    let up = match farm.proxy.upstreams.get(&req.provider) {
+    let up = match farm.proxies().upstreams.get(&req.provider) {
         Some(up) => up,
         None => {
             farm.provider(&req.provider)?;
@@ -315,8 +243,8 @@ where
                 continue;
             }
         };
-        farm.proxy.metrics.record_latency(started.elapsed());
-        farm.proxy
+        farm.proxies().metrics.record_latency(started.elapsed());
+        farm.proxies()
             .note_quota(lease.account_id, resp.headers(), &cfg.quota_headers);
         let status = resp.status().as_u16();
         let now = Utc::now();
@@ -451,7 +379,7 @@ async fn report_lease(
 /// over).
 fn failed_over(farm: &Farm, from: AccountId, to: Option<AccountId>, why: &str) {
     let reason = why.split(' ').next().unwrap_or(why);
-    farm.proxy.metrics.record_failover(reason);
+    farm.proxies().metrics.record_failover(reason);
     let to = to.map_or_else(|| "none".to_owned(), |id| format!("account {id}"));
     farm.emit(
         EventKind::ProxyFailover,

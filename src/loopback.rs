@@ -1,22 +1,37 @@
 //! The loopback redirect listener: while a login is pending on a provider
 //! whose `redirect_uri` is `http://127.0.0.1:PORT/path`, the farm listens
-//! there, finishes the login from `?code=&state=`, and shows a small page.
+//! there, hands the redirect URL (`?code=&state=`) to the farm's callback,
+//! and shows a small page with the outcome. It knows nothing of the farm:
+//! `farm/login.rs` starts it with the callback that finishes the login.
 
 use std::net::SocketAddr;
-use std::sync::Weak;
+use std::sync::Arc;
 
+use futures_util::future::BoxFuture;
 use tokio::sync::oneshot;
 use warp::http::StatusCode;
 use warp::Filter;
 
-use crate::farm::Farm;
+use crate::domain::AccountId;
+
+/// How a redirect ended, for the page the person sees.
+pub enum Landing {
+    LoggedIn(AccountId),
+    /// The login failed; the farm's message, safe to show.
+    Failed(String),
+    /// The farm is shutting down.
+    Stopping,
+}
+
+/// Finishes a login from the full redirect URL.
+pub type Finish = Arc<dyn Fn(String) -> BoxFuture<'static, Landing> + Send + Sync>;
 
 /// Binds `addr` and serves the callback on `path` until the returned
 /// sender is used (or dropped).
 pub async fn spawn(
     addr: SocketAddr,
     path: String,
-    farm: Weak<Farm>,
+    finish: Finish,
 ) -> std::io::Result<oneshot::Sender<()>> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let (stop, stopped) = oneshot::channel::<()>();
@@ -24,7 +39,7 @@ pub async fn spawn(
         .and(warp::path::full())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .then(move |full: warp::path::FullPath, query: String| {
-            let farm = farm.clone();
+            let finish = finish.clone();
             let path = path.clone();
             async move {
                 if full.as_str() != path {
@@ -34,23 +49,19 @@ pub async fn spawn(
                         "This address only receives login redirects.",
                     );
                 }
-                let Some(farm) = farm.upgrade() else {
-                    return page(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "Farm stopping",
-                        "The farm is shutting down.",
-                    );
-                };
                 let url = format!("http://{addr}{path}?{query}");
-                let result = farm.complete_login(&url, None).await;
-                farm.stop_idle_listeners();
-                match result {
-                    Ok(id) => page(
+                match finish(url).await {
+                    Landing::LoggedIn(id) => page(
                         StatusCode::OK,
                         "Logged in",
                         &format!("Account {id} is logged in. You can close this page."),
                     ),
-                    Err(e) => page(StatusCode::BAD_REQUEST, "Login failed", &e.to_string()),
+                    Landing::Failed(e) => page(StatusCode::BAD_REQUEST, "Login failed", &e),
+                    Landing::Stopping => page(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "Farm stopping",
+                        "The farm is shutting down.",
+                    ),
                 }
             }
         });
