@@ -20,7 +20,7 @@ use crate::secret::Secret;
 use crate::store::leases;
 
 /// `POST /api/accounts`.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewAccount {
     pub provider: String,
@@ -32,7 +32,7 @@ pub struct NewAccount {
 }
 
 /// `POST /api/accounts/{id}/login/complete`.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginComplete {
     /// The full URL the provider redirected the browser to.
@@ -49,7 +49,7 @@ pub struct SecretValue {
 }
 
 /// `POST /api/clients`.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewClient {
     /// 1 to 100 printable characters.
@@ -153,7 +153,7 @@ pub struct ScriptAttached {
 }
 
 /// A client key as listed (the key itself is shown once, at creation).
-#[derive(Debug, Serialize, JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Client {
     pub id: i64,
     pub name: String,
@@ -174,7 +174,7 @@ impl From<crate::store::ClientRecord> for Client {
 }
 
 /// One backup file.
-#[derive(Debug, Serialize, JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Backup {
     /// The file name in `backup.dir`.
     pub file: String,

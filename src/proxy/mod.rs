@@ -47,7 +47,7 @@ use std::time::Instant;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use futures_util::{Stream, StreamExt};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use warp::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use warp::reply::{Reply, Response};
 
@@ -82,7 +82,7 @@ pub enum ProxyError {
 }
 
 /// The last rate-limit headers an account's upstream sent.
-#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Quota {
     pub at: DateTime<Utc>,
     pub headers: BTreeMap<String, String>,
