@@ -15,7 +15,7 @@ use relogin_farm::secret::Secret;
 use relogin_farm::store::write_private_file;
 use reqwest::Method;
 
-use super::client::{when, Body, FarmClient};
+use super::client::{when, FarmClient, Payload};
 use super::FarmArgs;
 
 #[derive(Subcommand)]
@@ -142,7 +142,7 @@ async fn set_secret(client: &FarmClient, id: AccountId, name: &str, value: &Secr
         .send(
             Method::PUT,
             &format!("/api/accounts/{id}/secrets/{name}"),
-            Body::Json(&body),
+            Payload::Json(&body),
         )
         .await?;
     Ok(())
@@ -275,7 +275,7 @@ async fn record(
         .send::<()>(
             Method::PUT,
             &format!("/api/accounts/{id}/script"),
-            Body::Toml(&text),
+            Payload::Toml(&text),
         )
         .await
         .context("uploading the script")?;

@@ -16,7 +16,7 @@ use relogin_farm::config::{Config, ServerConfig};
 use relogin_farm::secret::Secret;
 
 /// What a request carries.
-pub enum Body<'a, B: Serialize> {
+pub enum Payload<'a, B: Serialize> {
     None,
     Json(&'a B),
     /// A login script (`PUT /api/accounts/{id}/script` takes TOML).
@@ -24,7 +24,7 @@ pub enum Body<'a, B: Serialize> {
 }
 
 /// A request without a JSON body (the type parameter is only a placeholder).
-pub const NO_BODY: Body<'static, ()> = Body::None;
+pub const NO_BODY: Payload<'static, ()> = Payload::None;
 
 pub struct FarmClient {
     /// Without a trailing `/`.
@@ -83,7 +83,7 @@ impl FarmClient {
     pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T> {
         parse(
             path,
-            &self.send(Method::POST, path, Body::Json(body)).await?,
+            &self.send(Method::POST, path, Payload::Json(body)).await?,
         )
     }
 
@@ -98,7 +98,7 @@ impl FarmClient {
         &self,
         method: Method,
         path: &str,
-        body: Body<'_, B>,
+        body: Payload<'_, B>,
     ) -> Result<bytes::Bytes> {
         tracing::debug!(%method, path, farm = %self.base, "calling the farm");
         let mut req = self
@@ -106,9 +106,9 @@ impl FarmClient {
             .request(method, format!("{}{path}", self.base))
             .bearer_auth(self.token.expose());
         req = match body {
-            Body::None => req,
-            Body::Json(b) => req.json(b),
-            Body::Toml(text) => req
+            Payload::None => req,
+            Payload::Json(b) => req.json(b),
+            Payload::Toml(text) => req
                 .header("content-type", "application/toml")
                 .body(text.to_owned()),
         };

@@ -2,8 +2,9 @@
 //! store record or an internal status (clients, usage, backups, events,
 //! webhooks, report outcomes) or where the API composes an answer. They are
 //! what `serde` puts on the wire and what `schemars` documents in
-//! `/api/openapi.json` (see [`super::openapi`]): a field added to a record
-//! reaches the API only by being added here, and then it is documented.
+//! `/api/openapi.json` (see [`super::openapi`]), and what the CLI reads back
+//! (`src/cli`): a field added to a record reaches the API only by being
+//! added here, and then it is documented.
 //!
 //! The farm's views that exist for the API alone (`AccountView`,
 //! `CredentialLease`, `LoginStarted`, `BrowserInfo`, ...) derive their
