@@ -47,7 +47,7 @@ impl AuthState {
 
 /// The state shown to people and clients: the persisted [`AuthState`] with
 /// the transient conditions laid over it, most important first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DisplayState {
     Disabled,

@@ -12,7 +12,7 @@ use base64::Engine;
 use chrono::Utc;
 use rand::RngCore;
 use schemars::JsonSchema;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Farm, FarmError, Result};
 use crate::events::EventKind;
@@ -37,7 +37,7 @@ impl Principal {
 }
 
 /// The response to creating a client: the only time the key is shown.
-#[derive(Debug, Serialize, JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[schemars(rename = "ClientCreated")]
 pub struct NewClient {
     pub id: i64,

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{chrono_dur, Farm, FarmError, Principal, Result};
 use crate::domain::rate::retry_after_secs;
@@ -13,7 +13,7 @@ use crate::secret::Secret;
 use crate::store::leases::{LeaseKey, NewLease, Outcome, Report};
 
 /// The answer to `GET /credential/next`.
-#[derive(Debug, Serialize, JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct CredentialLease {
     pub account_id: AccountId,
     pub label: String,

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use url::Url;
 
 use super::refresh::tokens_from;
@@ -84,7 +84,7 @@ pub(crate) struct BegunLogin {
 }
 
 /// The answer to `POST /api/accounts/{id}/login`.
-#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LoginStarted {
     pub account_id: AccountId,
     pub authorize_url: String,

@@ -421,7 +421,7 @@ mod tests {
         );
         assert_eq!(farm.due_relogins(now).0, vec![id], "the browser logs it in");
         let view = farm.account(id).unwrap();
-        assert_eq!(view.state, "needs_relogin");
+        assert_eq!(view.state, crate::domain::DisplayState::NeedsRelogin);
         assert!(view.last_error.unwrap().message.contains("reuse"));
         assert_eq!(view.generation, generation, "the tokens are kept");
         drop(farm);

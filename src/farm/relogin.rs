@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use rand::Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{chrono_dur, not_found_account, Farm, FarmError, Result};
 use crate::browser::{LoginScript, RunFailure, Vars};
@@ -420,7 +420,7 @@ pub struct SecretName {
     pub updated_at: chrono::DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct BrowserInfo {
     pub account_id: AccountId,
     pub browser_enabled: bool,

@@ -52,7 +52,7 @@ fn health_status(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 }
 
 /// An account as shown by the admin API. Never carries a token.
-#[derive(Clone, Debug, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[schemars(rename = "Account")]
 pub struct AccountView {
     pub id: AccountId,
@@ -60,7 +60,7 @@ pub struct AccountView {
     pub label: String,
     /// The state shown (persisted state plus the refreshing/cooldown overlay).
     #[schemars(schema_with = "display_state")]
-    pub state: &'static str,
+    pub state: crate::domain::DisplayState,
     pub priority: i64,
     pub enabled: bool,
     pub expires_at: Option<DateTime<Utc>>,
@@ -99,7 +99,7 @@ impl AccountView {
             id: a.id,
             provider: a.provider.clone(),
             label: a.label.clone(),
-            state: a.display_state(now).as_str(),
+            state: a.display_state(now),
             priority: a.priority,
             enabled: a.enabled,
             expires_at: a.expires_at(),
@@ -127,7 +127,7 @@ impl AccountView {
 
 /// The last error, with the address of its screenshot when a browser
 /// relogin failed (fetched with the admin token).
-#[derive(Clone, Debug, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[schemars(rename = "AccountError")]
 pub struct ErrorView {
     pub at: DateTime<Utc>,
@@ -306,7 +306,7 @@ impl Farm {
 }
 
 /// A provider as the admin API shows it (never its client secret).
-#[derive(Debug, Serialize, JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[schemars(rename = "Provider")]
 pub struct ProviderView {
     pub name: String,

@@ -1,9 +1,10 @@
 //! The one place where errors become HTTP responses: every error body is
 //! `{"error": "<short_code>", "detail": "<human sentence>"}`.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use warp::http::{header, StatusCode};
 use warp::reply::Response;
 use warp::{Rejection, Reply};
@@ -19,17 +20,20 @@ pub struct ApiError {
     pub retry_after_s: Option<i64>,
 }
 
-/// Every error's body.
-#[derive(Serialize, schemars::JsonSchema)]
+/// Every error's body (also what the CLI reads back: `Cow` so that it
+/// borrows when rendering and owns when parsing escaped text).
+#[derive(Serialize, Deserialize, schemars::JsonSchema)]
 #[schemars(rename = "Error")]
 pub struct Body<'a> {
     /// A short code (`unauthorized`, `not_found`, `invalid_json`, ...).
-    error: &'a str,
+    #[serde(borrow)]
+    pub error: Cow<'a, str>,
     /// A human sentence.
-    detail: &'a str,
+    #[serde(borrow, default)]
+    pub detail: Cow<'a, str>,
     /// With `no_account_available`: when to retry (also `Retry-After`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    retry_after_s: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub retry_after_s: Option<i64>,
 }
 
 impl ApiError {
@@ -65,8 +69,8 @@ impl ApiError {
 
     pub fn into_response(self) -> Response {
         let body = Body {
-            error: self.code,
-            detail: &self.detail,
+            error: Cow::Borrowed(self.code),
+            detail: Cow::Borrowed(&self.detail),
             retry_after_s: self.retry_after_s,
         };
         let mut resp =

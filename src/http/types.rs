@@ -2,8 +2,9 @@
 //! store record or an internal status (clients, usage, backups, events,
 //! webhooks, report outcomes) or where the API composes an answer. They are
 //! what `serde` puts on the wire and what `schemars` documents in
-//! `/api/openapi.json` (see [`super::openapi`]): a field added to a record
-//! reaches the API only by being added here, and then it is documented.
+//! `/api/openapi.json` (see [`super::openapi`]), and what the CLI reads back
+//! (`src/cli`): a field added to a record reaches the API only by being
+//! added here, and then it is documented.
 //!
 //! The farm's views that exist for the API alone (`AccountView`,
 //! `CredentialLease`, `LoginStarted`, `BrowserInfo`, ...) derive their
@@ -20,7 +21,7 @@ use crate::secret::Secret;
 use crate::store::leases;
 
 /// `POST /api/accounts`.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewAccount {
     pub provider: String,
@@ -32,7 +33,7 @@ pub struct NewAccount {
 }
 
 /// `POST /api/accounts/{id}/login/complete`.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginComplete {
     /// The full URL the provider redirected the browser to.
@@ -49,7 +50,7 @@ pub struct SecretValue {
 }
 
 /// `POST /api/clients`.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewClient {
     /// 1 to 100 printable characters.
@@ -153,7 +154,7 @@ pub struct ScriptAttached {
 }
 
 /// A client key as listed (the key itself is shown once, at creation).
-#[derive(Debug, Serialize, JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Client {
     pub id: i64,
     pub name: String,
@@ -174,7 +175,7 @@ impl From<crate::store::ClientRecord> for Client {
 }
 
 /// One backup file.
-#[derive(Debug, Serialize, JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Backup {
     /// The file name in `backup.dir`.
     pub file: String,

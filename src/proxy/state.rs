@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use warp::http::HeaderMap;
 
 use super::metrics::ProxyMetrics;
@@ -16,7 +16,7 @@ use crate::domain::ratelimit;
 use crate::domain::AccountId;
 
 /// The last rate-limit headers an account's upstream sent.
-#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Quota {
     pub at: DateTime<Utc>,
     pub headers: BTreeMap<String, String>,

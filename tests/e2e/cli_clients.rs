@@ -59,3 +59,44 @@ fn a_key_made_with_the_cli_serves_until_the_cli_revokes_it() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("404 not_found"), "{said}");
 }
+
+#[test]
+fn log_level_applies_to_the_commands_that_call_the_farm() {
+    let bed = Bed::start(Settings::default());
+    let farm = ["--farm", bed.url()];
+    let debug = ["--log-level", "debug"];
+    let calling = "calling the farm";
+
+    // log.level is info in the bed's farm.toml: no debug lines.
+    let quiet = bed.run_cli(&[&["client", "list"][..], &farm].concat(), "");
+    stdout_of(&quiet);
+    let said = String::from_utf8_lossy(&quiet.stderr);
+    assert!(!said.contains(calling), "{said}");
+
+    // After the subcommand's name, too; the admin token never shows.
+    let loud = bed.run_cli(&[&["client", "list"][..], &farm, &debug].concat(), "");
+    stdout_of(&loud);
+    let said = String::from_utf8_lossy(&loud.stderr);
+    assert!(
+        said.contains(calling) && said.contains("/api/clients"),
+        "{said}"
+    );
+    assert!(!said.contains(&bed.admin_token), "{said}");
+
+    // `token` reads no config: the flag alone sets the level.
+    let out = bed.run_cli(
+        &[
+            &debug[..],
+            &["token", PROVIDER, "--key", "not-a-key"],
+            &farm,
+        ]
+        .concat(),
+        "",
+    );
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(calling) && said.contains("401 unauthorized") && !said.contains("not-a-key"),
+        "{said}"
+    );
+}
