@@ -625,7 +625,8 @@ fn an_sdk_waits_out_the_503_when_every_account_cools_and_succeeds() {
 #[test]
 fn claude_code_answers_through_the_proxy_across_a_failover() {
     use crate::support::clients_dir;
-    use crate::support::process::{clean_command, run_with_deadline};
+    use crate::support::netns::run_in_loopback_namespace;
+    use crate::support::process::clean_command;
     let upstream = Upstream::start();
     let pb = ProxyBed::start(&upstream.url, "");
     let tokens = pb.tokens();
@@ -641,7 +642,8 @@ fn claude_code_answers_through_the_proxy_across_a_failover() {
         .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
         .env("DISABLE_AUTOUPDATER", "1")
         .current_dir(home.path());
-    let out = run_with_deadline("claude -p", cmd, Duration::from_secs(120));
+    // claude runs with nothing but loopback: the farm through a unix socket.
+    let out = run_in_loopback_namespace("claude -p", cmd, pb.bed.port(), Duration::from_secs(120));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains(&WORDS.concat()),
@@ -666,4 +668,35 @@ fn claude_code_answers_through_the_proxy_across_a_failover() {
         "{seen:?}"
     );
     upstream.assert_never_saw(&pb.key);
+}
+
+/// What an agent CLI in `run_in_loopback_namespace` can reach: the farm at
+/// its usual URL, and no other address (no route: no packet leaves).
+#[test]
+fn the_loopback_namespace_reaches_the_farm_and_no_public_address() {
+    use crate::support::netns::run_in_loopback_namespace;
+    use crate::support::process::clean_command;
+    let bed = Bed::start(Settings::default());
+    let probe = r#"
+        const health = (await fetch(process.argv[1] + "/healthz")).status;
+        const net = await import("node:net");
+        const outside = await new Promise((done) => {
+          const s = net.connect(443, "1.1.1.1");
+          s.on("connect", () => { s.destroy(); done("connected"); });
+          s.on("error", (e) => done(e.code));
+        });
+        console.log(JSON.stringify({ health, outside }));
+    "#;
+    let mut cmd = clean_command("node");
+    cmd.args(["--input-type=module", "-e", probe, bed.url()]);
+    let out = run_in_loopback_namespace("probe", cmd, bed.port(), Duration::from_secs(30));
+    assert!(
+        out.status.success(),
+        "probe: {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).expect("JSON from the probe");
+    assert_eq!(seen["health"], 200, "{seen}");
+    assert_eq!(seen["outside"], "ENETUNREACH", "{seen}");
 }

@@ -251,6 +251,15 @@ impl Bed {
         &self.running().url
     }
 
+    /// The farm's port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        let url = self.url();
+        url.rsplit(':')
+            .next()
+            .and_then(|port| port.parse().ok())
+            .unwrap_or_else(|| panic!("no port in the farm's URL {url}"))
+    }
+
     /// The farm's API with `token` as the bearer token (`None`: no header).
     pub fn api(&self, token: Option<&str>) -> Api {
         Api::new(self.http.clone(), &self.running().url, token)

@@ -8,6 +8,7 @@
 //! - [`farm`]: the farm's config file and process.
 //! - [`api`]: a blocking HTTP client for the farm's API.
 //! - [`bed`]: one provider + one farm + the usual steps (add, log in, lease).
+//! - [`netns`]: an agent CLI in a loopback-only network namespace, the farm reachable.
 //! - [`sse`]: an event stream read frame by frame, with deadlines.
 //! - [`receiver`]: an HTTP server in the test that records what it is sent.
 //! - [`upstream`]: a fake LLM upstream for the proxy, scripted per token.
@@ -16,6 +17,7 @@ pub mod api;
 pub mod bed;
 pub mod browser;
 pub mod farm;
+pub mod netns;
 pub mod process;
 pub mod provider;
 pub mod receiver;
