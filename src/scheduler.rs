@@ -122,7 +122,7 @@ pub async fn run_refresh_scheduler(farm: Arc<Farm>, mut shutdown: Shutdown) {
     loop {
         farm.metrics.record_scheduler_round();
         running.reap(&farm);
-        let now = Utc::now();
+        let now = farm.clock.now();
         let next_cooldown_end = farm.end_cooldowns(now);
         let (due, next_due) = farm.due_refreshes(now, margin);
         let (relogins, next_relogin) = farm.due_relogins(now);
@@ -150,7 +150,7 @@ pub async fn run_refresh_scheduler(farm: Arc<Farm>, mut shutdown: Shutdown) {
             .min(max_sleep)
             .max(std::time::Duration::from_millis(50));
         tokio::select! {
-            _ = tokio::time::sleep(sleep_for) => {}
+            _ = farm.clock.sleep(sleep_for) => {}
             _ = farm.scheduler_wake.notified() => {}
             Some(done) = running.tasks.join_next_with_id(), if !running.tasks.is_empty() => {
                 running.finished(&farm, done.map(|(task, ())| task));
@@ -175,7 +175,7 @@ impl Farm {
             "a scheduled task panicked"
         );
         let jitter: f64 = rand::thread_rng().gen();
-        let now = Utc::now();
+        let now = self.clock.now();
         let back_off = |a: &mut Account| {
             a.refreshing = false;
             let (failures, retry_at, cfg) = match job {
@@ -330,22 +330,22 @@ async fn on_schedule<'f, F, Fut>(
         return;
     };
     let max_sleep = farm.config.scheduler.max_sleep;
-    let mut next = schedule.upcoming(Utc).next();
+    let mut next = schedule.after(&farm.clock.now()).next();
     while let Some(at) = next {
-        let wait = (at - Utc::now())
+        let wait = (at - farm.clock.now())
             .to_std()
             .unwrap_or_default()
             .min(max_sleep);
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
+            _ = farm.clock.sleep(wait) => {}
             _ = wait_shutdown(&mut shutdown) => return,
         }
-        if Utc::now() >= at {
+        if farm.clock.now() >= at {
             tokio::select! {
                 _ = job(farm) => {}
                 _ = wait_shutdown(&mut shutdown) => return,
             }
-            next = schedule.upcoming(Utc).next();
+            next = schedule.after(&farm.clock.now()).next();
         }
     }
 }
@@ -354,7 +354,7 @@ async fn on_schedule<'f, F, Fut>(
 /// the accounts' last use, bounds in-memory maps, and wakes the scheduler to
 /// re-check every account.
 pub fn sweep(farm: &Farm) {
-    let now = Utc::now();
+    let now = farm.clock.now();
     let expired = farm.logins.expire(now);
     farm.stop_idle_listeners();
     let history_cutoff = now - chrono_dur(farm.config.store.lease_retention);
