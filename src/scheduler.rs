@@ -7,6 +7,10 @@
 //! a home server that was suspended wakes up with a monotonic clock that
 //! did not advance, and must notice the wall clock did. 10,000 idle
 //! accounts cost one scan per wake, not a wake per account.
+//!
+//! "Now" is the farm's [`Clock`](crate::clock::Clock) and sleeps are on
+//! tokio's timer, so the scheduler runs on paused time in unit tests
+//! (`farm/refresh_tests.rs`).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -479,8 +483,8 @@ mod tests {
     /// The bound: idle accounts cost memory, not wake-ups. 10,000
     /// healthy accounts whose tokens expire over the next hours: the
     /// scheduler scans them once and sleeps (`max_sleep` is 30 s), instead of
-    /// waking per account.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    /// waking per account. On paused time: the 2 s pass in no time.
+    #[tokio::test(start_paused = true)]
     async fn ten_thousand_idle_accounts_do_not_wake_the_scheduler() {
         let dir = tempfile::tempdir().unwrap();
         let farm = crate::farm::test_farm(dir.path(), "");

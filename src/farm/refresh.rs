@@ -15,6 +15,10 @@
 //!    before anything can use them;
 //! 5. on `invalid_grant`, re-reads the persisted generation before marking
 //!    the account `needs_relogin` — and never deletes it.
+//!
+//! The grant goes to the provider's [`TokenEndpoint`](crate::oauth::TokenEndpoint)
+//! and times come from the farm's clock: `refresh_tests.rs` checks each step
+//! on paused time against a scripted endpoint.
 
 use chrono::Utc;
 use rand::Rng;
