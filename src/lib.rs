@@ -8,6 +8,8 @@
 //! - [`domain`]: the rules, with no I/O — account states, which account
 //!   serves next ([`domain::rotation`]), when to refresh and how long to back
 //!   off ([`domain::timing`]).
+//! - [`clock`]: the farm's wall clock ([`clock::SystemClock`]; a paused
+//!   tokio clock in unit tests).
 //! - [`config`]: defaults → TOML → `RELOGIN_FARM_*` env → CLI flags.
 //! - [`secret`]: [`secret::Secret`], a string that prints as `***`.
 //! - [`store`]: SQLite (WAL), encrypted tokens, hashed client keys, the
@@ -36,6 +38,7 @@
 //! - [`webhooks`]: signed, retried, non-blocking event delivery.
 
 pub mod browser;
+pub mod clock;
 pub mod config;
 pub mod doctor;
 pub mod domain;

@@ -1,7 +1,13 @@
 //! The OAuth 2.0 / OIDC edge: discovery, the authorize URL (PKCE S256 and
 //! state), the code exchange and the refresh grant. All network I/O with
 //! providers happens here.
+//!
+//! The farm talks to a provider through [`TokenEndpoint`], which
+//! [`Provider`] implements over HTTP; unit tests of the refresh protocol
+//! and the scheduler put a scripted endpoint in its place.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,6 +94,52 @@ pub struct AuthorizeRequest {
     pub state: Secret,
     pub pkce_verifier: Secret,
     pub issuer: Option<String>,
+}
+
+/// A boxed future borrowing the endpoint (the trait is used as `dyn`).
+pub type EndpointFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, OAuthError>> + Send + 'a>>;
+
+/// What the farm needs from a provider: its configuration, the authorize
+/// URL, the code exchange and the refresh grant. Errors keep the classes
+/// the farm tells apart: [`OAuthError::InvalidGrant`] (the refresh token or
+/// code is dead: the account needs a login) against everything else
+/// (transient: back off, keep the refresh token).
+pub trait TokenEndpoint: Send + Sync {
+    fn config(&self) -> &ProviderConfig;
+
+    /// Builds an authorization-code + PKCE (S256) authorize URL with a fresh state.
+    fn authorize(&self) -> EndpointFuture<'_, AuthorizeRequest>;
+
+    fn exchange_code<'a>(
+        &'a self,
+        code: &'a Secret,
+        pkce_verifier: &'a Secret,
+    ) -> EndpointFuture<'a, Grant>;
+
+    /// Sends one refresh grant.
+    fn refresh<'a>(&'a self, refresh_token: &'a Secret) -> EndpointFuture<'a, Grant>;
+}
+
+impl TokenEndpoint for Provider {
+    fn config(&self) -> &ProviderConfig {
+        &self.config
+    }
+
+    fn authorize(&self) -> EndpointFuture<'_, AuthorizeRequest> {
+        Box::pin(Provider::authorize(self))
+    }
+
+    fn exchange_code<'a>(
+        &'a self,
+        code: &'a Secret,
+        pkce_verifier: &'a Secret,
+    ) -> EndpointFuture<'a, Grant> {
+        Box::pin(Provider::exchange_code(self, code, pkce_verifier))
+    }
+
+    fn refresh<'a>(&'a self, refresh_token: &'a Secret) -> EndpointFuture<'a, Grant> {
+        Box::pin(Provider::refresh(self, refresh_token))
+    }
 }
 
 /// One configured provider and its HTTP client.

@@ -7,12 +7,15 @@
 //! a home server that was suspended wakes up with a monotonic clock that
 //! did not advance, and must notice the wall clock did. 10,000 idle
 //! accounts cost one scan per wake, not a wake per account.
+//!
+//! "Now" is the farm's [`Clock`](crate::clock::Clock) and sleeps are on
+//! tokio's timer, so the scheduler runs on paused time in unit tests
+//! (`farm/refresh_tests.rs`).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 
-use chrono::Utc;
 use tokio::task::{JoinError, JoinSet};
 
 use crate::domain::{AccountId, Job};
@@ -90,7 +93,7 @@ pub async fn run_refresh_scheduler(farm: Arc<Farm>, mut shutdown: Shutdown) {
     loop {
         farm.record_scheduler_round();
         running.reap(&farm);
-        let now = Utc::now();
+        let now = farm.clock().now();
         let next_cooldown_end = farm.end_cooldowns(now);
         let (due, next_due) = farm.due_refreshes(now, margin);
         let (relogins, next_relogin) = farm.due_relogins(now);
@@ -118,7 +121,7 @@ pub async fn run_refresh_scheduler(farm: Arc<Farm>, mut shutdown: Shutdown) {
             .min(max_sleep)
             .max(std::time::Duration::from_millis(50));
         tokio::select! {
-            _ = tokio::time::sleep(sleep_for) => {}
+            _ = farm.clock().sleep(sleep_for) => {}
             _ = farm.due_times_moved() => {}
             Some(done) = running.tasks.join_next_with_id(), if !running.tasks.is_empty() => {
                 running.finished(&farm, done.map(|(task, ())| task));
@@ -166,22 +169,22 @@ async fn on_schedule<'f, F, Fut>(
         return;
     };
     let max_sleep = farm.scheduler_settings().max_sleep;
-    let mut next = schedule.upcoming(Utc).next();
+    let mut next = schedule.after(&farm.clock().now()).next();
     while let Some(at) = next {
-        let wait = (at - Utc::now())
+        let wait = (at - farm.clock().now())
             .to_std()
             .unwrap_or_default()
             .min(max_sleep);
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
+            _ = farm.clock().sleep(wait) => {}
             _ = wait_shutdown(&mut shutdown) => return,
         }
-        if Utc::now() >= at {
+        if farm.clock().now() >= at {
             tokio::select! {
                 _ = job(farm) => {}
                 _ = wait_shutdown(&mut shutdown) => return,
             }
-            next = schedule.upcoming(Utc).next();
+            next = schedule.after(&farm.clock().now()).next();
         }
     }
 }
@@ -223,7 +226,10 @@ mod tests {
             !error.message.contains("a bug"),
             "the panic text stays in the log"
         );
-        assert!(retry_at.is_some_and(|t| t > Utc::now()), "backed off");
+        assert!(
+            retry_at.is_some_and(|t| t > chrono::Utc::now()),
+            "backed off"
+        );
         assert!(farm
             .render_metrics()
             .contains("relogin_farm_task_panics_total{job=\"refresh\"} 1\n"));
@@ -237,12 +243,12 @@ mod tests {
     /// The bound: idle accounts cost memory, not wake-ups. 10,000
     /// healthy accounts whose tokens expire over the next hours: the
     /// scheduler scans them once and sleeps (`max_sleep` is 30 s), instead of
-    /// waking per account.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    /// waking per account. On paused time: the 2 s pass in no time.
+    #[tokio::test(start_paused = true)]
     async fn ten_thousand_idle_accounts_do_not_wake_the_scheduler() {
         let dir = tempfile::tempdir().unwrap();
         let farm = crate::farm::test_farm(dir.path(), "");
-        let now = Utc::now();
+        let now = chrono::Utc::now();
         {
             let mut accounts = Vec::new();
             for id in 1..=10_000 {
@@ -268,7 +274,7 @@ mod tests {
         assert_eq!(rounds, 1, "rounds in 2 s with nothing due");
         assert!(farm
             .due_refreshes(
-                Utc::now(),
+                chrono::Utc::now(),
                 chrono_dur(farm.scheduler_settings().refresh_margin)
             )
             .0

@@ -109,20 +109,36 @@ pub fn restore_backup(
 
 /// Opens the store and builds the farm.
 pub fn open_farm(config: Config) -> Result<Arc<Farm>, ServeError> {
+    let store = open_store(&config)?;
+    Ok(Farm::new(config, store)?)
+}
+
+/// [`open_farm`] with the farm's clock and token endpoints given
+/// ([`Farm::new_with`]): unit tests' paused clock and scripted providers.
+#[cfg(test)]
+pub(crate) fn open_farm_with(
+    config: Config,
+    clock: Arc<dyn crate::clock::Clock>,
+    endpoint: impl Fn(&crate::config::ProviderConfig) -> Arc<dyn crate::oauth::TokenEndpoint>,
+) -> Result<Arc<Farm>, ServeError> {
+    let store = open_store(&config)?;
+    Ok(Farm::new_with(config, store, clock, endpoint)?)
+}
+
+fn open_store(config: &Config) -> Result<Arc<Store>, ServeError> {
     if config.server.admin_token.is_none() {
         return Err(ServeError::NoAdminToken);
     }
-    let cipher = load_cipher(&config)?;
+    let cipher = load_cipher(config)?;
     let upgrade_backup = crate::store::UpgradeBackup {
         dir: &config.backup.dir,
         keep: config.backup.keep,
     };
-    let store = Arc::new(Store::open_with(
+    Ok(Arc::new(Store::open_with(
         &config.store.path,
         cipher,
         Some(upgrade_backup),
-    )?);
-    Ok(Farm::new(config, store)?)
+    )?))
 }
 
 /// Runs the farm on `listener` until `shutdown` completes.

@@ -2,8 +2,6 @@
 //! admin API, `relogin-farm backup`), each announced as an event and counted
 //! in the metrics. The file work is in [`crate::store::backup`].
 
-use chrono::Utc;
-
 use super::{Farm, FarmError, Result};
 use crate::events::EventKind;
 use crate::store::backup::{self, BackupFile};
@@ -16,7 +14,7 @@ impl Farm {
         let _one_at_a_time = self.backup_running.lock().await;
         let store = self.store.clone();
         let (dir, keep) = (self.config.backup.dir.clone(), self.config.backup.keep);
-        let now = Utc::now();
+        let now = self.clock.now();
         let taken = tokio::task::spawn_blocking(move || store.backup(&dir, keep, now))
             .await
             .unwrap_or_else(|panic| {

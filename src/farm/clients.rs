@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 
 use base64::Engine;
-use chrono::Utc;
 use rand::RngCore;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -102,7 +101,7 @@ impl Farm {
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
         );
         let hash = key_hash(&key);
-        let record = self.store.insert_client(name, hash, Utc::now())?;
+        let record = self.store.insert_client(name, hash, self.clock.now())?;
         self.clients
             .active
             .write()
@@ -126,7 +125,7 @@ impl Farm {
     }
 
     pub fn revoke_client(&self, id: i64) -> Result<()> {
-        if !self.store.revoke_client(id, Utc::now())? {
+        if !self.store.revoke_client(id, self.clock.now())? {
             return Err(FarmError::NotFound {
                 what: "client",
                 id: id.to_string(),

@@ -64,7 +64,7 @@ impl Farm {
         who: Principal,
         tried: &[AccountId],
     ) -> Result<CredentialLease> {
-        self.check_client_rate(who, Utc::now())?;
+        self.check_client_rate(who, self.clock.now())?;
         self.provider(provider)?;
         if session.is_some_and(|s| s.is_empty() || s.len() > MAX_SESSION_LEN) {
             return Err(FarmError::Invalid(format!(
@@ -77,7 +77,7 @@ impl Farm {
             let st = &mut *st;
             // Stamped under the lock the lease id is allocated under: lease
             // ids and issue times increase together (`store::leases::first_id_since`).
-            let now = Utc::now();
+            let now = self.clock.now();
             let choice = st.rotation.choose(
                 rot.strategy,
                 provider,
@@ -142,9 +142,9 @@ impl Farm {
 
     /// Records a client's report on a lease and acts on it.
     pub async fn report(&self, req: ReportRequest, who: Principal) -> Result<()> {
-        self.check_client_rate(who, Utc::now())?;
+        self.check_client_rate(who, self.clock.now())?;
         let lease = self.lease_for(&req.lease_id, who)?;
-        let now = Utc::now();
+        let now = self.clock.now();
         let report = Report {
             lease: lease.key,
             account_id: lease.account_id,
@@ -218,9 +218,9 @@ impl Farm {
     }
 
     pub fn release(&self, lease_id: &str, who: Principal) -> Result<()> {
-        self.check_client_rate(who, Utc::now())?;
+        self.check_client_rate(who, self.clock.now())?;
         let lease = self.lease_for(lease_id, who)?;
-        let now = Utc::now();
+        let now = self.clock.now();
         if self.store.release_lease(lease.key, now)? {
             self.lease_log.tally().released(lease.key, now);
         }

@@ -124,7 +124,7 @@ impl Farm {
             .authorize()
             .await
             .map_err(|e| FarmError::Login(e.to_string()))?;
-        let expires_at = Utc::now() + chrono_dur(provider.config.login_timeout);
+        let expires_at = self.clock.now() + chrono_dur(provider.config().login_timeout);
         self.logins.lock().insert(
             id,
             Pending {
@@ -137,7 +137,7 @@ impl Farm {
         );
         Ok(BegunLogin {
             authorize_url: req.url,
-            redirect_uri: provider.config.redirect_uri.clone(),
+            redirect_uri: provider.config().redirect_uri.clone(),
             expires_at,
         })
     }
@@ -155,7 +155,7 @@ impl Farm {
             CallbackError::Refused(_) => FarmError::Login(e.to_string()),
             _ => FarmError::Invalid(e.to_string()),
         })?;
-        let pending = self.logins.take(&callback.state, account, Utc::now()).ok_or_else(|| {
+        let pending = self.logins.take(&callback.state, account, self.clock.now()).ok_or_else(|| {
             FarmError::Conflict("no login is pending with this state (expired, already used, or for another account); start the login again".into())
         })?;
         // RFC 9207: when the provider names itself, it must be the one we asked.
@@ -169,7 +169,7 @@ impl Farm {
         let id = pending.account_id;
         let provider_name = self.with_account(id, |a| a.provider.clone())?;
         let provider = self.provider(&provider_name)?.clone();
-        let issued_at = Utc::now();
+        let issued_at = self.clock.now();
         let grant = match provider
             .exchange_code(&callback.code, &pending.pkce_verifier)
             .await
@@ -199,11 +199,13 @@ impl Farm {
         let _one_writer = lock.lock().await;
         let generation = self
             .store
-            .save_tokens(id, &tokens, Utc::now())?
+            .save_tokens(id, &tokens, self.clock.now())?
             .ok_or_else(|| super::not_found_account(id))?;
         // `save_tokens` persisted the state (`active`, errors cleared) with
         // the tokens: memory follows the disk.
-        self.with_account(id, |a| a.install_tokens(tokens, generation, Utc::now()))?;
+        self.with_account(id, |a| {
+            a.install_tokens(tokens, generation, self.clock.now())
+        })?;
         self.scheduler_wake.notify_one();
         Ok(())
     }

@@ -6,6 +6,12 @@
 //! - one refresh grant in flight per account, whoever asks (`refresh.rs`);
 //! - tokens are persisted before anything uses them;
 //! - a failed refresh marks an account, it never deletes it.
+//!
+//! Its two edges to the outside, the wall clock ([`Clock`]) and each
+//! provider's token endpoint ([`TokenEndpoint`]), are handed in
+//! ([`Farm::new_with`]), so the refresh protocol and the scheduler are
+//! unit-tested on a paused tokio clock against a scripted provider
+//! (`refresh_tests.rs`, `scripted.rs`).
 
 mod backup;
 mod clients;
@@ -14,20 +20,24 @@ mod lifecycle;
 mod login;
 mod observe;
 mod refresh;
+#[cfg(test)]
+mod refresh_tests;
 mod relogin;
 mod schedule;
+#[cfg(test)]
+pub(crate) mod scripted;
 mod view;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use chrono::Utc;
 use tokio::sync::{Notify, Semaphore};
 
-use crate::config::Config;
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, ProviderConfig};
 use crate::domain::{Account, AccountId, Rotation};
 use crate::events::{EventBus, EventKind};
-use crate::oauth::{OAuthError, Provider};
+use crate::oauth::{OAuthError, Provider, TokenEndpoint};
 use crate::store::leases::LeaseLog;
 use crate::store::{Store, StoreError};
 
@@ -90,7 +100,10 @@ pub struct Farm {
     config: Config,
     store: Arc<Store>,
     lease_log: LeaseLog,
-    providers: BTreeMap<String, Arc<Provider>>,
+    providers: BTreeMap<String, Arc<dyn TokenEndpoint>>,
+    /// Where the farm reads "now" (and sleeps): the system clock, or a
+    /// paused tokio clock in unit tests.
+    clock: Arc<dyn Clock>,
     state: Mutex<State>,
     /// Held by [`Farm::update_account`] from its store write to its memory
     /// change: durable account changes reach disk and memory in one order.
@@ -122,13 +135,26 @@ pub struct Farm {
 impl Farm {
     /// Opens the farm over an opened store: loads accounts and client keys.
     pub fn new(config: Config, store: Arc<Store>) -> Result<Arc<Farm>> {
-        let now = Utc::now();
+        Farm::new_with(config, store, Arc::new(SystemClock), |p| {
+            Arc::new(Provider::new(p.clone()))
+        })
+    }
+
+    /// [`Farm::new`] with its clock and its providers' token endpoints
+    /// given (`endpoint` is called once per configured provider).
+    pub fn new_with(
+        config: Config,
+        store: Arc<Store>,
+        clock: Arc<dyn Clock>,
+        endpoint: impl Fn(&ProviderConfig) -> Arc<dyn TokenEndpoint>,
+    ) -> Result<Arc<Farm>> {
+        let now = clock.now();
         let accounts = store.load_accounts(now - chrono::Duration::days(1))?;
         let lease_log = LeaseLog::start(store.path())?;
         let providers = config
             .providers
             .iter()
-            .map(|p| (p.name.clone(), Arc::new(Provider::new(p.clone()))))
+            .map(|p| (p.name.clone(), endpoint(p)))
             .collect();
         let clients = clients::ClientKeys::load(&store, config.server.admin_token.clone())?;
         let interrupted = accounts.iter().filter(|a| a.suspect).count();
@@ -193,6 +219,7 @@ impl Farm {
             store,
             lease_log,
             providers,
+            clock,
             state: Mutex::new(state),
             account_writes: Mutex::default(),
             refresh_locks: Mutex::default(),
@@ -212,7 +239,7 @@ impl Farm {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn provider(&self, name: &str) -> Result<&Arc<Provider>> {
+    pub(crate) fn provider(&self, name: &str) -> Result<&Arc<dyn TokenEndpoint>> {
         self.providers.get(name).ok_or_else(|| FarmError::NotFound {
             what: "provider",
             id: name.to_string(),
@@ -347,6 +374,19 @@ impl Farm {
             .accounts
             .extend(accounts.into_iter().map(|a| (a.id, a)));
     }
+}
+
+/// A [`test_farm`] with the given clock and every provider's token
+/// endpoint from `endpoint`.
+#[cfg(test)]
+pub(crate) fn test_farm_with(
+    dir: &std::path::Path,
+    extra_toml: &str,
+    clock: Arc<dyn Clock>,
+    endpoint: impl Fn(&ProviderConfig) -> Arc<dyn TokenEndpoint>,
+) -> Arc<Farm> {
+    crate::server::open_farm_with(test_config(dir, false, extra_toml), clock, endpoint)
+        .expect("the test farm opens")
 }
 
 /// The config of [`test_farm`], the browser on or off (it launches

@@ -15,6 +15,10 @@
 //!    before anything can use them;
 //! 5. on `invalid_grant`, re-reads the persisted generation before marking
 //!    the account `needs_relogin` — and never deletes it.
+//!
+//! The grant goes to the provider's [`TokenEndpoint`](crate::oauth::TokenEndpoint)
+//! and times come from the farm's clock: `refresh_tests.rs` checks each step
+//! on paused time against a scripted endpoint.
 
 use chrono::Utc;
 use rand::Rng;
@@ -64,7 +68,7 @@ impl Farm {
             if a.auth != AuthState::Active {
                 return Err(FarmError::Conflict(format!(
                     "account {id} is {}: it needs a login, not a refresh",
-                    a.display_state(Utc::now()).as_str()
+                    a.display_state(self.clock.now()).as_str()
                 )));
             }
             let Some(rt) = a.tokens.as_ref().and_then(|t| t.refresh_token.clone()) else {
@@ -83,7 +87,7 @@ impl Farm {
             .acquire()
             .await
             .expect("the refresh semaphore is never closed");
-        let started = Utc::now();
+        let started = self.clock.now();
         self.store.set_refresh_started(id, Some(started))?;
         tracing::debug!(account = id, cause, "refresh grant sent");
         let result = provider.refresh(&refresh_token).await;
@@ -113,7 +117,7 @@ impl Farm {
         issued_at: chrono::DateTime<Utc>,
     ) -> Result<()> {
         let tokens = tokens_from(grant, issued_at);
-        let saved = self.store.save_tokens(id, &tokens, Utc::now());
+        let saved = self.store.save_tokens(id, &tokens, self.clock.now());
         let generation = match saved {
             Ok(Some(g)) => g,
             Ok(None) => return Err(not_found_account(id)), // removed meanwhile
@@ -124,16 +128,18 @@ impl Farm {
                 tracing::error!(account = id, error = %e, "could not persist refreshed tokens");
                 self.with_account(id, |a| {
                     let generation = a.generation;
-                    a.install_tokens(tokens, generation, Utc::now());
+                    a.install_tokens(tokens, generation, self.clock.now());
                     a.last_error = Some(LastError {
-                        at: Utc::now(),
+                        at: self.clock.now(),
                         message: format!("could not persist tokens: {e}"),
                     });
                 })?;
                 return Err(e.into());
             }
         };
-        self.with_account(id, |a| a.install_tokens(tokens, generation, Utc::now()))?;
+        self.with_account(id, |a| {
+            a.install_tokens(tokens, generation, self.clock.now())
+        })?;
         self.scheduler_wake.notify_one();
         Ok(())
     }
@@ -168,7 +174,7 @@ impl Farm {
             account = id,
             "refresh token is dead; account needs a new login"
         );
-        let now = Utc::now();
+        let now = self.clock.now();
         self.update_account(id, |a| {
             a.refreshing = false;
             a.suspect = false;
@@ -187,7 +193,7 @@ impl Farm {
         self.store.set_refresh_started(id, None)?;
         let cfg = &self.config.scheduler;
         let jitter: f64 = rand::thread_rng().gen();
-        let now = Utc::now();
+        let now = self.clock.now();
         let failures = self.update_account(id, |a| {
             a.refreshing = false;
             a.refresh_failures = a.refresh_failures.saturating_add(1);

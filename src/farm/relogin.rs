@@ -53,7 +53,7 @@ impl Farm {
             return Ok(Some(text));
         }
         let provider = self.with_account(id, |a| a.provider.clone())?;
-        let Some(path) = self.provider(&provider)?.config.login_script.clone() else {
+        let Some(path) = self.provider(&provider)?.config().login_script.clone() else {
             return Ok(None);
         };
         std::fs::read_to_string(&path).map(Some).map_err(|e| {
@@ -99,7 +99,7 @@ impl Farm {
         // Whether the provider has one is configuration, as at start: its
         // file is not read here, so an unreadable one cannot fail the
         // removal after the store has already done it.
-        let provider_has_one = self.provider(&provider)?.config.login_script.is_some();
+        let provider_has_one = self.provider(&provider)?.config().login_script.is_some();
         self.store.set_login_script(id, None)?;
         self.with_account(id, |a| a.has_login_script = provider_has_one)?;
         Ok(())
@@ -116,7 +116,7 @@ impl Farm {
                 "secret name {name:?}: use letters, digits and '_' (e.g. password, totp)"
             )));
         }
-        if !self.store.put_secret(id, name, value, Utc::now())? {
+        if !self.store.put_secret(id, name, value, self.clock.now())? {
             return Err(not_found_account(id));
         }
         self.emit(
@@ -147,7 +147,7 @@ impl Farm {
         let (generation, still_due) = self.with_account(id, |a| {
             (
                 a.generation,
-                next_relogin_at(a).is_some_and(|t| t <= Utc::now()),
+                next_relogin_at(a).is_some_and(|t| t <= self.clock.now()),
             )
         })?;
         if cause == ReloginCause::Recovery && !still_due {
@@ -161,7 +161,8 @@ impl Farm {
             // wait for `set_secret`, which wakes the ladder, without
             // raising a needs_human alarm.
             self.with_account(id, |a| {
-                a.relogin_retry_at = Some(Utc::now() + chrono_dur(self.config.browser.retry_max))
+                a.relogin_retry_at =
+                    Some(self.clock.now() + chrono_dur(self.config.browser.retry_max))
             })?;
             return Err(FarmError::Conflict(format!(
                 "waiting for secret(s) {}",
@@ -210,7 +211,7 @@ impl Farm {
                 }
                 self.store.record_browser_run(
                     id,
-                    Utc::now(),
+                    self.clock.now(),
                     "ok",
                     outcome.session_cookie_expires,
                 )?;
@@ -240,7 +241,7 @@ impl Farm {
                 self.logins.forget_account(id);
                 let _ = self
                     .store
-                    .record_browser_run(id, Utc::now(), "failed", None);
+                    .record_browser_run(id, self.clock.now(), "failed", None);
                 if let Some(shot) = &failure.screenshot {
                     self.with_account(id, |a| a.last_screenshot = Some(shot.clone()))?;
                 }
@@ -290,7 +291,7 @@ impl Farm {
     fn relogin_failed(&self, id: AccountId, reason: &str, needs_human: bool) -> FarmError {
         let cfg = &self.config.browser;
         let jitter: f64 = rand::thread_rng().gen();
-        let now = Utc::now();
+        let now = self.clock.now();
         let back_off = |a: &mut Account| {
             a.relogin_failures = a.relogin_failures.saturating_add(1);
             let wait = backoff(

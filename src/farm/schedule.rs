@@ -24,7 +24,7 @@ impl Farm {
             "a scheduled task panicked"
         );
         let jitter: f64 = rand::thread_rng().gen();
-        let now = Utc::now();
+        let now = self.clock.now();
         let back_off = |a: &mut Account| {
             a.refreshing = false;
             let (failures, retry_at, cfg) = match job {
@@ -141,7 +141,7 @@ impl Farm {
     /// the accounts' last use, bounds in-memory maps, and wakes the scheduler to
     /// re-check every account.
     pub fn sweep(&self) {
-        let now = Utc::now();
+        let now = self.clock.now();
         let expired = self.logins.expire(now);
         self.stop_idle_listeners();
         let history_cutoff = now - chrono_dur(self.config.store.lease_retention);
@@ -185,6 +185,11 @@ impl Farm {
     /// the sweep's schedule.
     pub fn scheduler_settings(&self) -> &crate::config::SchedulerConfig {
         &self.config.scheduler
+    }
+
+    /// The farm's clock: the scheduler reads "now" and sleeps through it.
+    pub fn clock(&self) -> &std::sync::Arc<dyn crate::clock::Clock> {
+        &self.clock
     }
 
     /// When the `[backup]` job runs (`None`: never).

@@ -158,7 +158,7 @@ pub(crate) fn validate_label(label: &str) -> Result<()> {
 impl Farm {
     pub fn list_accounts(&self) -> Result<Vec<AccountView>> {
         let counts = self.leases_24h(None)?;
-        let now = Utc::now();
+        let now = self.clock.now();
         let st = self.state();
         let browser = self.browser.is_some();
         Ok(st
@@ -173,7 +173,7 @@ impl Farm {
 
     pub fn account(&self, id: AccountId) -> Result<AccountView> {
         let counts = self.leases_24h(Some(id))?;
-        let now = Utc::now();
+        let now = self.clock.now();
         let browser = self.browser.is_some();
         self.with_account(id, |a| {
             let leases = counts.get(&a.id).copied().unwrap_or(0);
@@ -242,7 +242,7 @@ impl Farm {
         validate_label(label)?;
         let account = self
             .store
-            .insert_account(provider, label, priority, Utc::now())
+            .insert_account(provider, label, priority, self.clock.now())
             .map_err(|e| match e {
                 crate::store::StoreError::DuplicateAccount { .. } => {
                     FarmError::Conflict(e.to_string())
@@ -320,21 +320,21 @@ impl Farm {
         self.providers
             .values()
             .map(|p| ProviderView {
-                name: p.config.name.clone(),
-                client_id: p.config.client_id.clone(),
-                redirect_uri: p.config.redirect_uri.to_string(),
-                scopes: p.config.scopes.clone(),
+                name: p.config().name.clone(),
+                client_id: p.config().client_id.clone(),
+                redirect_uri: p.config().redirect_uri.to_string(),
+                scopes: p.config().scopes.clone(),
             })
             .collect()
     }
 
     pub fn usage(&self) -> Result<crate::store::leases::Usage> {
-        Ok(self.lease_log.tally().usage(Utc::now()))
+        Ok(self.lease_log.tally().usage(self.clock.now()))
     }
 
     /// Prometheus text: counters plus accounts by provider and state.
     pub fn render_metrics(&self) -> String {
-        let now = Utc::now();
+        let now = self.clock.now();
         let mut counts: std::collections::BTreeMap<(String, &'static str), usize> =
             Default::default();
         for a in self.state().accounts.values() {
