@@ -15,7 +15,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -79,6 +79,9 @@ struct State {
     seen: Mutex<Vec<Seen>>,
     /// Off in benchmarks, where the record would only grow.
     record: AtomicBool,
+    /// The least size of a JSON answer's body, in bytes (0: as short as it
+    /// comes); the text repeats to reach it. For benchmarks.
+    json_bytes: AtomicUsize,
 }
 
 /// A running fake upstream; stops when dropped.
@@ -88,6 +91,10 @@ pub struct Upstream {
     state: Arc<State>,
     runtime: Option<tokio::runtime::Runtime>,
 }
+
+/// A request header asking for a slow stream: its events this many
+/// milliseconds apart (benchmarks hold streams open with it).
+pub const GAP_HEADER: &str = "x-fake-gap-ms";
 
 /// The text every successful answer carries, split into stream deltas.
 pub const WORDS: [&str; 5] = ["Hello", " from", " the", " fake", " upstream"];
@@ -113,6 +120,7 @@ impl Upstream {
             scripts: Mutex::default(),
             seen: Mutex::default(),
             record: AtomicBool::new(true),
+            json_bytes: AtomicUsize::new(0),
         });
         let shared = state.clone();
         runtime.spawn(async move {
@@ -153,6 +161,12 @@ impl Upstream {
     #[allow(dead_code)] // examples/fake_upstream.rs
     pub fn stop_recording(&self) {
         self.state.record.store(false, Ordering::Relaxed);
+    }
+
+    /// JSON answers grow to at least `bytes` (their text repeats).
+    #[allow(dead_code)] // examples/fake_upstream.rs
+    pub fn pad_json_to(&self, bytes: usize) {
+        self.state.json_bytes.store(bytes, Ordering::Relaxed);
     }
 
     /// Every request seen so far, oldest first.
@@ -236,6 +250,10 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
         body: body.clone(),
     };
     let token = seen.bearer().unwrap_or_default().to_string();
+    let gap_header = seen
+        .header(GAP_HEADER)
+        .and_then(|ms| ms.parse().ok())
+        .map(Duration::from_millis);
     if state.record.load(Ordering::Relaxed) {
         state.seen.lock().unwrap().push(seen);
     }
@@ -273,13 +291,20 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
         ),
         ("anthropic-ratelimit-unified-5h-utilization", "0.25".into()),
     ];
+    // A benchmark's slow streams are asked for by the client, through any
+    // proxy that passes its headers on.
+    let behaviour = match (behaviour, gap_header) {
+        (Behaviour::Ok, Some(gap)) => Behaviour::Slow { gap },
+        (b, _) => b,
+    };
+    let pad = state.json_bytes.load(Ordering::Relaxed);
     let mut resp = match behaviour {
-        Behaviour::Ok => ok(shape, &model, stream, Duration::ZERO, None),
-        Behaviour::Slow { gap } => ok(shape, &model, stream, gap, None),
-        Behaviour::Cut { events } => ok(shape, &model, stream, Duration::ZERO, Some(events)),
+        Behaviour::Ok => ok(shape, &model, stream, Duration::ZERO, None, pad),
+        Behaviour::Slow { gap } => ok(shape, &model, stream, gap, None, pad),
+        Behaviour::Cut { events } => ok(shape, &model, stream, Duration::ZERO, Some(events), pad),
         Behaviour::Stall { delay } => {
             tokio::time::sleep(delay).await;
-            ok(shape, &model, stream, Duration::ZERO, None)
+            ok(shape, &model, stream, Duration::ZERO, None, pad)
         }
         Behaviour::RateLimited {
             reset_epoch_s,
@@ -343,8 +368,13 @@ fn ok(
     stream: bool,
     gap: Duration,
     cut_after: Option<usize>,
+    json_bytes: usize,
 ) -> Response<Body> {
-    let text: String = WORDS.concat();
+    // The text alone comes to about `json_bytes`; the JSON around it adds a
+    // few hundred bytes.
+    let text: String = WORDS
+        .concat()
+        .repeat((json_bytes / WORDS.concat().len()).max(1));
     let created = now_s();
     if !stream {
         let body = match shape {
