@@ -190,7 +190,10 @@ mod tests {
             "400 bad_request: label \"x\" is taken"
         );
         assert_eq!(
-            error_message(StatusCode::UNAUTHORIZED, br#"{"error":"unauthorized"}"#),
+            error_message(
+                StatusCode::UNAUTHORIZED,
+                br#"{"error":"unauthorized","detail":""}"#
+            ),
             "401 unauthorized"
         );
     }

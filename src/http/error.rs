@@ -29,10 +29,10 @@ pub struct Body<'a> {
     #[serde(borrow)]
     pub error: Cow<'a, str>,
     /// A human sentence.
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     pub detail: Cow<'a, str>,
     /// With `no_account_available`: when to retry (also `Retry-After`).
-    #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after_s: Option<i64>,
 }
 
