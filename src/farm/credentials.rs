@@ -10,7 +10,7 @@ use crate::domain::timing::{cooldown_for, unauthorized_wants_refresh};
 use crate::domain::{AccountId, Bucket, Choice};
 use crate::events::EventKind;
 use crate::secret::Secret;
-use crate::store::leases::{LeaseKey, NewLease, Outcome, Report};
+use crate::store::leases::{LeaseKey, NewLease, Outcome, Report, Upstream};
 
 /// The answer to `GET /credential/next`.
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
@@ -28,6 +28,16 @@ pub struct CredentialLease {
     pub lease_id: String,
     #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub lease_expires_at: DateTime<Utc>,
+}
+
+/// A lease as the farm issued it: the client's answer, and what the farm
+/// keeps to act on what becomes of it (the proxy's attempts).
+#[derive(Debug)]
+pub struct Issued {
+    pub answer: CredentialLease,
+    pub key: LeaseKey,
+    /// The account's token generation the lease handed out.
+    pub generation: i64,
 }
 
 /// `POST /credential/report`, as the farm takes it (the API's body is
@@ -51,8 +61,10 @@ impl Farm {
         session: Option<&str>,
         who: Principal,
     ) -> Result<CredentialLease> {
-        self.next_credential_except(provider, session, who, &[])
-            .await
+        Ok(self
+            .next_credential_except(provider, session, who, &[])
+            .await?
+            .answer)
     }
 
     /// [`Farm::next_credential`] among the accounts not in `tried` (those
@@ -63,7 +75,7 @@ impl Farm {
         session: Option<&str>,
         who: Principal,
         tried: &[AccountId],
-    ) -> Result<CredentialLease> {
+    ) -> Result<Issued> {
         self.check_client_rate(who, self.clock.now())?;
         self.provider(provider)?;
         if session.is_some_and(|s| s.is_empty() || s.len() > MAX_SESSION_LEN) {
@@ -135,9 +147,14 @@ impl Farm {
             };
             (lease, answer)
         };
+        let (key, generation) = (lease.key, lease.generation);
         self.lease_log.record(lease).await?;
         self.metrics.record_lease();
-        Ok(answer)
+        Ok(Issued {
+            answer,
+            key,
+            generation,
+        })
     }
 
     /// Records a client's report on a lease and acts on it.
@@ -152,6 +169,7 @@ impl Farm {
             outcome: req.outcome,
             retry_after_s: req.retry_after_s.map(|s| s.min(i64::MAX as u64) as i64),
             at: now,
+            upstream: None,
         };
         // A closed lease (released, expired, account removed) says nothing
         // about the account now: nothing is stored, counted or acted on.
@@ -159,13 +177,50 @@ impl Farm {
             return Err(FarmError::LeaseClosed(req.lease_id));
         }
         self.lease_log.tally().report_stored(&report);
-        self.metrics.record_report(req.outcome);
-        match req.outcome {
+        self.act_on_report(&report, lease.generation)
+    }
+
+    /// Records one attempt of the proxy on a lease it was issued
+    /// ([`Farm::next_credential_except`]), with what the upstream did, and
+    /// acts on it as on a client's report. The report joins the lease log's
+    /// group commits (no write of its own; the lease is the farm's own and
+    /// open, so it is not looked up) and is not counted against the
+    /// client's rate: the request that made it was.
+    pub async fn record_attempt(
+        &self,
+        lease: &Issued,
+        who: Principal,
+        outcome: Outcome,
+        retry_after_s: Option<u64>,
+        upstream: Upstream,
+    ) -> Result<()> {
+        let report = Report {
+            lease: lease.key,
+            account_id: lease.answer.account_id,
+            client_id: who.client_id(),
+            outcome,
+            retry_after_s: retry_after_s.map(|s| s.min(i64::MAX as u64) as i64),
+            at: self.clock.now(),
+            upstream: Some(upstream),
+        };
+        // Acted on first: the next attempt's choice must see a cooldown.
+        self.act_on_report(&report, lease.generation)?;
+        self.lease_log.record_report(report).await?;
+        Ok(())
+    }
+
+    /// What a stored report makes the farm do: a cooldown for
+    /// `rate_limited`, a refresh for `unauthorized` (unless it coalesces).
+    fn act_on_report(&self, report: &Report, generation: i64) -> Result<()> {
+        let lease = report;
+        let now = report.at;
+        self.metrics.record_report(report.outcome);
+        match report.outcome {
             Outcome::RateLimited => {
                 let rot = &self.config.rotation;
-                let asked = req
+                let asked = report
                     .retry_after_s
-                    .map(|s| chrono::Duration::seconds(s.min(10 * 365 * 86400) as i64));
+                    .map(|s| chrono::Duration::seconds(s.clamp(0, 10 * 365 * 86400)));
                 let wait = cooldown_for(
                     asked,
                     chrono_dur(rot.default_cooldown),
@@ -195,7 +250,7 @@ impl Farm {
                 // the client saw was already replaced or is too fresh to be
                 // dead: those reports coalesce (recorded, no grant).
                 let refresh = self.with_account(lease.account_id, |a| {
-                    let refresh = unauthorized_wants_refresh(a, lease.generation, now);
+                    let refresh = unauthorized_wants_refresh(a, generation, now);
                     a.suspect |= refresh;
                     refresh
                 })?;

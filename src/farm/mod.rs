@@ -42,7 +42,7 @@ use crate::store::leases::LeaseLog;
 use crate::store::{Store, StoreError};
 
 pub use clients::{NewClient, Principal};
-pub use credentials::{CredentialLease, ReportRequest};
+pub use credentials::{CredentialLease, Issued, ReportRequest};
 pub use login::LoginStarted;
 pub use refresh::RefreshOutcome;
 pub use relogin::{BrowserInfo, ReloginCause, ReloginDone, SecretName};

@@ -294,6 +294,22 @@ pub struct RecentLease {
     pub released_at: Option<DateTime<Utc>>,
     /// The reported outcome (`ok`, `rate_limited`, `unauthorized`, `error`).
     pub outcome: Option<String>,
+    /// What the upstream did, when the lease was an attempt of the proxy.
+    pub upstream: Option<UpstreamAttempt>,
+}
+
+/// A proxied attempt as the upstream answered it.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct UpstreamAttempt {
+    /// The upstream's status; 0 when it never answered (connection error, timeout).
+    pub status: u16,
+    /// Bytes of the answer's body relayed to the client.
+    pub bytes: u64,
+    /// From sending the request to the upstream's status line.
+    pub latency_ms: u64,
+    /// `complete`, `client_gone` (the client left mid-answer),
+    /// `upstream_broke` (cut or idle upstream), `not_relayed` (failed over).
+    pub body_end: String,
 }
 
 impl From<leases::Usage> for Usage {
@@ -323,6 +339,12 @@ impl From<leases::Usage> for Usage {
                     expires_at: l.expires_at,
                     released_at: l.released_at,
                     outcome: l.outcome,
+                    upstream: l.upstream.map(|u| UpstreamAttempt {
+                        status: u.status,
+                        bytes: u.bytes,
+                        latency_ms: u.latency_ms,
+                        body_end: u.body_end.to_string(),
+                    }),
                 })
                 .collect(),
         }

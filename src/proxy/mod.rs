@@ -56,8 +56,8 @@ use crate::config::ProxyConfig;
 use crate::domain::ratelimit::{self, Verdict};
 use crate::domain::AccountId;
 use crate::events::EventKind;
-use crate::farm::{CredentialLease, Farm, FarmError, Principal, ReportRequest};
-use crate::store::leases::Outcome;
+use crate::farm::{Farm, FarmError, Issued, Principal};
+use crate::store::leases::{BodyEnd, Outcome, Upstream};
 
 /// Why the proxy answers itself instead of with the upstream's answer
 /// (rendered in `http::error`).
@@ -199,53 +199,61 @@ where
                 // nothing can serve: the farm's 503.
                 let only_tried = matches!(e, FarmError::NoAccountAvailable { .. });
                 return match (only_tried, held, failure) {
-                    (true, Some(resp), _) => Ok(relay(resp, cfg)),
+                    (true, Some(resp), _) => Ok(relay(resp, cfg, None)),
                     (true, None, Some(f)) => Err(f),
                     _ => Err(e.into()),
                 };
             }
         };
+        let account = lease.answer.account_id;
         if let Some((from, why)) = left.take() {
-            failed_over(farm, from, Some(lease.account_id), &why);
+            failed_over(farm, from, Some(account), &why);
         }
-        tried.push(lease.account_id);
+        tried.push(account);
         held = None;
         failure = None;
         *served = Some(Served {
-            account: lease.account_id,
-            lease: lease.lease_id.clone(),
+            account,
+            lease: lease.answer.lease_id.clone(),
         });
         let mut request = up
             .http
             .request(method.clone(), &url)
             .headers(sent_headers.clone())
             .body(body.clone());
-        if let Some((name, value)) = headers::credential(cfg, lease.access_token.expose()) {
+        if let Some((name, value)) = headers::credential(cfg, lease.answer.access_token.expose()) {
             request = request.header(name, value);
         }
         let started = Instant::now();
         let answer = tokio::time::timeout(cfg.first_byte_timeout, request.send()).await;
+        let latency = started.elapsed();
+        let unrelayed = |status: u16| Upstream {
+            status,
+            bytes: 0,
+            latency_ms: millis(latency),
+            body_end: BodyEnd::NotRelayed,
+        };
         let resp = match answer {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => {
-                report(farm, &lease, who, Outcome::Error, None).await;
+                record(farm, &lease, who, Outcome::Error, None, unrelayed(0)).await;
                 let why = if e.is_connect() { "connect" } else { "request" };
                 let error = ProxyError::Unreachable(describe(&e));
-                tracing::warn!(account = lease.account_id, error = %error, "proxy: upstream request failed");
+                tracing::warn!(account, error = %error, "proxy: upstream request failed");
                 failure = Some(error);
-                left = Some((lease.account_id, why.to_owned()));
+                left = Some((account, why.to_owned()));
                 continue;
             }
             Err(_) => {
-                report(farm, &lease, who, Outcome::Error, None).await;
+                record(farm, &lease, who, Outcome::Error, None, unrelayed(0)).await;
                 failure = Some(ProxyError::Timeout(cfg.first_byte_timeout.as_secs()));
-                left = Some((lease.account_id, "timeout".to_owned()));
+                left = Some((account, "timeout".to_owned()));
                 continue;
             }
         };
-        farm.proxies().metrics.record_latency(started.elapsed());
+        farm.proxies().metrics.record_latency(latency);
         farm.proxies()
-            .note_quota(lease.account_id, resp.headers(), &cfg.quota_headers);
+            .note_quota(account, resp.headers(), &cfg.quota_headers);
         let status = resp.status().as_u16();
         let now = Utc::now();
         let pairs: Vec<(&str, &str)> = resp
@@ -267,31 +275,65 @@ where
                 } else {
                     Outcome::Ok
                 };
-                // The report need not delay the answer.
-                let (farm, lease_id) = (farm.clone(), lease.lease_id.clone());
-                tokio::spawn(async move {
-                    report_lease(&farm, lease_id, who, outcome, None).await;
+                // Recorded when the body has ended (or the client left):
+                // the answer is not delayed by it.
+                let farm = farm.clone();
+                let latency_ms = millis(latency);
+                let finish: relay::Finish = Box::new(move |bytes, body_end| {
+                    let upstream = Upstream {
+                        status,
+                        bytes,
+                        latency_ms,
+                        body_end,
+                    };
+                    let outcome = match body_end {
+                        BodyEnd::UpstreamBroke => Outcome::Error,
+                        _ => outcome,
+                    };
+                    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                        rt.spawn(async move {
+                            record(&farm, &lease, who, outcome, None, upstream).await;
+                        });
+                    }
                 });
-                return Ok(relay(resp, cfg));
+                return Ok(relay(resp, cfg, Some(finish)));
             }
             Verdict::Unauthorized => {
-                report(farm, &lease, who, Outcome::Unauthorized, None).await;
+                record(
+                    farm,
+                    &lease,
+                    who,
+                    Outcome::Unauthorized,
+                    None,
+                    unrelayed(status),
+                )
+                .await;
             }
             Verdict::RateLimited { until } => {
                 let seconds = until.map(|u| ratelimit::seconds_until(u, now));
-                report(farm, &lease, who, Outcome::RateLimited, seconds).await;
+                record(
+                    farm,
+                    &lease,
+                    who,
+                    Outcome::RateLimited,
+                    seconds,
+                    unrelayed(status),
+                )
+                .await;
             }
             Verdict::Busy => {
-                report(farm, &lease, who, Outcome::Error, None).await;
+                record(farm, &lease, who, Outcome::Error, None, unrelayed(status)).await;
             }
         }
+        // An answer relayed after this is already recorded (as not relayed:
+        // the attempt itself failed).
         if attempt == cfg.max_attempts {
-            return Ok(relay(resp, cfg));
+            return Ok(relay(resp, cfg, None));
         }
         if verdict == Verdict::Busy {
             held = Some(resp);
         }
-        left = Some((lease.account_id, verdict.why(status)));
+        left = Some((account, verdict.why(status)));
     }
     if let Some((from, why)) = left {
         failed_over(farm, from, None, &why);
@@ -336,43 +378,39 @@ where
 }
 
 /// The upstream's answer as the client's: status and headers (less
-/// hop-by-hop and cookies), the body streamed through.
-fn relay(resp: reqwest::Response, cfg: &ProxyConfig) -> Response {
+/// hop-by-hop and cookies), the body streamed through; `finish` is told how
+/// it ended.
+fn relay(resp: reqwest::Response, cfg: &ProxyConfig, finish: Option<relay::Finish>) -> Response {
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut headers = resp.headers().clone();
     headers::clean_response(&mut headers);
-    let body = relay::Relay::new(resp, cfg.idle_timeout);
+    let body = relay::Relay::new(resp, cfg.idle_timeout, finish);
     let mut out = warp::reply::stream(body).into_response();
     *out.status_mut() = status;
     *out.headers_mut() = headers;
     out
 }
 
-async fn report(
+/// Records an attempt (see [`Farm::record_attempt`]); a failure to record
+/// is logged, the request goes on.
+async fn record(
     farm: &Farm,
-    lease: &CredentialLease,
+    lease: &Issued,
     who: Principal,
     outcome: Outcome,
     retry_after_s: Option<u64>,
+    upstream: Upstream,
 ) {
-    report_lease(farm, lease.lease_id.clone(), who, outcome, retry_after_s).await;
-}
-
-async fn report_lease(
-    farm: &Farm,
-    lease_id: String,
-    who: Principal,
-    outcome: Outcome,
-    retry_after_s: Option<u64>,
-) {
-    let req = ReportRequest {
-        lease_id,
-        outcome,
-        retry_after_s,
-    };
-    if let Err(e) = farm.report(req, who).await {
+    if let Err(e) = farm
+        .record_attempt(lease, who, outcome, retry_after_s, upstream)
+        .await
+    {
         tracing::warn!(error = %e, "proxy: could not record the attempt's outcome");
     }
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Records a move from account `from` to `to` (`None`: no account could take

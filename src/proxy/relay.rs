@@ -10,11 +10,18 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::time::{Instant, Sleep};
 
+use crate::store::leases::BodyEnd;
+
 type Chunks = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+
+/// Told, once, how the body ended and how many bytes went through.
+pub type Finish = Box<dyn FnOnce(u64, BodyEnd) + Send>;
 
 /// Passes each chunk on as it arrives and ends the body with an error after
 /// `idle` without one. Dropping it (the client went away) drops the
-/// upstream response, which cancels the upstream request.
+/// upstream response, which cancels the upstream request. Its [`Finish`]
+/// learns how it ended: complete, broken off upstream, or (dropped before
+/// the end) the client gone.
 pub struct Relay {
     // warp wants a `Sync` body; the stream is only ever polled through
     // `&mut`, so this lock is never contended (`get_mut`).
@@ -26,17 +33,49 @@ struct Inner {
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
     done: bool,
+    bytes: u64,
+    /// The upstream's `content-length`: the client's server stops asking
+    /// for more once that much went out, so the end may never be polled.
+    length: Option<u64>,
+    finish: Option<Finish>,
+}
+
+impl Inner {
+    fn end(&mut self, how: BodyEnd) {
+        self.done = true;
+        if let Some(finish) = self.finish.take() {
+            finish(self.bytes, how);
+        }
+    }
 }
 
 impl Relay {
-    pub fn new(response: reqwest::Response, idle: Duration) -> Relay {
+    pub fn new(response: reqwest::Response, idle: Duration, finish: Option<Finish>) -> Relay {
+        let length = response.content_length();
         Relay {
             inner: Mutex::new(Inner {
+                length,
                 chunks: Box::pin(response.bytes_stream()),
                 idle,
                 deadline: Box::pin(tokio::time::sleep(idle)),
                 done: false,
+                bytes: 0,
+                finish,
             }),
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
+        if !inner.done {
+            let all = inner.length == Some(inner.bytes);
+            inner.end(if all {
+                BodyEnd::Complete
+            } else {
+                BodyEnd::ClientGone
+            });
         }
     }
 }
@@ -66,19 +105,20 @@ impl Stream for Relay {
             Poll::Ready(Some(Ok(chunk))) => {
                 let next = Instant::now() + inner.idle;
                 inner.deadline.as_mut().reset(next);
+                inner.bytes += chunk.len() as u64;
                 Poll::Ready(Some(Ok(chunk)))
             }
             Poll::Ready(Some(Err(e))) => {
-                inner.done = true;
+                inner.end(BodyEnd::UpstreamBroke);
                 Poll::Ready(Some(Err(RelayError::Upstream(e))))
             }
             Poll::Ready(None) => {
-                inner.done = true;
+                inner.end(BodyEnd::Complete);
                 Poll::Ready(None)
             }
             Poll::Pending => match inner.deadline.as_mut().poll(cx) {
                 Poll::Ready(()) => {
-                    inner.done = true;
+                    inner.end(BodyEnd::UpstreamBroke);
                     Poll::Ready(Some(Err(RelayError::Idle(inner.idle))))
                 }
                 Poll::Pending => Poll::Pending,

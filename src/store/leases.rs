@@ -84,7 +84,7 @@ struct Shared {
     queue: Mutex<Queue>,
     /// The writer's connection, and the spare buffer its batches swap with
     /// the queue. Whoever holds it commits; it is never held across an await.
-    writer: Mutex<(Connection, Vec<NewLease>)>,
+    writer: Mutex<(Connection, Pending)>,
     /// Set while a request is committing (it holds the writer only while
     /// it writes, but leads from before its pause to after its commit).
     leading: AtomicBool,
@@ -94,10 +94,24 @@ struct Shared {
     tally: Tally,
 }
 
-/// The leases of the next commit ("batch") and where its outcome will be.
+/// The leases (and the farm's own reports) of the next commit ("batch")
+/// and where its outcome will be.
 struct Queue {
-    leases: Vec<NewLease>,
+    pending: Pending,
     batch: Arc<Batch>,
+}
+
+/// Rows waiting for a commit: leases, then reports of leases committed before.
+#[derive(Default)]
+struct Pending {
+    leases: Vec<NewLease>,
+    reports: Vec<Report>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.leases.is_empty() && self.reports.is_empty()
+    }
 }
 
 #[derive(Default)]
@@ -125,10 +139,10 @@ impl LeaseLog {
         let tally = Tally::load(&conn, Utc::now())?;
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
-                leases: Vec::new(),
+                pending: Pending::default(),
                 batch: Arc::default(),
             }),
-            writer: Mutex::new((conn, Vec::new())),
+            writer: Mutex::new((conn, Pending::default())),
             leading: AtomicBool::new(false),
             commits: AtomicU64::new(0),
             last_id: AtomicI64::new(last_id),
@@ -184,10 +198,24 @@ impl LeaseLog {
     /// its fsync) hold SQLite's write lock at that moment, the worker waits
     /// for it too — account writes are rare (a refresh per token lifetime).
     pub async fn record(&self, lease: NewLease) -> Result<()> {
+        self.commit_with(|p| p.leases.push(lease)).await
+    }
+
+    /// Records a report the farm made itself about a lease it committed
+    /// (a proxied attempt), in the same group commits as the leases;
+    /// returns once it is committed. Its lease is the farm's own and open,
+    /// so nothing is checked (unlike a client's report, `Store::record_report`).
+    pub async fn record_report(&self, report: Report) -> Result<()> {
+        self.commit_with(|p| p.reports.push(report)).await
+    }
+
+    /// Adds rows to the open batch and returns once that batch is committed
+    /// (see [`LeaseLog::record`]).
+    async fn commit_with(&self, add: impl FnOnce(&mut Pending)) -> Result<()> {
         let s = &*self.shared;
         let batch = {
             let mut q = lock(&s.queue);
-            q.leases.push(lease);
+            add(&mut q.pending);
             q.batch.clone()
         };
         loop {
@@ -238,7 +266,7 @@ impl Drop for Leader<'_> {
         // Leases queued during the commit: wake one of their requests to
         // commit them (the others wait for that commit).
         let q = lock(&self.0.queue);
-        if !q.leases.is_empty() {
+        if !q.pending.is_empty() {
             q.batch.notify.notify_one();
         }
     }
@@ -246,10 +274,10 @@ impl Drop for Leader<'_> {
 
 impl Shared {
     /// Commits the open batch (the caller holds the writer) and wakes its requests.
-    fn commit_queued(&self, conn: &mut Connection, spare: &mut Vec<NewLease>) {
+    fn commit_queued(&self, conn: &mut Connection, spare: &mut Pending) {
         let batch = {
             let mut q = lock(&self.queue);
-            std::mem::swap(&mut q.leases, spare);
+            std::mem::swap(&mut q.pending, spare);
             std::mem::take(&mut q.batch)
         };
         let outcome = if spare.is_empty() {
@@ -257,15 +285,24 @@ impl Shared {
         } else {
             self.commits.fetch_add(1, Ordering::Relaxed);
             let written = write_batch(conn, spare).map_err(|e| {
-                tracing::error!(error = %e, leases = spare.len(), "recording leases failed");
+                tracing::error!(
+                    error = %e,
+                    leases = spare.leases.len(),
+                    reports = spare.reports.len(),
+                    "recording leases failed"
+                );
                 e.to_string()
             });
             if written.is_ok() {
-                self.tally.leases_committed(spare);
+                self.tally.leases_committed(&mut spare.leases);
+                for report in &spare.reports {
+                    self.tally.report_stored(report);
+                }
             }
             written
         };
-        spare.clear();
+        spare.leases.clear();
+        spare.reports.clear();
         let _ = batch.outcome.set(outcome);
         batch.notify.notify_waiters();
     }
@@ -363,7 +400,8 @@ fn insert_sql(rows: usize) -> String {
     )
 }
 
-fn write_batch(conn: &mut Connection, batch: &[NewLease]) -> rusqlite::Result<()> {
+fn write_batch(conn: &mut Connection, pending: &Pending) -> rusqlite::Result<()> {
+    let batch = &pending.leases;
     static INSERT_MANY: LazyLock<String> = LazyLock::new(|| insert_sql(ROWS_PER_INSERT));
     static INSERT_ONE: LazyLock<String> = LazyLock::new(|| insert_sql(1));
     let tx = conn.transaction()?;
@@ -380,6 +418,7 @@ fn write_batch(conn: &mut Connection, batch: &[NewLease]) -> rusqlite::Result<()
             stmt.raw_execute()?;
         }
     }
+    insert_own_reports(&tx, &pending.reports)?;
     tx.commit()
 }
 
@@ -461,6 +500,35 @@ pub struct Report {
     pub outcome: Outcome,
     pub retry_after_s: Option<i64>,
     pub at: DateTime<Utc>,
+    /// What the upstream did, for an attempt of the proxy.
+    pub upstream: Option<Upstream>,
+}
+
+/// A proxied attempt as the upstream answered it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Upstream {
+    /// The upstream's status (0: no answer — a connection error or timeout).
+    pub status: u16,
+    /// Bytes of the answer's body relayed to the client.
+    pub bytes: u64,
+    /// From sending the request to the upstream's status line.
+    pub latency_ms: u64,
+    pub body_end: BodyEnd,
+}
+
+crate::named_enum! {
+    /// How a proxied answer's body ended.
+    pub enum BodyEnd {
+        /// Relayed in full.
+        Complete = "complete",
+        /// The client went away before the end (the upstream request was
+        /// cancelled with it).
+        ClientGone = "client_gone",
+        /// The upstream broke off, or sent nothing for `proxy.idle_timeout`.
+        UpstreamBroke = "upstream_broke",
+        /// No body was relayed: the attempt failed over, or never got an answer.
+        NotRelayed = "not_relayed",
+    }
 }
 
 /// Stores a report if its lease is still open at `r.at`: not released, not
@@ -470,14 +538,52 @@ pub struct Report {
 /// Returns false, having stored nothing, when the lease is closed. One
 /// statement: a release or removal in between cannot slip past the check.
 pub(super) fn insert_report(conn: &Connection, r: &Report) -> Result<bool> {
+    let up = r.upstream;
     let n = conn.execute(
-        "INSERT INTO reports (lease, account_id, client_id, outcome, retry_after_s, at)
-         SELECT l.id, l.account_id, ?3, ?4, ?5, ?6 FROM leases l JOIN accounts a ON a.id = l.account_id
+        "INSERT INTO reports (lease, account_id, client_id, outcome, retry_after_s, at, status, bytes, latency_ms, body_end)
+         SELECT l.id, l.account_id, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10 FROM leases l JOIN accounts a ON a.id = l.account_id
          WHERE l.id = ?1 AND l.tag = ?2 AND l.released_at IS NULL AND l.expires_at > ?6
            AND a.created_at <= l.issued_at",
-        params![r.lease.id, r.lease.tag, r.client_id, r.outcome.as_str(), r.retry_after_s, ms(r.at)],
+        params![
+            r.lease.id,
+            r.lease.tag,
+            r.client_id,
+            r.outcome.as_str(),
+            r.retry_after_s,
+            ms(r.at),
+            up.map(|u| u.status),
+            up.map(|u| u.bytes.min(i64::MAX as u64) as i64),
+            up.map(|u| u.latency_ms.min(i64::MAX as u64) as i64),
+            up.map(|u| u.body_end.as_str()),
+        ],
     )?;
     Ok(n > 0)
+}
+
+/// Writes reports the farm itself made for leases it just committed (the
+/// proxy's attempts): no check that the lease is open — it is the farm's
+/// own, issued moments ago.
+fn insert_own_reports(tx: &rusqlite::Transaction<'_>, reports: &[Report]) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO reports (lease, account_id, client_id, outcome, retry_after_s, at, status, bytes, latency_ms, body_end)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?;
+    for r in reports {
+        let up = r.upstream;
+        stmt.execute(params![
+            r.lease.id,
+            r.account_id,
+            r.client_id,
+            r.outcome.as_str(),
+            r.retry_after_s,
+            ms(r.at),
+            up.map(|u| u.status),
+            up.map(|u| u.bytes.min(i64::MAX as u64) as i64),
+            up.map(|u| u.latency_ms.min(i64::MAX as u64) as i64),
+            up.map(|u| u.body_end.as_str()),
+        ])?;
+    }
+    Ok(())
 }
 
 /// The smallest lease id issued at or after `since`: every lease from it on
@@ -560,6 +666,8 @@ pub struct RecentLease {
     pub expires_at: DateTime<Utc>,
     pub released_at: Option<DateTime<Utc>>,
     pub outcome: Option<String>,
+    /// What the upstream did, when the lease was a proxied attempt.
+    pub upstream: Option<Upstream>,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -177,6 +177,13 @@ const MIGRATIONS: &[&str] = &[
         (SELECT COALESCE(MAX(account_id), 0) FROM leases),
         (SELECT COALESCE(MAX(account_id), 0) FROM reports),
         (SELECT COALESCE(MAX(account_id), 0) FROM events));",
+    // 6 -> 7: a proxied attempt's report says what the upstream did: its
+    // status, the answer's bytes relayed, the time to its status line, and
+    // how the body ended (all NULL for reports clients send).
+    "ALTER TABLE reports ADD COLUMN status INTEGER;
+     ALTER TABLE reports ADD COLUMN bytes INTEGER;
+     ALTER TABLE reports ADD COLUMN latency_ms INTEGER;
+     ALTER TABLE reports ADD COLUMN body_end TEXT;",
 ];
 
 pub fn migrate(conn: &Connection) -> Result<()> {

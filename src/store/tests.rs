@@ -297,6 +297,7 @@ async fn lease_log_commits_before_acknowledging_and_usage_counts() {
         outcome: Outcome::RateLimited,
         retry_after_s: Some(5),
         at: now,
+        upstream: None,
     };
     assert!(store.record_report(&report).unwrap());
     log.tally().report_stored(&report);
@@ -909,6 +910,7 @@ async fn a_report_on_a_closed_lease_is_not_stored() {
         outcome: Outcome::RateLimited,
         retry_after_s: None,
         at,
+        upstream: None,
     };
     let (open_key, open_lease) = lease(&log);
     let (released_key, released_lease) = lease(&log);
@@ -996,4 +998,44 @@ async fn the_wal_is_emptied_when_quiet_and_at_close() {
         .query_row("PRAGMA journal_size_limit", [], |r| r.get(0))
         .unwrap();
     assert_eq!(limit, WAL_SIZE_LIMIT);
+}
+
+/// The farm's own reports (the proxy's attempts) go through the lease log:
+/// committed with the leases, counted as they are, and read back with what
+/// the upstream did after a restart.
+#[tokio::test]
+async fn the_farms_own_reports_are_group_committed_with_what_the_upstream_did() {
+    let (_dir, now, store, alice, log) = lease_bed();
+    let key = log.allocate();
+    log.record(new_lease(key, alice.id, now)).await.unwrap();
+    let upstream = leases::Upstream {
+        status: 200,
+        bytes: 2048,
+        latency_ms: 7,
+        body_end: leases::BodyEnd::ClientGone,
+    };
+    let commits = log.commits();
+    log.record_report(Report {
+        lease: key,
+        account_id: alice.id,
+        client_id: Some(3),
+        outcome: Outcome::Ok,
+        retry_after_s: None,
+        at: now,
+        upstream: Some(upstream),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        log.commits(),
+        commits + 1,
+        "the report is a commit of the log"
+    );
+    let live = log.tally().usage(now);
+    let reloaded = usage::Tally::load(&store.conn(), now).unwrap().usage(now);
+    for usage in [&live, &reloaded] {
+        assert_eq!(usage.recent[0].upstream, Some(upstream));
+        assert_eq!(usage.recent[0].outcome.as_deref(), Some("ok"));
+        assert_eq!(usage.per_account[0].last_hour.ok, 1);
+    }
 }

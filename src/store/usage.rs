@@ -29,7 +29,8 @@ use chrono::{DateTime, Duration, Utc};
 use rusqlite::{params, Connection};
 
 use super::leases::{
-    first_id_since, Counts, LeaseKey, NewLease, Outcome, RecentLease, Report, Usage, UsageRow,
+    first_id_since, BodyEnd, Counts, LeaseKey, NewLease, Outcome, RecentLease, Report, Upstream,
+    Usage, UsageRow,
 };
 use super::{from_ms, ms, Result};
 use crate::domain::AccountId;
@@ -152,6 +153,7 @@ struct Recent {
     expires_at: DateTime<Utc>,
     released_at: Option<DateTime<Utc>>,
     outcome: Option<Outcome>,
+    upstream: Option<Upstream>,
 }
 
 struct Inner {
@@ -194,8 +196,10 @@ impl Tally {
         let (hour, day) = (window(Duration::hours(1))?, window(Duration::days(1))?);
         let mut stmt = conn.prepare(
             "SELECT l.id, l.tag, l.account_id, l.client_id, l.session, l.issued_at, l.expires_at, l.released_at,
-                    (SELECT outcome FROM reports r WHERE r.lease = l.id ORDER BY r.id DESC LIMIT 1)
-             FROM leases l ORDER BY l.id DESC LIMIT ?1",
+                    r.outcome, r.status, r.bytes, r.latency_ms, r.body_end
+             FROM (SELECT * FROM leases ORDER BY id DESC LIMIT ?1) l
+             LEFT JOIN reports r ON r.id = (SELECT MAX(id) FROM reports WHERE lease = l.id)
+             ORDER BY l.id DESC",
         )?;
         let rows = stmt.query_map([RECENT as i64], |r| {
             Ok(Recent {
@@ -213,6 +217,15 @@ impl Tally {
                     .get::<_, Option<String>>(8)?
                     .as_deref()
                     .and_then(|o| o.parse::<Outcome>().ok()),
+                upstream: match (r.get::<_, Option<u16>>(9)?, r.get::<_, Option<String>>(12)?) {
+                    (Some(status), Some(end)) => Some(Upstream {
+                        status,
+                        bytes: r.get::<_, Option<i64>>(10)?.unwrap_or(0).max(0) as u64,
+                        latency_ms: r.get::<_, Option<i64>>(11)?.unwrap_or(0).max(0) as u64,
+                        body_end: end.parse::<BodyEnd>().unwrap_or(BodyEnd::NotRelayed),
+                    }),
+                    _ => None,
+                },
             })
         })?;
         let mut recent = rows.collect::<rusqlite::Result<VecDeque<_>>>()?;
@@ -250,6 +263,7 @@ impl Tally {
                 expires_at: l.expires_at,
                 released_at: None,
                 outcome: None,
+                upstream: None,
             });
         }
     }
@@ -265,6 +279,7 @@ impl Tally {
         }
         if let Some(recent) = g.recent.iter_mut().find(|l| l.key == r.lease) {
             recent.outcome = Some(r.outcome);
+            recent.upstream = r.upstream;
         }
     }
 
@@ -360,6 +375,7 @@ impl Tally {
                     expires_at: r.expires_at,
                     released_at: r.released_at,
                     outcome: r.outcome.map(|o| o.as_str().to_string()),
+                    upstream: r.upstream,
                 })
                 .collect(),
         }

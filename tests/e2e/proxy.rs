@@ -127,6 +127,43 @@ impl ProxyBed {
 const MESSAGE: &[u8] =
     br#"{"model":"claude-x","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}"#;
 
+/// The lease's entry in `/api/usage`'s recent leases once its attempt is
+/// recorded (an answer relayed to the client is recorded when its body ends).
+fn attempt_of(pb: &ProxyBed, lease: &str) -> Value {
+    let mut found = Value::Null;
+    wait_for("the attempt's record", Duration::from_secs(5), || {
+        let usage: Value = pb.bed.admin().get("/api/usage").ok();
+        found = usage["recent"]
+            .as_array()
+            .and_then(|r| r.iter().find(|l| l["lease_id"] == lease).cloned())
+            .unwrap_or(Value::Null);
+        if found["upstream"].is_object() {
+            Ok(())
+        } else {
+            Err(format!("{lease}: {found}"))
+        }
+    });
+    found
+}
+
+/// Every recent lease's attempt, newest first: (account, status, body_end).
+fn attempts(pb: &ProxyBed) -> Vec<(i64, i64, String)> {
+    let usage: Value = pb.bed.admin().get("/api/usage").ok();
+    usage["recent"]
+        .as_array()
+        .expect("recent")
+        .iter()
+        .filter(|l| l["upstream"].is_object())
+        .map(|l| {
+            (
+                l["account_id"].as_i64().unwrap(),
+                l["upstream"]["status"].as_i64().unwrap(),
+                l["upstream"]["body_end"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
 fn now_s() -> u64 {
     Utc::now().timestamp() as u64
 }
@@ -151,6 +188,24 @@ fn a_429_moves_to_the_next_account_which_cools_until_the_announced_reset() {
     assert_eq!(resp.json()["content"][0]["text"], WORDS.concat());
     assert_eq!(ProxyBed::served_by(&resp), pb.ned, "{resp:?}");
     assert!(resp.header("x-relogin-lease").is_some(), "{resp:?}");
+    // Each attempt is a lease recorded with what the upstream did.
+    let served = attempt_of(&pb, resp.header("x-relogin-lease").unwrap());
+    assert_eq!(served["outcome"], "ok", "{served}");
+    assert_eq!(served["upstream"]["status"], 200, "{served}");
+    assert_eq!(served["upstream"]["body_end"], "complete", "{served}");
+    assert_eq!(
+        served["upstream"]["bytes"],
+        resp.text.len() as u64,
+        "{served}"
+    );
+    assert!(served["upstream"]["latency_ms"].is_u64(), "{served}");
+    assert_eq!(
+        attempts(&pb),
+        [
+            (pb.ned, 200, "complete".to_owned()),
+            (pb.mia, 429, "not_relayed".to_owned())
+        ]
+    );
 
     let seen = upstream.seen();
     assert_eq!(seen.len(), 2, "{seen:?}");
@@ -383,9 +438,16 @@ fn streams_pass_chunk_by_chunk_and_a_cut_is_passed_through() {
         .to_str()
         .unwrap()
         .starts_with("text/event-stream"));
+    let lease = resp.headers()["x-relogin-lease"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let (body, error, first) = read_stream(resp);
     let total = started.elapsed();
     assert_eq!(error, None);
+    let slow = attempt_of(&pb, &lease);
+    assert_eq!(slow["upstream"]["body_end"], "complete", "{slow}");
+    assert_eq!(slow["upstream"]["bytes"], body.len() as u64, "{slow}");
     let text = String::from_utf8_lossy(&body);
     assert!(text.contains("event: message_stop"), "{text}");
     assert!(
@@ -405,9 +467,16 @@ fn streams_pass_chunk_by_chunk_and_a_cut_is_passed_through() {
         resp.headers()["x-relogin-account"],
         pb.mia.to_string().as_str()
     );
+    let lease = resp.headers()["x-relogin-lease"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let (body, error, _) = read_stream(resp);
     let text = String::from_utf8_lossy(&body);
     assert!(error.is_some(), "a cut stream ended cleanly: {text}");
+    let cut = attempt_of(&pb, &lease);
+    assert_eq!(cut["upstream"]["body_end"], "upstream_broke", "{cut}");
+    assert_eq!(cut["outcome"], "error", "{cut}");
     assert!(
         text.contains("message_start") && !text.contains("message_stop"),
         "{text}"
@@ -418,6 +487,33 @@ fn streams_pass_chunk_by_chunk_and_a_cut_is_passed_through() {
         "the cut stream was retried"
     );
     upstream.assert_never_saw(&pb.key);
+
+    // A client that goes away mid-stream: the attempt is recorded as such,
+    // with the bytes it got.
+    upstream.script(
+        mia,
+        &[Behaviour::Slow {
+            gap: Duration::from_millis(300),
+        }],
+    );
+    let (mut resp, _) = send();
+    let lease = resp.headers()["x-relogin-lease"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut first = [0u8; 64];
+    let n = std::io::Read::read(&mut resp, &mut first).expect("the first chunk");
+    assert!(n > 0);
+    drop(resp);
+    let gone = attempt_of(&pb, &lease);
+    assert_eq!(gone["upstream"]["body_end"], "client_gone", "{gone}");
+    assert_eq!(gone["outcome"], "ok", "{gone}");
+    let bytes = gone["upstream"]["bytes"].as_u64().unwrap();
+    assert!(
+        bytes > 0 && bytes < body.len() as u64,
+        "{bytes} of {}",
+        body.len()
+    );
 }
 
 #[test]
