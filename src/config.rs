@@ -171,6 +171,9 @@ pub struct ProviderConfig {
     pub proxy: Option<ProxyConfig>,
 }
 
+/// Every five minutes: usage endpoints answer from counters and cost no quota.
+const DEFAULT_USAGE_SCHEDULE: &str = "0 */5 * * * *";
+
 /// `[provider.proxy]`: where `/proxy/<provider>/<path>` forwards to and how.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProxyConfig {
@@ -200,6 +203,10 @@ pub struct ProxyConfig {
     pub first_byte_timeout: Duration,
     /// Longest silence between two chunks of an answer.
     pub idle_timeout: Duration,
+    /// A usage endpoint polled with each enabled account's token (`None`: off).
+    pub usage_url: Option<Url>,
+    /// When `usage_url` is polled (`None`: never).
+    pub usage_schedule: Option<cron::Schedule>,
 }
 
 impl Default for ProxyConfig {
@@ -220,6 +227,8 @@ impl Default for ProxyConfig {
             connect_timeout: Duration::from_secs(10),
             first_byte_timeout: minutes(10),
             idle_timeout: minutes(5),
+            usage_url: None,
+            usage_schedule: parse_cron(DEFAULT_USAGE_SCHEDULE).expect("a valid cron expression"),
         }
     }
 }
@@ -1195,6 +1204,10 @@ impl ProxyConfig {
             .duration("first_byte_timeout")?
             .unwrap_or(d.first_byte_timeout);
         let idle_timeout = sec.duration("idle_timeout")?.unwrap_or(d.idle_timeout);
+        let usage_url = sec.url("usage_url")?;
+        let usage_schedule = sec
+            .parsed("usage_schedule", "cron expression", parse_cron)?
+            .unwrap_or(d.usage_schedule);
         sec.finish()?;
         Ok(ProxyConfig {
             upstream: sec.required("upstream", upstream)?,
@@ -1210,6 +1223,8 @@ impl ProxyConfig {
             connect_timeout,
             first_byte_timeout,
             idle_timeout,
+            usage_url,
+            usage_schedule,
         })
     }
 }
@@ -2902,6 +2917,8 @@ mod tests {
             (proxy.auth_header.as_str(), proxy.auth_scheme.as_str()),
             ("authorization", "Bearer")
         );
+        assert_eq!(proxy.usage_url, None);
+        assert_eq!(source(&proxy.usage_schedule), DEFAULT_USAGE_SCHEDULE);
 
         let text = format!(
             r#"{MINIMAL_PROVIDER}
@@ -2919,6 +2936,8 @@ mod tests {
             connect_timeout = "2s"
             first_byte_timeout = "30s"
             idle_timeout = "1m"
+            usage_url = "https://api.example.com/api/oauth/usage"
+            usage_schedule = "0 0 * * * *"
             "#
         );
         let proxy = load(&text, &[]).unwrap().providers[0]
@@ -2938,6 +2957,11 @@ mod tests {
         assert_eq!(proxy.connect_timeout, Duration::from_secs(2));
         assert_eq!(proxy.first_byte_timeout, Duration::from_secs(30));
         assert_eq!(proxy.idle_timeout, Duration::from_secs(60));
+        assert_eq!(
+            proxy.usage_url.as_ref().map(Url::as_str),
+            Some("https://api.example.com/api/oauth/usage")
+        );
+        assert_eq!(source(&proxy.usage_schedule), "0 0 * * * *");
 
         for (body, expected) in [
             ("max_body = 1", "provider[0].proxy.upstream: missing"),
@@ -2968,6 +2992,14 @@ mod tests {
             (
                 "upstream = \"http://x\"\nauth_scheme = \"a b\"",
                 "provider[0].proxy.auth_scheme: invalid scheme",
+            ),
+            (
+                "upstream = \"http://x\"\nusage_url = \"x\"",
+                "provider[0].proxy.usage_url: invalid URL",
+            ),
+            (
+                "upstream = \"http://x\"\nusage_schedule = \"*/5 * * * *\"",
+                "provider[0].proxy.usage_schedule: invalid cron expression",
             ),
             (
                 "upstream = \"http://x\"\nidle_timeout = \"0s\"",

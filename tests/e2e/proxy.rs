@@ -670,6 +670,83 @@ fn claude_code_answers_through_the_proxy_across_a_failover() {
     upstream.assert_never_saw(&pb.key);
 }
 
+/// Codex CLI's provider settings for the farm, as the README gives them:
+/// the proxy's base URL, the client key from `FARM_KEY`, plain HTTP
+/// streaming (the proxy refuses WebSocket upgrades).
+fn codex_config(base_url: &str) -> String {
+    format!(
+        r#"model_provider = "farm"
+
+[model_providers.farm]
+name = "relogin-farm"
+base_url = "{base_url}"
+env_key = "FARM_KEY"
+wire_api = "responses"
+supports_websockets = false
+"#
+    )
+}
+
+#[test]
+fn codex_exec_answers_through_the_proxy_across_a_429_failover() {
+    use crate::support::clients_dir;
+    use crate::support::netns::run_in_loopback_namespace;
+    use crate::support::process::clean_command;
+    let upstream = Upstream::start();
+    let pb = ProxyBed::start(&upstream.url, "");
+    let tokens = pb.tokens();
+    let reset = now_s() + 600;
+    upstream.script(
+        &tokens[&pb.mia],
+        &[Behaviour::RateLimited {
+            reset_epoch_s: Some(reset),
+            retry_after_s: None,
+        }],
+    );
+    let home = tempfile::tempdir().expect("a home for codex");
+    let codex_home = home.path().join(".codex");
+    std::fs::create_dir_all(&codex_home).expect("CODEX_HOME");
+    std::fs::write(codex_home.join("config.toml"), codex_config(&pb.url("/v1")))
+        .expect("codex's config.toml");
+    let codex = clients_dir().join("node_modules/.bin/codex");
+    let mut cmd = clean_command(&codex);
+    cmd.args(["exec", "--skip-git-repo-check", "say hello"])
+        .env("HOME", home.path())
+        .env("CODEX_HOME", &codex_home)
+        .env("FARM_KEY", &pb.key)
+        .current_dir(home.path());
+    // codex runs with nothing but loopback: the farm through a unix socket.
+    let out = run_in_loopback_namespace("codex exec", cmd, pb.bed.port(), Duration::from_secs(120));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.trim_end().ends_with(&WORDS.concat()),
+        "codex exec: {:?}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Its one model request met mia's 429 and was served by ned.
+    let seen = upstream.seen();
+    let tried: Vec<_> = seen
+        .iter()
+        .map(|s| (s.method.as_str(), s.path.as_str(), s.bearer()))
+        .collect();
+    assert_eq!(
+        tried,
+        [
+            ("POST", "/v1/responses", Some(tokens[&pb.mia].as_str())),
+            ("POST", "/v1/responses", Some(tokens[&pb.ned].as_str())),
+        ],
+        "not one failover from mia to ned"
+    );
+    let mia = pb.bed.account(pb.mia);
+    assert_eq!(
+        time_of(&mia, "cooldown_until").timestamp(),
+        reset as i64,
+        "mia cools until the announced reset: {mia}"
+    );
+    upstream.assert_never_saw(&pb.key);
+}
+
 /// What an agent CLI in `run_in_loopback_namespace` can reach: the farm at
 /// its usual URL, and no other address (no route: no packet leaves).
 #[test]
