@@ -240,6 +240,15 @@ fn a_429_moves_to_the_next_account_which_cools_until_the_announced_reset() {
         quota["at"].is_string() && quota["resets_at"].is_string(),
         "{quota}"
     );
+    // …and read as windows: the fake upstream's 5-hour window, 25 % used.
+    let window = &quota["windows"][0];
+    assert_eq!(
+        (&window["name"], window["used"].as_f64()),
+        (&Value::from("unified 5h"), Some(0.25)),
+        "{quota}"
+    );
+    let resets_in = time_of(window, "resets_at").timestamp() - now_s() as i64;
+    assert!((3500..=3600).contains(&resets_in), "{quota}");
 }
 
 #[test]
@@ -667,6 +676,80 @@ fn claude_code_answers_through_the_proxy_across_a_failover() {
         seen.iter().all(|s| s.path.starts_with("/v1/messages")),
         "{seen:?}"
     );
+    upstream.assert_never_saw(&pb.key);
+}
+
+#[test]
+fn the_usage_url_is_polled_with_each_accounts_token_and_shown_on_it() {
+    let upstream = Upstream::start();
+    let extra = format!(
+        "usage_url = \"{}/api/oauth/usage\"\nusage_schedule = \"* * * * * *\"\n\
+         headers = {{ \"anthropic-beta\" = \"oauth-2025-04-20\" }}",
+        upstream.url
+    );
+    let pb = ProxyBed::start(&upstream.url, &extra);
+    let tokens = pb.tokens();
+    // The endpoint knows mia's token only: ned's poll gets a 401.
+    upstream.usage_answer(
+        &tokens[&pb.mia],
+        r#"{"five_hour":{"utilization":25.0,"resets_at":"2030-01-01T00:00:00Z"}}"#,
+    );
+    let usage = wait_for("mia's usage report", Duration::from_secs(10), || {
+        let quota = pb.bed.account(pb.mia)["quota"].clone();
+        match quota["usage"].is_object() {
+            true => Ok(quota["usage"].clone()),
+            false => Err(format!("no usage yet: {quota}")),
+        }
+    });
+    assert_eq!(usage["answer"]["five_hour"]["utilization"], 25.0, "{usage}");
+    let polls: Vec<_> = upstream
+        .seen()
+        .into_iter()
+        .filter(|s| s.path == "/api/oauth/usage")
+        .collect();
+    let mia_poll = polls
+        .iter()
+        .find(|s| s.bearer() == Some(tokens[&pb.mia].as_str()))
+        .expect("a poll with mia's token");
+    assert_eq!(mia_poll.method, "GET");
+    assert_eq!(mia_poll.header("anthropic-beta"), Some("oauth-2025-04-20"));
+    assert!(
+        polls
+            .iter()
+            .any(|s| s.bearer() == Some(tokens[&pb.ned].as_str())),
+        "ned's token was not polled"
+    );
+
+    // ned's refused poll is logged, without a token, and changes nothing.
+    wait_for("the failed poll in the log", Duration::from_secs(5), || {
+        let log = pb.bed.farm_log();
+        match log.contains("usage poll failed") && log.contains("status 401") {
+            true => Ok(()),
+            false => Err("not logged yet".to_string()),
+        }
+    });
+    let ned = pb.bed.account(pb.ned);
+    assert_eq!(ned["state"], "healthy", "{ned}");
+    assert!(ned["quota"].is_null(), "{ned}");
+
+    // An answer over the size limit is dropped: mia keeps her last report.
+    let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(70 * 1024));
+    upstream.usage_answer(&tokens[&pb.mia], &big);
+    wait_for(
+        "the oversized answer in the log",
+        Duration::from_secs(5),
+        || match pb.bed.farm_log().contains("answer larger than 65536 bytes") {
+            true => Ok(()),
+            false => Err("not logged yet".to_string()),
+        },
+    );
+    let after = &pb.bed.account(pb.mia)["quota"]["usage"];
+    assert_eq!(after["answer"], usage["answer"], "{after}");
+    assert_eq!(pb.bed.account(pb.mia)["state"], "healthy");
+    let log = pb.bed.farm_log();
+    for token in tokens.values() {
+        assert!(!log.contains(token.as_str()), "a token is in the log");
+    }
     upstream.assert_never_saw(&pb.key);
 }
 
