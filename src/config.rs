@@ -207,6 +207,8 @@ pub struct ProxyConfig {
     pub usage_url: Option<Url>,
     /// When `usage_url` is polled (`None`: never).
     pub usage_schedule: Option<cron::Schedule>,
+    /// The longest one account's usage poll may take, answer included.
+    pub usage_timeout: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -229,6 +231,7 @@ impl Default for ProxyConfig {
             idle_timeout: minutes(5),
             usage_url: None,
             usage_schedule: parse_cron(DEFAULT_USAGE_SCHEDULE).expect("a valid cron expression"),
+            usage_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -1208,6 +1211,7 @@ impl ProxyConfig {
         let usage_schedule = sec
             .parsed("usage_schedule", "cron expression", parse_cron)?
             .unwrap_or(d.usage_schedule);
+        let usage_timeout = sec.duration("usage_timeout")?.unwrap_or(d.usage_timeout);
         sec.finish()?;
         Ok(ProxyConfig {
             upstream: sec.required("upstream", upstream)?,
@@ -1225,6 +1229,7 @@ impl ProxyConfig {
             idle_timeout,
             usage_url,
             usage_schedule,
+            usage_timeout,
         })
     }
 }
@@ -2919,6 +2924,7 @@ mod tests {
         );
         assert_eq!(proxy.usage_url, None);
         assert_eq!(source(&proxy.usage_schedule), DEFAULT_USAGE_SCHEDULE);
+        assert_eq!(proxy.usage_timeout, Duration::from_secs(30));
 
         let text = format!(
             r#"{MINIMAL_PROVIDER}
@@ -2938,6 +2944,7 @@ mod tests {
             idle_timeout = "1m"
             usage_url = "https://api.example.com/api/oauth/usage"
             usage_schedule = "0 0 * * * *"
+            usage_timeout = "5s"
             "#
         );
         let proxy = load(&text, &[]).unwrap().providers[0]
@@ -2962,6 +2969,7 @@ mod tests {
             Some("https://api.example.com/api/oauth/usage")
         );
         assert_eq!(source(&proxy.usage_schedule), "0 0 * * * *");
+        assert_eq!(proxy.usage_timeout, Duration::from_secs(5));
 
         for (body, expected) in [
             ("max_body = 1", "provider[0].proxy.upstream: missing"),
@@ -3000,6 +3008,10 @@ mod tests {
             (
                 "upstream = \"http://x\"\nusage_schedule = \"*/5 * * * *\"",
                 "provider[0].proxy.usage_schedule: invalid cron expression",
+            ),
+            (
+                "upstream = \"http://x\"\nusage_timeout = \"0s\"",
+                "provider[0].proxy.usage_timeout: must be more than 0s",
             ),
             (
                 "upstream = \"http://x\"\nidle_timeout = \"0s\"",

@@ -1,12 +1,10 @@
 //! `proxy.usage_url`: a provider's usage endpoint (one that reports the
 //! account's quota without spending it), polled on `proxy.usage_schedule`
-//! with each enabled account's token, sent as the proxy sends it
+//! with each enabled account's token, within `proxy.usage_timeout`, sent as the proxy sends it
 //! (`auth_header`/`auth_scheme` and the extra `headers`). The last good JSON
 //! answer is kept per account and shown as `quota.usage`; a failure is
 //! logged (status or error, never the token or the answer) and changes
 //! nothing about the account.
-
-use std::time::Duration;
 
 use futures_util::StreamExt;
 use warp::http::HeaderMap;
@@ -17,9 +15,6 @@ use crate::farm::Farm;
 
 /// The largest usage answer kept; a longer one is dropped as a failure.
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
-
-/// The longest one poll of one account may take, answer included.
-pub const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Polls `provider`'s usage endpoint once for each of its enabled accounts
 /// that has an access token, one after the other (the endpoint is the
@@ -38,7 +33,7 @@ pub async fn poll(farm: &Farm, provider: &str) {
             .get(url.as_str())
             .headers(sent.clone())
             .header("accept", "application/json")
-            .timeout(TIMEOUT);
+            .timeout(up.config.usage_timeout);
         if let Some((name, value)) = headers::credential(&up.config, token.expose()) {
             request = request.header(name, value);
         }

@@ -684,7 +684,7 @@ fn the_usage_url_is_polled_with_each_accounts_token_and_shown_on_it() {
     let upstream = Upstream::start();
     let extra = format!(
         "usage_url = \"{}/api/oauth/usage\"\nusage_schedule = \"* * * * * *\"\n\
-         headers = {{ \"anthropic-beta\" = \"oauth-2025-04-20\" }}",
+         usage_timeout = \"1s\"\nheaders = {{ \"anthropic-beta\" = \"oauth-2025-04-20\" }}",
         upstream.url
     );
     let pb = ProxyBed::start(&upstream.url, &extra);
@@ -731,6 +731,19 @@ fn the_usage_url_is_polled_with_each_accounts_token_and_shown_on_it() {
     let ned = pb.bed.account(pb.ned);
     assert_eq!(ned["state"], "healthy", "{ned}");
     assert!(ned["quota"].is_null(), "{ned}");
+
+    // An answer later than usage_timeout is given up on, and logged.
+    upstream.usage_answer_after(&tokens[&pb.ned], "{}", Duration::from_secs(3));
+    let timed_out = format!("account={} error=timed out", pb.ned);
+    wait_for(
+        "the timed-out poll in the log",
+        Duration::from_secs(8),
+        || match pb.bed.farm_log().contains(&timed_out) {
+            true => Ok(()),
+            false => Err("not logged yet".to_string()),
+        },
+    );
+    assert!(pb.bed.account(pb.ned)["quota"].is_null());
 
     // An answer over the size limit is dropped: mia keeps her last report.
     let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(70 * 1024));

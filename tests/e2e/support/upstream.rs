@@ -81,8 +81,8 @@ impl Seen {
 struct State {
     scripts: Mutex<HashMap<String, VecDeque<Behaviour>>>,
     seen: Mutex<Vec<Seen>>,
-    /// The usage endpoint's answer per token.
-    usage: Mutex<HashMap<String, String>>,
+    /// The usage endpoint's answer per token, and how long it waits first.
+    usage: Mutex<HashMap<String, (String, Duration)>>,
     /// Off in benchmarks, where the record would only grow.
     record: AtomicBool,
     /// The least size of a JSON answer's body, in bytes (0: as short as it
@@ -167,8 +167,14 @@ impl Upstream {
     /// `GET /api/oauth/usage` with `token` answers `body` (200, JSON).
     #[allow(dead_code)] // examples/fake_upstream.rs
     pub fn usage_answer(&self, token: &str, body: &str) {
+        self.usage_answer_after(token, body, Duration::ZERO);
+    }
+
+    /// `usage_answer`, the status line sent after `delay`.
+    #[allow(dead_code)] // examples/fake_upstream.rs
+    pub fn usage_answer_after(&self, token: &str, body: &str, delay: Duration) {
         let mut usage = self.state.usage.lock().unwrap();
-        usage.insert(token.to_string(), body.to_string());
+        usage.insert(token.to_string(), (body.to_string(), delay));
     }
 
     /// Stops recording requests (a benchmark's millions would pile up).
@@ -275,7 +281,10 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
     if path.starts_with("/api/oauth/usage") {
         let answer = state.usage.lock().unwrap().get(&token).cloned();
         return match answer {
-            Some(body) => json(200, body),
+            Some((body, delay)) => {
+                tokio::time::sleep(delay).await;
+                json(200, body)
+            }
             None => error(
                 Shape::Anthropic,
                 401,
