@@ -1,10 +1,10 @@
 //! `proxy.usage_url`: a provider's usage endpoint (one that reports the
 //! account's quota without spending it), polled on `proxy.usage_schedule`
-//! with each enabled account's token, within `proxy.usage_timeout`, sent as the proxy sends it
-//! (`auth_header`/`auth_scheme` and the extra `headers`). The last good JSON
-//! answer is kept per account and shown as `quota.usage`; a failure is
-//! logged (status or error, never the token or the answer) and changes
-//! nothing about the account.
+//! with each enabled account's token, sent as the proxy sends it
+//! (`auth_header`/`auth_scheme` and the extra `headers`), each poll within
+//! `proxy.usage_timeout`. The last good JSON answer is kept per account and
+//! shown as `quota.usage`; a failure is logged (status or error, never the
+//! token or the answer) and changes nothing about the account.
 
 use futures_util::StreamExt;
 use warp::http::HeaderMap;
