@@ -171,6 +171,9 @@ pub struct ProviderConfig {
     pub proxy: Option<ProxyConfig>,
 }
 
+/// Every five minutes: usage endpoints answer from counters and cost no quota.
+const DEFAULT_USAGE_SCHEDULE: &str = "0 */5 * * * *";
+
 /// `[provider.proxy]`: where `/proxy/<provider>/<path>` forwards to and how.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProxyConfig {
@@ -200,6 +203,12 @@ pub struct ProxyConfig {
     pub first_byte_timeout: Duration,
     /// Longest silence between two chunks of an answer.
     pub idle_timeout: Duration,
+    /// A usage endpoint polled with each enabled account's token (`None`: off).
+    pub usage_url: Option<Url>,
+    /// When `usage_url` is polled (`None`: never).
+    pub usage_schedule: Option<cron::Schedule>,
+    /// The longest one account's usage poll may take, answer included.
+    pub usage_timeout: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -220,6 +229,9 @@ impl Default for ProxyConfig {
             connect_timeout: Duration::from_secs(10),
             first_byte_timeout: minutes(10),
             idle_timeout: minutes(5),
+            usage_url: None,
+            usage_schedule: parse_cron(DEFAULT_USAGE_SCHEDULE).expect("a valid cron expression"),
+            usage_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -1195,6 +1207,11 @@ impl ProxyConfig {
             .duration("first_byte_timeout")?
             .unwrap_or(d.first_byte_timeout);
         let idle_timeout = sec.duration("idle_timeout")?.unwrap_or(d.idle_timeout);
+        let usage_url = sec.url("usage_url")?;
+        let usage_schedule = sec
+            .parsed("usage_schedule", "cron expression", parse_cron)?
+            .unwrap_or(d.usage_schedule);
+        let usage_timeout = sec.duration("usage_timeout")?.unwrap_or(d.usage_timeout);
         sec.finish()?;
         Ok(ProxyConfig {
             upstream: sec.required("upstream", upstream)?,
@@ -1210,6 +1227,9 @@ impl ProxyConfig {
             connect_timeout,
             first_byte_timeout,
             idle_timeout,
+            usage_url,
+            usage_schedule,
+            usage_timeout,
         })
     }
 }
@@ -2902,6 +2922,9 @@ mod tests {
             (proxy.auth_header.as_str(), proxy.auth_scheme.as_str()),
             ("authorization", "Bearer")
         );
+        assert_eq!(proxy.usage_url, None);
+        assert_eq!(source(&proxy.usage_schedule), DEFAULT_USAGE_SCHEDULE);
+        assert_eq!(proxy.usage_timeout, Duration::from_secs(30));
 
         let text = format!(
             r#"{MINIMAL_PROVIDER}
@@ -2919,6 +2942,9 @@ mod tests {
             connect_timeout = "2s"
             first_byte_timeout = "30s"
             idle_timeout = "1m"
+            usage_url = "https://api.example.com/api/oauth/usage"
+            usage_schedule = "0 0 * * * *"
+            usage_timeout = "5s"
             "#
         );
         let proxy = load(&text, &[]).unwrap().providers[0]
@@ -2938,6 +2964,12 @@ mod tests {
         assert_eq!(proxy.connect_timeout, Duration::from_secs(2));
         assert_eq!(proxy.first_byte_timeout, Duration::from_secs(30));
         assert_eq!(proxy.idle_timeout, Duration::from_secs(60));
+        assert_eq!(
+            proxy.usage_url.as_ref().map(Url::as_str),
+            Some("https://api.example.com/api/oauth/usage")
+        );
+        assert_eq!(source(&proxy.usage_schedule), "0 0 * * * *");
+        assert_eq!(proxy.usage_timeout, Duration::from_secs(5));
 
         for (body, expected) in [
             ("max_body = 1", "provider[0].proxy.upstream: missing"),
@@ -2968,6 +3000,18 @@ mod tests {
             (
                 "upstream = \"http://x\"\nauth_scheme = \"a b\"",
                 "provider[0].proxy.auth_scheme: invalid scheme",
+            ),
+            (
+                "upstream = \"http://x\"\nusage_url = \"x\"",
+                "provider[0].proxy.usage_url: invalid URL",
+            ),
+            (
+                "upstream = \"http://x\"\nusage_schedule = \"*/5 * * * *\"",
+                "provider[0].proxy.usage_schedule: invalid cron expression",
+            ),
+            (
+                "upstream = \"http://x\"\nusage_timeout = \"0s\"",
+                "provider[0].proxy.usage_timeout: must be more than 0s",
             ),
             (
                 "upstream = \"http://x\"\nidle_timeout = \"0s\"",

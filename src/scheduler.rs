@@ -153,6 +153,24 @@ pub async fn run_backups(farm: Arc<Farm>, shutdown: Shutdown) {
     .await;
 }
 
+/// Polls each proxied provider's `proxy.usage_url` on its
+/// `proxy.usage_schedule` (`proxy::usage`); returns at once when none has one.
+pub async fn run_usage_polls(farm: Arc<Farm>, shutdown: Shutdown) {
+    let polls = farm.proxies().usage_polls();
+    let farm = &farm;
+    futures_util::future::join_all(polls.into_iter().map(|(provider, schedule)| {
+        let shutdown = shutdown.clone();
+        async move {
+            let provider = provider.as_str();
+            on_schedule(schedule, farm, shutdown, move |farm| {
+                crate::proxy::usage::poll(farm, provider)
+            })
+            .await;
+        }
+    }))
+    .await;
+}
+
 /// Runs `job` at every time of `schedule` until shutdown. Sleeps are capped
 /// at `scheduler.max_sleep` and the clock is read again after each, so a
 /// suspended machine runs a missed job once, soon after it wakes.

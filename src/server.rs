@@ -209,7 +209,7 @@ pub async fn serve(
         tracing::info!(%addr, accounts = farm.account_count(), "relogin-farm listening");
     }
     let mut http_stop = stop_rx.clone();
-    let mut jobs: [Job; 4] = [
+    let mut jobs: [Job; 5] = [
         (
             "refresh scheduler",
             Some(tokio::spawn(scheduler::run_refresh_scheduler(
@@ -227,6 +227,13 @@ pub async fn serve(
         (
             "backup job",
             Some(tokio::spawn(scheduler::run_backups(
+                farm.clone(),
+                stop_rx.clone(),
+            ))),
+        ),
+        (
+            "usage poller",
+            Some(tokio::spawn(scheduler::run_usage_polls(
                 farm.clone(),
                 stop_rx.clone(),
             ))),

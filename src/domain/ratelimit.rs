@@ -193,6 +193,147 @@ pub fn quota_resets_at(headers: &[(String, String)], now: DateTime<Utc>) -> Opti
         .min()
 }
 
+/// One rate-limit window of an account, read from its quota headers: how
+/// much of it is used and when it resets. The families understood:
+///
+/// * Anthropic subscription limits: `anthropic-ratelimit-unified-<w>-utilization`
+///   (a fraction) and `…-<w>-reset` (epoch seconds), `<w>` = `5h`, `7d`…;
+/// * Anthropic API limits: `anthropic-ratelimit-<kind>-limit`, `-remaining`,
+///   `-reset` (RFC 3339), `<kind>` = `requests`, `tokens`, `input-tokens`…;
+/// * OpenAI: `x-ratelimit-limit-<kind>`, `x-ratelimit-remaining-<kind>`,
+///   `x-ratelimit-reset-<kind>` (a duration such as `6m0s`);
+/// * Codex: `x-codex-<w>-used-percent`, `x-codex-<w>-window-minutes`,
+///   `x-codex-<w>-reset-at` (epoch) or `-reset-after-seconds`, `<w>` =
+///   `primary`, `secondary`.
+#[derive(
+    Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+pub struct QuotaWindow {
+    /// The window as the headers name it: `unified 5h`, `requests`,
+    /// `codex primary`.
+    pub name: String,
+    /// Share used, 0 to 1 (above 1 when over): the utilization given, or
+    /// `1 - remaining / limit`.
+    pub used: Option<f64>,
+    pub remaining: Option<u64>,
+    pub limit: Option<u64>,
+    /// Length of a rolling window, when the headers say.
+    pub window_minutes: Option<u64>,
+    pub resets_at: Option<DateTime<Utc>>,
+}
+
+/// The windows the quota headers describe (names lowercase, as kept by
+/// [`quota_headers`]), sorted by name; headers of no known family are left
+/// out (they stay in the raw list). Relative resets count from `now`, the
+/// time the headers came.
+pub fn quota_windows(headers: &[(String, String)], now: DateTime<Utc>) -> Vec<QuotaWindow> {
+    let mut windows: std::collections::BTreeMap<String, QuotaWindow> = Default::default();
+    let number = |v: &str| {
+        v.trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|n| n.is_finite() && *n >= 0.0)
+    };
+    let count = |v: &str| number(v).map(|n| n as u64);
+    for (name, value) in headers {
+        let Some((window, field)) = window_field(name) else {
+            continue;
+        };
+        let w = windows
+            .entry(window.clone())
+            .or_insert_with(|| QuotaWindow {
+                name: window,
+                ..QuotaWindow::default()
+            });
+        match field {
+            Field::Utilization => w.used = number(value),
+            Field::UsedPercent => w.used = number(value).map(|p| p / 100.0),
+            Field::Remaining => w.remaining = count(value),
+            Field::Limit => w.limit = count(value),
+            Field::WindowMinutes => w.window_minutes = count(value),
+            Field::Reset => w.resets_at = reset_value(value, now),
+        }
+    }
+    windows
+        .into_values()
+        .filter_map(|mut w| {
+            if w.used.is_none() {
+                if let (Some(r), Some(l)) = (w.remaining, w.limit) {
+                    w.used = (l > 0).then(|| (l - r.min(l)) as f64 / l as f64);
+                }
+            }
+            let known = w.used.is_some() || w.remaining.is_some() || w.resets_at.is_some();
+            known.then_some(w)
+        })
+        .collect()
+}
+
+#[derive(Clone, Copy)]
+enum Field {
+    Utilization,
+    UsedPercent,
+    Remaining,
+    Limit,
+    WindowMinutes,
+    Reset,
+}
+
+/// Which window a quota header belongs to, and what it says of it.
+fn window_field(name: &str) -> Option<(String, Field)> {
+    if let Some(rest) = name.strip_prefix("anthropic-ratelimit-unified-") {
+        let (window, field) = split_suffix(
+            rest,
+            &[
+                ("-utilization", Field::Utilization),
+                ("-reset", Field::Reset),
+            ],
+        )?;
+        return Some((format!("unified {window}"), field));
+    }
+    if let Some(rest) = name.strip_prefix("anthropic-ratelimit-") {
+        let (kind, field) = split_suffix(
+            rest,
+            &[
+                ("-limit", Field::Limit),
+                ("-remaining", Field::Remaining),
+                ("-reset", Field::Reset),
+            ],
+        )?;
+        return Some((kind.to_owned(), field));
+    }
+    if let Some(rest) = name.strip_prefix("x-ratelimit-") {
+        for (prefix, field) in [
+            ("limit-", Field::Limit),
+            ("remaining-", Field::Remaining),
+            ("reset-", Field::Reset),
+        ] {
+            if let Some(kind) = rest.strip_prefix(prefix).filter(|k| !k.is_empty()) {
+                return Some((kind.to_owned(), field));
+            }
+        }
+        return None;
+    }
+    let rest = name.strip_prefix("x-codex-")?;
+    let (window, field) = split_suffix(
+        rest,
+        &[
+            ("-used-percent", Field::UsedPercent),
+            ("-window-minutes", Field::WindowMinutes),
+            ("-reset-at", Field::Reset),
+            ("-reset-after-seconds", Field::Reset),
+        ],
+    )?;
+    Some((format!("codex {window}"), field))
+}
+
+/// `name` less the first of `suffixes` it ends with (a non-empty rest).
+fn split_suffix<'n>(name: &'n str, suffixes: &[(&str, Field)]) -> Option<(&'n str, Field)> {
+    suffixes.iter().find_map(|&(suffix, field)| {
+        let rest = name.strip_suffix(suffix).filter(|r| !r.is_empty())?;
+        Some((rest, field))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,5 +480,141 @@ mod tests {
             quota_resets_at(&kept, now()),
             Some(now() + Duration::seconds(90))
         );
+    }
+
+    fn window(name: &str) -> QuotaWindow {
+        QuotaWindow {
+            name: name.into(),
+            ..QuotaWindow::default()
+        }
+    }
+
+    fn windows_of(headers: &[(&str, &str)]) -> Vec<QuotaWindow> {
+        let owned: Vec<(String, String)> = headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        quota_windows(&owned, now())
+    }
+
+    #[test]
+    fn anthropic_unified_windows_give_utilization_and_reset() {
+        let reset_5h = (now().timestamp() + 3600).to_string();
+        let reset_7d = (now().timestamp() + 86_400).to_string();
+        let got = windows_of(&[
+            ("anthropic-ratelimit-unified-status", "allowed"),
+            ("anthropic-ratelimit-unified-reset", &reset_5h),
+            ("anthropic-ratelimit-unified-5h-utilization", "0.25"),
+            ("anthropic-ratelimit-unified-5h-reset", &reset_5h),
+            ("anthropic-ratelimit-unified-5h-status", "allowed"),
+            ("anthropic-ratelimit-unified-7d-utilization", "0.9"),
+            ("anthropic-ratelimit-unified-7d-reset", &reset_7d),
+            (
+                "anthropic-ratelimit-unified-representative-claim",
+                "five_hour",
+            ),
+        ]);
+        assert_eq!(
+            got,
+            [
+                QuotaWindow {
+                    used: Some(0.25),
+                    resets_at: Some(now() + Duration::hours(1)),
+                    ..window("unified 5h")
+                },
+                QuotaWindow {
+                    used: Some(0.9),
+                    resets_at: Some(now() + Duration::days(1)),
+                    ..window("unified 7d")
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn remaining_and_limit_give_the_share_used() {
+        let got = windows_of(&[
+            ("anthropic-ratelimit-requests-limit", "50"),
+            ("anthropic-ratelimit-requests-remaining", "40"),
+            ("anthropic-ratelimit-requests-reset", "2026-05-01T12:00:30Z"),
+            ("x-ratelimit-limit-tokens", "1000"),
+            ("x-ratelimit-remaining-tokens", "250"),
+            ("x-ratelimit-reset-tokens", "6m0s"),
+        ]);
+        assert_eq!(
+            got,
+            [
+                QuotaWindow {
+                    used: Some(0.2),
+                    remaining: Some(40),
+                    limit: Some(50),
+                    resets_at: Some(now() + Duration::seconds(30)),
+                    ..window("requests")
+                },
+                QuotaWindow {
+                    used: Some(0.75),
+                    remaining: Some(250),
+                    limit: Some(1000),
+                    resets_at: Some(now() + Duration::minutes(6)),
+                    ..window("tokens")
+                },
+            ]
+        );
+        // A zero limit says nothing of the share; more remaining than the
+        // limit is nothing used.
+        let got = windows_of(&[
+            ("x-ratelimit-limit-requests", "0"),
+            ("x-ratelimit-remaining-requests", "0"),
+            ("x-ratelimit-limit-tokens", "10"),
+            ("x-ratelimit-remaining-tokens", "12"),
+        ]);
+        assert_eq!((got[0].used, got[1].used), (None, Some(0.0)));
+    }
+
+    #[test]
+    fn codex_windows_in_percent_with_their_length() {
+        let got = windows_of(&[
+            ("x-codex-primary-used-percent", "65.5"),
+            ("x-codex-primary-window-minutes", "300"),
+            ("x-codex-primary-reset-after-seconds", "120"),
+            ("x-codex-secondary-used-percent", "12"),
+            ("x-codex-secondary-window-minutes", "10080"),
+            (
+                "x-codex-secondary-reset-at",
+                &(now().timestamp_millis() + 60_000).to_string(),
+            ),
+            ("x-codex-plan-type", "team"),
+            ("x-codex-credits-has-credits", "false"),
+        ]);
+        assert_eq!(
+            got,
+            [
+                QuotaWindow {
+                    used: Some(0.655),
+                    window_minutes: Some(300),
+                    resets_at: Some(now() + Duration::minutes(2)),
+                    ..window("codex primary")
+                },
+                QuotaWindow {
+                    used: Some(0.12),
+                    window_minutes: Some(10080),
+                    resets_at: Some(now() + Duration::minutes(1)),
+                    ..window("codex secondary")
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn unreadable_or_unknown_headers_make_no_window() {
+        let got = windows_of(&[
+            ("anthropic-ratelimit-unified-5h-utilization", "lots"),
+            ("x-ratelimit-remaining", "3"),
+            ("x-ratelimit-limit-", "3"),
+            ("x-codex-primary-used-percent", "-4"),
+            ("x-codex-primary-window-minutes", "300"),
+            ("x-custom-thing", "1"),
+        ]);
+        assert_eq!(got, []);
     }
 }

@@ -192,6 +192,17 @@ impl Farm {
         &self.clock
     }
 
+    /// The enabled accounts of `provider` that have an access token, with
+    /// it: whom the usage poll asks about (`proxy::usage`). Reads only.
+    pub fn usage_tokens(&self, provider: &str) -> Vec<(AccountId, crate::secret::Secret)> {
+        self.state()
+            .accounts
+            .values()
+            .filter(|a| a.provider == provider && a.enabled)
+            .filter_map(|a| Some((a.id, a.tokens.as_ref()?.access_token.clone())))
+            .collect()
+    }
+
     /// When the `[backup]` job runs (`None`: never).
     pub fn backup_schedule(&self) -> Option<cron::Schedule> {
         self.config.backup.schedule.clone()

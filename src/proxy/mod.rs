@@ -40,8 +40,9 @@ pub mod headers;
 pub mod metrics;
 pub mod relay;
 pub mod state;
+pub mod usage;
 
-pub use state::{Proxies, Quota};
+pub use state::{Proxies, Quota, UsageReport};
 
 use std::sync::Arc;
 use std::time::Instant;

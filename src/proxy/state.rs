@@ -15,13 +15,30 @@ use crate::config::{Config, ProxyConfig};
 use crate::domain::ratelimit;
 use crate::domain::AccountId;
 
-/// The last rate-limit headers an account's upstream sent.
-#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+/// What the farm knows of an account's quota: the last rate-limit headers
+/// its upstream sent, the windows they describe, and the last answer of
+/// `proxy.usage_url`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Quota {
-    pub at: DateTime<Utc>,
+    /// When the headers came (`None`: no proxied answer carried any yet).
+    pub at: Option<DateTime<Utc>>,
     pub headers: BTreeMap<String, String>,
     /// The earliest reset among them.
     pub resets_at: Option<DateTime<Utc>>,
+    /// Utilization and reset per rate-limit window, read from `headers`.
+    #[serde(default)]
+    pub windows: Vec<ratelimit::QuotaWindow>,
+    /// The last successful answer of `proxy.usage_url` for this account.
+    #[serde(default)]
+    pub usage: Option<UsageReport>,
+}
+
+/// One answer of the provider's usage endpoint, as it came.
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct UsageReport {
+    pub at: DateTime<Utc>,
+    /// The endpoint's JSON answer.
+    pub answer: serde_json::Value,
 }
 
 /// One proxied provider: its settings and its pooled HTTP client.
@@ -37,6 +54,7 @@ pub(super) struct Upstream {
 pub struct Proxies {
     pub(super) upstreams: HashMap<String, Upstream>,
     quota: Mutex<HashMap<AccountId, Quota>>,
+    usage: Mutex<HashMap<AccountId, UsageReport>>,
     pub metrics: ProxyMetrics,
 }
 
@@ -66,13 +84,32 @@ impl Proxies {
         })
     }
 
-    /// The account's last quota headers, if the upstream ever sent any.
+    /// The account's quota, if the upstream ever sent rate-limit headers or
+    /// its usage endpoint answered.
     pub fn quota(&self, account: AccountId) -> Option<Quota> {
-        self.quota
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&account)
-            .cloned()
+        let headers = lock(&self.quota).get(&account).cloned();
+        let usage = lock(&self.usage).get(&account).cloned();
+        match (headers, usage) {
+            (None, None) => None,
+            (headers, usage) => Some(Quota {
+                usage,
+                ..headers.unwrap_or_default()
+            }),
+        }
+    }
+
+    /// The proxied providers with a `usage_url` and its schedule.
+    pub fn usage_polls(&self) -> Vec<(String, Option<cron::Schedule>)> {
+        self.upstreams
+            .iter()
+            .filter(|(_, up)| up.config.usage_url.is_some())
+            .map(|(name, up)| (name.clone(), up.config.usage_schedule.clone()))
+            .collect()
+    }
+
+    /// Keeps `report` as the account's last usage report.
+    pub(super) fn note_usage(&self, account: AccountId, report: UsageReport) {
+        lock(&self.usage).insert(account, report);
     }
 
     pub(super) fn note_quota(&self, account: AccountId, headers: &HeaderMap, prefixes: &[String]) {
@@ -85,13 +122,17 @@ impl Proxies {
         }
         let now = Utc::now();
         let quota = Quota {
-            at: now,
+            at: Some(now),
             resets_at: ratelimit::quota_resets_at(&kept, now),
+            windows: ratelimit::quota_windows(&kept, now),
             headers: kept.into_iter().collect(),
+            usage: None,
         };
-        self.quota
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(account, quota);
+        lock(&self.quota).insert(account, quota);
     }
+}
+
+/// Quotas are plain records: a panic elsewhere leaves them usable.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -106,6 +106,21 @@ try {
     state: r.querySelector('.badge[data-state]').dataset.state,
   })));
 
+  step = 'the quota column';
+  await page.waitForSelector('#accounts-body .quota[data-window]');
+  await page.waitForSelector('#accounts-body .quota-usage');
+  await page.click('#accounts-body .quota-usage summary');
+  out.quota = await page.$$eval('#accounts-body tr[data-account-id]', (rows) => rows.map((r) => ({
+    id: Number(r.dataset.accountId),
+    windows: [...r.querySelectorAll('.quota[data-window]')].map((q) => ({
+      name: q.dataset.window,
+      used: q.dataset.used,
+      text: q.querySelector('.qused').textContent,
+      reset: q.querySelector('time[data-until]')?.textContent ?? '',
+    })),
+    usage: r.querySelector('.quota-usage[open] pre')?.textContent ?? null,
+  })));
+
   step = 'refresh now';
   const expiresSel = `${row(refreshId)} time[data-until]`;
   const before = { expires_at: await page.getAttribute(expiresSel, 'data-until'), events: await refreshOkIds(page) };

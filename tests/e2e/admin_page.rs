@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use crate::support::process::{clean_command, run_with_deadline};
 use crate::support::receiver::Receiver;
+use crate::support::upstream::Upstream;
 use crate::support::{
-    artifacts_dir, int_of, playwright_dir, repo_root, str_of, time_of, Bed, Settings, Value,
-    CHROMIUM, PROVIDER,
+    artifacts_dir, int_of, playwright_dir, repo_root, str_of, time_of, wait_for, Bed, Settings,
+    Value, CHROMIUM, PROVIDER,
 };
 
 /// The whole browser session, Chromium's start included.
@@ -62,14 +63,53 @@ fn png_size(path: &Path) -> (u32, u32) {
 fn the_page_signs_in_shows_accounts_live_and_creates_a_working_client_key() {
     // A webhook that fails at once on the page's client key: the page shows it.
     let failing_hook = Receiver::start(503);
-    let bed = Bed::start(Settings::default().with_toml(&failing_hook.webhook_toml(
-        &["client_created"],
-        1,
-        None,
-    )));
+    // A proxied provider whose usage endpoint is polled every second.
+    let upstream = Upstream::start();
+    let proxy = format!(
+        "[provider.proxy]\nupstream = \"{0}\"\nusage_url = \"{0}/api/oauth/usage\"\n\
+         usage_schedule = \"* * * * * *\"",
+        upstream.url
+    );
+    let bed = Bed::start(
+        Settings::default()
+            .with_toml(&proxy)
+            .with_toml(&failing_hook.webhook_toml(&["client_created"], 1, None)),
+    );
     let ids = bed.logged_in(&["ann", "bob"]);
     let (refresh_id, disable_id) = (ids[0], ids[1]);
-    bed.admin().lease(PROVIDER, None); // so the usage page has a lease to show
+    // A lease, so the usage page has one to show; its account's token gets
+    // an answer from the usage endpoint.
+    let lease = bed.admin().lease(PROVIDER, None);
+    let usage_id = int_of(&lease, "account_id");
+    upstream.usage_answer(
+        str_of(&lease, "access_token"),
+        r#"{"five_hour":{"utilization":42.0}}"#,
+    );
+    // A proxied request: its answer's rate-limit headers become the quota
+    // of the account that served it (the admin token serves as a client key:
+    // the page must be the one to make the first).
+    let served = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("a client")
+        .post(format!("{}/proxy/{PROVIDER}/v1/messages", bed.url()))
+        .header("x-api-key", &bed.admin_token)
+        .body(r#"{"model":"m","max_tokens":1,"messages":[]}"#)
+        .send()
+        .expect("a proxied answer");
+    assert_eq!(served.status(), 200);
+    let quota_id: i64 = served.headers()["x-relogin-account"]
+        .to_str()
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .expect("x-relogin-account");
+    wait_for("the usage report", Duration::from_secs(10), || {
+        let quota = &bed.account(usage_id)["quota"];
+        match quota["usage"].is_object() {
+            true => Ok(()),
+            false => Err(format!("no usage yet: {quota}")),
+        }
+    });
     assert_eq!(
         bed.admin().get("/api/clients").ok(),
         serde_json::json!([]),
@@ -132,6 +172,37 @@ fn the_page_signs_in_shows_accounts_live_and_creates_a_working_client_key() {
         .map(|(id, label)| (*id, label.to_string(), "healthy".to_string()))
         .collect();
     assert_eq!(listed, expected, "{page}");
+
+    // The quota column: the served account's 5-hour window from the
+    // upstream's headers (25 % used, a countdown to its reset), and the
+    // usage endpoint's answer on the account it was polled for.
+    let quota_of = |id: i64| {
+        page["quota"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["id"] == id))
+            .cloned()
+            .unwrap_or_else(|| panic!("no quota cell for account {id}: {page}"))
+    };
+    let served_quota = quota_of(quota_id);
+    let window = &served_quota["windows"][0];
+    assert_eq!(
+        (&window["name"], &window["used"], &window["text"]),
+        (
+            &Value::from("unified 5h"),
+            &Value::from("0.25"),
+            &Value::from("25% used")
+        ),
+        "{page}"
+    );
+    assert!(
+        str_of(window, "reset").contains('m'),
+        "no countdown to the reset: {page}"
+    );
+    let polled = quota_of(usage_id);
+    let answer: Value = serde_json::from_str(str_of(&polled, "usage"))
+        .unwrap_or_else(|e| panic!("the usage shown is not the JSON answer ({e}): {page}"));
+    assert_eq!(answer["five_hour"]["utilization"], 42.0, "{page}");
+    upstream.assert_never_saw(&bed.admin_token);
 
     // "Refresh now": one refresh at the provider; its refresh_ok event came
     // in through the event stream and the row shows the new expiry.

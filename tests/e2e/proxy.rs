@@ -295,6 +295,15 @@ fn a_429_moves_to_the_next_account_which_cools_until_the_announced_reset() {
         quota["at"].is_string() && quota["resets_at"].is_string(),
         "{quota}"
     );
+    // …and read as windows: the fake upstream's 5-hour window, 25 % used.
+    let window = &quota["windows"][0];
+    assert_eq!(
+        (&window["name"], window["used"].as_f64()),
+        (&Value::from("unified 5h"), Some(0.25)),
+        "{quota}"
+    );
+    let resets_in = time_of(window, "resets_at").timestamp() - now_s() as i64;
+    assert!((3500..=3600).contains(&resets_in), "{quota}");
 }
 
 #[test]
@@ -762,6 +771,170 @@ fn claude_code_answers_through_the_proxy_across_a_failover() {
     assert!(
         seen.iter().all(|s| s.path.starts_with("/v1/messages")),
         "{seen:?}"
+    );
+    upstream.assert_never_saw(&pb.key);
+}
+
+#[test]
+fn the_usage_url_is_polled_with_each_accounts_token_and_shown_on_it() {
+    let upstream = Upstream::start();
+    let extra = format!(
+        "usage_url = \"{}/api/oauth/usage\"\nusage_schedule = \"* * * * * *\"\n\
+         usage_timeout = \"1s\"\nheaders = {{ \"anthropic-beta\" = \"oauth-2025-04-20\" }}",
+        upstream.url
+    );
+    let pb = ProxyBed::start(&upstream.url, &extra);
+    let tokens = pb.tokens();
+    // The endpoint knows mia's token only: ned's poll gets a 401.
+    upstream.usage_answer(
+        &tokens[&pb.mia],
+        r#"{"five_hour":{"utilization":25.0,"resets_at":"2030-01-01T00:00:00Z"}}"#,
+    );
+    let usage = wait_for("mia's usage report", Duration::from_secs(10), || {
+        let quota = pb.bed.account(pb.mia)["quota"].clone();
+        match quota["usage"].is_object() {
+            true => Ok(quota["usage"].clone()),
+            false => Err(format!("no usage yet: {quota}")),
+        }
+    });
+    assert_eq!(usage["answer"]["five_hour"]["utilization"], 25.0, "{usage}");
+    let polls: Vec<_> = upstream
+        .seen()
+        .into_iter()
+        .filter(|s| s.path == "/api/oauth/usage")
+        .collect();
+    let mia_poll = polls
+        .iter()
+        .find(|s| s.bearer() == Some(tokens[&pb.mia].as_str()))
+        .expect("a poll with mia's token");
+    assert_eq!(mia_poll.method, "GET");
+    assert_eq!(mia_poll.header("anthropic-beta"), Some("oauth-2025-04-20"));
+    assert!(
+        polls
+            .iter()
+            .any(|s| s.bearer() == Some(tokens[&pb.ned].as_str())),
+        "ned's token was not polled"
+    );
+
+    // ned's refused poll is logged, without a token, and changes nothing.
+    wait_for("the failed poll in the log", Duration::from_secs(5), || {
+        let log = pb.bed.farm_log();
+        match log.contains("usage poll failed") && log.contains("status 401") {
+            true => Ok(()),
+            false => Err("not logged yet".to_string()),
+        }
+    });
+    let ned = pb.bed.account(pb.ned);
+    assert_eq!(ned["state"], "healthy", "{ned}");
+    assert!(ned["quota"].is_null(), "{ned}");
+
+    // An answer later than usage_timeout is given up on, and logged.
+    upstream.usage_answer_after(&tokens[&pb.ned], "{}", Duration::from_secs(3));
+    let timed_out = format!("account={} error=timed out", pb.ned);
+    wait_for(
+        "the timed-out poll in the log",
+        Duration::from_secs(8),
+        || match pb.bed.farm_log().contains(&timed_out) {
+            true => Ok(()),
+            false => Err("not logged yet".to_string()),
+        },
+    );
+    assert!(pb.bed.account(pb.ned)["quota"].is_null());
+
+    // An answer over the size limit is dropped: mia keeps her last report.
+    let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(70 * 1024));
+    upstream.usage_answer(&tokens[&pb.mia], &big);
+    wait_for(
+        "the oversized answer in the log",
+        Duration::from_secs(5),
+        || match pb.bed.farm_log().contains("answer larger than 65536 bytes") {
+            true => Ok(()),
+            false => Err("not logged yet".to_string()),
+        },
+    );
+    let after = &pb.bed.account(pb.mia)["quota"]["usage"];
+    assert_eq!(after["answer"], usage["answer"], "{after}");
+    assert_eq!(pb.bed.account(pb.mia)["state"], "healthy");
+    let log = pb.bed.farm_log();
+    for token in tokens.values() {
+        assert!(!log.contains(token.as_str()), "a token is in the log");
+    }
+    upstream.assert_never_saw(&pb.key);
+}
+
+/// Codex CLI's provider settings for the farm, as the README gives them:
+/// the proxy's base URL, the client key from `FARM_KEY`, plain HTTP
+/// streaming (the proxy refuses WebSocket upgrades).
+fn codex_config(base_url: &str) -> String {
+    format!(
+        r#"model_provider = "farm"
+
+[model_providers.farm]
+name = "relogin-farm"
+base_url = "{base_url}"
+env_key = "FARM_KEY"
+wire_api = "responses"
+supports_websockets = false
+"#
+    )
+}
+
+#[test]
+fn codex_exec_answers_through_the_proxy_across_a_429_failover() {
+    use crate::support::clients_dir;
+    use crate::support::netns::run_in_loopback_namespace;
+    use crate::support::process::clean_command;
+    let upstream = Upstream::start();
+    let pb = ProxyBed::start(&upstream.url, "");
+    let tokens = pb.tokens();
+    let reset = now_s() + 600;
+    upstream.script(
+        &tokens[&pb.mia],
+        &[Behaviour::RateLimited {
+            reset_epoch_s: Some(reset),
+            retry_after_s: None,
+        }],
+    );
+    let home = tempfile::tempdir().expect("a home for codex");
+    let codex_home = home.path().join(".codex");
+    std::fs::create_dir_all(&codex_home).expect("CODEX_HOME");
+    std::fs::write(codex_home.join("config.toml"), codex_config(&pb.url("/v1")))
+        .expect("codex's config.toml");
+    let codex = clients_dir().join("node_modules/.bin/codex");
+    let mut cmd = clean_command(&codex);
+    cmd.args(["exec", "--skip-git-repo-check", "say hello"])
+        .env("HOME", home.path())
+        .env("CODEX_HOME", &codex_home)
+        .env("FARM_KEY", &pb.key)
+        .current_dir(home.path());
+    // codex runs with nothing but loopback: the farm through a unix socket.
+    let out = run_in_loopback_namespace("codex exec", cmd, pb.bed.port(), Duration::from_secs(120));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.trim_end().ends_with(&WORDS.concat()),
+        "codex exec: {:?}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Its one model request met mia's 429 and was served by ned.
+    let seen = upstream.seen();
+    let tried: Vec<_> = seen
+        .iter()
+        .map(|s| (s.method.as_str(), s.path.as_str(), s.bearer()))
+        .collect();
+    assert_eq!(
+        tried,
+        [
+            ("POST", "/v1/responses", Some(tokens[&pb.mia].as_str())),
+            ("POST", "/v1/responses", Some(tokens[&pb.ned].as_str())),
+        ],
+        "not one failover from mia to ned"
+    );
+    let mia = pb.bed.account(pb.mia);
+    assert_eq!(
+        time_of(&mia, "cooldown_until").timestamp(),
+        reset as i64,
+        "mia cools until the announced reset: {mia}"
     );
     upstream.assert_never_saw(&pb.key);
 }

@@ -213,7 +213,9 @@
     S.rendered = key;
     const body = $('accounts-body');
     const restore = body.contains(document.activeElement) && focusRestorer();
+    const unfolded = [...body.querySelectorAll('details[open]')].map((d) => d.closest('tr').dataset.accountId);
     body.replaceChildren(...S.accounts.map(accountRow));
+    for (const id of unfolded) body.querySelector(`tr[data-account-id="${id}"] details`)?.setAttribute('open', '');
     if (restore) restore();
     $('accounts-empty').hidden = S.accounts.length > 0;
     const counts = {};
@@ -239,6 +241,7 @@
       td('Enabled', a.enabled ? 'yes' : 'no'),
       td('Last used', ago(a.last_used_at)),
       td('Leases 1 h / 24 h', `${hourLeases(a.id)} / ${a.leases_24h}`),
+      td('Quota', quotaCell(a.quota)),
       td('Last error', e ? h('span', { class: 'err' }, `${e.message} · `, ago(e.at), e.screenshot && [' ', btn('screenshot', 'Screenshot')]) : '—'),
       td('Actions', h('div', { class: 'actions' },
         btn('refresh', 'Refresh now'),
@@ -248,6 +251,27 @@
         btn('priority', 'Priority…'),
         btn('activate', 'Make active'),
         btn('remove', 'Remove', 'danger'))));
+  }
+
+  /** The account's quota as the farm read it: per rate-limit window the share used and a countdown to its
+   * reset, and the usage endpoint's last answer (proxy.usage_url) folded. */
+  function quotaCell(q) {
+    if (!q) return '—';
+    const windows = (q.windows || []).map((w) => {
+      const used = w.used != null && `${Math.round(w.used * 100)}% used`;
+      const left = w.remaining != null && (w.limit != null ? `${w.remaining} of ${w.limit} left` : `${w.remaining} left`);
+      return h('div', { class: 'quota', 'data-window': w.name, 'data-used': w.used ?? '' },
+        h('span', { class: 'qname', text: w.name }), ' ',
+        w.used != null && [h('meter', { min: 0, max: 1, low: 0.7, high: 0.9, optimum: 0, value: Math.min(w.used, 1), 'aria-hidden': 'true' }), ' '],
+        h('span', { class: 'qused', text: [used, left].filter(Boolean).join(', ') }),
+        w.resets_at && [' · reset in ', countdown(w.resets_at, 'passed')]);
+    });
+    if (!windows.length && q.resets_at) windows.push(h('div', { class: 'quota' }, 'reset in ', countdown(q.resets_at, 'passed')));
+    const u = q.usage;
+    const usage = u && h('details', { class: 'quota-usage' },
+      h('summary', {}, 'Usage endpoint · ', ago(u.at)),
+      h('pre', { text: JSON.stringify(u.answer, null, 1) }));
+    return windows.length || usage ? [windows, usage] : h('span', { class: 'muted' }, 'no limits read · ', ago(q.at));
   }
 
   /** Row actions by data-action; each gets the account and the button pressed. */

@@ -9,6 +9,10 @@
 //! records every request it sees, so a test can check what reached it (and
 //! that a client key never did).
 //!
+//! `GET /api/oauth/usage` is a usage endpoint (`proxy.usage_url`): it
+//! answers the JSON set for the token with [`Upstream::usage_answer`], and
+//! 401 to any other token.
+//!
 //! Also compiled into `examples/fake_upstream.rs` (benchmarks), so it uses
 //! nothing of the e2e harness.
 
@@ -77,6 +81,8 @@ impl Seen {
 struct State {
     scripts: Mutex<HashMap<String, VecDeque<Behaviour>>>,
     seen: Mutex<Vec<Seen>>,
+    /// The usage endpoint's answer per token, and how long it waits first.
+    usage: Mutex<HashMap<String, (String, Duration)>>,
     /// Off in benchmarks, where the record would only grow.
     record: AtomicBool,
     /// The least size of a JSON answer's body, in bytes (0: as short as it
@@ -119,6 +125,7 @@ impl Upstream {
         let state = Arc::new(State {
             scripts: Mutex::default(),
             seen: Mutex::default(),
+            usage: Mutex::default(),
             record: AtomicBool::new(true),
             json_bytes: AtomicUsize::new(0),
         });
@@ -155,6 +162,19 @@ impl Upstream {
             .entry(token.to_string())
             .or_default()
             .extend(behaviours.iter().cloned());
+    }
+
+    /// `GET /api/oauth/usage` with `token` answers `body` (200, JSON).
+    #[allow(dead_code)] // examples/fake_upstream.rs
+    pub fn usage_answer(&self, token: &str, body: &str) {
+        self.usage_answer_after(token, body, Duration::ZERO);
+    }
+
+    /// `usage_answer`, the status line sent after `delay`.
+    #[allow(dead_code)] // examples/fake_upstream.rs
+    pub fn usage_answer_after(&self, token: &str, body: &str, delay: Duration) {
+        let mut usage = self.state.usage.lock().unwrap();
+        usage.insert(token.to_string(), (body.to_string(), delay));
     }
 
     /// Stops recording requests (a benchmark's millions would pile up).
@@ -258,6 +278,21 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
         state.seen.lock().unwrap().push(seen);
     }
 
+    if path.starts_with("/api/oauth/usage") {
+        let answer = state.usage.lock().unwrap().get(&token).cloned();
+        return match answer {
+            Some((body, delay)) => {
+                tokio::time::sleep(delay).await;
+                json(200, body)
+            }
+            None => error(
+                Shape::Anthropic,
+                401,
+                "authentication_error",
+                "unknown token",
+            ),
+        };
+    }
     let shape = if path.starts_with("/v1/messages") {
         Shape::Anthropic
     } else if path.starts_with("/v1/chat/completions") {
@@ -290,6 +325,10 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
             (now_s() + 3600).to_string(),
         ),
         ("anthropic-ratelimit-unified-5h-utilization", "0.25".into()),
+        (
+            "anthropic-ratelimit-unified-5h-reset",
+            (now_s() + 3600).to_string(),
+        ),
     ];
     // A benchmark's slow streams are asked for by the client, through any
     // proxy that passes its headers on.
@@ -501,19 +540,66 @@ fn stream_events(shape: Shape, model: &str, created: u64) -> Vec<String> {
             out.push("data: [DONE]\n\n".to_string());
         }
         Shape::Responses => {
+            // The whole event sequence of a streamed message: agent CLIs
+            // (codex) build their answer from the item events, the SDKs
+            // from the deltas.
             let text: String = WORDS.concat();
-            out.push(sse(
-                Some("response.created"),
-                serde_json::json!({"type": "response.created", "sequence_number": 0,
-                "response": responses_object(model, created, "", "in_progress")}),
+            let mut n = 0;
+            let mut event = |kind: &str, mut data: serde_json::Value| {
+                data["type"] = kind.into();
+                data["sequence_number"] = n.into();
+                n += 1;
+                sse(Some(kind), data)
+            };
+            let item = |status: &str, text: Option<&str>| {
+                let content = text.map_or_else(Vec::new, |t| {
+                    vec![serde_json::json!({"type": "output_text", "text": t, "annotations": []})]
+                });
+                serde_json::json!({"type": "message", "id": "msg_fake", "status": status,
+                    "role": "assistant", "content": content})
+            };
+            let part =
+                |t: &str| serde_json::json!({"type": "output_text", "text": t, "annotations": []});
+            let at =
+                serde_json::json!({"item_id": "msg_fake", "output_index": 0, "content_index": 0});
+            let with = |mut base: serde_json::Value, key: &str, value: serde_json::Value| {
+                base[key] = value;
+                base
+            };
+            out.push(event(
+                "response.created",
+                serde_json::json!({"response": responses_object(model, created, "", "in_progress")}),
             ));
-            for (i, w) in WORDS.iter().enumerate() {
-                out.push(sse(Some("response.output_text.delta"), serde_json::json!({
-                    "type": "response.output_text.delta", "sequence_number": i + 1, "item_id": "msg_fake",
-                    "output_index": 0, "content_index": 0, "delta": w})));
+            out.push(event(
+                "response.output_item.added",
+                serde_json::json!({"output_index": 0, "item": item("in_progress", None)}),
+            ));
+            out.push(event(
+                "response.content_part.added",
+                with(at.clone(), "part", part("")),
+            ));
+            for w in WORDS {
+                out.push(event(
+                    "response.output_text.delta",
+                    with(at.clone(), "delta", w.into()),
+                ));
             }
-            out.push(sse(Some("response.completed"), serde_json::json!({"type": "response.completed",
-                "sequence_number": WORDS.len() + 1, "response": responses_object(model, created, &text, "completed")})));
+            out.push(event(
+                "response.output_text.done",
+                with(at.clone(), "text", text.clone().into()),
+            ));
+            out.push(event(
+                "response.content_part.done",
+                with(at.clone(), "part", part(&text)),
+            ));
+            out.push(event(
+                "response.output_item.done",
+                serde_json::json!({"output_index": 0, "item": item("completed", Some(&text))}),
+            ));
+            out.push(event(
+                "response.completed",
+                serde_json::json!({"response": responses_object(model, created, &text, "completed")}),
+            ));
         }
     }
     out
