@@ -1,0 +1,269 @@
+//! Token endpoints that bend the textbook, through the real binary against
+//! the provider emulator (`support::quirk_provider`), configured with
+//! manual `authorize_url`/`token_url`: rate limits and challenge pages are
+//! waited out (never `needs_relogin`), a provider's own "dead" answer is
+//! one, a JWT without `expires_in` lives until its `exp`, and a refresh
+//! answer without a refresh token keeps the old one working.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use reqwest::blocking::Client;
+
+use crate::support::quirk_provider::{QuirkProvider, Quirks, Seen};
+use crate::support::farm::toml_string;
+use crate::support::{event_kinds, free_port, int_of, json, secs, str_of, time_of, Bed, Settings, Value};
+
+/// The emulated provider's name in `farm.toml`.
+const QUIRKY: &str = "quirky";
+
+/// A bed whose farm also has the provider `quirky`, the emulator with `quirks`.
+fn quirky_bed(quirks: Quirks) -> (Bed, QuirkProvider) {
+    let emulator = QuirkProvider::start(quirks);
+    let block = format!(
+        "[[provider]]\nname = \"{QUIRKY}\"\nauthorize_url = {}\ntoken_url = {}\n\
+         client_id = \"quirky-client\"\nredirect_uri = \"http://127.0.0.1:{}/callback\"\n\
+         scopes = [\"openid\", \"offline_access\"]\n",
+        toml_string(&emulator.authorize_url()),
+        toml_string(&emulator.token_url()),
+        free_port()
+    );
+    let bed = Bed::start(Settings::default().with_toml(&block));
+    (bed, emulator)
+}
+
+fn no_redirects() -> Client {
+    Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("an HTTP client")
+}
+
+/// The value of the hidden input `name` in an HTML page.
+fn hidden(page: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = page
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name} in {page}"))
+        + marker.len();
+    page[start..][..page[start..].find('"').unwrap()].to_string()
+}
+
+/// Adds an account of `quirky` and logs `user` in through the emulator's
+/// form, pasting the redirect URL; returns the account id.
+fn logged_in(bed: &Bed, user: &str) -> i64 {
+    let admin = bed.admin();
+    let account = admin
+        .post(
+            "/api/accounts",
+            json!({"provider": QUIRKY, "label": user, "priority": 0}),
+        )
+        .expect(201);
+    let id = int_of(&account, "id");
+    let started = admin
+        .post(&format!("/api/accounts/{id}/login"), json!({}))
+        .ok();
+    let http = no_redirects();
+    let form = http
+        .get(str_of(&started, "authorize_url"))
+        .send()
+        .and_then(|r| r.error_for_status())
+        .and_then(|r| r.text())
+        .expect("the login form");
+    let emulator_base = str_of(&started, "authorize_url")
+        .split("/authorize")
+        .next()
+        .unwrap()
+        .to_string();
+    let password = format!("{user}-password");
+    let resp = http
+        .post(format!("{emulator_base}/login"))
+        .form(&[
+            ("interaction", hidden(&form, "interaction").as_str()),
+            ("username", user),
+            ("password", &password),
+        ])
+        .send()
+        .expect("submit the login form");
+    assert_eq!(resp.status(), 302, "{:?}", resp.text());
+    let redirect_url = resp.headers()["location"].to_str().unwrap().to_string();
+    let account = admin
+        .post(
+            &format!("/api/accounts/{id}/login/complete"),
+            json!({"redirect_url": redirect_url}),
+        )
+        .ok();
+    assert_eq!(account["state"], "healthy", "{account}");
+    id
+}
+
+fn refreshes(emulator: &QuirkProvider) -> Vec<Seen> {
+    emulator
+        .seen()
+        .into_iter()
+        .filter(|s| s.grant_type() == Some("refresh_token"))
+        .collect()
+}
+
+/// Waits until the account's generation passed `generation`.
+fn refreshed_past(bed: &Bed, id: i64, generation: i64, within: Duration) -> Value {
+    bed.wait_account("a refresh that went through", id, within, |a| {
+        a["generation"].as_i64() > Some(generation)
+    })
+}
+
+fn never_needed_a_relogin(bed: &Bed) {
+    let events = bed.events_since(0);
+    let kinds = event_kinds(&events);
+    assert!(!kinds.contains(&"needs_relogin"), "{kinds:?}");
+}
+
+#[test]
+fn rate_limited_refreshes_wait_as_told_then_succeed_without_a_relogin() {
+    let (bed, emulator) = quirky_bed(Quirks {
+        access_ttl: 4,
+        ..Quirks::default()
+    });
+    let id = logged_in(&bed, "alice");
+    let generation = int_of(&bed.account(id), "generation");
+    // Two 429s saying "2 s", where the farm's own backoff would be 300 ms.
+    emulator.set(|q| {
+        q.rate_limit = 2;
+        q.retry_after = Some("2".into());
+    });
+    let account = refreshed_past(&bed, id, generation, secs(20));
+    assert_eq!(account["state"], "healthy", "{account}");
+    let seen = refreshes(&emulator);
+    let statuses: Vec<u16> = seen.iter().map(|s| s.status).collect();
+    assert_eq!(statuses, [429, 429, 200]);
+    for pair in seen.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(gap >= Duration::from_millis(1900), "retried after {gap:?}");
+    }
+    // The same refresh token each time: nothing was spent on a 429.
+    let presented: Vec<&str> = seen
+        .iter()
+        .map(|s| s.param("refresh_token").unwrap())
+        .collect();
+    assert!(presented.iter().all(|t| *t == presented[0]), "{presented:?}");
+
+    // Retry-After-Ms comes first (1.5 s, not the 30 s of Retry-After).
+    let generation = int_of(&account, "generation");
+    emulator.set(|q| {
+        q.rate_limit = 1;
+        q.retry_after = Some("30".into());
+        q.retry_after_ms = Some(1500);
+    });
+    refreshed_past(&bed, id, generation, secs(15));
+    let seen = refreshes(&emulator);
+    let last = &seen[seen.len() - 2..];
+    assert_eq!((last[0].status, last[1].status), (429, 200));
+    let gap = last[1].at - last[0].at;
+    assert!(
+        (Duration::from_millis(1400)..Duration::from_secs(10)).contains(&gap),
+        "retried after {gap:?}"
+    );
+    never_needed_a_relogin(&bed);
+}
+
+#[test]
+fn a_challenge_page_is_transient() {
+    let (bed, emulator) = quirky_bed(Quirks {
+        access_ttl: 4,
+        ..Quirks::default()
+    });
+    let id = logged_in(&bed, "alice");
+    let generation = int_of(&bed.account(id), "generation");
+    emulator.set(|q| q.challenge = 2);
+    let failed = bed.wait_account("a failed refresh", id, secs(10), |a| {
+        a["last_error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("403"))
+    });
+    assert_ne!(failed["state"], "needs_relogin", "{failed}");
+    let account = refreshed_past(&bed, id, generation, secs(15));
+    assert_eq!(account["state"], "healthy", "{account}");
+    let statuses: Vec<u16> = refreshes(&emulator).iter().map(|s| s.status).collect();
+    assert_eq!(statuses, [403, 403, 200]);
+    never_needed_a_relogin(&bed);
+}
+
+#[test]
+fn a_refresh_token_reused_answer_needs_a_relogin() {
+    let (bed, emulator) = quirky_bed(Quirks {
+        access_ttl: 4,
+        ..Quirks::default()
+    });
+    let id = logged_in(&bed, "alice");
+    emulator.set(|q| q.dead = Some("refresh_token_reused".into()));
+    let account = bed.wait_state(id, "needs_relogin", secs(10));
+    let message = str_of(&account["last_error"], "message");
+    assert!(message.contains("refresh_token_reused"), "{message}");
+    let statuses: Vec<u16> = refreshes(&emulator).iter().map(|s| s.status).collect();
+    assert_eq!(statuses, [401], "one answer is enough, no retries");
+    assert_eq!(account["has_refresh_token"], true, "{account}");
+}
+
+/// The `exp` claim of a JWT.
+fn jwt_exp(token: &str) -> DateTime<Utc> {
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    let claims: Value = serde_json::from_slice(&bytes).unwrap();
+    DateTime::from_timestamp(claims["exp"].as_i64().unwrap(), 0).unwrap()
+}
+
+#[test]
+fn a_jwt_without_expires_in_expires_at_its_exp() {
+    // Ten minutes: not the hour a missing lifetime would default to.
+    let (bed, _emulator) = quirky_bed(Quirks {
+        access_ttl: 600,
+        omit_expires_in: true,
+        ..Quirks::default()
+    });
+    let id = logged_in(&bed, "alice");
+    let lease = bed.admin().lease(QUIRKY, None);
+    let exp = jwt_exp(str_of(&lease, "access_token"));
+    assert!(exp > Utc::now() + chrono::Duration::minutes(9), "{exp}");
+    assert_eq!(time_of(&lease, "expires_at"), exp, "{lease}");
+    assert_eq!(time_of(&bed.account(id), "expires_at"), exp);
+}
+
+#[test]
+fn refreshes_without_a_new_refresh_token_keep_working() {
+    let (bed, emulator) = quirky_bed(Quirks {
+        access_ttl: 3,
+        omit_refresh_token: true,
+        ..Quirks::default()
+    });
+    let id = logged_in(&bed, "alice");
+    let generation = int_of(&bed.account(id), "generation");
+    let started = Instant::now();
+    let account = bed.wait_account("two refreshes", id, secs(15), |a| {
+        a["generation"].as_i64() >= Some(generation + 2)
+    });
+    assert!(started.elapsed() < secs(15));
+    assert_eq!(account["state"], "healthy", "{account}");
+    assert_eq!(account["has_refresh_token"], true, "{account}");
+    let seen = refreshes(&emulator);
+    assert!(seen.len() >= 2, "{seen:?}");
+    assert!(seen.iter().all(|s| s.status == 200), "{seen:?}");
+    let first = seen[0].param("refresh_token").unwrap();
+    assert!(
+        seen.iter().all(|s| s.param("refresh_token") == Some(first)),
+        "the one refresh token, each time"
+    );
+    assert!(emulator.refresh_grants("alice") >= 2);
+    let lease = bed.admin().lease(QUIRKY, None);
+    let info = emulator.introspect(str_of(&lease, "access_token"));
+    assert_eq!(
+        (info["active"].clone(), info["username"].clone()),
+        (json!(true), json!("alice")),
+        "{info}"
+    );
+    never_needed_a_relogin(&bed);
+}
