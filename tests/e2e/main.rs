@@ -28,6 +28,7 @@ mod observability;
 mod openapi;
 mod provider_quirks;
 mod proxy;
+mod quirk_emulator;
 mod refresh;
 mod relogin;
 mod restart;

@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use reqwest::blocking::Client;
 
-use crate::support::quirk_provider::{QuirkProvider, Quirks, Seen};
 use crate::support::farm::toml_string;
-use crate::support::{event_kinds, free_port, int_of, json, secs, str_of, time_of, Bed, Settings, Value};
+use crate::support::quirk_provider::{QuirkProvider, Quirks, Seen};
+use crate::support::{
+    event_kinds, free_port, int_of, json, secs, str_of, time_of, Bed, Settings, Value,
+};
 
 /// The emulated provider's name in `farm.toml`.
 const QUIRKY: &str = "quirky";
@@ -33,25 +34,6 @@ fn quirky_bed(quirks: Quirks) -> (Bed, QuirkProvider) {
     (bed, emulator)
 }
 
-fn no_redirects() -> Client {
-    Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(20))
-        .build()
-        .expect("an HTTP client")
-}
-
-/// The value of the hidden input `name` in an HTML page.
-fn hidden(page: &str, name: &str) -> String {
-    let marker = format!("name=\"{name}\" value=\"");
-    let start = page
-        .find(&marker)
-        .unwrap_or_else(|| panic!("no {name} in {page}"))
-        + marker.len();
-    page[start..][..page[start..].find('"').unwrap()].to_string()
-}
-
 /// Adds an account of `quirky` and logs `user` in through the emulator's
 /// form, pasting the redirect URL; returns the account id.
 fn logged_in(bed: &Bed, user: &str) -> i64 {
@@ -66,30 +48,8 @@ fn logged_in(bed: &Bed, user: &str) -> i64 {
     let started = admin
         .post(&format!("/api/accounts/{id}/login"), json!({}))
         .ok();
-    let http = no_redirects();
-    let form = http
-        .get(str_of(&started, "authorize_url"))
-        .send()
-        .and_then(|r| r.error_for_status())
-        .and_then(|r| r.text())
-        .expect("the login form");
-    let emulator_base = str_of(&started, "authorize_url")
-        .split("/authorize")
-        .next()
-        .unwrap()
-        .to_string();
-    let password = format!("{user}-password");
-    let resp = http
-        .post(format!("{emulator_base}/login"))
-        .form(&[
-            ("interaction", hidden(&form, "interaction").as_str()),
-            ("username", user),
-            ("password", &password),
-        ])
-        .send()
-        .expect("submit the login form");
-    assert_eq!(resp.status(), 302, "{:?}", resp.text());
-    let redirect_url = resp.headers()["location"].to_str().unwrap().to_string();
+    let (status, redirect_url) = QuirkProvider::sign_in(str_of(&started, "authorize_url"), user);
+    assert_eq!(status, 302, "{redirect_url}");
     let account = admin
         .post(
             &format!("/api/accounts/{id}/login/complete"),
@@ -148,7 +108,10 @@ fn rate_limited_refreshes_wait_as_told_then_succeed_without_a_relogin() {
         .iter()
         .map(|s| s.param("refresh_token").unwrap())
         .collect();
-    assert!(presented.iter().all(|t| *t == presented[0]), "{presented:?}");
+    assert!(
+        presented.iter().all(|t| *t == presented[0]),
+        "{presented:?}"
+    );
 
     // Retry-After-Ms comes first (1.5 s, not the 30 s of Retry-After).
     let generation = int_of(&account, "generation");

@@ -274,6 +274,48 @@ impl QuirkProvider {
         format!("{}/device/code", self.url)
     }
 
+    /// Signs `user` in as a browser would: opens `authorize_url` (the
+    /// farm's, or a test's), submits the login form with the user's
+    /// password. Returns the status and the redirect's `Location` (the
+    /// redirect URL with `code` and `state`), or the page (the paste page,
+    /// or the form again with an error).
+    pub fn sign_in(authorize_url: &str, user: &str) -> (u16, String) {
+        let http = reqwest::blocking::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(std::time::Duration::from_secs(20))
+            .build()
+            .expect("an HTTP client");
+        let form = http
+            .get(authorize_url)
+            .send()
+            .and_then(|r| r.text())
+            .expect("the login form");
+        let marker = "name=\"interaction\" value=\"";
+        let start = form
+            .find(marker)
+            .unwrap_or_else(|| panic!("no login form: {form}"))
+            + marker.len();
+        let interaction = &form[start..][..form[start..].find('"').expect("a closing quote")];
+        let login = url::Url::parse(authorize_url)
+            .and_then(|u| u.join("/login"))
+            .expect("a URL");
+        let resp = http
+            .post(login)
+            .form(&[
+                ("interaction", interaction),
+                ("username", user),
+                ("password", &format!("{user}-password")),
+            ])
+            .send()
+            .expect("submit the login form");
+        let status = resp.status().as_u16();
+        match resp.headers().get("location") {
+            Some(l) => (status, l.to_str().expect("an ASCII location").to_string()),
+            None => (status, resp.text().unwrap_or_default()),
+        }
+    }
+
     /// Changes the quirks (the next request sees the change).
     pub fn set(&self, change: impl FnOnce(&mut Quirks)) {
         change(&mut self.state.quirks.lock().unwrap());
@@ -367,7 +409,11 @@ fn oauth_error(status: u16, code: &str, description: &str) -> Response<Body> {
 }
 
 fn html(status: u16, body: String) -> Response<Body> {
-    respond(status, &[("content-type", "text/html; charset=utf-8")], body)
+    respond(
+        status,
+        &[("content-type", "text/html; charset=utf-8")],
+        body,
+    )
 }
 
 /// Escapes text for HTML content and attribute values.
@@ -624,7 +670,8 @@ fn issue(
             ACCOUNT_CLAIM: {"chatgpt_account_id": account},
         }),
     );
-    let mut answer = json!({"access_token": access, "token_type": "Bearer", "scope": "openid offline_access"});
+    let mut answer =
+        json!({"access_token": access, "token_type": "Bearer", "scope": "openid offline_access"});
     if !quirks.omit_expires_in {
         answer["expires_in"] = json!(quirks.access_ttl);
     }
