@@ -317,6 +317,8 @@ pub enum CallbackError {
     StateMismatch,
     #[error("no code given")]
     Empty,
+    #[error("not a code: it has spaces in it (paste the redirect URL or the code alone)")]
+    NotACode,
 }
 
 /// Parses the query of a redirect (`?code=&state=&iss=`, or `?error=`).
@@ -372,6 +374,9 @@ pub fn parse_pasted(input: &str, expected_state: &Secret) -> Result<Pasted, Call
         };
         if code.is_empty() {
             return Err(CallbackError::Empty);
+        }
+        if input.contains(char::is_whitespace) {
+            return Err(CallbackError::NotACode);
         }
         Pasted {
             code: Secret::new(code),

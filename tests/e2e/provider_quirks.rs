@@ -34,9 +34,10 @@ fn quirky_bed(quirks: Quirks) -> (Bed, QuirkProvider) {
     (bed, emulator)
 }
 
-/// Adds an account of `quirky` and logs `user` in through the emulator's
-/// form, pasting the redirect URL; returns the account id.
-fn logged_in(bed: &Bed, user: &str) -> i64 {
+/// Adds an account of `quirky`, starts its login and signs `user` in on
+/// the emulator's form; returns the account id and what the form's
+/// submission answered (status, and the redirect URL or the page).
+fn signed_in(bed: &Bed, user: &str) -> (i64, u16, String) {
     let admin = bed.admin();
     let account = admin
         .post(
@@ -48,9 +49,17 @@ fn logged_in(bed: &Bed, user: &str) -> i64 {
     let started = admin
         .post(&format!("/api/accounts/{id}/login"), json!({}))
         .ok();
-    let (status, redirect_url) = QuirkProvider::sign_in(str_of(&started, "authorize_url"), user);
+    let (status, answer) = QuirkProvider::sign_in(str_of(&started, "authorize_url"), user);
+    (id, status, answer)
+}
+
+/// Adds an account of `quirky` and logs `user` in, pasting the redirect
+/// URL; returns the account id.
+fn logged_in(bed: &Bed, user: &str) -> i64 {
+    let (id, status, redirect_url) = signed_in(bed, user);
     assert_eq!(status, 302, "{redirect_url}");
-    let account = admin
+    let account = bed
+        .admin()
         .post(
             &format!("/api/accounts/{id}/login/complete"),
             json!({"redirect_url": redirect_url}),
@@ -229,4 +238,68 @@ fn refreshes_without_a_new_refresh_token_keep_working() {
         "{info}"
     );
     never_needed_a_relogin(&bed);
+}
+
+/// The `code#state` a paste page shows.
+fn shown_code(page: &str) -> String {
+    let after = page
+        .split("<code id=\"code\">")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no code on {page}"));
+    after.split("</code>").next().unwrap().replace("&amp;", "&")
+}
+
+#[test]
+fn a_code_shown_to_paste_finishes_the_login_with_its_state_checked() {
+    let (bed, emulator) = quirky_bed(Quirks {
+        paste_page: true,
+        ..Quirks::default()
+    });
+    let admin = bed.admin();
+    let (id, status, page) = signed_in(&bed, "alice");
+    assert_eq!(status, 200, "{page}");
+    let shown = shown_code(&page);
+    let (code, _state) = shown.split_once('#').expect("code#state");
+    let complete = format!("/api/accounts/{id}/login/complete");
+    // Another login's state: refused, and this login stays pending.
+    let wrong = admin.post(&complete, json!({"code": format!("{code}#not-the-state")}));
+    assert_eq!(wrong.status, 409, "{}", wrong.text);
+    for bad in [
+        json!({}),
+        json!({"code": shown, "redirect_url": "http://x/"}),
+    ] {
+        let resp = admin.post(&complete, bad);
+        assert_eq!(resp.status, 400, "{}", resp.text);
+        assert!(resp.json()["error"].is_string(), "{}", resp.text);
+    }
+    let account = admin.post(&complete, json!({"code": shown})).ok();
+    assert_eq!(account["state"], "healthy", "{account}");
+    let lease = admin.lease(QUIRKY, None);
+    assert_eq!(
+        emulator.introspect(str_of(&lease, "access_token"))["username"],
+        "alice"
+    );
+
+    // A bare code (some pages show no state): PKCE binds it to the login.
+    let (bob, _, page) = signed_in(&bed, "bob");
+    let shown = shown_code(&page);
+    let bare = shown.split('#').next().unwrap();
+    // A mistyped code fails at the provider (a failed login, as a bad
+    // redirect URL's code); the login stays pending for the right one.
+    let complete = format!("/api/accounts/{bob}/login/complete");
+    let mistyped = admin.post(&complete, json!({"code": "mistyped"}));
+    assert_eq!(mistyped.status, 502, "{}", mistyped.text);
+    assert_eq!(
+        mistyped.json()["error"],
+        "login_failed",
+        "{}",
+        mistyped.text
+    );
+    let account = admin
+        .post(
+            &format!("/api/accounts/{bob}/login/complete"),
+            json!({"code": bare}),
+        )
+        .ok();
+    assert_eq!(account["state"], "healthy", "{account}");
 }
