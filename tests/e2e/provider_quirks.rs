@@ -164,6 +164,30 @@ fn a_challenge_page_is_transient() {
 }
 
 #[test]
+fn a_token_answer_over_a_mebibyte_is_not_read_and_retried() {
+    // Non-rotating: an answer not read does not spend the refresh token.
+    let (bed, emulator) = quirky_bed(Quirks {
+        access_ttl: 4,
+        static_refresh_tokens: true,
+        ..Quirks::default()
+    });
+    let id = logged_in(&bed, "alice");
+    let generation = int_of(&bed.account(id), "generation");
+    emulator.set(|q| q.pad_bytes = 1 << 20);
+    let failed = bed.wait_account("a refused answer", id, secs(10), |a| {
+        a["last_error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("over 1048576 bytes"))
+    });
+    assert_eq!(failed["generation"], generation, "{failed}");
+    // Just under the limit is read.
+    emulator.set(|q| q.pad_bytes = 1 << 19);
+    let account = refreshed_past(&bed, id, generation, secs(10));
+    assert_eq!(account["state"], "healthy", "{account}");
+    never_needed_a_relogin(&bed);
+}
+
+#[test]
 fn a_refresh_token_reused_answer_needs_a_relogin() {
     let (bed, emulator) = quirky_bed(Quirks {
         access_ttl: 4,

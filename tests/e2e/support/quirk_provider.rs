@@ -86,6 +86,9 @@ pub struct Quirks {
     /// Refresh grants get 401 `{"error": {"code": <this>}}` (such as
     /// `refresh_token_reused`) while set.
     pub dead: Option<String>,
+    /// Token answers carry a `padding` field of this many bytes (for the
+    /// farm's limit on what it reads).
+    pub pad_bytes: usize,
     /// Access-token lifetime, seconds.
     pub access_ttl: u64,
     /// The device flow's polling interval and user-code lifetime, seconds.
@@ -107,6 +110,7 @@ impl Default for Quirks {
             retry_after_ms: None,
             challenge: 0,
             dead: None,
+            pad_bytes: 0,
             access_ttl: 3600,
             device_interval: 5,
             device_expires_in: 600,
@@ -677,6 +681,9 @@ fn issue(
     }
     if let Some(rt) = refresh_token {
         answer["refresh_token"] = json!(rt);
+    }
+    if quirks.pad_bytes > 0 {
+        answer["padding"] = json!("x".repeat(quirks.pad_bytes));
     }
     if id_token {
         answer["id_token"] = json!(sign(
