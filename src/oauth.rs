@@ -363,9 +363,9 @@ impl Provider {
         match classify(&answer, &default_rules(), Utc::now(), MAX_TOKEN_RETRY_AFTER) {
             Verdict::Tokens(tokens) => Ok(tokens),
             Verdict::Dead { code, description } => Err(OAuthError::Dead { code, description }),
-            Verdict::Transient { reason, retry_at } => {
-                Err(OAuthError::Unavailable { reason, retry_at })
-            }
+            Verdict::Transient {
+                reason, retry_at, ..
+            } => Err(OAuthError::Unavailable { reason, retry_at }),
         }
     }
 }

@@ -65,6 +65,9 @@ pub enum Verdict {
     /// when the provider said when (`Retry-After-Ms`, `Retry-After`).
     Transient {
         reason: String,
+        /// The provider's error code, when it gave one (the device flow's
+        /// `authorization_pending`, `slow_down`, … are read from it).
+        code: Option<String>,
         retry_at: Option<DateTime<Utc>>,
     },
 }
@@ -160,7 +163,8 @@ pub fn classify(
             description,
         },
         _ => Verdict::Transient {
-            reason: transient_reason(answer, error, description),
+            reason: transient_reason(answer, error.as_deref(), description),
+            code: error,
             retry_at: retry_at(),
         },
     }
@@ -168,7 +172,7 @@ pub fn classify(
 
 fn transient_reason(
     answer: &TokenAnswer,
-    error: Option<String>,
+    error: Option<&str>,
     description: Option<String>,
 ) -> String {
     let mut reason = format!("HTTP {}", answer.status);
@@ -179,7 +183,7 @@ fn transient_reason(
     }
     if let Some(e) = error {
         reason.push(' ');
-        reason.push_str(&e);
+        reason.push_str(e);
     }
     if let Some(d) = description {
         reason.push_str(": ");
@@ -414,6 +418,18 @@ pub enum PollAnswer {
     Error(String),
     /// No answer, or one without an error code: try again.
     Unreadable,
+}
+
+impl PollAnswer {
+    /// A device-code poll's answer, from the token endpoint's verdict.
+    pub fn of(verdict: &Verdict) -> PollAnswer {
+        match verdict {
+            Verdict::Tokens(_) => PollAnswer::Tokens,
+            Verdict::Dead { code, .. } => PollAnswer::Error(code.clone()),
+            Verdict::Transient { code: Some(c), .. } => PollAnswer::Error(c.clone()),
+            Verdict::Transient { code: None, .. } => PollAnswer::Unreadable,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -746,6 +762,25 @@ mod tests {
             parse_callback(&u).unwrap_err(),
             CallbackError::Missing("code")
         );
+    }
+
+    #[test]
+    fn device_poll_answers_from_the_token_endpoint() {
+        let of = |status, body: &str| PollAnswer::of(&verdict(status, &[], body));
+        assert_eq!(
+            of(400, r#"{"error":"authorization_pending"}"#),
+            PollAnswer::Error("authorization_pending".into())
+        );
+        assert_eq!(
+            of(400, r#"{"error":"slow_down"}"#),
+            PollAnswer::Error("slow_down".into())
+        );
+        assert_eq!(
+            of(400, r#"{"error":"invalid_grant"}"#),
+            PollAnswer::Error("invalid_grant".into())
+        );
+        assert_eq!(of(200, r#"{"access_token":"a"}"#), PollAnswer::Tokens);
+        assert_eq!(of(502, "<html>"), PollAnswer::Unreadable);
     }
 
     #[test]
