@@ -11,22 +11,27 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use oauth2::basic::{BasicClient, BasicErrorResponseType};
-use oauth2::{
-    AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, PkceCodeChallenge,
-    PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError, Scope, TokenResponse, TokenUrl,
-};
+use chrono::{DateTime, Utc};
+use oauth2::basic::BasicClient;
+use oauth2::{AuthUrl, ClientId, CsrfToken, PkceCodeChallenge, RedirectUrl, Scope, TokenUrl};
 use serde::Deserialize;
 use tokio::sync::RwLock;
 use url::Url;
 
 use crate::config::{Endpoints, ProviderConfig};
+use crate::domain::provider::{classify, default_rules, TokenAnswer, Verdict};
 use crate::secret::Secret;
 
-/// Assumed lifetime of an access token whose response has no `expires_in`.
-const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+pub use crate::domain::provider::{parse_callback, Callback, CallbackError};
+
 /// Time limit for any single request to a provider.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// The longest token-endpoint answer read; a token set is a few KiB.
+const MAX_TOKEN_ANSWER_BYTES: usize = 1 << 20;
+/// The longest wait a provider's `Retry-After` on its token endpoint is
+/// honoured for: past it the farm tries again (the account's access token
+/// may be running out meanwhile).
+const MAX_TOKEN_RETRY_AFTER: chrono::Duration = chrono::Duration::hours(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum OAuthError {
@@ -38,16 +43,23 @@ pub enum OAuthError {
     },
     #[error("provider {provider}: {reason}")]
     Config { provider: String, reason: String },
-    /// The provider refused the grant: the code or refresh token is dead.
-    #[error("the provider rejected the grant (invalid_grant){}", describe(.0))]
-    InvalidGrant(Option<String>),
-    /// The provider answered with another OAuth error.
-    #[error("the provider answered {code}{}", describe(.description))]
-    Provider {
+    /// The provider refused the grant: the code or refresh token is dead
+    /// (`invalid_grant`, or a provider's own code for it, such as
+    /// `refresh_token_reused`).
+    #[error("the provider rejected the grant ({code}){}", describe(.description))]
+    Dead {
         code: String,
         description: Option<String>,
     },
-    /// Network failure, timeout, 5xx or an unreadable answer: worth retrying.
+    /// The provider answered but not with tokens, and the grant may still
+    /// work later (429, 5xx, a challenge page, another OAuth error); not
+    /// before `retry_at` when it said when.
+    #[error("the provider answered {reason}")]
+    Unavailable {
+        reason: String,
+        retry_at: Option<DateTime<Utc>>,
+    },
+    /// Network failure or timeout: worth retrying.
     #[error("could not reach the provider: {0}")]
     Transport(String),
 }
@@ -57,14 +69,11 @@ fn describe(d: &Option<String>) -> String {
 }
 
 impl OAuthError {
-    /// True when retrying later may succeed with the same refresh token.
-    pub fn is_transient(&self) -> bool {
+    /// When the provider said to try again, if it did.
+    pub fn retry_at(&self) -> Option<DateTime<Utc>> {
         match self {
-            OAuthError::Transport(_) | OAuthError::Discovery { .. } => true,
-            OAuthError::Provider { code, .. } => {
-                code == "temporarily_unavailable" || code == "server_error"
-            }
-            OAuthError::InvalidGrant(_) | OAuthError::Config { .. } => false,
+            OAuthError::Unavailable { retry_at, .. } => *retry_at,
+            _ => None,
         }
     }
 }
@@ -79,13 +88,7 @@ pub struct ResolvedEndpoints {
 }
 
 /// A freshly issued token set, as the provider sent it.
-#[derive(Debug)]
-pub struct Grant {
-    pub access_token: Secret,
-    pub token_type: String,
-    pub expires_in: Duration,
-    pub refresh_token: Option<Secret>,
-}
+pub type Grant = crate::domain::provider::TokenSet;
 
 /// A login in progress: what must come back on the redirect.
 #[derive(Debug)]
@@ -101,9 +104,9 @@ pub type EndpointFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, OAuthErro
 
 /// What the farm needs from a provider: its configuration, the authorize
 /// URL, the code exchange and the refresh grant. Errors keep the classes
-/// the farm tells apart: [`OAuthError::InvalidGrant`] (the refresh token or
-/// code is dead: the account needs a login) against everything else
-/// (transient: back off, keep the refresh token).
+/// the farm tells apart: [`OAuthError::Dead`] (the refresh token or code
+/// is dead: the account needs a login) against everything else (transient:
+/// back off, keep the refresh token).
 pub trait TokenEndpoint: Send + Sync {
     fn config(&self) -> &ProviderConfig;
 
@@ -252,7 +255,7 @@ impl Provider {
             provider: self.name().into(),
             reason: format!("{what}: {e}"),
         };
-        let mut client = BasicClient::new(ClientId::new(self.config.client_id.clone()))
+        let client = BasicClient::new(ClientId::new(self.config.client_id.clone()))
             .set_auth_uri(
                 AuthUrl::new(ep.authorize_url.to_string()).map_err(|e| bad("authorize_url", e))?,
             )
@@ -263,9 +266,6 @@ impl Provider {
                 RedirectUrl::new(self.config.redirect_uri.to_string())
                     .map_err(|e| bad("redirect_uri", e))?,
             );
-        if let Some(secret) = &self.config.client_secret {
-            client = client.set_client_secret(ClientSecret::new(secret.expose().to_string()));
-        }
         Ok(client)
     }
 
@@ -295,67 +295,78 @@ impl Provider {
         code: &Secret,
         pkce_verifier: &Secret,
     ) -> Result<Grant, OAuthError> {
-        let ep = self.endpoints().await?;
-        let resp = self
-            .client(&ep)?
-            .exchange_code(AuthorizationCode::new(code.expose().to_string()))
-            .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.expose().to_string()))
-            .request_async(&self.http)
-            .await;
-        grant_from(resp)
+        self.token_request(&[
+            ("grant_type", "authorization_code"),
+            ("code", code.expose()),
+            ("redirect_uri", self.config.redirect_uri.as_str()),
+            ("code_verifier", pkce_verifier.expose()),
+        ])
+        .await
     }
 
     pub async fn refresh(&self, refresh_token: &Secret) -> Result<Grant, OAuthError> {
+        self.token_request(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token.expose()),
+        ])
+        .await
+    }
+
+    /// POSTs `params` (form-encoded, RFC 6749 §4.1.3/§6) to the token
+    /// endpoint, authenticating the client as RFC 6749 §2.3.1 says (HTTP
+    /// Basic with a secret, `client_id` in the body without), and
+    /// classifies the answer (`domain::provider`).
+    async fn token_request(&self, params: &[(&str, &str)]) -> Result<Grant, OAuthError> {
         let ep = self.endpoints().await?;
-        let token = RefreshToken::new(refresh_token.expose().to_string());
-        let resp = self
-            .client(&ep)?
-            .exchange_refresh_token(&token)
-            .request_async(&self.http)
-            .await;
-        grant_from(resp)
-    }
-}
-
-type TokenResult<RE> = Result<
-    oauth2::basic::BasicTokenResponse,
-    RequestTokenError<RE, oauth2::basic::BasicErrorResponse>,
->;
-
-fn grant_from<RE: std::error::Error + 'static>(resp: TokenResult<RE>) -> Result<Grant, OAuthError> {
-    match resp {
-        Ok(t) => Ok(Grant {
-            access_token: Secret::new(t.access_token().secret().clone()),
-            token_type: token_type_name(t.token_type()),
-            expires_in: t.expires_in().unwrap_or(DEFAULT_TOKEN_LIFETIME),
-            refresh_token: t.refresh_token().map(|r| Secret::new(r.secret().clone())),
-        }),
-        Err(RequestTokenError::ServerResponse(e)) => Err(match e.error() {
-            BasicErrorResponseType::InvalidGrant => {
-                OAuthError::InvalidGrant(e.error_description().cloned())
+        let mut form: Vec<(&str, &str)> = params.to_vec();
+        let mut req = self
+            .http
+            .post(ep.token_url.clone())
+            .header(reqwest::header::ACCEPT, "application/json");
+        match &self.config.client_secret {
+            Some(secret) => {
+                let enc = |s: &str| {
+                    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
+                };
+                req = req.basic_auth(enc(&self.config.client_id), Some(enc(secret.expose())));
             }
-            other => OAuthError::Provider {
-                code: other.to_string(),
-                description: e.error_description().cloned(),
-            },
-        }),
-        // The messages of these variants carry no token: reqwest's errors
-        // name the URL (no secrets in it for a token endpoint), and a parse
-        // error's body is dropped here on purpose.
-        Err(RequestTokenError::Request(e)) => Err(OAuthError::Transport(error_chain(&e))),
-        Err(RequestTokenError::Parse(e, _body)) => Err(OAuthError::Transport(format!(
-            "unreadable token response: {}",
-            e.inner()
-        ))),
-        Err(RequestTokenError::Other(m)) => Err(OAuthError::Transport(m)),
-    }
-}
-
-fn token_type_name(t: &oauth2::basic::BasicTokenType) -> String {
-    match t {
-        oauth2::basic::BasicTokenType::Bearer => "Bearer".into(),
-        oauth2::basic::BasicTokenType::Mac => "MAC".into(),
-        oauth2::basic::BasicTokenType::Extension(s) => s.clone(),
+            None => form.push(("client_id", &self.config.client_id)),
+        }
+        // The messages of transport errors carry no token: reqwest's errors
+        // name the URL (no secrets in it for a token endpoint).
+        let transport = |e: reqwest::Error| OAuthError::Transport(error_chain(&e));
+        let mut resp = req.form(&form).send().await.map_err(transport)?;
+        let status = resp.status().as_u16();
+        let headers: Vec<(String, String)> = resp
+            .headers()
+            .iter()
+            .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect();
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+            if body.len() + chunk.len() > MAX_TOKEN_ANSWER_BYTES {
+                return Err(OAuthError::Unavailable {
+                    reason: format!(
+                        "HTTP {status} with an answer over {MAX_TOKEN_ANSWER_BYTES} bytes"
+                    ),
+                    retry_at: None,
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let answer = TokenAnswer {
+            status,
+            headers: &headers,
+            body: &body,
+        };
+        // The time only places a `Retry-After`; the farm waits by its own clock.
+        match classify(&answer, &default_rules(), Utc::now(), MAX_TOKEN_RETRY_AFTER) {
+            Verdict::Tokens(tokens) => Ok(tokens),
+            Verdict::Dead { code, description } => Err(OAuthError::Dead { code, description }),
+            Verdict::Transient {
+                reason, retry_at, ..
+            } => Err(OAuthError::Unavailable { reason, retry_at }),
+        }
     }
 }
 
@@ -368,94 +379,4 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         src = inner.source();
     }
     s
-}
-
-/// What the provider sent back to the redirect URI.
-#[derive(Debug)]
-pub struct Callback {
-    pub code: Secret,
-    pub state: Secret,
-    pub iss: Option<String>,
-}
-
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum CallbackError {
-    #[error("the provider refused the login: {0}")]
-    Refused(String),
-    #[error("the redirect URL has no {0} parameter")]
-    Missing(&'static str),
-    #[error("not a URL: {0}")]
-    NotAUrl(String),
-}
-
-/// Parses the query of a redirect (`?code=&state=&iss=`, or `?error=`).
-pub fn parse_callback(url: &Url) -> Result<Callback, CallbackError> {
-    let mut code = None;
-    let mut state = None;
-    let mut iss = None;
-    let mut error = None;
-    let mut error_description = None;
-    for (k, v) in url.query_pairs() {
-        match k.as_ref() {
-            "code" => code = Some(Secret::new(v.into_owned())),
-            "state" => state = Some(Secret::new(v.into_owned())),
-            "iss" => iss = Some(v.into_owned()),
-            "error" => error = Some(v.into_owned()),
-            "error_description" => error_description = Some(v.into_owned()),
-            _ => {}
-        }
-    }
-    if let Some(e) = error {
-        return Err(CallbackError::Refused(match error_description {
-            Some(d) => format!("{e} ({d})"),
-            None => e,
-        }));
-    }
-    Ok(Callback {
-        code: code.ok_or(CallbackError::Missing("code"))?,
-        state: state.ok_or(CallbackError::Missing("state"))?,
-        iss,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn callback_parsing() {
-        let u = Url::parse("http://127.0.0.1:1/callback?code=abc&state=xyz&iss=http%3A%2F%2Fi")
-            .unwrap();
-        let c = parse_callback(&u).unwrap();
-        assert_eq!(
-            (c.code.expose(), c.state.expose(), c.iss.as_deref()),
-            ("abc", "xyz", Some("http://i"))
-        );
-        let u = Url::parse("http://x/cb?error=access_denied&state=s").unwrap();
-        assert_eq!(
-            parse_callback(&u).unwrap_err(),
-            CallbackError::Refused("access_denied".into())
-        );
-        let u = Url::parse("http://x/cb?state=s").unwrap();
-        assert_eq!(
-            parse_callback(&u).unwrap_err(),
-            CallbackError::Missing("code")
-        );
-    }
-
-    #[test]
-    fn transient_classification() {
-        assert!(OAuthError::Transport("x".into()).is_transient());
-        assert!(!OAuthError::InvalidGrant(None).is_transient());
-        assert!(OAuthError::Provider {
-            code: "temporarily_unavailable".into(),
-            description: None
-        }
-        .is_transient());
-        assert!(!OAuthError::Provider {
-            code: "invalid_client".into(),
-            description: None
-        }
-        .is_transient());
-    }
 }

@@ -161,7 +161,7 @@ async fn interactive_login(client: &FarmClient, id: AccountId) -> Result<()> {
     if started.listening {
         println!("The farm is listening for the redirect. If the browser cannot reach it,");
     }
-    println!("paste the full URL the browser was sent to, then press Enter:");
+    println!("paste the full URL the browser was sent to (or the code the provider's page shows), then press Enter:");
     let (pasted_tx, mut pasted_rx) = tokio::sync::mpsc::channel::<String>(1);
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines().map_while(Result::ok) {
@@ -175,7 +175,7 @@ async fn interactive_login(client: &FarmClient, id: AccountId) -> Result<()> {
             Some(url) = pasted_rx.recv() => {
                 match complete_login(client, id, url.trim()).await {
                     Ok(a) => return done(&a),
-                    Err(e) => eprintln!("{e:#}\npaste the redirect URL again:"),
+                    Err(e) => eprintln!("{e:#}\npaste the redirect URL or code again:"),
                 }
             }
             _ = tokio::time::sleep(Duration::from_secs(1)) => {
@@ -189,13 +189,19 @@ async fn interactive_login(client: &FarmClient, id: AccountId) -> Result<()> {
     }
 }
 
-async fn complete_login(
-    client: &FarmClient,
-    id: AccountId,
-    redirect_url: &str,
-) -> Result<AccountView> {
-    let body = LoginComplete {
-        redirect_url: redirect_url.to_owned(),
+/// Finishes a login with what was pasted: a redirect URL, or the
+/// `code#state` (or bare code) some providers' pages show.
+async fn complete_login(client: &FarmClient, id: AccountId, pasted: &str) -> Result<AccountView> {
+    let body = if pasted.contains("://") {
+        LoginComplete {
+            redirect_url: Some(pasted.to_owned()),
+            ..LoginComplete::default()
+        }
+    } else {
+        LoginComplete {
+            code: Some(pasted.to_owned()),
+            ..LoginComplete::default()
+        }
     };
     client
         .post(&format!("/api/accounts/{id}/login/complete"), &body)

@@ -186,9 +186,10 @@ impl Account {
     /// `generation`. A provider that did not rotate the refresh token sends
     /// none: the old one stays. Clears every failure mark.
     pub fn install_tokens(&mut self, mut tokens: Tokens, generation: i64, now: DateTime<Utc>) {
-        if tokens.refresh_token.is_none() {
-            tokens.refresh_token = self.tokens.as_ref().and_then(|t| t.refresh_token.clone());
-        }
+        tokens.refresh_token = super::provider::refresh_token_after(
+            tokens.refresh_token.take(),
+            self.tokens.as_ref().and_then(|t| t.refresh_token.as_ref()),
+        );
         self.tokens = Some(tokens);
         self.generation = generation;
         self.auth = AuthState::Active;

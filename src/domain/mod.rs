@@ -7,6 +7,7 @@
 
 pub mod account;
 pub mod job;
+pub mod provider;
 pub mod rate;
 pub mod ratelimit;
 pub mod rotation;

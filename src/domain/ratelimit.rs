@@ -71,17 +71,25 @@ fn reset_at<'a>(
     reset_headers: &[String],
     now: DateTime<Utc>,
 ) -> Option<DateTime<Utc>> {
+    announced_retry(header, now).or_else(|| {
+        reset_headers
+            .iter()
+            .find_map(|name| header(name).and_then(|v| reset_value(v, now)))
+    })
+}
+
+/// When the answer says to retry: `retry-after-ms`, then `retry-after`
+/// (seconds or HTTP date).
+pub fn announced_retry<'a>(
+    header: &impl Fn(&str) -> Option<&'a str>,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
     if let Some(ms) = header("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
         if ms.is_finite() && ms >= 0.0 {
             return Some(now + Duration::milliseconds(ms.min(1e13) as i64));
         }
     }
-    if let Some(at) = header("retry-after").and_then(|v| retry_after(v, now)) {
-        return Some(at);
-    }
-    reset_headers
-        .iter()
-        .find_map(|name| header(name).and_then(|v| reset_value(v, now)))
+    header("retry-after").and_then(|v| retry_after(v, now))
 }
 
 /// `Retry-After`: delay-seconds or an HTTP date.

@@ -91,6 +91,16 @@ pub fn backoff(failures: u32, initial: Duration, max: Duration, jitter: f64) -> 
     Duration::milliseconds(full_ms / 2 + ((full_ms / 2) as f64 * jitter) as i64)
 }
 
+/// When to retry a refresh that failed transiently: when the provider said
+/// (`told`, already capped), if that is still ahead, else after `backoff`.
+pub fn retry_refresh_at(
+    now: DateTime<Utc>,
+    backoff: Duration,
+    told: Option<DateTime<Utc>>,
+) -> DateTime<Utc> {
+    told.filter(|t| *t > now).unwrap_or(now + backoff)
+}
+
 /// The cooldown a rate-limit report earns: the client's `retry_after`
 /// (or the default), capped.
 pub fn cooldown_for(retry_after: Option<Duration>, default: Duration, max: Duration) -> Duration {
@@ -102,6 +112,17 @@ mod tests {
     use super::*;
     use crate::domain::account::Tokens;
     use crate::secret::Secret;
+
+    #[test]
+    fn a_refresh_retries_when_the_provider_said_else_after_the_backoff() {
+        let t0 = Utc::now();
+        let backoff = Duration::seconds(10);
+        let told = t0 + Duration::seconds(3);
+        assert_eq!(retry_refresh_at(t0, backoff, Some(told)), told);
+        assert_eq!(retry_refresh_at(t0, backoff, None), t0 + backoff);
+        // A time already past is no instruction.
+        assert_eq!(retry_refresh_at(t0, backoff, Some(t0)), t0 + backoff);
+    }
 
     #[test]
     fn due_at_margin_before_expiry() {

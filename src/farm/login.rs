@@ -12,6 +12,7 @@ use url::Url;
 
 use super::refresh::tokens_from;
 use super::{chrono_dur, Farm, FarmError, Result};
+use crate::domain::provider::parse_pasted;
 use crate::domain::AccountId;
 use crate::events::EventKind;
 use crate::loopback::{self, Landing};
@@ -74,6 +75,37 @@ impl PendingLogins {
             })
             .map(|(id, _)| *id)?;
         map.remove(&id).filter(|p| p.expires_at > now)
+    }
+
+    /// Puts back a login taken for a code that did not work, unless the
+    /// account started another meanwhile.
+    fn restore(&self, pending: Pending) {
+        self.lock().entry(pending.account_id).or_insert(pending);
+    }
+
+    /// Takes the account's pending login if `check` accepts its state;
+    /// otherwise it stays pending.
+    fn take_checked<T>(
+        &self,
+        id: AccountId,
+        now: DateTime<Utc>,
+        check: impl FnOnce(&Secret) -> std::result::Result<T, CallbackError>,
+    ) -> Result<(Pending, T)> {
+        let mut map = self.lock();
+        let Some(pending) = map.get(&id).filter(|p| p.expires_at > now) else {
+            return Err(FarmError::Conflict(format!(
+                "no login is pending for account {id} (expired or already used); start the login again"
+            )));
+        };
+        let checked = check(&pending.state).map_err(|e| match e {
+            CallbackError::StateMismatch => FarmError::Conflict(format!(
+                "{e} (a code from another login?); paste the code of the login started last"
+            )),
+            CallbackError::Refused(_) => FarmError::Login(e.to_string()),
+            _ => FarmError::Invalid(e.to_string()),
+        })?;
+        let pending = map.remove(&id).expect("found above, under the same lock");
+        Ok((pending, checked))
     }
 }
 
@@ -166,14 +198,37 @@ impl Farm {
                 )));
             }
         }
+        self.exchange_and_install(&pending, &callback.code).await
+    }
+
+    /// Finishes the account's pending login from what a person pasted: the
+    /// redirect URL, `code#state` (as some providers' redirect pages show
+    /// it) or a bare code (bound to the login by PKCE). A state, when there
+    /// is one, must be the pending login's; a mismatch leaves the login
+    /// pending.
+    pub async fn complete_login_with_code(&self, pasted: &str, id: AccountId) -> Result<AccountId> {
+        if pasted.contains("://") {
+            return self.complete_login(pasted, Some(id)).await;
+        }
+        let (pending, pasted) = self
+            .logins
+            .take_checked(id, self.clock.now(), |state| parse_pasted(pasted, state))?;
+        let result = self.exchange_and_install(&pending, &pasted.code).await;
+        if result.is_err() {
+            // A mistyped code: the login's verifier is still good for the
+            // right one, so the person may paste again.
+            self.logins.restore(pending);
+        }
+        result
+    }
+
+    /// Exchanges a pending login's code and stores the tokens.
+    async fn exchange_and_install(&self, pending: &Pending, code: &Secret) -> Result<AccountId> {
         let id = pending.account_id;
         let provider_name = self.with_account(id, |a| a.provider.clone())?;
         let provider = self.provider(&provider_name)?.clone();
         let issued_at = self.clock.now();
-        let grant = match provider
-            .exchange_code(&callback.code, &pending.pkce_verifier)
-            .await
-        {
+        let grant = match provider.exchange_code(code, &pending.pkce_verifier).await {
             Ok(g) => g,
             Err(e) => {
                 let detail = format!("code exchange failed: {e}");

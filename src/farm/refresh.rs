@@ -24,7 +24,8 @@ use chrono::Utc;
 use rand::Rng;
 
 use super::{chrono_dur, not_found_account, Farm, FarmError, Result};
-use crate::domain::timing::backoff;
+use crate::domain::provider::{expires_at, DEFAULT_TOKEN_TTL};
+use crate::domain::timing::{backoff, retry_refresh_at};
 use crate::domain::{AccountId, AuthState, LastError, Tokens};
 use crate::events::EventKind;
 use crate::oauth::{Grant, OAuthError};
@@ -102,8 +103,8 @@ impl Farm {
                 );
                 RefreshOutcome::Refreshed
             }),
-            Err(OAuthError::InvalidGrant(description)) => {
-                self.refresh_token_dead(id, generation, description)
+            Err(OAuthError::Dead { code, description }) => {
+                self.refresh_token_dead(id, generation, code, description)
             }
             Err(other) => self.refresh_failed(id, other),
         }
@@ -144,12 +145,14 @@ impl Farm {
         Ok(())
     }
 
-    /// `invalid_grant`: the refresh token is dead — unless the generation
+    /// `invalid_grant` (or a provider's own code for a dead refresh token):
+    /// the refresh token is dead — unless the generation
     /// moved on disk, which means the tokens we used were already replaced.
     fn refresh_token_dead(
         &self,
         id: AccountId,
         used_generation: i64,
+        code: String,
         description: Option<String>,
     ) -> Result<RefreshOutcome> {
         let persisted = self.store.generation(id)?;
@@ -164,11 +167,9 @@ impl Farm {
         }
         let message = match &description {
             Some(d) => {
-                format!("refresh token rejected by the provider (invalid_grant: {d}); log in again")
+                format!("refresh token rejected by the provider ({code}: {d}); log in again")
             }
-            None => {
-                "refresh token rejected by the provider (invalid_grant); log in again".to_string()
-            }
+            None => format!("refresh token rejected by the provider ({code}); log in again"),
         };
         tracing::warn!(
             account = id,
@@ -185,10 +186,11 @@ impl Farm {
             });
         })?;
         self.emit(EventKind::NeedsRelogin, Some(id), message);
-        Err(FarmError::Refresh(OAuthError::InvalidGrant(description)))
+        Err(FarmError::Refresh(OAuthError::Dead { code, description }))
     }
 
-    /// Any other failure: keep the refresh token, back off, try again later.
+    /// Any other failure: keep the refresh token, back off (until when the
+    /// provider said, if it did), try again later. Never `needs_relogin`.
     fn refresh_failed(&self, id: AccountId, error: OAuthError) -> Result<RefreshOutcome> {
         self.store.set_refresh_started(id, None)?;
         let cfg = &self.config.scheduler;
@@ -203,7 +205,7 @@ impl Farm {
                 chrono_dur(cfg.retry_max),
                 jitter,
             );
-            a.retry_at = Some(now + wait);
+            a.retry_at = Some(retry_refresh_at(now, wait, error.retry_at()));
             a.last_error = Some(LastError {
                 at: now,
                 message: format!("refresh failed, will retry: {error}"),
@@ -235,9 +237,18 @@ impl Drop for RefreshingMark<'_> {
     }
 }
 
+/// The tokens to store from a grant sent at `issued_at`: its lifetime from
+/// `expires_in`, else the access token's JWT `exp`, else the default. (A
+/// grant without a refresh token keeps the old one when installed:
+/// `Account::install_tokens`, `Store::save_tokens`.)
 pub(crate) fn tokens_from(grant: Grant, issued_at: chrono::DateTime<Utc>) -> Tokens {
     Tokens {
-        expires_at: issued_at + chrono_dur(grant.expires_in),
+        expires_at: expires_at(
+            grant.expires_in,
+            grant.access_token.expose(),
+            issued_at,
+            DEFAULT_TOKEN_TTL,
+        ),
         access_token: grant.access_token,
         token_type: grant.token_type,
         issued_at,

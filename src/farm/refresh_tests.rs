@@ -98,7 +98,7 @@ async fn invalid_grant_marks_needs_relogin_keeps_the_refresh_token_and_deletes_n
         .await
         .unwrap_err();
     assert!(
-        matches!(err, FarmError::Refresh(OAuthError::InvalidGrant(_))),
+        matches!(err, FarmError::Refresh(OAuthError::Dead { .. })),
         "{err:?}"
     );
     let (auth, refreshing, kept_generation) = farm
@@ -339,4 +339,99 @@ async fn many_accounts_due_together_do_not_storm_the_provider() {
     );
     stop.send(true).unwrap();
     scheduler.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_is_waited_out_as_told_and_never_needs_a_relogin() {
+    let dir = scratch_dir();
+    let (farm, clock, provider) = scripted_farm(
+        dir.path(),
+        "[scheduler]\nretry_initial = \"1s\"\nretry_max = \"2s\"\nmax_sleep = \"1s\"\n",
+    );
+    let (id, _) = logged_in(&farm, "alice", TOKEN_LIFE);
+    farm.with_account(id, |a| a.suspect = true).unwrap(); // due at once
+    provider.script([
+        Answer::RetryAfter(Duration::from_secs(30)),
+        Answer::RetryAfter(Duration::from_secs(30)),
+    ]);
+    let (stop, shutdown) = watch::channel(false);
+    let scheduler = tokio::spawn(run_refresh_scheduler(farm.clone(), shutdown));
+    pass(Duration::from_millis(10)).await;
+    assert_eq!(provider.grants(), 1);
+    let retry_at = farm.with_account(id, |a| a.retry_at).unwrap().unwrap();
+    assert_eq!(
+        retry_at - clock.now(),
+        chrono::Duration::seconds(30) - chrono::Duration::milliseconds(10),
+        "the provider's 30 s, not the 1 s backoff"
+    );
+    pass(Duration::from_secs(29)).await;
+    assert_eq!(provider.grants(), 1, "not before Retry-After");
+    pass(Duration::from_secs(2)).await;
+    assert_eq!(provider.grants(), 2);
+    pass(Duration::from_secs(31)).await;
+    assert_eq!(provider.grants(), 3, "then the grant goes through");
+    let (auth, failures) = farm
+        .with_account(id, |a| (a.auth, a.refresh_failures))
+        .unwrap();
+    assert_eq!((auth, failures), (AuthState::Active, 0));
+    assert_eq!(refresh_token(&farm, id), "rt-3");
+    assert_eq!(provider.presented(), ["rt-0", "rt-0", "rt-0"]);
+    stop.send(true).unwrap();
+    scheduler.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_providers_own_dead_code_marks_needs_relogin() {
+    let dir = scratch_dir();
+    let (farm, _clock, provider) = scripted_farm(dir.path(), "");
+    let (id, generation) = logged_in(&farm, "alice", TOKEN_LIFE);
+    provider.script([Answer::Dead("refresh_token_reused")]);
+    farm.refresh(id, Some(generation), "test")
+        .await
+        .unwrap_err();
+    let (auth, error) = farm
+        .with_account(id, |a| (a.auth, a.last_error.clone().unwrap().message))
+        .unwrap();
+    assert_eq!(auth, AuthState::NeedsRelogin);
+    assert!(error.contains("refresh_token_reused"), "{error}");
+    assert_eq!(refresh_token(&farm, id), "rt-0");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_answer_without_a_refresh_token_keeps_the_old_one() {
+    let dir = scratch_dir();
+    let (farm, clock, provider) = scripted_farm(dir.path(), "");
+    let (id, _) = logged_in(&farm, "alice", TOKEN_LIFE);
+    provider.script([Answer::TokensWithoutRefreshToken(TOKEN_LIFE)]);
+    farm.refresh(id, None, "first").await.unwrap();
+    assert_eq!(refresh_token(&farm, id), "rt-0", "in memory");
+    let stored = farm.store.load_accounts(clock.now()).unwrap();
+    let tokens = stored[0].tokens.as_ref().unwrap();
+    assert_eq!(
+        (
+            tokens.access_token.expose(),
+            tokens.refresh_token.as_ref().unwrap().expose()
+        ),
+        ("at-1", "rt-0"),
+        "on disk"
+    );
+    // And it works again: the same (non-rotating) refresh token is sent.
+    farm.refresh(id, None, "second").await.unwrap();
+    assert_eq!(provider.presented(), ["rt-0", "rt-0"]);
+    assert_eq!(refresh_token(&farm, id), "rt-2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_jwt_access_token_without_expires_in_lives_until_its_exp() {
+    let dir = scratch_dir();
+    let (farm, clock, provider) = scripted_farm(dir.path(), "");
+    let (id, _) = logged_in(&farm, "alice", TOKEN_LIFE);
+    // Ten minutes: not the one hour a missing expires_in would default to.
+    provider.script([Answer::JwtWithoutExpiresIn(10 * MINUTE)]);
+    farm.refresh(id, None, "test").await.unwrap();
+    let expires_at = farm
+        .with_account(id, |a| a.tokens.as_ref().unwrap().expires_at)
+        .unwrap();
+    let exp = clock.now().timestamp() + 600;
+    assert_eq!(expires_at.timestamp(), exp);
 }

@@ -10,8 +10,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use base64::Engine;
+
 use super::Farm;
-use crate::clock::TestClock;
+use crate::clock::{Clock, TestClock};
 use crate::config::ProviderConfig;
 use crate::domain::{AccountId, Tokens};
 use crate::oauth::{AuthorizeRequest, EndpointFuture, Grant, OAuthError, TokenEndpoint};
@@ -24,12 +26,22 @@ pub(crate) enum Answer {
     Tokens(Duration),
     /// `invalid_grant`: the refresh token is dead.
     InvalidGrant,
+    /// Another code the provider uses for a dead refresh token.
+    Dead(&'static str),
     /// A network failure: worth retrying.
     Transient,
+    /// The provider asks to come back after this long (a 429 with
+    /// `Retry-After`).
+    RetryAfter(Duration),
+    /// New tokens without a refresh token: the old one stays.
+    TokensWithoutRefreshToken(Duration),
+    /// A JWT access token whose `exp` is this far ahead, and no `expires_in`.
+    JwtWithoutExpiresIn(Duration),
 }
 
 pub(crate) struct ScriptedEndpoint {
     config: ProviderConfig,
+    clock: Arc<TestClock>,
     script: Mutex<VecDeque<Answer>>,
     /// The answer once the script is used up.
     otherwise: Mutex<Answer>,
@@ -44,9 +56,10 @@ pub(crate) struct ScriptedEndpoint {
 pub(crate) const TOKEN_LIFE: Duration = Duration::from_secs(3600);
 
 impl ScriptedEndpoint {
-    fn new(config: ProviderConfig) -> Self {
+    fn new(config: ProviderConfig, clock: Arc<TestClock>) -> Self {
         ScriptedEndpoint {
             config,
+            clock,
             script: Mutex::default(),
             otherwise: Mutex::new(Answer::Tokens(TOKEN_LIFE)),
             delay: Mutex::default(),
@@ -100,15 +113,41 @@ impl ScriptedEndpoint {
             .unwrap()
             .pop_front()
             .unwrap_or(*self.otherwise.lock().unwrap());
-        match answer {
-            Answer::Tokens(life) => Ok(Grant {
-                access_token: Secret::new(format!("at-{n}")),
+        let tokens = |expires_in: Option<Duration>, access_token: String, rotate: bool| {
+            Ok(Grant {
+                access_token: Secret::new(access_token),
                 token_type: "Bearer".into(),
-                expires_in: life,
-                refresh_token: Some(Secret::new(format!("rt-{n}"))),
+                expires_in: expires_in.map(|d| d.as_secs()),
+                refresh_token: rotate.then(|| Secret::new(format!("rt-{n}"))),
+                id_token: None,
+            })
+        };
+        match answer {
+            Answer::Tokens(life) => tokens(Some(life), format!("at-{n}"), true),
+            Answer::TokensWithoutRefreshToken(life) => tokens(Some(life), format!("at-{n}"), false),
+            Answer::JwtWithoutExpiresIn(life) => {
+                let exp = self.clock.now().timestamp() + life.as_secs() as i64;
+                let b64 = |s: String| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+                let jwt = format!(
+                    "{}.{}.",
+                    b64(r#"{"alg":"none"}"#.into()),
+                    b64(format!(r#"{{"exp":{exp},"n":{n}}}"#))
+                );
+                tokens(None, jwt, true)
+            }
+            Answer::InvalidGrant => Err(OAuthError::Dead {
+                code: "invalid_grant".into(),
+                description: Some("scripted".into()),
             }),
-            Answer::InvalidGrant => Err(OAuthError::InvalidGrant(Some("scripted".into()))),
+            Answer::Dead(code) => Err(OAuthError::Dead {
+                code: code.into(),
+                description: None,
+            }),
             Answer::Transient => Err(OAuthError::Transport("scripted outage".into())),
+            Answer::RetryAfter(wait) => Err(OAuthError::Unavailable {
+                reason: "HTTP 429".into(),
+                retry_at: Some(self.clock.now() + super::chrono_dur(wait)),
+            }),
         }
     }
 }
@@ -170,7 +209,7 @@ pub(crate) fn scripted_farm(
         clock.clone(),
         |p| {
             let e = endpoint
-                .get_or_init(|| Arc::new(ScriptedEndpoint::new(p.clone())))
+                .get_or_init(|| Arc::new(ScriptedEndpoint::new(p.clone(), clock.clone())))
                 .clone();
             e as Arc<dyn TokenEndpoint>
         },

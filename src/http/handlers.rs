@@ -150,7 +150,17 @@ pub async fn login_complete(
         async {
             let id = id_of("account", &id)?;
             farm.account(id)?;
-            farm.complete_login(&body?.redirect_url, Some(id)).await?;
+            match body? {
+                types::LoginComplete {
+                    redirect_url: Some(url),
+                    code: None,
+                } => farm.complete_login(&url, Some(id)).await?,
+                types::LoginComplete {
+                    redirect_url: None,
+                    code: Some(code),
+                } => farm.complete_login_with_code(&code, id).await?,
+                _ => return Err(ApiError::bad_request("give either redirect_url or code")),
+            };
             Ok(json(&farm.account(id)?))
         }
         .await,

@@ -32,12 +32,16 @@ pub struct NewAccount {
     pub priority: i64,
 }
 
-/// `POST /api/accounts/{id}/login/complete`.
-#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+/// `POST /api/accounts/{id}/login/complete`: one of the two.
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginComplete {
     /// The full URL the provider redirected the browser to.
-    pub redirect_url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_url: Option<String>,
+    /// What the provider's page showed to paste: `code#state`, or a bare code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
 
 /// `PUT /api/accounts/{id}/secrets/{name}`.

@@ -12,6 +12,7 @@
 //! - [`sse`]: an event stream read frame by frame, with deadlines.
 //! - [`receiver`]: an HTTP server in the test that records what it is sent.
 //! - [`upstream`]: a fake LLM upstream for the proxy, scripted per token.
+//! - [`quirk_provider`]: an OAuth provider emulator with real providers' quirks.
 
 pub mod api;
 pub mod bed;
@@ -20,6 +21,7 @@ pub mod farm;
 pub mod netns;
 pub mod process;
 pub mod provider;
+pub mod quirk_provider;
 pub mod receiver;
 pub mod schema;
 pub mod sse;
