@@ -104,24 +104,6 @@ pub struct Config {
     pub providers: Vec<ProviderConfig>,
 }
 
-/// One `[[webhook]]`: each event of a kind it wants is POSTed to `url` as
-/// JSON, signed with HMAC-SHA256 when a secret is set.
-#[derive(Clone, PartialEq)]
-pub struct WebhookConfig {
-    /// http or https. May carry a credential (in its path or user info), so
-    /// `Debug` shows only its origin.
-    pub url: Url,
-    /// Event kinds to deliver, each one of [`EventKind::NAMES`], no duplicates.
-    /// Empty means every kind: use [`WebhookConfig::wants`].
-    pub events: Vec<String>,
-    /// HMAC key; `None` sends unsigned requests.
-    pub secret: Option<Secret>,
-    /// Deliveries per event at most, first one included (1..=20).
-    pub max_attempts: u32,
-    /// Per request.
-    pub timeout: Duration,
-}
-
 impl WebhookConfig {
     /// Whether events of `kind` go to this webhook.
     pub fn wants(&self, kind: &str) -> bool {
@@ -147,80 +129,6 @@ struct RedactedUrl<'a>(&'a Url);
 impl fmt::Debug for RedactedUrl<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "\"{}/***\"", self.0.origin().ascii_serialization())
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProviderConfig {
-    pub name: String,
-    pub endpoints: Endpoints,
-    pub client_id: String,
-    pub client_secret: Option<Secret>,
-    pub scopes: Vec<String>,
-    pub redirect_uri: Url,
-    pub extra_authorize_params: BTreeMap<String, String>,
-    /// How long a started login waits for its redirect.
-    pub login_timeout: Duration,
-    /// Default login script for this provider's accounts (not read here).
-    pub login_script: Option<PathBuf>,
-    /// The provider revokes a grant when a spent refresh token is presented
-    /// again: after a crash mid-refresh, a scripted account is logged in by
-    /// the browser instead of replaying its refresh token.
-    pub reuse_detection: bool,
-    /// `[provider.proxy]`: the rotating proxy at `/proxy/<name>/…` (`None`: off).
-    pub proxy: Option<ProxyConfig>,
-}
-
-/// `[provider.proxy]`: where `/proxy/<provider>/<path>` forwards to and how.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProxyConfig {
-    /// Requests to `/proxy/<provider>/<path>` go to `<upstream>/<path>`.
-    pub upstream: Url,
-    /// Added to every upstream request, comma-merged with the client's value.
-    pub headers: BTreeMap<String, String>,
-    /// The header that carries the account's token (lowercase).
-    pub auth_header: String,
-    /// Put before the token with a space (`""`: the bare token).
-    pub auth_scheme: String,
-    /// A header the client already sends that keys its sticky session
-    /// (besides `x-relogin-session`), lowercase.
-    pub session_header: Option<String>,
-    /// Largest request body, buffered for replays (bytes).
-    pub max_body: usize,
-    /// Upstream statuses that move the request to the next account.
-    pub failover_on: Vec<u16>,
-    /// Accounts tried per request, first one included.
-    pub max_attempts: usize,
-    /// Headers read for a 429's reset time after `retry-after(-ms)`.
-    pub reset_headers: Vec<String>,
-    /// Prefixes of the rate-limit headers kept as the account's quota.
-    pub quota_headers: Vec<String>,
-    pub connect_timeout: Duration,
-    /// From the request sent to the upstream's status line.
-    pub first_byte_timeout: Duration,
-    /// Longest silence between two chunks of an answer.
-    pub idle_timeout: Duration,
-}
-
-impl Default for ProxyConfig {
-    fn default() -> Self {
-        ProxyConfig {
-            upstream: Url::parse("http://127.0.0.1/").expect("a valid URL"),
-            headers: BTreeMap::new(),
-            auth_header: "authorization".to_owned(),
-            auth_scheme: "Bearer".to_owned(),
-            session_header: None,
-            max_body: 32 * 1024 * 1024,
-            failover_on: vec![401, 429, 529],
-            max_attempts: 3,
-            reset_headers: vec!["anthropic-ratelimit-unified-reset".to_owned()],
-            quota_headers: ["anthropic-ratelimit-", "x-ratelimit-", "x-codex-"]
-                .map(str::to_owned)
-                .to_vec(),
-            connect_timeout: Duration::from_secs(10),
-            first_byte_timeout: minutes(10),
-            idle_timeout: minutes(5),
-        }
     }
 }
 
@@ -295,16 +203,8 @@ pub enum ConfigError {
 type Result<T, E = ConfigError> = std::result::Result<T, E>;
 
 // ---------------------------------------------------------------------------
-// Defaults outside the key tables: the repeated blocks, derived defaults
+// Defaults outside the key tables: derived defaults
 // ---------------------------------------------------------------------------
-
-const fn minutes(n: u64) -> Duration {
-    Duration::from_secs(n * 60)
-}
-
-const DEFAULT_LOGIN_TIMEOUT: Duration = minutes(10);
-const DEFAULT_WEBHOOK_MAX_ATTEMPTS: u32 = 6;
-const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `farm.key` next to the database, so moving `store.path` (or passing
 /// `--store-path`) moves the key along unless `key_file` is set.
@@ -340,22 +240,44 @@ pub struct KeyDoc {
     pub doc: String,
 }
 
+/// How the environment can set a key.
+enum KeyEnv {
+    /// Its own variable, [`env_var`] of the key (a `[section]`'s scalars).
+    Scalar,
+    /// Not at all.
+    None,
+    /// Some other way, spelled out (a block's secret).
+    Other(&'static str),
+}
+
 impl KeyDoc {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         section: &str,
         name: &str,
         ty: &'static str,
-        has_env: bool,
-        default: Value,
+        env: KeyEnv,
+        default: Option<Value>,
         shown: Option<&str>,
+        required: bool,
         doc: &[&str],
     ) -> Self {
         let key = format!("{section}.{name}");
+        let shown_default = match (shown, &default) {
+            (Some(shown), _) => shown.to_owned(),
+            (None, Some(default)) => show_value(default),
+            (None, None) if required => REQUIRED.to_owned(),
+            (None, None) => NO_DEFAULT.to_owned(),
+        };
         KeyDoc {
-            env: has_env.then(|| env_var(&key)),
+            env: match env {
+                KeyEnv::Scalar => Some(env_var(&key)),
+                KeyEnv::None => None,
+                KeyEnv::Other(text) => Some(text.to_owned()),
+            },
             ty,
-            shown_default: shown.map_or_else(|| show_value(&default), str::to_owned),
-            default: shown.is_none().then_some(default),
+            shown_default,
+            default: default.filter(|_| shown.is_none()),
             doc: doc.iter().map(|l| l.trim()).collect::<Vec<_>>().join(" "),
             key,
         }
@@ -370,12 +292,13 @@ fn show_value(value: &Value) -> String {
     }
 }
 
-/// Declares a `[section]` from one table of its keys, generating the struct
-/// (one field per key, plus `extra` fields not read from the file), its
-/// `Default`, `read` (each key from the environment, else the file, else the
-/// default, through the named `Section` reader, whose errors name the key),
-/// and `keys()` (the [`KeyDoc`]s behind `RELOGIN_FARM_*` names, the README
-/// table and the example-file check).
+/// Declares a `[section]`, or the table of a repeated block, from one table
+/// of its keys, generating the struct (one field per key, plus `extra`
+/// fields the section's own code fills in), `read` (each key from the
+/// environment, else the file, else the default, through the named `Section`
+/// reader, whose errors name the key), and `keys()` (the [`KeyDoc`]s behind
+/// `RELOGIN_FARM_*` names, the README table and the example-file check). A
+/// `[section]` also gets its `Default`.
 ///
 /// Adding a key is one entry (plus its doc comment):
 ///
@@ -388,66 +311,154 @@ fn show_value(value: &Value) -> String {
 ///   `true`); it goes through the reader like a configured value, so it is
 ///   validated too. Append `, shown "text"` when the real default is derived
 ///   by the section's own code (the key is then fixed up after `read`).
+///   Without a default, the key ends in `, required` (absent: the error
+///   `<key>: missing`, reported after unknown keys) or `, optional` (its type
+///   is `Option<_>`, absent is `None`).
 /// * `reader` is a `Section` method: `duration()`, `duration_or_zero()`,
-///   `count(1..=16)`, `boolean()`, `path()`, `parsed("what", parse_fn)`, …
-///   A check that needs a new rule gets a parse function, named here.
-/// * Append `, no_env` for keys the environment cannot set (arrays);
-///   every other key gets `RELOGIN_FARM_<SECTION>_<KEY>`.
+///   `count(1..=16)`, `boolean()`, `path()`, `url()`, `parsed("what",
+///   parse_fn)`, `table()` (a nested `[a.b]` table, itself declared by this
+///   macro), … A check that needs a new rule gets a parse function, named here.
+/// * A `[section]`'s keys get `RELOGIN_FARM_<SECTION>_<KEY>`; append
+///   `, no_env` for keys the environment cannot set (arrays). A `block` (a
+///   table that may repeat, `[[provider]]`) has no such variables; a key the
+///   environment sets some other way (a block's secret) says how with
+///   `, env "RELOGIN_FARM_…"` before the `=>`.
+/// * Keys under `given` are read, checked and documented like the others but
+///   are no fields: the `extra(sec)` expressions turn them into fields
+///   (cross-key rules such as `issuer` vs `authorize_url`); these run after
+///   every key is read, see the values by name and may use `?`.
 /// * Then list the key in `config.example.toml` and run
 ///   `UPDATE_README=1 cargo test --lib config::tests::readme_key_table`.
 macro_rules! config_section {
     (
         $(#[$meta:meta])*
+        pub struct $ty:ident in $section:literal block { $($body:tt)* } $($rest:tt)*
+    ) => {
+        config_section!(@table [block] $(#[$meta])* pub struct $ty in $section { $($body)* } $($rest)*);
+    };
+    (
+        $(#[$meta:meta])*
+        pub struct $ty:ident in $section:literal { $($body:tt)* } $($rest:tt)*
+    ) => {
+        config_section!(@table [] $(#[$meta])* pub struct $ty in $section { $($body)* } $($rest)*);
+    };
+    (
+        @table $mode:tt
+        $(#[$meta:meta])*
         pub struct $ty:ident in $section:literal {
             $(
                 $(#[doc = $doc:literal])*
-                $field:ident : $fty:ty = $default:expr $(, shown $shown:literal)?
-                    => $reader:ident ( $($arg:expr),* ) $(, $flag:ident)? ;
+                $field:ident : $fty:ty $(= $default:expr $(, shown $shown:literal)?)?
+                    $(, env $env:literal)?
+                    => $reader:ident ( $($arg:expr),* ) $(, $flag:ident)* ;
             )+
         }
-        $(extra {
+        $(given {
+            $(
+                $(#[doc = $gdoc:literal])*
+                $gfield:ident : $gty:ty $(= $gdefault:expr $(, shown $gshown:literal)?)?
+                    $(, env $genv:literal)?
+                    => $greader:ident ( $($garg:expr),* ) $(, $gflag:ident)* ;
+            )+
+        })?
+        $(extra $(($xsec:ident))? {
             $(
                 $(#[$xmeta:meta])*
-                $xfield:ident : $xty:ty = $xdefault:expr ;
+                $xfield:ident : $xty:ty = $xvalue:expr ;
             )*
         })?
     ) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, PartialEq)]
+        #[derive(Clone, PartialEq)]
         pub struct $ty {
             $( $(#[doc = $doc])* pub $field: $fty, )+
             $($( $(#[$xmeta])* pub $xfield: $xty, )*)?
         }
 
         impl $ty {
-            /// The section's keys, in declaration order.
+            /// The table's keys, in declaration order.
             pub fn keys() -> Vec<KeyDoc> {
-                vec![$(
-                    KeyDoc::new(
-                        $section,
-                        stringify!($field),
-                        stringify!($fty),
-                        config_section!(@env $($flag)?),
-                        Value::from($default),
-                        config_section!(@shown $($shown)?),
-                        &[$($doc),*],
-                    ),
-                )+]
-            }
-
-            /// Reads every key of the table (without rejecting unknown ones:
-            /// the caller may read more, then calls `Section::finish`).
-            fn read(sec: &mut Section<'_>) -> Result<Self> {
-                $(
-                    sec.default_to(stringify!($field), Value::from($default));
-                    let $field = sec
-                        .$reader(stringify!($field) $(, $arg)*)?
-                        .expect("every key has a default");
-                )+
-                Ok($ty { $($field,)+ $($($xfield: $xdefault,)*)? })
+                vec![
+                    $(config_section!(@key $section $mode $field $fty
+                        [$($default)?] [$($($shown)?)?] [$($env)?] [$($flag)*] [$($doc)*]),)+
+                    $($(config_section!(@key $section $mode $gfield $gty
+                        [$($gdefault)?] [$($($gshown)?)?] [$($genv)?] [$($gflag)*] [$($gdoc)*]),)+)?
+                ]
             }
         }
 
+        impl ReadTable for $ty {
+            /// Reads every key of the table. A `[section]` does not reject
+            /// unknown keys (its own code may read more, then calls
+            /// `Section::finish`); a block does, before its required keys
+            /// and `extra` rules are checked.
+            fn read(sec: &mut Section<'_>) -> Result<Self> {
+                $(
+                    $(sec.default_to(stringify!($field), Value::from($default));)?
+                    let $field = sec.$reader(stringify!($field) $(, $arg)*)?;
+                )+
+                $($(
+                    $(sec.default_to(stringify!($gfield), Value::from($gdefault));)?
+                    let $gfield = sec.$greader(stringify!($gfield) $(, $garg)*)?;
+                )+)?
+                config_section!(@finish sec $mode);
+                $(
+                    let $field: $fty = config_section!(@value sec, stringify!($field), $field,
+                        [$($default)?] $($flag)*);
+                )+
+                $($(
+                    let $gfield: $gty = config_section!(@value sec, stringify!($gfield), $gfield,
+                        [$($gdefault)?] $($gflag)*);
+                )+)?
+                $(
+                    $(let $xsec: &Section<'_> = &*sec;)?
+                    $(let $xfield: $xty = $xvalue;)*
+                )?
+                Ok($ty { $($field,)+ $($($xfield,)*)? })
+            }
+        }
+
+        config_section!(@default $ty $section $mode);
+    };
+    (@key $section:literal $mode:tt $field:ident $fty:ty
+        [$($default:expr)?] [$($shown:literal)?] [$($env:literal)?] [$($flag:ident)*]
+        [$($doc:literal)*]) => {
+        KeyDoc::new(
+            $section,
+            stringify!($field),
+            stringify!($fty),
+            config_section!(@env $mode [$($env)?] $($flag)*),
+            None $(.or(Some(Value::from($default))))?,
+            None $(.or(Some($shown)))?,
+            config_section!(@required $($flag)*),
+            &[$($doc),*],
+        )
+    };
+    (@env $mode:tt [$env:literal] $($flag:ident)*) => { KeyEnv::Other($env) };
+    (@env [block] [] $($flag:ident)*) => { KeyEnv::None };
+    (@env [] []) => { KeyEnv::Scalar };
+    (@env [] [] no_env $($flag:ident)*) => { KeyEnv::None };
+    (@env [] [] $other:ident $($flag:ident)*) => { config_section!(@env [] [] $($flag)*) };
+    (@required) => { false };
+    (@required required $($flag:ident)*) => { true };
+    (@required $other:ident $($flag:ident)*) => { config_section!(@required $($flag)*) };
+    (@value $sec:ident, $key:expr, $v:ident, [$default:expr] $($flag:ident)*) => {
+        $v.expect("a key with a default has a value")
+    };
+    (@value $sec:ident, $key:expr, $v:ident, [] required $($flag:ident)*) => {
+        $sec.required($key, $v)?
+    };
+    (@value $sec:ident, $key:expr, $v:ident, [] optional $($flag:ident)*) => { $v };
+    (@value $sec:ident, $key:expr, $v:ident, [] $other:ident $($flag:ident)*) => {
+        config_section!(@value $sec, $key, $v, [] $($flag)*)
+    };
+    (@value $sec:ident, $key:expr, $v:ident, []) => {
+        compile_error!("a key without a default is `required` or `optional`")
+    };
+    (@finish $sec:ident []) => {};
+    (@finish $sec:ident [block]) => { $sec.finish()? };
+    (@default $ty:ident $section:literal [block]) => {};
+    (@default $ty:ident $section:literal []) => {
         impl Default for $ty {
             fn default() -> Self {
                 let env = EnvLayer::default();
@@ -456,14 +467,16 @@ macro_rules! config_section {
             }
         }
     };
-    (@env) => { true };
-    (@env no_env) => { false };
-    (@shown) => { None };
-    (@shown $shown:literal) => { Some($shown) };
+}
+
+/// A table `config_section!` declared: how its keys are read.
+trait ReadTable: Sized {
+    fn read(sec: &mut Section<'_>) -> Result<Self>;
 }
 
 config_section! {
     /// `[server]`: the HTTP API.
+    #[derive(Debug)]
     pub struct ServerConfig in "server" {
         /// API address (port 0: any free port; the farm prints `LISTENING http://…`).
         listen: SocketAddr = "127.0.0.1:8377" => parsed("socket address", SocketAddr::from_str);
@@ -500,6 +513,7 @@ pub struct TlsFiles {
 
 config_section! {
     /// `[store]`: the database and its key.
+    #[derive(Debug)]
     pub struct StoreConfig in "store" {
         /// SQLite database.
         path: PathBuf = "data/farm.db" => path();
@@ -518,6 +532,7 @@ config_section! {
 
 config_section! {
     /// `[backup]`: scheduled copies of the database (see `store::backup`).
+    #[derive(Debug)]
     pub struct BackupConfig in "backup" {
         /// Cron (seconds field, UTC) of the database backup; `""` disables.
         // `None` when disabled; `Schedule::source` gives the expression back.
@@ -531,6 +546,7 @@ config_section! {
 
 config_section! {
     /// `[scheduler]`: when tokens are refreshed.
+    #[derive(Debug)]
     pub struct SchedulerConfig in "scheduler" {
         /// Refresh when less than this is left (at most half the token's life).
         refresh_margin: Duration = "5m" => duration();
@@ -549,6 +565,7 @@ config_section! {
 
 config_section! {
     /// `[rotation]`: which account a lease gets.
+    #[derive(Debug)]
     pub struct RotationConfig in "rotation" {
         /// `round-robin`, `least-used`, `fill-first` (by `priority`, lowest first), `sticky` (same `session` → same account).
         strategy: Strategy = "round-robin" => parsed("strategy", Strategy::from_str);
@@ -565,6 +582,7 @@ config_section! {
 
 config_section! {
     /// `[log]`.
+    #[derive(Debug)]
     pub struct LogConfig in "log" {
         /// tracing `EnvFilter` directive (`RUST_LOG` wins).
         // Only checked for being non-empty here; the caller parses it.
@@ -576,6 +594,7 @@ config_section! {
 
 config_section! {
     /// `[events]`: the event log and its live broadcast.
+    #[derive(Debug)]
     pub struct EventsConfig in "events" {
         /// How long events are kept; the sweep prunes older ones.
         retention: Duration = "30d" => duration();
@@ -586,6 +605,7 @@ config_section! {
 
 config_section! {
     /// `[browser]`: the Chromium that relogin drives through Playwright.
+    #[derive(Debug)]
     pub struct BrowserSettings in "browser" {
         /// `false`: never launch a browser; an account that needs a relogin waits for a person.
         enabled: bool = true => boolean();
@@ -624,6 +644,8 @@ pub use crate::browser::runner::Sandbox;
 
 /// [`KeyDoc::shown_default`] of a key without a default.
 const NO_DEFAULT: &str = "—";
+/// [`KeyDoc::shown_default`] of a key that must be given.
+const REQUIRED: &str = "required";
 
 /// Keys read by a section's own code rather than its table: secrets, which
 /// have their own variables. Documented here so the README table and the
@@ -657,8 +679,9 @@ fn custom_keys() -> Vec<KeyDoc> {
 }
 
 impl Config {
-    /// Every key of every `[section]`, in file order: the table's keys and
-    /// the ones read by custom code.
+    /// Every key, in file order: each `[section]`'s (the table's keys and the
+    /// ones read by custom code), then the blocks' (`webhook.url` is the
+    /// `url` of every `[[webhook]]`).
     pub fn keys() -> Vec<KeyDoc> {
         let mut keys = table_keys();
         let custom = custom_keys();
@@ -670,6 +693,7 @@ impl Config {
                 .map_or(keys.len(), |i| i + 1);
             keys.insert(at, doc);
         }
+        keys.extend(block_keys());
         keys
     }
 
@@ -678,7 +702,7 @@ impl Config {
         let mut out =
             String::from("| key | environment variable | default | meaning |\n|---|---|---|---|\n");
         let code = |text: &str| match text {
-            NO_DEFAULT => text.to_owned(),
+            NO_DEFAULT | REQUIRED => text.to_owned(),
             _ => format!("`{text}`"),
         };
         for k in Self::keys() {
@@ -694,7 +718,7 @@ impl Config {
     }
 }
 
-/// The keys the tables declare, in file order.
+/// The keys the `[section]` tables declare, in file order.
 fn table_keys() -> Vec<KeyDoc> {
     [
         ServerConfig::keys(),
@@ -705,6 +729,16 @@ fn table_keys() -> Vec<KeyDoc> {
         LogConfig::keys(),
         EventsConfig::keys(),
         BrowserSettings::keys(),
+    ]
+    .concat()
+}
+
+/// The keys of the blocks that may repeat, and of their nested tables.
+fn block_keys() -> Vec<KeyDoc> {
+    [
+        WebhookConfig::keys(),
+        ProviderConfig::keys(),
+        ProxyConfig::keys(),
     ]
     .concat()
 }
@@ -784,10 +818,12 @@ impl Config {
             rotation: RotationConfig::build(rotation)?,
             log: LogConfig::build(log)?,
             events: EventsConfig::build(events)?,
-            webhooks: build_webhooks(webhooks, &env)?,
+            webhooks: read_blocks("webhook", webhooks, &env)?,
             browser: BrowserSettings::build(browser)?,
-            providers: build_providers(providers, &env)?,
+            providers: read_blocks("provider", providers, &env)?,
         };
+        check_webhooks(&config.webhooks, &env)?;
+        check_providers(&config.providers, &env)?;
         config.apply_flags(overrides)?;
         Ok(config)
     }
@@ -1043,48 +1079,136 @@ fn describe_cron_error(error: &str) -> String {
 // Providers
 // ---------------------------------------------------------------------------
 
-fn build_providers(value: Option<Value>, env: &EnvLayer) -> Result<Vec<ProviderConfig>> {
-    let items = match value {
-        None => Vec::new(),
-        Some(Value::Array(items)) => items,
-        Some(other) => {
-            return Err(wrong_type(
-                "provider".to_owned(),
-                "an array of tables ([[provider]])",
-                &other,
-            ))
-        }
-    };
-    let mut providers: Vec<ProviderConfig> = Vec::with_capacity(items.len());
-    for (i, item) in items.into_iter().enumerate() {
-        let path = format!("provider[{i}]");
-        let Value::Table(table) = item else {
-            return Err(wrong_type(path, "a table", &item));
-        };
-        let provider = build_provider(Section::new(path, table, env), env)?;
-        // Names are compared as their environment spelling too: `a-b` and
-        // `a_b` would otherwise share one client secret variable.
-        if let Some((j, other)) = providers
+config_section! {
+    /// One `[[provider]]`: an OAuth provider whose accounts the farm keeps
+    /// logged in.
+    #[derive(Debug)]
+    pub struct ProviderConfig in "provider" block {
+        /// Unique; lowercase letters, digits, `_` and `-`, starting with a letter or digit.
+        name: String => parsed("name", parse_provider_name), required;
+        /// The OAuth client's id.
+        client_id: String => non_empty_string(), required;
+        /// Scopes to request (`offline_access` usually gets the refresh token).
+        scopes: Vec<String> = Vec::<String>::new() => scopes();
+        /// Where the provider sends the browser back after a login.
+        redirect_uri: Url => url(), required;
+        /// Extra query parameters of the authorization request; not the ones the farm sets itself.
+        extra_authorize_params: BTreeMap<String, String> = Table::new() => authorize_params();
+        /// How long a started login waits for its redirect.
+        login_timeout: Duration = "10m" => duration();
+        /// Default login script for this provider's accounts (an account's own one wins).
+        // Not read here: the login code reads it.
+        login_script: Option<PathBuf> => path(), optional;
+        /// The provider revokes the grant when a spent refresh token is presented again: after a crash mid-refresh, an account with a login script is logged in by the browser instead of replaying its refresh token.
+        reuse_detection: bool = false => boolean();
+        /// `[provider.proxy]`: the rotating proxy at `/proxy/<name>/…` (see [Point your tools at the farm](#point-your-tools-at-the-farm)); absent: none.
+        proxy: Option<ProxyConfig> => table(), optional;
+    }
+    given {
+        /// OIDC issuer; the endpoints come from its discovery document. Or give `authorize_url` and `token_url`, not both.
+        issuer: Option<Url> => url(), optional;
+        /// Authorization endpoint, without discovery (with `token_url`).
+        authorize_url: Option<Url> => url(), optional;
+        /// Token endpoint, without discovery (with `authorize_url`).
+        token_url: Option<Url> => url(), optional;
+        /// Introspection endpoint, without discovery (optional).
+        introspection_url: Option<Url> => url(), optional;
+        /// Client secret of a confidential client; the variable (`NAME`: the name uppercased, `-` as `_`) wins over this key and `client_secret_file`.
+        client_secret: Option<SecretRef>, env "RELOGIN_FARM_PROVIDER_<NAME>_CLIENT_SECRET"
+            => secret(), optional;
+        /// File holding the client secret (not with `client_secret`).
+        client_secret_file: Option<SecretRef>, env "RELOGIN_FARM_PROVIDER_<NAME>_CLIENT_SECRET_FILE"
+            => secret_file(), optional;
+    }
+    extra(sec) {
+        /// From `issuer`, or `authorize_url` + `token_url` (+ `introspection_url`).
+        endpoints: Endpoints =
+            resolve_endpoints(sec, issuer, authorize_url, token_url, introspection_url)?;
+        /// From the environment, else `client_secret(_file)`.
+        client_secret: Option<Secret> = resolve_secret(
+            sec.env.client_secrets.get(&env_name(&name)).cloned().unwrap_or_default(),
+            SecretVars { value: client_secret, file: client_secret_file },
+        )?;
+    }
+}
+
+config_section! {
+    /// `[provider.proxy]`: where `/proxy/<provider>/<path>` forwards to and how.
+    #[derive(Debug)]
+    pub struct ProxyConfig in "provider.proxy" block {
+        /// Requests to `/proxy/<provider>/<path>` go to `<upstream>/<path>`.
+        upstream: Url => url(), required;
+        /// Added to every upstream request, comma-merged with the client's value (names lowercased).
+        headers: BTreeMap<String, String> = Table::new() => header_values();
+        /// The header that carries the account's token (lowercased).
+        auth_header: String = "authorization" => parsed("header name", parse_header_name);
+        /// Put before the token with a space (`""`: the bare token).
+        auth_scheme: String = "Bearer" => parsed("scheme", parse_auth_scheme);
+        /// A header the client already sends that keys its sticky session (besides `x-relogin-session`), lowercased.
+        session_header: Option<String> => parsed("header name", parse_header_name), optional;
+        /// Largest request body in bytes, buffered to be replayed on failover; above: 413.
+        max_body: usize = 32 * 1024 * 1024 => count(1..=1024 * 1024 * 1024);
+        /// Upstream statuses that move the request to the next account.
+        failover_on: Vec<u16> = vec![401, 429, 529] => statuses();
+        /// Accounts tried per request, the first one included (1 to 10).
+        max_attempts: usize = 3 => count(1..=10);
+        /// Headers read for a 429's reset time after `retry-after-ms` and `retry-after` (lowercased).
+        reset_headers: Vec<String> = vec!["anthropic-ratelimit-unified-reset"] => header_names();
+        /// Prefixes of the rate-limit headers kept as the account's quota (lowercased).
+        quota_headers: Vec<String> = vec!["anthropic-ratelimit-", "x-ratelimit-", "x-codex-"]
+            => header_names();
+        /// Connecting to the upstream.
+        connect_timeout: Duration = "10s" => duration();
+        /// From the request sent to the upstream's status line.
+        first_byte_timeout: Duration = "10m" => duration();
+        /// Longest silence between two chunks of an answer; then the answer is cut.
+        idle_timeout: Duration = "5m" => duration();
+    }
+}
+
+/// The table's defaults with a placeholder upstream, for tests that build a
+/// proxy's settings by hand.
+#[cfg(test)]
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        read_table("provider.proxy", "upstream = \"http://127.0.0.1/\"")
+            .expect("the built-in defaults are valid")
+    }
+}
+
+/// Reads `text` as one table of `T` (tests).
+#[cfg(test)]
+fn read_table<T: ReadTable>(path: &str, text: &str) -> Result<T> {
+    let env = EnvLayer::default();
+    T::read(&mut Section::new(path.to_owned(), parse_toml(text)?, &env))
+}
+
+/// The blocks' rules across blocks: names are unique (also as their
+/// environment spelling: `a-b` and `a_b` would share one client secret
+/// variable), and every client secret variable names a provider.
+fn check_providers(providers: &[ProviderConfig], env: &EnvLayer) -> Result<()> {
+    for (i, provider) in providers.iter().enumerate() {
+        let Some((j, other)) = providers[..i]
             .iter()
             .enumerate()
             .find(|(_, p)| env_name(&p.name) == env_name(&provider.name))
-        {
-            let reason = if other.name == provider.name {
-                format!("duplicate name {:?} (also provider[{j}])", provider.name)
-            } else {
-                format!(
-                    "name {:?} clashes with provider[{j}] {:?}: both use {}",
-                    provider.name,
-                    other.name,
-                    client_secret_var(&env_name(&provider.name))
-                )
-            };
-            return Err(ConfigError::Invalid {
-                key: format!("provider[{i}].name"),
-                reason,
-            });
-        }
-        providers.push(provider);
+        else {
+            continue;
+        };
+        let reason = if other.name == provider.name {
+            format!("duplicate name {:?} (also provider[{j}])", provider.name)
+        } else {
+            format!(
+                "name {:?} clashes with provider[{j}] {:?}: both use {}",
+                provider.name,
+                other.name,
+                client_secret_var(&env_name(&provider.name))
+            )
+        };
+        return Err(ConfigError::Invalid {
+            key: format!("provider[{i}].name"),
+            reason,
+        });
     }
     let known: BTreeSet<String> = providers.iter().map(|p| env_name(&p.name)).collect();
     if let Some((name, vars)) = env
@@ -1097,120 +1221,14 @@ fn build_providers(value: Option<Value>, env: &EnvLayer) -> Result<Vec<ProviderC
             reason: format!("no [[provider]] whose name uppercases to {name}"),
         });
     }
-    Ok(providers)
+    Ok(())
 }
 
-fn build_provider(mut sec: Section<'_>, env: &EnvLayer) -> Result<ProviderConfig> {
-    let name = sec.parsed("name", "name", parse_provider_name)?;
-    let endpoints = EndpointKeys::read(&mut sec)?;
-    let client_id = sec.non_empty_string("client_id")?;
-    let from_file = SecretVars {
-        value: sec.secret("client_secret")?,
-        file: sec.secret_file("client_secret_file")?,
-    };
-    let scopes = sec.scopes("scopes")?.unwrap_or_default();
-    let redirect_uri = sec.url("redirect_uri")?;
-    let extra_authorize_params = sec
-        .authorize_params("extra_authorize_params")?
-        .unwrap_or_default();
-    let login_timeout = sec
-        .duration("login_timeout")?
-        .unwrap_or(DEFAULT_LOGIN_TIMEOUT);
-    let login_script = sec.path("login_script")?;
-    let reuse_detection = sec.boolean("reuse_detection")?.unwrap_or(false);
-    let proxy = match sec.take("proxy") {
-        None => None,
-        Some(Value::Table(table)) => Some(ProxyConfig::build(Section::new(
-            sec.full("proxy"),
-            table,
-            env,
-        ))?),
-        Some(other) => return Err(wrong_type(sec.full("proxy"), "a table", &other)),
-    };
-    sec.finish()?;
-    let name = sec.required("name", name)?;
-    let endpoints = endpoints.resolve(&sec)?;
-    let client_id = sec.required("client_id", client_id)?;
-    let redirect_uri = sec.required("redirect_uri", redirect_uri)?;
-    let from_env = env
-        .client_secrets
-        .get(&env_name(&name))
-        .cloned()
-        .unwrap_or_default();
-    Ok(ProviderConfig {
-        client_secret: resolve_secret(from_env, from_file)?,
-        name,
-        endpoints,
-        client_id,
-        scopes,
-        redirect_uri,
-        extra_authorize_params,
-        login_timeout,
-        login_script,
-        reuse_detection,
-        proxy,
-    })
-}
-
-impl ProxyConfig {
-    fn build(mut sec: Section<'_>) -> Result<Self> {
-        let d = Self::default();
-        let upstream = sec.url("upstream")?;
-        let headers = sec.header_values("headers")?.unwrap_or_default();
-        let auth_header = sec
-            .parsed("auth_header", "header name", parse_header_name)?
-            .unwrap_or(d.auth_header);
-        let auth_scheme = sec
-            .parsed("auth_scheme", "scheme", |s| {
-                if s.contains(char::is_whitespace) {
-                    Err("must be one word (or \"\" for the bare token)")
-                } else {
-                    Ok(s.to_owned())
-                }
-            })?
-            .unwrap_or(d.auth_scheme);
-        let session_header = sec.parsed("session_header", "header name", parse_header_name)?;
-        let max_body = sec
-            .count("max_body", 1..=1024 * 1024 * 1024)?
-            .unwrap_or(d.max_body);
-        let failover_on = sec.statuses("failover_on")?.unwrap_or(d.failover_on);
-        let max_attempts = sec.count("max_attempts", 1..=10)?.unwrap_or(d.max_attempts);
-        let header_list = |sec: &mut Section<'_>, key: &str| {
-            sec.string_list(key, |item_key, name| {
-                parse_header_name(name)
-                    .map(|_| ())
-                    .map_err(|reason| ConfigError::Invalid {
-                        key: item_key.to_owned(),
-                        reason: format!("invalid header name {name:?}: {reason}"),
-                    })
-            })
-            .map(|list| list.map(|l| l.iter().map(|n| n.to_ascii_lowercase()).collect()))
-        };
-        let reset_headers = header_list(&mut sec, "reset_headers")?.unwrap_or(d.reset_headers);
-        let quota_headers = header_list(&mut sec, "quota_headers")?.unwrap_or(d.quota_headers);
-        let connect_timeout = sec
-            .duration("connect_timeout")?
-            .unwrap_or(d.connect_timeout);
-        let first_byte_timeout = sec
-            .duration("first_byte_timeout")?
-            .unwrap_or(d.first_byte_timeout);
-        let idle_timeout = sec.duration("idle_timeout")?.unwrap_or(d.idle_timeout);
-        sec.finish()?;
-        Ok(ProxyConfig {
-            upstream: sec.required("upstream", upstream)?,
-            headers,
-            auth_header,
-            auth_scheme,
-            session_header,
-            max_body,
-            failover_on,
-            max_attempts,
-            reset_headers,
-            quota_headers,
-            connect_timeout,
-            first_byte_timeout,
-            idle_timeout,
-        })
+fn parse_auth_scheme(scheme: &str) -> Result<String, &'static str> {
+    if scheme.contains(char::is_whitespace) {
+        Err("must be one word (or \"\" for the bare token)")
+    } else {
+        Ok(scheme.to_owned())
     }
 }
 
@@ -1223,52 +1241,38 @@ fn parse_header_name(name: &str) -> Result<String, &'static str> {
     Ok(name.to_ascii_lowercase())
 }
 
-/// The endpoint keys as given, before checking they make a valid set.
-struct EndpointKeys {
+/// Either `issuer` (discovery) or `authorize_url` + `token_url` (plus
+/// optional `introspection_url`); mixing them is ambiguous, so rejected.
+fn resolve_endpoints(
+    sec: &Section<'_>,
     issuer: Option<Url>,
     authorize_url: Option<Url>,
     token_url: Option<Url>,
     introspection_url: Option<Url>,
-}
-
-impl EndpointKeys {
-    fn read(sec: &mut Section<'_>) -> Result<Self> {
-        Ok(EndpointKeys {
-            issuer: sec.url("issuer")?,
-            authorize_url: sec.url("authorize_url")?,
-            token_url: sec.url("token_url")?,
-            introspection_url: sec.url("introspection_url")?,
-        })
-    }
-
-    /// Either `issuer` (discovery) or `authorize_url` + `token_url` (plus
-    /// optional `introspection_url`); mixing them is ambiguous, so rejected.
-    fn resolve(self, sec: &Section<'_>) -> Result<Endpoints> {
-        let introspection_url = self.introspection_url;
-        match (self.issuer, self.authorize_url, self.token_url) {
-            (Some(issuer), None, None) => match introspection_url {
-                None => Ok(Endpoints::Discovery { issuer }),
-                Some(_) => Err(sec.invalid(
-                    "introspection_url",
-                    "only with authorize_url and token_url; with issuer, discovery finds it",
-                )),
-            },
-            (Some(_), _, _) => Err(sec.invalid(
-                "issuer",
-                "give either issuer or authorize_url and token_url, not both",
+) -> Result<Endpoints> {
+    match (issuer, authorize_url, token_url) {
+        (Some(issuer), None, None) => match introspection_url {
+            None => Ok(Endpoints::Discovery { issuer }),
+            Some(_) => Err(sec.invalid(
+                "introspection_url",
+                "only with authorize_url and token_url; with issuer, discovery finds it",
             )),
-            (None, Some(authorize_url), Some(token_url)) => Ok(Endpoints::Manual {
-                authorize_url,
-                token_url,
-                introspection_url,
-            }),
-            (None, Some(_), None) => Err(sec.missing("token_url")),
-            (None, None, Some(_)) => Err(sec.missing("authorize_url")),
-            (None, None, None) => Err(sec.invalid(
-                "issuer",
-                "missing: give issuer (OIDC discovery) or authorize_url and token_url",
-            )),
-        }
+        },
+        (Some(_), _, _) => Err(sec.invalid(
+            "issuer",
+            "give either issuer or authorize_url and token_url, not both",
+        )),
+        (None, Some(authorize_url), Some(token_url)) => Ok(Endpoints::Manual {
+            authorize_url,
+            token_url,
+            introspection_url,
+        }),
+        (None, Some(_), None) => Err(sec.missing("token_url")),
+        (None, None, Some(_)) => Err(sec.missing("authorize_url")),
+        (None, None, None) => Err(sec.invalid(
+            "issuer",
+            "missing: give issuer (OIDC discovery) or authorize_url and token_url",
+        )),
     }
 }
 
@@ -1307,64 +1311,54 @@ fn parse_http_url(text: &str) -> Result<Url, String> {
 // Webhooks
 // ---------------------------------------------------------------------------
 
-fn build_webhooks(value: Option<Value>, env: &EnvLayer) -> Result<Vec<WebhookConfig>> {
-    let items = match value {
-        None => Vec::new(),
-        Some(Value::Array(items)) => items,
-        Some(other) => {
-            return Err(wrong_type(
-                "webhook".to_owned(),
-                "an array of tables ([[webhook]])",
-                &other,
-            ))
-        }
-    };
-    if let Some((&index, vars)) = env.webhook_secrets.range(items.len()..).next() {
+config_section! {
+    /// One `[[webhook]]`: each event of a kind it wants is POSTed to `url` as
+    /// JSON, signed with HMAC-SHA256 when a secret is set.
+    pub struct WebhookConfig in "webhook" block {
+        /// http or https. May carry a credential (in its path or user info): errors never quote it, logs show only its origin.
+        url: Url => secret_url(), required;
+        /// Event kinds to send, each once (see [Events and webhooks](#events-and-webhooks)); `[]`: every kind.
+        // Use `WebhookConfig::wants`.
+        events: Vec<String> = Vec::<String>::new() => event_kinds();
+        /// Deliveries per event at most, the first one included (1 to 20); retries back off exponentially.
+        max_attempts: u32 = 6 => count(1..=20);
+        /// How long one request may take.
+        timeout: Duration = "10s" => duration();
+    }
+    given {
+        /// HMAC key; without one, requests are sent unsigned. The variable (`N`: the block's 0-based position in the file) wins over this key and `secret_file`.
+        secret: Option<SecretRef>, env "RELOGIN_FARM_WEBHOOK_<N>_SECRET" => secret(), optional;
+        /// File holding the HMAC key (not with `secret`).
+        secret_file: Option<SecretRef>, env "RELOGIN_FARM_WEBHOOK_<N>_SECRET_FILE"
+            => secret_file(), optional;
+    }
+    extra(sec) {
+        /// From the environment, else `secret(_file)`; `None`: unsigned.
+        secret: Option<Secret> = resolve_secret(
+            sec.index
+                .and_then(|i| sec.env.webhook_secrets.get(&i))
+                .cloned()
+                .unwrap_or_default(),
+            SecretVars { value: secret, file: secret_file },
+        )?;
+    }
+}
+
+/// Every webhook secret variable's index is a `[[webhook]]`'s.
+fn check_webhooks(webhooks: &[WebhookConfig], env: &EnvLayer) -> Result<()> {
+    if let Some((&index, vars)) = env.webhook_secrets.range(webhooks.len()..).next() {
         return Err(ConfigError::UnknownEnv {
             var: vars.var_name(),
             reason: format!(
                 "no [[webhook]] with index {index} (indexes start at 0; there {})",
-                match items.len() {
+                match webhooks.len() {
                     1 => "is 1".to_owned(),
                     n => format!("are {n}"),
                 }
             ),
         });
     }
-    let mut webhooks = Vec::with_capacity(items.len());
-    for (i, item) in items.into_iter().enumerate() {
-        let path = format!("webhook[{i}]");
-        let Value::Table(table) = item else {
-            return Err(wrong_type(path, "a table", &item));
-        };
-        let from_env = env.webhook_secrets.get(&i).cloned().unwrap_or_default();
-        webhooks.push(build_webhook(Section::new(path, table, env), from_env)?);
-    }
-    Ok(webhooks)
-}
-
-fn build_webhook(mut sec: Section<'_>, from_env: SecretVars) -> Result<WebhookConfig> {
-    let url = sec.secret_url("url")?;
-    let events = sec.event_kinds("events")?.unwrap_or_default();
-    let from_file = SecretVars {
-        value: sec.secret("secret")?,
-        file: sec.secret_file("secret_file")?,
-    };
-    let max_attempts = sec
-        .count("max_attempts", 1..=20)?
-        .map_or(DEFAULT_WEBHOOK_MAX_ATTEMPTS, |n| {
-            u32::try_from(n).expect("at most 20")
-        });
-    let timeout = sec.duration("timeout")?.unwrap_or(DEFAULT_WEBHOOK_TIMEOUT);
-    sec.finish()?;
-    let url = sec.required("url", url)?;
-    Ok(WebhookConfig {
-        url,
-        events,
-        secret: resolve_secret(from_env, from_file)?,
-        max_attempts,
-        timeout,
-    })
+    Ok(())
 }
 
 /// `WEBHOOK_<N>_SECRET[_FILE]` → (`N`, is it the `_FILE` one). `N` is
@@ -1617,6 +1611,8 @@ struct Section<'a> {
     /// Keys that neither the file nor the environment set, whose built-in
     /// default [`Section::default_to`] put in.
     defaulted: BTreeSet<String>,
+    /// A `[[block]]`'s position in its array (the `N` of its variables).
+    index: Option<usize>,
 }
 
 impl<'a> Section<'a> {
@@ -1626,6 +1622,7 @@ impl<'a> Section<'a> {
             table,
             env,
             defaulted: BTreeSet::new(),
+            index: None,
         }
     }
 
@@ -1670,6 +1667,18 @@ impl<'a> Section<'a> {
         match self.env.scalars.get(&self.full(key)) {
             Some(env) => Some(Value::String(env.value.clone())),
             None => from_file,
+        }
+    }
+
+    /// A nested table (`[provider.proxy]` of a `[[provider]]`), read as a
+    /// `T` (`None` when absent).
+    fn table<T: ReadTable>(&mut self, key: &str) -> Result<Option<T>> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(Value::Table(table)) => {
+                T::read(&mut Section::new(self.full(key), table, self.env)).map(Some)
+            }
+            Some(other) => Err(wrong_type(self.name(key), "a table", &other)),
         }
     }
 
@@ -1782,7 +1791,11 @@ impl<'a> Section<'a> {
 
     /// An integer in `range`. The environment can only give strings, so a
     /// string is accepted there (and only there).
-    fn count(&mut self, key: &str, range: RangeInclusive<usize>) -> Result<Option<usize>> {
+    fn count<T: TryFrom<usize>>(
+        &mut self,
+        key: &str,
+        range: RangeInclusive<usize>,
+    ) -> Result<Option<T>> {
         let from_env = self.set_by_env(key);
         let number = match self.take(key) {
             None => return Ok(None),
@@ -1794,7 +1807,10 @@ impl<'a> Section<'a> {
             Some(other) => return Err(wrong_type(self.name(key), "an integer", &other)),
         };
         match usize::try_from(number) {
-            Ok(n) if range.contains(&n) => Ok(Some(n)),
+            Ok(n) if range.contains(&n) => match T::try_from(n) {
+                Ok(n) => Ok(Some(n)),
+                Err(_) => unreachable!("a count's range fits its type"),
+            },
             _ => Err(self.invalid(
                 key,
                 format!(
@@ -1992,6 +2008,19 @@ impl<'a> Section<'a> {
         })
     }
 
+    /// Header names (or prefixes of them), lowercased.
+    fn header_names(&mut self, key: &str) -> Result<Option<Vec<String>>> {
+        let list = self.string_list(key, |item_key, name| {
+            parse_header_name(name)
+                .map(|_| ())
+                .map_err(|reason| ConfigError::Invalid {
+                    key: item_key.to_owned(),
+                    reason: format!("invalid header name {name:?}: {reason}"),
+                })
+        })?;
+        Ok(list.map(|l| l.iter().map(|n| n.to_ascii_lowercase()).collect()))
+    }
+
     /// HTTP status codes (100..=599), such as `[401, 429, 529]`.
     fn statuses(&mut self, key: &str) -> Result<Option<Vec<u16>>> {
         let Some(value) = self.take(key) else {
@@ -2077,6 +2106,30 @@ impl<'a> Section<'a> {
     }
 }
 
+/// `[[key]]` blocks (`value` is what the root had under `key`), each read as
+/// a `T` under `key[i]`.
+fn read_blocks<T: ReadTable>(key: &str, value: Option<Value>, env: &EnvLayer) -> Result<Vec<T>> {
+    let items = match value {
+        None => Vec::new(),
+        Some(Value::Array(items)) => items,
+        Some(other) => {
+            let expected = format!("an array of tables ([[{key}]])");
+            return Err(wrong_type(key.to_owned(), &expected, &other));
+        }
+    };
+    let mut blocks = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let path = format!("{key}[{i}]");
+        let Value::Table(table) = item else {
+            return Err(wrong_type(path, "a table", &item));
+        };
+        let mut sec = Section::new(path, table, env);
+        sec.index = Some(i);
+        blocks.push(T::read(&mut sec)?);
+    }
+    Ok(blocks)
+}
+
 fn wrong_type(key: String, expected: &str, found: &Value) -> ConfigError {
     ConfigError::Invalid {
         key,
@@ -2097,6 +2150,10 @@ mod tests {
     use super::*;
 
     type Env = Vec<(String, String)>;
+
+    const fn minutes(n: u64) -> Duration {
+        Duration::from_secs(n * 60)
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Env {
         pairs
@@ -2352,7 +2409,7 @@ mod tests {
         assert_eq!(hook.secret, Some(Secret::new("w")));
         assert_eq!(
             (hook.max_attempts, hook.timeout),
-            (DEFAULT_WEBHOOK_MAX_ATTEMPTS, DEFAULT_WEBHOOK_TIMEOUT)
+            (6, Duration::from_secs(10))
         );
         assert_eq!(
             demo.extra_authorize_params
@@ -3113,7 +3170,7 @@ mod tests {
         );
 
         let config = load(MINIMAL_PROVIDER, &[]).unwrap();
-        assert_eq!(config.providers[0].login_timeout, DEFAULT_LOGIN_TIMEOUT);
+        assert_eq!(config.providers[0].login_timeout, minutes(10));
         assert_eq!(config.providers[0].client_secret, None);
         assert!(config.providers[0].scopes.is_empty());
     }
@@ -3214,8 +3271,9 @@ mod tests {
         }
     }
 
-    /// Every key of every `[section]` is in the example (commented out or
-    /// not) in its section, showing its default when it has one. The other
+    /// Every key of every `[section]` and block is in the example (commented
+    /// out or not) in its section, showing its default when it has one (or
+    /// an example, for a default that is an empty list or table). The other
     /// way round, `example_commented_keys_are_valid` loads every key the
     /// example shows, so none is unknown.
     #[test]
@@ -3224,8 +3282,13 @@ mod tests {
         let mut shown = BTreeMap::new();
         for line in EXAMPLE_TOML.lines() {
             let line = line.strip_prefix("# ").unwrap_or(line);
-            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            let header = line.strip_prefix("[[").and_then(|l| l.strip_suffix("]]"));
+            let header =
+                header.or_else(|| line.strip_prefix('[').and_then(|l| l.strip_suffix(']')));
+            if let Some(name) = header {
                 section = name.to_owned();
+                // A nested table is shown by its header.
+                shown.entry(name.to_owned()).or_insert("");
             } else if let Some((key, value)) =
                 line.split_once(" = ").filter(|_| looks_like_toml(line))
             {
@@ -3233,10 +3296,20 @@ mod tests {
             }
         }
         for doc in Config::keys() {
-            let Some(value) = shown.get(&doc.key) else {
+            // A secret and its `_file` are two ways to give one value (both
+            // at once is an error): the example shows one of them.
+            let value = shown
+                .get(&doc.key)
+                .or_else(|| shown.get(&format!("{}_file", doc.key)));
+            let Some(value) = value else {
                 panic!("{} is not in config.example.toml", doc.key);
             };
-            if let Some(default) = &doc.default {
+            let empty = |v: &Value| match v {
+                Value::Array(a) => a.is_empty(),
+                Value::Table(t) => t.is_empty(),
+                _ => false,
+            };
+            if let Some(default) = doc.default.as_ref().filter(|d| !empty(d)) {
                 assert_eq!(
                     *value,
                     default.to_string(),
@@ -3283,6 +3356,51 @@ mod tests {
             BackupConfig::default().dir,
             default_backup_dir(&StoreConfig::default().path)
         );
+    }
+
+    /// The blocks' keys are in the key list; the environment sets none of
+    /// them but the secrets, through the variables their docs name.
+    #[test]
+    fn block_keys_and_their_variables() {
+        let keys = Config::keys();
+        let key = |name: &str| keys.iter().find(|k| k.key == name).unwrap();
+        assert_eq!(key("provider.name").shown_default, REQUIRED);
+        assert_eq!(key("provider.login_script").shown_default, NO_DEFAULT);
+        assert_eq!(
+            key("provider.login_timeout").default,
+            Some(Value::from("10m"))
+        );
+        assert_eq!(key("provider.proxy.upstream").shown_default, REQUIRED);
+        assert_eq!(key("webhook.max_attempts").default, Some(Value::from(6)));
+        let blocks = block_keys();
+        let vars: Vec<(&str, &str)> = blocks
+            .iter()
+            .filter_map(|k| Some((k.key.as_str(), k.env.as_deref()?)))
+            .collect();
+        let documented: Vec<&str> = vars.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            documented,
+            [
+                "webhook.secret",
+                "webhook.secret_file",
+                "provider.client_secret",
+                "provider.client_secret_file"
+            ]
+        );
+        for (key, var) in vars {
+            let var = var.replace("<NAME>", "DEMO").replace("<N>", "0");
+            let short = var.strip_prefix(ENV_PREFIX).unwrap();
+            let file = key.ends_with("_file");
+            let parsed = match key.split('.').next() {
+                Some("webhook") => parse_webhook_secret_var(short) == Some((0, file)),
+                _ => parse_client_secret_var(short) == Some(("DEMO", file)),
+            };
+            assert!(parsed, "{key}: {var} is not the variable that sets it");
+        }
+        let scalars = env_keys();
+        assert!(scalars
+            .iter()
+            .all(|k| !k.starts_with("provider") && !k.starts_with("webhook")));
     }
 
     #[test]
