@@ -388,20 +388,12 @@ macro_rules! config_section {
         }
 
         impl ReadTable for $ty {
-            /// Reads every key of the table. A `[section]` does not reject
-            /// unknown keys (its own code may read more, then calls
-            /// `Section::finish`); a block does, before its required keys
-            /// and `extra` rules are checked.
+            /// Reads every key of the table, rejects unknown ones, then
+            /// checks required keys and computes the `extra` fields.
             fn read(sec: &mut Section<'_>) -> Result<Self> {
-                $(
-                    $(sec.default_to(stringify!($field), Value::from($default));)?
-                    let $field = sec.$reader(stringify!($field) $(, $arg)*)?;
-                )+
-                $($(
-                    $(sec.default_to(stringify!($gfield), Value::from($gdefault));)?
-                    let $gfield = sec.$greader(stringify!($gfield) $(, $garg)*)?;
-                )+)?
-                config_section!(@finish sec $mode);
+                $(config_section!(@read sec $field [$($default)?] $reader($($arg),*));)+
+                $($(config_section!(@read sec $gfield [$($gdefault)?] $greader($($garg),*));)+)?
+                sec.finish()?;
                 $(
                     let $field: $fty = config_section!(@value sec, stringify!($field), $field,
                         [$($default)?] $($flag)*);
@@ -434,6 +426,10 @@ macro_rules! config_section {
             &[$($doc),*],
         )
     };
+    (@read $sec:ident $field:ident [$($default:expr)?] $reader:ident ($($arg:expr),*)) => {
+        $($sec.default_to(stringify!($field), Value::from($default));)?
+        let $field = $sec.$reader(stringify!($field) $(, $arg)*)?;
+    };
     (@env $mode:tt [$env:literal] $($flag:ident)*) => { KeyEnv::Other($env) };
     (@env [block] [] $($flag:ident)*) => { KeyEnv::None };
     (@env [] []) => { KeyEnv::Scalar };
@@ -455,8 +451,6 @@ macro_rules! config_section {
     (@value $sec:ident, $key:expr, $v:ident, []) => {
         compile_error!("a key without a default is `required` or `optional`")
     };
-    (@finish $sec:ident []) => {};
-    (@finish $sec:ident [block]) => { $sec.finish()? };
     (@default $ty:ident $section:literal [block]) => {};
     (@default $ty:ident $section:literal []) => {
         impl Default for $ty {
@@ -491,16 +485,28 @@ config_section! {
         /// Client connections open at once from one IP address; more are closed at once.
         max_connections_per_ip: usize = 256 => count(1..=1_000_000);
     }
-    extra {
+    given {
+        /// File holding the admin token (or `RELOGIN_FARM_ADMIN_TOKEN`, the token itself).
+        admin_token_file: Option<SecretRef>, env "RELOGIN_FARM_ADMIN_TOKEN_FILE"
+            => secret_file(), optional;
+        /// HTTPS: PEM certificate chain (with `tls_key_file`; both or neither), read again on SIGHUP; `init --tls` makes a self-signed pair.
+        tls_cert_file: Option<PathBuf> => path(), optional, no_env;
+        /// HTTPS: PEM private key of `tls_cert_file`.
+        tls_key_file: Option<PathBuf> => path(), optional, no_env;
+    }
+    extra(sec) {
         /// `server.tls_cert_file` and `server.tls_key_file` (PEM), both or
         /// neither; read by the listener (at start and on SIGHUP).
-        tls: Option<TlsFiles> = None;
+        tls: Option<TlsFiles> = tls_files(sec, tls_cert_file, tls_key_file)?;
         /// Whether `max_connections` was configured (else the listener
         /// derives it from the open-file limit).
-        max_connections_configured: bool = false;
+        max_connections_configured: bool = !sec.is_default("max_connections");
         /// From `RELOGIN_FARM_ADMIN_TOKEN`, or read from
         /// `RELOGIN_FARM_ADMIN_TOKEN_FILE` / `server.admin_token_file`.
-        admin_token: Option<Secret> = None;
+        admin_token: Option<Secret> = resolve_secret(
+            sec.env.admin_token.clone(),
+            SecretVars { value: None, file: admin_token_file },
+        )?;
     }
 }
 
@@ -647,54 +653,11 @@ const NO_DEFAULT: &str = "—";
 /// [`KeyDoc::shown_default`] of a key that must be given.
 const REQUIRED: &str = "required";
 
-/// Keys read by a section's own code rather than its table: secrets, which
-/// have their own variables. Documented here so the README table and the
-/// example check see them.
-fn custom_keys() -> Vec<KeyDoc> {
-    let tls_file = |name: &str, doc: &str| KeyDoc {
-        key: format!("server.{name}"),
-        ty: "path",
-        default: None,
-        shown_default: NO_DEFAULT.to_owned(),
-        env: None,
-        doc: doc.to_owned(),
-    };
-    vec![
-        KeyDoc {
-            key: "server.admin_token_file".to_owned(),
-            ty: "secret file",
-            default: None,
-            shown_default: NO_DEFAULT.to_owned(),
-            env: Some(format!("{ENV_PREFIX}ADMIN_TOKEN_FILE")),
-            doc: format!(
-                "File holding the admin token (or `{ENV_PREFIX}ADMIN_TOKEN`, the token itself)."
-            ),
-        },
-        tls_file(
-            "tls_cert_file",
-            "HTTPS: PEM certificate chain (with `tls_key_file`; both or neither), read again on SIGHUP; `init --tls` makes a self-signed pair.",
-        ),
-        tls_file("tls_key_file", "HTTPS: PEM private key of `tls_cert_file`."),
-    ]
-}
-
 impl Config {
-    /// Every key, in file order: each `[section]`'s (the table's keys and the
-    /// ones read by custom code), then the blocks' (`webhook.url` is the
-    /// `url` of every `[[webhook]]`).
+    /// Every key, in file order: each `[section]`'s, then the blocks'
+    /// (`webhook.url` is the `url` of every `[[webhook]]`).
     pub fn keys() -> Vec<KeyDoc> {
-        let mut keys = table_keys();
-        let custom = custom_keys();
-        for doc in custom {
-            let section = doc.key.split('.').next().unwrap_or_default();
-            let at = keys
-                .iter()
-                .rposition(|k| k.key.starts_with(&format!("{section}.")))
-                .map_or(keys.len(), |i| i + 1);
-            keys.insert(at, doc);
-        }
-        keys.extend(block_keys());
-        keys
+        [table_keys(), block_keys()].concat()
     }
 
     /// The README's key table (Markdown), made from [`Config::keys`].
@@ -748,7 +711,7 @@ fn block_keys() -> Vec<KeyDoc> {
 fn env_keys() -> Vec<String> {
     table_keys()
         .into_iter()
-        .filter(|k| k.env.is_some())
+        .filter(|k| k.env.as_deref() == Some(env_var(&k.key).as_str()))
         .map(|k| k.key)
         .collect()
 }
@@ -797,13 +760,13 @@ impl Config {
         let mut root = Section::new(String::new(), table, &env);
         // Take every known top-level key first, so a misspelled section is
         // reported as such rather than as whatever it was missing.
-        let server = root.child("server")?;
+        let mut server = root.child("server")?;
         let store = root.child("store")?;
         let backup = root.child("backup")?;
         let scheduler = root.child("scheduler")?;
         let rotation = root.child("rotation")?;
-        let log = root.child("log")?;
-        let events = root.child("events")?;
+        let mut log = root.child("log")?;
+        let mut events = root.child("events")?;
         let webhooks = root.take("webhook");
         let browser = root.child("browser")?;
         let providers = root.take("provider");
@@ -811,13 +774,13 @@ impl Config {
 
         let store = StoreConfig::build(store, &env, overrides.store_path.as_deref())?;
         let mut config = Config {
-            server: ServerConfig::build(server, &env)?,
+            server: ServerConfig::read(&mut server)?,
             backup: BackupConfig::build(backup, &store.path)?,
             store,
             scheduler: SchedulerConfig::build(scheduler)?,
             rotation: RotationConfig::build(rotation)?,
-            log: LogConfig::build(log)?,
-            events: EventsConfig::build(events)?,
+            log: LogConfig::read(&mut log)?,
+            events: EventsConfig::read(&mut events)?,
             webhooks: read_blocks("webhook", webhooks, &env)?,
             browser: BrowserSettings::build(browser)?,
             providers: read_blocks("provider", providers, &env)?,
@@ -915,46 +878,32 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 // that combine keys)
 // ---------------------------------------------------------------------------
 
-impl ServerConfig {
-    fn build(mut sec: Section<'_>, env: &EnvLayer) -> Result<Self> {
-        let mut server = Self::read(&mut sec)?;
-        let token_file = sec.secret_file("admin_token_file")?;
-        let tls_cert_file = sec.path("tls_cert_file")?;
-        let tls_key_file = sec.path("tls_key_file")?;
-        sec.finish()?;
-        server.max_connections_configured = !sec.is_default("max_connections");
-        server.tls = match (tls_cert_file, tls_key_file) {
-            (Some(cert_file), Some(key_file)) => Some(TlsFiles {
-                cert_file,
-                key_file,
-            }),
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(sec.invalid(
-                    "tls_cert_file",
-                    "needs server.tls_key_file too (give both or neither)",
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(sec.invalid(
-                    "tls_key_file",
-                    "needs server.tls_cert_file too (give both or neither)",
-                ))
-            }
-        };
-        let from_file = SecretVars {
-            value: None,
-            file: token_file,
-        };
-        server.admin_token = resolve_secret(env.admin_token.clone(), from_file)?;
-        Ok(server)
+/// `tls_cert_file` and `tls_key_file` of `[server]`: both or neither.
+fn tls_files(
+    sec: &Section<'_>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+) -> Result<Option<TlsFiles>> {
+    match (cert_file, key_file) {
+        (Some(cert_file), Some(key_file)) => Ok(Some(TlsFiles {
+            cert_file,
+            key_file,
+        })),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(sec.invalid(
+            "tls_cert_file",
+            "needs server.tls_key_file too (give both or neither)",
+        )),
+        (None, Some(_)) => Err(sec.invalid(
+            "tls_key_file",
+            "needs server.tls_cert_file too (give both or neither)",
+        )),
     }
 }
 
 impl StoreConfig {
     fn build(mut sec: Section<'_>, env: &EnvLayer, path_flag: Option<&Path>) -> Result<Self> {
         let mut store = Self::read(&mut sec)?;
-        sec.finish()?;
         if env.store_key.is_some() && sec.set_by_env("key_file") {
             return Err(conflict(
                 &format!("{ENV_PREFIX}KEY"),
@@ -975,7 +924,6 @@ impl StoreConfig {
 impl BackupConfig {
     fn build(mut sec: Section<'_>, store_path: &Path) -> Result<Self> {
         let mut backup = Self::read(&mut sec)?;
-        sec.finish()?;
         if sec.is_default("dir") {
             backup.dir = default_backup_dir(store_path);
         }
@@ -986,7 +934,6 @@ impl BackupConfig {
 impl SchedulerConfig {
     fn build(mut sec: Section<'_>) -> Result<Self> {
         let s = Self::read(&mut sec)?;
-        sec.finish()?;
         sec.at_least("retry_max", s.retry_max, "retry_initial", s.retry_initial)?;
         Ok(s)
     }
@@ -995,7 +942,6 @@ impl SchedulerConfig {
 impl RotationConfig {
     fn build(mut sec: Section<'_>) -> Result<Self> {
         let r = Self::read(&mut sec)?;
-        sec.finish()?;
         sec.at_least(
             "max_cooldown",
             r.max_cooldown,
@@ -1006,26 +952,9 @@ impl RotationConfig {
     }
 }
 
-impl LogConfig {
-    fn build(mut sec: Section<'_>) -> Result<Self> {
-        let log = Self::read(&mut sec)?;
-        sec.finish()?;
-        Ok(log)
-    }
-}
-
-impl EventsConfig {
-    fn build(mut sec: Section<'_>) -> Result<Self> {
-        let events = Self::read(&mut sec)?;
-        sec.finish()?;
-        Ok(events)
-    }
-}
-
 impl BrowserSettings {
     fn build(mut sec: Section<'_>) -> Result<Self> {
         let b = Self::read(&mut sec)?;
-        sec.finish()?;
         sec.at_least("retry_max", b.retry_max, "retry_initial", b.retry_initial)?;
         Ok(b)
     }
@@ -3401,6 +3330,30 @@ mod tests {
         assert!(scalars
             .iter()
             .all(|k| !k.starts_with("provider") && !k.starts_with("webhook")));
+    }
+
+    /// A misspelled key is reported as unknown, not as the required key it
+    /// was meant to be being missing, in every kind of table.
+    #[test]
+    fn unknown_keys_before_missing_ones() {
+        let proxy = format!("{MINIMAL_PROVIDER}\n[provider.proxy]\nupstrem = \"http://x\"");
+        for (text, expected) in [
+            (
+                "[[webhook]]\nurls = \"http://h/\"".to_owned(),
+                "webhook[0].urls: unknown key",
+            ),
+            (
+                "[[provider]]\nnames = \"a\"".to_owned(),
+                "provider[0].names: unknown key",
+            ),
+            (proxy, "provider[0].proxy.upstrem: unknown key"),
+            (
+                "[server]\ntls_cert = \"c.pem\"".to_owned(),
+                "server.tls_cert: unknown key",
+            ),
+        ] {
+            assert_eq!(err(&text, &[]), expected, "{text}");
+        }
     }
 
     #[test]
