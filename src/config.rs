@@ -414,7 +414,8 @@ macro_rules! config_section {
     };
     (@key $section:literal $mode:tt $field:ident $fty:ty
         [$($default:expr)?] [$($shown:literal)?] [$($env:literal)?] [$($flag:ident)*]
-        [$($doc:literal)*]) => {
+        [$($doc:literal)*]) => {{
+        config_section!(@flags $($flag)*);
         KeyDoc::new(
             $section,
             stringify!($field),
@@ -425,6 +426,13 @@ macro_rules! config_section {
             config_section!(@required $($flag)*),
             &[$($doc),*],
         )
+    }};
+    (@flags) => {};
+    (@flags no_env $($flag:ident)*) => { config_section!(@flags $($flag)*) };
+    (@flags required $($flag:ident)*) => { config_section!(@flags $($flag)*) };
+    (@flags optional $($flag:ident)*) => { config_section!(@flags $($flag)*) };
+    (@flags $other:ident $($flag:ident)*) => {
+        compile_error!(concat!("unknown key flag `", stringify!($other), "`"))
     };
     (@read $sec:ident $field:ident [$($default:expr)?] $reader:ident ($($arg:expr),*)) => {
         $($sec.default_to(stringify!($field), Value::from($default));)?
