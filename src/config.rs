@@ -104,24 +104,6 @@ pub struct Config {
     pub providers: Vec<ProviderConfig>,
 }
 
-/// One `[[webhook]]`: each event of a kind it wants is POSTed to `url` as
-/// JSON, signed with HMAC-SHA256 when a secret is set.
-#[derive(Clone, PartialEq)]
-pub struct WebhookConfig {
-    /// http or https. May carry a credential (in its path or user info), so
-    /// `Debug` shows only its origin.
-    pub url: Url,
-    /// Event kinds to deliver, each one of [`EventKind::NAMES`], no duplicates.
-    /// Empty means every kind: use [`WebhookConfig::wants`].
-    pub events: Vec<String>,
-    /// HMAC key; `None` sends unsigned requests.
-    pub secret: Option<Secret>,
-    /// Deliveries per event at most, first one included (1..=20).
-    pub max_attempts: u32,
-    /// Per request.
-    pub timeout: Duration,
-}
-
 impl WebhookConfig {
     /// Whether events of `kind` go to this webhook.
     pub fn wants(&self, kind: &str) -> bool {
@@ -147,92 +129,6 @@ struct RedactedUrl<'a>(&'a Url);
 impl fmt::Debug for RedactedUrl<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "\"{}/***\"", self.0.origin().ascii_serialization())
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProviderConfig {
-    pub name: String,
-    pub endpoints: Endpoints,
-    pub client_id: String,
-    pub client_secret: Option<Secret>,
-    pub scopes: Vec<String>,
-    pub redirect_uri: Url,
-    pub extra_authorize_params: BTreeMap<String, String>,
-    /// How long a started login waits for its redirect.
-    pub login_timeout: Duration,
-    /// Default login script for this provider's accounts (not read here).
-    pub login_script: Option<PathBuf>,
-    /// The provider revokes a grant when a spent refresh token is presented
-    /// again: after a crash mid-refresh, a scripted account is logged in by
-    /// the browser instead of replaying its refresh token.
-    pub reuse_detection: bool,
-    /// `[provider.proxy]`: the rotating proxy at `/proxy/<name>/…` (`None`: off).
-    pub proxy: Option<ProxyConfig>,
-}
-
-/// Every five minutes: usage endpoints answer from counters and cost no quota.
-const DEFAULT_USAGE_SCHEDULE: &str = "0 */5 * * * *";
-
-/// `[provider.proxy]`: where `/proxy/<provider>/<path>` forwards to and how.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProxyConfig {
-    /// Requests to `/proxy/<provider>/<path>` go to `<upstream>/<path>`.
-    pub upstream: Url,
-    /// Added to every upstream request, comma-merged with the client's value.
-    pub headers: BTreeMap<String, String>,
-    /// The header that carries the account's token (lowercase).
-    pub auth_header: String,
-    /// Put before the token with a space (`""`: the bare token).
-    pub auth_scheme: String,
-    /// A header the client already sends that keys its sticky session
-    /// (besides `x-relogin-session`), lowercase.
-    pub session_header: Option<String>,
-    /// Largest request body, buffered for replays (bytes).
-    pub max_body: usize,
-    /// Upstream statuses that move the request to the next account.
-    pub failover_on: Vec<u16>,
-    /// Accounts tried per request, first one included.
-    pub max_attempts: usize,
-    /// Headers read for a 429's reset time after `retry-after(-ms)`.
-    pub reset_headers: Vec<String>,
-    /// Prefixes of the rate-limit headers kept as the account's quota.
-    pub quota_headers: Vec<String>,
-    pub connect_timeout: Duration,
-    /// From the request sent to the upstream's status line.
-    pub first_byte_timeout: Duration,
-    /// Longest silence between two chunks of an answer.
-    pub idle_timeout: Duration,
-    /// A usage endpoint polled with each enabled account's token (`None`: off).
-    pub usage_url: Option<Url>,
-    /// When `usage_url` is polled (`None`: never).
-    pub usage_schedule: Option<cron::Schedule>,
-    /// The longest one account's usage poll may take, answer included.
-    pub usage_timeout: Duration,
-}
-
-impl Default for ProxyConfig {
-    fn default() -> Self {
-        ProxyConfig {
-            upstream: Url::parse("http://127.0.0.1/").expect("a valid URL"),
-            headers: BTreeMap::new(),
-            auth_header: "authorization".to_owned(),
-            auth_scheme: "Bearer".to_owned(),
-            session_header: None,
-            max_body: 32 * 1024 * 1024,
-            failover_on: vec![401, 429, 529],
-            max_attempts: 3,
-            reset_headers: vec!["anthropic-ratelimit-unified-reset".to_owned()],
-            quota_headers: ["anthropic-ratelimit-", "x-ratelimit-", "x-codex-"]
-                .map(str::to_owned)
-                .to_vec(),
-            connect_timeout: Duration::from_secs(10),
-            first_byte_timeout: minutes(10),
-            idle_timeout: minutes(5),
-            usage_url: None,
-            usage_schedule: parse_cron(DEFAULT_USAGE_SCHEDULE).expect("a valid cron expression"),
-            usage_timeout: Duration::from_secs(30),
-        }
     }
 }
 
@@ -307,16 +203,8 @@ pub enum ConfigError {
 type Result<T, E = ConfigError> = std::result::Result<T, E>;
 
 // ---------------------------------------------------------------------------
-// Defaults outside the key tables: the repeated blocks, derived defaults
+// Defaults outside the key tables: derived defaults
 // ---------------------------------------------------------------------------
-
-const fn minutes(n: u64) -> Duration {
-    Duration::from_secs(n * 60)
-}
-
-const DEFAULT_LOGIN_TIMEOUT: Duration = minutes(10);
-const DEFAULT_WEBHOOK_MAX_ATTEMPTS: u32 = 6;
-const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `farm.key` next to the database, so moving `store.path` (or passing
 /// `--store-path`) moves the key along unless `key_file` is set.
@@ -352,22 +240,44 @@ pub struct KeyDoc {
     pub doc: String,
 }
 
+/// How the environment can set a key.
+enum KeyEnv {
+    /// Its own variable, [`env_var`] of the key (a `[section]`'s scalars).
+    Scalar,
+    /// Not at all.
+    None,
+    /// Some other way, spelled out (a block's secret).
+    Other(&'static str),
+}
+
 impl KeyDoc {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         section: &str,
         name: &str,
         ty: &'static str,
-        has_env: bool,
-        default: Value,
+        env: KeyEnv,
+        default: Option<Value>,
         shown: Option<&str>,
+        required: bool,
         doc: &[&str],
     ) -> Self {
         let key = format!("{section}.{name}");
+        let shown_default = match (shown, &default) {
+            (Some(shown), _) => shown.to_owned(),
+            (None, Some(default)) => show_value(default),
+            (None, None) if required => REQUIRED.to_owned(),
+            (None, None) => NO_DEFAULT.to_owned(),
+        };
         KeyDoc {
-            env: has_env.then(|| env_var(&key)),
+            env: match env {
+                KeyEnv::Scalar => Some(env_var(&key)),
+                KeyEnv::None => None,
+                KeyEnv::Other(text) => Some(text.to_owned()),
+            },
             ty,
-            shown_default: shown.map_or_else(|| show_value(&default), str::to_owned),
-            default: shown.is_none().then_some(default),
+            shown_default,
+            default: default.filter(|_| shown.is_none()),
             doc: doc.iter().map(|l| l.trim()).collect::<Vec<_>>().join(" "),
             key,
         }
@@ -382,12 +292,13 @@ fn show_value(value: &Value) -> String {
     }
 }
 
-/// Declares a `[section]` from one table of its keys, generating the struct
-/// (one field per key, plus `extra` fields not read from the file), its
-/// `Default`, `read` (each key from the environment, else the file, else the
-/// default, through the named `Section` reader, whose errors name the key),
-/// and `keys()` (the [`KeyDoc`]s behind `RELOGIN_FARM_*` names, the README
-/// table and the example-file check).
+/// Declares a `[section]`, or the table of a repeated block, from one table
+/// of its keys, generating the struct (one field per key, plus `extra`
+/// fields the section's own code fills in), `read` (each key from the
+/// environment, else the file, else the default, through the named `Section`
+/// reader, whose errors name the key), and `keys()` (the [`KeyDoc`]s behind
+/// `RELOGIN_FARM_*` names, the README table and the example-file check). A
+/// `[section]` also gets its `Default`.
 ///
 /// Adding a key is one entry (plus its doc comment):
 ///
@@ -400,66 +311,156 @@ fn show_value(value: &Value) -> String {
 ///   `true`); it goes through the reader like a configured value, so it is
 ///   validated too. Append `, shown "text"` when the real default is derived
 ///   by the section's own code (the key is then fixed up after `read`).
+///   Without a default, the key ends in `, required` (absent: the error
+///   `<key>: missing`, reported after unknown keys) or `, optional` (its type
+///   is `Option<_>`, absent is `None`).
 /// * `reader` is a `Section` method: `duration()`, `duration_or_zero()`,
-///   `count(1..=16)`, `boolean()`, `path()`, `parsed("what", parse_fn)`, …
-///   A check that needs a new rule gets a parse function, named here.
-/// * Append `, no_env` for keys the environment cannot set (arrays);
-///   every other key gets `RELOGIN_FARM_<SECTION>_<KEY>`.
+///   `count(1..=16)`, `boolean()`, `path()`, `url()`, `parsed("what",
+///   parse_fn)`, `table()` (a nested `[a.b]` table, itself declared by this
+///   macro), … A check that needs a new rule gets a parse function, named here.
+/// * A `[section]`'s keys get `RELOGIN_FARM_<SECTION>_<KEY>`; append
+///   `, no_env` for keys the environment cannot set (arrays). A `block` (a
+///   table that may repeat, `[[provider]]`) has no such variables; a key the
+///   environment sets some other way (a block's secret) says how with
+///   `, env "RELOGIN_FARM_…"` before the `=>`.
+/// * Keys under `given` are read, checked and documented like the others but
+///   are no fields: the `extra(sec)` expressions turn them into fields
+///   (cross-key rules such as `issuer` vs `authorize_url`); these run after
+///   every key is read, see the values by name and may use `?`.
 /// * Then list the key in `config.example.toml` and run
 ///   `UPDATE_README=1 cargo test --lib config::tests::readme_key_table`.
 macro_rules! config_section {
     (
         $(#[$meta:meta])*
+        pub struct $ty:ident in $section:literal block { $($body:tt)* } $($rest:tt)*
+    ) => {
+        config_section!(@table [block] $(#[$meta])* pub struct $ty in $section { $($body)* } $($rest)*);
+    };
+    (
+        $(#[$meta:meta])*
+        pub struct $ty:ident in $section:literal { $($body:tt)* } $($rest:tt)*
+    ) => {
+        config_section!(@table [] $(#[$meta])* pub struct $ty in $section { $($body)* } $($rest)*);
+    };
+    (
+        @table $mode:tt
+        $(#[$meta:meta])*
         pub struct $ty:ident in $section:literal {
             $(
                 $(#[doc = $doc:literal])*
-                $field:ident : $fty:ty = $default:expr $(, shown $shown:literal)?
-                    => $reader:ident ( $($arg:expr),* ) $(, $flag:ident)? ;
+                $field:ident : $fty:ty $(= $default:expr $(, shown $shown:literal)?)?
+                    $(, env $env:literal)?
+                    => $reader:ident ( $($arg:expr),* ) $(, $flag:ident)* ;
             )+
         }
-        $(extra {
+        $(given {
+            $(
+                $(#[doc = $gdoc:literal])*
+                $gfield:ident : $gty:ty $(= $gdefault:expr $(, shown $gshown:literal)?)?
+                    $(, env $genv:literal)?
+                    => $greader:ident ( $($garg:expr),* ) $(, $gflag:ident)* ;
+            )+
+        })?
+        $(extra $(($xsec:ident))? {
             $(
                 $(#[$xmeta:meta])*
-                $xfield:ident : $xty:ty = $xdefault:expr ;
+                $xfield:ident : $xty:ty = $xvalue:expr ;
             )*
         })?
     ) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, PartialEq)]
+        #[derive(Clone, PartialEq)]
         pub struct $ty {
             $( $(#[doc = $doc])* pub $field: $fty, )+
             $($( $(#[$xmeta])* pub $xfield: $xty, )*)?
         }
 
         impl $ty {
-            /// The section's keys, in declaration order.
+            /// The table's keys, in declaration order.
             pub fn keys() -> Vec<KeyDoc> {
-                vec![$(
-                    KeyDoc::new(
-                        $section,
-                        stringify!($field),
-                        stringify!($fty),
-                        config_section!(@env $($flag)?),
-                        Value::from($default),
-                        config_section!(@shown $($shown)?),
-                        &[$($doc),*],
-                    ),
-                )+]
-            }
-
-            /// Reads every key of the table (without rejecting unknown ones:
-            /// the caller may read more, then calls `Section::finish`).
-            fn read(sec: &mut Section<'_>) -> Result<Self> {
-                $(
-                    sec.default_to(stringify!($field), Value::from($default));
-                    let $field = sec
-                        .$reader(stringify!($field) $(, $arg)*)?
-                        .expect("every key has a default");
-                )+
-                Ok($ty { $($field,)+ $($($xfield: $xdefault,)*)? })
+                vec![
+                    $(config_section!(@key $section $mode $field $fty
+                        [$($default)?] [$($($shown)?)?] [$($env)?] [$($flag)*] [$($doc)*]),)+
+                    $($(config_section!(@key $section $mode $gfield $gty
+                        [$($gdefault)?] [$($($gshown)?)?] [$($genv)?] [$($gflag)*] [$($gdoc)*]),)+)?
+                ]
             }
         }
 
+        impl ReadTable for $ty {
+            /// Reads every key of the table, rejects unknown ones, then
+            /// checks required keys and computes the `extra` fields.
+            fn read(sec: &mut Section<'_>) -> Result<Self> {
+                $(config_section!(@read sec $field [$($default)?] $reader($($arg),*));)+
+                $($(config_section!(@read sec $gfield [$($gdefault)?] $greader($($garg),*));)+)?
+                sec.finish()?;
+                $(
+                    let $field: $fty = config_section!(@value sec, stringify!($field), $field,
+                        [$($default)?] $($flag)*);
+                )+
+                $($(
+                    let $gfield: $gty = config_section!(@value sec, stringify!($gfield), $gfield,
+                        [$($gdefault)?] $($gflag)*);
+                )+)?
+                $(
+                    $(let $xsec: &Section<'_> = &*sec;)?
+                    $(let $xfield: $xty = $xvalue;)*
+                )?
+                Ok($ty { $($field,)+ $($($xfield,)*)? })
+            }
+        }
+
+        config_section!(@default $ty $section $mode);
+    };
+    (@key $section:literal $mode:tt $field:ident $fty:ty
+        [$($default:expr)?] [$($shown:literal)?] [$($env:literal)?] [$($flag:ident)*]
+        [$($doc:literal)*]) => {{
+        config_section!(@flags $($flag)*);
+        KeyDoc::new(
+            $section,
+            stringify!($field),
+            stringify!($fty),
+            config_section!(@env $mode [$($env)?] $($flag)*),
+            None $(.or(Some(Value::from($default))))?,
+            None $(.or(Some($shown)))?,
+            config_section!(@required $($flag)*),
+            &[$($doc),*],
+        )
+    }};
+    (@flags) => {};
+    (@flags no_env $($flag:ident)*) => { config_section!(@flags $($flag)*) };
+    (@flags required $($flag:ident)*) => { config_section!(@flags $($flag)*) };
+    (@flags optional $($flag:ident)*) => { config_section!(@flags $($flag)*) };
+    (@flags $other:ident $($flag:ident)*) => {
+        compile_error!(concat!("unknown key flag `", stringify!($other), "`"))
+    };
+    (@read $sec:ident $field:ident [$($default:expr)?] $reader:ident ($($arg:expr),*)) => {
+        $($sec.default_to(stringify!($field), Value::from($default));)?
+        let $field = $sec.$reader(stringify!($field) $(, $arg)*)?;
+    };
+    (@env $mode:tt [$env:literal] $($flag:ident)*) => { KeyEnv::Other($env) };
+    (@env [block] [] $($flag:ident)*) => { KeyEnv::None };
+    (@env [] []) => { KeyEnv::Scalar };
+    (@env [] [] no_env $($flag:ident)*) => { KeyEnv::None };
+    (@env [] [] $other:ident $($flag:ident)*) => { config_section!(@env [] [] $($flag)*) };
+    (@required) => { false };
+    (@required required $($flag:ident)*) => { true };
+    (@required $other:ident $($flag:ident)*) => { config_section!(@required $($flag)*) };
+    (@value $sec:ident, $key:expr, $v:ident, [$default:expr] $($flag:ident)*) => {
+        $v.expect("a key with a default has a value")
+    };
+    (@value $sec:ident, $key:expr, $v:ident, [] required $($flag:ident)*) => {
+        $sec.required($key, $v)?
+    };
+    (@value $sec:ident, $key:expr, $v:ident, [] optional $($flag:ident)*) => { $v };
+    (@value $sec:ident, $key:expr, $v:ident, [] $other:ident $($flag:ident)*) => {
+        config_section!(@value $sec, $key, $v, [] $($flag)*)
+    };
+    (@value $sec:ident, $key:expr, $v:ident, []) => {
+        compile_error!("a key without a default is `required` or `optional`")
+    };
+    (@default $ty:ident $section:literal [block]) => {};
+    (@default $ty:ident $section:literal []) => {
         impl Default for $ty {
             fn default() -> Self {
                 let env = EnvLayer::default();
@@ -468,14 +469,16 @@ macro_rules! config_section {
             }
         }
     };
-    (@env) => { true };
-    (@env no_env) => { false };
-    (@shown) => { None };
-    (@shown $shown:literal) => { Some($shown) };
+}
+
+/// A table `config_section!` declared: how its keys are read.
+trait ReadTable: Sized {
+    fn read(sec: &mut Section<'_>) -> Result<Self>;
 }
 
 config_section! {
     /// `[server]`: the HTTP API.
+    #[derive(Debug)]
     pub struct ServerConfig in "server" {
         /// API address (port 0: any free port; the farm prints `LISTENING http://…`).
         listen: SocketAddr = "127.0.0.1:8377" => parsed("socket address", SocketAddr::from_str);
@@ -490,16 +493,28 @@ config_section! {
         /// Client connections open at once from one IP address; more are closed at once.
         max_connections_per_ip: usize = 256 => count(1..=1_000_000);
     }
-    extra {
+    given {
+        /// File holding the admin token (or `RELOGIN_FARM_ADMIN_TOKEN`, the token itself).
+        admin_token_file: Option<SecretRef>, env "RELOGIN_FARM_ADMIN_TOKEN_FILE"
+            => secret_file(), optional;
+        /// HTTPS: PEM certificate chain (with `tls_key_file`; both or neither), read again on SIGHUP; `init --tls` makes a self-signed pair.
+        tls_cert_file: Option<PathBuf> => path(), optional, no_env;
+        /// HTTPS: PEM private key of `tls_cert_file`.
+        tls_key_file: Option<PathBuf> => path(), optional, no_env;
+    }
+    extra(sec) {
         /// `server.tls_cert_file` and `server.tls_key_file` (PEM), both or
         /// neither; read by the listener (at start and on SIGHUP).
-        tls: Option<TlsFiles> = None;
+        tls: Option<TlsFiles> = tls_files(sec, tls_cert_file, tls_key_file)?;
         /// Whether `max_connections` was configured (else the listener
         /// derives it from the open-file limit).
-        max_connections_configured: bool = false;
+        max_connections_configured: bool = !sec.is_default("max_connections");
         /// From `RELOGIN_FARM_ADMIN_TOKEN`, or read from
         /// `RELOGIN_FARM_ADMIN_TOKEN_FILE` / `server.admin_token_file`.
-        admin_token: Option<Secret> = None;
+        admin_token: Option<Secret> = resolve_secret(
+            sec.env.admin_token.clone(),
+            SecretVars { value: None, file: admin_token_file },
+        )?;
     }
 }
 
@@ -512,6 +527,7 @@ pub struct TlsFiles {
 
 config_section! {
     /// `[store]`: the database and its key.
+    #[derive(Debug)]
     pub struct StoreConfig in "store" {
         /// SQLite database.
         path: PathBuf = "data/farm.db" => path();
@@ -530,6 +546,7 @@ config_section! {
 
 config_section! {
     /// `[backup]`: scheduled copies of the database (see `store::backup`).
+    #[derive(Debug)]
     pub struct BackupConfig in "backup" {
         /// Cron (seconds field, UTC) of the database backup; `""` disables.
         // `None` when disabled; `Schedule::source` gives the expression back.
@@ -543,6 +560,7 @@ config_section! {
 
 config_section! {
     /// `[scheduler]`: when tokens are refreshed.
+    #[derive(Debug)]
     pub struct SchedulerConfig in "scheduler" {
         /// Refresh when less than this is left (at most half the token's life).
         refresh_margin: Duration = "5m" => duration();
@@ -561,6 +579,7 @@ config_section! {
 
 config_section! {
     /// `[rotation]`: which account a lease gets.
+    #[derive(Debug)]
     pub struct RotationConfig in "rotation" {
         /// `round-robin`, `least-used`, `fill-first` (by `priority`, lowest first), `sticky` (same `session` → same account).
         strategy: Strategy = "round-robin" => parsed("strategy", Strategy::from_str);
@@ -577,6 +596,7 @@ config_section! {
 
 config_section! {
     /// `[log]`.
+    #[derive(Debug)]
     pub struct LogConfig in "log" {
         /// tracing `EnvFilter` directive (`RUST_LOG` wins).
         // Only checked for being non-empty here; the caller parses it.
@@ -588,6 +608,7 @@ config_section! {
 
 config_section! {
     /// `[events]`: the event log and its live broadcast.
+    #[derive(Debug)]
     pub struct EventsConfig in "events" {
         /// How long events are kept; the sweep prunes older ones.
         retention: Duration = "30d" => duration();
@@ -598,6 +619,7 @@ config_section! {
 
 config_section! {
     /// `[browser]`: the Chromium that relogin drives through Playwright.
+    #[derive(Debug)]
     pub struct BrowserSettings in "browser" {
         /// `false`: never launch a browser; an account that needs a relogin waits for a person.
         enabled: bool = true => boolean();
@@ -636,53 +658,14 @@ pub use crate::browser::runner::Sandbox;
 
 /// [`KeyDoc::shown_default`] of a key without a default.
 const NO_DEFAULT: &str = "—";
-
-/// Keys read by a section's own code rather than its table: secrets, which
-/// have their own variables. Documented here so the README table and the
-/// example check see them.
-fn custom_keys() -> Vec<KeyDoc> {
-    let tls_file = |name: &str, doc: &str| KeyDoc {
-        key: format!("server.{name}"),
-        ty: "path",
-        default: None,
-        shown_default: NO_DEFAULT.to_owned(),
-        env: None,
-        doc: doc.to_owned(),
-    };
-    vec![
-        KeyDoc {
-            key: "server.admin_token_file".to_owned(),
-            ty: "secret file",
-            default: None,
-            shown_default: NO_DEFAULT.to_owned(),
-            env: Some(format!("{ENV_PREFIX}ADMIN_TOKEN_FILE")),
-            doc: format!(
-                "File holding the admin token (or `{ENV_PREFIX}ADMIN_TOKEN`, the token itself)."
-            ),
-        },
-        tls_file(
-            "tls_cert_file",
-            "HTTPS: PEM certificate chain (with `tls_key_file`; both or neither), read again on SIGHUP; `init --tls` makes a self-signed pair.",
-        ),
-        tls_file("tls_key_file", "HTTPS: PEM private key of `tls_cert_file`."),
-    ]
-}
+/// [`KeyDoc::shown_default`] of a key that must be given.
+const REQUIRED: &str = "required";
 
 impl Config {
-    /// Every key of every `[section]`, in file order: the table's keys and
-    /// the ones read by custom code.
+    /// Every key, in file order: each `[section]`'s, then the blocks'
+    /// (`webhook.url` is the `url` of every `[[webhook]]`).
     pub fn keys() -> Vec<KeyDoc> {
-        let mut keys = table_keys();
-        let custom = custom_keys();
-        for doc in custom {
-            let section = doc.key.split('.').next().unwrap_or_default();
-            let at = keys
-                .iter()
-                .rposition(|k| k.key.starts_with(&format!("{section}.")))
-                .map_or(keys.len(), |i| i + 1);
-            keys.insert(at, doc);
-        }
-        keys
+        [table_keys(), block_keys()].concat()
     }
 
     /// The README's key table (Markdown), made from [`Config::keys`].
@@ -690,7 +673,7 @@ impl Config {
         let mut out =
             String::from("| key | environment variable | default | meaning |\n|---|---|---|---|\n");
         let code = |text: &str| match text {
-            NO_DEFAULT => text.to_owned(),
+            NO_DEFAULT | REQUIRED => text.to_owned(),
             _ => format!("`{text}`"),
         };
         for k in Self::keys() {
@@ -706,7 +689,7 @@ impl Config {
     }
 }
 
-/// The keys the tables declare, in file order.
+/// The keys the `[section]` tables declare, in file order.
 fn table_keys() -> Vec<KeyDoc> {
     [
         ServerConfig::keys(),
@@ -721,12 +704,22 @@ fn table_keys() -> Vec<KeyDoc> {
     .concat()
 }
 
+/// The keys of the blocks that may repeat, and of their nested tables.
+fn block_keys() -> Vec<KeyDoc> {
+    [
+        WebhookConfig::keys(),
+        ProviderConfig::keys(),
+        ProxyConfig::keys(),
+    ]
+    .concat()
+}
+
 /// Scalar keys that the environment may override, each through the variable
 /// [`env_var`] names. Secrets are not listed: they have their own variables.
 fn env_keys() -> Vec<String> {
     table_keys()
         .into_iter()
-        .filter(|k| k.env.is_some())
+        .filter(|k| k.env.as_deref() == Some(env_var(&k.key).as_str()))
         .map(|k| k.key)
         .collect()
 }
@@ -775,13 +768,13 @@ impl Config {
         let mut root = Section::new(String::new(), table, &env);
         // Take every known top-level key first, so a misspelled section is
         // reported as such rather than as whatever it was missing.
-        let server = root.child("server")?;
+        let mut server = root.child("server")?;
         let store = root.child("store")?;
         let backup = root.child("backup")?;
         let scheduler = root.child("scheduler")?;
         let rotation = root.child("rotation")?;
-        let log = root.child("log")?;
-        let events = root.child("events")?;
+        let mut log = root.child("log")?;
+        let mut events = root.child("events")?;
         let webhooks = root.take("webhook");
         let browser = root.child("browser")?;
         let providers = root.take("provider");
@@ -789,17 +782,19 @@ impl Config {
 
         let store = StoreConfig::build(store, &env, overrides.store_path.as_deref())?;
         let mut config = Config {
-            server: ServerConfig::build(server, &env)?,
+            server: ServerConfig::read(&mut server)?,
             backup: BackupConfig::build(backup, &store.path)?,
             store,
             scheduler: SchedulerConfig::build(scheduler)?,
             rotation: RotationConfig::build(rotation)?,
-            log: LogConfig::build(log)?,
-            events: EventsConfig::build(events)?,
-            webhooks: build_webhooks(webhooks, &env)?,
+            log: LogConfig::read(&mut log)?,
+            events: EventsConfig::read(&mut events)?,
+            webhooks: read_blocks("webhook", webhooks, &env)?,
             browser: BrowserSettings::build(browser)?,
-            providers: build_providers(providers, &env)?,
+            providers: read_blocks("provider", providers, &env)?,
         };
+        check_webhooks(&config.webhooks, &env)?;
+        check_providers(&config.providers, &env)?;
         config.apply_flags(overrides)?;
         Ok(config)
     }
@@ -891,46 +886,32 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 // that combine keys)
 // ---------------------------------------------------------------------------
 
-impl ServerConfig {
-    fn build(mut sec: Section<'_>, env: &EnvLayer) -> Result<Self> {
-        let mut server = Self::read(&mut sec)?;
-        let token_file = sec.secret_file("admin_token_file")?;
-        let tls_cert_file = sec.path("tls_cert_file")?;
-        let tls_key_file = sec.path("tls_key_file")?;
-        sec.finish()?;
-        server.max_connections_configured = !sec.is_default("max_connections");
-        server.tls = match (tls_cert_file, tls_key_file) {
-            (Some(cert_file), Some(key_file)) => Some(TlsFiles {
-                cert_file,
-                key_file,
-            }),
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(sec.invalid(
-                    "tls_cert_file",
-                    "needs server.tls_key_file too (give both or neither)",
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(sec.invalid(
-                    "tls_key_file",
-                    "needs server.tls_cert_file too (give both or neither)",
-                ))
-            }
-        };
-        let from_file = SecretVars {
-            value: None,
-            file: token_file,
-        };
-        server.admin_token = resolve_secret(env.admin_token.clone(), from_file)?;
-        Ok(server)
+/// `tls_cert_file` and `tls_key_file` of `[server]`: both or neither.
+fn tls_files(
+    sec: &Section<'_>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+) -> Result<Option<TlsFiles>> {
+    match (cert_file, key_file) {
+        (Some(cert_file), Some(key_file)) => Ok(Some(TlsFiles {
+            cert_file,
+            key_file,
+        })),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(sec.invalid(
+            "tls_cert_file",
+            "needs server.tls_key_file too (give both or neither)",
+        )),
+        (None, Some(_)) => Err(sec.invalid(
+            "tls_key_file",
+            "needs server.tls_cert_file too (give both or neither)",
+        )),
     }
 }
 
 impl StoreConfig {
     fn build(mut sec: Section<'_>, env: &EnvLayer, path_flag: Option<&Path>) -> Result<Self> {
         let mut store = Self::read(&mut sec)?;
-        sec.finish()?;
         if env.store_key.is_some() && sec.set_by_env("key_file") {
             return Err(conflict(
                 &format!("{ENV_PREFIX}KEY"),
@@ -951,7 +932,6 @@ impl StoreConfig {
 impl BackupConfig {
     fn build(mut sec: Section<'_>, store_path: &Path) -> Result<Self> {
         let mut backup = Self::read(&mut sec)?;
-        sec.finish()?;
         if sec.is_default("dir") {
             backup.dir = default_backup_dir(store_path);
         }
@@ -962,7 +942,6 @@ impl BackupConfig {
 impl SchedulerConfig {
     fn build(mut sec: Section<'_>) -> Result<Self> {
         let s = Self::read(&mut sec)?;
-        sec.finish()?;
         sec.at_least("retry_max", s.retry_max, "retry_initial", s.retry_initial)?;
         Ok(s)
     }
@@ -971,7 +950,6 @@ impl SchedulerConfig {
 impl RotationConfig {
     fn build(mut sec: Section<'_>) -> Result<Self> {
         let r = Self::read(&mut sec)?;
-        sec.finish()?;
         sec.at_least(
             "max_cooldown",
             r.max_cooldown,
@@ -982,26 +960,9 @@ impl RotationConfig {
     }
 }
 
-impl LogConfig {
-    fn build(mut sec: Section<'_>) -> Result<Self> {
-        let log = Self::read(&mut sec)?;
-        sec.finish()?;
-        Ok(log)
-    }
-}
-
-impl EventsConfig {
-    fn build(mut sec: Section<'_>) -> Result<Self> {
-        let events = Self::read(&mut sec)?;
-        sec.finish()?;
-        Ok(events)
-    }
-}
-
 impl BrowserSettings {
     fn build(mut sec: Section<'_>) -> Result<Self> {
         let b = Self::read(&mut sec)?;
-        sec.finish()?;
         sec.at_least("retry_max", b.retry_max, "retry_initial", b.retry_initial)?;
         Ok(b)
     }
@@ -1055,48 +1016,142 @@ fn describe_cron_error(error: &str) -> String {
 // Providers
 // ---------------------------------------------------------------------------
 
-fn build_providers(value: Option<Value>, env: &EnvLayer) -> Result<Vec<ProviderConfig>> {
-    let items = match value {
-        None => Vec::new(),
-        Some(Value::Array(items)) => items,
-        Some(other) => {
-            return Err(wrong_type(
-                "provider".to_owned(),
-                "an array of tables ([[provider]])",
-                &other,
-            ))
-        }
-    };
-    let mut providers: Vec<ProviderConfig> = Vec::with_capacity(items.len());
-    for (i, item) in items.into_iter().enumerate() {
-        let path = format!("provider[{i}]");
-        let Value::Table(table) = item else {
-            return Err(wrong_type(path, "a table", &item));
-        };
-        let provider = build_provider(Section::new(path, table, env), env)?;
-        // Names are compared as their environment spelling too: `a-b` and
-        // `a_b` would otherwise share one client secret variable.
-        if let Some((j, other)) = providers
+config_section! {
+    /// One `[[provider]]`: an OAuth provider whose accounts the farm keeps
+    /// logged in.
+    #[derive(Debug)]
+    pub struct ProviderConfig in "provider" block {
+        /// Unique; lowercase letters, digits, `_` and `-`, starting with a letter or digit.
+        name: String => parsed("name", parse_provider_name), required;
+        /// The OAuth client's id.
+        client_id: String => non_empty_string(), required;
+        /// Scopes to request (`offline_access` usually gets the refresh token).
+        scopes: Vec<String> = Vec::<String>::new() => scopes();
+        /// Where the provider sends the browser back after a login.
+        redirect_uri: Url => url(), required;
+        /// Extra query parameters of the authorization request; not the ones the farm sets itself.
+        extra_authorize_params: BTreeMap<String, String> = Table::new() => authorize_params();
+        /// How long a started login waits for its redirect.
+        login_timeout: Duration = "10m" => duration();
+        /// Default login script for this provider's accounts (an account's own one wins).
+        // Not read here: the login code reads it.
+        login_script: Option<PathBuf> => path(), optional;
+        /// The provider revokes the grant when a spent refresh token is presented again: after a crash mid-refresh, an account with a login script is logged in by the browser instead of replaying its refresh token.
+        reuse_detection: bool = false => boolean();
+        /// `[provider.proxy]`: the rotating proxy at `/proxy/<name>/…` (see [Point your tools at the farm](#point-your-tools-at-the-farm)); absent: none.
+        proxy: Option<ProxyConfig> => table(), optional;
+    }
+    given {
+        /// OIDC issuer; the endpoints come from its discovery document. Or give `authorize_url` and `token_url`, not both.
+        issuer: Option<Url> => url(), optional;
+        /// Authorization endpoint, without discovery (with `token_url`).
+        authorize_url: Option<Url> => url(), optional;
+        /// Token endpoint, without discovery (with `authorize_url`).
+        token_url: Option<Url> => url(), optional;
+        /// Introspection endpoint, without discovery (optional).
+        introspection_url: Option<Url> => url(), optional;
+        /// Client secret of a confidential client; the variable (`NAME`: the name uppercased, `-` as `_`) wins over this key and `client_secret_file`.
+        client_secret: Option<SecretRef>, env "RELOGIN_FARM_PROVIDER_<NAME>_CLIENT_SECRET"
+            => secret(), optional;
+        /// File holding the client secret (not with `client_secret`).
+        client_secret_file: Option<SecretRef>, env "RELOGIN_FARM_PROVIDER_<NAME>_CLIENT_SECRET_FILE"
+            => secret_file(), optional;
+    }
+    extra(sec) {
+        /// From `issuer`, or `authorize_url` + `token_url` (+ `introspection_url`).
+        endpoints: Endpoints =
+            resolve_endpoints(sec, issuer, authorize_url, token_url, introspection_url)?;
+        /// From the environment, else `client_secret(_file)`.
+        client_secret: Option<Secret> = resolve_secret(
+            sec.env.client_secrets.get(&env_name(&name)).cloned().unwrap_or_default(),
+            SecretVars { value: client_secret, file: client_secret_file },
+        )?;
+    }
+}
+
+config_section! {
+    /// `[provider.proxy]`: where `/proxy/<provider>/<path>` forwards to and how.
+    #[derive(Debug)]
+    pub struct ProxyConfig in "provider.proxy" block {
+        /// Requests to `/proxy/<provider>/<path>` go to `<upstream>/<path>`.
+        upstream: Url => url(), required;
+        /// Added to every upstream request, comma-merged with the client's value (names lowercased).
+        headers: BTreeMap<String, String> = Table::new() => header_values();
+        /// The header that carries the account's token (lowercased).
+        auth_header: String = "authorization" => parsed("header name", parse_header_name);
+        /// Put before the token with a space (`""`: the bare token).
+        auth_scheme: String = "Bearer" => parsed("scheme", parse_auth_scheme);
+        /// A header the client already sends that keys its sticky session (besides `x-relogin-session`), lowercased.
+        session_header: Option<String> => parsed("header name", parse_header_name), optional;
+        /// Largest request body in bytes, buffered to be replayed on failover; above: 413.
+        max_body: usize = 32 * 1024 * 1024 => count(1..=1024 * 1024 * 1024);
+        /// Upstream statuses that move the request to the next account.
+        failover_on: Vec<u16> = vec![401, 429, 529] => statuses();
+        /// Accounts tried per request, the first one included (1 to 10).
+        max_attempts: usize = 3 => count(1..=10);
+        /// Headers read for a 429's reset time after `retry-after-ms` and `retry-after` (lowercased).
+        reset_headers: Vec<String> = vec!["anthropic-ratelimit-unified-reset"] => header_names();
+        /// Prefixes of the rate-limit headers kept as the account's quota (lowercased).
+        quota_headers: Vec<String> = vec!["anthropic-ratelimit-", "x-ratelimit-", "x-codex-"]
+            => header_names();
+        /// Connecting to the upstream.
+        connect_timeout: Duration = "10s" => duration();
+        /// From the request sent to the upstream's status line.
+        first_byte_timeout: Duration = "10m" => duration();
+        /// Longest silence between two chunks of an answer; then the answer is cut.
+        idle_timeout: Duration = "5m" => duration();
+        /// A usage endpoint asked with each enabled account's token (as the proxy sends it, with `headers`); its JSON answer is shown on the account as `quota.usage` (see [Point your tools at the farm](#point-your-tools-at-the-farm)); absent: not polled.
+        usage_url: Option<Url> => url(), optional;
+        /// When `usage_url` is asked (cron with seconds; `""`: never). Usage endpoints answer from counters and cost no quota.
+        usage_schedule: Option<cron::Schedule> = "0 */5 * * * *" => parsed("cron expression", parse_cron);
+        /// The longest one account's usage poll may take, answer included.
+        usage_timeout: Duration = "30s" => duration();
+    }
+}
+
+/// The table's defaults with a placeholder upstream, for tests that build a
+/// proxy's settings by hand.
+#[cfg(test)]
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        read_table("provider.proxy", "upstream = \"http://127.0.0.1/\"")
+            .expect("the built-in defaults are valid")
+    }
+}
+
+/// Reads `text` as one table of `T` (tests).
+#[cfg(test)]
+fn read_table<T: ReadTable>(path: &str, text: &str) -> Result<T> {
+    let env = EnvLayer::default();
+    T::read(&mut Section::new(path.to_owned(), parse_toml(text)?, &env))
+}
+
+/// The blocks' rules across blocks: names are unique (also as their
+/// environment spelling: `a-b` and `a_b` would share one client secret
+/// variable), and every client secret variable names a provider.
+fn check_providers(providers: &[ProviderConfig], env: &EnvLayer) -> Result<()> {
+    for (i, provider) in providers.iter().enumerate() {
+        let Some((j, other)) = providers[..i]
             .iter()
             .enumerate()
             .find(|(_, p)| env_name(&p.name) == env_name(&provider.name))
-        {
-            let reason = if other.name == provider.name {
-                format!("duplicate name {:?} (also provider[{j}])", provider.name)
-            } else {
-                format!(
-                    "name {:?} clashes with provider[{j}] {:?}: both use {}",
-                    provider.name,
-                    other.name,
-                    client_secret_var(&env_name(&provider.name))
-                )
-            };
-            return Err(ConfigError::Invalid {
-                key: format!("provider[{i}].name"),
-                reason,
-            });
-        }
-        providers.push(provider);
+        else {
+            continue;
+        };
+        let reason = if other.name == provider.name {
+            format!("duplicate name {:?} (also provider[{j}])", provider.name)
+        } else {
+            format!(
+                "name {:?} clashes with provider[{j}] {:?}: both use {}",
+                provider.name,
+                other.name,
+                client_secret_var(&env_name(&provider.name))
+            )
+        };
+        return Err(ConfigError::Invalid {
+            key: format!("provider[{i}].name"),
+            reason,
+        });
     }
     let known: BTreeSet<String> = providers.iter().map(|p| env_name(&p.name)).collect();
     if let Some((name, vars)) = env
@@ -1109,128 +1164,14 @@ fn build_providers(value: Option<Value>, env: &EnvLayer) -> Result<Vec<ProviderC
             reason: format!("no [[provider]] whose name uppercases to {name}"),
         });
     }
-    Ok(providers)
+    Ok(())
 }
 
-fn build_provider(mut sec: Section<'_>, env: &EnvLayer) -> Result<ProviderConfig> {
-    let name = sec.parsed("name", "name", parse_provider_name)?;
-    let endpoints = EndpointKeys::read(&mut sec)?;
-    let client_id = sec.non_empty_string("client_id")?;
-    let from_file = SecretVars {
-        value: sec.secret("client_secret")?,
-        file: sec.secret_file("client_secret_file")?,
-    };
-    let scopes = sec.scopes("scopes")?.unwrap_or_default();
-    let redirect_uri = sec.url("redirect_uri")?;
-    let extra_authorize_params = sec
-        .authorize_params("extra_authorize_params")?
-        .unwrap_or_default();
-    let login_timeout = sec
-        .duration("login_timeout")?
-        .unwrap_or(DEFAULT_LOGIN_TIMEOUT);
-    let login_script = sec.path("login_script")?;
-    let reuse_detection = sec.boolean("reuse_detection")?.unwrap_or(false);
-    let proxy = match sec.take("proxy") {
-        None => None,
-        Some(Value::Table(table)) => Some(ProxyConfig::build(Section::new(
-            sec.full("proxy"),
-            table,
-            env,
-        ))?),
-        Some(other) => return Err(wrong_type(sec.full("proxy"), "a table", &other)),
-    };
-    sec.finish()?;
-    let name = sec.required("name", name)?;
-    let endpoints = endpoints.resolve(&sec)?;
-    let client_id = sec.required("client_id", client_id)?;
-    let redirect_uri = sec.required("redirect_uri", redirect_uri)?;
-    let from_env = env
-        .client_secrets
-        .get(&env_name(&name))
-        .cloned()
-        .unwrap_or_default();
-    Ok(ProviderConfig {
-        client_secret: resolve_secret(from_env, from_file)?,
-        name,
-        endpoints,
-        client_id,
-        scopes,
-        redirect_uri,
-        extra_authorize_params,
-        login_timeout,
-        login_script,
-        reuse_detection,
-        proxy,
-    })
-}
-
-impl ProxyConfig {
-    fn build(mut sec: Section<'_>) -> Result<Self> {
-        let d = Self::default();
-        let upstream = sec.url("upstream")?;
-        let headers = sec.header_values("headers")?.unwrap_or_default();
-        let auth_header = sec
-            .parsed("auth_header", "header name", parse_header_name)?
-            .unwrap_or(d.auth_header);
-        let auth_scheme = sec
-            .parsed("auth_scheme", "scheme", |s| {
-                if s.contains(char::is_whitespace) {
-                    Err("must be one word (or \"\" for the bare token)")
-                } else {
-                    Ok(s.to_owned())
-                }
-            })?
-            .unwrap_or(d.auth_scheme);
-        let session_header = sec.parsed("session_header", "header name", parse_header_name)?;
-        let max_body = sec
-            .count("max_body", 1..=1024 * 1024 * 1024)?
-            .unwrap_or(d.max_body);
-        let failover_on = sec.statuses("failover_on")?.unwrap_or(d.failover_on);
-        let max_attempts = sec.count("max_attempts", 1..=10)?.unwrap_or(d.max_attempts);
-        let header_list = |sec: &mut Section<'_>, key: &str| {
-            sec.string_list(key, |item_key, name| {
-                parse_header_name(name)
-                    .map(|_| ())
-                    .map_err(|reason| ConfigError::Invalid {
-                        key: item_key.to_owned(),
-                        reason: format!("invalid header name {name:?}: {reason}"),
-                    })
-            })
-            .map(|list| list.map(|l| l.iter().map(|n| n.to_ascii_lowercase()).collect()))
-        };
-        let reset_headers = header_list(&mut sec, "reset_headers")?.unwrap_or(d.reset_headers);
-        let quota_headers = header_list(&mut sec, "quota_headers")?.unwrap_or(d.quota_headers);
-        let connect_timeout = sec
-            .duration("connect_timeout")?
-            .unwrap_or(d.connect_timeout);
-        let first_byte_timeout = sec
-            .duration("first_byte_timeout")?
-            .unwrap_or(d.first_byte_timeout);
-        let idle_timeout = sec.duration("idle_timeout")?.unwrap_or(d.idle_timeout);
-        let usage_url = sec.url("usage_url")?;
-        let usage_schedule = sec
-            .parsed("usage_schedule", "cron expression", parse_cron)?
-            .unwrap_or(d.usage_schedule);
-        let usage_timeout = sec.duration("usage_timeout")?.unwrap_or(d.usage_timeout);
-        sec.finish()?;
-        Ok(ProxyConfig {
-            upstream: sec.required("upstream", upstream)?,
-            headers,
-            auth_header,
-            auth_scheme,
-            session_header,
-            max_body,
-            failover_on,
-            max_attempts,
-            reset_headers,
-            quota_headers,
-            connect_timeout,
-            first_byte_timeout,
-            idle_timeout,
-            usage_url,
-            usage_schedule,
-            usage_timeout,
-        })
+fn parse_auth_scheme(scheme: &str) -> Result<String, &'static str> {
+    if scheme.contains(char::is_whitespace) {
+        Err("must be one word (or \"\" for the bare token)")
+    } else {
+        Ok(scheme.to_owned())
     }
 }
 
@@ -1243,52 +1184,38 @@ fn parse_header_name(name: &str) -> Result<String, &'static str> {
     Ok(name.to_ascii_lowercase())
 }
 
-/// The endpoint keys as given, before checking they make a valid set.
-struct EndpointKeys {
+/// Either `issuer` (discovery) or `authorize_url` + `token_url` (plus
+/// optional `introspection_url`); mixing them is ambiguous, so rejected.
+fn resolve_endpoints(
+    sec: &Section<'_>,
     issuer: Option<Url>,
     authorize_url: Option<Url>,
     token_url: Option<Url>,
     introspection_url: Option<Url>,
-}
-
-impl EndpointKeys {
-    fn read(sec: &mut Section<'_>) -> Result<Self> {
-        Ok(EndpointKeys {
-            issuer: sec.url("issuer")?,
-            authorize_url: sec.url("authorize_url")?,
-            token_url: sec.url("token_url")?,
-            introspection_url: sec.url("introspection_url")?,
-        })
-    }
-
-    /// Either `issuer` (discovery) or `authorize_url` + `token_url` (plus
-    /// optional `introspection_url`); mixing them is ambiguous, so rejected.
-    fn resolve(self, sec: &Section<'_>) -> Result<Endpoints> {
-        let introspection_url = self.introspection_url;
-        match (self.issuer, self.authorize_url, self.token_url) {
-            (Some(issuer), None, None) => match introspection_url {
-                None => Ok(Endpoints::Discovery { issuer }),
-                Some(_) => Err(sec.invalid(
-                    "introspection_url",
-                    "only with authorize_url and token_url; with issuer, discovery finds it",
-                )),
-            },
-            (Some(_), _, _) => Err(sec.invalid(
-                "issuer",
-                "give either issuer or authorize_url and token_url, not both",
+) -> Result<Endpoints> {
+    match (issuer, authorize_url, token_url) {
+        (Some(issuer), None, None) => match introspection_url {
+            None => Ok(Endpoints::Discovery { issuer }),
+            Some(_) => Err(sec.invalid(
+                "introspection_url",
+                "only with authorize_url and token_url; with issuer, discovery finds it",
             )),
-            (None, Some(authorize_url), Some(token_url)) => Ok(Endpoints::Manual {
-                authorize_url,
-                token_url,
-                introspection_url,
-            }),
-            (None, Some(_), None) => Err(sec.missing("token_url")),
-            (None, None, Some(_)) => Err(sec.missing("authorize_url")),
-            (None, None, None) => Err(sec.invalid(
-                "issuer",
-                "missing: give issuer (OIDC discovery) or authorize_url and token_url",
-            )),
-        }
+        },
+        (Some(_), _, _) => Err(sec.invalid(
+            "issuer",
+            "give either issuer or authorize_url and token_url, not both",
+        )),
+        (None, Some(authorize_url), Some(token_url)) => Ok(Endpoints::Manual {
+            authorize_url,
+            token_url,
+            introspection_url,
+        }),
+        (None, Some(_), None) => Err(sec.missing("token_url")),
+        (None, None, Some(_)) => Err(sec.missing("authorize_url")),
+        (None, None, None) => Err(sec.invalid(
+            "issuer",
+            "missing: give issuer (OIDC discovery) or authorize_url and token_url",
+        )),
     }
 }
 
@@ -1327,64 +1254,54 @@ fn parse_http_url(text: &str) -> Result<Url, String> {
 // Webhooks
 // ---------------------------------------------------------------------------
 
-fn build_webhooks(value: Option<Value>, env: &EnvLayer) -> Result<Vec<WebhookConfig>> {
-    let items = match value {
-        None => Vec::new(),
-        Some(Value::Array(items)) => items,
-        Some(other) => {
-            return Err(wrong_type(
-                "webhook".to_owned(),
-                "an array of tables ([[webhook]])",
-                &other,
-            ))
-        }
-    };
-    if let Some((&index, vars)) = env.webhook_secrets.range(items.len()..).next() {
+config_section! {
+    /// One `[[webhook]]`: each event of a kind it wants is POSTed to `url` as
+    /// JSON, signed with HMAC-SHA256 when a secret is set.
+    pub struct WebhookConfig in "webhook" block {
+        /// http or https. May carry a credential (in its path or user info): errors never quote it, logs show only its origin.
+        url: Url => secret_url(), required;
+        /// Event kinds to send, each once (see [Events and webhooks](#events-and-webhooks)); `[]`: every kind.
+        // Use `WebhookConfig::wants`.
+        events: Vec<String> = Vec::<String>::new() => event_kinds();
+        /// Deliveries per event at most, the first one included (1 to 20); retries back off exponentially.
+        max_attempts: u32 = 6 => count(1..=20);
+        /// How long one request may take.
+        timeout: Duration = "10s" => duration();
+    }
+    given {
+        /// HMAC key; without one, requests are sent unsigned. The variable (`N`: the block's 0-based position in the file) wins over this key and `secret_file`.
+        secret: Option<SecretRef>, env "RELOGIN_FARM_WEBHOOK_<N>_SECRET" => secret(), optional;
+        /// File holding the HMAC key (not with `secret`).
+        secret_file: Option<SecretRef>, env "RELOGIN_FARM_WEBHOOK_<N>_SECRET_FILE"
+            => secret_file(), optional;
+    }
+    extra(sec) {
+        /// From the environment, else `secret(_file)`; `None`: unsigned.
+        secret: Option<Secret> = resolve_secret(
+            sec.index
+                .and_then(|i| sec.env.webhook_secrets.get(&i))
+                .cloned()
+                .unwrap_or_default(),
+            SecretVars { value: secret, file: secret_file },
+        )?;
+    }
+}
+
+/// Every webhook secret variable's index is a `[[webhook]]`'s.
+fn check_webhooks(webhooks: &[WebhookConfig], env: &EnvLayer) -> Result<()> {
+    if let Some((&index, vars)) = env.webhook_secrets.range(webhooks.len()..).next() {
         return Err(ConfigError::UnknownEnv {
             var: vars.var_name(),
             reason: format!(
                 "no [[webhook]] with index {index} (indexes start at 0; there {})",
-                match items.len() {
+                match webhooks.len() {
                     1 => "is 1".to_owned(),
                     n => format!("are {n}"),
                 }
             ),
         });
     }
-    let mut webhooks = Vec::with_capacity(items.len());
-    for (i, item) in items.into_iter().enumerate() {
-        let path = format!("webhook[{i}]");
-        let Value::Table(table) = item else {
-            return Err(wrong_type(path, "a table", &item));
-        };
-        let from_env = env.webhook_secrets.get(&i).cloned().unwrap_or_default();
-        webhooks.push(build_webhook(Section::new(path, table, env), from_env)?);
-    }
-    Ok(webhooks)
-}
-
-fn build_webhook(mut sec: Section<'_>, from_env: SecretVars) -> Result<WebhookConfig> {
-    let url = sec.secret_url("url")?;
-    let events = sec.event_kinds("events")?.unwrap_or_default();
-    let from_file = SecretVars {
-        value: sec.secret("secret")?,
-        file: sec.secret_file("secret_file")?,
-    };
-    let max_attempts = sec
-        .count("max_attempts", 1..=20)?
-        .map_or(DEFAULT_WEBHOOK_MAX_ATTEMPTS, |n| {
-            u32::try_from(n).expect("at most 20")
-        });
-    let timeout = sec.duration("timeout")?.unwrap_or(DEFAULT_WEBHOOK_TIMEOUT);
-    sec.finish()?;
-    let url = sec.required("url", url)?;
-    Ok(WebhookConfig {
-        url,
-        events,
-        secret: resolve_secret(from_env, from_file)?,
-        max_attempts,
-        timeout,
-    })
+    Ok(())
 }
 
 /// `WEBHOOK_<N>_SECRET[_FILE]` → (`N`, is it the `_FILE` one). `N` is
@@ -1637,6 +1554,8 @@ struct Section<'a> {
     /// Keys that neither the file nor the environment set, whose built-in
     /// default [`Section::default_to`] put in.
     defaulted: BTreeSet<String>,
+    /// A `[[block]]`'s position in its array (the `N` of its variables).
+    index: Option<usize>,
 }
 
 impl<'a> Section<'a> {
@@ -1646,6 +1565,7 @@ impl<'a> Section<'a> {
             table,
             env,
             defaulted: BTreeSet::new(),
+            index: None,
         }
     }
 
@@ -1690,6 +1610,18 @@ impl<'a> Section<'a> {
         match self.env.scalars.get(&self.full(key)) {
             Some(env) => Some(Value::String(env.value.clone())),
             None => from_file,
+        }
+    }
+
+    /// A nested table (`[provider.proxy]` of a `[[provider]]`), read as a
+    /// `T` (`None` when absent).
+    fn table<T: ReadTable>(&mut self, key: &str) -> Result<Option<T>> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(Value::Table(table)) => {
+                T::read(&mut Section::new(self.full(key), table, self.env)).map(Some)
+            }
+            Some(other) => Err(wrong_type(self.name(key), "a table", &other)),
         }
     }
 
@@ -1802,7 +1734,11 @@ impl<'a> Section<'a> {
 
     /// An integer in `range`. The environment can only give strings, so a
     /// string is accepted there (and only there).
-    fn count(&mut self, key: &str, range: RangeInclusive<usize>) -> Result<Option<usize>> {
+    fn count<T: TryFrom<usize>>(
+        &mut self,
+        key: &str,
+        range: RangeInclusive<usize>,
+    ) -> Result<Option<T>> {
         let from_env = self.set_by_env(key);
         let number = match self.take(key) {
             None => return Ok(None),
@@ -1814,7 +1750,10 @@ impl<'a> Section<'a> {
             Some(other) => return Err(wrong_type(self.name(key), "an integer", &other)),
         };
         match usize::try_from(number) {
-            Ok(n) if range.contains(&n) => Ok(Some(n)),
+            Ok(n) if range.contains(&n) => match T::try_from(n) {
+                Ok(n) => Ok(Some(n)),
+                Err(_) => unreachable!("a count's range fits its type"),
+            },
             _ => Err(self.invalid(
                 key,
                 format!(
@@ -2012,6 +1951,19 @@ impl<'a> Section<'a> {
         })
     }
 
+    /// Header names (or prefixes of them), lowercased.
+    fn header_names(&mut self, key: &str) -> Result<Option<Vec<String>>> {
+        let list = self.string_list(key, |item_key, name| {
+            parse_header_name(name)
+                .map(|_| ())
+                .map_err(|reason| ConfigError::Invalid {
+                    key: item_key.to_owned(),
+                    reason: format!("invalid header name {name:?}: {reason}"),
+                })
+        })?;
+        Ok(list.map(|l| l.iter().map(|n| n.to_ascii_lowercase()).collect()))
+    }
+
     /// HTTP status codes (100..=599), such as `[401, 429, 529]`.
     fn statuses(&mut self, key: &str) -> Result<Option<Vec<u16>>> {
         let Some(value) = self.take(key) else {
@@ -2097,6 +2049,30 @@ impl<'a> Section<'a> {
     }
 }
 
+/// `[[key]]` blocks (`value` is what the root had under `key`), each read as
+/// a `T` under `key[i]`.
+fn read_blocks<T: ReadTable>(key: &str, value: Option<Value>, env: &EnvLayer) -> Result<Vec<T>> {
+    let items = match value {
+        None => Vec::new(),
+        Some(Value::Array(items)) => items,
+        Some(other) => {
+            let expected = format!("an array of tables ([[{key}]])");
+            return Err(wrong_type(key.to_owned(), &expected, &other));
+        }
+    };
+    let mut blocks = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let path = format!("{key}[{i}]");
+        let Value::Table(table) = item else {
+            return Err(wrong_type(path, "a table", &item));
+        };
+        let mut sec = Section::new(path, table, env);
+        sec.index = Some(i);
+        blocks.push(T::read(&mut sec)?);
+    }
+    Ok(blocks)
+}
+
 fn wrong_type(key: String, expected: &str, found: &Value) -> ConfigError {
     ConfigError::Invalid {
         key,
@@ -2117,6 +2093,10 @@ mod tests {
     use super::*;
 
     type Env = Vec<(String, String)>;
+
+    const fn minutes(n: u64) -> Duration {
+        Duration::from_secs(n * 60)
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Env {
         pairs
@@ -2372,7 +2352,7 @@ mod tests {
         assert_eq!(hook.secret, Some(Secret::new("w")));
         assert_eq!(
             (hook.max_attempts, hook.timeout),
-            (DEFAULT_WEBHOOK_MAX_ATTEMPTS, DEFAULT_WEBHOOK_TIMEOUT)
+            (6, Duration::from_secs(10))
         );
         assert_eq!(
             demo.extra_authorize_params
@@ -2923,7 +2903,7 @@ mod tests {
             ("authorization", "Bearer")
         );
         assert_eq!(proxy.usage_url, None);
-        assert_eq!(source(&proxy.usage_schedule), DEFAULT_USAGE_SCHEDULE);
+        assert_eq!(source(&proxy.usage_schedule), "0 */5 * * * *");
         assert_eq!(proxy.usage_timeout, Duration::from_secs(30));
 
         let text = format!(
@@ -3157,7 +3137,7 @@ mod tests {
         );
 
         let config = load(MINIMAL_PROVIDER, &[]).unwrap();
-        assert_eq!(config.providers[0].login_timeout, DEFAULT_LOGIN_TIMEOUT);
+        assert_eq!(config.providers[0].login_timeout, minutes(10));
         assert_eq!(config.providers[0].client_secret, None);
         assert!(config.providers[0].scopes.is_empty());
     }
@@ -3258,8 +3238,9 @@ mod tests {
         }
     }
 
-    /// Every key of every `[section]` is in the example (commented out or
-    /// not) in its section, showing its default when it has one. The other
+    /// Every key of every `[section]` and block is in the example (commented
+    /// out or not) in its section, showing its default when it has one (or
+    /// an example, for a default that is an empty list or table). The other
     /// way round, `example_commented_keys_are_valid` loads every key the
     /// example shows, so none is unknown.
     #[test]
@@ -3268,8 +3249,13 @@ mod tests {
         let mut shown = BTreeMap::new();
         for line in EXAMPLE_TOML.lines() {
             let line = line.strip_prefix("# ").unwrap_or(line);
-            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            let header = line.strip_prefix("[[").and_then(|l| l.strip_suffix("]]"));
+            let header =
+                header.or_else(|| line.strip_prefix('[').and_then(|l| l.strip_suffix(']')));
+            if let Some(name) = header {
                 section = name.to_owned();
+                // A nested table is shown by its header.
+                shown.entry(name.to_owned()).or_insert("");
             } else if let Some((key, value)) =
                 line.split_once(" = ").filter(|_| looks_like_toml(line))
             {
@@ -3277,10 +3263,20 @@ mod tests {
             }
         }
         for doc in Config::keys() {
-            let Some(value) = shown.get(&doc.key) else {
+            // A secret and its `_file` are two ways to give one value (both
+            // at once is an error): the example shows one of them.
+            let value = shown
+                .get(&doc.key)
+                .or_else(|| shown.get(&format!("{}_file", doc.key)));
+            let Some(value) = value else {
                 panic!("{} is not in config.example.toml", doc.key);
             };
-            if let Some(default) = &doc.default {
+            let empty = |v: &Value| match v {
+                Value::Array(a) => a.is_empty(),
+                Value::Table(t) => t.is_empty(),
+                _ => false,
+            };
+            if let Some(default) = doc.default.as_ref().filter(|d| !empty(d)) {
                 assert_eq!(
                     *value,
                     default.to_string(),
@@ -3327,6 +3323,75 @@ mod tests {
             BackupConfig::default().dir,
             default_backup_dir(&StoreConfig::default().path)
         );
+    }
+
+    /// The blocks' keys are in the key list; the environment sets none of
+    /// them but the secrets, through the variables their docs name.
+    #[test]
+    fn block_keys_and_their_variables() {
+        let keys = Config::keys();
+        let key = |name: &str| keys.iter().find(|k| k.key == name).unwrap();
+        assert_eq!(key("provider.name").shown_default, REQUIRED);
+        assert_eq!(key("provider.login_script").shown_default, NO_DEFAULT);
+        assert_eq!(
+            key("provider.login_timeout").default,
+            Some(Value::from("10m"))
+        );
+        assert_eq!(key("provider.proxy.upstream").shown_default, REQUIRED);
+        assert_eq!(key("webhook.max_attempts").default, Some(Value::from(6)));
+        let blocks = block_keys();
+        let vars: Vec<(&str, &str)> = blocks
+            .iter()
+            .filter_map(|k| Some((k.key.as_str(), k.env.as_deref()?)))
+            .collect();
+        let documented: Vec<&str> = vars.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            documented,
+            [
+                "webhook.secret",
+                "webhook.secret_file",
+                "provider.client_secret",
+                "provider.client_secret_file"
+            ]
+        );
+        for (key, var) in vars {
+            let var = var.replace("<NAME>", "DEMO").replace("<N>", "0");
+            let short = var.strip_prefix(ENV_PREFIX).unwrap();
+            let file = key.ends_with("_file");
+            let parsed = match key.split('.').next() {
+                Some("webhook") => parse_webhook_secret_var(short) == Some((0, file)),
+                _ => parse_client_secret_var(short) == Some(("DEMO", file)),
+            };
+            assert!(parsed, "{key}: {var} is not the variable that sets it");
+        }
+        let scalars = env_keys();
+        assert!(scalars
+            .iter()
+            .all(|k| !k.starts_with("provider") && !k.starts_with("webhook")));
+    }
+
+    /// A misspelled key is reported as unknown, not as the required key it
+    /// was meant to be being missing, in every kind of table.
+    #[test]
+    fn unknown_keys_before_missing_ones() {
+        let proxy = format!("{MINIMAL_PROVIDER}\n[provider.proxy]\nupstrem = \"http://x\"");
+        for (text, expected) in [
+            (
+                "[[webhook]]\nurls = \"http://h/\"".to_owned(),
+                "webhook[0].urls: unknown key",
+            ),
+            (
+                "[[provider]]\nnames = \"a\"".to_owned(),
+                "provider[0].names: unknown key",
+            ),
+            (proxy, "provider[0].proxy.upstrem: unknown key"),
+            (
+                "[server]\ntls_cert = \"c.pem\"".to_owned(),
+                "server.tls_cert: unknown key",
+            ),
+        ] {
+            assert_eq!(err(&text, &[]), expected, "{text}");
+        }
     }
 
     #[test]
