@@ -150,28 +150,60 @@ pub async fn login_complete(
         async {
             let id = id_of("account", &id)?;
             farm.account(id)?;
-            match body? {
-                types::LoginComplete {
-                    redirect_url: Some(url),
-                    code: None,
-                } => farm.complete_login(&url, Some(id)).await?,
-                types::LoginComplete {
-                    redirect_url: None,
-                    code: Some(code),
-                } => farm.complete_login_with_code(&code, id).await?,
-                _ => return Err(ApiError::bad_request("give either redirect_url or code")),
-            };
+            let body = body?;
+            // Redeems the code: the client hanging up must not cancel it.
+            detached(&farm, move |farm| async move {
+                match body {
+                    types::LoginComplete {
+                        redirect_url: Some(url),
+                        code: None,
+                    } => farm.complete_login(&url, Some(id)).await.map(drop),
+                    types::LoginComplete {
+                        redirect_url: None,
+                        code: Some(code),
+                    } => farm.complete_login_with_code(&code, id).await.map(drop),
+                    _ => Err(crate::farm::FarmError::Invalid(
+                        "give either redirect_url or code".into(),
+                    )),
+                }
+            })
+            .await?;
             Ok(json(&farm.account(id)?))
         }
         .await,
     )
 }
 
+/// Runs `work` in a task of its own, so that it finishes even when the
+/// client goes away (hyper then drops the handler's future). For handlers
+/// that spend something at the provider (a refresh token, a login code).
+async fn detached<T, F, Fut>(farm: &Arc<Farm>, work: F) -> Result<T, ApiError>
+where
+    F: FnOnce(Arc<Farm>) -> Fut,
+    Fut: std::future::Future<Output = crate::farm::Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::spawn(work(farm.clone())).await {
+        Ok(done) => Ok(done?),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(ApiError::new(
+            warp::http::StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the farm is stopping",
+        )),
+    }
+}
+
 pub async fn account_refresh(id: String, farm: Arc<Farm>, _: Admin) -> Response {
     render(
         async {
             let id = id_of("account", &id)?;
-            let outcome = farm.refresh(id, None, "admin").await?;
+            // Spends the refresh token: the client hanging up must not
+            // cancel it between the grant and storing its answer.
+            let outcome = detached(&farm, move |farm| async move {
+                farm.refresh(id, None, "admin").await
+            })
+            .await?;
             Ok(json(&types::Refreshed {
                 account: farm.account(id)?,
                 refresh: outcome.into(),

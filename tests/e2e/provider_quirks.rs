@@ -327,3 +327,39 @@ fn a_code_shown_to_paste_finishes_the_login_with_its_state_checked() {
         .ok();
     assert_eq!(account["state"], "healthy", "{account}");
 }
+
+/// An admin who hangs up during `POST /api/accounts/{id}/refresh` does not
+/// cancel the refresh: the provider has already spent the old refresh token
+/// (rotation with reuse detection) when its answer comes, and a cancelled
+/// refresh would drop the new one — the account would need a relogin.
+#[test]
+fn a_client_hanging_up_mid_refresh_loses_no_rotated_token() {
+    let (bed, emulator) = quirky_bed(Quirks::default());
+    let id = logged_in(&bed, "alice");
+    let generation = int_of(&bed.account(id), "generation");
+    emulator.set(|q| q.token_delay_ms = 1500);
+    let impatient = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let hung_up = impatient
+        .post(format!("{}/api/accounts/{id}/refresh", bed.url()))
+        .bearer_auth(&bed.admin_token)
+        .send();
+    assert!(hung_up.is_err(), "the client was to give up first");
+    let account = refreshed_past(&bed, id, generation, secs(10));
+    assert_eq!(account["state"], "healthy", "{account}");
+    emulator.set(|q| q.token_delay_ms = 0);
+    // The rotated refresh token was kept: the next refresh is granted.
+    let refreshed = bed
+        .admin()
+        .post(&format!("/api/accounts/{id}/refresh"), json!({}))
+        .ok();
+    assert_eq!(refreshed["state"], "healthy", "{refreshed}");
+    assert_eq!(refreshed["refresh"], "refreshed", "{refreshed}");
+    assert!(refreshes(&emulator).iter().all(|s| s.status == 200));
+    let lease = bed.admin().lease(QUIRKY, None);
+    let info = emulator.introspect(str_of(&lease, "access_token"));
+    assert_eq!(info["active"], true, "{info}");
+    never_needed_a_relogin(&bed);
+}

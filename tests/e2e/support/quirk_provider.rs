@@ -94,6 +94,9 @@ pub struct Quirks {
     /// The device flow's polling interval and user-code lifetime, seconds.
     pub device_interval: u64,
     pub device_expires_in: u64,
+    /// Token answers (after the grant is processed: a refresh token is
+    /// already spent) wait this long, in milliseconds.
+    pub token_delay_ms: u64,
 }
 
 impl Default for Quirks {
@@ -114,6 +117,7 @@ impl Default for Quirks {
             access_ttl: 3600,
             device_interval: 5,
             device_expires_in: 600,
+            token_delay_ms: 0,
         }
     }
 }
@@ -486,7 +490,12 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
     let resp = match (method.as_str(), path.as_str()) {
         ("GET", "/authorize") => authorize(state, &query),
         ("POST", "/login") => login(state, &params),
-        ("POST", "/token") => token(state, content_type.as_deref(), &headers, &params),
+        ("POST", "/token") => {
+            let resp = token(state, content_type.as_deref(), &headers, &params);
+            let delay = state.quirks.lock().unwrap().token_delay_ms;
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+            resp
+        }
         ("POST", "/introspect") => json_answer(
             200,
             introspect(state, get(&params, "token").unwrap_or_default()),
