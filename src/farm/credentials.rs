@@ -194,7 +194,39 @@ impl Farm {
         retry_after_s: Option<u64>,
         upstream: Upstream,
     ) -> Result<()> {
-        let report = Report {
+        let report = self.attempt_report(lease, who, outcome, retry_after_s, upstream);
+        // Acted on first: the next attempt's choice must see a cooldown.
+        self.act_on_report(&report, lease.generation)?;
+        self.lease_log.record_report(report).await?;
+        Ok(())
+    }
+
+    /// [`Farm::record_attempt`] for an answer relayed to the client, as its
+    /// body ends: nothing waits for it, so the report only queues for the
+    /// lease log's next commit (`LeaseLog::queue_report`).
+    pub fn note_attempt(
+        &self,
+        lease: &Issued,
+        who: Principal,
+        outcome: Outcome,
+        upstream: Upstream,
+    ) {
+        let report = self.attempt_report(lease, who, outcome, None, upstream);
+        if let Err(e) = self.act_on_report(&report, lease.generation) {
+            tracing::warn!(error = %e, "proxy: could not act on the attempt's outcome");
+        }
+        self.lease_log.queue_report(report);
+    }
+
+    fn attempt_report(
+        &self,
+        lease: &Issued,
+        who: Principal,
+        outcome: Outcome,
+        retry_after_s: Option<u64>,
+        upstream: Upstream,
+    ) -> Report {
+        Report {
             lease: lease.key,
             account_id: lease.answer.account_id,
             client_id: who.client_id(),
@@ -202,11 +234,7 @@ impl Farm {
             retry_after_s: retry_after_s.map(|s| s.min(i64::MAX as u64) as i64),
             at: self.clock.now(),
             upstream: Some(upstream),
-        };
-        // Acted on first: the next attempt's choice must see a cooldown.
-        self.act_on_report(&report, lease.generation)?;
-        self.lease_log.record_report(report).await?;
-        Ok(())
+        }
     }
 
     /// What a stored report makes the farm do: a cooldown for

@@ -291,11 +291,7 @@ where
                         BodyEnd::UpstreamBroke => Outcome::Error,
                         _ => outcome,
                     };
-                    if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                        rt.spawn(async move {
-                            record(&farm, &lease, who, outcome, None, upstream).await;
-                        });
-                    }
+                    farm.note_attempt(&lease, who, outcome, upstream);
                 });
                 return Ok(relay(resp, cfg, Some(finish)));
             }

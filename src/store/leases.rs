@@ -209,6 +209,14 @@ impl LeaseLog {
         self.commit_with(|p| p.reports.push(report)).await
     }
 
+    /// Queues a report like [`LeaseLog::record_report`] without waiting for
+    /// it: it goes with the next commit — the next lease's, or the
+    /// checkpoint thread's within a second when no lease comes. For the
+    /// proxy's answers as their bodies end (nothing waits on them).
+    pub fn queue_report(&self, report: Report) {
+        lock(&self.shared.queue).pending.reports.push(report);
+    }
+
     /// Adds rows to the open batch and returns once that batch is committed
     /// (see [`LeaseLog::record`]).
     async fn commit_with(&self, add: impl FnOnce(&mut Pending)) -> Result<()> {
@@ -353,6 +361,10 @@ fn checkpoint_loop(conn: Connection, wal: &Path, alive: Weak<Shared>) {
         };
         if let Err(e) = shared.tally.advance(&conn, Utc::now()) {
             tracing::warn!(error = %e, "moving the usage windows failed");
+        }
+        // Reports queued while no lease came to commit them.
+        if let Some(leader) = Leader::try_become(&shared) {
+            leader.commit();
         }
         drop(shared);
         let now = version(&conn).ok();

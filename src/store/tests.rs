@@ -1038,4 +1038,23 @@ async fn the_farms_own_reports_are_group_committed_with_what_the_upstream_did() 
         assert_eq!(usage.recent[0].outcome.as_deref(), Some("ok"));
         assert_eq!(usage.per_account[0].last_hour.ok, 1);
     }
+
+    // A queued report waits for the next commit, and goes with it.
+    log.queue_report(Report {
+        lease: key,
+        account_id: alice.id,
+        client_id: Some(3),
+        outcome: Outcome::Error,
+        retry_after_s: None,
+        at: now,
+        upstream: Some(leases::Upstream {
+            body_end: leases::BodyEnd::UpstreamBroke,
+            ..upstream
+        }),
+    });
+    assert_eq!(log.tally().usage(now).per_account[0].last_hour.error, 0);
+    log.record(new_lease(log.allocate(), alice.id, now))
+        .await
+        .unwrap();
+    assert_eq!(log.tally().usage(now).per_account[0].last_hour.error, 1);
 }
