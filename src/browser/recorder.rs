@@ -244,6 +244,9 @@ pub(crate) fn recording_from(provider: &str, events: &Events, redirect_url: Url)
 /// Events → script and secrets. Pure, so the rules are unit-tested.
 fn build_recording(provider: &str, mut events: Vec<RecordedEvent>, redirect_url: Url) -> Recording {
     events.sort_by(|a, b| a.t.total_cmp(&b.t));
+    // A click on the page's background has no selector (and no effect a
+    // replay needs); as a step it would make the script invalid.
+    events.retain(|e| !e.selector.is_empty());
     let events = coalesce_fills(events);
     let mut secrets = SecretNames::default();
     let mut needs_totp_seed = false;
@@ -476,6 +479,20 @@ optional = true
         assert_eq!(names.name_for(Secret::new("a")), "password");
         assert_eq!(names.name_for(Secret::new("b")), "password_2");
         assert_eq!(names.name_for(Secret::new("a")), "password");
+    }
+
+    #[test]
+    fn clicks_on_no_element_are_left_out() {
+        let rec = build_recording(
+            "demo",
+            vec![
+                ev(EventKind::Click, "", "", 1.0),
+                ev(EventKind::Fill, "#user", "ann", 2.0),
+            ],
+            Url::parse("http://h/cb").unwrap(),
+        );
+        assert_eq!(rec.script.steps.len(), 2, "{}", rec.script.to_toml());
+        LoginScript::parse(&rec.script.to_toml()).unwrap();
     }
 
     #[test]

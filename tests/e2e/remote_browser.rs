@@ -381,3 +381,57 @@ fn the_socket_wants_the_admin_token_first_and_a_session_ends_on_delete_or_idle()
         .expect_error(426, "upgrade_required");
     assert!(!bed.farm_log().contains(&bed.admin_token));
 }
+
+#[test]
+fn recording_over_the_socket_proposes_a_script_with_the_password_as_a_secret() {
+    let bed = browser_bed("10m");
+    let user = "rita";
+    let id = bed.add_account(user, 0);
+    let started = open_session(&bed, id, json!({"mode": "record"}));
+    let session_id = started["session_id"].as_str().unwrap().to_string();
+    let password = format!("{user}-password");
+    let (done, script) = runtime().block_on(async {
+        let mut socket = connect(&bed, &session_id).await;
+        auth(&bed, &mut socket).await;
+        let url = until_text(&mut socket, "url", secs(15)).await;
+        send_json(&mut socket, json!({"type": "click", "x": 5, "y": 5})).await;
+        send_json(&mut socket, json!({"type": "key", "key": "Tab"})).await;
+        send_json(&mut socket, json!({"type": "type", "text": user})).await;
+        send_json(&mut socket, json!({"type": "key", "key": "Tab"})).await;
+        send_json(&mut socket, json!({"type": "type", "text": password})).await;
+        send_json(&mut socket, json!({"type": "key", "key": "Enter"})).await;
+        loop {
+            let seen = until_text(&mut socket, "url", secs(15)).await;
+            if seen["url"] != url["url"] {
+                break;
+            }
+        }
+        send_json(&mut socket, json!({"type": "key", "key": "Enter"})).await;
+        let done = until_text(&mut socket, "done", secs(20)).await;
+        let script = until_text(&mut socket, "script", secs(5)).await;
+        (done, script)
+    });
+    assert_eq!(done["account_state"], "healthy", "{done}");
+    let toml = script["toml"].as_str().unwrap();
+    assert!(toml.contains("${secret:password}"), "{toml}");
+    assert!(toml.contains(user), "{toml}");
+    assert!(
+        !toml.contains(&password),
+        "the password is in the script: {toml}"
+    );
+    // The secret is stored (write-only), and the script saves.
+    let secrets = bed.admin().get(&format!("/api/accounts/{id}/secrets")).ok();
+    assert_eq!(secrets[0]["name"], "password", "{secrets}");
+    bed.admin()
+        .send(
+            Method::PUT,
+            &format!("/api/accounts/{id}/script"),
+            Some(toml.as_bytes().to_vec()),
+        )
+        .ok();
+    no_chromium_left(&bed);
+    assert!(
+        !bed.farm_log().contains(&password),
+        "typed text is in the log"
+    );
+}
