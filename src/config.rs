@@ -651,6 +651,10 @@ config_section! {
         sandbox: Sandbox = "auto" => sandbox();
         /// Hosts a relogin's pages may be on (`*.example.com` also matches subdomains), besides the provider's authorize and redirect hosts; empty: any. Schemes other than http(s) are refused either way.
         allowed_hosts: Vec<String> = Vec::<String>::new() => host_names(), no_env;
+        /// An admin page's remote browser session ends after this long without input from the page.
+        session_idle: Duration = "10m" => duration();
+        /// An admin page's remote browser session ends this long after it started, in use or not.
+        session_max: Duration = "1h" => duration();
     }
 }
 
@@ -2720,6 +2724,8 @@ mod tests {
                 retry_max: minutes(60),
                 sandbox: Sandbox::Off,
                 allowed_hosts: vec![],
+                session_idle: minutes(10),
+                session_max: minutes(60),
             }
         );
         let config = load(

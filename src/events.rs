@@ -32,6 +32,7 @@ crate::named_enum! {
         ReloginSucceeded = "relogin_succeeded",
         ReloginFailed = "relogin_failed",
         NeedsHuman = "needs_human",
+        HumanTakeoverCompleted = "human_takeover_completed",
         CooldownStarted = "cooldown_started",
         CooldownEnded = "cooldown_ended",
         ClientCreated = "client_created",

@@ -7,6 +7,7 @@
 //!   `scripts/playwright`) driving Debian's Chromium; [`BrowserPool`] runs
 //!   relogins with at most `max_concurrent` browsers and none when idle.
 //! - [`recorder`]: turns a person's login into a script and secrets.
+//! - [`remote`]: the admin page's remote browser (frames out, input in).
 //!
 //! The caller owns the OAuth side: it builds the PKCE authorize URL, passes
 //! it in [`Vars`], and redeems the code in [`LoginOutcome::redirect_url`].
@@ -14,6 +15,7 @@
 //! the browser, so the code is delivered exactly once.
 
 pub mod recorder;
+pub mod remote;
 pub mod runner;
 pub mod script;
 

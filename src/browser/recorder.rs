@@ -68,7 +68,7 @@ pub enum RecordError {
 
 /// One event from the page.
 #[derive(Debug, Clone, Deserialize)]
-struct RecordedEvent {
+pub(crate) struct RecordedEvent {
     kind: EventKind,
     selector: String,
     #[serde(default)]
@@ -91,7 +91,7 @@ enum EventKind {
     Press,
 }
 
-type Events = Arc<Mutex<Vec<RecordedEvent>>>;
+pub(crate) type Events = Arc<Mutex<Vec<RecordedEvent>>>;
 
 /// A recording in progress: the browser is open on the authorize URL.
 /// Call [`finish`](Self::finish); dropped unfinished, it still closes the
@@ -166,10 +166,9 @@ impl Recorder {
             drop(hold);
         }
         let redirect_url = end?;
-        let events = std::mem::take(&mut *self.events.lock().expect("poisoned"));
-        Ok(build_recording(
+        Ok(recording_from(
             &self.options.provider,
-            events,
+            &self.events,
             redirect_url,
         ))
     }
@@ -213,7 +212,7 @@ pub async fn record(
         .await
 }
 
-async fn install_recorder(session: &Session, events: Events) -> Result<(), RecordError> {
+pub(crate) async fn install_recorder(session: &Session, events: Events) -> Result<(), RecordError> {
     let setup_error = |e: playwright_rs::Error| RecordError::Setup(first_line(&e.to_string()));
     session
         .context
@@ -236,9 +235,18 @@ async fn install_recorder(session: &Session, events: Events) -> Result<(), Recor
         .map_err(setup_error)
 }
 
+/// The recording of the events so far (taken: a second call sees none).
+pub(crate) fn recording_from(provider: &str, events: &Events, redirect_url: Url) -> Recording {
+    let events = std::mem::take(&mut *events.lock().expect("poisoned"));
+    build_recording(provider, events, redirect_url)
+}
+
 /// Events → script and secrets. Pure, so the rules are unit-tested.
 fn build_recording(provider: &str, mut events: Vec<RecordedEvent>, redirect_url: Url) -> Recording {
     events.sort_by(|a, b| a.t.total_cmp(&b.t));
+    // A click on the page's background has no selector (and no effect a
+    // replay needs); as a step it would make the script invalid.
+    events.retain(|e| !e.selector.is_empty());
     let events = coalesce_fills(events);
     let mut secrets = SecretNames::default();
     let mut needs_totp_seed = false;
@@ -471,6 +479,20 @@ optional = true
         assert_eq!(names.name_for(Secret::new("a")), "password");
         assert_eq!(names.name_for(Secret::new("b")), "password_2");
         assert_eq!(names.name_for(Secret::new("a")), "password");
+    }
+
+    #[test]
+    fn clicks_on_no_element_are_left_out() {
+        let rec = build_recording(
+            "demo",
+            vec![
+                ev(EventKind::Click, "", "", 1.0),
+                ev(EventKind::Fill, "#user", "ann", 2.0),
+            ],
+            Url::parse("http://h/cb").unwrap(),
+        );
+        assert_eq!(rec.script.steps.len(), 2, "{}", rec.script.to_toml());
+        LoginScript::parse(&rec.script.to_toml()).unwrap();
     }
 
     #[test]

@@ -23,6 +23,7 @@ mod refresh;
 #[cfg(test)]
 mod refresh_tests;
 mod relogin;
+mod remote;
 mod schedule;
 #[cfg(test)]
 pub(crate) mod scripted;
@@ -46,6 +47,7 @@ pub use credentials::{CredentialLease, Issued, ReportRequest};
 pub use login::LoginStarted;
 pub use refresh::RefreshOutcome;
 pub use relogin::{BrowserInfo, ReloginCause, ReloginDone, SecretName};
+pub use remote::{Attached, Outgoing, RemoteMode, RemoteRequest, RemoteStarted};
 pub use view::{AccountPatch, AccountView, ErrorView, Health, ProviderView};
 
 /// Everything that can go wrong in a farm operation. The HTTP layer turns
@@ -126,6 +128,8 @@ pub struct Farm {
     browser: Option<crate::browser::BrowserPool>,
     /// One browser relogin per account at a time.
     relogin_locks: Mutex<HashMap<AccountId, Arc<tokio::sync::Mutex<()>>>>,
+    /// The admin page's remote browser sessions.
+    remote: remote::RemoteSessions,
     /// Held while a backup is being taken: one at a time.
     backup_running: tokio::sync::Mutex<()>,
     /// The rotating proxy's upstreams, quotas and metrics.
@@ -214,6 +218,7 @@ impl Farm {
             webhooks,
             browser,
             relogin_locks: Mutex::default(),
+            remote: Default::default(),
             refresh_slots: Semaphore::new(config.scheduler.max_concurrent_refreshes.max(1)),
             config,
             store,

@@ -13,6 +13,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::{chrono_dur, not_found_account, Farm, FarmError, Result};
+use crate::browser::runner::{FailureKind, PoolError};
 use crate::browser::{LoginScript, RunFailure, Vars};
 use crate::domain::timing::{backoff, next_relogin_at};
 use crate::domain::{Account, AccountId, AuthState, LastError};
@@ -169,6 +170,11 @@ impl Farm {
                 missing.join(", ")
             )));
         }
+        if let Err(busy) = pool.refuse_if_person(&id.to_string()) {
+            let reason = busy.to_string();
+            let _ = self.relogin_failed(id, &reason, false);
+            return Err(FarmError::Conflict(reason));
+        }
         let (script, started, vars) = match self.prepare_relogin(id).await {
             Ok(prepared) => prepared,
             Err(e @ FarmError::NotFound { .. }) => return Err(e),
@@ -209,16 +215,7 @@ impl Farm {
                         true,
                     ));
                 }
-                self.store.record_browser_run(
-                    id,
-                    self.clock.now(),
-                    "ok",
-                    outcome.session_cookie_expires,
-                )?;
-                self.with_account(id, |a| {
-                    a.relogin_failures = 0;
-                    a.relogin_retry_at = None;
-                })?;
+                self.browser_login_done(id, outcome.session_cookie_expires)?;
                 let ms = outcome.elapsed.as_millis();
                 self.emit(
                     EventKind::ReloginSucceeded,
@@ -245,9 +242,33 @@ impl Farm {
                 if let Some(shot) = &failure.screenshot {
                     self.with_account(id, |a| a.last_screenshot = Some(shot.clone()))?;
                 }
-                Err(self.relogin_failed(id, &describe(&failure), failure.needs_human()))
+                let failed = self.relogin_failed(id, &describe(&failure), failure.needs_human());
+                // A person holds the profile (the admin page's browser, a
+                // window): the caller is told who, as a conflict; the
+                // ladder retries later.
+                match &failure.kind {
+                    FailureKind::Pool(
+                        PoolError::ProfileBusy { .. } | PoolError::ProfileHeldElsewhere { .. },
+                    ) => Err(FarmError::Conflict(describe(&failure))),
+                    _ => Err(failed),
+                }
             }
         }
+    }
+
+    /// After a login in the farm's browser (scripted or by a person on the
+    /// admin page): the run is recorded, the relogin backoff cleared.
+    pub(crate) fn browser_login_done(
+        &self,
+        id: AccountId,
+        session_cookie_expires: Option<chrono::DateTime<Utc>>,
+    ) -> Result<()> {
+        self.store
+            .record_browser_run(id, self.clock.now(), "ok", session_cookie_expires)?;
+        self.with_account(id, |a| {
+            a.relogin_failures = 0;
+            a.relogin_retry_at = None;
+        })
     }
 
     /// Secrets the account's script uses that are not set.

@@ -310,6 +310,29 @@ pub async fn browser_reset(id: String, farm: Arc<Farm>, _: Admin) -> Response {
     )
 }
 
+pub async fn remote_open(
+    id: String,
+    farm: Arc<Farm>,
+    body: Body<crate::farm::RemoteRequest>,
+    _: Admin,
+) -> Response {
+    render(
+        async {
+            let id = id_of("account", &id)?;
+            let started = farm.open_remote_browser(id, body?).await?;
+            Ok(with_status(json(&started), StatusCode::CREATED))
+        }
+        .await,
+    )
+}
+
+pub async fn remote_close(id: String, farm: Arc<Farm>, _: Admin) -> Response {
+    render((|| {
+        farm.close_remote_browser(id_of("account", &id)?)?;
+        Ok(with_status(warp::reply(), StatusCode::NO_CONTENT))
+    })())
+}
+
 pub async fn screenshot(id: String, farm: Arc<Farm>, _: Admin) -> Response {
     render((|| {
         let png = farm.last_screenshot(id_of("account", &id)?)?;

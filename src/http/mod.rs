@@ -7,6 +7,7 @@ pub mod auth;
 pub mod error;
 pub mod handlers;
 pub mod openapi;
+pub mod remote;
 pub mod sse;
 pub mod types;
 
@@ -94,6 +95,10 @@ const PNG: TextBody = TextBody {
     media: "image/png",
     description: "A PNG image",
 };
+
+/// The remote browser's WebSocket: public to the router, authenticated by
+/// its first message (`http::remote`).
+pub const REMOTE_SOCKET_PATH: &str = "/api/browser/sessions/{session_id}/ws";
 
 /// The rotating proxy's path; one row per method it forwards.
 pub const PROXY_PATH: &str = "/proxy/{provider}/{path}";
@@ -294,6 +299,30 @@ pub const ROUTES: &[Route] = &[
         summary: "Wipe the account's browser profile",
         request: None,
         ok: (204, None),
+    },
+    Route {
+        method: "POST",
+        path: "/api/accounts/{id}/browser/session",
+        access: Admin,
+        summary: "Open a remote browser on the account's profile for the admin page (record, takeover or view); connect to its socket next",
+        request: json::<farm::RemoteRequest>(),
+        ok: (201, json::<farm::RemoteStarted>()),
+    },
+    Route {
+        method: "DELETE",
+        path: "/api/accounts/{id}/browser/session",
+        access: Admin,
+        summary: "End the account's remote browser session (its browser closes cleanly)",
+        request: None,
+        ok: (204, None),
+    },
+    Route {
+        method: "GET",
+        path: REMOTE_SOCKET_PATH,
+        access: Public,
+        summary: "The remote browser's WebSocket: first message {\"type\":\"auth\",\"token\"} with the admin token (else close 4401); then binary JPEG frames and JSON messages out, input messages in (see the README)",
+        request: None,
+        ok: (101, None),
     },
     Route {
         method: "GET",
@@ -578,6 +607,15 @@ pub fn routes(farm: Arc<Farm>) -> BoxedFilter<(Response,)> {
             path!("api" / "accounts" / String / "browser") => h::browser_info),
         route!(Admin, "DELETE", "/api/accounts/{id}/browser",
             path!("api" / "accounts" / String / "browser") => h::browser_reset),
+        route!(Admin, "POST", "/api/accounts/{id}/browser/session",
+            path!("api" / "accounts" / String / "browser" / "session"), json_body()
+            => h::remote_open),
+        route!(Admin, "DELETE", "/api/accounts/{id}/browser/session",
+            path!("api" / "accounts" / String / "browser" / "session") => h::remote_close),
+        route!(Anyone, "GET", "/api/browser/sessions/{session_id}/ws",
+            path!("api" / "browser" / "sessions" / String / "ws"),
+            warp::ws::ws().map(Some).or(warp::any().map(|| None)).unify()
+            => remote::socket),
         route!(Admin, "GET", "/api/accounts/{id}/screenshot",
             path!("api" / "accounts" / String / "screenshot") => h::screenshot),
         route!(Admin, "GET", "/api/usage", path!("api" / "usage") => h::usage),

@@ -162,6 +162,13 @@ fn operation(r: &super::Route, gens: &mut Generators, error: &Value) -> Value {
             errors.push(("502", "the browser relogin failed (see last_error)"));
         }
         ("POST", "/api/backups") => errors.push(("500", "the backup failed")),
+        ("POST", "/api/accounts/{id}/browser/session") => errors.push((
+            "409",
+            "the browser is off, no slot is free, or the profile is in use (the answer names who)",
+        )),
+        ("GET", super::REMOTE_SOCKET_PATH) => {
+            errors.push(("426", "not a WebSocket upgrade request"))
+        }
         ("POST", "/credential/report") => {
             errors.push(("404", "unknown lease, or another client's"));
             errors.push((

@@ -204,6 +204,7 @@ impl Listener {
         let slots = Arc::new(Semaphore::new(limits.max_connections));
         let per_ip = Arc::new(PerIp::new(limits.max_connections_per_ip));
         let graceful = GracefulShutdown::new();
+        let drain = tokio::sync::watch::Sender::new(false);
         tokio::pin!(stop);
         loop {
             let slot = tokio::select! {
@@ -229,6 +230,7 @@ impl Listener {
                 farm: farm.clone(),
                 limits,
                 watcher: graceful.watcher(),
+                draining: drain.subscribe(),
                 _slots: (slot, ip_slot),
             };
             let service = TowerToHyperService::new(warp::service(routes.clone()));
@@ -238,6 +240,7 @@ impl Listener {
         if let Some(reloader) = reloader {
             reloader.abort();
         }
+        drain.send_replace(true);
         graceful.shutdown().await;
     }
 }
@@ -336,6 +339,8 @@ struct Conn {
     farm: Arc<Farm>,
     limits: Limits,
     watcher: Watcher,
+    /// Becomes `true` when the listener drains (see `http`).
+    draining: tokio::sync::watch::Receiver<bool>,
     /// Its place under `server.max_connections` and the per-IP cap.
     _slots: (tokio::sync::OwnedSemaphorePermit, IpSlot),
 }
@@ -353,18 +358,20 @@ impl Conn {
             farm,
             limits,
             watcher,
+            draining,
             _slots,
         } = self;
+        let drain = (watcher, draining);
         let accepted = Instant::now();
         farm.record_connection(1);
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity::new(accepted));
         let closed = match tls {
-            None => http(stream, &activity, service, watcher, &limits).await,
+            None => http(stream, &activity, service, drain, &limits).await,
             Some(acceptor) => {
                 let deadline = accepted + limits.header_read_timeout;
                 match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => http(stream, &activity, service, watcher, &limits).await,
+                    Ok(Ok(stream)) => http(stream, &activity, service, drain, &limits).await,
                     Ok(Err(e)) => {
                         tracing::debug!(error = %e, "TLS handshake failed");
                         None
@@ -388,7 +395,7 @@ async fn http<IO, S>(
     io: IO,
     activity: &Arc<Activity>,
     service: S,
-    watcher: Watcher,
+    drain: (Watcher, tokio::sync::watch::Receiver<bool>),
     limits: &Limits,
 ) -> Option<ConnectionClosed>
 where
@@ -407,16 +414,32 @@ where
         inner: service,
         activity: activity.clone(),
     };
-    let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
-    let conn = watcher.watch(conn);
-    tokio::select! {
-        ended = conn => {
-            if let Err(e) = ended {
-                tracing::debug!(error = %e, "connection ended with an error");
+    // Upgrades: the admin page's remote browser is a WebSocket. An upgraded
+    // connection leaves this function (and its watchdog and slot) once
+    // handed over; its session's own limits bound it (`http::remote`).
+    // hyper-util's graceful watcher does not take an upgradeable
+    // connection: the watcher only counts it, and `draining` starts its
+    // graceful shutdown.
+    let (_counted, mut draining) = drain;
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(io, service)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    let mut signalled = false;
+    loop {
+        tokio::select! {
+            ended = conn.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return None;
             }
-            None
+            _ = draining.wait_for(|d| *d), if !signalled => {
+                signalled = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            why = activity.expired(limits) => return Some(why),
         }
-        why = activity.expired(limits) => Some(why),
     }
 }
 

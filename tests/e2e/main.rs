@@ -31,6 +31,7 @@ mod proxy;
 mod quirk_emulator;
 mod refresh;
 mod relogin;
+mod remote_browser;
 mod restart;
 mod rotation;
 mod tls;

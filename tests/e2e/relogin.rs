@@ -656,6 +656,7 @@ fn two_accounts_relog_one_at_a_time_and_removing_one_removes_its_profile() {
         max_concurrent: 1,
         retry_initial: "1h",
         retry_max: "6h",
+        ..BrowserSettings::default()
     };
     let bed = Bed::start(Settings::default().with_browser(browser));
     let ids: Vec<i64> = ["frank", "grace"]

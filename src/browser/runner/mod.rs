@@ -31,6 +31,7 @@ pub use profile::{validate_profile_key, ProfileInfo, ProfileUse};
 use crate::browser::script::{LoginScript, Vars};
 pub(crate) use drive::first_line;
 use driver::DriverHost;
+pub(crate) use navigation::NavigationPolicy;
 use profile::{ProfileGuard, ProfileLocks};
 use run::Run;
 use session::DriverSource;
@@ -203,6 +204,21 @@ impl BrowserPool {
         self.inner.driver.stop().await;
     }
 
+    /// Refused if a person has the profile (in this process): a relogin
+    /// checks this before it starts a login, so it never replaces the
+    /// pending login of the person's session.
+    pub fn refuse_if_person(&self, profile_key: &str) -> Result<(), PoolError> {
+        match self.inner.profiles.current_use(profile_key) {
+            Some(by @ (ProfileUse::Person | ProfileUse::Recorder | ProfileUse::AdminPage)) => {
+                Err(PoolError::ProfileBusy {
+                    profile: profile_key.to_string(),
+                    by,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// How many browsers are open right now.
     pub fn open_browsers(&self) -> usize {
         *self.inner.open.borrow()
@@ -256,6 +272,22 @@ impl BrowserPool {
             _profile: profile,
             _open: self.count_open(),
         })
+    }
+
+    /// One of the `max_concurrent` slots, now or never (a person is told
+    /// to try again rather than kept waiting behind relogins).
+    pub(crate) fn try_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, PoolError> {
+        self.refuse_if_stopping()?;
+        self.inner
+            .slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|e| match e {
+                tokio::sync::TryAcquireError::Closed => PoolError::ShuttingDown,
+                tokio::sync::TryAcquireError::NoPermits => {
+                    PoolError::NoSlot(self.inner.cfg.max_concurrent)
+                }
+            })
     }
 
     pub(crate) fn count_open(&self) -> OpenGuard {

@@ -44,6 +44,8 @@ pub enum PoolError {
     ProfileHeldElsewhere { profile: String, holder: String },
     #[error("the browser pool is shutting down")]
     ShuttingDown,
+    #[error("all {0} browsers of the pool (browser.max_concurrent) are in use; try again shortly")]
+    NoSlot(usize),
     #[error("no display for a headed browser (DISPLAY and WAYLAND_DISPLAY unset): run it on a desktop, or record with --headless")]
     NoDisplay,
     #[error("{0}")]

@@ -25,6 +25,8 @@ pub enum ProfileUse {
     Person,
     /// A person recording a login script.
     Recorder,
+    /// A person driving the remote browser of the admin page.
+    AdminPage,
 }
 
 impl fmt::Display for ProfileUse {
@@ -33,6 +35,7 @@ impl fmt::Display for ProfileUse {
             ProfileUse::Relogin => "a relogin by the farm",
             ProfileUse::Person => "a person (browser open)",
             ProfileUse::Recorder => "a person recording a login script",
+            ProfileUse::AdminPage => "a person (admin page)",
         })
     }
 }
@@ -181,10 +184,12 @@ impl ProfileLocks {
 
     fn refuse_if_person(&self, key: &str, entry: &ProfileEntry) -> Result<(), PoolError> {
         match *entry.user.lock().expect("poisoned") {
-            Some(by @ (ProfileUse::Person | ProfileUse::Recorder)) => Err(PoolError::ProfileBusy {
-                profile: key.to_string(),
-                by,
-            }),
+            Some(by @ (ProfileUse::Person | ProfileUse::Recorder | ProfileUse::AdminPage)) => {
+                Err(PoolError::ProfileBusy {
+                    profile: key.to_string(),
+                    by,
+                })
+            }
             _ => Ok(()),
         }
     }

@@ -246,7 +246,7 @@
       td('Actions', h('div', { class: 'actions' },
         btn('refresh', 'Refresh now'),
         btn('login', 'Log in'),
-        browserFor(a) && [btn('relogin', "Log in with the farm's browser"), btn('script', 'Attach script'), btn('secret', 'Set secret')],
+        browserFor(a) && [btn('browser', 'Browser'), btn('relogin', "Log in with the farm's browser"), btn('script', 'Attach script'), btn('secret', 'Set secret')],
         btn('toggle', a.enabled ? 'Disable' : 'Enable'),
         btn('priority', 'Priority…'),
         btn('activate', 'Make active'),
@@ -306,6 +306,7 @@
     },
     screenshot: (a, b) => act(b, 'Screenshot', () => showScreenshot(a.last_error.screenshot)),
     relogin: (a, b) => browserRelogin(a, b),
+    browser: (a, b) => act(b, `Browser for ${a.label}`, () => remoteBrowser(a)),
     script: (a, b) => attachScript(a, b),
     secret: (a, b) => setSecret(a, b),
   };
@@ -341,6 +342,71 @@
       await api('PUT', `/api/accounts/${a.id}/secrets/${encodeURIComponent(v.name)}`, { value: v.value });
       note(`${a.label}: secret ${v.name} saved.`);
     });
+  }
+  /** "Browser": the farm's own browser on the account's profile (POST …/browser/session, then its WebSocket,
+   * authenticated by the first message: the token is never in the URL). A stuck account is taken over; one
+   * without a script is recorded; otherwise a look around. Taps and clicks become clicks. */
+  async function remoteBrowser(a) {
+    const mode = a.state === 'needs_human' ? 'takeover' : a.has_login_script ? 'view' : 'record';
+    const width = Math.max(320, Math.min(1280, Math.floor(window.innerWidth - 40)));
+    const height = Math.max(320, Math.min(900, Math.floor(window.innerHeight * 0.65)));
+    const s = await api('POST', `/api/accounts/${a.id}/browser/session`, { mode, width, height });
+    const canvas = $('remote-canvas'), ctx = canvas.getContext('2d'), state = $('remote-state');
+    Object.assign(canvas, { width, height });
+    $('remote-url').textContent = '';
+    state.textContent = `${mode}: connecting…`;
+    $('remote-script').hidden = $('remote-save').hidden = true;
+    const ws = new WebSocket(`${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}/api/browser/sessions/${encodeURIComponent(s.session_id)}/ws`);
+    ws.binaryType = 'blob';
+    const send = (m) => ws.readyState === WebSocket.OPEN && ws.send(JSON.stringify(m));
+    ws.onopen = () => { ws.send(JSON.stringify({ type: 'auth', token })); state.textContent = `${mode}`; };
+    ws.onmessage = async (ev) => {
+      if (typeof ev.data !== 'string') {
+        const frame = await createImageBitmap(ev.data);
+        if (canvas.width !== frame.width || canvas.height !== frame.height) Object.assign(canvas, { width: frame.width, height: frame.height });
+        ctx.drawImage(frame, 0, 0);
+        return frame.close();
+      }
+      const m = JSON.parse(ev.data);
+      if (m.type === 'url') $('remote-url').textContent = m.url;
+      else if (m.type === 'done') state.textContent = `${m.detail} — ${stateText(m.account_state)}`;
+      else if (m.type === 'error') state.textContent = m.detail;
+      else if (m.type === 'closed') state.textContent = `Session ended: ${m.reason}`;
+      else if (m.type === 'script') {
+        Object.assign($('remote-script'), { value: m.toml, hidden: false });
+        $('remote-save').hidden = false;
+      }
+    };
+    ws.onclose = (ev) => { if (ev.code >= 4000) state.textContent = `Closed: ${ev.reason}`; };
+    const at = (e) => {
+      const r = canvas.getBoundingClientRect();
+      return { x: (e.clientX - r.left) * canvas.width / r.width, y: (e.clientY - r.top) * canvas.height / r.height };
+    };
+    let moved = 0;
+    canvas.onpointerup = (e) => { send({ type: 'click', ...at(e), button: ['left', 'middle', 'right'][e.button] || 'left' }); canvas.focus(); };
+    canvas.onpointermove = (e) => { if (e.pointerType === 'mouse' && e.timeStamp - moved > 50) { moved = e.timeStamp; send({ type: 'move', ...at(e) }); } };
+    canvas.onwheel = (e) => { e.preventDefault(); send({ type: 'scroll', dx: e.deltaX, dy: e.deltaY }); };
+    canvas.oncontextmenu = (e) => e.preventDefault();
+    canvas.onkeydown = (e) => {
+      if (e.ctrlKey || e.metaKey || e.altKey) return;
+      e.preventDefault();
+      send(e.key.length === 1 ? { type: 'type', text: e.key } : { type: 'key', key: e.key });
+    };
+    $('remote-type').onkeydown = (e) => {
+      if (e.key !== 'Enter') return;
+      e.preventDefault();
+      if (e.target.value) send({ type: 'type', text: e.target.value });
+      e.target.value = '';
+      send({ type: 'key', key: 'Enter' });
+    };
+    $('remote-save').onclick = () => act($('remote-save'), `Save script of ${a.label}`, async () => {
+      await api('PUT', `/api/accounts/${a.id}/script`, $('remote-script').value, 'application/toml');
+      note(`${a.label}: recorded script attached.`);
+    });
+    await openDialog($('remote-dialog'), canvas);
+    ws.close();
+    await api('DELETE', `/api/accounts/${a.id}/browser/session`).catch(() => {});
+    await reload();
   }
   /** last_error.screenshot: a data:image URL, or a farm path fetched with the token (never sent elsewhere). */
   async function showScreenshot(src) {

@@ -63,6 +63,8 @@ pub struct BrowserSettings {
     /// Backoff after a failed relogin.
     pub retry_initial: &'static str,
     pub retry_max: &'static str,
+    /// An admin page remote browser session's idle limit.
+    pub session_idle: &'static str,
 }
 
 impl Default for BrowserSettings {
@@ -71,6 +73,7 @@ impl Default for BrowserSettings {
             max_concurrent: 2,
             retry_initial: "1s",
             retry_max: "5s",
+            session_idle: "10m",
         }
     }
 }

@@ -110,14 +110,15 @@ impl Layout {
         let driver = playwright_dir().join("node_modules/playwright-core/cli.js");
         format!(
             "[browser]\nchromium = {}\ndriver = {}\nheadless = true\nmax_concurrent = {}\nprofiles_dir = {}\n\
-             artifacts_dir = {}\nretry_initial = \"{}\"\nretry_max = \"{}\"\n\n",
+             artifacts_dir = {}\nretry_initial = \"{}\"\nretry_max = \"{}\"\nsession_idle = \"{}\"\n\n",
             q(Path::new(CHROMIUM)),
             q(&driver),
             b.max_concurrent,
             q(&self.profiles_dir()),
             q(&self.artifacts_dir()),
             b.retry_initial,
-            b.retry_max
+            b.retry_max,
+            b.session_idle
         )
     }
 }

@@ -1,0 +1,407 @@
+//! The admin page's remote browser sessions: a person drives the account's
+//! own profile in the farm's headless browser (see `browser::remote`) to
+//! record a login, rescue a stuck one, or look around. A session holds the
+//! profile like a relogin does (relogins are refused meanwhile and retried
+//! later) and one of the pool's slots; it ends on `DELETE`, when its socket
+//! closes, after `browser.session_idle` without input, after
+//! `browser.session_max`, at shutdown, or once the login completed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::time::Instant;
+use url::Url;
+
+use super::{Farm, FarmError, Result};
+use crate::browser::remote::{Input, RemoteBrowser, RemoteOptions};
+use crate::domain::{AccountId, AuthState};
+use crate::events::EventKind;
+
+/// Input messages queued for the browser; past this the socket waits
+/// (the page's rate is bounded by the socket's own limit first).
+const INPUT_QUEUE: usize = 64;
+/// Text messages queued for the page (`url`, `done`, `script`, `closed`).
+const OUT_QUEUE: usize = 16;
+/// How often the page's URL is looked at (a local read, no browser call).
+const URL_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+/// The viewport when the page does not say.
+const DEFAULT_SIZE: (u32, u32) = (1280, 800);
+
+/// What the remote browser is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RemoteMode {
+    /// Record a login script: starts at a fresh authorize URL.
+    Record,
+    /// Finish a login the script could not: starts at a fresh authorize URL.
+    Takeover,
+    /// Look around: starts at the provider's site.
+    View,
+}
+
+/// `POST /api/accounts/{id}/browser/session`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteRequest {
+    pub mode: RemoteMode,
+    /// Viewport width in CSS pixels (200 to 1920; default 1280).
+    pub width: Option<u32>,
+    /// Viewport height in CSS pixels (200 to 1920; default 800).
+    pub height: Option<u32>,
+}
+
+/// The answer: connect to `/api/browser/sessions/{session_id}/ws`.
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct RemoteStarted {
+    pub session_id: String,
+    /// When the session ends at the latest (`browser.session_max`).
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A text message to the page (the WebSocket protocol, farm → page).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Outgoing {
+    Url {
+        url: String,
+    },
+    Done {
+        account_state: String,
+        detail: String,
+    },
+    Script {
+        toml: String,
+    },
+    /// An input the browser could not play (the session goes on).
+    Error {
+        detail: String,
+    },
+    Closed {
+        reason: String,
+    },
+}
+
+/// What a socket gets when it attaches to a session.
+pub struct Attached {
+    pub account: AccountId,
+    pub input: mpsc::Sender<Input>,
+    pub out: mpsc::Receiver<Outgoing>,
+    /// The latest JPEG frame.
+    pub frames: watch::Receiver<Option<Bytes>>,
+}
+
+#[derive(Default)]
+pub(crate) struct RemoteSessions {
+    by_id: Mutex<HashMap<String, Arc<Remote>>>,
+}
+
+struct Remote {
+    account: AccountId,
+    /// Taken by the one socket that attaches.
+    socket_side: Mutex<Option<(mpsc::Sender<Input>, mpsc::Receiver<Outgoing>)>>,
+    frames: watch::Receiver<Option<Bytes>>,
+    /// `DELETE` ends the session.
+    stop: Notify,
+}
+
+impl RemoteSessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Remote>>> {
+        self.by_id.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Farm {
+    /// Opens a remote browser on the account's profile for the admin page.
+    pub async fn open_remote_browser(
+        self: &Arc<Self>,
+        id: AccountId,
+        request: RemoteRequest,
+    ) -> Result<RemoteStarted> {
+        let pool = self.browser.clone().ok_or_else(|| {
+            FarmError::Conflict("the browser is disabled ([browser] enabled = false)".into())
+        })?;
+        let provider_name = self.with_account(id, |a| a.provider.clone())?;
+        let provider = self.provider(&provider_name)?.clone();
+        let redirect_uri = provider.config().redirect_uri.clone();
+        let start_url = match request.mode {
+            // A new pending login (new PKCE and state): its code is the one
+            // the farm redeems when the browser reaches the redirect.
+            RemoteMode::Record | RemoteMode::Takeover => {
+                self.start_browser_login(id).await?.authorize_url
+            }
+            RemoteMode::View => {
+                let authorize = provider
+                    .authorize()
+                    .await
+                    .map_err(|e| FarmError::Login(e.to_string()))?;
+                let mut site = authorize.url;
+                site.set_path("/");
+                site.set_query(None);
+                site
+            }
+        };
+        let options = RemoteOptions {
+            start_url,
+            redirect_uri,
+            width: request.width.unwrap_or(DEFAULT_SIZE.0),
+            height: request.height.unwrap_or(DEFAULT_SIZE.1),
+            record_for: (request.mode == RemoteMode::Record).then_some(provider_name),
+        };
+        let browser = match pool.open_remote(&id.to_string(), &options).await {
+            Ok(browser) => browser,
+            Err(e) => {
+                if request.mode != RemoteMode::View {
+                    self.logins.forget_account(id);
+                }
+                return Err(FarmError::Conflict(e.to_string()));
+            }
+        };
+        let (frames_tx, frames) = watch::channel(None);
+        if let Err(e) = browser.start_screencast(frames_tx).await {
+            browser.close().await;
+            return Err(FarmError::Conflict(format!(
+                "the remote browser cannot stream its page: {e}"
+            )));
+        }
+        let session_id = format!("{:032x}", rand::thread_rng().gen::<u128>());
+        let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
+        let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
+        let remote = Arc::new(Remote {
+            account: id,
+            socket_side: Mutex::new(Some((input_tx, out_rx))),
+            frames,
+            stop: Notify::new(),
+        });
+        self.remote
+            .lock()
+            .insert(session_id.clone(), remote.clone());
+        let max = self.config.browser.session_max;
+        let expires_at = self.clock.now() + super::chrono_dur(max);
+        tracing::info!(account = id, mode = ?request.mode, "remote browser session opened");
+        let farm = self.clone();
+        let run = RemoteRun {
+            id,
+            mode: request.mode,
+            session_id: session_id.clone(),
+            deadline: Instant::now() + max,
+        };
+        tokio::spawn(async move {
+            let reason = farm
+                .drive_remote(&run, &remote, browser, input_rx, &out_tx)
+                .await;
+            farm.remote.lock().remove(&run.session_id);
+            tracing::info!(account = run.id, %reason, "remote browser session ended");
+            let _ = out_tx.send(Outgoing::Closed { reason }).await;
+        });
+        Ok(RemoteStarted {
+            session_id,
+            expires_at,
+        })
+    }
+
+    /// `DELETE /api/accounts/{id}/browser/session`: ends the account's
+    /// session (its browser closes cleanly).
+    pub fn close_remote_browser(&self, id: AccountId) -> Result<()> {
+        self.with_account(id, |_| ())?;
+        let sessions = self.remote.lock();
+        let remote =
+            sessions
+                .values()
+                .find(|r| r.account == id)
+                .ok_or_else(|| FarmError::NotFound {
+                    what: "remote browser session for account",
+                    id: id.to_string(),
+                })?;
+        remote.stop.notify_one();
+        Ok(())
+    }
+
+    /// The one socket of a session takes its channels; a second is refused.
+    pub fn attach_remote_browser(&self, session_id: &str) -> Result<Attached> {
+        let not_found = || FarmError::NotFound {
+            what: "remote browser session",
+            id: "(given)".into(),
+        };
+        let remote = self
+            .remote
+            .lock()
+            .get(session_id)
+            .cloned()
+            .ok_or_else(not_found)?;
+        let (input, out) = remote
+            .socket_side
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(|| {
+                FarmError::Conflict("the session already has its socket (one per session)".into())
+            })?;
+        Ok(Attached {
+            account: remote.account,
+            input,
+            out,
+            frames: remote.frames.clone(),
+        })
+    }
+
+    /// Runs a session until it ends; returns why (for the `closed` message).
+    async fn drive_remote(
+        self: &Arc<Self>,
+        run: &RemoteRun,
+        remote: &Remote,
+        browser: RemoteBrowser,
+        mut input: mpsc::Receiver<Input>,
+        out: &mpsc::Sender<Outgoing>,
+    ) -> String {
+        let idle = self.config.browser.session_idle;
+        let mut last_input = Instant::now();
+        let mut shown_url = String::new();
+        let mut stopping = self.browser.as_ref().map(|p| p.stopping());
+        let mut url_poll = tokio::time::interval(URL_POLL);
+        let reason = loop {
+            tokio::select! {
+                message = input.recv() => match message {
+                    Some(message) => {
+                        last_input = Instant::now();
+                        if let Err(detail) = browser.input(&message).await {
+                            let _ = out.try_send(Outgoing::Error { detail });
+                        }
+                    }
+                    // The socket closed (or never came and the session was
+                    // dropped from the registry).
+                    None => break "the page's socket closed".to_string(),
+                },
+                redirect = browser.redirected() => {
+                    let done = self.finish_remote_login(run, &browser, redirect).await;
+                    for message in done {
+                        let _ = out.send(message).await;
+                    }
+                    break "the login reached the redirect".to_string();
+                }
+                _ = url_poll.tick() => {
+                    let url = browser.url();
+                    if url != shown_url {
+                        shown_url = url.clone();
+                        let _ = out.try_send(Outgoing::Url { url: redact_query(&url) });
+                    }
+                }
+                _ = remote.stop.notified() => break "ended by the admin (DELETE)".to_string(),
+                _ = tokio::time::sleep_until(last_input + idle) => {
+                    break format!("no input for {} (browser.session_idle)", humantime::format_duration(idle));
+                }
+                _ = tokio::time::sleep_until(run.deadline) => {
+                    break "the session reached browser.session_max".to_string();
+                }
+                _ = async { match stopping.as_mut() {
+                    Some(s) => { let _ = s.wait_for(|s| *s).await; }
+                    None => std::future::pending().await,
+                } } => break "the farm is shutting down".to_string(),
+            }
+        };
+        browser.close().await;
+        reason
+    }
+
+    /// The browser reached the redirect: redeems its code (once: the
+    /// browser's own request was blocked), as a scripted relogin does.
+    async fn finish_remote_login(
+        &self,
+        run: &RemoteRun,
+        browser: &RemoteBrowser,
+        redirect: Url,
+    ) -> Vec<Outgoing> {
+        let id = run.id;
+        let was = self.with_account(id, |a| a.auth).ok();
+        let completed = self.complete_login(redirect.as_str(), Some(id)).await;
+        let mut messages = Vec::new();
+        let detail = match &completed {
+            Ok(_) => {
+                if let Err(e) = self.browser_login_done(id, None) {
+                    tracing::warn!(account = id, error = %e, "browser run not recorded");
+                }
+                if run.mode == RemoteMode::Takeover && was == Some(AuthState::NeedsHuman) {
+                    self.emit(
+                        EventKind::HumanTakeoverCompleted,
+                        Some(id),
+                        "a person finished the login in the admin page's browser",
+                    );
+                }
+                if let Some(recording) = browser.recording(redirect) {
+                    for (name, value) in &recording.secrets {
+                        if let Err(e) = self.set_secret(id, name, value) {
+                            tracing::warn!(account = id, error = %e, "recorded secret not stored");
+                        }
+                    }
+                    messages.push(Outgoing::Script {
+                        toml: recording.script.to_toml(),
+                    });
+                }
+                "logged in".to_string()
+            }
+            Err(e) => format!("the browser reached the redirect, but {e}"),
+        };
+        let account_state = self
+            .account(id)
+            .map(|a| a.state.as_str().to_string())
+            .unwrap_or_default();
+        messages.insert(
+            0,
+            Outgoing::Done {
+                account_state,
+                detail,
+            },
+        );
+        messages
+    }
+}
+
+struct RemoteRun {
+    id: AccountId,
+    mode: RemoteMode,
+    session_id: String,
+    deadline: Instant,
+}
+
+/// A page URL for the admin page: without its query and fragment, which
+/// may carry a state, a code or a login hint.
+fn redact_query(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut u) if u.query().is_some() || u.fragment().is_some() => {
+            u.set_query(None);
+            u.set_fragment(None);
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_urls_lose_query_and_fragment() {
+        assert_eq!(
+            redact_query("http://127.0.0.1:9/auth?state=s&code_challenge=c#x"),
+            "http://127.0.0.1:9/auth"
+        );
+        assert_eq!(redact_query("about:blank"), "about:blank");
+    }
+
+    #[test]
+    fn messages_to_the_page_are_tagged_by_type() {
+        let done = Outgoing::Done {
+            account_state: "healthy".into(),
+            detail: "logged in".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(&done).unwrap(),
+            serde_json::json!({"type": "done", "account_state": "healthy", "detail": "logged in"})
+        );
+    }
+}
