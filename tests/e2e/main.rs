@@ -33,5 +33,6 @@ mod refresh;
 mod relogin;
 mod restart;
 mod rotation;
+mod soak_tools;
 mod tls;
 mod webhooks;
