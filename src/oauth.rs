@@ -59,9 +59,25 @@ pub enum OAuthError {
         reason: String,
         retry_at: Option<DateTime<Utc>>,
     },
-    /// Network failure or timeout: worth retrying.
+    /// Network failure or timeout before the request left: worth retrying.
     #[error("could not reach the provider: {0}")]
     Transport(String),
+    /// The request went out but its answer was lost (the connection was cut,
+    /// or timed out, after it was sent): the provider may have handled the
+    /// grant, so a refresh token sent may be spent.
+    #[error("the provider's answer was lost: {0}")]
+    AnswerLost(String),
+}
+
+impl OAuthError {
+    /// A failure on the way to or from the provider, worth another try
+    /// later; not a verdict on the grant.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            OAuthError::Transport(_) | OAuthError::AnswerLost(_) | OAuthError::Unavailable { .. }
+        )
+    }
 }
 
 fn describe(d: &Option<String>) -> String {
@@ -334,7 +350,14 @@ impl Provider {
         }
         // The messages of transport errors carry no token: reqwest's errors
         // name the URL (no secrets in it for a token endpoint).
-        let transport = |e: reqwest::Error| OAuthError::Transport(error_chain(&e));
+        // Only a failed connect proves the grant never reached the provider.
+        let transport = |e: reqwest::Error| {
+            if e.is_connect() {
+                OAuthError::Transport(error_chain(&e))
+            } else {
+                OAuthError::AnswerLost(error_chain(&e))
+            }
+        };
         let mut resp = req.form(&form).send().await.map_err(transport)?;
         let status = resp.status().as_u16();
         let headers: Vec<(String, String)> = resp

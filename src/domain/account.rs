@@ -234,11 +234,16 @@ impl Account {
     /// revoking the whole grant. With a login script and the browser, a
     /// relogin gets a fresh grant without that risk.
     pub fn relogin_after_interrupted_refresh(&self, reuse_detection: bool, browser: bool) -> bool {
-        self.suspect
-            && self.auth == AuthState::Active
-            && self.has_login_script
-            && reuse_detection
-            && browser
+        self.suspect && self.relogin_instead_of_replay(reuse_detection, browser)
+    }
+
+    /// Whether a refresh token that may be spent (its grant reached the
+    /// provider, the answer never came back) is better left alone: with
+    /// `reuse_detection`, replaying it revokes the whole grant, the access
+    /// token being served included, while a browser relogin with the login
+    /// script gets a fresh grant and leaves the old one be.
+    pub fn relogin_instead_of_replay(&self, reuse_detection: bool, browser: bool) -> bool {
+        self.auth == AuthState::Active && self.has_login_script && reuse_detection && browser
     }
 
     pub fn is_cooling_down(&self, now: DateTime<Utc>) -> bool {

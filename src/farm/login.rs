@@ -231,9 +231,12 @@ impl Farm {
         let grant = match provider.exchange_code(code, &pending.pkce_verifier).await {
             Ok(g) => g,
             Err(e) => {
-                let detail = format!("code exchange failed: {e}");
-                self.emit(EventKind::LoginFailed, Some(id), detail.clone());
-                return Err(FarmError::Login(detail));
+                self.emit(
+                    EventKind::LoginFailed,
+                    Some(id),
+                    format!("code exchange failed: {e}"),
+                );
+                return Err(FarmError::CodeExchange(e));
             }
         };
         self.install_login_tokens(id, tokens_from(grant, issued_at))

@@ -73,6 +73,9 @@ pub enum FarmError {
     RateLimited { rate: String, retry_after_s: i64 },
     #[error("login failed: {0}")]
     Login(String),
+    /// The redirect came back but trading its code for tokens failed.
+    #[error("login failed: code exchange failed: {0}")]
+    CodeExchange(#[source] OAuthError),
     #[error("invalid login script: {0}")]
     InvalidScript(String),
     #[error("browser relogin failed: {0}")]
@@ -386,11 +389,12 @@ impl Farm {
 #[cfg(test)]
 pub(crate) fn test_farm_with(
     dir: &std::path::Path,
+    browser: bool,
     extra_toml: &str,
     clock: Arc<dyn Clock>,
     endpoint: impl Fn(&ProviderConfig) -> Arc<dyn TokenEndpoint>,
 ) -> Arc<Farm> {
-    crate::server::open_farm_with(test_config(dir, false, extra_toml), clock, endpoint)
+    crate::server::open_farm_with(test_config(dir, browser, extra_toml), clock, endpoint)
         .expect("the test farm opens")
 }
 

@@ -106,6 +106,16 @@ impl Farm {
             Err(OAuthError::Dead { code, description }) => {
                 self.refresh_token_dead(id, generation, code, description)
             }
+            Err(OAuthError::AnswerLost(reason))
+                if self.with_account(id, |a| {
+                    a.relogin_instead_of_replay(
+                        provider.config().reuse_detection,
+                        self.config.browser.enabled,
+                    )
+                })? =>
+            {
+                self.refresh_answer_lost(id, reason)
+            }
             Err(other) => self.refresh_failed(id, other),
         }
     }
@@ -175,6 +185,13 @@ impl Farm {
             account = id,
             "refresh token is dead; account needs a new login"
         );
+        self.to_needs_relogin(id, message)?;
+        Err(FarmError::Refresh(OAuthError::Dead { code, description }))
+    }
+
+    /// The account's refresh token is not to be used again: `needs_relogin`
+    /// (on disk, crash marker cleared), announced with `message`.
+    fn to_needs_relogin(&self, id: AccountId, message: String) -> Result<()> {
         let now = self.clock.now();
         self.update_account(id, |a| {
             a.refreshing = false;
@@ -186,7 +203,24 @@ impl Farm {
             });
         })?;
         self.emit(EventKind::NeedsRelogin, Some(id), message);
-        Err(FarmError::Refresh(OAuthError::Dead { code, description }))
+        Ok(())
+    }
+
+    /// The grant went out, its answer never came back, and replaying the
+    /// refresh token would revoke the grant (`relogin_instead_of_replay`):
+    /// the browser logs the account in instead, as after a crash mid-refresh.
+    fn refresh_answer_lost(&self, id: AccountId, reason: String) -> Result<RefreshOutcome> {
+        self.store.set_refresh_started(id, None)?;
+        let message = format!(
+            "the answer to a refresh was lost ({reason}) and the provider detects refresh \
+             token reuse: logging in with the browser instead of replaying it"
+        );
+        tracing::warn!(
+            account = id,
+            "refresh answer lost; relogging in with the browser"
+        );
+        self.to_needs_relogin(id, message)?;
+        Err(FarmError::Refresh(OAuthError::AnswerLost(reason)))
     }
 
     /// Any other failure: keep the refresh token, back off (until when the

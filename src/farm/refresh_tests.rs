@@ -8,7 +8,9 @@ use std::time::Duration;
 use chrono::DateTime;
 use tokio::sync::watch;
 
-use super::scripted::{logged_in, scratch_dir, scripted_farm, Answer, TOKEN_LIFE};
+use super::scripted::{
+    logged_in, scratch_dir, scripted_farm, scripted_farm_with, Answer, TOKEN_LIFE,
+};
 use super::{FarmError, RefreshOutcome};
 use crate::clock::Clock;
 use crate::domain::AuthState;
@@ -134,6 +136,47 @@ async fn invalid_grant_marks_needs_relogin_keeps_the_refresh_token_and_deletes_n
     assert!(!stored.suspect);
     let tokens = stored.tokens.expect("the tokens are kept");
     assert_eq!(tokens.refresh_token.unwrap().expose(), "rt-0");
+}
+
+/// A refresh whose answer was cut off, on a provider that detects reuse:
+/// replaying its refresh token would revoke the grant (and the access token
+/// clients are using), so the account goes to the browser instead; without
+/// reuse detection (or without a login script) it is retried like any
+/// network failure.
+#[tokio::test(start_paused = true)]
+async fn a_lost_refresh_answer_with_reuse_detection_goes_to_the_browser_not_a_replay() {
+    let margin = chrono::Duration::minutes(5);
+    for (reuse, script, relogin) in [
+        (true, true, true),
+        (false, true, false),
+        (true, false, false),
+    ] {
+        let dir = scratch_dir();
+        let mut provider_keys = format!("reuse_detection = {reuse}\n");
+        if script {
+            provider_keys.push_str("login_script = \"demo.toml\"\n");
+        }
+        let (farm, clock, provider) = scripted_farm_with(dir.path(), true, &provider_keys);
+        let (id, _) = logged_in(&farm, "alice", TOKEN_LIFE);
+        provider.script([Answer::Cut]);
+        let err = farm.refresh(id, None, "test").await.unwrap_err();
+        assert!(
+            matches!(err, FarmError::Refresh(OAuthError::AnswerLost(_))),
+            "{err:?}"
+        );
+        let auth = farm.with_account(id, |a| a.auth).unwrap();
+        let later = clock.now() + chrono::Duration::hours(2);
+        let due = farm.due_refreshes(later, margin).0.len();
+        let case = format!("reuse_detection {reuse}, login script {script}");
+        if relogin {
+            assert_eq!(auth, AuthState::NeedsRelogin, "{case}");
+            assert_eq!(due, 0, "{case}: the spent refresh token is never replayed");
+        } else {
+            assert_eq!(auth, AuthState::Active, "{case}");
+            assert_eq!(due, 1, "{case}: retried later");
+        }
+        assert_eq!(provider.presented(), ["rt-0"], "{case}");
+    }
 }
 
 #[tokio::test(start_paused = true)]

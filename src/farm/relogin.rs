@@ -208,11 +208,13 @@ impl Farm {
                 let logged_in =
                     completed.is_ok() || self.with_account(id, |a| a.generation > generation)?;
                 if !logged_in {
-                    let e = completed.err().map(|e| e.to_string()).unwrap_or_default();
+                    let e = completed.err();
+                    let needs_human = e.as_ref().is_none_or(completion_needs_human);
+                    let e = e.map(|e| e.to_string()).unwrap_or_default();
                     return Err(self.relogin_failed(
                         id,
                         &format!("the browser reached the redirect, but {e}"),
-                        true,
+                        needs_human,
                     ));
                 }
                 self.browser_login_done(id, outcome.session_cookie_expires)?;
@@ -494,5 +496,38 @@ mod tests {
         // Removing the account's own script does not read the provider's file.
         farm.remove_login_script(id).unwrap();
         assert!(farm.with_account(id, |a| a.has_login_script).unwrap());
+    }
+}
+
+/// Whether a login the browser finished, but whose completion failed, needs
+/// a person. The provider out of reach (or busy) while the code was traded
+/// does not: the ladder tries again later with a fresh login.
+fn completion_needs_human(e: &FarmError) -> bool {
+    !matches!(e, FarmError::CodeExchange(err) if err.is_transient())
+}
+
+#[cfg(test)]
+mod completion_tests {
+    use super::*;
+    use crate::oauth::OAuthError;
+
+    #[test]
+    fn an_unreachable_token_endpoint_needs_no_person_a_refused_code_does() {
+        let exchange = |e| completion_needs_human(&FarmError::CodeExchange(e));
+        assert!(!exchange(OAuthError::Transport(
+            "connection refused".into()
+        )));
+        assert!(!exchange(OAuthError::AnswerLost("connection reset".into())));
+        assert!(!exchange(OAuthError::Unavailable {
+            reason: "HTTP 503".into(),
+            retry_at: None
+        }));
+        assert!(exchange(OAuthError::Dead {
+            code: "invalid_grant".into(),
+            description: None
+        }));
+        assert!(completion_needs_human(&FarmError::Login(
+            "the state does not match".into()
+        )));
     }
 }

@@ -30,6 +30,9 @@ pub(crate) enum Answer {
     Dead(&'static str),
     /// A network failure: worth retrying.
     Transient,
+    /// The grant went out, the answer was cut off: the refresh token sent
+    /// may be spent.
+    Cut,
     /// The provider asks to come back after this long (a 429 with
     /// `Retry-After`).
     RetryAfter(Duration),
@@ -144,6 +147,7 @@ impl ScriptedEndpoint {
                 description: None,
             }),
             Answer::Transient => Err(OAuthError::Transport("scripted outage".into())),
+            Answer::Cut => Err(OAuthError::AnswerLost("scripted cut".into())),
             Answer::RetryAfter(wait) => Err(OAuthError::Unavailable {
                 reason: "HTTP 429".into(),
                 retry_at: Some(self.clock.now() + super::chrono_dur(wait)),
@@ -201,10 +205,21 @@ pub(crate) fn scripted_farm(
     dir: &std::path::Path,
     extra_toml: &str,
 ) -> (Arc<Farm>, Arc<TestClock>, Arc<ScriptedEndpoint>) {
+    scripted_farm_with(dir, false, extra_toml)
+}
+
+/// [`scripted_farm`] with the browser enabled or not (it launches nothing
+/// until a relogin runs).
+pub(crate) fn scripted_farm_with(
+    dir: &std::path::Path,
+    browser: bool,
+    extra_toml: &str,
+) -> (Arc<Farm>, Arc<TestClock>, Arc<ScriptedEndpoint>) {
     let clock = TestClock::new();
     let endpoint = OnceLock::new();
     let farm = super::test_farm_with(
         dir,
+        browser,
         &format!("{PROVIDER}{extra_toml}"),
         clock.clone(),
         |p| {

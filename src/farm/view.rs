@@ -238,9 +238,11 @@ impl Farm {
     }
 
     pub fn add_account(&self, provider: &str, label: &str, priority: i64) -> Result<AccountView> {
-        self.provider(provider)?;
+        // The provider's own login script serves its new accounts too, as
+        // it does the stored ones at start.
+        let provider_has_script = self.provider(provider)?.config().login_script.is_some();
         validate_label(label)?;
-        let account = self
+        let mut account = self
             .store
             .insert_account(provider, label, priority, self.clock.now())
             .map_err(|e| match e {
@@ -249,6 +251,7 @@ impl Farm {
                 }
                 other => other.into(),
             })?;
+        account.has_login_script = provider_has_script;
         let id = account.id;
         tracing::info!(account = id, provider, label, "account added");
         self.emit(

@@ -110,7 +110,9 @@ impl From<FarmError> for ApiError {
                 retry_after_s: Some(retry_after_s),
                 ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", detail)
             },
-            FarmError::Login(_) => ApiError::new(StatusCode::BAD_GATEWAY, "login_failed", detail),
+            FarmError::Login(_) | FarmError::CodeExchange(_) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "login_failed", detail)
+            }
             FarmError::InvalidScript(_) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_script", detail)
             }

@@ -34,5 +34,6 @@ mod relogin;
 mod remote_browser;
 mod restart;
 mod rotation;
+mod soak_tools;
 mod tls;
 mod webhooks;

@@ -512,6 +512,14 @@ provider.on('server_error', (ctx, err) => { console.error('server_error', err); 
 
 // ---------------------------------------------------------------- interactions
 const pendingTotp = new Map(); // interaction uid -> username (password already checked)
+// Users whose sign-in got a new page (`/__test/markup`): after the password, an
+// interstitial no login script knows, as when a provider redesigns its flow.
+const changedMarkup = new Set();
+
+function movedPage(uid, username) {
+  return page('Sign-in has changed', `<p>We redesigned sign-in for <b>${esc(username)}</b>. Confirm to continue.</p>
+<form method="post" action="/interaction/${esc(uid)}/abort"><button id="continue-new" type="submit">Continue</button></form>`);
+}
 
 async function handleInteraction(req, res, url) {
   const m = /^\/interaction\/([A-Za-z0-9_-]+)(?:\/(login|totp|confirm|abort))?\/?$/.exec(url.pathname);
@@ -558,6 +566,10 @@ async function handleInteraction(req, res, url) {
     if (!isUser(username) || !safeEqual(password, passwordOf(username))) {
       console.error(`login: rejected password for ${JSON.stringify(username.slice(0, 60))}`);
       return sendHtml(res, 200, loginPage(uid, clientId, { username: username.slice(0, 60), error: 'Invalid username or password' }));
+    }
+    if (changedMarkup.has(username)) {
+      console.error(`login: ${username} got the changed sign-in page`);
+      return sendHtml(res, 200, movedPage(uid, username));
     }
     if (needsTotp(username)) {
       pendingTotp.set(uid, username);
@@ -665,6 +677,14 @@ async function handleTest(req, res, url) {
     const ended = endSessions(sub);
     console.error(`test: ended ${ended} session(s)${sub ? ` of ${sub}` : ''}`);
     return sendJson(res, 200, { ended });
+  }
+  if (req.method === 'POST' && (m = /^\/__test\/markup\/([^/]+)$/.exec(path))) {
+    const username = decodeURIComponent(m[1]);
+    const changed = url.searchParams.get('changed') !== '0';
+    if (changed) changedMarkup.add(username);
+    else changedMarkup.delete(username);
+    console.error(`test: sign-in page of ${username} ${changed ? 'changed' : 'restored'}`);
+    return sendJson(res, 200, { username, changed });
   }
   if (req.method === 'POST' && path === '/__test/token-delay') {
     const ms = Number(url.searchParams.get('ms') ?? 0);

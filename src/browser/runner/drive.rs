@@ -25,6 +25,27 @@ const END_GRACE: Duration = Duration::from_secs(2);
 /// script controls).
 const DRIVER_SLACK: Duration = Duration::from_secs(5);
 const URL_POLL: Duration = Duration::from_millis(50);
+/// The steps in which [`sleep_running`] counts time.
+const TICK: Duration = Duration::from_secs(1);
+/// A tick waking this much later than asked means the farm's process was
+/// stopped meanwhile (SIGSTOP, a machine suspend), not that time passed for it.
+const STALL: Duration = Duration::from_secs(1);
+
+/// Sleeps `d` of the farm's own running time. A stretch the process spent
+/// stopped counts as one tick: a timeout over the browser must not fire on
+/// the wakeup, ahead of the browser's answer that arrived meanwhile and
+/// waits in the pipe (the account would then go to `needs_human` for a
+/// script that worked).
+pub(crate) async fn sleep_running(d: Duration) {
+    let mut left = d;
+    while !left.is_zero() {
+        let tick = left.min(TICK);
+        let asked = tokio::time::Instant::now();
+        tokio::time::sleep(tick).await;
+        let took = asked.elapsed();
+        left = left.saturating_sub(if took > tick + STALL { tick } else { took });
+    }
+}
 
 /// How the steps ended.
 pub(crate) enum DriveEnd {
@@ -134,9 +155,10 @@ impl<'a> Driver<'a> {
 
     async fn run_step(&mut self, step: &ResolvedStep) -> Result<Ran, String> {
         let guard = step.timeout + DRIVER_SLACK;
-        let ran = match tokio::time::timeout(guard, self.run_step_inner(step)).await {
-            Ok(result) => result,
-            Err(_) => Err(format!(
+        let ran = tokio::select! {
+            biased;
+            result = self.run_step_inner(step) => result,
+            () = sleep_running(guard) => Err(format!(
                 "no answer from the browser within {} ms",
                 guard.as_millis()
             )),
@@ -380,6 +402,35 @@ pub(crate) async fn page_message(page: &Page) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn sleep_running_counts_a_stopped_stretch_as_one_tick() {
+        let sleeper = tokio::spawn(sleep_running(Duration::from_secs(5)));
+        tokio::task::yield_now().await;
+        // The process is stopped for 30 s: every timer is due on the wakeup.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !sleeper.is_finished(),
+            "a stop of 30 s used up a 5 s timeout"
+        );
+        let resumed = tokio::time::Instant::now();
+        sleeper.await.unwrap();
+        let rest = resumed.elapsed();
+        assert!(
+            (Duration::from_secs(3)..=Duration::from_secs(4)).contains(&rest),
+            "after the stop, {rest:?} more instead of 4 s less the tick the stop counted as"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sleep_running_sleeps_its_time_when_the_process_runs() {
+        let asked = tokio::time::Instant::now();
+        sleep_running(Duration::from_millis(2500)).await;
+        assert_eq!(asked.elapsed(), Duration::from_millis(2500));
+    }
 
     #[test]
     fn first_line_drops_call_log_and_stack() {

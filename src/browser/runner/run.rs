@@ -62,7 +62,7 @@ impl Run {
         let mut stopping = self.pool.stopping();
         let end = tokio::select! {
             end = driver.run(&self.steps) => Some(end),
-            _ = tokio::time::sleep(self.timeout) => None,
+            () = drive::sleep_running(self.timeout) => None,
             _ = stopping.wait_for(|s| *s) => return Err(RunFailure::refused(PoolError::ShuttingDown)),
         };
         let Some(end) = end else {
