@@ -34,6 +34,7 @@ use std::{fs, io};
 use toml::{Table, Value};
 use url::Url;
 
+use crate::domain::provider::{BodyFormat, Class, Rule};
 use crate::events::EventKind;
 use crate::secret::Secret;
 
@@ -68,6 +69,20 @@ const RESERVED_AUTHORIZE_PARAMS: &[&str] = &[
     "code_challenge_method",
     "redirect_uri",
     "response_type",
+    "scope",
+    "state",
+];
+
+/// Token request parameters relogin-farm sets itself; `token_params` may
+/// not give them.
+const RESERVED_TOKEN_PARAMS: &[&str] = &[
+    "client_id",
+    "code",
+    "code_verifier",
+    "device_code",
+    "grant_type",
+    "redirect_uri",
+    "refresh_token",
     "scope",
     "state",
 ];
@@ -1038,6 +1053,22 @@ config_section! {
         login_script: Option<PathBuf> => path(), optional;
         /// The provider revokes the grant when a spent refresh token is presented again: after a crash mid-refresh, an account with a login script is logged in by the browser instead of replaying its refresh token.
         reuse_detection: bool = false => boolean();
+        /// How the token requests' bodies are sent: `"form"` (RFC 6749) or `"json"` (a JSON object; the code exchange then also carries `state`).
+        token_request: BodyFormat = "form" => parsed("body format", BodyFormat::from_str);
+        /// The refresh grant's body format when it differs from `token_request`; absent: as `token_request`.
+        refresh_request: Option<BodyFormat> => parsed("body format", BodyFormat::from_str), optional;
+        /// Extra parameters of every token request's body (strings); not the ones the farm sets itself.
+        token_params: BTreeMap<String, String> = Table::new() => string_table(RESERVED_TOKEN_PARAMS);
+        /// Extra headers of every token request (such as `user-agent`), names lowercased.
+        token_headers: BTreeMap<String, String> = Table::new() => header_values();
+        /// Send `scope` (the `scopes`) with the refresh grant too; some providers narrow the grant without it, others refuse it.
+        refresh_scope: bool = false => boolean();
+        /// An access token's lifetime when the token answer has no `expires_in` and the token is no JWT with an `exp`.
+        default_token_ttl: Duration = "1h" => duration();
+        /// `[[provider.token_errors]]`: the provider's own rules for its token endpoint's error answers, tried before the built-in ones (see [Providers](#providers)); each has `class = "dead"` (needs a login) or `"transient"` (back off, keep the refresh token) and any of `status` (a code or `[low, high]`), `error` (the error code) and `html` (true: an HTML page).
+        token_errors: Vec<Rule> = Vec::<String>::new() => token_errors();
+        /// An HTTP(S) proxy for every request the farm sends to this provider (discovery, token endpoint), as `http://[user:password@]host:port`; absent: direct (or the usual `HTTPS_PROXY` variables).
+        egress_proxy: Option<Secret> => proxy_url(), optional;
         /// `[provider.proxy]`: the rotating proxy at `/proxy/<name>/…` (see [Point your tools at the farm](#point-your-tools-at-the-farm)); absent: none.
         proxy: Option<ProxyConfig> => table(), optional;
     }
@@ -2022,9 +2053,18 @@ impl<'a> Section<'a> {
         Ok(Some(headers))
     }
 
-    /// A table of string values that must not touch the parameters
-    /// relogin-farm sets itself.
+    /// The extra authorization request parameters.
     fn authorize_params(&mut self, key: &str) -> Result<Option<BTreeMap<String, String>>> {
+        self.string_table(key, RESERVED_AUTHORIZE_PARAMS)
+    }
+
+    /// A table of string values that must not touch the parameters
+    /// relogin-farm sets itself (`reserved`).
+    fn string_table(
+        &mut self,
+        key: &str,
+        reserved: &[&str],
+    ) -> Result<Option<BTreeMap<String, String>>> {
         let Some(value) = self.take(key) else {
             return Ok(None);
         };
@@ -2034,7 +2074,7 @@ impl<'a> Section<'a> {
         let mut params = BTreeMap::new();
         for (param, value) in table {
             let param_key = format!("{}.{param}", self.name(key));
-            if RESERVED_AUTHORIZE_PARAMS.contains(&param.as_str()) {
+            if reserved.contains(&param.as_str()) {
                 return Err(ConfigError::Invalid {
                     key: param_key,
                     reason: "reserved: relogin-farm sets this parameter itself".to_owned(),
@@ -2047,6 +2087,113 @@ impl<'a> Section<'a> {
         }
         Ok(Some(params))
     }
+
+    /// `[[provider.token_errors]]`: classification rules, in order.
+    fn token_errors(&mut self, key: &str) -> Result<Option<Vec<Rule>>> {
+        let Some(value) = self.take(key) else {
+            return Ok(None);
+        };
+        let Value::Array(items) = value else {
+            return Err(wrong_type(
+                self.name(key),
+                "an array of tables ([[provider.token_errors]])",
+                &value,
+            ));
+        };
+        let mut rules = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            let item_key = format!("{}[{i}]", self.name(key));
+            let Value::Table(mut table) = item else {
+                return Err(wrong_type(item_key, "a table", &item));
+            };
+            rules.push(read_rule(&item_key, &mut table)?);
+        }
+        Ok(Some(rules))
+    }
+
+    /// A proxy URL (`http` or `https`); it may hold a password, so it is
+    /// kept as a secret and never quoted.
+    fn proxy_url(&mut self, key: &str) -> Result<Option<Secret>> {
+        let Some(url) = self.secret_url(key)? else {
+            return Ok(None);
+        };
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(self.invalid(key, "invalid URL: no host"));
+        }
+        Ok(Some(Secret::new(url.to_string())))
+    }
+}
+
+/// One `[[provider.token_errors]]` rule; its keys are named under `key`.
+fn read_rule(key: &str, table: &mut Table) -> Result<Rule> {
+    if let Some(unknown) = table
+        .keys()
+        .find(|k| !["status", "error", "html", "class"].contains(&k.as_str()))
+    {
+        return Err(ConfigError::UnknownKey {
+            key: format!("{key}.{unknown}"),
+        });
+    }
+    let invalid = |name: &str, reason: String| ConfigError::Invalid {
+        key: format!("{key}.{name}"),
+        reason,
+    };
+    let status = |n: &Value| match n {
+        Value::Integer(n) if (100..=599).contains(n) => Ok(*n as u16),
+        other => Err(invalid(
+            "status",
+            format!(
+                "expected an HTTP status between 100 and 599, found {}",
+                other
+            ),
+        )),
+    };
+    let rule = Rule {
+        status: match table.remove("status") {
+            None => None,
+            Some(Value::Array(pair)) if pair.len() == 2 => {
+                let (lo, hi) = (status(&pair[0])?, status(&pair[1])?);
+                if lo > hi {
+                    return Err(invalid("status", format!("[{lo}, {hi}] is empty")));
+                }
+                Some((lo, hi))
+            }
+            Some(one @ Value::Integer(_)) => Some((status(&one)?, status(&one)?)),
+            Some(other) => {
+                return Err(wrong_type(
+                    format!("{key}.status"),
+                    "a status or [low, high]",
+                    &other,
+                ))
+            }
+        },
+        error: match table.remove("error") {
+            None => None,
+            Some(Value::String(code)) if !code.trim().is_empty() => Some(code),
+            Some(other) => return Err(wrong_type(format!("{key}.error"), "an error code", &other)),
+        },
+        html: match table.remove("html") {
+            None => None,
+            Some(Value::Boolean(b)) => Some(b),
+            Some(other) => return Err(wrong_type(format!("{key}.html"), "true or false", &other)),
+        },
+        class: match table.remove("class") {
+            Some(Value::String(c)) if c == "dead" => Class::Dead,
+            Some(Value::String(c)) if c == "transient" => Class::Transient,
+            None => {
+                return Err(ConfigError::Missing {
+                    key: format!("{key}.class"),
+                })
+            }
+            Some(other) => {
+                return Err(invalid(
+                    "class",
+                    format!("expected \"dead\" or \"transient\", found {other}"),
+                ))
+            }
+        },
+    };
+    Ok(rule)
 }
 
 /// `[[key]]` blocks (`value` is what the root had under `key`), each read as
@@ -3140,6 +3287,81 @@ mod tests {
         assert_eq!(config.providers[0].login_timeout, minutes(10));
         assert_eq!(config.providers[0].client_secret, None);
         assert!(config.providers[0].scopes.is_empty());
+    }
+
+    #[test]
+    fn token_endpoint_quirk_keys() {
+        let config = load(MINIMAL_PROVIDER, &[]).unwrap();
+        let p = &config.providers[0];
+        assert_eq!(
+            (p.token_request, p.refresh_request, p.refresh_scope),
+            (BodyFormat::Form, None, false)
+        );
+        assert_eq!(p.default_token_ttl, minutes(60));
+        assert!(p.token_errors.is_empty() && p.egress_proxy.is_none());
+
+        let text = format!(
+            "{MINIMAL_PROVIDER}\ntoken_request = \"json\"\nrefresh_request = \"form\"\n\
+             token_params = {{ audience = \"api\" }}\ntoken_headers = {{ User-Agent = \"cli/1\" }}\n\
+             egress_proxy = \"http://u:p@127.0.0.1:3128\"\n\
+             [[provider.token_errors]]\nstatus = [400, 403]\nerror = \"expired\"\nclass = \"dead\"\n\
+             [[provider.token_errors]]\nhtml = true\nclass = \"transient\"\n"
+        );
+        let config = load(&text, &[]).unwrap();
+        let p = &config.providers[0];
+        assert_eq!(p.token_request, BodyFormat::Json);
+        assert_eq!(p.refresh_request, Some(BodyFormat::Form));
+        assert_eq!(p.token_params["audience"], "api");
+        assert_eq!(p.token_headers["user-agent"], "cli/1");
+        assert_eq!(
+            p.token_errors,
+            [
+                Rule {
+                    status: Some((400, 403)),
+                    error: Some("expired".into()),
+                    html: None,
+                    class: Class::Dead,
+                },
+                Rule {
+                    status: None,
+                    error: None,
+                    html: Some(true),
+                    class: Class::Transient,
+                },
+            ]
+        );
+        // The proxy's password is a secret: never in Debug.
+        assert!(!format!("{p:?}").contains("u:p@"));
+
+        let bad = |extra: &str| err(&format!("{MINIMAL_PROVIDER}\n{extra}"), &[]);
+        assert!(bad("token_request = \"xml\"")
+            .starts_with("provider[0].token_request: invalid body format \"xml\""));
+        assert!(bad("token_params = { grant_type = \"x\" }")
+            .starts_with("provider[0].token_params.grant_type: reserved"));
+        assert_eq!(
+            bad("default_token_ttl = \"0s\""),
+            "provider[0].default_token_ttl: must be more than 0s"
+        );
+        assert_eq!(
+            bad("[[provider.token_errors]]\nstatus = 401"),
+            "provider[0].token_errors[0].class: missing"
+        );
+        assert_eq!(
+            bad("[[provider.token_errors]]\nclass = \"dead\"\ncode = \"x\""),
+            "provider[0].token_errors[0].code: unknown key"
+        );
+        assert!(
+            bad("[[provider.token_errors]]\nstatus = 700\nclass = \"dead\"")
+                .starts_with("provider[0].token_errors[0].status: expected an HTTP status")
+        );
+        assert!(bad("[[provider.token_errors]]\nclass = \"gone\"")
+            .starts_with("provider[0].token_errors[0].class: expected \"dead\" or \"transient\""));
+        let proxy = bad("egress_proxy = \"socks9://u:hunter2@h\"");
+        assert!(
+            proxy.starts_with("provider[0].egress_proxy: invalid URL"),
+            "{proxy}"
+        );
+        assert!(!proxy.contains("hunter2"), "{proxy}");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tokio::sync::RwLock;
 use url::Url;
 
 use crate::config::{Endpoints, ProviderConfig};
-use crate::domain::provider::{classify, default_rules, TokenAnswer, Verdict};
+use crate::domain::provider::{classify, default_rules, BodyFormat, Rule, TokenAnswer, Verdict};
 use crate::secret::Secret;
 
 pub use crate::domain::provider::{parse_callback, Callback, CallbackError};
@@ -110,12 +110,21 @@ pub type EndpointFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, OAuthErro
 pub trait TokenEndpoint: Send + Sync {
     fn config(&self) -> &ProviderConfig;
 
+    /// An access token's lifetime when neither the answer nor the token says.
+    fn default_ttl(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.config().default_token_ttl)
+            .expect("a configured duration is at most 365 days")
+    }
+
     /// Builds an authorization-code + PKCE (S256) authorize URL with a fresh state.
     fn authorize(&self) -> EndpointFuture<'_, AuthorizeRequest>;
 
+    /// Exchanges a login's code; `state` is the login's (a JSON exchange
+    /// carries it).
     fn exchange_code<'a>(
         &'a self,
         code: &'a Secret,
+        state: &'a Secret,
         pkce_verifier: &'a Secret,
     ) -> EndpointFuture<'a, Grant>;
 
@@ -135,9 +144,10 @@ impl TokenEndpoint for Provider {
     fn exchange_code<'a>(
         &'a self,
         code: &'a Secret,
+        state: &'a Secret,
         pkce_verifier: &'a Secret,
     ) -> EndpointFuture<'a, Grant> {
-        Box::pin(Provider::exchange_code(self, code, pkce_verifier))
+        Box::pin(Provider::exchange_code(self, code, state, pkce_verifier))
     }
 
     fn refresh<'a>(&'a self, refresh_token: &'a Secret) -> EndpointFuture<'a, Grant> {
@@ -149,6 +159,8 @@ impl TokenEndpoint for Provider {
 pub struct Provider {
     pub config: ProviderConfig,
     http: reqwest::Client,
+    /// The provider's own `token_errors`, then the built-in rules.
+    rules: Vec<Rule>,
     resolved: RwLock<Option<Arc<ResolvedEndpoints>>>,
 }
 
@@ -176,15 +188,23 @@ type ProviderClient = oauth2::Client<
 
 impl Provider {
     pub fn new(config: ProviderConfig) -> Self {
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             // Following redirects from a token endpoint is an SSRF risk (oauth2's advice).
             .redirect(reqwest::redirect::Policy::none())
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .expect("a rustls reqwest client always builds");
+            .timeout(REQUEST_TIMEOUT);
+        if let Some(proxy) = &config.egress_proxy {
+            // The configuration checked it is an http(s) URL with a host,
+            // which is all reqwest asks of a proxy.
+            http = http
+                .proxy(reqwest::Proxy::all(proxy.expose()).expect("egress_proxy is a checked URL"));
+        }
+        let http = http.build().expect("a rustls reqwest client always builds");
+        let mut rules = config.token_errors.clone();
+        rules.extend(default_rules());
         Provider {
             config,
             http,
+            rules,
             resolved: RwLock::new(None),
         }
     }
@@ -293,36 +313,64 @@ impl Provider {
     pub async fn exchange_code(
         &self,
         code: &Secret,
+        state: &Secret,
         pkce_verifier: &Secret,
     ) -> Result<Grant, OAuthError> {
-        self.token_request(&[
+        let format = self.config.token_request;
+        let mut params = vec![
             ("grant_type", "authorization_code"),
             ("code", code.expose()),
             ("redirect_uri", self.config.redirect_uri.as_str()),
             ("code_verifier", pkce_verifier.expose()),
-        ])
-        .await
+        ];
+        // JSON token endpoints take the login's state with the code.
+        if format == BodyFormat::Json {
+            params.push(("state", state.expose()));
+        }
+        self.token_request(format, &params).await
     }
 
     pub async fn refresh(&self, refresh_token: &Secret) -> Result<Grant, OAuthError> {
-        self.token_request(&[
+        let scope = self.config.scopes.join(" ");
+        let mut params = vec![
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh_token.expose()),
-        ])
-        .await
+        ];
+        if self.config.refresh_scope && !scope.is_empty() {
+            params.push(("scope", &scope));
+        }
+        let format = self
+            .config
+            .refresh_request
+            .unwrap_or(self.config.token_request);
+        self.token_request(format, &params).await
     }
 
-    /// POSTs `params` (form-encoded, RFC 6749 §4.1.3/§6) to the token
-    /// endpoint, authenticating the client as RFC 6749 §2.3.1 says (HTTP
-    /// Basic with a secret, `client_id` in the body without), and
-    /// classifies the answer (`domain::provider`).
-    async fn token_request(&self, params: &[(&str, &str)]) -> Result<Grant, OAuthError> {
+    /// POSTs `params` and the provider's `token_params` to the token
+    /// endpoint (form-encoded as RFC 6749 §4.1.3/§6 says, or as a JSON
+    /// object), with its `token_headers`, authenticating the client as
+    /// RFC 6749 §2.3.1 says (HTTP Basic with a secret, `client_id` in the
+    /// body without), and classifies the answer (`domain::provider`).
+    async fn token_request(
+        &self,
+        format: BodyFormat,
+        params: &[(&str, &str)],
+    ) -> Result<Grant, OAuthError> {
         let ep = self.endpoints().await?;
         let mut form: Vec<(&str, &str)> = params.to_vec();
+        form.extend(
+            self.config
+                .token_params
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
         let mut req = self
             .http
             .post(ep.token_url.clone())
             .header(reqwest::header::ACCEPT, "application/json");
+        for (name, value) in &self.config.token_headers {
+            req = req.header(name, value);
+        }
         match &self.config.client_secret {
             Some(secret) => {
                 let enc = |s: &str| {
@@ -335,7 +383,17 @@ impl Provider {
         // The messages of transport errors carry no token: reqwest's errors
         // name the URL (no secrets in it for a token endpoint).
         let transport = |e: reqwest::Error| OAuthError::Transport(error_chain(&e));
-        let mut resp = req.form(&form).send().await.map_err(transport)?;
+        let req = match format {
+            BodyFormat::Form => req.form(&form),
+            BodyFormat::Json => {
+                let object: serde_json::Map<String, serde_json::Value> = form
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v)))
+                    .collect();
+                req.json(&object)
+            }
+        };
+        let mut resp = req.send().await.map_err(transport)?;
         let status = resp.status().as_u16();
         let headers: Vec<(String, String)> = resp
             .headers()
@@ -360,7 +418,7 @@ impl Provider {
             body: &body,
         };
         // The time only places a `Retry-After`; the farm waits by its own clock.
-        match classify(&answer, &default_rules(), Utc::now(), MAX_TOKEN_RETRY_AFTER) {
+        match classify(&answer, &self.rules, Utc::now(), MAX_TOKEN_RETRY_AFTER) {
             Verdict::Tokens(tokens) => Ok(tokens),
             Verdict::Dead { code, description } => Err(OAuthError::Dead { code, description }),
             Verdict::Transient {

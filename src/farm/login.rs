@@ -228,7 +228,10 @@ impl Farm {
         let provider_name = self.with_account(id, |a| a.provider.clone())?;
         let provider = self.provider(&provider_name)?.clone();
         let issued_at = self.clock.now();
-        let grant = match provider.exchange_code(code, &pending.pkce_verifier).await {
+        let grant = match provider
+            .exchange_code(code, &pending.state, &pending.pkce_verifier)
+            .await
+        {
             Ok(g) => g,
             Err(e) => {
                 let detail = format!("code exchange failed: {e}");
@@ -236,7 +239,7 @@ impl Farm {
                 return Err(FarmError::Login(detail));
             }
         };
-        self.install_login_tokens(id, tokens_from(grant, issued_at))
+        self.install_login_tokens(id, tokens_from(grant, issued_at, provider.default_ttl()))
             .await?;
         tracing::info!(account = id, "login completed");
         self.emit(EventKind::LoginCompleted, Some(id), "login completed");

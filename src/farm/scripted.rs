@@ -166,7 +166,12 @@ impl TokenEndpoint for ScriptedEndpoint {
         })
     }
 
-    fn exchange_code<'a>(&'a self, _: &'a Secret, _: &'a Secret) -> EndpointFuture<'a, Grant> {
+    fn exchange_code<'a>(
+        &'a self,
+        _: &'a Secret,
+        _: &'a Secret,
+        _: &'a Secret,
+    ) -> EndpointFuture<'a, Grant> {
         Box::pin(self.answer())
     }
 

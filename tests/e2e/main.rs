@@ -26,6 +26,7 @@ mod listener;
 mod login;
 mod observability;
 mod openapi;
+mod provider_keys;
 mod provider_quirks;
 mod proxy;
 mod quirk_emulator;
