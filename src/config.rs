@@ -34,7 +34,7 @@ use std::{fs, io};
 use toml::{Table, Value};
 use url::Url;
 
-use crate::domain::provider::{BodyFormat, Class, Rule};
+use crate::domain::provider::{BodyFormat, Class, LoginKind, Rule};
 use crate::events::EventKind;
 use crate::secret::Secret;
 
@@ -156,6 +156,12 @@ pub enum Endpoints {
         authorize_url: Url,
         token_url: Url,
         introspection_url: Option<Url>,
+    },
+    /// A device-flow provider without discovery (`login = "device"`): no
+    /// authorize URL.
+    Device {
+        device_authorization_url: Url,
+        token_url: Url,
     },
 }
 
@@ -1046,6 +1052,8 @@ config_section! {
         redirect_uri: Url => url(), required;
         /// Extra query parameters of the authorization request; not the ones the farm sets itself.
         extra_authorize_params: BTreeMap<String, String> = Table::new() => authorize_params();
+        /// How accounts log in: `"code"` (authorization code + PKCE, back on `redirect_uri`) or `"device"` (RFC 8628: a user code entered at the provider's page while the farm polls; with `device_authorization_url` + `token_url`, or `issuer`).
+        login: LoginKind = "code" => parsed("login kind", LoginKind::from_str);
         /// How long a started login waits for its redirect.
         login_timeout: Duration = "10m" => duration();
         /// Default login script for this provider's accounts (an account's own one wins).
@@ -1079,6 +1087,8 @@ config_section! {
         authorize_url: Option<Url> => url(), optional;
         /// Token endpoint, without discovery (with `authorize_url`).
         token_url: Option<Url> => url(), optional;
+        /// Device authorization endpoint (`login = "device"`, with `token_url`; no `authorize_url`).
+        device_authorization_url: Option<Url> => url(), optional;
         /// Introspection endpoint, without discovery (optional).
         introspection_url: Option<Url> => url(), optional;
         /// Client secret of a confidential client; the variable (`NAME`: the name uppercased, `-` as `_`) wins over this key and `client_secret_file`.
@@ -1091,7 +1101,7 @@ config_section! {
     extra(sec) {
         /// From `issuer`, or `authorize_url` + `token_url` (+ `introspection_url`).
         endpoints: Endpoints =
-            resolve_endpoints(sec, issuer, authorize_url, token_url, introspection_url)?;
+            resolve_endpoints(sec, login, issuer, authorize_url, token_url, device_authorization_url, introspection_url)?;
         /// From the environment, else `client_secret(_file)`.
         client_secret: Option<Secret> = resolve_secret(
             sec.env.client_secrets.get(&env_name(&name)).cloned().unwrap_or_default(),
@@ -1217,13 +1227,46 @@ fn parse_header_name(name: &str) -> Result<String, &'static str> {
 
 /// Either `issuer` (discovery) or `authorize_url` + `token_url` (plus
 /// optional `introspection_url`); mixing them is ambiguous, so rejected.
+#[allow(clippy::too_many_arguments)]
 fn resolve_endpoints(
     sec: &Section<'_>,
+    login: LoginKind,
     issuer: Option<Url>,
     authorize_url: Option<Url>,
     token_url: Option<Url>,
+    device_authorization_url: Option<Url>,
     introspection_url: Option<Url>,
 ) -> Result<Endpoints> {
+    match (login, device_authorization_url) {
+        (LoginKind::Code, Some(_)) => {
+            return Err(sec.invalid("device_authorization_url", "only with login = \"device\""))
+        }
+        (LoginKind::Device, Some(device_authorization_url)) => {
+            if issuer.is_some() || authorize_url.is_some() || introspection_url.is_some() {
+                let key = if issuer.is_some() {
+                    "issuer"
+                } else if authorize_url.is_some() {
+                    "authorize_url"
+                } else {
+                    "introspection_url"
+                };
+                return Err(sec.invalid(
+                    key,
+                    "not with device_authorization_url (a device login needs only it and token_url)",
+                ));
+            }
+            let token_url = token_url.ok_or_else(|| sec.missing("token_url"))?;
+            return Ok(Endpoints::Device {
+                device_authorization_url,
+                token_url,
+            });
+        }
+        (LoginKind::Device, None) if issuer.is_none() => return Err(sec.invalid(
+            "device_authorization_url",
+            "missing: login = \"device\" needs device_authorization_url and token_url, or issuer",
+        )),
+        _ => {}
+    }
     match (issuer, authorize_url, token_url) {
         (Some(issuer), None, None) => match introspection_url {
             None => Ok(Endpoints::Discovery { issuer }),
@@ -2470,9 +2513,10 @@ mod tests {
             ],
         )
         .unwrap();
-        let [demo, legacy] = &config.providers[..] else {
+        let [demo, legacy, devices] = &config.providers[..] else {
             panic!("{:?}", config.providers)
         };
+        assert!(matches!(devices.endpoints, Endpoints::Device { .. }));
         assert_eq!(
             demo.login_script.as_deref(),
             Some(Path::new("scripts/login/demo.toml"))
@@ -3362,6 +3406,48 @@ mod tests {
             "{proxy}"
         );
         assert!(!proxy.contains("hunter2"), "{proxy}");
+    }
+
+    #[test]
+    fn device_login_endpoints() {
+        let device = "[[provider]]\nname = \"d\"\nclient_id = \"c\"\n\
+                      redirect_uri = \"http://127.0.0.1:1/cb\"\nlogin = \"device\"\n";
+        let config = load(
+            &format!("{device}device_authorization_url = \"https://a.example/device\"\ntoken_url = \"https://a.example/token\""),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.providers[0].login, LoginKind::Device);
+        assert!(matches!(
+            config.providers[0].endpoints,
+            Endpoints::Device { .. }
+        ));
+        // Discovery names the device endpoint.
+        let config = load(&format!("{device}issuer = \"https://a.example\""), &[]).unwrap();
+        assert!(matches!(
+            config.providers[0].endpoints,
+            Endpoints::Discovery { .. }
+        ));
+        assert_eq!(
+            err(
+                &format!("{device}device_authorization_url = \"https://a.example/d\""),
+                &[]
+            ),
+            "provider[0].token_url: missing"
+        );
+        assert!(err(device, &[]).starts_with("provider[0].device_authorization_url: missing"));
+        assert!(err(
+            &format!("{device}device_authorization_url = \"https://a.example/d\"\ntoken_url = \"https://a.example/t\"\nauthorize_url = \"https://a.example/a\""),
+            &[]
+        )
+        .starts_with("provider[0].authorize_url: not with device_authorization_url"));
+        assert_eq!(
+            err(
+                &format!("{MINIMAL_PROVIDER}\ndevice_authorization_url = \"https://a.example/d\""),
+                &[]
+            ),
+            "provider[0].device_authorization_url: only with login = \"device\""
+        );
     }
 
     #[test]

@@ -19,7 +19,9 @@ use tokio::sync::RwLock;
 use url::Url;
 
 use crate::config::{Endpoints, ProviderConfig};
-use crate::domain::provider::{classify, default_rules, BodyFormat, Rule, TokenAnswer, Verdict};
+use crate::domain::provider::{
+    classify, default_rules, BodyFormat, PollAnswer, Rule, TokenAnswer, Verdict,
+};
 use crate::secret::Secret;
 
 pub use crate::domain::provider::{parse_callback, Callback, CallbackError};
@@ -83,8 +85,21 @@ impl OAuthError {
 pub struct ResolvedEndpoints {
     /// The issuer, when known: checked against the `iss` redirect parameter.
     pub issuer: Option<String>,
-    pub authorize_url: Url,
+    /// `None` for a device-flow provider without one.
+    pub authorize_url: Option<Url>,
     pub token_url: Url,
+    pub device_authorization_url: Option<Url>,
+}
+
+/// A started device authorization (RFC 8628 §3.2): what the person needs,
+/// and the device code the farm polls with.
+#[derive(Debug)]
+pub struct DeviceStart {
+    pub device_code: Secret,
+    pub user_code: String,
+    pub verification_uri: String,
+    pub expires_in: u64,
+    pub interval: Option<u64>,
 }
 
 /// A freshly issued token set, as the provider sent it.
@@ -130,6 +145,16 @@ pub trait TokenEndpoint: Send + Sync {
 
     /// Sends one refresh grant.
     fn refresh<'a>(&'a self, refresh_token: &'a Secret) -> EndpointFuture<'a, Grant>;
+
+    /// Starts a device authorization (`login = "device"`).
+    fn device_authorize(&self) -> EndpointFuture<'_, DeviceStart>;
+
+    /// Polls the token endpoint once with a device code: the answer as the
+    /// device flow reads it, and the tokens when there are some.
+    fn poll_device<'a>(
+        &'a self,
+        device_code: &'a Secret,
+    ) -> Pin<Box<dyn Future<Output = (PollAnswer, Option<Grant>)> + Send + 'a>>;
 }
 
 impl TokenEndpoint for Provider {
@@ -153,6 +178,41 @@ impl TokenEndpoint for Provider {
     fn refresh<'a>(&'a self, refresh_token: &'a Secret) -> EndpointFuture<'a, Grant> {
         Box::pin(Provider::refresh(self, refresh_token))
     }
+
+    fn device_authorize(&self) -> EndpointFuture<'_, DeviceStart> {
+        Box::pin(Provider::device_authorize(self))
+    }
+
+    fn poll_device<'a>(
+        &'a self,
+        device_code: &'a Secret,
+    ) -> Pin<Box<dyn Future<Output = (PollAnswer, Option<Grant>)> + Send + 'a>> {
+        Box::pin(async move {
+            let params = [
+                ("grant_type", DEVICE_GRANT),
+                ("device_code", device_code.expose()),
+            ];
+            match self.token_verdict(self.config.token_request, &params).await {
+                Ok(Verdict::Tokens(tokens)) => (PollAnswer::Tokens, Some(tokens)),
+                Ok(verdict) => (PollAnswer::of(&verdict), None),
+                Err(_) => (PollAnswer::Unreadable, None),
+            }
+        })
+    }
+}
+
+/// RFC 8628 §3.4's grant type.
+const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+
+#[derive(Deserialize)]
+struct DeviceAnswer {
+    device_code: String,
+    user_code: String,
+    // GitHub and Google's older endpoint say `verification_url`.
+    #[serde(alias = "verification_url")]
+    verification_uri: String,
+    expires_in: u64,
+    interval: Option<u64>,
 }
 
 /// One configured provider and its HTTP client.
@@ -167,8 +227,9 @@ pub struct Provider {
 #[derive(Deserialize)]
 struct Discovery {
     issuer: String,
-    authorization_endpoint: Url,
+    authorization_endpoint: Option<Url>,
     token_endpoint: Url,
+    device_authorization_endpoint: Option<Url>,
 }
 
 /// An oauth2 client with the authorize and token endpoints set (the only
@@ -232,8 +293,18 @@ impl Provider {
                 ..
             } => Ok(ResolvedEndpoints {
                 issuer: None,
-                authorize_url: authorize_url.clone(),
+                authorize_url: Some(authorize_url.clone()),
                 token_url: token_url.clone(),
+                device_authorization_url: None,
+            }),
+            Endpoints::Device {
+                device_authorization_url,
+                token_url,
+            } => Ok(ResolvedEndpoints {
+                issuer: None,
+                authorize_url: None,
+                token_url: token_url.clone(),
+                device_authorization_url: Some(device_authorization_url.clone()),
             }),
             Endpoints::Discovery { issuer } => {
                 let url = format!(
@@ -265,6 +336,7 @@ impl Provider {
                     issuer: Some(doc.issuer),
                     authorize_url: doc.authorization_endpoint,
                     token_url: doc.token_endpoint,
+                    device_authorization_url: doc.device_authorization_endpoint,
                 })
             }
         }
@@ -275,9 +347,17 @@ impl Provider {
             provider: self.name().into(),
             reason: format!("{what}: {e}"),
         };
+        let authorize_url = ep
+            .authorize_url
+            .as_ref()
+            .ok_or_else(|| OAuthError::Config {
+                provider: self.name().into(),
+                reason: "no authorize URL (a device-flow provider logs in with login = \"device\")"
+                    .into(),
+            })?;
         let client = BasicClient::new(ClientId::new(self.config.client_id.clone()))
             .set_auth_uri(
-                AuthUrl::new(ep.authorize_url.to_string()).map_err(|e| bad("authorize_url", e))?,
+                AuthUrl::new(authorize_url.to_string()).map_err(|e| bad("authorize_url", e))?,
             )
             .set_token_uri(
                 TokenUrl::new(ep.token_url.to_string()).map_err(|e| bad("token_url", e))?,
@@ -356,6 +436,68 @@ impl Provider {
         format: BodyFormat,
         params: &[(&str, &str)],
     ) -> Result<Grant, OAuthError> {
+        match self.token_verdict(format, params).await? {
+            Verdict::Tokens(tokens) => Ok(tokens),
+            Verdict::Dead { code, description } => Err(OAuthError::Dead { code, description }),
+            Verdict::Transient {
+                reason, retry_at, ..
+            } => Err(OAuthError::Unavailable { reason, retry_at }),
+        }
+    }
+
+    /// Starts a device authorization at the provider's endpoint (RFC 8628
+    /// §3.1: `client_id` and `scope`, form-encoded).
+    pub async fn device_authorize(&self) -> Result<DeviceStart, OAuthError> {
+        let ep = self.endpoints().await?;
+        let Some(url) = ep.device_authorization_url.clone() else {
+            return Err(OAuthError::Config {
+                provider: self.name().into(),
+                reason: "no device authorization endpoint (device_authorization_url, or the issuer's discovery document)".into(),
+            });
+        };
+        let scope = self.config.scopes.join(" ");
+        let mut form = vec![("client_id", self.config.client_id.as_str())];
+        if !scope.is_empty() {
+            form.push(("scope", &scope));
+        }
+        let mut req = self
+            .http
+            .post(url)
+            .header(reqwest::header::ACCEPT, "application/json");
+        for (name, value) in &self.config.token_headers {
+            req = req.header(name, value);
+        }
+        let resp = req
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| OAuthError::Transport(error_chain(&e)))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(OAuthError::Unavailable {
+                reason: format!("HTTP {status} from the device authorization endpoint"),
+                retry_at: None,
+            });
+        }
+        let answer: DeviceAnswer = resp.json().await.map_err(|e| OAuthError::Unavailable {
+            reason: format!("an unreadable device authorization answer: {e}"),
+            retry_at: None,
+        })?;
+        Ok(DeviceStart {
+            device_code: Secret::new(answer.device_code),
+            user_code: answer.user_code,
+            verification_uri: answer.verification_uri,
+            expires_in: answer.expires_in,
+            interval: answer.interval,
+        })
+    }
+
+    /// Sends one token request and classifies its answer.
+    async fn token_verdict(
+        &self,
+        format: BodyFormat,
+        params: &[(&str, &str)],
+    ) -> Result<Verdict, OAuthError> {
         let ep = self.endpoints().await?;
         let mut form: Vec<(&str, &str)> = params.to_vec();
         form.extend(
@@ -418,13 +560,12 @@ impl Provider {
             body: &body,
         };
         // The time only places a `Retry-After`; the farm waits by its own clock.
-        match classify(&answer, &self.rules, Utc::now(), MAX_TOKEN_RETRY_AFTER) {
-            Verdict::Tokens(tokens) => Ok(tokens),
-            Verdict::Dead { code, description } => Err(OAuthError::Dead { code, description }),
-            Verdict::Transient {
-                reason, retry_at, ..
-            } => Err(OAuthError::Unavailable { reason, retry_at }),
-        }
+        Ok(classify(
+            &answer,
+            &self.rules,
+            Utc::now(),
+            MAX_TOKEN_RETRY_AFTER,
+        ))
     }
 }
 

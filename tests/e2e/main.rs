@@ -18,6 +18,7 @@ mod browser_engine;
 mod cli_clients;
 mod cli_login;
 mod cooldown;
+mod device_login;
 mod events_sse;
 mod hygiene;
 mod init_setup;
