@@ -34,6 +34,7 @@ use std::{fs, io};
 use toml::{Table, Value};
 use url::Url;
 
+use crate::domain::provider::{BodyFormat, Class, LoginKind, Rule};
 use crate::events::EventKind;
 use crate::secret::Secret;
 
@@ -68,6 +69,20 @@ const RESERVED_AUTHORIZE_PARAMS: &[&str] = &[
     "code_challenge_method",
     "redirect_uri",
     "response_type",
+    "scope",
+    "state",
+];
+
+/// Token request parameters relogin-farm sets itself; `token_params` may
+/// not give them.
+const RESERVED_TOKEN_PARAMS: &[&str] = &[
+    "client_id",
+    "code",
+    "code_verifier",
+    "device_code",
+    "grant_type",
+    "redirect_uri",
+    "refresh_token",
     "scope",
     "state",
 ];
@@ -141,6 +156,12 @@ pub enum Endpoints {
         authorize_url: Url,
         token_url: Url,
         introspection_url: Option<Url>,
+    },
+    /// A device-flow provider without discovery (`login = "device"`): no
+    /// authorize URL.
+    Device {
+        device_authorization_url: Url,
+        token_url: Url,
     },
 }
 
@@ -1035,6 +1056,8 @@ config_section! {
         redirect_uri: Url => url(), required;
         /// Extra query parameters of the authorization request; not the ones the farm sets itself.
         extra_authorize_params: BTreeMap<String, String> = Table::new() => authorize_params();
+        /// How accounts log in: `"code"` (authorization code + PKCE, back on `redirect_uri`) or `"device"` (RFC 8628: a user code entered at the provider's page while the farm polls; with `device_authorization_url` + `token_url`, or `issuer`).
+        login: LoginKind = "code" => parsed("login kind", LoginKind::from_str);
         /// How long a started login waits for its redirect.
         login_timeout: Duration = "10m" => duration();
         /// Default login script for this provider's accounts (an account's own one wins).
@@ -1042,6 +1065,22 @@ config_section! {
         login_script: Option<PathBuf> => path(), optional;
         /// The provider revokes the grant when a spent refresh token is presented again: after a crash mid-refresh, an account with a login script is logged in by the browser instead of replaying its refresh token.
         reuse_detection: bool = false => boolean();
+        /// How the token requests' bodies are sent: `"form"` (RFC 6749) or `"json"` (a JSON object; the code exchange then also carries `state`).
+        token_request: BodyFormat = "form" => parsed("body format", BodyFormat::from_str);
+        /// The refresh grant's body format when it differs from `token_request`; absent: as `token_request`.
+        refresh_request: Option<BodyFormat> => parsed("body format", BodyFormat::from_str), optional;
+        /// Extra parameters of every token request's body (strings); not the ones the farm sets itself.
+        token_params: BTreeMap<String, String> = Table::new() => string_table(RESERVED_TOKEN_PARAMS);
+        /// Extra headers of every token request (such as `user-agent`), names lowercased.
+        token_headers: BTreeMap<String, String> = Table::new() => header_values();
+        /// Send `scope` (the `scopes`) with the refresh grant too; some providers narrow the grant without it, others refuse it.
+        refresh_scope: bool = false => boolean();
+        /// An access token's lifetime when the token answer has no `expires_in` and the token is no JWT with an `exp`.
+        default_token_ttl: Duration = "1h" => duration();
+        /// `[[provider.token_errors]]`: the provider's own rules for its token endpoint's error answers, tried before the built-in ones (see [Providers](#providers)); each has `class = "dead"` (needs a login) or `"transient"` (back off, keep the refresh token) and any of `status` (a code or `[low, high]`), `error` (the error code) and `html` (true: an HTML page).
+        token_errors: Vec<Rule> = Vec::<String>::new() => token_errors();
+        /// An HTTP(S) proxy for every request the farm sends to this provider (discovery, token endpoint), as `http://[user:password@]host:port`; absent: direct (or the usual `HTTPS_PROXY` variables).
+        egress_proxy: Option<Secret> => proxy_url(), optional;
         /// `[provider.proxy]`: the rotating proxy at `/proxy/<name>/…` (see [Point your tools at the farm](#point-your-tools-at-the-farm)); absent: none.
         proxy: Option<ProxyConfig> => table(), optional;
     }
@@ -1052,6 +1091,8 @@ config_section! {
         authorize_url: Option<Url> => url(), optional;
         /// Token endpoint, without discovery (with `authorize_url`).
         token_url: Option<Url> => url(), optional;
+        /// Device authorization endpoint (`login = "device"`, with `token_url`; no `authorize_url`).
+        device_authorization_url: Option<Url> => url(), optional;
         /// Introspection endpoint, without discovery (optional).
         introspection_url: Option<Url> => url(), optional;
         /// Client secret of a confidential client; the variable (`NAME`: the name uppercased, `-` as `_`) wins over this key and `client_secret_file`.
@@ -1064,7 +1105,7 @@ config_section! {
     extra(sec) {
         /// From `issuer`, or `authorize_url` + `token_url` (+ `introspection_url`).
         endpoints: Endpoints =
-            resolve_endpoints(sec, issuer, authorize_url, token_url, introspection_url)?;
+            resolve_endpoints(sec, login, issuer, authorize_url, token_url, device_authorization_url, introspection_url)?;
         /// From the environment, else `client_secret(_file)`.
         client_secret: Option<Secret> = resolve_secret(
             sec.env.client_secrets.get(&env_name(&name)).cloned().unwrap_or_default(),
@@ -1190,13 +1231,46 @@ fn parse_header_name(name: &str) -> Result<String, &'static str> {
 
 /// Either `issuer` (discovery) or `authorize_url` + `token_url` (plus
 /// optional `introspection_url`); mixing them is ambiguous, so rejected.
+#[allow(clippy::too_many_arguments)]
 fn resolve_endpoints(
     sec: &Section<'_>,
+    login: LoginKind,
     issuer: Option<Url>,
     authorize_url: Option<Url>,
     token_url: Option<Url>,
+    device_authorization_url: Option<Url>,
     introspection_url: Option<Url>,
 ) -> Result<Endpoints> {
+    match (login, device_authorization_url) {
+        (LoginKind::Code, Some(_)) => {
+            return Err(sec.invalid("device_authorization_url", "only with login = \"device\""))
+        }
+        (LoginKind::Device, Some(device_authorization_url)) => {
+            if issuer.is_some() || authorize_url.is_some() || introspection_url.is_some() {
+                let key = if issuer.is_some() {
+                    "issuer"
+                } else if authorize_url.is_some() {
+                    "authorize_url"
+                } else {
+                    "introspection_url"
+                };
+                return Err(sec.invalid(
+                    key,
+                    "not with device_authorization_url (a device login needs only it and token_url)",
+                ));
+            }
+            let token_url = token_url.ok_or_else(|| sec.missing("token_url"))?;
+            return Ok(Endpoints::Device {
+                device_authorization_url,
+                token_url,
+            });
+        }
+        (LoginKind::Device, None) if issuer.is_none() => return Err(sec.invalid(
+            "device_authorization_url",
+            "missing: login = \"device\" needs device_authorization_url and token_url, or issuer",
+        )),
+        _ => {}
+    }
     match (issuer, authorize_url, token_url) {
         (Some(issuer), None, None) => match introspection_url {
             None => Ok(Endpoints::Discovery { issuer }),
@@ -2026,9 +2100,18 @@ impl<'a> Section<'a> {
         Ok(Some(headers))
     }
 
-    /// A table of string values that must not touch the parameters
-    /// relogin-farm sets itself.
+    /// The extra authorization request parameters.
     fn authorize_params(&mut self, key: &str) -> Result<Option<BTreeMap<String, String>>> {
+        self.string_table(key, RESERVED_AUTHORIZE_PARAMS)
+    }
+
+    /// A table of string values that must not touch the parameters
+    /// relogin-farm sets itself (`reserved`).
+    fn string_table(
+        &mut self,
+        key: &str,
+        reserved: &[&str],
+    ) -> Result<Option<BTreeMap<String, String>>> {
         let Some(value) = self.take(key) else {
             return Ok(None);
         };
@@ -2038,7 +2121,7 @@ impl<'a> Section<'a> {
         let mut params = BTreeMap::new();
         for (param, value) in table {
             let param_key = format!("{}.{param}", self.name(key));
-            if RESERVED_AUTHORIZE_PARAMS.contains(&param.as_str()) {
+            if reserved.contains(&param.as_str()) {
                 return Err(ConfigError::Invalid {
                     key: param_key,
                     reason: "reserved: relogin-farm sets this parameter itself".to_owned(),
@@ -2051,6 +2134,113 @@ impl<'a> Section<'a> {
         }
         Ok(Some(params))
     }
+
+    /// `[[provider.token_errors]]`: classification rules, in order.
+    fn token_errors(&mut self, key: &str) -> Result<Option<Vec<Rule>>> {
+        let Some(value) = self.take(key) else {
+            return Ok(None);
+        };
+        let Value::Array(items) = value else {
+            return Err(wrong_type(
+                self.name(key),
+                "an array of tables ([[provider.token_errors]])",
+                &value,
+            ));
+        };
+        let mut rules = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            let item_key = format!("{}[{i}]", self.name(key));
+            let Value::Table(mut table) = item else {
+                return Err(wrong_type(item_key, "a table", &item));
+            };
+            rules.push(read_rule(&item_key, &mut table)?);
+        }
+        Ok(Some(rules))
+    }
+
+    /// A proxy URL (`http` or `https`); it may hold a password, so it is
+    /// kept as a secret and never quoted.
+    fn proxy_url(&mut self, key: &str) -> Result<Option<Secret>> {
+        let Some(url) = self.secret_url(key)? else {
+            return Ok(None);
+        };
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(self.invalid(key, "invalid URL: no host"));
+        }
+        Ok(Some(Secret::new(url.to_string())))
+    }
+}
+
+/// One `[[provider.token_errors]]` rule; its keys are named under `key`.
+fn read_rule(key: &str, table: &mut Table) -> Result<Rule> {
+    if let Some(unknown) = table
+        .keys()
+        .find(|k| !["status", "error", "html", "class"].contains(&k.as_str()))
+    {
+        return Err(ConfigError::UnknownKey {
+            key: format!("{key}.{unknown}"),
+        });
+    }
+    let invalid = |name: &str, reason: String| ConfigError::Invalid {
+        key: format!("{key}.{name}"),
+        reason,
+    };
+    let status = |n: &Value| match n {
+        Value::Integer(n) if (100..=599).contains(n) => Ok(*n as u16),
+        other => Err(invalid(
+            "status",
+            format!(
+                "expected an HTTP status between 100 and 599, found {}",
+                other
+            ),
+        )),
+    };
+    let rule = Rule {
+        status: match table.remove("status") {
+            None => None,
+            Some(Value::Array(pair)) if pair.len() == 2 => {
+                let (lo, hi) = (status(&pair[0])?, status(&pair[1])?);
+                if lo > hi {
+                    return Err(invalid("status", format!("[{lo}, {hi}] is empty")));
+                }
+                Some((lo, hi))
+            }
+            Some(one @ Value::Integer(_)) => Some((status(&one)?, status(&one)?)),
+            Some(other) => {
+                return Err(wrong_type(
+                    format!("{key}.status"),
+                    "a status or [low, high]",
+                    &other,
+                ))
+            }
+        },
+        error: match table.remove("error") {
+            None => None,
+            Some(Value::String(code)) if !code.trim().is_empty() => Some(code),
+            Some(other) => return Err(wrong_type(format!("{key}.error"), "an error code", &other)),
+        },
+        html: match table.remove("html") {
+            None => None,
+            Some(Value::Boolean(b)) => Some(b),
+            Some(other) => return Err(wrong_type(format!("{key}.html"), "true or false", &other)),
+        },
+        class: match table.remove("class") {
+            Some(Value::String(c)) if c == "dead" => Class::Dead,
+            Some(Value::String(c)) if c == "transient" => Class::Transient,
+            None => {
+                return Err(ConfigError::Missing {
+                    key: format!("{key}.class"),
+                })
+            }
+            Some(other) => {
+                return Err(invalid(
+                    "class",
+                    format!("expected \"dead\" or \"transient\", found {other}"),
+                ))
+            }
+        },
+    };
+    Ok(rule)
 }
 
 /// `[[key]]` blocks (`value` is what the root had under `key`), each read as
@@ -2327,9 +2517,10 @@ mod tests {
             ],
         )
         .unwrap();
-        let [demo, legacy] = &config.providers[..] else {
+        let [demo, legacy, devices] = &config.providers[..] else {
             panic!("{:?}", config.providers)
         };
+        assert!(matches!(devices.endpoints, Endpoints::Device { .. }));
         assert_eq!(
             demo.login_script.as_deref(),
             Some(Path::new("scripts/login/demo.toml"))
@@ -3146,6 +3337,123 @@ mod tests {
         assert_eq!(config.providers[0].login_timeout, minutes(10));
         assert_eq!(config.providers[0].client_secret, None);
         assert!(config.providers[0].scopes.is_empty());
+    }
+
+    #[test]
+    fn token_endpoint_quirk_keys() {
+        let config = load(MINIMAL_PROVIDER, &[]).unwrap();
+        let p = &config.providers[0];
+        assert_eq!(
+            (p.token_request, p.refresh_request, p.refresh_scope),
+            (BodyFormat::Form, None, false)
+        );
+        assert_eq!(p.default_token_ttl, minutes(60));
+        assert!(p.token_errors.is_empty() && p.egress_proxy.is_none());
+
+        let text = format!(
+            "{MINIMAL_PROVIDER}\ntoken_request = \"json\"\nrefresh_request = \"form\"\n\
+             token_params = {{ audience = \"api\" }}\ntoken_headers = {{ User-Agent = \"cli/1\" }}\n\
+             egress_proxy = \"http://u:p@127.0.0.1:3128\"\n\
+             [[provider.token_errors]]\nstatus = [400, 403]\nerror = \"expired\"\nclass = \"dead\"\n\
+             [[provider.token_errors]]\nhtml = true\nclass = \"transient\"\n"
+        );
+        let config = load(&text, &[]).unwrap();
+        let p = &config.providers[0];
+        assert_eq!(p.token_request, BodyFormat::Json);
+        assert_eq!(p.refresh_request, Some(BodyFormat::Form));
+        assert_eq!(p.token_params["audience"], "api");
+        assert_eq!(p.token_headers["user-agent"], "cli/1");
+        assert_eq!(
+            p.token_errors,
+            [
+                Rule {
+                    status: Some((400, 403)),
+                    error: Some("expired".into()),
+                    html: None,
+                    class: Class::Dead,
+                },
+                Rule {
+                    status: None,
+                    error: None,
+                    html: Some(true),
+                    class: Class::Transient,
+                },
+            ]
+        );
+        // The proxy's password is a secret: never in Debug.
+        assert!(!format!("{p:?}").contains("u:p@"));
+
+        let bad = |extra: &str| err(&format!("{MINIMAL_PROVIDER}\n{extra}"), &[]);
+        assert!(bad("token_request = \"xml\"")
+            .starts_with("provider[0].token_request: invalid body format \"xml\""));
+        assert!(bad("token_params = { grant_type = \"x\" }")
+            .starts_with("provider[0].token_params.grant_type: reserved"));
+        assert_eq!(
+            bad("default_token_ttl = \"0s\""),
+            "provider[0].default_token_ttl: must be more than 0s"
+        );
+        assert_eq!(
+            bad("[[provider.token_errors]]\nstatus = 401"),
+            "provider[0].token_errors[0].class: missing"
+        );
+        assert_eq!(
+            bad("[[provider.token_errors]]\nclass = \"dead\"\ncode = \"x\""),
+            "provider[0].token_errors[0].code: unknown key"
+        );
+        assert!(
+            bad("[[provider.token_errors]]\nstatus = 700\nclass = \"dead\"")
+                .starts_with("provider[0].token_errors[0].status: expected an HTTP status")
+        );
+        assert!(bad("[[provider.token_errors]]\nclass = \"gone\"")
+            .starts_with("provider[0].token_errors[0].class: expected \"dead\" or \"transient\""));
+        let proxy = bad("egress_proxy = \"socks9://u:hunter2@h\"");
+        assert!(
+            proxy.starts_with("provider[0].egress_proxy: invalid URL"),
+            "{proxy}"
+        );
+        assert!(!proxy.contains("hunter2"), "{proxy}");
+    }
+
+    #[test]
+    fn device_login_endpoints() {
+        let device = "[[provider]]\nname = \"d\"\nclient_id = \"c\"\n\
+                      redirect_uri = \"http://127.0.0.1:1/cb\"\nlogin = \"device\"\n";
+        let config = load(
+            &format!("{device}device_authorization_url = \"https://a.example/device\"\ntoken_url = \"https://a.example/token\""),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.providers[0].login, LoginKind::Device);
+        assert!(matches!(
+            config.providers[0].endpoints,
+            Endpoints::Device { .. }
+        ));
+        // Discovery names the device endpoint.
+        let config = load(&format!("{device}issuer = \"https://a.example\""), &[]).unwrap();
+        assert!(matches!(
+            config.providers[0].endpoints,
+            Endpoints::Discovery { .. }
+        ));
+        assert_eq!(
+            err(
+                &format!("{device}device_authorization_url = \"https://a.example/d\""),
+                &[]
+            ),
+            "provider[0].token_url: missing"
+        );
+        assert!(err(device, &[]).starts_with("provider[0].device_authorization_url: missing"));
+        assert!(err(
+            &format!("{device}device_authorization_url = \"https://a.example/d\"\ntoken_url = \"https://a.example/t\"\nauthorize_url = \"https://a.example/a\""),
+            &[]
+        )
+        .starts_with("provider[0].authorize_url: not with device_authorization_url"));
+        assert_eq!(
+            err(
+                &format!("{MINIMAL_PROVIDER}\ndevice_authorization_url = \"https://a.example/d\""),
+                &[]
+            ),
+            "provider[0].device_authorization_url: only with login = \"device\""
+        );
     }
 
     #[test]

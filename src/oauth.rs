@@ -19,7 +19,9 @@ use tokio::sync::RwLock;
 use url::Url;
 
 use crate::config::{Endpoints, ProviderConfig};
-use crate::domain::provider::{classify, default_rules, TokenAnswer, Verdict};
+use crate::domain::provider::{
+    classify, default_rules, BodyFormat, PollAnswer, Rule, TokenAnswer, Verdict,
+};
 use crate::secret::Secret;
 
 pub use crate::domain::provider::{parse_callback, Callback, CallbackError};
@@ -99,8 +101,21 @@ impl OAuthError {
 pub struct ResolvedEndpoints {
     /// The issuer, when known: checked against the `iss` redirect parameter.
     pub issuer: Option<String>,
-    pub authorize_url: Url,
+    /// `None` for a device-flow provider without one.
+    pub authorize_url: Option<Url>,
     pub token_url: Url,
+    pub device_authorization_url: Option<Url>,
+}
+
+/// A started device authorization (RFC 8628 §3.2): what the person needs,
+/// and the device code the farm polls with.
+#[derive(Debug)]
+pub struct DeviceStart {
+    pub device_code: Secret,
+    pub user_code: String,
+    pub verification_uri: String,
+    pub expires_in: u64,
+    pub interval: Option<u64>,
 }
 
 /// A freshly issued token set, as the provider sent it.
@@ -126,17 +141,36 @@ pub type EndpointFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, OAuthErro
 pub trait TokenEndpoint: Send + Sync {
     fn config(&self) -> &ProviderConfig;
 
+    /// An access token's lifetime when neither the answer nor the token says.
+    fn default_ttl(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.config().default_token_ttl)
+            .expect("a configured duration is at most 365 days")
+    }
+
     /// Builds an authorization-code + PKCE (S256) authorize URL with a fresh state.
     fn authorize(&self) -> EndpointFuture<'_, AuthorizeRequest>;
 
+    /// Exchanges a login's code; `state` is the login's (a JSON exchange
+    /// carries it).
     fn exchange_code<'a>(
         &'a self,
         code: &'a Secret,
+        state: &'a Secret,
         pkce_verifier: &'a Secret,
     ) -> EndpointFuture<'a, Grant>;
 
     /// Sends one refresh grant.
     fn refresh<'a>(&'a self, refresh_token: &'a Secret) -> EndpointFuture<'a, Grant>;
+
+    /// Starts a device authorization (`login = "device"`).
+    fn device_authorize(&self) -> EndpointFuture<'_, DeviceStart>;
+
+    /// Polls the token endpoint once with a device code: the answer as the
+    /// device flow reads it, and the tokens when there are some.
+    fn poll_device<'a>(
+        &'a self,
+        device_code: &'a Secret,
+    ) -> Pin<Box<dyn Future<Output = (PollAnswer, Option<Grant>)> + Send + 'a>>;
 }
 
 impl TokenEndpoint for Provider {
@@ -151,28 +185,67 @@ impl TokenEndpoint for Provider {
     fn exchange_code<'a>(
         &'a self,
         code: &'a Secret,
+        state: &'a Secret,
         pkce_verifier: &'a Secret,
     ) -> EndpointFuture<'a, Grant> {
-        Box::pin(Provider::exchange_code(self, code, pkce_verifier))
+        Box::pin(Provider::exchange_code(self, code, state, pkce_verifier))
     }
 
     fn refresh<'a>(&'a self, refresh_token: &'a Secret) -> EndpointFuture<'a, Grant> {
         Box::pin(Provider::refresh(self, refresh_token))
     }
+
+    fn device_authorize(&self) -> EndpointFuture<'_, DeviceStart> {
+        Box::pin(Provider::device_authorize(self))
+    }
+
+    fn poll_device<'a>(
+        &'a self,
+        device_code: &'a Secret,
+    ) -> Pin<Box<dyn Future<Output = (PollAnswer, Option<Grant>)> + Send + 'a>> {
+        Box::pin(async move {
+            let params = [
+                ("grant_type", DEVICE_GRANT),
+                ("device_code", device_code.expose()),
+            ];
+            match self.token_verdict(self.config.token_request, &params).await {
+                Ok(Verdict::Tokens(tokens)) => (PollAnswer::Tokens, Some(tokens)),
+                Ok(verdict) => (PollAnswer::of(&verdict), None),
+                Err(_) => (PollAnswer::Unreadable, None),
+            }
+        })
+    }
+}
+
+/// RFC 8628 §3.4's grant type.
+const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+
+#[derive(Deserialize)]
+struct DeviceAnswer {
+    device_code: String,
+    user_code: String,
+    // GitHub and Google's older endpoint say `verification_url`.
+    #[serde(alias = "verification_url")]
+    verification_uri: String,
+    expires_in: u64,
+    interval: Option<u64>,
 }
 
 /// One configured provider and its HTTP client.
 pub struct Provider {
     pub config: ProviderConfig,
     http: reqwest::Client,
+    /// The provider's own `token_errors`, then the built-in rules.
+    rules: Vec<Rule>,
     resolved: RwLock<Option<Arc<ResolvedEndpoints>>>,
 }
 
 #[derive(Deserialize)]
 struct Discovery {
     issuer: String,
-    authorization_endpoint: Url,
+    authorization_endpoint: Option<Url>,
     token_endpoint: Url,
+    device_authorization_endpoint: Option<Url>,
 }
 
 /// An oauth2 client with the authorize and token endpoints set (the only
@@ -192,15 +265,23 @@ type ProviderClient = oauth2::Client<
 
 impl Provider {
     pub fn new(config: ProviderConfig) -> Self {
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             // Following redirects from a token endpoint is an SSRF risk (oauth2's advice).
             .redirect(reqwest::redirect::Policy::none())
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .expect("a rustls reqwest client always builds");
+            .timeout(REQUEST_TIMEOUT);
+        if let Some(proxy) = &config.egress_proxy {
+            // The configuration checked it is an http(s) URL with a host,
+            // which is all reqwest asks of a proxy.
+            http = http
+                .proxy(reqwest::Proxy::all(proxy.expose()).expect("egress_proxy is a checked URL"));
+        }
+        let http = http.build().expect("a rustls reqwest client always builds");
+        let mut rules = config.token_errors.clone();
+        rules.extend(default_rules());
         Provider {
             config,
             http,
+            rules,
             resolved: RwLock::new(None),
         }
     }
@@ -228,8 +309,18 @@ impl Provider {
                 ..
             } => Ok(ResolvedEndpoints {
                 issuer: None,
-                authorize_url: authorize_url.clone(),
+                authorize_url: Some(authorize_url.clone()),
                 token_url: token_url.clone(),
+                device_authorization_url: None,
+            }),
+            Endpoints::Device {
+                device_authorization_url,
+                token_url,
+            } => Ok(ResolvedEndpoints {
+                issuer: None,
+                authorize_url: None,
+                token_url: token_url.clone(),
+                device_authorization_url: Some(device_authorization_url.clone()),
             }),
             Endpoints::Discovery { issuer } => {
                 let url = format!(
@@ -261,6 +352,7 @@ impl Provider {
                     issuer: Some(doc.issuer),
                     authorize_url: doc.authorization_endpoint,
                     token_url: doc.token_endpoint,
+                    device_authorization_url: doc.device_authorization_endpoint,
                 })
             }
         }
@@ -271,9 +363,17 @@ impl Provider {
             provider: self.name().into(),
             reason: format!("{what}: {e}"),
         };
+        let authorize_url = ep
+            .authorize_url
+            .as_ref()
+            .ok_or_else(|| OAuthError::Config {
+                provider: self.name().into(),
+                reason: "no authorize URL (a device-flow provider logs in with login = \"device\")"
+                    .into(),
+            })?;
         let client = BasicClient::new(ClientId::new(self.config.client_id.clone()))
             .set_auth_uri(
-                AuthUrl::new(ep.authorize_url.to_string()).map_err(|e| bad("authorize_url", e))?,
+                AuthUrl::new(authorize_url.to_string()).map_err(|e| bad("authorize_url", e))?,
             )
             .set_token_uri(
                 TokenUrl::new(ep.token_url.to_string()).map_err(|e| bad("token_url", e))?,
@@ -309,36 +409,126 @@ impl Provider {
     pub async fn exchange_code(
         &self,
         code: &Secret,
+        state: &Secret,
         pkce_verifier: &Secret,
     ) -> Result<Grant, OAuthError> {
-        self.token_request(&[
+        let format = self.config.token_request;
+        let mut params = vec![
             ("grant_type", "authorization_code"),
             ("code", code.expose()),
             ("redirect_uri", self.config.redirect_uri.as_str()),
             ("code_verifier", pkce_verifier.expose()),
-        ])
-        .await
+        ];
+        // JSON token endpoints take the login's state with the code.
+        if format == BodyFormat::Json {
+            params.push(("state", state.expose()));
+        }
+        self.token_request(format, &params).await
     }
 
     pub async fn refresh(&self, refresh_token: &Secret) -> Result<Grant, OAuthError> {
-        self.token_request(&[
+        let scope = self.config.scopes.join(" ");
+        let mut params = vec![
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh_token.expose()),
-        ])
-        .await
+        ];
+        if self.config.refresh_scope && !scope.is_empty() {
+            params.push(("scope", &scope));
+        }
+        let format = self
+            .config
+            .refresh_request
+            .unwrap_or(self.config.token_request);
+        self.token_request(format, &params).await
     }
 
-    /// POSTs `params` (form-encoded, RFC 6749 §4.1.3/§6) to the token
-    /// endpoint, authenticating the client as RFC 6749 §2.3.1 says (HTTP
-    /// Basic with a secret, `client_id` in the body without), and
-    /// classifies the answer (`domain::provider`).
-    async fn token_request(&self, params: &[(&str, &str)]) -> Result<Grant, OAuthError> {
+    /// POSTs `params` and the provider's `token_params` to the token
+    /// endpoint (form-encoded as RFC 6749 §4.1.3/§6 says, or as a JSON
+    /// object), with its `token_headers`, authenticating the client as
+    /// RFC 6749 §2.3.1 says (HTTP Basic with a secret, `client_id` in the
+    /// body without), and classifies the answer (`domain::provider`).
+    async fn token_request(
+        &self,
+        format: BodyFormat,
+        params: &[(&str, &str)],
+    ) -> Result<Grant, OAuthError> {
+        match self.token_verdict(format, params).await? {
+            Verdict::Tokens(tokens) => Ok(tokens),
+            Verdict::Dead { code, description } => Err(OAuthError::Dead { code, description }),
+            Verdict::Transient {
+                reason, retry_at, ..
+            } => Err(OAuthError::Unavailable { reason, retry_at }),
+        }
+    }
+
+    /// Starts a device authorization at the provider's endpoint (RFC 8628
+    /// §3.1: `client_id` and `scope`, form-encoded).
+    pub async fn device_authorize(&self) -> Result<DeviceStart, OAuthError> {
+        let ep = self.endpoints().await?;
+        let Some(url) = ep.device_authorization_url.clone() else {
+            return Err(OAuthError::Config {
+                provider: self.name().into(),
+                reason: "no device authorization endpoint (device_authorization_url, or the issuer's discovery document)".into(),
+            });
+        };
+        let scope = self.config.scopes.join(" ");
+        let mut form = vec![("client_id", self.config.client_id.as_str())];
+        if !scope.is_empty() {
+            form.push(("scope", &scope));
+        }
+        let mut req = self
+            .http
+            .post(url)
+            .header(reqwest::header::ACCEPT, "application/json");
+        for (name, value) in &self.config.token_headers {
+            req = req.header(name, value);
+        }
+        let resp = req
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| OAuthError::Transport(error_chain(&e)))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(OAuthError::Unavailable {
+                reason: format!("HTTP {status} from the device authorization endpoint"),
+                retry_at: None,
+            });
+        }
+        let answer: DeviceAnswer = resp.json().await.map_err(|e| OAuthError::Unavailable {
+            reason: format!("an unreadable device authorization answer: {e}"),
+            retry_at: None,
+        })?;
+        Ok(DeviceStart {
+            device_code: Secret::new(answer.device_code),
+            user_code: answer.user_code,
+            verification_uri: answer.verification_uri,
+            expires_in: answer.expires_in,
+            interval: answer.interval,
+        })
+    }
+
+    /// Sends one token request and classifies its answer.
+    async fn token_verdict(
+        &self,
+        format: BodyFormat,
+        params: &[(&str, &str)],
+    ) -> Result<Verdict, OAuthError> {
         let ep = self.endpoints().await?;
         let mut form: Vec<(&str, &str)> = params.to_vec();
+        form.extend(
+            self.config
+                .token_params
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
         let mut req = self
             .http
             .post(ep.token_url.clone())
             .header(reqwest::header::ACCEPT, "application/json");
+        for (name, value) in &self.config.token_headers {
+            req = req.header(name, value);
+        }
         match &self.config.client_secret {
             Some(secret) => {
                 let enc = |s: &str| {
@@ -358,7 +548,17 @@ impl Provider {
                 OAuthError::AnswerLost(error_chain(&e))
             }
         };
-        let mut resp = req.form(&form).send().await.map_err(transport)?;
+        let req = match format {
+            BodyFormat::Form => req.form(&form),
+            BodyFormat::Json => {
+                let object: serde_json::Map<String, serde_json::Value> = form
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v)))
+                    .collect();
+                req.json(&object)
+            }
+        };
+        let mut resp = req.send().await.map_err(transport)?;
         let status = resp.status().as_u16();
         let headers: Vec<(String, String)> = resp
             .headers()
@@ -383,13 +583,12 @@ impl Provider {
             body: &body,
         };
         // The time only places a `Retry-After`; the farm waits by its own clock.
-        match classify(&answer, &default_rules(), Utc::now(), MAX_TOKEN_RETRY_AFTER) {
-            Verdict::Tokens(tokens) => Ok(tokens),
-            Verdict::Dead { code, description } => Err(OAuthError::Dead { code, description }),
-            Verdict::Transient {
-                reason, retry_at, ..
-            } => Err(OAuthError::Unavailable { reason, retry_at }),
-        }
+        Ok(classify(
+            &answer,
+            &self.rules,
+            Utc::now(),
+            MAX_TOKEN_RETRY_AFTER,
+        ))
     }
 }
 

@@ -154,10 +154,13 @@ async fn interactive_login(client: &FarmClient, id: AccountId) -> Result<()> {
     let path = format!("/api/accounts/{id}");
     let before = client.get::<AccountView>(&path).await?.generation;
     let started: LoginStarted = client.post_empty(&format!("{path}/login")).await?;
-    println!(
-        "\nOpen this URL in a browser and log in:\n\n  {}\n",
-        started.authorize_url
-    );
+    if let (Some(uri), Some(code)) = (&started.verification_uri, &started.user_code) {
+        return device_login(client, &path, before, uri, code).await;
+    }
+    let authorize_url = started
+        .authorize_url
+        .context("the farm's answer has no authorize URL")?;
+    println!("\nOpen this URL in a browser and log in:\n\n  {authorize_url}\n");
     if started.listening {
         println!("The farm is listening for the redirect. If the browser cannot reach it,");
     }
@@ -185,6 +188,26 @@ async fn interactive_login(client: &FarmClient, id: AccountId) -> Result<()> {
                     return done(&a);
                 }
             }
+        }
+    }
+}
+
+/// A device login: prints the page and the code, then waits while the farm
+/// polls the provider, until the account has new tokens or the login failed.
+async fn device_login(
+    client: &FarmClient,
+    path: &str,
+    before: i64,
+    verification_uri: &str,
+    user_code: &str,
+) -> Result<()> {
+    println!("\nOpen {verification_uri} in a browser and enter the code:\n\n  {user_code}\n");
+    println!("waiting for the provider to confirm...");
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let a: AccountView = client.get(path).await?;
+        if a.generation > before {
+            return done(&a);
         }
     }
 }
@@ -258,7 +281,12 @@ async fn record(
     println!("recording: log in to {provider} as {label} in the browser window; it stops at the redirect");
     let options = RecordOptions {
         provider: provider.clone(),
-        authorize_url: started.authorize_url.parse()?,
+        authorize_url: started
+            .authorize_url
+            .context(
+                "the account's provider logs in with the device flow, which has nothing to record",
+            )?
+            .parse()?,
         redirect_uri,
         headless,
         timeout: Duration::from_secs(600),

@@ -16,6 +16,32 @@ use url::Url;
 use super::ratelimit;
 use crate::secret::Secret;
 
+crate::named_enum! {
+    /// How a token request's body is encoded (`token_request`,
+    /// `refresh_request`).
+    #[derive(Default)]
+    pub enum BodyFormat {
+        /// `application/x-www-form-urlencoded`, as RFC 6749 says.
+        #[default]
+        Form = "form",
+        /// A JSON object of strings (the code exchange then carries `state`).
+        Json = "json",
+    }
+}
+
+crate::named_enum! {
+    /// How a provider's accounts log in (`login`).
+    #[derive(Default)]
+    pub enum LoginKind {
+        /// Authorization code + PKCE, back on the `redirect_uri`.
+        #[default]
+        Code = "code",
+        /// The device authorization grant (RFC 8628): a user code entered
+        /// at the provider's verification page while the farm polls.
+        Device = "device",
+    }
+}
+
 /// A token endpoint's answer, as received.
 #[derive(Clone, Copy, Debug)]
 pub struct TokenAnswer<'a> {
@@ -224,10 +250,6 @@ fn error_of(body: &Value) -> (Option<String>, Option<String>) {
         _ => (None, None),
     }
 }
-
-/// The lifetime assumed for an access token when neither the answer nor
-/// the token itself says.
-pub const DEFAULT_TOKEN_TTL: Duration = Duration::hours(1);
 
 /// When a token expires: `expires_in` after `issued_at` when the answer
 /// said, else the access token's own `exp` when it is a JWT, else

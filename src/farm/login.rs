@@ -12,10 +12,11 @@ use url::Url;
 
 use super::refresh::tokens_from;
 use super::{chrono_dur, Farm, FarmError, Result};
-use crate::domain::provider::parse_pasted;
+use crate::domain::provider::{parse_pasted, DevicePoll, LoginKind, PollStep};
 use crate::domain::AccountId;
 use crate::events::EventKind;
 use crate::loopback::{self, Landing};
+use crate::oauth::TokenEndpoint;
 use crate::oauth::{parse_callback, CallbackError};
 use crate::secret::{ct_eq, Secret};
 
@@ -35,6 +36,11 @@ pub(crate) struct PendingLogins {
     by_account: Mutex<HashMap<AccountId, Pending>>,
     /// Loopback listeners by address, with the handle that stops them.
     listeners: Mutex<HashMap<SocketAddr, tokio::sync::oneshot::Sender<()>>>,
+    /// Device logins being polled, by account: the serial of the latest
+    /// one. A poll whose serial is no longer there stops (another login
+    /// started, the account was removed, or it finished).
+    devices: Mutex<HashMap<AccountId, u64>>,
+    device_serial: std::sync::atomic::AtomicU64,
 }
 
 impl PendingLogins {
@@ -44,6 +50,29 @@ impl PendingLogins {
 
     pub fn forget_account(&self, id: AccountId) {
         self.lock().remove(&id);
+        self.stop_device(id);
+    }
+
+    fn devices(&self) -> std::sync::MutexGuard<'_, HashMap<AccountId, u64>> {
+        self.devices.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a new device login of the account (stopping any earlier
+    /// one); returns its serial.
+    fn start_device(&self, id: AccountId) -> u64 {
+        let serial = self
+            .device_serial
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.devices().insert(id, serial);
+        serial
+    }
+
+    fn device_current(&self, id: AccountId, serial: u64) -> bool {
+        self.devices().get(&id) == Some(&serial)
+    }
+
+    fn stop_device(&self, id: AccountId) {
+        self.devices().remove(&id);
     }
 
     /// Drops logins whose time is up; returns how many.
@@ -115,11 +144,23 @@ pub(crate) struct BegunLogin {
     pub expires_at: DateTime<Utc>,
 }
 
-/// The answer to `POST /api/accounts/{id}/login`.
+/// The answer to `POST /api/accounts/{id}/login`: an authorize URL to
+/// open (`login = "code"`), or a user code to enter at the verification
+/// URI while the farm polls (`login = "device"`).
 #[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LoginStarted {
     pub account_id: AccountId,
-    pub authorize_url: String,
+    /// A code login's authorize URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorize_url: Option<String>,
+    /// A device login's page, where the person enters `user_code`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification_uri: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_code: Option<String>,
+    /// A device login's polling interval, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<u64>,
     pub expires_at: DateTime<Utc>,
     /// Whether the farm is listening on the redirect URI for this login.
     pub listening: bool,
@@ -129,16 +170,58 @@ impl Farm {
     /// Starts a login: returns the authorize URL for a person (or a browser)
     /// to open, and listens on the redirect URI when it is a loopback one.
     pub async fn start_login(self: &Arc<Self>, id: AccountId) -> Result<LoginStarted> {
+        let provider_name = self.with_account(id, |a| a.provider.clone())?;
+        if self.provider(&provider_name)?.config().login == LoginKind::Device {
+            return self.start_device_login(id).await;
+        }
         let begun = self.begin_login(id).await?;
         let listening = self.ensure_loopback_listener(&begun.redirect_uri).await;
         tracing::info!(account = id, listening, "login started");
         self.emit(EventKind::LoginStarted, Some(id), "login started");
         Ok(LoginStarted {
             account_id: id,
-            authorize_url: begun.authorize_url.to_string(),
+            authorize_url: Some(begun.authorize_url.to_string()),
+            verification_uri: None,
+            user_code: None,
+            interval: None,
             expires_at: begun.expires_at,
             listening,
         })
+    }
+
+    /// Starts a device login (RFC 8628): asks the provider for a user
+    /// code, then polls its token endpoint in the background until the
+    /// person entered it, refused, or the code expired.
+    async fn start_device_login(self: &Arc<Self>, id: AccountId) -> Result<LoginStarted> {
+        let provider_name = self.with_account(id, |a| a.provider.clone())?;
+        let provider = self.provider(&provider_name)?.clone();
+        let start = provider
+            .device_authorize()
+            .await
+            .map_err(|e| FarmError::Login(e.to_string()))?;
+        self.logins.lock().remove(&id);
+        let serial = self.logins.start_device(id);
+        let poll = DevicePoll::start(self.clock.now(), start.expires_in, start.interval);
+        let answer = LoginStarted {
+            account_id: id,
+            authorize_url: None,
+            verification_uri: Some(start.verification_uri.clone()),
+            user_code: Some(start.user_code.clone()),
+            interval: Some(poll.interval.num_seconds().max(0) as u64),
+            expires_at: poll.expires_at,
+            listening: false,
+        };
+        tokio::spawn(poll_device_login(
+            Arc::downgrade(self),
+            id,
+            serial,
+            provider,
+            start.device_code,
+            poll,
+        ));
+        tracing::info!(account = id, "device login started");
+        self.emit(EventKind::LoginStarted, Some(id), "device login started");
+        Ok(answer)
     }
 
     /// Starts a login for the farm's own browser: no loopback listener (the
@@ -228,7 +311,10 @@ impl Farm {
         let provider_name = self.with_account(id, |a| a.provider.clone())?;
         let provider = self.provider(&provider_name)?.clone();
         let issued_at = self.clock.now();
-        let grant = match provider.exchange_code(code, &pending.pkce_verifier).await {
+        let grant = match provider
+            .exchange_code(code, &pending.state, &pending.pkce_verifier)
+            .await
+        {
             Ok(g) => g,
             Err(e) => {
                 self.emit(
@@ -239,7 +325,7 @@ impl Farm {
                 return Err(FarmError::CodeExchange(e));
             }
         };
-        self.install_login_tokens(id, tokens_from(grant, issued_at))
+        self.install_login_tokens(id, tokens_from(grant, issued_at, provider.default_ttl()))
             .await?;
         tracing::info!(account = id, "login completed");
         self.emit(EventKind::LoginCompleted, Some(id), "login completed");
@@ -343,6 +429,66 @@ impl Farm {
     pub(crate) fn stop_idle_listeners(&self) {
         if self.logins.is_empty() {
             self.stop_listeners();
+        }
+    }
+}
+
+/// Polls a device login until it ends. Holds the farm weakly: a poll
+/// never keeps a stopped farm alive, and stops when its login is no longer
+/// the account's latest.
+async fn poll_device_login(
+    farm: std::sync::Weak<Farm>,
+    id: AccountId,
+    serial: u64,
+    provider: Arc<dyn TokenEndpoint>,
+    device_code: Secret,
+    mut poll: DevicePoll,
+) {
+    loop {
+        let sleep = {
+            let Some(farm) = farm.upgrade() else { return };
+            let wait = (poll.next_poll_at - farm.clock.now())
+                .to_std()
+                .unwrap_or_default();
+            farm.clock.sleep(wait)
+        };
+        sleep.await;
+        let Some(farm) = farm.upgrade() else { return };
+        if !farm.logins.device_current(id, serial) {
+            return;
+        }
+        let issued_at = farm.clock.now();
+        let (answer, grant) = provider.poll_device(&device_code).await;
+        let step = poll.on_answer(&answer, farm.clock.now());
+        let failed = |detail: String| {
+            farm.logins.stop_device(id);
+            tracing::warn!(account = id, detail, "device login failed");
+            farm.emit(EventKind::LoginFailed, Some(id), detail);
+        };
+        match (step, grant) {
+            (PollStep::WaitUntil(_), _) => {}
+            (PollStep::Done, Some(grant)) => {
+                if !farm.logins.device_current(id, serial) {
+                    return;
+                }
+                farm.logins.stop_device(id);
+                let tokens = tokens_from(grant, issued_at, provider.default_ttl());
+                match farm.install_login_tokens(id, tokens).await {
+                    Ok(()) => {
+                        tracing::info!(account = id, "device login completed");
+                        farm.emit(EventKind::LoginCompleted, Some(id), "login completed");
+                    }
+                    Err(e) => failed(format!("device login: {e}")),
+                }
+                return;
+            }
+            (PollStep::Done, None) => return failed("device login: no tokens".into()),
+            (PollStep::Expired, _) => {
+                return failed("device login: the user code expired before it was entered".into())
+            }
+            (PollStep::Denied(code), _) => {
+                return failed(format!("device login refused by the provider ({code})"))
+            }
         }
     }
 }

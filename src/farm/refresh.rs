@@ -24,7 +24,7 @@ use chrono::Utc;
 use rand::Rng;
 
 use super::{chrono_dur, not_found_account, Farm, FarmError, Result};
-use crate::domain::provider::{expires_at, DEFAULT_TOKEN_TTL};
+use crate::domain::provider::expires_at;
 use crate::domain::timing::{backoff, retry_refresh_at};
 use crate::domain::{AccountId, AuthState, LastError, Tokens};
 use crate::events::EventKind;
@@ -94,15 +94,17 @@ impl Farm {
         let result = provider.refresh(&refresh_token).await;
         self.metrics.record_refresh(result.is_ok());
         match result {
-            Ok(grant) => self.store_refreshed(id, grant, started).map(|()| {
-                tracing::info!(account = id, cause, "token refreshed");
-                self.emit(
-                    EventKind::RefreshOk,
-                    Some(id),
-                    format!("token refreshed ({cause})"),
-                );
-                RefreshOutcome::Refreshed
-            }),
+            Ok(grant) => self
+                .store_refreshed(id, tokens_from(grant, started, provider.default_ttl()))
+                .map(|()| {
+                    tracing::info!(account = id, cause, "token refreshed");
+                    self.emit(
+                        EventKind::RefreshOk,
+                        Some(id),
+                        format!("token refreshed ({cause})"),
+                    );
+                    RefreshOutcome::Refreshed
+                }),
             Err(OAuthError::Dead { code, description }) => {
                 self.refresh_token_dead(id, generation, code, description)
             }
@@ -121,13 +123,7 @@ impl Farm {
     }
 
     /// Persists a successful grant, then (only then) lets it be used.
-    fn store_refreshed(
-        &self,
-        id: AccountId,
-        grant: Grant,
-        issued_at: chrono::DateTime<Utc>,
-    ) -> Result<()> {
-        let tokens = tokens_from(grant, issued_at);
+    fn store_refreshed(&self, id: AccountId, tokens: Tokens) -> Result<()> {
         let saved = self.store.save_tokens(id, &tokens, self.clock.now());
         let generation = match saved {
             Ok(Some(g)) => g,
@@ -275,13 +271,17 @@ impl Drop for RefreshingMark<'_> {
 /// `expires_in`, else the access token's JWT `exp`, else the default. (A
 /// grant without a refresh token keeps the old one when installed:
 /// `Account::install_tokens`, `Store::save_tokens`.)
-pub(crate) fn tokens_from(grant: Grant, issued_at: chrono::DateTime<Utc>) -> Tokens {
+pub(crate) fn tokens_from(
+    grant: Grant,
+    issued_at: chrono::DateTime<Utc>,
+    default_ttl: chrono::Duration,
+) -> Tokens {
     Tokens {
         expires_at: expires_at(
             grant.expires_in,
             grant.access_token.expose(),
             issued_at,
-            DEFAULT_TOKEN_TTL,
+            default_ttl,
         ),
         access_token: grant.access_token,
         token_type: grant.token_type,

@@ -170,8 +170,35 @@ impl TokenEndpoint for ScriptedEndpoint {
         })
     }
 
-    fn exchange_code<'a>(&'a self, _: &'a Secret, _: &'a Secret) -> EndpointFuture<'a, Grant> {
+    fn exchange_code<'a>(
+        &'a self,
+        _: &'a Secret,
+        _: &'a Secret,
+        _: &'a Secret,
+    ) -> EndpointFuture<'a, Grant> {
         Box::pin(self.answer())
+    }
+
+    fn device_authorize(&self) -> EndpointFuture<'_, crate::oauth::DeviceStart> {
+        Box::pin(async {
+            Err(OAuthError::Config {
+                provider: self.config.name.clone(),
+                reason: "the scripted endpoint has no device flow".into(),
+            })
+        })
+    }
+
+    fn poll_device<'a>(
+        &'a self,
+        _: &'a Secret,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = (crate::domain::provider::PollAnswer, Option<Grant>)>
+                + Send
+                + 'a,
+        >,
+    > {
+        Box::pin(async { (crate::domain::provider::PollAnswer::Unreadable, None) })
     }
 
     fn refresh<'a>(&'a self, refresh_token: &'a Secret) -> EndpointFuture<'a, Grant> {

@@ -17,17 +17,31 @@ use crate::support::{
 };
 
 /// The emulated provider's name in `farm.toml`.
-const QUIRKY: &str = "quirky";
+pub(crate) const QUIRKY: &str = "quirky";
 
 /// A bed whose farm also has the provider `quirky`, the emulator with `quirks`.
 fn quirky_bed(quirks: Quirks) -> (Bed, QuirkProvider) {
+    quirky_bed_with(quirks, |_| String::new())
+}
+
+/// [`quirky_bed`] with more keys in the provider's block (`extra` gets the
+/// emulator, for its URLs).
+pub(crate) fn quirky_bed_with(
+    quirks: Quirks,
+    extra: impl FnOnce(&QuirkProvider) -> String,
+) -> (Bed, QuirkProvider) {
     let emulator = QuirkProvider::start(quirks);
+    let extra = extra(&emulator);
+    let mut keys = String::new();
+    if !extra.contains("token_url") {
+        keys = format!("token_url = {}\n", toml_string(&emulator.token_url()));
+    }
+    keys.push_str(&extra);
     let block = format!(
-        "[[provider]]\nname = \"{QUIRKY}\"\nauthorize_url = {}\ntoken_url = {}\n\
+        "[[provider]]\nname = \"{QUIRKY}\"\nauthorize_url = {}\n\
          client_id = \"quirky-client\"\nredirect_uri = \"http://127.0.0.1:{}/callback\"\n\
-         scopes = [\"openid\", \"offline_access\"]\n",
+         scopes = [\"openid\", \"offline_access\"]\n{keys}",
         toml_string(&emulator.authorize_url()),
-        toml_string(&emulator.token_url()),
         free_port()
     );
     let bed = Bed::start(Settings::default().with_toml(&block));
@@ -37,7 +51,7 @@ fn quirky_bed(quirks: Quirks) -> (Bed, QuirkProvider) {
 /// Adds an account of `quirky`, starts its login and signs `user` in on
 /// the emulator's form; returns the account id and what the form's
 /// submission answered (status, and the redirect URL or the page).
-fn signed_in(bed: &Bed, user: &str) -> (i64, u16, String) {
+pub(crate) fn signed_in(bed: &Bed, user: &str) -> (i64, u16, String) {
     let admin = bed.admin();
     let account = admin
         .post(
@@ -55,9 +69,15 @@ fn signed_in(bed: &Bed, user: &str) -> (i64, u16, String) {
 
 /// Adds an account of `quirky` and logs `user` in, pasting the redirect
 /// URL; returns the account id.
-fn logged_in(bed: &Bed, user: &str) -> i64 {
+pub(crate) fn logged_in(bed: &Bed, user: &str) -> i64 {
     let (id, status, redirect_url) = signed_in(bed, user);
     assert_eq!(status, 302, "{redirect_url}");
+    pasted(bed, id, &redirect_url);
+    id
+}
+
+/// Finishes the account's login with the redirect URL, which must work.
+pub(crate) fn pasted(bed: &Bed, id: i64, redirect_url: &str) -> Value {
     let account = bed
         .admin()
         .post(
@@ -66,10 +86,10 @@ fn logged_in(bed: &Bed, user: &str) -> i64 {
         )
         .ok();
     assert_eq!(account["state"], "healthy", "{account}");
-    id
+    account
 }
 
-fn refreshes(emulator: &QuirkProvider) -> Vec<Seen> {
+pub(crate) fn refreshes(emulator: &QuirkProvider) -> Vec<Seen> {
     emulator
         .seen()
         .into_iter()
@@ -78,13 +98,13 @@ fn refreshes(emulator: &QuirkProvider) -> Vec<Seen> {
 }
 
 /// Waits until the account's generation passed `generation`.
-fn refreshed_past(bed: &Bed, id: i64, generation: i64, within: Duration) -> Value {
+pub(crate) fn refreshed_past(bed: &Bed, id: i64, generation: i64, within: Duration) -> Value {
     bed.wait_account("a refresh that went through", id, within, |a| {
         a["generation"].as_i64() > Some(generation)
     })
 }
 
-fn never_needed_a_relogin(bed: &Bed) {
+pub(crate) fn never_needed_a_relogin(bed: &Bed) {
     let events = bed.events_since(0);
     let kinds = event_kinds(&events);
     assert!(!kinds.contains(&"needs_relogin"), "{kinds:?}");

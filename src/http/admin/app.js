@@ -426,11 +426,15 @@
 
   async function startLogin(a) {
     const r = await api('POST', `/api/accounts/${a.id}/login`);
-    const url = new URL(r.authorize_url);
-    if (!/^https?:$/.test(url.protocol)) throw new ApiError(0, 'bad_url', 'the farm returned an unexpected authorize URL');
+    // A device login (user_code) has a page to enter the code at, no authorize URL.
+    const url = new URL(r.user_code ? r.verification_uri : r.authorize_url);
+    if (!/^https?:$/.test(url.protocol)) throw new ApiError(0, 'bad_url', 'the farm returned an unexpected sign-in URL');
     S.login = { id: a.id, generation: a.generation, needed: ATTENTION.includes(a.state) };
     $('login-label').textContent = a.label;
-    Object.assign($('login-url'), { href: url.href, textContent: `Open the sign-in page at ${url.host} ↗` });
+    const text = r.user_code
+      ? `Open ${url.href} and enter the code ${r.user_code} ↗`
+      : `Open the sign-in page at ${url.host} ↗`;
+    Object.assign($('login-url'), { href: url.href, textContent: text });
     $('login-listening').hidden = !r.listening;
     $('login-redirect').value = $('login-msg').textContent = '';
     openDialog($('login-dialog'), $('login-url')).then(() => (S.login = null));

@@ -67,6 +67,9 @@ pub struct Quirks {
     pub paste_page: bool,
     /// Token answers leave `expires_in` out (the access token's `exp` says).
     pub omit_expires_in: bool,
+    /// Access tokens are opaque strings, not JWTs (with `omit_expires_in`,
+    /// nothing says their lifetime).
+    pub opaque_access_tokens: bool,
     /// Refresh answers carry no `refresh_token`; the one presented stays
     /// valid (it does not rotate).
     pub omit_refresh_token: bool,
@@ -105,6 +108,7 @@ impl Default for Quirks {
             json_only: false,
             paste_page: false,
             omit_expires_in: false,
+            opaque_access_tokens: false,
             omit_refresh_token: false,
             static_refresh_tokens: false,
             reuse_detection: true,
@@ -675,14 +679,18 @@ fn issue(
     let (_, _, sub, email, account) = USERS[grant.user];
     let now = now_s();
     let exp = now + quirks.access_ttl;
-    let access = sign(
-        state,
-        json!({
-            "iss": state.url, "sub": sub, "email": email, "aud": grant.client_id,
-            "iat": now, "exp": exp, "jti": random_token("jti"),
-            ACCOUNT_CLAIM: {"chatgpt_account_id": account},
-        }),
-    );
+    let access = if quirks.opaque_access_tokens {
+        random_token("at")
+    } else {
+        sign(
+            state,
+            json!({
+                "iss": state.url, "sub": sub, "email": email, "aud": grant.client_id,
+                "iat": now, "exp": exp, "jti": random_token("jti"),
+                ACCOUNT_CLAIM: {"chatgpt_account_id": account},
+            }),
+        )
+    };
     let mut answer =
         json!({"access_token": access, "token_type": "Bearer", "scope": "openid offline_access"});
     if !quirks.omit_expires_in {
