@@ -85,6 +85,8 @@ pub struct ResolvedEndpoints {
     pub issuer: Option<String>,
     pub authorize_url: Url,
     pub token_url: Url,
+    /// The OIDC userinfo endpoint, when discovery named one.
+    pub userinfo_url: Option<Url>,
 }
 
 /// A freshly issued token set, as the provider sent it.
@@ -121,6 +123,10 @@ pub trait TokenEndpoint: Send + Sync {
 
     /// Sends one refresh grant.
     fn refresh<'a>(&'a self, refresh_token: &'a Secret) -> EndpointFuture<'a, Grant>;
+
+    /// What the userinfo endpoint (or `identity.url`) answers to
+    /// `access_token`: the claims an identity is read from.
+    fn userinfo<'a>(&'a self, access_token: &'a Secret) -> EndpointFuture<'a, serde_json::Value>;
 }
 
 impl TokenEndpoint for Provider {
@@ -143,6 +149,10 @@ impl TokenEndpoint for Provider {
     fn refresh<'a>(&'a self, refresh_token: &'a Secret) -> EndpointFuture<'a, Grant> {
         Box::pin(Provider::refresh(self, refresh_token))
     }
+
+    fn userinfo<'a>(&'a self, access_token: &'a Secret) -> EndpointFuture<'a, serde_json::Value> {
+        Box::pin(Provider::userinfo(self, access_token))
+    }
 }
 
 /// One configured provider and its HTTP client.
@@ -157,6 +167,7 @@ struct Discovery {
     issuer: String,
     authorization_endpoint: Url,
     token_endpoint: Url,
+    userinfo_endpoint: Option<Url>,
 }
 
 /// An oauth2 client with the authorize and token endpoints set (the only
@@ -214,6 +225,7 @@ impl Provider {
                 issuer: None,
                 authorize_url: authorize_url.clone(),
                 token_url: token_url.clone(),
+                userinfo_url: None,
             }),
             Endpoints::Discovery { issuer } => {
                 let url = format!(
@@ -245,6 +257,7 @@ impl Provider {
                     issuer: Some(doc.issuer),
                     authorize_url: doc.authorization_endpoint,
                     token_url: doc.token_endpoint,
+                    userinfo_url: doc.userinfo_endpoint,
                 })
             }
         }
@@ -312,6 +325,56 @@ impl Provider {
         .await
     }
 
+    /// GETs the userinfo endpoint (`identity.url`, else discovery's) with
+    /// `access_token`; the answer must be a JSON object, at most
+    /// `MAX_TOKEN_ANSWER_BYTES`.
+    pub async fn userinfo(&self, access_token: &Secret) -> Result<serde_json::Value, OAuthError> {
+        let configured = self.config.identity.as_ref().and_then(|i| i.url.clone());
+        let url = match configured {
+            Some(url) => url,
+            None => self
+                .endpoints()
+                .await?
+                .userinfo_url
+                .clone()
+                .ok_or_else(|| OAuthError::Config {
+                    provider: self.name().into(),
+                    reason: "no userinfo endpoint in the discovery document: set identity.url"
+                        .into(),
+                })?,
+        };
+        let transport = |e: reqwest::Error| OAuthError::Transport(error_chain(&e));
+        let mut resp = self
+            .http
+            .get(url)
+            .bearer_auth(access_token.expose())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = resp.status();
+        let unavailable = |reason: String| OAuthError::Unavailable {
+            reason,
+            retry_at: None,
+        };
+        if !status.is_success() {
+            return Err(unavailable(format!(
+                "HTTP {status} from the userinfo endpoint"
+            )));
+        }
+        let Some(body) = read_capped(&mut resp).await? else {
+            return Err(unavailable(format!(
+                "a userinfo answer over {MAX_TOKEN_ANSWER_BYTES} bytes"
+            )));
+        };
+        match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(v) if v.is_object() => Ok(v),
+            _ => Err(unavailable(
+                "a userinfo answer that is not a JSON object".into(),
+            )),
+        }
+    }
+
     /// POSTs `params` (form-encoded, RFC 6749 §4.1.3/§6) to the token
     /// endpoint, authenticating the client as RFC 6749 §2.3.1 says (HTTP
     /// Basic with a secret, `client_id` in the body without), and
@@ -342,18 +405,12 @@ impl Provider {
             .iter()
             .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
             .collect();
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
-            if body.len() + chunk.len() > MAX_TOKEN_ANSWER_BYTES {
-                return Err(OAuthError::Unavailable {
-                    reason: format!(
-                        "HTTP {status} with an answer over {MAX_TOKEN_ANSWER_BYTES} bytes"
-                    ),
-                    retry_at: None,
-                });
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let Some(body) = read_capped(&mut resp).await? else {
+            return Err(OAuthError::Unavailable {
+                reason: format!("HTTP {status} with an answer over {MAX_TOKEN_ANSWER_BYTES} bytes"),
+                retry_at: None,
+            });
+        };
         let answer = TokenAnswer {
             status,
             headers: &headers,
@@ -368,6 +425,23 @@ impl Provider {
             } => Err(OAuthError::Unavailable { reason, retry_at }),
         }
     }
+}
+
+/// An answer's body, or `None` past `MAX_TOKEN_ANSWER_BYTES` (not read
+/// further).
+async fn read_capped(resp: &mut reqwest::Response) -> Result<Option<Vec<u8>>, OAuthError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| OAuthError::Transport(error_chain(&e)))?
+    {
+        if body.len() + chunk.len() > MAX_TOKEN_ANSWER_BYTES {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
