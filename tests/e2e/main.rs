@@ -20,6 +20,7 @@ mod cli_login;
 mod cooldown;
 mod events_sse;
 mod hygiene;
+mod identity;
 mod init_setup;
 mod leases;
 mod listener;
