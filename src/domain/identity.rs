@@ -110,7 +110,11 @@ pub fn read(rule: &Rule, claims: Option<&Value>) -> Result<Option<Identity>, Str
         })),
         _ if rule.required => Err(format!(
             "the {} has no claim {path} (identity.claim)",
-            rule.from.as_str()
+            match rule.from {
+                Source::IdToken => "id_token",
+                Source::AccessToken => "access token",
+                Source::Userinfo => "userinfo answer",
+            }
         )),
         _ => Ok(None),
     }
@@ -200,7 +204,7 @@ mod tests {
         let e = read(&rule, Some(&json!({"sub": "s"}))).unwrap_err();
         assert_eq!(
             e,
-            "the access_token has no claim https://api.openai.com/auth → chatgpt_account_id (identity.claim)"
+            "the access token has no claim https://api.openai.com/auth → chatgpt_account_id (identity.claim)"
         );
         assert_eq!(
             read(&rule, None).unwrap_err(),

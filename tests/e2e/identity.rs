@@ -279,3 +279,32 @@ fn a_browser_relogin_as_someone_else_needs_a_human_and_changes_nothing() {
         .collect::<Vec<_>>();
     assert!(kinds.iter().any(|k| k == "relogin_failed"), "{kinds:?}");
 }
+
+#[test]
+fn the_oidc_providers_id_token_and_userinfo_name_the_user() {
+    // The default: the id_token's sub.
+    let bed = Bed::start(Settings::default());
+    let id = bed.add_account("alice", 0);
+    let account = bed.login_by_paste(id, "alice");
+    assert_eq!(account["state"], "healthy", "{account}");
+    assert_eq!(account["identity"]["value"], "alice", "{account}");
+
+    // Userinfo at the endpoint the discovery document names.
+    let bed = Bed::start(Settings::default().with_toml("identity = { from = \"userinfo\" }"));
+    let id = bed.add_account("alice", 0);
+    let account = bed.login_by_paste(id, "alice");
+    assert_eq!(account["identity"]["value"], "alice", "{account}");
+    let redirect_url = crate::support::browser::sign_in(&bed.start_login(id), "bob");
+    let refused = bed
+        .admin()
+        .post(
+            &format!("/api/accounts/{id}/login/complete"),
+            json!({"redirect_url": redirect_url}),
+        )
+        .expect_error(409, "conflict");
+    assert!(
+        str_of(&refused, "detail").contains("expected alice"),
+        "{refused}"
+    );
+    assert_eq!(bed.account(id)["state"], "needs_human");
+}
