@@ -318,6 +318,30 @@ mod tests {
     }
 
     #[test]
+    fn a_login_refused_for_its_identity_keeps_serving_the_valid_token() {
+        let now = Utc::now();
+        let min = Duration::seconds(30);
+        let mut a = active(now);
+        a.auth = AuthState::NeedsHuman;
+        assert!(
+            !a.is_servable(now, min),
+            "a plain needs_human is not served"
+        );
+        a.identity_refused = true;
+        assert!(a.is_servable(now, min));
+        assert_eq!(a.display_state(now), DisplayState::NeedsHuman);
+        let expiry = a.expires_at().unwrap();
+        assert!(!a.is_servable(expiry - Duration::seconds(10), min));
+        a.enabled = false;
+        assert!(!a.is_servable(now, min));
+        a.enabled = true;
+        // The right user's login clears it.
+        let tokens = a.tokens.clone().unwrap();
+        a.install_tokens(tokens, a.generation + 1, now);
+        assert!(!a.identity_refused && a.auth == AuthState::Active);
+    }
+
+    #[test]
     fn an_active_account_past_its_expiry_shows_expired() {
         let now = Utc::now();
         let mut a = active(now);

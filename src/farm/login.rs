@@ -318,8 +318,14 @@ impl Farm {
         let message = mismatch_message(got, expected);
         let was = self.update_account(id, |a| {
             let was = a.auth;
+            // Its tokens stay servable only if they were: not after a
+            // dead refresh token (`needs_relogin`) or a login never made.
+            a.identity_refused = match was {
+                AuthState::Active => true,
+                AuthState::NeedsHuman => a.identity_refused,
+                AuthState::NeedsRelogin | AuthState::PendingLogin => false,
+            };
             a.auth = AuthState::NeedsHuman;
-            a.identity_refused = true;
             a.last_error = Some(LastError {
                 at: now,
                 message: message.clone(),
