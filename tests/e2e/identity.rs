@@ -308,3 +308,20 @@ fn the_oidc_providers_id_token_and_userinfo_name_the_user() {
     );
     assert_eq!(bed.account(id)["state"], "needs_human");
 }
+
+#[test]
+fn a_refused_login_after_a_dead_refresh_token_serves_nothing() {
+    let (bed, emulator) = bed_with("", false);
+    let id = add_account(&bed, "alice");
+    paste_login(&bed, id, "alice").ok();
+    emulator.set(|q| q.dead = Some("refresh_token_reused".into()));
+    bed.admin()
+        .post(&format!("/api/accounts/{id}/refresh"), json!({}));
+    bed.wait_state(id, "needs_relogin", Duration::from_secs(10));
+    paste_login(&bed, id, "bob").expect_error(409, "conflict");
+    assert_eq!(bed.account(id)["state"], "needs_human");
+    // Alice's access token has not expired, but her grant is dead: not served.
+    bed.client("identity-test")
+        .next(QUIRKY, None)
+        .expect_error(503, "no_account_available");
+}
