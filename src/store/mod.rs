@@ -454,7 +454,10 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<LoginSave> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        // Reads then writes: take the write lock up front, waiting for it
+        // (busy timeout), rather than fail to upgrade a stale read snapshot
+        // when the lease log committed meanwhile.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut pinned_after;
         {
             let row = tx
