@@ -735,6 +735,7 @@ fn block_keys() -> Vec<KeyDoc> {
         WebhookConfig::keys(),
         ProviderConfig::keys(),
         ProxyConfig::keys(),
+        IdentityConfig::keys(),
     ]
     .concat()
 }
@@ -1083,6 +1084,8 @@ config_section! {
         egress_proxy: Option<Secret> => proxy_url(), optional;
         /// `[provider.proxy]`: the rotating proxy at `/proxy/<name>/…` (see [Point your tools at the farm](#point-your-tools-at-the-farm)); absent: none.
         proxy: Option<ProxyConfig> => table(), optional;
+        /// Where an account's identity is read (see [Identity](#identity)); absent: the id_token's `sub`, when there is an id_token.
+        identity: Option<IdentityConfig> => table(), optional;
     }
     given {
         /// OIDC issuer; the endpoints come from its discovery document. Or give `authorize_url` and `token_url`, not both.
@@ -1151,6 +1154,45 @@ config_section! {
         usage_schedule: Option<cron::Schedule> = "0 */5 * * * *" => parsed("cron expression", parse_cron);
         /// The longest one account's usage poll may take, answer included.
         usage_timeout: Duration = "30s" => duration();
+    }
+}
+
+config_section! {
+    /// `identity = { … }` of a `[[provider]]`: whose tokens a login got.
+    #[derive(Debug)]
+    pub struct IdentityConfig in "provider.identity" block {
+        /// `id_token`, `access_token` (a JWT access token's claims) or `userinfo` (the answer of the userinfo endpoint, or `url`, to the new access token).
+        from: IdentitySource = "id_token" => parsed("source", parse_identity_source);
+        /// The claim path: one key per element, taken whole (`["https://api.openai.com/auth", "chatgpt_account_id"]`).
+        claim: Vec<String> = vec!["sub"] => claim_path();
+        /// The provider's own profile endpoint, asked with `from = "userinfo"`; absent: the OIDC discovery's `userinfo_endpoint`.
+        url: Option<Url> => url(), optional;
+    }
+}
+
+/// Where an identity is read from (`provider.identity.from`).
+pub type IdentitySource = crate::domain::identity::Source;
+
+fn parse_identity_source(text: &str) -> Result<IdentitySource, String> {
+    IdentitySource::parse(text).ok_or_else(|| {
+        format!(
+            "expected {}",
+            crate::domain::identity::Source::NAMES.join(" | ")
+        )
+    })
+}
+
+impl IdentityConfig {
+    /// The rule the farm applies (configured: a login must yield it).
+    pub fn rule(config: Option<&IdentityConfig>) -> crate::domain::identity::Rule {
+        match config {
+            None => crate::domain::identity::Rule::default(),
+            Some(c) => crate::domain::identity::Rule {
+                from: c.from,
+                claim: c.claim.clone(),
+                required: true,
+            },
+        }
     }
 }
 
@@ -2013,6 +2055,23 @@ impl<'a> Section<'a> {
         Ok(self
             .path(key)?
             .map(|path| SecretRef::file(self.name(key), path)))
+    }
+
+    /// A claim path: at least one key, none empty.
+    fn claim_path(&mut self, key: &str) -> Result<Option<Vec<String>>> {
+        let list = self.string_list(key, |item_key, name| {
+            if name.is_empty() {
+                return Err(ConfigError::Invalid {
+                    key: item_key.to_owned(),
+                    reason: "must not be empty".into(),
+                });
+            }
+            Ok(())
+        })?;
+        if list.as_ref().is_some_and(|l| l.is_empty()) {
+            return Err(self.invalid(key, "must name at least one key"));
+        }
+        Ok(list)
     }
 
     /// OAuth scope tokens: non-empty, no whitespace (the request joins them
@@ -3076,6 +3135,54 @@ mod tests {
             err(&text, &[]),
             "provider[0].login_script: expected a string, found array"
         );
+    }
+
+    #[test]
+    fn provider_identity() {
+        use crate::domain::identity::{Rule, Source};
+        let config = load(MINIMAL_PROVIDER, &[]).unwrap();
+        assert_eq!(config.providers[0].identity, None);
+        assert_eq!(IdentityConfig::rule(None), Rule::default());
+        let text = format!(
+            "{MINIMAL_PROVIDER}identity = {{ from = \"access_token\", claim = [\"https://api.openai.com/auth\", \"chatgpt_account_id\"] }}\n"
+        );
+        let identity = load(&text, &[]).unwrap().providers[0]
+            .identity
+            .clone()
+            .unwrap();
+        assert_eq!(
+            IdentityConfig::rule(Some(&identity)),
+            Rule {
+                from: Source::AccessToken,
+                claim: vec![
+                    "https://api.openai.com/auth".into(),
+                    "chatgpt_account_id".into()
+                ],
+                required: true,
+            }
+        );
+        let text = format!(
+            "{MINIMAL_PROVIDER}identity = {{ from = \"userinfo\", url = \"http://127.0.0.1:9/me\" }}\n"
+        );
+        let identity = load(&text, &[]).unwrap().providers[0]
+            .identity
+            .clone()
+            .unwrap();
+        assert_eq!(
+            (identity.from, identity.claim.as_slice()),
+            (Source::Userinfo, &["sub".to_owned()][..])
+        );
+        assert_eq!(identity.url.unwrap().as_str(), "http://127.0.0.1:9/me");
+        for (bad, message) in [
+            ("identity = { from = \"cookie\" }", "provider[0].identity.from: invalid source \"cookie\": expected id_token | access_token | userinfo"),
+            ("identity = { claim = [] }", "provider[0].identity.claim: must name at least one key"),
+            ("identity = { claim = [\"a\", \"\"] }", "provider[0].identity.claim[1]: must not be empty"),
+            ("identity = { form = \"id_token\" }", "provider[0].identity.form: unknown key"),
+            ("identity = \"sub\"", "provider[0].identity: expected a table"),
+        ] {
+            let e = err(&format!("{MINIMAL_PROVIDER}{bad}\n"), &[]);
+            assert!(e.contains(message), "{bad}: {e}");
+        }
     }
 
     #[test]

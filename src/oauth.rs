@@ -105,6 +105,8 @@ pub struct ResolvedEndpoints {
     pub authorize_url: Option<Url>,
     pub token_url: Url,
     pub device_authorization_url: Option<Url>,
+    /// The OIDC userinfo endpoint, when discovery named one.
+    pub userinfo_url: Option<Url>,
 }
 
 /// A started device authorization (RFC 8628 §3.2): what the person needs,
@@ -171,6 +173,9 @@ pub trait TokenEndpoint: Send + Sync {
         &'a self,
         device_code: &'a Secret,
     ) -> Pin<Box<dyn Future<Output = (PollAnswer, Option<Grant>)> + Send + 'a>>;
+    /// What the userinfo endpoint (or `identity.url`) answers to
+    /// `access_token`: the claims an identity is read from.
+    fn userinfo<'a>(&'a self, access_token: &'a Secret) -> EndpointFuture<'a, serde_json::Value>;
 }
 
 impl TokenEndpoint for Provider {
@@ -215,6 +220,10 @@ impl TokenEndpoint for Provider {
             }
         })
     }
+
+    fn userinfo<'a>(&'a self, access_token: &'a Secret) -> EndpointFuture<'a, serde_json::Value> {
+        Box::pin(Provider::userinfo(self, access_token))
+    }
 }
 
 /// RFC 8628 §3.4's grant type.
@@ -246,6 +255,7 @@ struct Discovery {
     authorization_endpoint: Option<Url>,
     token_endpoint: Url,
     device_authorization_endpoint: Option<Url>,
+    userinfo_endpoint: Option<Url>,
 }
 
 /// An oauth2 client with the authorize and token endpoints set (the only
@@ -312,6 +322,7 @@ impl Provider {
                 authorize_url: Some(authorize_url.clone()),
                 token_url: token_url.clone(),
                 device_authorization_url: None,
+                userinfo_url: None,
             }),
             Endpoints::Device {
                 device_authorization_url,
@@ -321,6 +332,7 @@ impl Provider {
                 authorize_url: None,
                 token_url: token_url.clone(),
                 device_authorization_url: Some(device_authorization_url.clone()),
+                userinfo_url: None,
             }),
             Endpoints::Discovery { issuer } => {
                 let url = format!(
@@ -353,6 +365,7 @@ impl Provider {
                     authorize_url: doc.authorization_endpoint,
                     token_url: doc.token_endpoint,
                     device_authorization_url: doc.device_authorization_endpoint,
+                    userinfo_url: doc.userinfo_endpoint,
                 })
             }
         }
@@ -508,6 +521,56 @@ impl Provider {
         })
     }
 
+    /// GETs the userinfo endpoint (`identity.url`, else discovery's) with
+    /// `access_token`; the answer must be a JSON object, at most
+    /// `MAX_TOKEN_ANSWER_BYTES`.
+    pub async fn userinfo(&self, access_token: &Secret) -> Result<serde_json::Value, OAuthError> {
+        let configured = self.config.identity.as_ref().and_then(|i| i.url.clone());
+        let url = match configured {
+            Some(url) => url,
+            None => self
+                .endpoints()
+                .await?
+                .userinfo_url
+                .clone()
+                .ok_or_else(|| OAuthError::Config {
+                    provider: self.name().into(),
+                    reason: "no userinfo endpoint in the discovery document: set identity.url"
+                        .into(),
+                })?,
+        };
+        let transport = |e: reqwest::Error| OAuthError::Transport(error_chain(&e));
+        let mut resp = self
+            .http
+            .get(url)
+            .bearer_auth(access_token.expose())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = resp.status();
+        let unavailable = |reason: String| OAuthError::Unavailable {
+            reason,
+            retry_at: None,
+        };
+        if !status.is_success() {
+            return Err(unavailable(format!(
+                "HTTP {status} from the userinfo endpoint"
+            )));
+        }
+        let Some(body) = read_capped(&mut resp).await? else {
+            return Err(unavailable(format!(
+                "a userinfo answer over {MAX_TOKEN_ANSWER_BYTES} bytes"
+            )));
+        };
+        match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(v) if v.is_object() => Ok(v),
+            _ => Err(unavailable(
+                "a userinfo answer that is not a JSON object".into(),
+            )),
+        }
+    }
+
     /// Sends one token request and classifies its answer.
     async fn token_verdict(
         &self,
@@ -565,18 +628,12 @@ impl Provider {
             .iter()
             .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
             .collect();
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
-            if body.len() + chunk.len() > MAX_TOKEN_ANSWER_BYTES {
-                return Err(OAuthError::Unavailable {
-                    reason: format!(
-                        "HTTP {status} with an answer over {MAX_TOKEN_ANSWER_BYTES} bytes"
-                    ),
-                    retry_at: None,
-                });
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let Some(body) = read_capped(&mut resp).await? else {
+            return Err(OAuthError::Unavailable {
+                reason: format!("HTTP {status} with an answer over {MAX_TOKEN_ANSWER_BYTES} bytes"),
+                retry_at: None,
+            });
+        };
         let answer = TokenAnswer {
             status,
             headers: &headers,
@@ -590,6 +647,23 @@ impl Provider {
             MAX_TOKEN_RETRY_AFTER,
         ))
     }
+}
+
+/// An answer's body, or `None` past `MAX_TOKEN_ANSWER_BYTES` (not read
+/// further).
+async fn read_capped(resp: &mut reqwest::Response) -> Result<Option<Vec<u8>>, OAuthError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| OAuthError::Transport(error_chain(&e)))?
+    {
+        if body.len() + chunk.len() > MAX_TOKEN_ANSWER_BYTES {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

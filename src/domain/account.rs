@@ -146,6 +146,12 @@ pub struct Account {
     pub relogin_failures: u32,
     /// Not before this time is a failed relogin retried.
     pub relogin_retry_at: Option<DateTime<Utc>>,
+    /// Whose tokens these are, pinned at the first login that named one.
+    pub identity: Option<super::identity::Identity>,
+    /// The last login yielded another identity and was refused: the
+    /// account needs a person, but the tokens it holds are still the
+    /// pinned user's and are served until they expire.
+    pub identity_refused: bool,
 }
 
 impl Account {
@@ -179,6 +185,8 @@ impl Account {
             last_screenshot: None,
             relogin_failures: 0,
             relogin_retry_at: None,
+            identity: None,
+            identity_refused: false,
         }
     }
 
@@ -200,6 +208,7 @@ impl Account {
         self.last_error = None;
         self.last_screenshot = None;
         self.last_refresh_at = Some(now);
+        self.identity_refused = false;
     }
 
     pub fn display_state(&self, now: DateTime<Utc>) -> DisplayState {
@@ -260,10 +269,13 @@ impl Account {
             .is_some_and(|t| t.refresh_token.is_some())
     }
 
-    /// Can this account's current token be handed to a client now?
+    /// Can this account's current token be handed to a client now? A
+    /// `needs_human` account whose last login was refused for its identity
+    /// still holds its own valid tokens: they are served.
     pub fn is_servable(&self, now: DateTime<Utc>, min_validity: chrono::Duration) -> bool {
         self.enabled
-            && self.auth == AuthState::Active
+            && (self.auth == AuthState::Active
+                || (self.auth == AuthState::NeedsHuman && self.identity_refused))
             && !self.suspect
             && !self.is_cooling_down(now)
             && self
@@ -308,6 +320,30 @@ mod tests {
         assert_eq!(a.display_state(now), DisplayState::NeedsRelogin);
         a.enabled = false;
         assert_eq!(a.display_state(now), DisplayState::Disabled);
+    }
+
+    #[test]
+    fn a_login_refused_for_its_identity_keeps_serving_the_valid_token() {
+        let now = Utc::now();
+        let min = Duration::seconds(30);
+        let mut a = active(now);
+        a.auth = AuthState::NeedsHuman;
+        assert!(
+            !a.is_servable(now, min),
+            "a plain needs_human is not served"
+        );
+        a.identity_refused = true;
+        assert!(a.is_servable(now, min));
+        assert_eq!(a.display_state(now), DisplayState::NeedsHuman);
+        let expiry = a.expires_at().unwrap();
+        assert!(!a.is_servable(expiry - Duration::seconds(10), min));
+        a.enabled = false;
+        assert!(!a.is_servable(now, min));
+        a.enabled = true;
+        // The right user's login clears it.
+        let tokens = a.tokens.clone().unwrap();
+        a.install_tokens(tokens, a.generation + 1, now);
+        assert!(!a.identity_refused && a.auth == AuthState::Active);
     }
 
     #[test]

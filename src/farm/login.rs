@@ -12,13 +12,15 @@ use url::Url;
 
 use super::refresh::tokens_from;
 use super::{chrono_dur, Farm, FarmError, Result};
-use crate::domain::provider::{parse_pasted, DevicePoll, LoginKind, PollStep};
-use crate::domain::AccountId;
+use crate::config::IdentityConfig;
+use crate::domain::identity::{self, mismatch_message, Identity, Source};
+use crate::domain::provider::{jwt_claims, parse_pasted, DevicePoll, LoginKind, PollStep};
+use crate::domain::{AccountId, AuthState, LastError};
 use crate::events::EventKind;
 use crate::loopback::{self, Landing};
-use crate::oauth::TokenEndpoint;
-use crate::oauth::{parse_callback, CallbackError};
+use crate::oauth::{parse_callback, CallbackError, Grant, TokenEndpoint};
 use crate::secret::{ct_eq, Secret};
+use crate::store::LoginSave;
 
 /// A login waiting for its redirect. Held in memory only: after a restart
 /// the person simply starts the login again.
@@ -325,33 +327,117 @@ impl Farm {
                 return Err(FarmError::CodeExchange(e));
             }
         };
-        self.install_login_tokens(id, tokens_from(grant, issued_at, provider.default_ttl()))
+        let identity = match login_identity(provider.as_ref(), &grant).await {
+            Ok(identity) => identity,
+            Err(e) => {
+                let detail = format!("cannot tell whose tokens the login got: {e}");
+                self.emit(EventKind::LoginFailed, Some(id), detail.clone());
+                return Err(FarmError::Login(detail));
+            }
+        };
+        let identity = self
+            .install_login_tokens(
+                id,
+                tokens_from(grant, issued_at, provider.default_ttl()),
+                identity,
+            )
             .await?;
+        let detail = match &identity {
+            Some(identity) => format!("login completed as {identity}"),
+            None => "login completed".to_owned(),
+        };
         tracing::info!(account = id, "login completed");
-        self.emit(EventKind::LoginCompleted, Some(id), "login completed");
+        self.emit(EventKind::LoginCompleted, Some(id), detail);
         Ok(id)
     }
 
-    /// Stores a fresh login's tokens. Holds the refresh lock so that a
+    /// Stores a fresh login's tokens if its identity is the account's
+    /// (`Store::save_login_tokens` checks and writes in one transaction:
+    /// disk before memory, so the wrong user's tokens are never served).
+    /// Returns the pinned identity. Holds the refresh lock so that a
     /// refresh of the old tokens cannot land on top of the new ones.
     async fn install_login_tokens(
         &self,
         id: AccountId,
         tokens: crate::domain::Tokens,
-    ) -> Result<()> {
+        identity: Option<Identity>,
+    ) -> Result<Option<Identity>> {
         let lock = self.refresh_lock(id);
         let _one_writer = lock.lock().await;
-        let generation = self
-            .store
-            .save_tokens(id, &tokens, self.clock.now())?
-            .ok_or_else(|| super::not_found_account(id))?;
-        // `save_tokens` persisted the state (`active`, errors cleared) with
-        // the tokens: memory follows the disk.
-        self.with_account(id, |a| {
-            a.install_tokens(tokens, generation, self.clock.now())
-        })?;
-        self.scheduler_wake.notify_one();
-        Ok(())
+        let now = self.clock.now();
+        match self.store.save_login_tokens(id, &tokens, identity, now)? {
+            LoginSave::Saved {
+                generation,
+                identity,
+            } => {
+                // The state (`active`, errors cleared) was persisted with
+                // the tokens: memory follows the disk.
+                self.with_account(id, |a| {
+                    a.install_tokens(tokens, generation, now);
+                    a.identity = identity.clone();
+                })?;
+                self.scheduler_wake.notify_one();
+                Ok(identity)
+            }
+            LoginSave::Refused { got, expected } => {
+                Err(self.identity_refused(id, got.as_ref(), &expected, now))
+            }
+            LoginSave::Taken {
+                identity,
+                account,
+                label,
+            } => {
+                let detail = format!(
+                    "{identity} is already account {account} ({label:?}) of this provider; \
+                     this login was not stored"
+                );
+                self.emit(EventKind::LoginFailed, Some(id), detail.clone());
+                Err(FarmError::Conflict(detail))
+            }
+            LoginSave::Gone => Err(super::not_found_account(id)),
+        }
+    }
+
+    /// A login as someone else: its tokens were not stored; the account
+    /// needs a person and keeps serving the tokens it holds.
+    fn identity_refused(
+        &self,
+        id: AccountId,
+        got: Option<&Identity>,
+        expected: &Identity,
+        now: DateTime<Utc>,
+    ) -> FarmError {
+        let message = mismatch_message(got, expected);
+        let was = self.update_account(id, |a| {
+            let was = a.auth;
+            // Its tokens stay servable only if they were: not after a
+            // dead refresh token (`needs_relogin`) or a login never made.
+            a.identity_refused = match was {
+                AuthState::Active => true,
+                AuthState::NeedsHuman => a.identity_refused,
+                AuthState::NeedsRelogin | AuthState::PendingLogin => false,
+            };
+            a.auth = AuthState::NeedsHuman;
+            a.last_error = Some(LastError {
+                at: now,
+                message: message.clone(),
+            });
+            was
+        });
+        tracing::warn!(account = id, %message, "login refused: another identity");
+        self.emit(EventKind::LoginFailed, Some(id), message.clone());
+        match was {
+            Ok(was) if was != AuthState::NeedsHuman => {
+                self.emit(EventKind::NeedsHuman, Some(id), message.clone())
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(account = id, error = %e, "could not persist a refused login")
+            }
+        }
+        FarmError::Conflict(format!(
+            "{message}: the login's tokens were not stored; log in as {expected}"
+        ))
     }
 
     /// Starts a listener on the redirect URI's address when it is a
@@ -472,11 +558,21 @@ async fn poll_device_login(
                     return;
                 }
                 farm.logins.stop_device(id);
+                let identity = match login_identity(provider.as_ref(), &grant).await {
+                    Ok(identity) => identity,
+                    Err(e) => {
+                        return failed(format!("cannot tell whose tokens the login got: {e}"))
+                    }
+                };
                 let tokens = tokens_from(grant, issued_at, provider.default_ttl());
-                match farm.install_login_tokens(id, tokens).await {
-                    Ok(()) => {
+                match farm.install_login_tokens(id, tokens, identity).await {
+                    Ok(identity) => {
+                        let detail = match &identity {
+                            Some(identity) => format!("login completed as {identity}"),
+                            None => "login completed".to_owned(),
+                        };
                         tracing::info!(account = id, "device login completed");
-                        farm.emit(EventKind::LoginCompleted, Some(id), "login completed");
+                        farm.emit(EventKind::LoginCompleted, Some(id), detail);
                     }
                     Err(e) => failed(format!("device login: {e}")),
                 }
@@ -491,6 +587,27 @@ async fn poll_device_login(
             }
         }
     }
+}
+
+/// The identity a login's grant yields, read as the provider's
+/// `identity` says (`domain::identity::read`); `userinfo` asks the
+/// provider with the new access token.
+async fn login_identity(
+    provider: &dyn TokenEndpoint,
+    grant: &Grant,
+) -> std::result::Result<Option<Identity>, String> {
+    let rule = IdentityConfig::rule(provider.config().identity.as_ref());
+    let claims = match rule.from {
+        Source::IdToken => grant.id_token.as_ref().and_then(|t| jwt_claims(t.expose())),
+        Source::AccessToken => jwt_claims(grant.access_token.expose()),
+        Source::Userinfo => Some(
+            provider
+                .userinfo(&grant.access_token)
+                .await
+                .map_err(|e| format!("userinfo: {e}"))?,
+        ),
+    };
+    identity::read(&rule, claims.as_ref())
 }
 
 /// The socket address of a loopback redirect URI (`http://127.0.0.1:PORT/…`

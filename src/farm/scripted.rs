@@ -208,6 +208,15 @@ impl TokenEndpoint for ScriptedEndpoint {
             .push(refresh_token.expose().to_owned());
         Box::pin(self.answer())
     }
+
+    fn userinfo<'a>(&'a self, _: &'a Secret) -> EndpointFuture<'a, serde_json::Value> {
+        Box::pin(async {
+            Err(OAuthError::Config {
+                provider: self.config.name.clone(),
+                reason: "the scripted endpoint has no userinfo endpoint".into(),
+            })
+        })
+    }
 }
 
 /// A directory for a scripted farm's database: in memory (`/dev/shm`)

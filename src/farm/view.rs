@@ -77,6 +77,9 @@ pub struct AccountView {
     pub created_at: DateTime<Utc>,
     /// The last rate-limit headers the proxy saw for this account.
     pub quota: Option<crate::proxy::state::Quota>,
+    /// Whose tokens the account holds, pinned at its first login: every
+    /// later login must yield the same `value`.
+    pub identity: Option<crate::domain::identity::Identity>,
 }
 
 fn display_state(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
@@ -121,6 +124,7 @@ impl AccountView {
             generation: a.generation,
             created_at: a.created_at,
             quota,
+            identity: a.identity.clone(),
         }
     }
 }

@@ -23,9 +23,34 @@ use std::sync::{Mutex, MutexGuard};
 use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+use crate::domain::identity::{self, Identity, Pin};
 use crate::domain::{Account, AccountId, AuthState, LastError, Tokens};
 use crate::secret::Secret;
 pub use crypto::Cipher;
+
+/// What became of a login's tokens ([`Store::save_login_tokens`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum LoginSave {
+    /// Written, as this generation; `identity` is the account's pinned one.
+    Saved {
+        generation: i64,
+        identity: Option<Identity>,
+    },
+    /// The login was someone else's: nothing was written.
+    Refused {
+        got: Option<Identity>,
+        expected: Identity,
+    },
+    /// A first identity that another account of the provider holds:
+    /// nothing was written.
+    Taken {
+        identity: Identity,
+        account: AccountId,
+        label: String,
+    },
+    /// The account was removed meanwhile.
+    Gone,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -229,7 +254,8 @@ impl Store {
                 "SELECT a.id, a.provider, a.label, a.priority, a.enabled, a.auth_state, a.access_token, a.token_type,
                         a.expires_at, a.issued_at, a.refresh_token, a.generation, a.cooldown_until, a.last_refresh_at,
                         a.last_error, a.last_error_at, COALESCE(a.last_used_at, 0),
-                        a.created_at, a.refresh_started_at, a.login_script IS NOT NULL
+                        a.created_at, a.refresh_started_at, a.login_script IS NOT NULL,
+                        a.identity, a.identity_display, a.identity_refused
                  FROM accounts a ORDER BY a.id",
             )?;
             let rows = stmt.query_map([], |row| Ok(self.account_from_row(row)))?;
@@ -317,6 +343,13 @@ impl Store {
         // retries it at once (see `domain::timing::next_refresh_at`).
         account.suspect = row.get::<_, Option<i64>>(18)?.is_some();
         account.has_login_script = row.get(19)?;
+        if let Some(value) = row.get::<_, Option<String>>(20)? {
+            account.identity = Some(Identity {
+                value,
+                display: row.get(21)?,
+            });
+        }
+        account.identity_refused = row.get(22)?;
         Ok(account)
     }
 
@@ -324,7 +357,7 @@ impl Store {
     pub fn update_account(&self, a: &Account) -> Result<()> {
         self.conn().execute(
             "UPDATE accounts SET label = ?2, priority = ?3, enabled = ?4, auth_state = ?5, cooldown_until = ?6,
-                    last_error = ?7, last_error_at = ?8, last_used_at = ?9
+                    last_error = ?7, last_error_at = ?8, last_used_at = ?9, identity_refused = ?10
              WHERE id = ?1",
             params![
                 a.id,
@@ -336,6 +369,7 @@ impl Store {
                 a.last_error.as_ref().map(|e| e.message.as_str()),
                 a.last_error.as_ref().map(|e| ms(e.at)),
                 a.last_used_at.map(ms),
+                a.identity_refused,
             ],
         )?;
         Ok(())
@@ -362,6 +396,19 @@ impl Store {
     ) -> Result<Option<i64>> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
+        let generation = self.write_tokens(&tx, id, tokens, now)?;
+        tx.commit()?;
+        Ok(generation)
+    }
+
+    /// `save_tokens`' writes, inside the caller's transaction.
+    fn write_tokens(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        id: AccountId,
+        tokens: &Tokens,
+        now: DateTime<Utc>,
+    ) -> Result<Option<i64>> {
         let exists = tx
             .query_row("SELECT generation FROM accounts WHERE id = ?1", [id], |r| {
                 r.get::<_, i64>(0)
@@ -390,8 +437,87 @@ impl Store {
                 ms(now),
             ],
         )?;
-        tx.commit()?;
         Ok(Some(generation + 1))
+    }
+
+    /// Persists a login's tokens, in one transaction with the identity
+    /// check (`domain::identity::pin`) against the identity on disk: the
+    /// tokens of a login as someone else are never written, and a first
+    /// identity is pinned with its tokens unless another account of the
+    /// provider holds it. On `Saved` the identity, if any, is the pinned one
+    /// (`identity_refused` cleared).
+    pub fn save_login_tokens(
+        &self,
+        id: AccountId,
+        tokens: &Tokens,
+        got: Option<Identity>,
+        now: DateTime<Utc>,
+    ) -> Result<LoginSave> {
+        let mut conn = self.conn();
+        // Reads then writes: take the write lock up front, waiting for it
+        // (busy timeout), rather than fail to upgrade a stale read snapshot
+        // when the lease log committed meanwhile.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut pinned_after;
+        {
+            let row = tx
+                .query_row(
+                    "SELECT provider, identity, identity_display FROM accounts WHERE id = ?1",
+                    [id],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, Option<String>>(1)?,
+                            r.get::<_, Option<String>>(2)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            let Some((provider, value, display)) = row else {
+                return Ok(LoginSave::Gone);
+            };
+            let pinned = value.map(|value| Identity { value, display });
+            pinned_after = pinned.clone();
+            match identity::pin(pinned.as_ref(), got) {
+                Pin::Mismatch { got, expected } => {
+                    return Ok(LoginSave::Refused { got, expected });
+                }
+                Pin::Learn(learnt) => {
+                    let holder = tx
+                        .query_row(
+                            "SELECT id, label FROM accounts WHERE provider = ?1 AND identity = ?2",
+                            params![provider, learnt.value],
+                            |r| Ok((r.get::<_, AccountId>(0)?, r.get::<_, String>(1)?)),
+                        )
+                        .optional()?;
+                    if let Some((account, label)) = holder {
+                        return Ok(LoginSave::Taken {
+                            identity: learnt,
+                            account,
+                            label,
+                        });
+                    }
+                    tx.execute(
+                        "UPDATE accounts SET identity = ?2, identity_display = ?3 WHERE id = ?1",
+                        params![id, learnt.value, learnt.display],
+                    )?;
+                    pinned_after = Some(learnt);
+                }
+                Pin::Same => {}
+            }
+        }
+        tx.execute(
+            "UPDATE accounts SET identity_refused = 0 WHERE id = ?1",
+            [id],
+        )?;
+        let Some(generation) = self.write_tokens(&tx, id, tokens, now)? else {
+            return Ok(LoginSave::Gone);
+        };
+        tx.commit()?;
+        Ok(LoginSave::Saved {
+            generation,
+            identity: pinned_after,
+        })
     }
 
     /// The generation as persisted (re-read before declaring an account dead).

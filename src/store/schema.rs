@@ -184,6 +184,15 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE reports ADD COLUMN bytes INTEGER;
      ALTER TABLE reports ADD COLUMN latency_ms INTEGER;
      ALTER TABLE reports ADD COLUMN body_end TEXT;",
+    // 7 -> 8: whose tokens an account holds (`domain::identity`), pinned at
+    // its first login, and whether its last login was refused for another
+    // identity. One provider's identity belongs to one account: the index
+    // refuses a second (accounts from before have none until a login).
+    "ALTER TABLE accounts ADD COLUMN identity TEXT;
+     ALTER TABLE accounts ADD COLUMN identity_display TEXT;
+     ALTER TABLE accounts ADD COLUMN identity_refused INTEGER NOT NULL DEFAULT 0;
+     CREATE UNIQUE INDEX accounts_identity ON accounts (provider, identity)
+        WHERE identity IS NOT NULL;",
 ];
 
 pub fn migrate(conn: &Connection) -> Result<()> {

@@ -1058,3 +1058,120 @@ async fn the_farms_own_reports_are_group_committed_with_what_the_upstream_did() 
         .unwrap();
     assert_eq!(log.tally().usage(now).per_account[0].last_hour.error, 1);
 }
+
+fn who(value: &str) -> Identity {
+    Identity {
+        value: value.into(),
+        display: Some(format!("{value}@example.test")),
+    }
+}
+
+#[test]
+fn a_login_as_someone_else_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Utc::now();
+    let store = open(dir.path());
+    let a = store.insert_account("demo", "alice", 0, now).unwrap();
+    let saved = store
+        .save_login_tokens(
+            a.id,
+            &tokens(now, "A1", Some("R1")),
+            Some(who("alice")),
+            now,
+        )
+        .unwrap();
+    assert_eq!(
+        saved,
+        LoginSave::Saved {
+            generation: 1,
+            identity: Some(who("alice"))
+        }
+    );
+    // Bob's login on alice's account: refused, and the disk is as it was.
+    let refused = store
+        .save_login_tokens(a.id, &tokens(now, "B1", Some("RB")), Some(who("bob")), now)
+        .unwrap();
+    assert_eq!(
+        refused,
+        LoginSave::Refused {
+            got: Some(who("bob")),
+            expected: who("alice")
+        }
+    );
+    let loaded = store.load_accounts(now).unwrap().remove(0);
+    let t = loaded.tokens.as_ref().unwrap();
+    assert_eq!(
+        (
+            t.access_token.expose(),
+            t.refresh_token.as_ref().unwrap().expose()
+        ),
+        ("A1", "R1")
+    );
+    assert_eq!(
+        (loaded.generation, loaded.identity),
+        (1, Some(who("alice")))
+    );
+    // Alice again: stored, the pin unchanged.
+    let again = store
+        .save_login_tokens(
+            a.id,
+            &tokens(now, "A2", Some("R2")),
+            Some(who("alice")),
+            now,
+        )
+        .unwrap();
+    assert!(matches!(again, LoginSave::Saved { generation: 2, .. }));
+}
+
+#[test]
+fn an_identity_belongs_to_one_account_of_a_provider() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Utc::now();
+    let store = open(dir.path());
+    let first = store.insert_account("demo", "one", 0, now).unwrap();
+    let second = store.insert_account("demo", "two", 0, now).unwrap();
+    let other_provider = store.insert_account("other", "one", 0, now).unwrap();
+    store
+        .save_login_tokens(
+            first.id,
+            &tokens(now, "A1", Some("R1")),
+            Some(who("alice")),
+            now,
+        )
+        .unwrap();
+    let taken = store
+        .save_login_tokens(
+            second.id,
+            &tokens(now, "A2", Some("R2")),
+            Some(who("alice")),
+            now,
+        )
+        .unwrap();
+    assert_eq!(
+        taken,
+        LoginSave::Taken {
+            identity: who("alice"),
+            account: first.id,
+            label: "one".into()
+        }
+    );
+    let loaded = store.load_accounts(now).unwrap();
+    assert!(loaded[1].tokens.is_none() && loaded[1].identity.is_none());
+    // The same user at another provider is another identity.
+    let elsewhere = store
+        .save_login_tokens(
+            other_provider.id,
+            &tokens(now, "A3", None),
+            Some(who("alice")),
+            now,
+        )
+        .unwrap();
+    assert!(matches!(elsewhere, LoginSave::Saved { .. }));
+    // The index holds even against a write that skips the check.
+    let conn = store.conn();
+    let dup = conn.execute(
+        "UPDATE accounts SET identity = 'alice' WHERE id = ?1",
+        [second.id],
+    );
+    assert!(dup.is_err());
+}

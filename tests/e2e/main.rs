@@ -21,6 +21,7 @@ mod cooldown;
 mod device_login;
 mod events_sse;
 mod hygiene;
+mod identity;
 mod init_setup;
 mod leases;
 mod listener;

@@ -96,7 +96,7 @@ fn put_script(bed: &Bed, id: i64, text: &str) -> Resp {
     )
 }
 
-fn set_secret(bed: &Bed, id: i64, name: &str, value: &str) {
+pub(crate) fn set_secret(bed: &Bed, id: i64, name: &str, value: &str) {
     let body = json!({"value": value}).to_string().into_bytes();
     bed.admin()
         .send(

@@ -232,7 +232,7 @@
     const e = a.last_error, labelId = `acct-${a.id}-label`;
     const btn = (action, text, cls) => h('button', { type: 'button', 'data-action': action, class: cls, 'aria-describedby': labelId, text });
     return h('tr', { 'data-account-id': a.id, class: `state-${a.state}` },
-      td('Provider', a.provider),
+      td('Provider', a.provider, a.identity && h('div', { class: 'identity muted', 'data-identity': a.identity.value, title: `logged in as ${a.identity.value}`, text: a.identity.display || a.identity.value })),
       h('th', { scope: 'row', id: labelId, 'data-label': 'Label', text: a.label }),
       td('State', badge(a.state)),
       td('Token expires in', a.expires_at ? countdown(a.expires_at, 'expired') : '—'),

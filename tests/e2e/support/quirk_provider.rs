@@ -1,7 +1,9 @@
 //! A provider emulator with the quirks real providers have: a hyper 1
 //! server on a free loopback port speaking OAuth 2.0 — authorization code
 //! with PKCE S256 behind a plain HTML login form, the refresh grant,
-//! introspection (RFC 7662) and the device authorization grant (RFC 8628)
+//! introspection (RFC 7662), a userinfo endpoint (`GET /userinfo` with the
+//! access token: `sub`, `email`, `preferred_username`) and the device
+//! authorization grant (RFC 8628)
 //! — for two users, `alice` and `bob` (password `<user>-password`, as the
 //! OIDC provider of `tests/oidc`).
 //!
@@ -285,6 +287,9 @@ impl QuirkProvider {
     pub fn device_authorization_url(&self) -> String {
         format!("{}/device/code", self.url)
     }
+    pub fn userinfo_url(&self) -> String {
+        format!("{}/userinfo", self.url)
+    }
 
     /// Signs `user` in as a browser would: opens `authorize_url` (the
     /// farm's, or a test's), submits the login form with the user's
@@ -337,7 +342,7 @@ impl QuirkProvider {
         self.state.quirks.lock().unwrap().clone()
     }
 
-    /// Every token-endpoint, device and introspection request so far.
+    /// Every token-endpoint, device, introspection and userinfo request so far.
     pub fn seen(&self) -> Vec<Seen> {
         self.state.seen.lock().unwrap().clone()
     }
@@ -505,13 +510,14 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
             introspect(state, get(&params, "token").unwrap_or_default()),
         ),
         ("POST", "/device/code") => device_authorization(state, &params),
+        ("GET", "/userinfo") => userinfo(state, header("authorization").as_deref()),
         ("GET", "/device") => device_page(get(&query, "user_code").unwrap_or_default(), None),
         ("POST", "/device") => device_decide(state, &params),
         ("GET", "/control") => json_answer(200, json!(state.quirks.lock().unwrap().clone())),
         ("POST", "/control") => control(state, &body),
         _ => oauth_error(404, "not_found", "no such endpoint"),
     };
-    if ["/token", "/introspect", "/device/code"].contains(&path.as_str()) {
+    if ["/token", "/introspect", "/device/code", "/userinfo"].contains(&path.as_str()) {
         state.seen.lock().unwrap().push(Seen {
             path,
             user_agent: header("user-agent"),
@@ -989,6 +995,33 @@ fn device_grant(state: &State, client_id: &str, params: &[(String, String)]) -> 
         }
         None => oauth_error(400, "authorization_pending", "waiting for the user"),
     }
+}
+
+/// The user of a live access token presented as `Bearer`, or 401.
+fn userinfo(state: &State, authorization: Option<&str>) -> Response<Body> {
+    let token = authorization
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let db = state.db.lock().unwrap();
+    let user = db
+        .access_tokens
+        .get(token)
+        .filter(|at| now_s() < at.exp)
+        .and_then(|at| db.grants.get(&at.grant))
+        .filter(|g| !g.revoked)
+        .map(|g| g.user);
+    let Some(user) = user else {
+        return respond(
+            401,
+            &[("www-authenticate", "Bearer error=\"invalid_token\"")],
+            String::new(),
+        );
+    };
+    let (name, _, sub, email, _) = USERS[user];
+    json_answer(
+        200,
+        json!({"sub": sub, "email": email, "preferred_username": name}),
+    )
 }
 
 fn introspect(state: &State, token: &str) -> Value {
