@@ -438,6 +438,7 @@ where
                 signalled = true;
                 conn.as_mut().graceful_shutdown();
             }
+            () = activity.upgraded.notified() => {}
             why = activity.expired(limits) => return Some(why),
         }
     }
@@ -447,6 +448,10 @@ where
 /// read and written) and [`Handled`] (requests being handled).
 struct Activity {
     state: Mutex<State>,
+    /// A handler answered 101: the connection is to be polled again so
+    /// that hyper hands the upgraded stream over (nothing else wakes it
+    /// once the answer is written).
+    upgraded: tokio::sync::Notify,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -517,6 +522,7 @@ impl Activity {
     fn new(accepted: Instant) -> Self {
         Activity {
             state: Mutex::new(State::new(accepted)),
+            upgraded: tokio::sync::Notify::new(),
         }
     }
 
@@ -613,10 +619,11 @@ struct Handled<S> {
 
 type Handling<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send>>;
 
-impl<S> hyper::service::Service<hyper::Request<Incoming>> for Handled<S>
+impl<S, B> hyper::service::Service<hyper::Request<Incoming>> for Handled<S>
 where
-    S: hyper::service::Service<hyper::Request<Incoming>>,
+    S: hyper::service::Service<hyper::Request<Incoming>, Response = hyper::Response<B>>,
     S::Future: Send + 'static,
+    B: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -627,7 +634,13 @@ where
         let response = self.inner.call(req);
         Box::pin(async move {
             let response = response.await;
+            let upgraded =
+                matches!(&response, Ok(r) if r.status() == hyper::StatusCode::SWITCHING_PROTOCOLS);
+            let activity = handling.0.clone();
             drop(handling);
+            if upgraded {
+                activity.upgraded.notify_one();
+            }
             response
         })
     }
