@@ -28,6 +28,9 @@ pub use crate::domain::provider::{parse_callback, Callback, CallbackError};
 
 /// Time limit for any single request to a provider.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// Idle connections to a provider are dropped after this, below the
+/// shortest keep-alive timeout servers commonly use (5 s).
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 /// The longest token-endpoint answer read; a token set is a few KiB.
 const MAX_TOKEN_ANSWER_BYTES: usize = 1 << 20;
 /// The longest wait a provider's `Retry-After` on its token endpoint is
@@ -278,6 +281,10 @@ impl Provider {
         let mut http = reqwest::Client::builder()
             // Following redirects from a token endpoint is an SSRF risk (oauth2's advice).
             .redirect(reqwest::redirect::Policy::none())
+            // Token requests are minutes apart: a kept connection is
+            // mostly one the server is closing (node's keep-alive is 5 s),
+            // and a request sent on it as it closes fails.
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .timeout(REQUEST_TIMEOUT);
         if let Some(proxy) = &config.egress_proxy {
             // The configuration checked it is an http(s) URL with a host,

@@ -221,26 +221,43 @@ impl Farm {
         Ok(())
     }
 
-    /// The one socket of a session takes its channels; a second is refused.
-    pub fn attach_remote_browser(&self, session_id: &str) -> Result<Attached> {
-        let not_found = || FarmError::NotFound {
-            what: "remote browser session",
-            id: "(given)".into(),
-        };
+    /// Whether a socket may attach to `session_id` now: asked before the
+    /// WebSocket upgrade, so an unknown or taken session costs a plain
+    /// answer and no socket. [`Farm::attach_remote_browser`] decides again
+    /// after the upgrade (two sockets may race past this check).
+    pub fn remote_browser_attachable(&self, session_id: &str) -> Result<()> {
         let remote = self
             .remote
             .lock()
             .get(session_id)
             .cloned()
-            .ok_or_else(not_found)?;
+            .ok_or_else(session_not_found)?;
+        let free = remote
+            .socket_side
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
+        if free {
+            Ok(())
+        } else {
+            Err(socket_taken())
+        }
+    }
+
+    /// The one socket of a session takes its channels; a second is refused.
+    pub fn attach_remote_browser(&self, session_id: &str) -> Result<Attached> {
+        let remote = self
+            .remote
+            .lock()
+            .get(session_id)
+            .cloned()
+            .ok_or_else(session_not_found)?;
         let (input, out) = remote
             .socket_side
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
-            .ok_or_else(|| {
-                FarmError::Conflict("the session already has its socket (one per session)".into())
-            })?;
+            .ok_or_else(socket_taken)?;
         Ok(Attached {
             account: remote.account,
             input,
@@ -378,6 +395,18 @@ fn redact_query(url: &str) -> String {
         }
         _ => url.to_string(),
     }
+}
+
+/// A session id is a bearer of sorts: the answer does not repeat it.
+fn session_not_found() -> FarmError {
+    FarmError::NotFound {
+        what: "remote browser session",
+        id: "(given)".into(),
+    }
+}
+
+fn socket_taken() -> FarmError {
+    FarmError::Conflict("the session already has its socket (one per session)".into())
 }
 
 #[cfg(test)]

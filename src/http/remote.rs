@@ -43,8 +43,13 @@ enum AuthMessage {
     Auth { token: String },
 }
 
-/// The route's handler: a request without a WebSocket upgrade is a 426.
+/// The route's handler: an unknown session is a 404 and one that has its
+/// socket a 409, before any upgrade (a socket is only made for a session
+/// waiting for one); a request without a WebSocket upgrade is a 426.
 pub async fn socket(session_id: String, farm: Arc<Farm>, ws: Option<Ws>, _: Anyone) -> Response {
+    if let Err(e) = farm.remote_browser_attachable(&session_id) {
+        return render::<Response>(Err(e.into()));
+    }
     let Some(ws) = ws else {
         return render::<Response>(Err(ApiError::new(
             StatusCode::UPGRADE_REQUIRED,

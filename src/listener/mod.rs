@@ -231,7 +231,7 @@ impl Listener {
                 limits,
                 watcher: graceful.watcher(),
                 draining: drain.subscribe(),
-                _slots: (slot, ip_slot),
+                slots: (slot, ip_slot),
             };
             let service = TowerToHyperService::new(warp::service(routes.clone()));
             tokio::spawn(conn.serve(stream, acceptor.clone(), service));
@@ -342,7 +342,7 @@ struct Conn {
     /// Becomes `true` when the listener drains (see `http`).
     draining: tokio::sync::watch::Receiver<bool>,
     /// Its place under `server.max_connections` and the per-IP cap.
-    _slots: (tokio::sync::OwnedSemaphorePermit, IpSlot),
+    slots: (tokio::sync::OwnedSemaphorePermit, IpSlot),
 }
 
 impl Conn {
@@ -352,26 +352,26 @@ impl Conn {
             + Send
             + 'static,
         S::Future: Send + 'static,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
     {
         let Conn {
             farm,
             limits,
             watcher,
             draining,
-            _slots,
+            slots,
         } = self;
         let drain = (watcher, draining);
         let accepted = Instant::now();
-        farm.record_connection(1);
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity::new(accepted));
+        let held = Held::new(farm.clone(), slots);
         let closed = match tls {
-            None => http(stream, &activity, service, drain, &limits).await,
+            None => http(stream, held, &activity, service, drain, &limits).await,
             Some(acceptor) => {
                 let deadline = accepted + limits.header_read_timeout;
                 match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => http(stream, &activity, service, drain, &limits).await,
+                    Ok(Ok(stream)) => http(stream, held, &activity, service, drain, &limits).await,
                     Ok(Err(e)) => {
                         tracing::debug!(error = %e, "TLS handshake failed");
                         None
@@ -384,7 +384,6 @@ impl Conn {
             farm.record_connection_closed(why);
             tracing::debug!(reason = why.as_str(), "connection closed by the farm");
         }
-        farm.record_connection(-1);
     }
 }
 
@@ -393,6 +392,7 @@ impl Conn {
 /// the farm closed it, if it did.
 async fn http<IO, S>(
     io: IO,
+    held: Held,
     activity: &Arc<Activity>,
     service: S,
     drain: (Watcher, tokio::sync::watch::Receiver<bool>),
@@ -404,19 +404,21 @@ where
         + Send
         + 'static,
     S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
     let io = TokioIo::new(Tracked {
         io,
         activity: activity.clone(),
+        _held: held,
     });
     let service = Handled {
         inner: service,
         activity: activity.clone(),
     };
     // Upgrades: the admin page's remote browser is a WebSocket. An upgraded
-    // connection leaves this function (and its watchdog and slot) once
-    // handed over; its session's own limits bound it (`http::remote`).
+    // connection leaves this function (and its watchdog) once handed over;
+    // its session's own limits bound it (`http::remote`). It keeps its
+    // slots: the byte stream holds them.
     // hyper-util's graceful watcher does not take an upgradeable
     // connection: the watcher only counts it, and `draining` starts its
     // graceful shutdown.
@@ -438,7 +440,6 @@ where
                 signalled = true;
                 conn.as_mut().graceful_shutdown();
             }
-            () = activity.upgraded.notified() => {}
             why = activity.expired(limits) => return Some(why),
         }
     }
@@ -448,10 +449,29 @@ where
 /// read and written) and [`Handled`] (requests being handled).
 struct Activity {
     state: Mutex<State>,
-    /// A handler answered 101: the connection is to be polled again so
-    /// that hyper hands the upgraded stream over (nothing else wakes it
-    /// once the answer is written).
-    upgraded: tokio::sync::Notify,
+}
+
+/// What an open connection holds: its places under the caps, and its count
+/// in the farm's gauge.
+struct Held {
+    farm: Arc<Farm>,
+    _slots: (tokio::sync::OwnedSemaphorePermit, IpSlot),
+}
+
+impl Held {
+    fn new(farm: Arc<Farm>, slots: (tokio::sync::OwnedSemaphorePermit, IpSlot)) -> Self {
+        farm.record_connection(1);
+        Held {
+            farm,
+            _slots: slots,
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.farm.record_connection(-1);
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -522,7 +542,6 @@ impl Activity {
     fn new(accepted: Instant) -> Self {
         Activity {
             state: Mutex::new(State::new(accepted)),
-            upgraded: tokio::sync::Notify::new(),
         }
     }
 
@@ -552,9 +571,12 @@ impl Activity {
 }
 
 /// The connection's byte stream, reporting progress to its [`Activity`].
+/// It holds the connection's places under the caps: an upgraded connection
+/// (a WebSocket) is this stream too, and keeps them until it closes.
 struct Tracked<IO> {
     io: IO,
     activity: Arc<Activity>,
+    _held: Held,
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
@@ -623,6 +645,7 @@ impl<S, B> hyper::service::Service<hyper::Request<Incoming>> for Handled<S>
 where
     S: hyper::service::Service<hyper::Request<Incoming>, Response = hyper::Response<B>>,
     S::Future: Send + 'static,
+    S::Error: Send,
     B: Send + 'static,
 {
     type Response = S::Response;
@@ -636,10 +659,17 @@ where
             let response = response.await;
             let upgraded =
                 matches!(&response, Ok(r) if r.status() == hyper::StatusCode::SWITCHING_PROTOCOLS);
-            let activity = handling.0.clone();
             drop(handling);
             if upgraded {
-                activity.upgraded.notify_one();
+                // This future is polled by the connection's own task. Once
+                // the 101 is written, hyper hands the upgraded stream over
+                // on its next poll, and nothing else would wake the task
+                // for it: wake it now, so that poll follows this one.
+                std::future::poll_fn(|cx| {
+                    cx.waker().wake_by_ref();
+                    Poll::Ready(())
+                })
+                .await;
             }
             response
         })

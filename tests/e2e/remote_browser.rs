@@ -166,7 +166,6 @@ fn browser_bed(session_idle: &'static str) -> Bed {
 }
 
 #[test]
-#[ignore = "known bug, open: after the merges no screencast frame reaches a takeover session opened right after a failed relogin (record and view sessions stream); run with --ignored"]
 fn a_person_takes_over_a_stuck_login_with_input_messages_only() {
     let bed = browser_bed("10m");
     let user = "remy";
@@ -225,9 +224,12 @@ fn a_person_takes_over_a_stuck_login_with_input_messages_only() {
             "no query shown: {url}"
         );
         // A second socket on the session is refused.
-        let mut other = connect(&bed, &session_id).await;
-        auth(&bed, &mut other).await;
-        assert_eq!(close_code(&mut other).await, Some(CloseCode::from(4409)));
+        let (status, body) = refused_upgrade(&bed, &session_id).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (409, Some("conflict")),
+            "{body}"
+        );
 
         // Click on the page (blurs the autofocused field), then Tab to the
         // first field: the username.
@@ -296,6 +298,10 @@ fn the_socket_wants_the_admin_token_first_and_a_session_ends_on_delete_or_idle()
     let started = open_session(&bed, id, json!({"mode": "view"}));
     let session_id = started["session_id"].as_str().unwrap().to_string();
     let (_, client_key) = bed.new_client("c");
+    // A plain GET is told to upgrade.
+    bed.admin()
+        .get(&format!("/api/browser/sessions/{session_id}/ws"))
+        .expect_error(426, "upgrade_required");
     let rt = runtime();
     rt.block_on(async {
         for first in [
@@ -312,15 +318,26 @@ fn the_socket_wants_the_admin_token_first_and_a_session_ends_on_delete_or_idle()
                 "{first}"
             );
         }
-        let mut unknown = connect(&bed, "feedface").await;
-        auth(&bed, &mut unknown).await;
-        assert_eq!(close_code(&mut unknown).await, Some(CloseCode::from(4404)));
+        // No socket is made for a session that is not waiting for one.
+        let (status, body) = refused_upgrade(&bed, "feedface").await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (404, Some("not_found")),
+            "{body}"
+        );
     });
     // Refused sockets took nothing: the right one attaches; input keeps
     // the session alive past the idle limit; DELETE ends it.
     let mut socket = rt.block_on(async {
         let mut socket = connect(&bed, &session_id).await;
         auth(&bed, &mut socket).await;
+        first_frame(&mut socket).await;
+        let (status, body) = refused_upgrade(&bed, &session_id).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (409, Some("conflict")),
+            "{body}"
+        );
         for _ in 0..5 {
             tokio::time::sleep(Duration::from_millis(900)).await;
             send_json(&mut socket, json!({"type": "move", "x": 10, "y": 10})).await;
@@ -376,11 +393,124 @@ fn the_socket_wants_the_admin_token_first_and_a_session_ends_on_delete_or_idle()
         assert_eq!(close_code(&mut socket).await, Some(CloseCode::from(4429)));
     });
     no_chromium_left(&bed);
-    // A plain GET is told to upgrade.
+    // An ended session is gone: no socket, not even a 426.
     bed.admin()
         .get(&format!("/api/browser/sessions/{session_id}/ws"))
-        .expect_error(426, "upgrade_required");
+        .expect_error(404, "not_found");
     assert!(!bed.farm_log().contains(&bed.admin_token));
+}
+
+/// Reads until the first frame: the socket is attached to its session.
+async fn first_frame(socket: &mut Socket) {
+    while !next(socket, secs(30)).await.is_binary() {}
+}
+
+/// The HTTP answer to a WebSocket upgrade the farm refuses: status, body.
+async fn refused_upgrade(bed: &Bed, session_id: &str) -> (u16, Value) {
+    let url = format!(
+        "ws://127.0.0.1:{}/api/browser/sessions/{session_id}/ws",
+        bed.port()
+    );
+    match tokio_tungstenite::connect_async(url).await {
+        Ok(_) => panic!("the farm upgraded a socket for {session_id}"),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body = resp.body().as_deref().unwrap_or_default();
+            let body = serde_json::from_slice(body)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)));
+            (resp.status().as_u16(), body)
+        }
+        Err(e) => panic!("refused without an HTTP answer: {e}"),
+    }
+}
+
+/// A connection to the farm from `source`, a loopback address of this host.
+async fn tcp_from(bed: &Bed, source: [u8; 4]) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind((std::net::Ipv4Addr::from(source), 0).into())
+        .unwrap();
+    socket
+        .connect(([127, 0, 0, 1], bed.port()).into())
+        .await
+        .unwrap()
+}
+
+/// Whether a new connection from `source` is served (`/healthz` answers)
+/// rather than closed at once.
+async fn served_from(bed: &Bed, source: [u8; 4]) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tcp_from(bed, source).await;
+    let _ = tcp
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: farm\r\nConnection: close\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(secs(10), tcp.read_to_end(&mut answer)).await;
+    answer.starts_with(b"HTTP/1.1 200")
+}
+
+/// An upgraded socket keeps its place under the connection caps until it
+/// closes: sockets cannot be stacked past `server.max_connections_per_ip`
+/// (nor `server.max_connections`).
+#[test]
+fn a_remote_browser_socket_counts_under_the_connection_caps() {
+    let settings = Settings::default().with_server("max_connections_per_ip = 2");
+    let bed = Bed::start(settings.with_browser(BrowserSettings {
+        retry_initial: "1h",
+        retry_max: "6h",
+        session_idle: "10m",
+        ..BrowserSettings::default()
+    }));
+    let id = bed.add_account("sid", 0);
+    let started = open_session(&bed, id, json!({"mode": "view"}));
+    let session_id = started["session_id"].as_str().unwrap().to_string();
+    let host = [127, 0, 0, 23];
+    runtime().block_on(async {
+        let url = format!(
+            "ws://127.0.0.1:{}/api/browser/sessions/{session_id}/ws",
+            bed.port()
+        );
+        let tcp = tcp_from(&bed, host).await;
+        let (mut socket, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp))
+            .await
+            .unwrap();
+        auth(&bed, &mut socket).await;
+        first_frame(&mut socket).await;
+        assert_eq!(refused_upgrade(&bed, &session_id).await.0, 409);
+        // The socket and one connection fill the host's two places.
+        assert!(
+            served_from(&bed, host).await,
+            "one place is left for the host"
+        );
+        let idle = tcp_from(&bed, host).await;
+        wait_async("a third connection from the host to be refused", || async {
+            !served_from(&bed, host).await
+        })
+        .await;
+        drop(idle);
+        socket.close(None).await.unwrap();
+        while let Some(Ok(_)) = socket.next().await {}
+        wait_async("the socket's place to be given back", || async {
+            served_from(&bed, host).await
+        })
+        .await;
+    });
+    assert!(bed.metric("relogin_farm_connections_closed_total{reason=\"per_ip_limit\"}") >= 1.0);
+}
+
+/// Polls `ready` until it holds (panics after 10 s).
+async fn wait_async<F, Fut>(what: &str, ready: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = tokio::time::Instant::now() + secs(10);
+    while !ready().await {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[test]

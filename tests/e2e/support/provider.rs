@@ -48,7 +48,13 @@ impl Provider {
             _daemon: daemon,
             issuer,
             redirect_uri,
-            http: Client::builder().no_proxy().build().expect("client"),
+            // No idle connections: node closes them after its keep-alive
+            // timeout (5 s), and a request sent on one as it closes fails.
+            http: Client::builder()
+                .no_proxy()
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("client"),
         }
     }
 
