@@ -206,6 +206,7 @@ impl RemoteBrowser {
         frames: watch::Sender<Option<Bytes>>,
     ) -> Result<(), String> {
         let frames = Arc::new(frames);
+        let first = frames.clone();
         let acker = self.screencast.clone();
         self.screencast
             .on("Page.screencastFrame", move |event: Value| {
@@ -235,8 +236,39 @@ impl RemoteBrowser {
                 })),
             )
             .await
-            .map(drop)
-            .map_err(|e| first_line(&e.to_string()))
+            .map_err(|e| first_line(&e.to_string()))?;
+        // A page that finished painting before the screencast started sends
+        // no frame until it changes again (headless Chromium): the person
+        // would look at nothing. The first frame is a screenshot of it. A
+        // page still loading cannot be captured, but its painting sends
+        // frames: a failed capture is no failure of the session.
+        let shot = self
+            .screencast
+            .send(
+                "Page.captureScreenshot",
+                Some(json!({ "format": "jpeg", "quality": FRAME_QUALITY })),
+            )
+            .await;
+        // Playwright's `send` answers `{"result": <the CDP result>}`.
+        let jpeg = match &shot {
+            Ok(shot) => shot["result"]["data"]
+                .as_str()
+                .and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok()),
+            Err(e) => {
+                tracing::debug!(error = %first_line(&e.to_string()), "no first frame by screenshot");
+                None
+            }
+        };
+        if let Some(jpeg) = jpeg {
+            first.send_if_modified(|frame| {
+                // A screencast frame that came first is as new.
+                frame
+                    .is_none()
+                    .then(|| *frame = Some(Bytes::from(jpeg)))
+                    .is_some()
+            });
+        }
+        Ok(())
     }
 
     /// The page's URL now (a page refused by the navigation rule shows as

@@ -207,14 +207,24 @@ fn a_person_takes_over_a_stuck_login_with_input_messages_only() {
     runtime().block_on(async {
         let mut socket = connect(&bed, &session_id).await;
         auth(&bed, &mut socket).await;
-        // A frame of the login page, at the asked size.
-        let frame = loop {
-            if let Message::Binary(jpeg) = next(&mut socket, secs(15)).await {
-                break jpeg;
+        // A frame of the login page, at the asked size, and its address
+        // (in either order).
+        let (mut frame, mut url) = (None, None);
+        while frame.is_none() || url.is_none() {
+            match next(&mut socket, secs(15)).await {
+                Message::Binary(jpeg) => frame = Some(jpeg),
+                Message::Text(text) => {
+                    let message: Value = serde_json::from_str(&text).unwrap();
+                    let shown = message["url"].as_str().unwrap_or_default();
+                    if message["type"] == "url" && shown.contains("/interaction/") {
+                        url = Some(message);
+                    }
+                }
+                _ => {}
             }
-        };
+        }
+        let (frame, url) = (frame.unwrap(), url.unwrap());
         assert_eq!(jpeg_size(&frame), (800, 600));
-        let url = until_text(&mut socket, "url", secs(10)).await;
         assert!(
             url["url"].as_str().unwrap().contains("/interaction/"),
             "{url}"
