@@ -1175,3 +1175,26 @@ fn an_identity_belongs_to_one_account_of_a_provider() {
     );
     assert!(dup.is_err());
 }
+
+#[test]
+fn the_lease_id_ends_are_two_seeks_not_a_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let conn = store.conn();
+    let plan: Vec<String> = conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {}", leases::LEASE_ID_ENDS))
+        .unwrap()
+        .query_map([], |r| r.get::<_, String>(3))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert!(
+        plan.iter().all(|step| !step.starts_with("SCAN leases")),
+        "{plan:?}"
+    );
+    assert_eq!(
+        plan.iter().filter(|s| *s == "SEARCH leases").count(),
+        2,
+        "{plan:?}"
+    );
+}
