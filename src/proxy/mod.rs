@@ -170,11 +170,9 @@ where
     let body = read_body(&req.headers, body, cfg.max_body).await?;
     let session = headers::session(&req.headers, cfg).map(str::to_owned);
     let sent_headers = headers::upstream_request(&req.headers, cfg);
-    let url = if req.query.is_empty() {
-        format!("{}/{}", up.base, req.path)
-    } else {
-        format!("{}/{}?{}", up.base, req.path, req.query)
-    };
+    let mut url = up.base.clone();
+    url.set_path(&format!("{}/{}", up.base_path, req.path));
+    url.set_query((!req.query.is_empty()).then_some(req.query.as_str()));
     let method = reqwest::Method::from_bytes(req.method.as_str().as_bytes())
         .map_err(|e| ProxyError::Body(e.to_string()))?;
 
@@ -219,7 +217,7 @@ where
         });
         let mut request = up
             .http
-            .request(method.clone(), &url)
+            .request(method.clone(), url.clone())
             .headers(sent_headers.clone())
             .body(body.clone());
         if let Some((name, value)) = headers::credential(cfg, lease.answer.access_token.expose()) {
@@ -257,18 +255,24 @@ where
             .note_quota(account, resp.headers(), &cfg.quota_headers);
         let status = resp.status().as_u16();
         let now = Utc::now();
-        let pairs: Vec<(&str, &str)> = resp
-            .headers()
-            .iter()
-            .filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?)))
-            .collect();
-        let verdict = ratelimit::verdict(
-            status,
-            pairs.iter().copied(),
-            &cfg.failover_on,
-            &cfg.reset_headers,
-            now,
-        );
+        // The headers only matter to a status that fails over: an answer
+        // relayed as it came is not read twice.
+        let verdict = if cfg.failover_on.contains(&status) {
+            let pairs: Vec<(&str, &str)> = resp
+                .headers()
+                .iter()
+                .filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?)))
+                .collect();
+            ratelimit::verdict(
+                status,
+                pairs.iter().copied(),
+                &cfg.failover_on,
+                &cfg.reset_headers,
+                now,
+            )
+        } else {
+            Verdict::Pass
+        };
         match verdict {
             Verdict::Pass => {
                 let outcome = if status >= 500 {

@@ -44,8 +44,11 @@ pub struct UsageReport {
 /// One proxied provider: its settings and its pooled HTTP client.
 pub(super) struct Upstream {
     pub(super) config: ProxyConfig,
-    /// `upstream` without its trailing `/`.
-    pub(super) base: String,
+    /// `upstream`: a request's URL is this with its path and query set,
+    /// so the scheme and host are not parsed again for each request.
+    pub(super) base: url::Url,
+    /// `upstream`'s path without its trailing `/`.
+    pub(super) base_path: String,
     pub(super) http: reqwest::Client,
 }
 
@@ -72,7 +75,8 @@ impl Proxies {
             upstreams.insert(
                 p.name.clone(),
                 Upstream {
-                    base: proxy.upstream.as_str().trim_end_matches('/').to_owned(),
+                    base: proxy.upstream.clone(),
+                    base_path: proxy.upstream.path().trim_end_matches('/').to_owned(),
                     config: proxy.clone(),
                     http,
                 },
