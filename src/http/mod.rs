@@ -320,7 +320,7 @@ pub const ROUTES: &[Route] = &[
         method: "GET",
         path: REMOTE_SOCKET_PATH,
         access: Public,
-        summary: "The remote browser's WebSocket: first message {\"type\":\"auth\",\"token\"} with the admin token (else close 4401); then binary JPEG frames and JSON messages out, input messages in (see the README)",
+        summary: "The remote browser's WebSocket, for a session waiting for its socket (else 404, or 409 when it has one): first message {\"type\":\"auth\",\"token\"} with the admin token (else close 4401); then binary JPEG frames and JSON messages out, input messages in (see the README)",
         request: None,
         ok: (101, None),
     },

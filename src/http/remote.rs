@@ -2,9 +2,10 @@
 //! (`GET /api/browser/sessions/{session_id}/ws`). The admin token is never
 //! in a URL: the route is public to the router, and the socket's first
 //! message must be `{"type":"auth","token":…}` with the admin token, or the
-//! socket is closed with 4401. Then JPEG frames (binary) and the farm's text
-//! messages go out, the page's input messages come in, within the bounds
-//! below; one socket per session.
+//! socket is closed with 4401. An unknown session, or one that has its
+//! socket, is refused before the upgrade (404, 409). Then JPEG frames
+//! (binary) and the farm's text messages go out, the page's input messages
+//! come in, within the bounds below; one socket per session.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -395,7 +395,10 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Option<i64>> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        // Reads then writes: the write lock up front (see `save_login_tokens`);
+        // a stale read snapshot could not be upgraded once the lease log
+        // committed, and the rotated tokens would be lost.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let generation = self.write_tokens(&tx, id, tokens, now)?;
         tx.commit()?;
         Ok(generation)

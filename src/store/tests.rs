@@ -1198,3 +1198,46 @@ fn the_lease_id_ends_are_two_seeks_not_a_scan() {
         "{plan:?}"
     );
 }
+
+/// Tokens are saved while another connection (the lease log's) commits
+/// all the time: a read-then-write transaction must not fail to upgrade a
+/// read snapshot that went stale ("database is locked"), which would lose a
+/// rotated refresh token.
+#[test]
+fn tokens_are_saved_while_the_lease_log_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Utc::now();
+    let store = open(dir.path());
+    let a = store.insert_account("demo", "alice", 0, now).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let path = dir.path().join("data/farm.db");
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let conn = open_connection(&path, false).unwrap();
+            let mut id = 0i64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                id += 1;
+                conn.execute(
+                    "INSERT INTO leases (id, tag, account_id, client_id, session, generation, issued_at, expires_at)
+                     VALUES (?1, 0, ?2, NULL, NULL, 1, 0, 0)",
+                    params![id, a.id],
+                )
+                .unwrap();
+            }
+            id
+        })
+    };
+    for i in 0..300 {
+        let access = format!("ACCESS-{i}");
+        let refresh = format!("REFRESH-{i}");
+        store
+            .save_tokens(a.id, &tokens(now, &access, Some(&refresh)), now)
+            .unwrap_or_else(|e| panic!("save {i}: {e}"));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(writer.join().unwrap() > 0);
+    let accounts = store.load_accounts(now - Duration::days(1)).unwrap();
+    let t = accounts[0].tokens.as_ref().unwrap();
+    assert_eq!(t.refresh_token.as_ref().unwrap().expose(), "REFRESH-299");
+}
