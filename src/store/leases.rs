@@ -550,26 +550,14 @@ crate::named_enum! {
 /// Returns false, having stored nothing, when the lease is closed. One
 /// statement: a release or removal in between cannot slip past the check.
 pub(super) fn insert_report(conn: &Connection, r: &Report) -> Result<bool> {
-    let up = r.upstream;
-    let n = conn.execute(
+    let mut stmt = conn.prepare_cached(
         "INSERT INTO reports (lease, account_id, client_id, outcome, retry_after_s, at, status, bytes, latency_ms, body_end)
          SELECT l.id, l.account_id, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10 FROM leases l JOIN accounts a ON a.id = l.account_id
          WHERE l.id = ?1 AND l.tag = ?2 AND l.released_at IS NULL AND l.expires_at > ?6
            AND a.created_at <= l.issued_at",
-        params![
-            r.lease.id,
-            r.lease.tag,
-            r.client_id,
-            r.outcome.as_str(),
-            r.retry_after_s,
-            ms(r.at),
-            up.map(|u| u.status),
-            up.map(|u| u.bytes.min(i64::MAX as u64) as i64),
-            up.map(|u| u.latency_ms.min(i64::MAX as u64) as i64),
-            up.map(|u| u.body_end.as_str()),
-        ],
     )?;
-    Ok(n > 0)
+    bind_report(&mut stmt, r, i64::from(r.lease.tag))?;
+    Ok(stmt.raw_execute()? > 0)
 }
 
 /// Writes reports the farm itself made for leases it just committed (the
@@ -581,20 +569,31 @@ fn insert_own_reports(tx: &rusqlite::Transaction<'_>, reports: &[Report]) -> rus
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?;
     for r in reports {
-        let up = r.upstream;
-        stmt.execute(params![
-            r.lease.id,
-            r.account_id,
-            r.client_id,
-            r.outcome.as_str(),
-            r.retry_after_s,
-            ms(r.at),
-            up.map(|u| u.status),
-            up.map(|u| u.bytes.min(i64::MAX as u64) as i64),
-            up.map(|u| u.latency_ms.min(i64::MAX as u64) as i64),
-            up.map(|u| u.body_end.as_str()),
-        ])?;
+        bind_report(&mut stmt, r, r.account_id)?;
+        stmt.raw_execute()?;
     }
+    Ok(())
+}
+
+/// Binds a report as `?1`..`?10`: its lease id, `second` (what the
+/// statement needs next: the lease's tag to check, or the account), then
+/// the report's own columns from `client_id` to `body_end`.
+fn bind_report(
+    stmt: &mut rusqlite::Statement<'_>,
+    r: &Report,
+    second: i64,
+) -> rusqlite::Result<()> {
+    let up = r.upstream;
+    stmt.raw_bind_parameter(1, r.lease.id)?;
+    stmt.raw_bind_parameter(2, second)?;
+    stmt.raw_bind_parameter(3, r.client_id)?;
+    stmt.raw_bind_parameter(4, r.outcome.as_str())?;
+    stmt.raw_bind_parameter(5, r.retry_after_s)?;
+    stmt.raw_bind_parameter(6, ms(r.at))?;
+    stmt.raw_bind_parameter(7, up.map(|u| u.status))?;
+    stmt.raw_bind_parameter(8, up.map(|u| u.bytes.min(i64::MAX as u64) as i64))?;
+    stmt.raw_bind_parameter(9, up.map(|u| u.latency_ms.min(i64::MAX as u64) as i64))?;
+    stmt.raw_bind_parameter(10, up.map(|u| u.body_end.as_str()))?;
     Ok(())
 }
 
