@@ -167,7 +167,8 @@ fn operation(r: &super::Route, gens: &mut Generators, error: &Value) -> Value {
             "the browser is off, no slot is free, or the profile is in use (the answer names who)",
         )),
         ("GET", super::REMOTE_SOCKET_PATH) => {
-            errors.push(("426", "not a WebSocket upgrade request"))
+            errors.push(("409", "the session has its socket"));
+            errors.push(("426", "not a WebSocket upgrade request"));
         }
         ("POST", "/credential/report") => {
             errors.push(("404", "unknown lease, or another client's"));

@@ -99,8 +99,8 @@ fn the_document_and_the_router_agree() {
                 resp.status == 401
             } else if template == relogin_farm::http::REMOTE_SOCKET_PATH {
                 // Public to the router (its first message authenticates);
-                // a plain GET is told to upgrade.
-                resp.status == 426
+                // a session that does not exist has no socket to upgrade to.
+                resp.status == 404
             } else {
                 (200..300).contains(&resp.status)
             };
