@@ -827,9 +827,10 @@ fn a_mass_logout_is_relogged_in_expiry_order_at_the_providers_rate() {
     for pair in starts.windows(2) {
         let gap = pair[1].1 - pair[0].1;
         // The rate spaces the starts 5 s apart; an event is stamped a
-        // little after its start (the login is begun first).
+        // little after its start (the login is begun first, which a loaded
+        // machine may delay). Without the rate two would start together.
         assert!(
-            gap >= chrono::Duration::milliseconds(4500),
+            gap >= chrono::Duration::milliseconds(4000),
             "relogins started {gap} apart: {starts:?}"
         );
     }
