@@ -654,6 +654,8 @@ config_section! {
         headless: bool = true => boolean();
         /// Browsers running at once (1 to 16).
         max_concurrent: usize = 2 => count(1..=16);
+        /// Browser relogins the recovery ladder starts at one provider in a minute (1 to 600), evenly spaced, so a provider that lost every session at once is not stormed; a person's relogin is not counted.
+        relogins_per_minute: u32 = 60 => count(1..=600);
         /// One persistent profile per account below this directory.
         profiles_dir: PathBuf = "profiles" => path();
         /// Screenshots of failed relogins.
@@ -2792,6 +2794,8 @@ mod tests {
             ("[browser]\nheadless = 1", "browser.headless: expected true or false, found integer"),
             ("[browser]\nmax_concurrent = 0", "browser.max_concurrent: must be between 1 and 16, not 0"),
             ("[browser]\nmax_concurrent = 17", "browser.max_concurrent: must be between 1 and 16, not 17"),
+            ("[browser]\nrelogins_per_minute = 0", "browser.relogins_per_minute: must be between 1 and 600, not 0"),
+            ("[browser]\nrelogins_per_minute = 601", "browser.relogins_per_minute: must be between 1 and 600, not 601"),
             ("[browser]\nchromium = \"\"", "browser.chromium: invalid path \"\": must not be empty"),
             ("[browser]\nprofiles_dir = 1", "browser.profiles_dir: expected a string, found integer"),
             ("[browser]\nrelogin_timeout = \"0s\"", "browser.relogin_timeout: must be more than 0s"),
@@ -2933,6 +2937,7 @@ mod tests {
                 ("RELOGIN_FARM_BROWSER_ENABLED", "false"),
                 ("RELOGIN_FARM_BROWSER_HEADLESS", " false "),
                 ("RELOGIN_FARM_BROWSER_MAX_CONCURRENT", "4"),
+                ("RELOGIN_FARM_BROWSER_RELOGINS_PER_MINUTE", "12"),
                 ("RELOGIN_FARM_BROWSER_CHROMIUM", "/opt/chromium/chrome"),
                 ("RELOGIN_FARM_BROWSER_NODE", "node"),
                 ("RELOGIN_FARM_BROWSER_DRIVER", "d/cli.js"),
@@ -2965,6 +2970,7 @@ mod tests {
                 driver: "d/cli.js".into(),
                 headless: false,
                 max_concurrent: 4,
+                relogins_per_minute: 12,
                 profiles_dir: "p".into(),
                 artifacts_dir: "a".into(),
                 relogin_timeout: Duration::from_secs(90),

@@ -67,6 +67,15 @@ impl Running {
         }
     }
 
+    /// The accounts whose relogin is in flight.
+    fn relogins(&self) -> HashSet<AccountId> {
+        self.in_flight
+            .iter()
+            .filter(|(job, _)| *job == Job::Relogin)
+            .map(|(_, id)| *id)
+            .collect()
+    }
+
     /// Forgets every task that has finished by now.
     fn reap(&mut self, farm: &Farm) {
         while let Some(done) = self.tasks.try_join_next_with_id() {
@@ -96,7 +105,7 @@ pub async fn run_refresh_scheduler(farm: Arc<Farm>, mut shutdown: Shutdown) {
         let now = farm.clock().now();
         let next_cooldown_end = farm.end_cooldowns(now);
         let (due, next_due) = farm.due_refreshes(now, margin);
-        let (relogins, next_relogin) = farm.due_relogins(now);
+        let (relogins, next_relogin) = farm.due_relogins(now, &running.relogins());
         let next = [next_due, next_cooldown_end, next_relogin]
             .into_iter()
             .flatten()

@@ -11,6 +11,7 @@ pub mod job;
 pub mod provider;
 pub mod rate;
 pub mod ratelimit;
+pub mod recovery;
 pub mod rotation;
 pub mod timing;
 

@@ -131,6 +131,8 @@ pub struct Farm {
     browser: Option<crate::browser::BrowserPool>,
     /// One browser relogin per account at a time.
     relogin_locks: Mutex<HashMap<AccountId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Each provider's earliest next recovery relogin (`browser.relogins_per_minute`).
+    relogin_next_start: Mutex<HashMap<String, chrono::DateTime<chrono::Utc>>>,
     /// The admin page's remote browser sessions.
     remote: remote::RemoteSessions,
     /// Held while a backup is being taken: one at a time.
@@ -221,6 +223,7 @@ impl Farm {
             webhooks,
             browser,
             relogin_locks: Mutex::default(),
+            relogin_next_start: Mutex::default(),
             remote: Default::default(),
             refresh_slots: Semaphore::new(config.scheduler.max_concurrent_refreshes.max(1)),
             config,
@@ -468,7 +471,11 @@ mod tests {
                 .is_empty(),
             "no replay of the refresh token"
         );
-        assert_eq!(farm.due_relogins(now).0, vec![id], "the browser logs it in");
+        assert_eq!(
+            farm.due_relogins(now, &Default::default()).0,
+            vec![id],
+            "the browser logs it in"
+        );
         let view = farm.account(id).unwrap();
         assert_eq!(view.state, crate::domain::DisplayState::NeedsRelogin);
         assert!(view.last_error.unwrap().message.contains("reuse"));

@@ -3,10 +3,13 @@
 //! job that panicked, and the health sweep. `scheduler.rs` only decides
 //! when to ask.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 use rand::Rng;
 
 use super::{chrono_dur, Farm};
+use crate::domain::recovery::{pick_relogins, DueRelogin};
 use crate::domain::timing::{backoff, next_refresh_at, next_relogin_at};
 use crate::domain::{Account, AccountId, Job, LastError};
 
@@ -86,22 +89,43 @@ impl Farm {
     }
 
     /// The accounts the browser should log in now, and the earliest later
-    /// time one will be due. Empty when the browser is disabled.
-    pub fn due_relogins(&self, now: DateTime<Utc>) -> (Vec<AccountId>, Option<DateTime<Utc>>) {
+    /// time one will be due (or its provider's relogin rate allows it).
+    /// `running`: the accounts whose relogin the scheduler has in flight;
+    /// they count against `browser.max_concurrent`, so a recovery of many
+    /// accounts begins each login only when a browser is about to be free,
+    /// those whose tokens expire first first (`domain::recovery`). Empty
+    /// when the browser is disabled.
+    pub fn due_relogins(
+        &self,
+        now: DateTime<Utc>,
+        running: &HashSet<AccountId>,
+    ) -> (Vec<AccountId>, Option<DateTime<Utc>>) {
         if self.browser.is_none() {
             return (Vec::new(), None);
         }
-        let st = self.state();
         let mut due = Vec::new();
         let mut next: Option<DateTime<Utc>> = None;
-        for a in st.accounts.values() {
+        for a in self.state().accounts.values() {
             match next_relogin_at(a) {
-                Some(t) if t <= now => due.push(a.id),
+                Some(_) if running.contains(&a.id) => {}
+                Some(t) if t <= now => due.push(DueRelogin {
+                    id: a.id,
+                    provider: a.provider.clone(),
+                    expires_at: a.tokens.as_ref().map(|t| t.expires_at),
+                }),
                 Some(t) => next = Some(next.map_or(t, |n| n.min(t))),
                 None => {}
             }
         }
-        (due, next)
+        let cfg = &self.config.browser;
+        let free = cfg.max_concurrent.saturating_sub(running.len());
+        let mut next_start = self
+            .relogin_next_start
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let (start, rate_allows) =
+            pick_relogins(due, free, cfg.relogins_per_minute, &mut next_start, now);
+        (start, [next, rate_allows].into_iter().flatten().min())
     }
 
     /// Ends the cooldowns that are over (one `cooldown_ended` event each)

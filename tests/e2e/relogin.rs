@@ -749,6 +749,105 @@ fn two_accounts_relog_one_at_a_time_and_removing_one_removes_its_profile() {
     );
 }
 
+/// Every grant and session killed at once: the ladder logs the accounts
+/// back in by itself, those whose tokens expire first first, starting at
+/// most `browser.relogins_per_minute` at the provider (12: one every 5 s),
+/// and leaves no browser behind.
+#[test]
+fn a_mass_logout_is_relogged_in_expiry_order_at_the_providers_rate() {
+    let browser = BrowserSettings {
+        relogins_per_minute: 12,
+        retry_initial: "1h",
+        retry_max: "6h",
+        ..BrowserSettings::default()
+    };
+    let bed = Bed::start(Settings::default().with_browser(browser));
+    let users = ["rita", "sam", "tom", "uma"];
+    let ids: Vec<i64> = users
+        .iter()
+        .map(|u| {
+            let secrets = [("password", format!("{u}-password"))];
+            let secrets: Vec<_> = secrets.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            scripted_account(&bed, u, &secrets, &login_script(u, false))
+        })
+        .collect();
+    // A person logs rita in again: her token now expires last. The
+    // expiry order is sam, tom, uma, rita.
+    relogin(&bed, ids[0]);
+    let expires = |id: i64| {
+        let account = bed.admin().get(&format!("/api/accounts/{id}")).ok();
+        str_of(&account, "expires_at").to_string()
+    };
+    let mut by_expiry = ids.clone();
+    by_expiry.sort_by_key(|id| expires(*id));
+    assert_eq!(by_expiry, [ids[1], ids[2], ids[3], ids[0]]);
+
+    // The provider forgets everyone: sessions ended, grants revoked.
+    let cursor = last_event_id(&bed);
+    bed.provider.end_sessions();
+    for user in users {
+        bed.provider.revoke(user);
+    }
+    // Rita's refresh fails first: her relogin starts at once, and the next
+    // one may not start for 5 s; meanwhile the others fail, latest-expiring
+    // first (the reverse of the order they must be logged in).
+    let refresh = |id: i64| {
+        bed.admin()
+            .post(&format!("/api/accounts/{id}/refresh"), json!({}));
+    };
+    refresh(ids[0]);
+    let started = |bed: &Bed| -> Vec<(i64, chrono::DateTime<chrono::FixedOffset>)> {
+        bed.events_since(cursor)
+            .into_iter()
+            .filter(|e| e["kind"] == "relogin_started")
+            .map(|e| {
+                let at = chrono::DateTime::parse_from_rfc3339(str_of(&e, "at")).unwrap();
+                (int_of(&e, "account_id"), at)
+            })
+            .collect()
+    };
+    wait_for("rita's relogin to start", LOGIN, || {
+        (!started(&bed).is_empty())
+            .then_some(())
+            .ok_or("not yet".to_string())
+    });
+    for id in [ids[3], ids[2], ids[1]] {
+        refresh(id);
+    }
+    for id in &ids {
+        bed.wait_state(*id, "healthy", secs(60));
+    }
+    let starts = started(&bed);
+    let order: Vec<i64> = starts.iter().map(|(id, _)| *id).collect();
+    assert_eq!(
+        order,
+        [ids[0], ids[1], ids[2], ids[3]],
+        "one relogin each, the earliest expiry first: {starts:?}"
+    );
+    for pair in starts.windows(2) {
+        let gap = pair[1].1 - pair[0].1;
+        // The rate spaces the starts 5 s apart; an event is stamped a
+        // little after its start (the login is begun first, which a loaded
+        // machine may delay). Without the rate two would start together.
+        assert!(
+            gap >= chrono::Duration::milliseconds(4000),
+            "relogins started {gap} apart: {starts:?}"
+        );
+    }
+    // Round-robin: four leases, one of each account, each live at the provider.
+    let mut served: Vec<String> = (0..users.len())
+        .map(|_| {
+            let lease = bed.admin().lease(PROVIDER, None);
+            let info = bed.provider.introspect(str_of(&lease, "access_token"));
+            assert_eq!(info["active"], true, "{info}");
+            str_of(&info, "sub").to_string()
+        })
+        .collect();
+    served.sort();
+    assert_eq!(served, users);
+    assert_no_chromium_left(&bed);
+}
+
 /// A `kill -9` while a refresh grant is at the provider: the grant completes
 /// there, its answer dies with the farm, and the stored refresh token is
 /// spent. On a provider with `reuse_detection`, the restarted farm logs the

@@ -60,6 +60,8 @@ pub struct Settings {
 #[derive(Clone, Debug)]
 pub struct BrowserSettings {
     pub max_concurrent: u32,
+    /// Recovery relogins started at the provider in a minute.
+    pub relogins_per_minute: u32,
     /// Backoff after a failed relogin.
     pub retry_initial: &'static str,
     pub retry_max: &'static str,
@@ -71,6 +73,7 @@ impl Default for BrowserSettings {
     fn default() -> Self {
         BrowserSettings {
             max_concurrent: 2,
+            relogins_per_minute: 600,
             retry_initial: "1s",
             retry_max: "5s",
             session_idle: "10m",

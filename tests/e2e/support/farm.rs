@@ -109,11 +109,12 @@ impl Layout {
         let q = |p: &Path| toml_string(&p.display().to_string());
         let driver = playwright_dir().join("node_modules/playwright-core/cli.js");
         format!(
-            "[browser]\nchromium = {}\ndriver = {}\nheadless = true\nmax_concurrent = {}\nprofiles_dir = {}\n\
-             artifacts_dir = {}\nretry_initial = \"{}\"\nretry_max = \"{}\"\nsession_idle = \"{}\"\n\n",
+            "[browser]\nchromium = {}\ndriver = {}\nheadless = true\nmax_concurrent = {}\nrelogins_per_minute = {}\n\
+             profiles_dir = {}\nartifacts_dir = {}\nretry_initial = \"{}\"\nretry_max = \"{}\"\nsession_idle = \"{}\"\n\n",
             q(Path::new(CHROMIUM)),
             q(&driver),
             b.max_concurrent,
+            b.relogins_per_minute,
             q(&self.profiles_dir()),
             q(&self.artifacts_dir()),
             b.retry_initial,
