@@ -14,8 +14,10 @@
 //! (`refresh_tests.rs`, `scripted.rs`).
 
 mod backup;
+mod canary;
 mod clients;
 mod credentials;
+mod digest;
 mod lifecycle;
 mod login;
 mod observe;
@@ -305,6 +307,17 @@ impl Farm {
         detail: impl Into<String>,
     ) {
         self.events.emit(kind, account, detail);
+    }
+
+    /// [`emit`](Self::emit) with the event's `data` (for programs).
+    pub(crate) fn emit_with(
+        &self,
+        kind: EventKind,
+        account: Option<AccountId>,
+        detail: impl Into<String>,
+        data: serde_json::Value,
+    ) {
+        self.events.emit_with(kind, account, detail, Some(data));
     }
 }
 
