@@ -110,7 +110,7 @@ impl Layout {
         let driver = playwright_dir().join("node_modules/playwright-core/cli.js");
         format!(
             "[browser]\nchromium = {}\ndriver = {}\nheadless = true\nmax_concurrent = {}\nprofiles_dir = {}\n\
-             artifacts_dir = {}\nretry_initial = \"{}\"\nretry_max = \"{}\"\nsession_idle = \"{}\"\n\n",
+             artifacts_dir = {}\nretry_initial = \"{}\"\nretry_max = \"{}\"\nsession_idle = \"{}\"\ncanary = {}\n\n",
             q(Path::new(CHROMIUM)),
             q(&driver),
             b.max_concurrent,
@@ -118,7 +118,8 @@ impl Layout {
             q(&self.artifacts_dir()),
             b.retry_initial,
             b.retry_max,
-            b.session_idle
+            b.session_idle,
+            toml_string(b.canary)
         )
     }
 }
