@@ -174,4 +174,28 @@ mod tests {
             );
         }
     }
+
+    /// An event's `data` is stored with it: a replay reads what was sent.
+    #[test]
+    fn data_is_replayed_as_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let farm = crate::farm::test_farm(dir.path(), "");
+        let bus = farm.event_bus_for_test();
+        let mut live = bus.subscribe();
+        let data = serde_json::json!({"step": 3, "line": 9, "screenshot": "/a/b.png"});
+        bus.emit_with(
+            EventKind::CanaryFailed,
+            Some(7),
+            "canary login failed",
+            Some(data.clone()),
+        );
+        bus.emit(EventKind::ClientCreated, None, "client 1 created");
+        let sent = live.try_recv().unwrap();
+        assert_eq!(sent.data.as_ref(), Some(&data));
+        let stored = bus.since(0, 10).unwrap();
+        assert_eq!(stored[0], sent);
+        assert_eq!(stored[1].data, None);
+        let json = serde_json::to_value(&stored[1]).unwrap();
+        assert!(json.get("data").is_none(), "absent, not null: {json}");
+    }
 }

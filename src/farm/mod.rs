@@ -395,6 +395,11 @@ impl Farm {
             .accounts
             .extend(accounts.into_iter().map(|a| (a.id, a)));
     }
+
+    /// The farm's event bus, for a test of the bus itself.
+    pub(crate) fn event_bus_for_test(&self) -> &EventBus {
+        &self.events
+    }
 }
 
 /// A [`test_farm`] with the given clock and every provider's token

@@ -106,6 +106,11 @@ fn a_canary_finds_a_wrong_password_while_the_account_keeps_serving_and_the_other
         "only the broken account's canary fails"
     );
     assert!(str_of(&passed, "detail").contains("its tokens replaced the account's"));
+    assert!(
+        str_of(&passed, "detail").ends_with("its tokens replaced the account's"),
+        "revoke_replaced is off by default: {passed}"
+    );
+    assert_eq!(bed.provider.stats()["grants_revoked"], 0);
 
     // The broken account is untouched: healthy, the same tokens, served.
     let after = bed.account(broken);
@@ -259,4 +264,35 @@ fn the_digest_reaches_a_json_and_a_text_webhook() {
         "each digest starts where the previous one ended"
     );
     let _ = id;
+}
+
+/// `revoke_replaced = true`: the refresh token a canary replaced is revoked
+/// at the provider's revocation endpoint (found by discovery). The test
+/// provider keeps one grant per user and client, so the revocation ends
+/// that grant — why the key is off by default (the first test: no grant
+/// revoked).
+#[test]
+fn revoke_replaced_revokes_the_refresh_token_a_canary_replaced() {
+    let bed = Bed::start(
+        Settings::default()
+            .with_toml("revoke_replaced = true")
+            .with_browser(BrowserSettings {
+                canary: CANARY_EVERY_10S,
+                ..BrowserSettings::default()
+            }),
+    );
+    let user = "canary-cy";
+    let id = scripted_account(
+        &bed,
+        user,
+        &[("password", &format!("{user}-password"))],
+        &login_script(user, false),
+    );
+    assert_eq!(bed.provider.stats()["grants_revoked"], 0);
+    let passed = wait_event(&bed, "canary_passed", id, 0);
+    assert!(
+        str_of(&passed, "detail").ends_with("; the replaced refresh token was revoked"),
+        "{passed}"
+    );
+    assert_eq!(bed.provider.stats()["grants_revoked"], 1);
 }
