@@ -186,6 +186,7 @@ pub async fn run_canaries(farm: Arc<Farm>, shutdown: Shutdown) {
 
 async fn canary_round(farm: &Farm, schedule: Option<cron::Schedule>) {
     let start = farm.clock().now();
+    let max_sleep = farm.scheduler_settings().max_sleep;
     let ids = farm.canary_accounts();
     let window = schedule
         .and_then(|s| s.after(&start).next())
@@ -194,8 +195,13 @@ async fn canary_round(farm: &Farm, schedule: Option<cron::Schedule>) {
     tracing::info!(accounts = ids.len(), "canary round started");
     for (i, id) in ids.iter().enumerate() {
         let at = start + chrono_dur(crate::domain::timing::spread(window, ids.len(), i));
-        if let Ok(wait) = (at - farm.clock().now()).to_std() {
-            farm.clock().sleep(wait).await;
+        // Capped sleeps, the clock read after each: a machine suspended
+        // meanwhile starts the next canary soon after it wakes.
+        while let Ok(wait) = (at - farm.clock().now()).to_std() {
+            if wait.is_zero() {
+                break;
+            }
+            farm.clock().sleep(wait.min(max_sleep)).await;
         }
         // The result is an event (or a log line) of the farm's.
         let _ = farm.canary(*id).await;

@@ -73,6 +73,11 @@ impl Farm {
         let Some(pool) = self.browser.clone() else {
             return Ok(CanaryResult::Skipped);
         };
+        // A round is spread over up to an hour: an account disabled, or
+        // in the recovery ladder's hands, since it began is left alone.
+        if !self.with_account(id, |a| a.enabled && a.auth == AuthState::Active)? {
+            return Ok(CanaryResult::Skipped);
+        }
         let Some(text) = self.login_script_text(id)? else {
             return Ok(CanaryResult::Skipped);
         };

@@ -50,7 +50,7 @@ fn last_event_id(bed: &Bed) -> i64 {
 
 #[test]
 fn a_canary_finds_a_wrong_password_while_the_account_keeps_serving_and_the_other_passes() {
-    let bed = Bed::start(Settings::default().with_browser(BrowserSettings {
+    let mut bed = Bed::start(Settings::default().with_browser(BrowserSettings {
         canary: CANARY_EVERY_10S,
         ..BrowserSettings::default()
     }));
@@ -68,8 +68,6 @@ fn a_canary_finds_a_wrong_password_while_the_account_keeps_serving_and_the_other
         &[("password", &password(good_user))],
         &login_script(good_user, false),
     );
-    let before = bed.account(broken);
-    let good_before = bed.account(good);
 
     // The password changed at the provider's side (here: the farm's copy
     // is wrong). The account's profile still has a live session, which a
@@ -79,7 +77,12 @@ fn a_canary_finds_a_wrong_password_while_the_account_keeps_serving_and_the_other
     set_secret(&bed, broken, "password", wrong);
 
     let failed = wait_event(&bed, "canary_failed", broken, cursor);
-    let passed = wait_event(&bed, "canary_passed", good, cursor);
+    // A canary that started before the change may still pass: from the
+    // first failure on, every one fails, and the account must not move.
+    let before = bed.account(broken);
+    let good_before = bed.account(good);
+    let next = wait_event(&bed, "canary_failed", broken, int_of(&failed, "id"));
+    let passed = wait_event(&bed, "canary_passed", good, int_of(&failed, "id"));
     let detail = str_of(&failed, "detail");
     assert!(detail.starts_with("canary login failed: "), "{failed}");
     assert!(detail.contains("line "), "{failed}");
@@ -105,6 +108,7 @@ fn a_canary_finds_a_wrong_password_while_the_account_keeps_serving_and_the_other
             .all(|e| e["account_id"] == broken),
         "only the broken account's canary fails"
     );
+    assert_eq!(next["data"]["line"], data["line"], "{next}");
     assert!(str_of(&passed, "detail").contains("its tokens replaced the account's"));
     assert!(
         str_of(&passed, "detail").ends_with("its tokens replaced the account's"),
@@ -137,7 +141,10 @@ fn a_canary_finds_a_wrong_password_while_the_account_keeps_serving_and_the_other
     }
     users.sort_unstable();
     assert_eq!(users, [broken_user, good_user], "both accounts serve");
-    // No throwaway profile is left behind.
+    // No throwaway profile is left behind (a canary running at SIGTERM
+    // removes its own before the farm exits).
+    let status = bed.stop();
+    assert!(status.success(), "{status:?}");
     let left: Vec<String> = std::fs::read_dir(bed.layout.profiles_dir())
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -178,14 +185,18 @@ fn a_canary_that_logs_in_as_someone_else_stores_nothing() {
     set_secret(&bed, id, "password", "alice-password");
     let script = PASSWORD_SCRIPT.replace("provider = \"demo\"", "provider = \"quirky\"");
     put_script(&bed, id, &script).ok();
-    let before = bed.wait_state(id, "healthy", Duration::from_secs(60));
-    assert_eq!(before["identity"]["value"], "sub-alice", "{before}");
-    let token = str_of(&bed.admin().lease("quirky", None), "access_token").to_owned();
+    let healthy = bed.wait_state(id, "healthy", Duration::from_secs(60));
+    assert_eq!(healthy["identity"]["value"], "sub-alice", "{healthy}");
 
     let cursor = last_event_id(&bed);
     set_secret(&bed, id, "username", "bob");
     set_secret(&bed, id, "password", "bob-password");
-    let failed = wait_event(&bed, "canary_failed", id, cursor);
+    // A canary that started before the change may still pass as alice:
+    // from the first refusal on, every canary logs in as bob.
+    let first = wait_event(&bed, "canary_failed", id, cursor);
+    let before = bed.account(id);
+    let token = str_of(&bed.admin().lease("quirky", None), "access_token").to_owned();
+    let failed = wait_event(&bed, "canary_failed", id, int_of(&first, "id"));
     let detail = str_of(&failed, "detail");
     assert!(
         detail.contains(
