@@ -111,6 +111,7 @@ pub struct Config {
     pub rotation: RotationConfig,
     pub log: LogConfig,
     pub events: EventsConfig,
+    pub digest: DigestConfig,
     /// `[[webhook]]` blocks, in file order (the index is the `N` of their
     /// `RELOGIN_FARM_WEBHOOK_<N>_SECRET` variables).
     pub webhooks: Vec<WebhookConfig>,
@@ -177,6 +178,19 @@ pub struct Overrides {
 /// How a lease picks among a provider's usable accounts (owned by the
 /// domain, which decides with it).
 pub use crate::domain::{Rate, Strategy};
+
+crate::named_enum! {
+    /// How a webhook's body is written (`webhook.format`).
+    #[derive(Default)]
+    pub enum WebhookFormat {
+        /// The event as JSON.
+        #[default]
+        Json = "json",
+        /// The event's text (a digest: its plain-text summary), for push
+        /// services that show the body as it is (ntfy, Gotify).
+        Text = "text",
+    }
+}
 
 crate::named_enum! {
     /// Log line format.
@@ -678,6 +692,17 @@ config_section! {
         session_idle: Duration = "10m" => duration();
         /// An admin page's remote browser session ends this long after it started, in use or not.
         session_max: Duration = "1h" => duration();
+        /// Cron (seconds field, UTC) of the canary logins: each active account with a login script logs in with its full script in a fresh browser context (no cookies), one at a time, spread until the next round (at most an hour); a failure is a `canary_failed` event, the account keeps serving its tokens; `""` disables.
+        canary: Option<cron::Schedule> = "0 0 15 * * *" => parsed("cron expression", parse_cron);
+    }
+}
+
+config_section! {
+    /// `[digest]`: the summary of the night, as one `digest` event.
+    #[derive(Debug)]
+    pub struct DigestConfig in "digest" {
+        /// Cron (seconds field, UTC) of the `digest` event (what happened per provider since the previous one); `""` disables.
+        schedule: Option<cron::Schedule> = "0 0 7 * * *" => parsed("cron expression", parse_cron);
     }
 }
 
@@ -726,6 +751,7 @@ fn table_keys() -> Vec<KeyDoc> {
         RotationConfig::keys(),
         LogConfig::keys(),
         EventsConfig::keys(),
+        DigestConfig::keys(),
         BrowserSettings::keys(),
     ]
     .concat()
@@ -803,6 +829,7 @@ impl Config {
         let rotation = root.child("rotation")?;
         let mut log = root.child("log")?;
         let mut events = root.child("events")?;
+        let mut digest = root.child("digest")?;
         let webhooks = root.take("webhook");
         let browser = root.child("browser")?;
         let providers = root.take("provider");
@@ -817,6 +844,7 @@ impl Config {
             rotation: RotationConfig::build(rotation)?,
             log: LogConfig::read(&mut log)?,
             events: EventsConfig::read(&mut events)?,
+            digest: DigestConfig::read(&mut digest)?,
             webhooks: read_blocks("webhook", webhooks, &env)?,
             browser: BrowserSettings::build(browser)?,
             providers: read_blocks("provider", providers, &env)?,
@@ -1068,6 +1096,8 @@ config_section! {
         login_script: Option<PathBuf> => path(), optional;
         /// The provider revokes the grant when a spent refresh token is presented again: after a crash mid-refresh, an account with a login script is logged in by the browser instead of replaying its refresh token.
         reuse_detection: bool = false => boolean();
+        /// After a canary login (`browser.canary`) replaced an account's tokens, revoke the refresh token it replaced at the provider's revocation endpoint (RFC 7009, from discovery). Only for providers that give each login a grant of its own: where all of a client's tokens for a user are one grant (Google; `oidc-provider`), revoking the old token revokes the new one too, so it is off by default.
+        revoke_replaced: bool = false => boolean();
         /// How the token requests' bodies are sent: `"form"` (RFC 6749) or `"json"` (a JSON object; the code exchange then also carries `state`).
         token_request: BodyFormat = "form" => parsed("body format", BodyFormat::from_str);
         /// The refresh grant's body format when it differs from `token_request`; absent: as `token_request`.
@@ -1389,6 +1419,8 @@ config_section! {
         max_attempts: u32 = 6 => count(1..=20);
         /// How long one request may take.
         timeout: Duration = "10s" => duration();
+        /// The body: `json` (the event, signed) or `text` (its plain text — a `digest` as lines — as `text/plain`, for ntfy/Gotify-style push endpoints).
+        format: WebhookFormat = "json" => parsed("webhook format", WebhookFormat::from_str);
     }
     given {
         /// HMAC key; without one, requests are sent unsigned. The variable (`N`: the block's 0-based position in the file) wins over this key and `secret_file`.
@@ -2857,7 +2889,14 @@ mod tests {
     fn every_env_key_is_read() {
         for key in &env_keys() {
             let var = env_var(key);
-            let value = if ["scheduler.sweep", "backup.schedule"].contains(&key.as_str()) {
+            let value = if [
+                "scheduler.sweep",
+                "backup.schedule",
+                "digest.schedule",
+                "browser.canary",
+            ]
+            .contains(&key.as_str())
+            {
                 "bogus"
             } else {
                 ""
@@ -2982,6 +3021,7 @@ mod tests {
                 allowed_hosts: vec![],
                 session_idle: minutes(10),
                 session_max: minutes(60),
+                canary: BrowserSettings::default().canary,
             }
         );
         let config = load(
@@ -3063,7 +3103,7 @@ mod tests {
                 EventKind::NAMES.join(" | ")
             )
         );
-        assert!(e.contains("account_added | account_removed") && e.ends_with("| proxy_failover"));
+        assert!(e.contains("account_added | account_removed") && e.ends_with("| digest"));
         let cases = [
             (with("events = [\"refresh_ok\", \"refresh_ok\"]"), "webhook[0].events[1]: duplicate event kind \"refresh_ok\" (also webhook[0].events[0])"),
             (with("events = \"needs_human\""), "webhook[0].events: expected an array of strings, found string"),

@@ -42,6 +42,9 @@ crate::named_enum! {
         BackupFailed = "backup_failed",
         BackupRestored = "backup_restored",
         ProxyFailover = "proxy_failover",
+        CanaryPassed = "canary_passed",
+        CanaryFailed = "canary_failed",
+        Digest = "digest",
     }
 }
 
@@ -54,6 +57,11 @@ pub struct Event {
     pub account_id: Option<AccountId>,
     /// A human sentence; never a secret.
     pub detail: String,
+    /// What the sentence says, for programs (a failed canary's step, line
+    /// and screenshot; a digest's counts): stored with the event, so a
+    /// replay reads the same. Absent for most kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
 }
 
 /// Cloned by the webhook tasks, which announce their own failures.
@@ -72,13 +80,24 @@ impl EventBus {
     /// Records and broadcasts an event. A store failure is logged, not
     /// propagated: losing an event must never fail the operation it describes.
     pub fn emit(&self, kind: EventKind, account_id: Option<AccountId>, detail: impl Into<String>) {
+        self.emit_with(kind, account_id, detail, None);
+    }
+
+    /// [`emit`](Self::emit) with the event's `data`.
+    pub fn emit_with(
+        &self,
+        kind: EventKind,
+        account_id: Option<AccountId>,
+        detail: impl Into<String>,
+        data: Option<serde_json::Value>,
+    ) {
         let detail = detail.into();
         // Milliseconds, as stored: a live event and its replay must read the same.
         let now = Utc::now();
         let at = DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
         match self
             .store
-            .insert_event(at, kind.as_str(), account_id, &detail)
+            .insert_event(at, kind.as_str(), account_id, &detail, data.as_ref())
         {
             Ok(id) => {
                 tracing::debug!(id, kind = kind.as_str(), account = account_id, "event");
@@ -88,6 +107,7 @@ impl EventBus {
                     kind,
                     account_id,
                     detail,
+                    data,
                 });
             }
             Err(e) => tracing::error!(error = %e, kind = kind.as_str(), "could not record event"),
@@ -108,13 +128,14 @@ impl EventBus {
         let rows = self.store.events_since(after, limit)?;
         Ok(rows
             .into_iter()
-            .filter_map(|(id, at, kind, account_id, detail)| {
+            .filter_map(|(id, at, kind, account_id, detail, data)| {
                 Some(Event {
                     id,
                     at,
                     kind: kind.parse().ok()?,
                     account_id,
                     detail,
+                    data: data.and_then(|d| serde_json::from_str(&d).ok()),
                 })
             })
             .collect())
@@ -152,5 +173,29 @@ mod tests {
                 serde_json::json!(k.as_str())
             );
         }
+    }
+
+    /// An event's `data` is stored with it: a replay reads what was sent.
+    #[test]
+    fn data_is_replayed_as_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let farm = crate::farm::test_farm(dir.path(), "");
+        let bus = farm.event_bus_for_test();
+        let mut live = bus.subscribe();
+        let data = serde_json::json!({"step": 3, "line": 9, "screenshot": "/a/b.png"});
+        bus.emit_with(
+            EventKind::CanaryFailed,
+            Some(7),
+            "canary login failed",
+            Some(data.clone()),
+        );
+        bus.emit(EventKind::ClientCreated, None, "client 1 created");
+        let sent = live.try_recv().unwrap();
+        assert_eq!(sent.data.as_ref(), Some(&data));
+        let stored = bus.since(0, 10).unwrap();
+        assert_eq!(stored[0], sent);
+        assert_eq!(stored[1].data, None);
+        let json = serde_json::to_value(&stored[1]).unwrap();
+        assert!(json.get("data").is_none(), "absent, not null: {json}");
     }
 }

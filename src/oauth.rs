@@ -110,6 +110,8 @@ pub struct ResolvedEndpoints {
     pub device_authorization_url: Option<Url>,
     /// The OIDC userinfo endpoint, when discovery named one.
     pub userinfo_url: Option<Url>,
+    /// RFC 7009 token revocation, when discovery named one.
+    pub revocation_url: Option<Url>,
 }
 
 /// A started device authorization (RFC 8628 §3.2): what the person needs,
@@ -179,6 +181,12 @@ pub trait TokenEndpoint: Send + Sync {
     /// What the userinfo endpoint (or `identity.url`) answers to
     /// `access_token`: the claims an identity is read from.
     fn userinfo<'a>(&'a self, access_token: &'a Secret) -> EndpointFuture<'a, serde_json::Value>;
+
+    /// Revokes a refresh token (RFC 7009). `Ok(false)`: the provider has
+    /// no revocation endpoint.
+    fn revoke<'a>(&'a self, _refresh_token: &'a Secret) -> EndpointFuture<'a, bool> {
+        Box::pin(std::future::ready(Ok(false)))
+    }
 }
 
 impl TokenEndpoint for Provider {
@@ -227,6 +235,10 @@ impl TokenEndpoint for Provider {
     fn userinfo<'a>(&'a self, access_token: &'a Secret) -> EndpointFuture<'a, serde_json::Value> {
         Box::pin(Provider::userinfo(self, access_token))
     }
+
+    fn revoke<'a>(&'a self, refresh_token: &'a Secret) -> EndpointFuture<'a, bool> {
+        Box::pin(Provider::revoke(self, refresh_token))
+    }
 }
 
 /// RFC 8628 §3.4's grant type.
@@ -259,6 +271,7 @@ struct Discovery {
     token_endpoint: Url,
     device_authorization_endpoint: Option<Url>,
     userinfo_endpoint: Option<Url>,
+    revocation_endpoint: Option<Url>,
 }
 
 /// An oauth2 client with the authorize and token endpoints set (the only
@@ -330,6 +343,7 @@ impl Provider {
                 token_url: token_url.clone(),
                 device_authorization_url: None,
                 userinfo_url: None,
+                revocation_url: None,
             }),
             Endpoints::Device {
                 device_authorization_url,
@@ -340,6 +354,7 @@ impl Provider {
                 token_url: token_url.clone(),
                 device_authorization_url: Some(device_authorization_url.clone()),
                 userinfo_url: None,
+                revocation_url: None,
             }),
             Endpoints::Discovery { issuer } => {
                 let url = format!(
@@ -373,6 +388,7 @@ impl Provider {
                     token_url: doc.token_endpoint,
                     device_authorization_url: doc.device_authorization_endpoint,
                     userinfo_url: doc.userinfo_endpoint,
+                    revocation_url: doc.revocation_endpoint,
                 })
             }
         }
@@ -578,6 +594,55 @@ impl Provider {
         }
     }
 
+    /// Revokes a refresh token at the discovered revocation endpoint (RFC
+    /// 7009 §2.1: form-encoded `token` and `token_type_hint`, the client
+    /// authenticated as at the token endpoint). `Ok(false)`: none known.
+    pub async fn revoke(&self, refresh_token: &Secret) -> Result<bool, OAuthError> {
+        let ep = self.endpoints().await?;
+        let Some(url) = ep.revocation_url.clone() else {
+            return Ok(false);
+        };
+        let mut form = vec![
+            ("token", refresh_token.expose()),
+            ("token_type_hint", "refresh_token"),
+        ];
+        let req = self.authenticate(self.http.post(url), &mut form);
+        let resp = req
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| OAuthError::Transport(error_chain(&e)))?;
+        match resp.status() {
+            s if s.is_success() => Ok(true),
+            s => Err(OAuthError::Unavailable {
+                reason: format!("HTTP {s} from the revocation endpoint"),
+                retry_at: None,
+            }),
+        }
+    }
+
+    /// Authenticates the client as RFC 6749 §2.3.1 says: HTTP Basic
+    /// (both parts form-encoded) with a secret, `client_id` in the body
+    /// without.
+    fn authenticate<'f>(
+        &'f self,
+        req: reqwest::RequestBuilder,
+        form: &mut Vec<(&'f str, &'f str)>,
+    ) -> reqwest::RequestBuilder {
+        match &self.config.client_secret {
+            Some(secret) => {
+                let enc = |s: &str| {
+                    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
+                };
+                req.basic_auth(enc(&self.config.client_id), Some(enc(secret.expose())))
+            }
+            None => {
+                form.push(("client_id", &self.config.client_id));
+                req
+            }
+        }
+    }
+
     /// Sends one token request and classifies its answer.
     async fn token_verdict(
         &self,
@@ -599,15 +664,7 @@ impl Provider {
         for (name, value) in &self.config.token_headers {
             req = req.header(name, value);
         }
-        match &self.config.client_secret {
-            Some(secret) => {
-                let enc = |s: &str| {
-                    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
-                };
-                req = req.basic_auth(enc(&self.config.client_id), Some(enc(secret.expose())));
-            }
-            None => form.push(("client_id", &self.config.client_id)),
-        }
+        req = self.authenticate(req, &mut form);
         // The messages of transport errors carry no token: reqwest's errors
         // name the URL (no secrets in it for a token endpoint).
         // Only a failed connect proves the grant never reached the provider.

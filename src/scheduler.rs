@@ -180,6 +180,53 @@ pub async fn run_usage_polls(farm: Arc<Farm>, shutdown: Shutdown) {
     .await;
 }
 
+/// Logs every active account with a login script in with a throwaway
+/// browser on the `[browser] canary` schedule (disabled when empty): one
+/// at a time, their starts spread evenly over the time until the next
+/// round (at most an hour), so a round never bunches at the provider.
+pub async fn run_canaries(farm: Arc<Farm>, shutdown: Shutdown) {
+    let schedule = farm.canary_schedule();
+    let rounds = schedule.clone();
+    on_schedule(schedule, &farm, shutdown, move |farm| {
+        canary_round(farm, rounds.clone())
+    })
+    .await;
+}
+
+async fn canary_round(farm: &Farm, schedule: Option<cron::Schedule>) {
+    let start = farm.clock().now();
+    let max_sleep = farm.scheduler_settings().max_sleep;
+    let ids = farm.canary_accounts();
+    let window = schedule
+        .and_then(|s| s.after(&start).next())
+        .and_then(|next| (next - start).to_std().ok())
+        .unwrap_or(crate::domain::timing::CANARY_WINDOW);
+    tracing::info!(accounts = ids.len(), "canary round started");
+    for (i, id) in ids.iter().enumerate() {
+        let at = start + chrono_dur(crate::domain::timing::spread(window, ids.len(), i));
+        // Capped sleeps, the clock read after each: a machine suspended
+        // meanwhile starts the next canary soon after it wakes.
+        while let Ok(wait) = (at - farm.clock().now()).to_std() {
+            if wait.is_zero() {
+                break;
+            }
+            farm.clock().sleep(wait.min(max_sleep)).await;
+        }
+        // The result is an event (or a log line) of the farm's.
+        let _ = farm.canary(*id).await;
+    }
+}
+
+/// Emits the `digest` event on the `[digest]` schedule (disabled when empty).
+pub async fn run_digests(farm: Arc<Farm>, shutdown: Shutdown) {
+    let schedule = farm.digest_schedule();
+    on_schedule(schedule, &farm, shutdown, |farm| {
+        farm.emit_digest();
+        std::future::ready(())
+    })
+    .await;
+}
+
 /// Runs `job` at every time of `schedule` until shutdown. Sleeps are capped
 /// at `scheduler.max_sleep` and the clock is read again after each, so a
 /// suspended machine runs a missed job once, soon after it wakes.

@@ -209,7 +209,7 @@ pub async fn serve(
         tracing::info!(%addr, accounts = farm.account_count(), "relogin-farm listening");
     }
     let mut http_stop = stop_rx.clone();
-    let mut jobs: [Job; 5] = [
+    let mut jobs: [Job; 7] = [
         (
             "refresh scheduler",
             Some(tokio::spawn(scheduler::run_refresh_scheduler(
@@ -234,6 +234,20 @@ pub async fn serve(
         (
             "usage poller",
             Some(tokio::spawn(scheduler::run_usage_polls(
+                farm.clone(),
+                stop_rx.clone(),
+            ))),
+        ),
+        (
+            "canary logins",
+            Some(tokio::spawn(scheduler::run_canaries(
+                farm.clone(),
+                stop_rx.clone(),
+            ))),
+        ),
+        (
+            "digest",
+            Some(tokio::spawn(scheduler::run_digests(
                 farm.clone(),
                 stop_rx.clone(),
             ))),

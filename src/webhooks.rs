@@ -18,7 +18,7 @@ use sha2::Sha256;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::mpsc;
 
-use crate::config::WebhookConfig;
+use crate::config::{WebhookConfig, WebhookFormat};
 use crate::events::{Event, EventBus, EventKind};
 use crate::shutdown::{wait_shutdown, Shutdown};
 use crate::store::crypto::hex;
@@ -156,7 +156,7 @@ async fn deliver(
             ev = rx.recv() => match ev { Some(ev) => ev, None => return },
             _ = wait_shutdown(&mut shutdown) => return,
         };
-        let body = serde_json::to_vec(&ev).unwrap_or_default();
+        let body = body_of(&ev, hook.config.format);
         let mut delay = FIRST_RETRY;
         let mut attempt = 1;
         loop {
@@ -197,6 +197,31 @@ async fn deliver(
     }
 }
 
+/// A webhook's body for `ev`: the event as JSON, or its text.
+fn body_of(ev: &Event, format: WebhookFormat) -> Vec<u8> {
+    match format {
+        WebhookFormat::Json => serde_json::to_vec(ev).unwrap_or_default(),
+        WebhookFormat::Text => text_of(ev).into_bytes(),
+    }
+}
+
+/// An event as a push notification shows it: a digest is already its
+/// own lines; any other event is one line naming its kind and account.
+fn text_of(ev: &Event) -> String {
+    match (ev.kind, ev.account_id) {
+        (EventKind::Digest, _) => ev.detail.clone(),
+        (kind, Some(id)) => format!("{kind} (account {id}): {}", ev.detail),
+        (kind, None) => format!("{kind}: {}", ev.detail),
+    }
+}
+
+fn content_type(format: WebhookFormat) -> &'static str {
+    match format {
+        WebhookFormat::Json => "application/json",
+        WebhookFormat::Text => "text/plain; charset=utf-8",
+    }
+}
+
 async fn post(
     http: &reqwest::Client,
     cfg: &WebhookConfig,
@@ -206,7 +231,7 @@ async fn post(
     let mut req = http
         .post(cfg.url.clone())
         .timeout(cfg.timeout)
-        .header("content-type", "application/json")
+        .header("content-type", content_type(cfg.format))
         .header("x-relogin-farm-event", ev.kind.as_str())
         .header("x-relogin-farm-delivery", ev.id.to_string())
         .body(body.to_vec());

@@ -6,6 +6,7 @@
 //! so every rule is unit-tested directly.
 
 pub mod account;
+pub mod digest;
 pub mod identity;
 pub mod job;
 pub mod provider;

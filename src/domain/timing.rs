@@ -107,6 +107,19 @@ pub fn cooldown_for(retry_after: Option<Duration>, default: Duration, max: Durat
     retry_after.unwrap_or(default).clamp(Duration::zero(), max)
 }
 
+/// The longest a canary round is spread over, however far its next round.
+pub const CANARY_WINDOW: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// When the `i`th of `n` runs starts after a round begins: evenly over
+/// `window` (capped at [`CANARY_WINDOW`]), the first at once.
+pub fn spread(window: std::time::Duration, n: usize, i: usize) -> std::time::Duration {
+    let window = window.min(CANARY_WINDOW);
+    match n {
+        0 => std::time::Duration::ZERO,
+        n => window.mul_f64(i as f64 / n as f64),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,5 +271,18 @@ mod tests {
             Duration::seconds(7)
         );
         assert_eq!(cooldown_for(Some(Duration::days(3)), d, max), max);
+    }
+
+    #[test]
+    fn canary_runs_are_spread_over_the_window_at_most_an_hour() {
+        let secs = std::time::Duration::from_secs;
+        assert_eq!(spread(secs(20), 2, 0), secs(0));
+        assert_eq!(spread(secs(20), 2, 1), secs(10));
+        assert_eq!(
+            spread(secs(86_400), 4, 3),
+            secs(2700),
+            "a day away: over an hour"
+        );
+        assert_eq!(spread(secs(60), 0, 0), secs(0));
     }
 }

@@ -362,23 +362,10 @@ impl Farm {
         tokens: crate::domain::Tokens,
         identity: Option<Identity>,
     ) -> Result<Option<Identity>> {
-        let lock = self.refresh_lock(id);
-        let _one_writer = lock.lock().await;
-        let now = self.clock.now();
-        match self.store.save_login_tokens(id, &tokens, identity, now)? {
-            LoginSave::Saved {
-                generation,
-                identity,
-            } => {
-                // The state (`active`, errors cleared) was persisted with
-                // the tokens: memory follows the disk.
-                self.with_account(id, |a| {
-                    a.install_tokens(tokens, generation, now);
-                    a.identity = identity.clone();
-                })?;
-                self.scheduler_wake.notify_one();
-                Ok(identity)
-            }
+        let written = self.write_login(id, tokens, identity).await?;
+        let now = written.now;
+        match written.save {
+            LoginSave::Saved { identity, .. } => Ok(identity),
             LoginSave::Refused { got, expected } => {
                 Err(self.identity_refused(id, got.as_ref(), &expected, now))
             }
@@ -396,6 +383,43 @@ impl Farm {
             }
             LoginSave::Gone => Err(super::not_found_account(id)),
         }
+    }
+
+    /// Writes a login's tokens if its identity is the account's, under the
+    /// refresh lock (held by the answer until the caller has acted on it):
+    /// on `Saved` memory follows the disk. Also the refresh token the login
+    /// replaced, read under the lock.
+    pub(super) async fn write_login(
+        &self,
+        id: AccountId,
+        tokens: crate::domain::Tokens,
+        identity: Option<Identity>,
+    ) -> Result<WrittenLogin> {
+        let one_writer = self.refresh_lock(id).lock_owned().await;
+        let now = self.clock.now();
+        let replaced = self.with_account(id, |a| {
+            a.tokens.as_ref().and_then(|t| t.refresh_token.clone())
+        })?;
+        let save = self.store.save_login_tokens(id, &tokens, identity, now)?;
+        if let LoginSave::Saved {
+            generation,
+            identity,
+        } = &save
+        {
+            // The state (`active`, errors cleared) was persisted with
+            // the tokens: memory follows the disk.
+            self.with_account(id, |a| {
+                a.install_tokens(tokens, *generation, now);
+                a.identity = identity.clone();
+            })?;
+            self.scheduler_wake.notify_one();
+        }
+        Ok(WrittenLogin {
+            save,
+            replaced,
+            now,
+            _one_writer: one_writer,
+        })
     }
 
     /// A login as someone else: its tokens were not stored; the account
@@ -592,7 +616,7 @@ async fn poll_device_login(
 /// The identity a login's grant yields, read as the provider's
 /// `identity` says (`domain::identity::read`); `userinfo` asks the
 /// provider with the new access token.
-async fn login_identity(
+pub(super) async fn login_identity(
     provider: &dyn TokenEndpoint,
     grant: &Grant,
 ) -> std::result::Result<Option<Identity>, String> {
@@ -608,6 +632,15 @@ async fn login_identity(
         ),
     };
     identity::read(&rule, claims.as_ref())
+}
+
+/// What [`Farm::write_login`] did.
+pub(super) struct WrittenLogin {
+    pub(super) save: LoginSave,
+    /// The refresh token the account held before.
+    pub(super) replaced: Option<Secret>,
+    pub(super) now: DateTime<Utc>,
+    _one_writer: tokio::sync::OwnedMutexGuard<()>,
 }
 
 /// The socket address of a loopback redirect URI (`http://127.0.0.1:PORT/…`

@@ -14,8 +14,10 @@
 //! (`refresh_tests.rs`, `scripted.rs`).
 
 mod backup;
+mod canary;
 mod clients;
 mod credentials;
+mod digest;
 mod lifecycle;
 mod login;
 mod observe;
@@ -309,6 +311,17 @@ impl Farm {
     ) {
         self.events.emit(kind, account, detail);
     }
+
+    /// [`emit`](Self::emit) with the event's `data` (for programs).
+    pub(crate) fn emit_with(
+        &self,
+        kind: EventKind,
+        account: Option<AccountId>,
+        detail: impl Into<String>,
+        data: serde_json::Value,
+    ) {
+        self.events.emit_with(kind, account, detail, Some(data));
+    }
 }
 
 /// The browser runner's settings from the `[browser]` config section, with
@@ -384,6 +397,11 @@ impl Farm {
         self.state()
             .accounts
             .extend(accounts.into_iter().map(|a| (a.id, a)));
+    }
+
+    /// The farm's event bus, for a test of the bus itself.
+    pub(crate) fn event_bus_for_test(&self) -> &EventBus {
+        &self.events
     }
 }
 

@@ -182,10 +182,11 @@ impl Farm {
             // step, and must be backed off just the same.
             Err(e) => return Err(self.relogin_failed(id, &e.to_string(), true)),
         };
-        self.emit(
+        self.emit_with(
             EventKind::ReloginStarted,
             Some(id),
             format!("browser relogin started ({cause})"),
+            serde_json::json!({ "cause": cause.to_string() }),
         );
         tracing::info!(account = id, %cause, "browser relogin started");
         let timeout = self.config.browser.relogin_timeout;

@@ -208,6 +208,15 @@ pub struct Event {
     pub account_id: Option<AccountId>,
     /// A human sentence; never a secret.
     pub detail: String,
+    /// What `detail` says, for programs; only some kinds have it.
+    /// `canary_failed`: `{step, line, action, page_url, reason, screenshot}`
+    /// (the step's fields `null` when the run failed before any step);
+    /// `digest`: `{since, until, providers: [{provider, refreshes_ok,
+    /// refreshes_failed, relogins: {cause: n}, relogins_failed,
+    /// canary_failures, needs_person: [{account_id, label, reason, since,
+    /// takeover}], logins_completed}]}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
 }
 
 fn event_kind(_: &mut SchemaGenerator) -> Schema {
@@ -222,6 +231,7 @@ impl From<&crate::events::Event> for Event {
             kind: e.kind.as_str(),
             account_id: e.account_id,
             detail: e.detail.clone(),
+            data: e.data.clone(),
         }
     }
 }

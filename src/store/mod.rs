@@ -771,24 +771,26 @@ impl Store {
         kind: &str,
         account_id: Option<AccountId>,
         detail: &str,
+        data: Option<&serde_json::Value>,
     ) -> Result<i64> {
         let conn = self.conn();
         conn.prepare_cached(
-            "INSERT INTO events (at, kind, account_id, detail) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO events (at, kind, account_id, detail, data) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?
-        .execute(params![ms(at), kind, account_id, detail])?;
+        .execute(params![
+            ms(at),
+            kind,
+            account_id,
+            detail,
+            data.map(|d| d.to_string())
+        ])?;
         Ok(conn.last_insert_rowid())
     }
 
-    #[allow(clippy::type_complexity)]
-    pub fn events_since(
-        &self,
-        after: i64,
-        limit: usize,
-    ) -> Result<Vec<(i64, DateTime<Utc>, String, Option<AccountId>, String)>> {
+    pub fn events_since(&self, after: i64, limit: usize) -> Result<Vec<EventRow>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT id, at, kind, account_id, detail FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
+            "SELECT id, at, kind, account_id, detail, data FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![after, limit as i64], |r| {
             Ok((
@@ -797,6 +799,7 @@ impl Store {
                 r.get(2)?,
                 r.get(3)?,
                 r.get(4)?,
+                r.get(5)?,
             ))
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -819,6 +822,16 @@ impl Store {
         leases::prune(&self.conn(), before)
     }
 }
+
+/// A stored event: id, time, kind, account, detail, data (JSON text).
+pub type EventRow = (
+    i64,
+    DateTime<Utc>,
+    String,
+    Option<AccountId>,
+    String,
+    Option<String>,
+);
 
 fn aad(id: AccountId, field: &str) -> String {
     format!("account:{id}:{field}")

@@ -193,6 +193,9 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE accounts ADD COLUMN identity_refused INTEGER NOT NULL DEFAULT 0;
      CREATE UNIQUE INDEX accounts_identity ON accounts (provider, identity)
         WHERE identity IS NOT NULL;",
+    // 8 -> 9: an event's `data` (JSON: a failed canary's step and
+    // screenshot, a digest's counts), replayed as it was sent.
+    "ALTER TABLE events ADD COLUMN data TEXT;",
 ];
 
 pub fn migrate(conn: &Connection) -> Result<()> {

@@ -673,7 +673,7 @@ fn restore_checks_the_backup_and_moves_the_current_database_aside() {
         let store = open(dir.path());
         for n in 0..5 {
             store
-                .insert_event(now, "account_added", None, &format!("e{n}"))
+                .insert_event(now, "account_added", None, &format!("e{n}"), None)
                 .unwrap();
         }
         store.latest_event_id().unwrap()

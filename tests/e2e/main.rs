@@ -26,6 +26,7 @@ mod init_setup;
 mod leases;
 mod listener;
 mod login;
+mod nights;
 mod observability;
 mod openapi;
 mod provider_keys;

@@ -29,7 +29,7 @@ const LOGIN: Duration = Duration::from_secs(30);
 /// The README's login script for `user`, with the TOTP page's steps when
 /// `totp`. Every step after the `goto` is optional, so a live session skips
 /// them all.
-fn login_script(user: &str, totp: bool) -> String {
+pub(crate) fn login_script(user: &str, totp: bool) -> String {
     let mut text = format!(
         r##"provider = "{PROVIDER}"
 timeout_ms = 10000
@@ -88,7 +88,7 @@ fn browser_bed(settings: Settings) -> Bed {
     Bed::start(settings.with_browser(BrowserSettings::default()))
 }
 
-fn put_script(bed: &Bed, id: i64, text: &str) -> Resp {
+pub(crate) fn put_script(bed: &Bed, id: i64, text: &str) -> Resp {
     bed.admin().send(
         Method::PUT,
         &format!("/api/accounts/{id}/script"),
@@ -110,7 +110,12 @@ pub(crate) fn set_secret(bed: &Bed, id: i64, name: &str, value: &str) {
 /// An account for `user` that the farm logs in by itself: its secrets
 /// first, then its script (a pending account with a script is due for a
 /// relogin at once). Returns the id once the account is healthy.
-fn scripted_account(bed: &Bed, user: &str, secrets: &[(&str, &str)], script: &str) -> i64 {
+pub(crate) fn scripted_account(
+    bed: &Bed,
+    user: &str,
+    secrets: &[(&str, &str)],
+    script: &str,
+) -> i64 {
     let id = bed.add_account(user, 0);
     for (name, value) in secrets {
         set_secret(bed, id, name, value);

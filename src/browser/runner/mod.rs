@@ -37,6 +37,15 @@ use run::Run;
 use session::DriverSource;
 pub(crate) use session::Session;
 
+/// Which profile a scripted run uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunProfile {
+    /// The account's persistent one (relogins).
+    Own,
+    /// A fresh one, deleted after the run (canary logins).
+    Throwaway,
+}
+
 /// Runs browsers for the farm. Cheap to clone; all clones share the limits.
 #[derive(Clone)]
 pub struct BrowserPool {
@@ -107,6 +116,32 @@ impl BrowserPool {
         redirect_uri: &Url,
         timeout: Duration,
     ) -> Result<LoginOutcome, RunFailure> {
+        self.run(
+            profile_key,
+            script,
+            vars,
+            redirect_uri,
+            timeout,
+            RunProfile::Own,
+        )
+        .await
+    }
+
+    /// Runs a login script as [`run_login`](Self::run_login) does, in the
+    /// account's own profile or (a canary login) in a fresh throwaway one:
+    /// no cookies, so a live session cannot hide a broken password or TOTP
+    /// step; deleted after the run, the account's own profile neither used
+    /// nor locked. Failure screenshots go where the account's relogins put
+    /// theirs either way.
+    pub async fn run(
+        &self,
+        profile_key: &str,
+        script: &LoginScript,
+        vars: &Vars,
+        redirect_uri: &Url,
+        timeout: Duration,
+        profile: RunProfile,
+    ) -> Result<LoginOutcome, RunFailure> {
         validate_profile_key(profile_key)?;
         let steps = script
             .expand(vars)
@@ -118,6 +153,7 @@ impl BrowserPool {
             vars: vars.clone(),
             redirect_uri: redirect_uri.clone(),
             timeout,
+            throwaway: profile == RunProfile::Throwaway,
         };
         match tokio::spawn(run.execute()).await {
             Ok(result) => result,
@@ -326,10 +362,49 @@ impl BrowserPool {
         headless: bool,
         source: DriverSource<'_>,
     ) -> Result<Session, PoolError> {
-        let dir = self.profile_dir(profile_key);
-        profile::create_private_dir(&dir)
+        self.launch_in(&self.profile_dir(profile_key), headless, source)
+            .await
+    }
+
+    /// Starts a browser on the profile directory `dir` (created 0700).
+    async fn launch_in(
+        &self,
+        dir: &std::path::Path,
+        headless: bool,
+        source: DriverSource<'_>,
+    ) -> Result<Session, PoolError> {
+        profile::create_private_dir(dir)
             .map_err(|e| PoolError::Io(format!("{}: {e}", dir.display())))?;
-        Session::launch(&self.inner.cfg, &dir, headless, source).await
+        Session::launch(&self.inner.cfg, dir, headless, source).await
+    }
+
+    /// As [`launch_shared`](Self::launch_shared), on a new profile of its
+    /// own below `profiles_dir` (a canary's), which the caller removes.
+    pub(crate) async fn launch_throwaway(
+        &self,
+        headless: bool,
+    ) -> Result<(Session, PathBuf), PoolError> {
+        use rand::Rng;
+        let name = format!(".canary-{:016x}", rand::thread_rng().gen::<u64>());
+        let dir = self.inner.cfg.profiles_dir.join(name);
+        let session = self
+            .launch_in(&dir, headless, DriverSource::Shared(&self.inner.driver))
+            .await;
+        match session {
+            Ok(session) => Ok((session, dir)),
+            Err(e) => {
+                let _ = remove_dir_if_present(&dir).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes a throwaway profile (its cookies are the canary's tokens'
+    /// way back in).
+    pub(crate) async fn remove_throwaway(&self, dir: &std::path::Path) {
+        if let Err(e) = remove_dir_if_present(dir).await {
+            tracing::warn!(error = %e, "a canary's profile was not removed");
+        }
     }
 }
 
@@ -351,6 +426,18 @@ fn require_display() -> Result<(), PoolError> {
 }
 
 impl BrowserPool {
+    /// Waits for a slot only (a canary uses no account profile).
+    pub(crate) async fn acquire_slot(
+        &self,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, PoolError> {
+        self.inner
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| PoolError::ShuttingDown)
+    }
+
     /// Waits for the profile (other relogins of it finish first) and a slot.
     pub(crate) async fn acquire_for_relogin(
         &self,

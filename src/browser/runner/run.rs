@@ -18,22 +18,38 @@ pub(super) struct Run {
     pub(super) vars: Vars,
     pub(super) redirect_uri: Url,
     pub(super) timeout: Duration,
+    /// A canary's run: a fresh profile of its own, removed afterwards.
+    pub(super) throwaway: bool,
 }
 
 impl Run {
     pub(super) async fn execute(self) -> Result<LoginOutcome, RunFailure> {
         let pool = &self.pool;
         pool.refuse_if_stopping()?;
-        let _held = self
-            .wait_for(pool.acquire_for_relogin(&self.profile_key))
-            .await??;
+        let (_profile, _slot) = match self.throwaway {
+            true => (None, self.wait_for(pool.acquire_slot()).await??),
+            false => {
+                let (profile, slot) = self
+                    .wait_for(pool.acquire_for_relogin(&self.profile_key))
+                    .await??;
+                (Some(profile), slot)
+            }
+        };
         let _open = pool.count_open();
         let started = Instant::now();
-        let session = pool
-            .launch_shared(&self.profile_key, pool.config().headless)
-            .await?;
+        let headless = pool.config().headless;
+        let (session, throwaway_dir) = match self.throwaway {
+            true => {
+                let (session, dir) = pool.launch_throwaway(headless).await?;
+                (session, Some(dir))
+            }
+            false => (pool.launch_shared(&self.profile_key, headless).await?, None),
+        };
         let result = self.drive(&session, started).await;
         session.close().await;
+        if let Some(dir) = throwaway_dir {
+            pool.remove_throwaway(&dir).await;
+        }
         log_result(&self.profile_key, &result);
         result
     }

@@ -224,6 +224,9 @@
     const need = S.accounts.filter((a) => ATTENTION.includes(a.state)).length;
     document.title = `${need ? `(${need}) ` : ''}relogin-farm admin`;
     for (const el of document.querySelectorAll('.who')) el.textContent = accountName(Number(el.dataset.accountId));
+    // A digest's link (`/admin#account-N`) shows that account's row, with its "Browser" button, once.
+    const linked = !S.linkedShown && body.querySelector('tr.linked');
+    if (linked) (S.linkedShown = true), linked.scrollIntoView({ block: 'center' });
     tick();
   }
 
@@ -231,7 +234,8 @@
     const td = (label, ...kids) => h('td', { 'data-label': label }, h('div', {}, ...kids)); // one grid item in phone cards
     const e = a.last_error, labelId = `acct-${a.id}-label`;
     const btn = (action, text, cls) => h('button', { type: 'button', 'data-action': action, class: cls, 'aria-describedby': labelId, text });
-    return h('tr', { 'data-account-id': a.id, class: `state-${a.state}` },
+    const linked = location.hash === `#account-${a.id}` ? ' linked' : '';
+    return h('tr', { 'data-account-id': a.id, class: `state-${a.state}${linked}` },
       td('Provider', a.provider, a.identity && h('div', { class: 'identity muted', 'data-identity': a.identity.value, title: `logged in as ${a.identity.value}`, text: a.identity.display || a.identity.value })),
       h('th', { scope: 'row', id: labelId, 'data-label': 'Label', text: a.label }),
       td('State', badge(a.state)),

@@ -67,6 +67,8 @@ pub struct BrowserSettings {
     pub retry_max: &'static str,
     /// An admin page remote browser session's idle limit.
     pub session_idle: &'static str,
+    /// `browser.canary` (cron): off unless a test brings it forward.
+    pub canary: &'static str,
 }
 
 impl Default for BrowserSettings {
@@ -77,6 +79,7 @@ impl Default for BrowserSettings {
             retry_initial: "1s",
             retry_max: "5s",
             session_idle: "10m",
+            canary: "",
         }
     }
 }

@@ -110,7 +110,7 @@ impl Layout {
         let driver = playwright_dir().join("node_modules/playwright-core/cli.js");
         format!(
             "[browser]\nchromium = {}\ndriver = {}\nheadless = true\nmax_concurrent = {}\nrelogins_per_minute = {}\n\
-             profiles_dir = {}\nartifacts_dir = {}\nretry_initial = \"{}\"\nretry_max = \"{}\"\nsession_idle = \"{}\"\n\n",
+             profiles_dir = {}\nartifacts_dir = {}\nretry_initial = \"{}\"\nretry_max = \"{}\"\nsession_idle = \"{}\"\ncanary = {}\n\n",
             q(Path::new(CHROMIUM)),
             q(&driver),
             b.max_concurrent,
@@ -119,7 +119,8 @@ impl Layout {
             q(&self.artifacts_dir()),
             b.retry_initial,
             b.retry_max,
-            b.session_idle
+            b.session_idle,
+            toml_string(b.canary)
         )
     }
 }
