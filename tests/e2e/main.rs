@@ -28,6 +28,7 @@ mod listener;
 mod login;
 mod observability;
 mod openapi;
+mod presets;
 mod provider_keys;
 mod provider_quirks;
 mod proxy;
