@@ -67,7 +67,7 @@ enum Command {
     },
     /// Load and validate the configuration, print a summary, and exit.
     CheckConfig,
-    /// Check node, the Playwright driver and Chromium; print the fix for what is missing.
+    /// Check the store, node, the Playwright driver, Chromium and each provider (endpoints reachable, redirect port free, what its preset needs); print the fix for what is wrong.
     Doctor,
     /// Account secrets for login scripts (write-only).
     Secret {

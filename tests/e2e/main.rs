@@ -29,6 +29,7 @@ mod login;
 mod observability;
 mod openapi;
 mod presets;
+mod provider_doctor;
 mod provider_keys;
 mod provider_quirks;
 mod proxy;

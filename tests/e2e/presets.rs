@@ -300,6 +300,13 @@ fn provider_add_appends_a_preset_block_and_refuses_a_name_in_use() {
         err.contains("].client_id: missing: preset \"github\" needs"),
         "{err}"
     );
+    let doctor = bed.run_cli(&["doctor"], "");
+    let said = String::from_utf8_lossy(&doctor.stderr);
+    assert!(!doctor.status.success());
+    assert!(
+        said.contains("].client_id: missing: preset \"github\" needs the client id"),
+        "{said}"
+    );
 
     let again = bed.run_cli(&["provider", "add", "google", "--name", "gh"], "");
     assert!(!again.status.success());
