@@ -13,7 +13,8 @@ pub enum ProviderCommand {
     /// Append a [[provider]] block using preset PRESET to the config file
     /// (nothing else in it changes) and say what is left to fill in.
     Add {
-        /// google, entra, keycloak, authentik, github or openai-codex.
+        /// The preset (see README, "Providers").
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(presets::names()))]
         preset: String,
         /// The provider's name in the farm (default: the preset's).
         #[arg(long)]

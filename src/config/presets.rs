@@ -273,6 +273,19 @@ mod tests {
     }
 
     #[test]
+    fn the_preset_key_s_doc_names_every_preset() {
+        let keys = super::super::ProviderConfig::keys();
+        let doc = keys.iter().find(|k| k.key == "provider.preset").unwrap();
+        for name in names() {
+            assert!(
+                doc.doc.contains(&format!("`{name}`")),
+                "{name}: {}",
+                doc.doc
+            );
+        }
+    }
+
+    #[test]
     fn the_blocks_own_keys_win_and_endpoints_come_as_one_group() {
         let mut block: Table = r#"
 preset = "openai-codex"

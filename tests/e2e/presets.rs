@@ -317,5 +317,9 @@ fn provider_add_appends_a_preset_block_and_refuses_a_name_in_use() {
     let unknown = bed.run_cli(&["provider", "add", "anthropic"], "");
     assert!(!unknown.status.success());
     let err = String::from_utf8_lossy(&unknown.stderr);
-    assert!(err.contains("no preset \"anthropic\""), "{err}");
+    assert!(err.contains("invalid value 'anthropic'"), "{err}");
+    assert!(
+        err.contains("openai-codex"),
+        "the presets are listed: {err}"
+    );
 }
