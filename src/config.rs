@@ -38,6 +38,8 @@ use crate::domain::provider::{BodyFormat, Class, LoginKind, Rule};
 use crate::events::EventKind;
 use crate::secret::Secret;
 
+pub mod presets;
+
 /// The documented example configuration, also the `relogin-farm init`
 /// template (see [`init_template`]).
 pub const EXAMPLE_TOML: &str = include_str!("../config.example.toml");
@@ -832,8 +834,9 @@ impl Config {
         let mut digest = root.child("digest")?;
         let webhooks = root.take("webhook");
         let browser = root.child("browser")?;
-        let providers = root.take("provider");
+        let mut providers = root.take("provider");
         root.finish()?;
+        presets::apply_all(&mut providers)?;
 
         let store = StoreConfig::build(store, &env, overrides.store_path.as_deref())?;
         let mut config = Config {
@@ -1079,6 +1082,8 @@ config_section! {
     pub struct ProviderConfig in "provider" block {
         /// Unique; lowercase letters, digits, `_` and `-`, starting with a letter or digit.
         name: String => parsed("name", parse_provider_name), required;
+        /// Defaults for this block's keys from a provider's own public client (`google`, `entra`, `keycloak`, `authentik`, `github`, `openai-codex`; see [Providers](#providers)); the block's own keys win, and endpoint keys of its own replace all of the preset's.
+        preset: Option<String> => parsed("preset", presets::parse_name), optional;
         /// The OAuth client's id.
         client_id: String => non_empty_string(), required;
         /// Scopes to request (`offline_access` usually gets the refresh token).
@@ -1371,7 +1376,7 @@ fn resolve_endpoints(
     }
 }
 
-fn parse_provider_name(name: &str) -> Result<String, &'static str> {
+pub fn parse_provider_name(name: &str) -> Result<String, &'static str> {
     let mut bytes = name.bytes();
     let first_ok = bytes
         .next()
@@ -1392,6 +1397,11 @@ fn env_name(provider: &str) -> String {
 
 fn client_secret_var(env_name: &str) -> String {
     format!("{ENV_PREFIX}PROVIDER_{env_name}_CLIENT_SECRET")
+}
+
+/// The variable that gives `provider`'s client secret.
+pub fn provider_secret_var(provider: &str) -> String {
+    client_secret_var(&env_name(provider))
 }
 
 fn parse_http_url(text: &str) -> Result<Url, String> {
@@ -2610,10 +2620,14 @@ mod tests {
             ],
         )
         .unwrap();
-        let [demo, legacy, devices] = &config.providers[..] else {
+        let [demo, legacy, devices, work] = &config.providers[..] else {
             panic!("{:?}", config.providers)
         };
         assert!(matches!(devices.endpoints, Endpoints::Device { .. }));
+        // The preset block: its own issuer, the preset's scopes.
+        assert_eq!(work.preset.as_deref(), Some("keycloak"));
+        assert!(work.scopes.iter().any(|s| s == "offline_access"));
+        assert!(matches!(work.endpoints, Endpoints::Discovery { .. }));
         assert_eq!(
             demo.login_script.as_deref(),
             Some(Path::new("scripts/login/demo.toml"))

@@ -13,6 +13,8 @@ use crate::browser::runner::Problem;
 use crate::config::Config;
 use crate::store::{backup, lock::StoreLock, stored_fingerprint, Cipher, StoreError};
 
+pub mod providers;
+
 /// What the data check found: facts worth showing, and problems.
 #[derive(Debug, Default)]
 pub struct DataReport {

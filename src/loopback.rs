@@ -14,6 +14,10 @@ use warp::Filter;
 
 use crate::domain::AccountId;
 
+/// What the listener answers on any other path; `doctor` knows the farm's
+/// own listener by it.
+pub const OWN_PAGE: &str = "This address only receives login redirects.";
+
 /// How a redirect ended, for the page the person sees.
 pub enum Landing {
     LoggedIn(AccountId),
@@ -43,11 +47,7 @@ pub async fn spawn(
             let path = path.clone();
             async move {
                 if full.as_str() != path {
-                    return page(
-                        StatusCode::NOT_FOUND,
-                        "Not found",
-                        "This address only receives login redirects.",
-                    );
+                    return page(StatusCode::NOT_FOUND, "Not found", OWN_PAGE);
                 }
                 let url = format!("http://{addr}{path}?{query}");
                 match finish(url).await {

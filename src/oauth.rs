@@ -421,6 +421,21 @@ impl Provider {
         Ok(client)
     }
 
+    /// Whether the provider answers (`doctor`): discovery when configured,
+    /// then a GET of the token endpoint, through this provider's own client
+    /// (its `egress_proxy`). Any HTTP answer counts: a token endpoint asked
+    /// with GET usually refuses, but it is there. Returns the status.
+    pub async fn probe(&self) -> Result<(Url, u16), OAuthError> {
+        let ep = self.endpoints().await?;
+        let resp = self
+            .http
+            .get(ep.token_url.clone())
+            .send()
+            .await
+            .map_err(|e| OAuthError::Transport(error_chain(&e)))?;
+        Ok((ep.token_url.clone(), resp.status().as_u16()))
+    }
+
     /// Builds an authorization-code + PKCE (S256) authorize URL with a fresh state.
     pub async fn authorize(&self) -> Result<AuthorizeRequest, OAuthError> {
         let ep = self.endpoints().await?;

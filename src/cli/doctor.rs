@@ -11,6 +11,15 @@ pub async fn run(config: &Config, config_path: &Path) -> Result<()> {
         println!("{note}");
     }
     let mut problems = data.problems;
+    let providers = relogin_farm::doctor::providers::check(
+        config,
+        relogin_farm::doctor::providers::PROBE_TIMEOUT,
+    )
+    .await;
+    for note in &providers.notes {
+        println!("{note}");
+    }
+    problems.extend(providers.problems);
     if config.browser.enabled {
         let cfg = relogin_farm::farm::browser_config(&config.browser);
         let browser = relogin_farm::browser::doctor(&cfg).await;

@@ -10,6 +10,7 @@ mod client;
 mod clients;
 mod doctor;
 mod init;
+mod providers;
 mod serve;
 
 use std::net::SocketAddr;
@@ -66,12 +67,17 @@ enum Command {
     },
     /// Load and validate the configuration, print a summary, and exit.
     CheckConfig,
-    /// Check node, the Playwright driver and Chromium; print the fix for what is missing.
+    /// Check the store, node, the Playwright driver, Chromium and each provider (endpoints reachable, redirect port free, what its preset needs); print the fix for what is wrong.
     Doctor,
     /// Account secrets for login scripts (write-only).
     Secret {
         #[command(subcommand)]
         command: accounts::SecretCommand,
+    },
+    /// Providers in the config file.
+    Provider {
+        #[command(subcommand)]
+        command: providers::ProviderCommand,
     },
     /// Browser profiles (one per account).
     Browser {
@@ -129,10 +135,11 @@ struct FarmArgs {
 pub fn main() -> Result<()> {
     let cli = Cli::parse();
     let log_level = cli.log_level.as_deref();
-    // `init` writes the config and `token` needs none: logging from the
-    // command line alone. Every other command reads the config first.
+    // `init` writes the config, `token` needs none and `provider` edits it
+    // (a block it adds may still miss keys): logging from the command line
+    // alone. Every other command reads the config first.
     let mut config = match &cli.command {
-        Command::Init { .. } | Command::Token { .. } => {
+        Command::Init { .. } | Command::Token { .. } | Command::Provider { .. } => {
             init_logging(log_level.unwrap_or("info"), LogFormat::Text);
             None
         }
@@ -153,7 +160,7 @@ pub fn main() -> Result<()> {
     let mut config = || {
         config
             .take()
-            .expect("loaded for every command but init and token")
+            .expect("loaded for every command but init, token and provider")
     };
     match &cli.command {
         Command::Init { tls } => init::run(&cli.config, *tls),
@@ -168,6 +175,7 @@ pub fn main() -> Result<()> {
         Command::Account { command } => runtime()?.block_on(accounts::run(&config(), command)),
         Command::Secret { command } => runtime()?.block_on(accounts::secret(&config(), command)),
         Command::Doctor => runtime()?.block_on(doctor::run(&config(), &cli.config)),
+        Command::Provider { command } => providers::run(&cli.config, command),
         Command::Browser { command } => runtime()?.block_on(browser::run(&config(), command)),
         Command::Client { command } => runtime()?.block_on(clients::run(&config(), command)),
         Command::Backup { list, farm } => runtime()?.block_on(backup::take(&config(), *list, farm)),

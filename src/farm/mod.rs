@@ -46,7 +46,7 @@ use crate::store::{Store, StoreError};
 
 pub use clients::{NewClient, Principal};
 pub use credentials::{CredentialLease, Issued, ReportRequest};
-pub use login::LoginStarted;
+pub use login::{loopback_addr, LoginStarted};
 pub use refresh::RefreshOutcome;
 pub use relogin::{BrowserInfo, ReloginCause, ReloginDone, SecretName};
 pub use remote::{Attached, Outgoing, RemoteMode, RemoteRequest, RemoteStarted};

@@ -37,7 +37,7 @@ fn events_of_kind(bed: &Bed, kind: &str) -> Vec<Value> {
     events.into_iter().filter(|e| e["kind"] == kind).collect()
 }
 
-fn output_text(out: &Output) -> String {
+pub(crate) fn output_text(out: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

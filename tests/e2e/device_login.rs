@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::support::farm::toml_string;
 use crate::support::quirk_provider::{QuirkProvider, Quirks, Seen};
-use crate::support::{event_kinds, free_port, int_of, json, secs, str_of, Bed, Settings, Value};
+use crate::support::{event_kinds, free_port, secs, str_of, Bed, Settings, Value};
 
 const DEVICE: &str = "devicey";
 
@@ -53,18 +53,7 @@ fn polls(emulator: &QuirkProvider) -> Vec<Seen> {
 }
 
 fn start(bed: &Bed, label: &str) -> (i64, Value) {
-    let admin = bed.admin();
-    let account = admin
-        .post(
-            "/api/accounts",
-            json!({"provider": DEVICE, "label": label, "priority": 0}),
-        )
-        .expect(201);
-    let id = int_of(&account, "id");
-    let started = admin
-        .post(&format!("/api/accounts/{id}/login"), json!({}))
-        .ok();
-    (id, started)
+    bed.add_and_start_login(DEVICE, label)
 }
 
 #[test]

@@ -29,6 +29,8 @@ mod login;
 mod nights;
 mod observability;
 mod openapi;
+mod presets;
+mod provider_doctor;
 mod provider_keys;
 mod provider_quirks;
 mod proxy;

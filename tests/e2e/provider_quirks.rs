@@ -52,17 +52,7 @@ pub(crate) fn quirky_bed_with(
 /// the emulator's form; returns the account id and what the form's
 /// submission answered (status, and the redirect URL or the page).
 pub(crate) fn signed_in(bed: &Bed, user: &str) -> (i64, u16, String) {
-    let admin = bed.admin();
-    let account = admin
-        .post(
-            "/api/accounts",
-            json!({"provider": QUIRKY, "label": user, "priority": 0}),
-        )
-        .expect(201);
-    let id = int_of(&account, "id");
-    let started = admin
-        .post(&format!("/api/accounts/{id}/login"), json!({}))
-        .ok();
+    let (id, started) = bed.add_and_start_login(QUIRKY, user);
     let (status, answer) = QuirkProvider::sign_in(str_of(&started, "authorize_url"), user);
     (id, status, answer)
 }

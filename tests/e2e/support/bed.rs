@@ -302,6 +302,18 @@ impl Bed {
         int_of(&account, "id")
     }
 
+    /// Adds an account of `provider` labelled `label` and starts its login
+    /// (`POST /api/accounts/{id}/login`); returns its id and that answer.
+    pub fn add_and_start_login(&self, provider: &str, label: &str) -> (i64, Value) {
+        let admin = self.admin();
+        let body = json!({"provider": provider, "label": label, "priority": 0});
+        let id = int_of(&admin.post("/api/accounts", body).expect(201), "id");
+        let started = admin
+            .post(&format!("/api/accounts/{id}/login"), json!({}))
+            .ok();
+        (id, started)
+    }
+
     pub fn account(&self, id: i64) -> Value {
         self.admin().get(&format!("/api/accounts/{id}")).ok()
     }

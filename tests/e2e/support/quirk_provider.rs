@@ -2,8 +2,9 @@
 //! server on a free loopback port speaking OAuth 2.0 — authorization code
 //! with PKCE S256 behind a plain HTML login form, the refresh grant,
 //! introspection (RFC 7662), a userinfo endpoint (`GET /userinfo` with the
-//! access token: `sub`, `email`, `preferred_username`) and the device
-//! authorization grant (RFC 8628)
+//! access token: `sub`, `email`, `preferred_username`, and GitHub's numeric
+//! `id` and `login`), the device authorization grant (RFC 8628) and an OIDC
+//! discovery document (`/.well-known/openid-configuration`)
 //! — for two users, `alice` and `bob` (password `<user>-password`, as the
 //! OIDC provider of `tests/oidc`).
 //!
@@ -102,6 +103,9 @@ pub struct Quirks {
     /// Token answers (after the grant is processed: a refresh token is
     /// already spent) wait this long, in milliseconds.
     pub token_delay_ms: u64,
+    /// The token endpoint answers as GitHub's: form-encoded unless the
+    /// request's `Accept` asks for JSON, and errors with HTTP 200.
+    pub github_answers: bool,
 }
 
 impl Default for Quirks {
@@ -124,6 +128,7 @@ impl Default for Quirks {
             device_interval: 5,
             device_expires_in: 600,
             token_delay_ms: 0,
+            github_answers: false,
         }
     }
 }
@@ -501,9 +506,17 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
         ("POST", "/login") => login(state, &params),
         ("POST", "/token") => {
             let resp = token(state, content_type.as_deref(), &headers, &params);
-            let delay = state.quirks.lock().unwrap().token_delay_ms;
+            let (delay, github) = {
+                let q = state.quirks.lock().unwrap();
+                (q.token_delay_ms, q.github_answers)
+            };
             tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
-            resp
+            if github {
+                let accepts_json = header("accept").is_some_and(|a| a.contains("application/json"));
+                github_style(resp, accepts_json).await
+            } else {
+                resp
+            }
         }
         ("POST", "/introspect") => json_answer(
             200,
@@ -513,6 +526,19 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
         ("GET", "/userinfo") => userinfo(state, header("authorization").as_deref()),
         ("GET", "/device") => device_page(get(&query, "user_code").unwrap_or_default(), None),
         ("POST", "/device") => device_decide(state, &params),
+        ("GET", "/.well-known/openid-configuration") => json_answer(
+            200,
+            json!({
+                "issuer": state.url,
+                "authorization_endpoint": format!("{}/authorize", state.url),
+                "token_endpoint": format!("{}/token", state.url),
+                "userinfo_endpoint": format!("{}/userinfo", state.url),
+                "device_authorization_endpoint": format!("{}/device/code", state.url),
+                "introspection_endpoint": format!("{}/introspect", state.url),
+                "response_types_supported": ["code"],
+                "code_challenge_methods_supported": ["S256"],
+            }),
+        ),
         ("GET", "/control") => json_answer(200, json!(state.quirks.lock().unwrap().clone())),
         ("POST", "/control") => control(state, &body),
         _ => oauth_error(404, "not_found", "no such endpoint"),
@@ -529,6 +555,33 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
         });
     }
     resp
+}
+
+/// A token answer as GitHub sends it: an error with HTTP 200, and the body
+/// form-encoded unless JSON was asked for.
+async fn github_style(resp: Response<Body>, accepts_json: bool) -> Response<Body> {
+    let body = match resp.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&body) else {
+        return respond(200, &[], String::from_utf8_lossy(&body).into_owned());
+    };
+    if accepts_json {
+        return json_answer(200, Value::Object(map));
+    }
+    let mut form = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in map {
+        match v {
+            Value::String(s) => form.append_pair(&k, &s),
+            other => form.append_pair(&k, &other.to_string()),
+        };
+    }
+    respond(
+        200,
+        &[("content-type", "application/x-www-form-urlencoded")],
+        form.finish(),
+    )
 }
 
 fn control(state: &State, body: &[u8]) -> Response<Body> {
@@ -1020,7 +1073,8 @@ fn userinfo(state: &State, authorization: Option<&str>) -> Response<Body> {
     let (name, _, sub, email, _) = USERS[user];
     json_answer(
         200,
-        json!({"sub": sub, "email": email, "preferred_username": name}),
+        json!({"sub": sub, "email": email, "preferred_username": name,
+            "id": 1000 + user, "login": name}),
     )
 }
 
