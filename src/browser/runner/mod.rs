@@ -41,6 +41,8 @@ pub(crate) use session::Session;
 #[derive(Clone)]
 pub struct BrowserPool {
     inner: Arc<Inner>,
+    /// Relogins run on a throwaway profile (see [`BrowserPool::proving`]).
+    throwaway: bool,
 }
 
 struct Inner {
@@ -84,6 +86,19 @@ impl BrowserPool {
                 stopping: watch::channel(false).0,
                 open: watch::channel(0).0,
             }),
+            throwaway: false,
+        }
+    }
+
+    /// The same pool (same limits), whose [`run_login`](Self::run_login)
+    /// runs on a throwaway profile: no cookie of the account's helps, so
+    /// reaching the redirect proves the script logs in alone. The account's
+    /// profile is still held meanwhile (a person or another relogin on it
+    /// waits or is refused as usual).
+    pub fn proving(&self) -> BrowserPool {
+        BrowserPool {
+            inner: self.inner.clone(),
+            throwaway: true,
         }
     }
 
@@ -118,6 +133,7 @@ impl BrowserPool {
             vars: vars.clone(),
             redirect_uri: redirect_uri.clone(),
             timeout,
+            throwaway: self.throwaway,
         };
         match tokio::spawn(run.execute()).await {
             Ok(result) => result,
@@ -320,6 +336,30 @@ impl BrowserPool {
         .await
     }
 
+    /// Starts a browser on a new, empty profile (no cookies, no session of
+    /// the account's), removed when the session closes: a recording that
+    /// must see every login step, a proof that a script logs in alone.
+    pub(crate) async fn launch_throwaway(
+        &self,
+        headless: bool,
+        shared: bool,
+    ) -> Result<Session, PoolError> {
+        let parent = &self.inner.cfg.profiles_dir;
+        let io = |e: std::io::Error| PoolError::Io(format!("{}: {e}", parent.display()));
+        profile::create_private_dir(parent).map_err(io)?;
+        // A leading dot: no profile key can name it (see validate_profile_key).
+        let dir = tempfile::Builder::new()
+            .prefix(".throwaway-")
+            .tempdir_in(parent)
+            .map_err(io)?;
+        let source = match shared {
+            true => DriverSource::Shared(&self.inner.driver),
+            false => DriverSource::Own,
+        };
+        let session = Session::launch(&self.inner.cfg, dir.path(), headless, source).await?;
+        Ok(session.with_throwaway(dir))
+    }
+
     async fn launch_on(
         &self,
         profile_key: &str,
@@ -342,12 +382,17 @@ async fn remove_dir_if_present(dir: &std::path::Path) -> Result<(), PoolError> {
 }
 
 fn require_display() -> Result<(), PoolError> {
-    let has = |v: &str| std::env::var_os(v).is_some_and(|x| !x.is_empty());
-    if has("DISPLAY") || has("WAYLAND_DISPLAY") {
+    if has_display() {
         Ok(())
     } else {
         Err(PoolError::NoDisplay)
     }
+}
+
+/// Whether a browser window can open here (`DISPLAY` or `WAYLAND_DISPLAY`).
+pub fn has_display() -> bool {
+    let has = |v: &str| std::env::var_os(v).is_some_and(|x| !x.is_empty());
+    has("DISPLAY") || has("WAYLAND_DISPLAY")
 }
 
 impl BrowserPool {

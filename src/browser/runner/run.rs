@@ -18,6 +18,8 @@ pub(super) struct Run {
     pub(super) vars: Vars,
     pub(super) redirect_uri: Url,
     pub(super) timeout: Duration,
+    /// On a throwaway profile (a proof), not the account's.
+    pub(super) throwaway: bool,
 }
 
 impl Run {
@@ -29,9 +31,11 @@ impl Run {
             .await??;
         let _open = pool.count_open();
         let started = Instant::now();
-        let session = pool
-            .launch_shared(&self.profile_key, pool.config().headless)
-            .await?;
+        let headless = pool.config().headless;
+        let session = match self.throwaway {
+            true => pool.launch_throwaway(headless, true).await?,
+            false => pool.launch_shared(&self.profile_key, headless).await?,
+        };
         let result = self.drive(&session, started).await;
         session.close().await;
         log_result(&self.profile_key, &result);
@@ -77,7 +81,9 @@ impl Run {
                 let elapsed = started.elapsed();
                 let session_cookie_expires = self.provider_cookie_expiry(session).await;
                 let steps_acted = driver.acted.clone();
+                let lines_acted = steps_acted.iter().map(|&i| self.steps[i].line).collect();
                 Ok(LoginOutcome {
+                    lines_acted,
                     redirect_url,
                     session_cookie_expires,
                     elapsed,
