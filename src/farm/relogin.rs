@@ -431,6 +431,8 @@ impl Farm {
         pool.reset(&id.to_string())
             .await
             .map_err(|e| FarmError::Conflict(e.to_string()))?;
+        // `browser list` no longer shows the wiped session's expiry.
+        self.store.forget_browser_session(id)?;
         self.emit(EventKind::AccountUpdated, Some(id), "browser profile wiped");
         Ok(())
     }

@@ -1175,3 +1175,20 @@ fn an_identity_belongs_to_one_account_of_a_provider() {
     );
     assert!(dup.is_err());
 }
+
+#[test]
+fn a_wiped_profile_forgets_its_session_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let now = Utc::now();
+    let id = store.insert_account("demo", "alice", 0, now).unwrap().id;
+    store
+        .record_browser_run(id, now, "ok", Some(now + Duration::days(7)))
+        .unwrap();
+    store.forget_browser_session(id).unwrap();
+    let (at, outcome, session) = store.browser_run(id).unwrap().unwrap();
+    assert_eq!(
+        (at.is_some(), outcome.as_deref(), session),
+        (true, Some("ok"), None)
+    );
+}

@@ -363,7 +363,9 @@
     $('remote-url').textContent = '';
     state.textContent = `${mode}: connecting…`;
     $('remote-script').hidden = $('remote-save').hidden = $('remote-record').hidden = $('remote-failure').hidden = true;
-    let recordNext = false;
+    let recordNext = false, ended;
+    // The proof needs the profile: it waits for the session's end (`closed`, or the socket gone).
+    const sessionEnded = new Promise((resolve) => (ended = resolve));
     const ws = new WebSocket(`${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}/api/browser/sessions/${encodeURIComponent(s.session_id)}/ws`);
     ws.binaryType = 'blob';
     const send = (m) => ws.readyState === WebSocket.OPEN && ws.send(JSON.stringify(m));
@@ -383,13 +385,13 @@
         if (mode === 'takeover') $('remote-record').hidden = false;
       } else if (m.type === 'failure') showFailure(m);
       else if (m.type === 'error') state.textContent = m.detail;
-      else if (m.type === 'closed') state.textContent = `Session ended: ${m.reason}`;
+      else if (m.type === 'closed') (state.textContent = `Session ended: ${m.reason}`), ended();
       else if (m.type === 'script') {
         Object.assign($('remote-script'), { value: m.toml, hidden: false });
         $('remote-save').hidden = false;
       }
     };
-    ws.onclose = (ev) => { if (ev.code >= 4000) state.textContent = `Closed: ${ev.reason}`; };
+    ws.onclose = (ev) => { if (ev.code >= 4000) state.textContent = `Closed: ${ev.reason}`; ended(); };
     const at = (e) => {
       const r = canvas.getBoundingClientRect();
       return { x: (e.clientX - r.left) * canvas.width / r.width, y: (e.clientY - r.top) * canvas.height / r.height };
@@ -415,6 +417,7 @@
     $('remote-save').onclick = () => act($('remote-save'), `Save script of ${a.label}`, async () => {
       await api('PUT', `/api/accounts/${a.id}/script`, $('remote-script').value, 'application/toml');
       state.textContent = 'Script saved; proving it in a fresh browser profile…';
+      await sessionEnded;
       try {
         const p = await api('POST', `/api/accounts/${a.id}/script/prove`);
         state.textContent = `Proved in a fresh browser profile (no cookies): ${stateText(p.state)}; script lines run: ${p.relogin.lines_run.join(', ')}`;
