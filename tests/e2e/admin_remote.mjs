@@ -8,11 +8,8 @@
 // Environment: CHROMIUM, FARM_URL, ADMIN_TOKEN, ACCOUNT_ID, USER (the
 // provider's user: its password is USER-password), ARTIFACTS,
 // STEP_TIMEOUT_MS.
-import { createRequire } from 'node:module';
 import { join } from 'node:path';
-
-const require = createRequire(new URL('../../scripts/playwright/package.json', import.meta.url));
-const { chromium } = require('playwright-core');
+import { launch, shoot as shootIn } from './page_support.mjs';
 
 const env = (name) => {
   const v = process.env[name];
@@ -25,19 +22,9 @@ const stepTimeout = Number(process.env.STEP_TIMEOUT_MS || 15000);
 const out = { console: [], screenshots: {} };
 let step = 'launch';
 
-async function shoot(page, name) {
-  const path = join(artifacts, `${name}.png`);
-  await page.screenshot({ path, fullPage: true });
-  out.screenshots[name] = path;
-}
+const shoot = (page, name) => shootIn(page, artifacts, out, name);
 
-const browser = await chromium.launch({
-  executablePath: chromiumPath,
-  headless: true,
-  timeout: 30000,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync'],
-});
+const browser = await launch(chromiumPath);
 let page;
 try {
   const context = await browser.newContext({ viewport: { width: 390, height: 844 }, hasTouch: true });
