@@ -82,11 +82,18 @@
   const CLICKABLE = 'button, a[href], input[type=submit], input[type=button], input[type=checkbox], ' +
     'input[type=radio], [role=button], [role=link], [role=checkbox], summary';
 
+  // The site and form a field is in: the same field filled again there is
+  // a retry (the path may change after a failed submit; the site does not).
+  const formOf = (el) => {
+    const f = el.form || el.closest('form');
+    return location.origin + (f ? '#' + (f.id || f.getAttribute('name') || 'form') : '');
+  };
+
   document.addEventListener('input', (e) => {
     const el = e.target;
     if (!e.isTrusted || !isTextField(el)) return;
     const password = el.type === 'password';
-    send({ kind: 'fill', selector: selectorFor(el), value: el.value, password, otp: !password && isOtp(el) });
+    send({ kind: 'fill', selector: selectorFor(el), value: el.value, password, otp: !password && isOtp(el), form: formOf(el) });
   }, true);
 
   // Enter in a form field also "clicks" its submit button (detail 0): that

@@ -54,6 +54,20 @@ pub struct Recording {
     pub needs_totp_seed: bool,
 }
 
+impl Recording {
+    /// Whether any step acts on the page (more than the `goto`): a script
+    /// without one logs in only while a session is live, and must never
+    /// replace a working one.
+    pub fn acts_on_page(&self) -> bool {
+        self.script.steps.len() > 1
+    }
+}
+
+/// Why a recording without a step acting on the page is not attached.
+pub const NOTHING_RECORDED: &str =
+    "the recording has no step that acts on the page (the login went straight through): \
+     nothing is attached; record again and log in with the form";
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
     #[error("{0}")]
@@ -79,6 +93,10 @@ pub(crate) struct RecordedEvent {
     password: bool,
     #[serde(default)]
     otp: bool,
+    /// The page (origin and path) and form the event happened in: a field
+    /// filled again there is a retry.
+    #[serde(default)]
+    form: String,
     /// Epoch milliseconds in the page, for ordering across pages.
     t: f64,
 }
@@ -107,15 +125,18 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Opens `profile_key` at the authorize URL with the recorder injected.
-    /// The profile is held (relogins are refused) until [`finish`](Self::finish).
+    /// Opens a throwaway profile (no cookies) at the authorize URL with the
+    /// recorder injected. `profile_key` is held (relogins are refused) until
+    /// [`finish`](Self::finish).
     pub async fn start(
         pool: &BrowserPool,
         profile_key: &str,
         options: RecordOptions,
     ) -> Result<Recorder, RecordError> {
         let hold = pool.hold_for_person(profile_key, ProfileUse::Recorder, options.headless)?;
-        let session = pool.launch(profile_key, options.headless).await?;
+        // Not the profile itself: its live session would skip the login
+        // steps, and the script would record none of them.
+        let session = pool.launch_throwaway(options.headless, false).await?;
         let closed = session.closed_by_user().await;
         let events = Events::default();
         let setup = async {
@@ -156,7 +177,7 @@ impl Recorder {
     }
 
     /// Waits for the login to reach the redirect URI, closes the browser
-    /// cleanly (the profile keeps the new session) and returns the script.
+    /// (its throwaway profile goes with it) and returns the script.
     pub async fn finish(mut self) -> Result<Recording, RecordError> {
         let end = self.wait_for_redirect().await;
         // Let events still in flight from the last page land.
@@ -247,7 +268,7 @@ fn build_recording(provider: &str, mut events: Vec<RecordedEvent>, redirect_url:
     // A click on the page's background has no selector (and no effect a
     // replay needs); as a step it would make the script invalid.
     events.retain(|e| !e.selector.is_empty());
-    let events = coalesce_fills(events);
+    let events = drop_retries(coalesce_fills(events));
     let mut secrets = SecretNames::default();
     let mut needs_totp_seed = false;
     let mut steps = vec![step(
@@ -321,6 +342,30 @@ fn coalesce_fills(events: Vec<RecordedEvent>) -> Vec<RecordedEvent> {
             }
             _ => out.push(event),
         }
+    }
+    out
+}
+
+/// A field filled again in the same page and form is a retry (a mistyped
+/// password, a corrected user name): the earlier attempt, from that field's
+/// first fill up to the retry, is dropped, so the script replays only the
+/// attempt that led on.
+fn drop_retries(events: Vec<RecordedEvent>) -> Vec<RecordedEvent> {
+    let mut out: Vec<RecordedEvent> = Vec::with_capacity(events.len());
+    for event in events {
+        let earlier = (event.kind == EventKind::Fill)
+            .then(|| {
+                out.iter().position(|e| {
+                    e.kind == EventKind::Fill
+                        && e.selector == event.selector
+                        && e.form == event.form
+                })
+            })
+            .flatten();
+        if let Some(at) = earlier {
+            out.truncate(at);
+        }
+        out.push(event);
     }
     out
 }
@@ -403,6 +448,7 @@ mod tests {
             },
             password: false,
             otp: false,
+            form: "https://p/login#f".into(),
             t,
         }
     }
@@ -471,6 +517,45 @@ optional = true
 "##;
         assert_eq!(toml, expected);
         assert_eq!(LoginScript::parse(&toml).unwrap().steps.len(), 7);
+    }
+
+    #[test]
+    fn a_retried_password_replays_only_the_attempt_that_led_on() {
+        let mut wrong = ev(EventKind::Fill, "#password", "typo", 2.0);
+        wrong.password = true;
+        let mut right = ev(EventKind::Fill, "#password", "s3cret", 4.0);
+        right.password = true;
+        let mut other_site = ev(EventKind::Fill, "#password", "s3cret", 7.0);
+        other_site.password = true;
+        other_site.form = "https://other/#f".into();
+        let events = vec![
+            ev(EventKind::Fill, "#username", "alice", 1.0),
+            wrong,
+            ev(EventKind::Click, "#submit", "", 3.0),
+            right,
+            ev(EventKind::Click, "#submit", "", 5.0),
+            ev(EventKind::Click, "#allow", "", 6.0),
+            other_site,
+        ];
+        let rec = build_recording("demo", events, Url::parse("http://h/cb").unwrap());
+        assert_eq!(rec.secrets.len(), 1, "{:?}", rec.secrets.keys());
+        assert_eq!(rec.secrets["password"].expose(), "s3cret");
+        let actions: Vec<String> = rec.script.steps[1..]
+            .iter()
+            .map(|s| s.action.to_string())
+            .collect();
+        assert_eq!(actions.len(), 5, "{actions:?}");
+        assert!(actions[0].contains("#username"), "{actions:?}");
+        assert!(actions[1].contains("#password"), "{actions:?}");
+        assert!(actions[2].contains("#submit"), "{actions:?}");
+    }
+
+    #[test]
+    fn a_recording_of_only_the_start_page_acts_on_nothing() {
+        let url = Url::parse("http://h/cb").unwrap();
+        assert!(!build_recording("demo", vec![], url.clone()).acts_on_page());
+        let one = vec![ev(EventKind::Click, "#allow", "", 1.0)];
+        assert!(build_recording("demo", one, url).acts_on_page());
     }
 
     #[test]

@@ -125,7 +125,12 @@ impl BrowserPool {
     ) -> Result<RemoteBrowser, PoolError> {
         let hold = self.hold_for_person(profile_key, ProfileUse::AdminPage, true)?;
         let slot = self.try_slot()?;
-        let session = self.launch_shared(profile_key, true).await?;
+        // A recording starts without the profile's session (which would
+        // skip the login steps it must capture).
+        let session = match options.record_for {
+            Some(_) => self.launch_throwaway(true, true).await?,
+            None => self.launch_shared(profile_key, true).await?,
+        };
         match RemoteBrowser::set_up(session, options, &self.config().allowed_hosts).await {
             Ok((session, screencast, captured, policy, recording)) => Ok(RemoteBrowser {
                 session,

@@ -29,6 +29,9 @@ pub enum AccountCommand {
         label: String,
         #[arg(long, default_value_t = 0)]
         priority: i64,
+        /// Only create it (pending_login): log it in later, e.g. with `account record`.
+        #[arg(long)]
+        no_login: bool,
         #[command(flatten)]
         farm: FarmArgs,
     },
@@ -43,16 +46,18 @@ pub enum AccountCommand {
         #[command(flatten)]
         farm: FarmArgs,
     },
-    /// Record a login script: opens the account's profile at its authorize URL
-    /// (in a window), turns your clicks and typing into script steps, and when
-    /// the login reaches the redirect: logs the account in, uploads the script
-    /// and secrets to the farm, and replays it there headless to prove it.
+    /// Record a login script: opens a fresh browser profile (no cookies) at the
+    /// account's authorize URL (in a window), turns your clicks and typing into
+    /// script steps, and when the login reaches the redirect: logs the account
+    /// in, uploads the script and secrets to the farm, and has the farm replay
+    /// it headless in a throwaway profile to prove it. Without a display it
+    /// prints the admin page's link instead (record there, from any device).
     Record {
         id: i64,
-        /// Run the recording browser headless (for automation).
+        /// Run the recording browser headless (for automation: no window).
         #[arg(long)]
         headless: bool,
-        /// Also write the script here (default: scripts/login/<provider>-<label>.toml).
+        /// Write the script here instead of scripts/login/<provider>-<label>.toml.
         #[arg(long)]
         out: Option<PathBuf>,
         #[command(flatten)]
@@ -77,6 +82,7 @@ pub async fn run(config: &Config, command: &AccountCommand) -> Result<()> {
             provider,
             label,
             priority,
+            no_login,
             farm,
         } => {
             let client = FarmClient::admin(config, farm)?;
@@ -87,6 +93,13 @@ pub async fn run(config: &Config, command: &AccountCommand) -> Result<()> {
             };
             let account: AccountView = client.post("/api/accounts", &body).await?;
             println!("account {} created", account.id);
+            if *no_login {
+                println!(
+                    "not logged in: record its login with `relogin-farm account record {}`",
+                    account.id
+                );
+                return Ok(());
+            }
             interactive_login(&client, account.id).await
         }
         AccountCommand::Login { id, farm } => {
@@ -261,9 +274,21 @@ async fn record(
     out: Option<&Path>,
     farm: &FarmArgs,
 ) -> Result<()> {
-    use relogin_farm::browser::recorder::{record, script_file_name, RecordOptions};
+    use relogin_farm::browser::recorder::{
+        record, script_file_name, RecordOptions, NOTHING_RECORDED,
+    };
     let client = FarmClient::admin(config, farm)?;
     let account: AccountView = client.get(&format!("/api/accounts/{id}")).await?;
+    // Before any login starts at the farm: without a display there is no
+    // window to record in, and the admin page's browser is the way.
+    if !headless && !relogin_farm::browser::runner::has_display() {
+        println!(
+            "no display here (DISPLAY / WAYLAND_DISPLAY unset): record from any device in the admin page's \
+             remote browser instead:\n  {}/admin/#record={id}",
+            client.base()
+        );
+        return Ok(());
+    }
     let (provider, label) = (account.provider, account.label);
     let providers: Vec<ProviderView> = client.get("/api/providers").await?;
     let redirect_uri = providers
@@ -278,7 +303,14 @@ async fn record(
     let pool = relogin_farm::browser::BrowserPool::new(relogin_farm::farm::browser_config(
         &config.browser,
     ));
-    println!("recording: log in to {provider} as {label} in the browser window; it stops at the redirect");
+    // A person's browser lasts as long as the admin page's does.
+    let timeout = config.browser.session_max;
+    let within = humantime::format_duration(timeout);
+    if headless {
+        println!("recording {provider} as {label} headless (no window): it stops at the redirect, or after {within}");
+    } else {
+        println!("recording: log in to {provider} as {label} in the browser window; it stops at the redirect, or after {within}");
+    }
     let options = RecordOptions {
         provider: provider.clone(),
         authorize_url: started
@@ -289,13 +321,17 @@ async fn record(
             .parse()?,
         redirect_uri,
         headless,
-        timeout: Duration::from_secs(600),
+        timeout,
     };
-    let recording = record(&pool, &id.to_string(), options).await?;
+    let recording = record(&pool, &id.to_string(), options).await;
     pool.shutdown().await;
+    let recording = recording?;
 
     complete_login(&client, id, recording.redirect_url.as_str()).await?;
     println!("account {id} logged in");
+    if !recording.acts_on_page() {
+        bail!("{NOTHING_RECORDED}");
+    }
     let text = recording.script.to_toml();
     let path = out
         .map(Path::to_path_buf)
@@ -325,15 +361,28 @@ async fn record(
         println!("the login asked for a one-time code: store the TOTP seed with `relogin-farm secret set {id} totp`");
         return Ok(());
     }
-    // The answer is the account and the run (`Relogged`); the account is what is shown.
-    let replay: AccountView = client
-        .post_empty(&format!("/api/accounts/{id}/relogin"))
-        .await?;
+    // The answer is the account and the run (`Relogged`).
+    let proof: serde_json::Value = client
+        .post_empty(&format!("/api/accounts/{id}/script/prove"))
+        .await
+        .context("proving the script in a fresh browser profile")?;
     println!(
-        "replayed by the farm: account {id} is {}",
-        replay.state.as_str()
+        "proved by the farm in a fresh browser profile (no cookies): account {id} is {}; script lines run: {}",
+        proof["state"].as_str().unwrap_or("?"),
+        lines_text(&proof["relogin"]["lines_run"])
     );
     Ok(())
+}
+
+/// `[3, 7]` → `3, 7`.
+fn lines_text(lines: &serde_json::Value) -> String {
+    let lines: Vec<String> = lines
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| l.to_string())
+        .collect();
+    lines.join(", ")
 }
 
 #[cfg(test)]

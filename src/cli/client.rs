@@ -88,6 +88,11 @@ impl FarmClient {
     }
 
     /// A POST without a body.
+    /// The farm's base URL (no trailing slash).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     pub async fn post_empty<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         parse(path, &self.send(Method::POST, path, NO_BODY).await?)
     }

@@ -142,6 +142,9 @@ pub struct Account {
     pub has_login_script: bool,
     /// The screenshot of the last failed browser relogin (cleared by a login).
     pub last_screenshot: Option<std::path::PathBuf>,
+    /// The step (1-based) and script line the last failed browser relogin
+    /// stopped at (cleared by a login): shown beside a takeover.
+    pub last_failed_step: Option<(usize, usize)>,
     /// Consecutive failed browser relogins, for backoff.
     pub relogin_failures: u32,
     /// Not before this time is a failed relogin retried.
@@ -183,6 +186,7 @@ impl Account {
             uses: 0,
             has_login_script: false,
             last_screenshot: None,
+            last_failed_step: None,
             relogin_failures: 0,
             relogin_retry_at: None,
             identity: None,
@@ -207,6 +211,7 @@ impl Account {
         self.retry_at = None;
         self.last_error = None;
         self.last_screenshot = None;
+        self.last_failed_step = None;
         self.last_refresh_at = Some(now);
         self.identity_refused = false;
     }

@@ -26,6 +26,9 @@ pub enum ReloginCause {
     Admin,
     /// The scheduler's recovery ladder: runs only while the account needs it.
     Recovery,
+    /// A person proving the account's script (`POST …/script/prove`): runs
+    /// on a throwaway profile, so no session cookie of the account's helps.
+    Proof,
 }
 
 impl std::fmt::Display for ReloginCause {
@@ -33,6 +36,7 @@ impl std::fmt::Display for ReloginCause {
         f.write_str(match self {
             ReloginCause::Admin => "admin",
             ReloginCause::Recovery => "recovery",
+            ReloginCause::Proof => "proof in a fresh browser profile",
         })
     }
 }
@@ -44,6 +48,8 @@ pub struct ReloginDone {
     pub elapsed_ms: u128,
     /// How many script steps acted (0 or 1: a live session went straight through).
     pub steps_acted: usize,
+    /// The script lines of the steps that acted, in order.
+    pub lines_run: Vec<usize>,
     pub session_expires_at: Option<chrono::DateTime<Utc>>,
 }
 
@@ -190,6 +196,10 @@ impl Farm {
         );
         tracing::info!(account = id, %cause, "browser relogin started");
         let timeout = self.config.browser.relogin_timeout;
+        let pool = match cause {
+            ReloginCause::Proof => pool.proving(),
+            _ => pool,
+        };
         let result = pool
             .run_login(
                 &id.to_string(),
@@ -218,7 +228,12 @@ impl Farm {
                         needs_human,
                     ));
                 }
-                self.browser_login_done(id, outcome.session_cookie_expires)?;
+                // A proof's cookies went with its throwaway profile.
+                let session_expires = match cause {
+                    ReloginCause::Proof => None,
+                    _ => outcome.session_cookie_expires,
+                };
+                self.browser_login_done(id, session_expires)?;
                 let ms = outcome.elapsed.as_millis();
                 self.emit(
                     EventKind::ReloginSucceeded,
@@ -234,7 +249,8 @@ impl Farm {
                     account_id: id,
                     elapsed_ms: ms,
                     steps_acted: outcome.steps_acted.len(),
-                    session_expires_at: outcome.session_cookie_expires,
+                    lines_run: outcome.lines_acted,
+                    session_expires_at: session_expires,
                 })
             }
             Err(failure) => {
@@ -245,6 +261,8 @@ impl Farm {
                 if let Some(shot) = &failure.screenshot {
                     self.with_account(id, |a| a.last_screenshot = Some(shot.clone()))?;
                 }
+                let step = failure.step.as_ref().map(|s| (s.index + 1, s.line));
+                self.with_account(id, |a| a.last_failed_step = step)?;
                 let failed = self.relogin_failed(id, &describe(&failure), failure.needs_human());
                 // A person holds the profile (the admin page's browser, a
                 // window): the caller is told who, as a conflict; the
@@ -414,6 +432,8 @@ impl Farm {
         pool.reset(&id.to_string())
             .await
             .map_err(|e| FarmError::Conflict(e.to_string()))?;
+        // `browser list` no longer shows the wiped session's expiry.
+        self.store.forget_browser_session(id)?;
         self.emit(EventKind::AccountUpdated, Some(id), "browser profile wiped");
         Ok(())
     }

@@ -29,6 +29,9 @@ const INPUT_QUEUE: usize = 64;
 const OUT_QUEUE: usize = 16;
 /// How often the page's URL is looked at (a local read, no browser call).
 const URL_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+/// How long `DELETE` waits for the session's browser to close (a close
+/// that takes longer goes on in the background).
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 /// The viewport when the page does not say.
 const DEFAULT_SIZE: (u32, u32) = (1280, 800);
 
@@ -77,6 +80,15 @@ pub enum Outgoing {
     Script {
         toml: String,
     },
+    /// In `takeover` mode, first: where the last scripted relogin stopped.
+    /// `screenshot` is the admin route serving its screenshot (fetched
+    /// with the admin token), if there is one.
+    Failure {
+        step: Option<usize>,
+        line: Option<usize>,
+        detail: String,
+        screenshot: Option<String>,
+    },
     /// An input the browser could not play (the session goes on).
     Error {
         detail: String,
@@ -107,6 +119,8 @@ struct Remote {
     frames: watch::Receiver<Option<Bytes>>,
     /// `DELETE` ends the session.
     stop: Notify,
+    /// Becomes `true` once the session ended and its browser is closed.
+    ended: watch::Receiver<bool>,
 }
 
 impl RemoteSessions {
@@ -171,11 +185,18 @@ impl Farm {
         let session_id = format!("{:032x}", rand::thread_rng().gen::<u128>());
         let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
         let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
+        if request.mode == RemoteMode::Takeover {
+            if let Some(failure) = self.last_failure(id) {
+                let _ = out_tx.try_send(failure);
+            }
+        }
+        let (ended_tx, ended) = watch::channel(false);
         let remote = Arc::new(Remote {
             account: id,
             socket_side: Mutex::new(Some((input_tx, out_rx))),
             frames,
             stop: Notify::new(),
+            ended,
         });
         self.remote
             .lock()
@@ -195,6 +216,7 @@ impl Farm {
                 .drive_remote(&run, &remote, browser, input_rx, &out_tx)
                 .await;
             farm.remote.lock().remove(&run.session_id);
+            ended_tx.send_replace(true);
             tracing::info!(account = run.id, %reason, "remote browser session ended");
             let _ = out_tx.send(Outgoing::Closed { reason }).await;
         });
@@ -204,20 +226,44 @@ impl Farm {
         })
     }
 
+    /// The last failed relogin, for a takeover's page (its text was
+    /// scrubbed of secrets when it was recorded).
+    fn last_failure(&self, id: AccountId) -> Option<Outgoing> {
+        self.with_account(id, |a| {
+            let detail = a.last_error.as_ref()?.message.clone();
+            Some(Outgoing::Failure {
+                step: a.last_failed_step.map(|(step, _)| step),
+                line: a.last_failed_step.map(|(_, line)| line),
+                detail,
+                screenshot: a
+                    .last_screenshot
+                    .as_ref()
+                    .map(|_| format!("/api/accounts/{id}/screenshot")),
+            })
+        })
+        .ok()
+        .flatten()
+    }
+
     /// `DELETE /api/accounts/{id}/browser/session`: ends the account's
-    /// session (its browser closes cleanly).
-    pub fn close_remote_browser(&self, id: AccountId) -> Result<()> {
+    /// session and returns once its browser closed cleanly (the profile is
+    /// free again: a new session or a relogin may start at once).
+    pub async fn close_remote_browser(&self, id: AccountId) -> Result<()> {
         self.with_account(id, |_| ())?;
-        let sessions = self.remote.lock();
-        let remote =
-            sessions
-                .values()
-                .find(|r| r.account == id)
-                .ok_or_else(|| FarmError::NotFound {
-                    what: "remote browser session for account",
-                    id: id.to_string(),
-                })?;
+        let remote = self
+            .remote
+            .lock()
+            .values()
+            .find(|r| r.account == id)
+            .cloned()
+            .ok_or_else(|| FarmError::NotFound {
+                what: "remote browser session for account",
+                id: id.to_string(),
+            })?;
         remote.stop.notify_one();
+        let mut ended = remote.ended.clone();
+        // The browser's own close is bounded; this only bounds the answer.
+        let _ = tokio::time::timeout(CLOSE_WAIT, ended.wait_for(|e| *e)).await;
         Ok(())
     }
 
@@ -348,7 +394,17 @@ impl Farm {
                         "a person finished the login in the admin page's browser",
                     );
                 }
-                if let Some(recording) = browser.recording(redirect) {
+                let recording = browser.recording(redirect);
+                if let Some(recording) = recording.as_ref().filter(|r| !r.acts_on_page()) {
+                    tracing::info!(
+                        account = id,
+                        steps = recording.script.steps.len(),
+                        "recording not proposed"
+                    );
+                    messages.push(Outgoing::Error {
+                        detail: crate::browser::recorder::NOTHING_RECORDED.into(),
+                    });
+                } else if let Some(recording) = recording {
                     for (name, value) in &recording.secrets {
                         if let Err(e) = self.set_secret(id, name, value) {
                             tracing::warn!(account = id, error = %e, "recorded secret not stored");

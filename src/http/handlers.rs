@@ -283,10 +283,19 @@ pub async fn secret_delete(id: String, name: String, farm: Arc<Farm>, _: Admin) 
 }
 
 pub async fn relogin(id: String, farm: Arc<Farm>, _: Admin) -> Response {
+    relogin_for(id, farm, crate::farm::ReloginCause::Admin).await
+}
+
+/// `POST /api/accounts/{id}/script/prove`: a relogin on a throwaway profile.
+pub async fn script_prove(id: String, farm: Arc<Farm>, _: Admin) -> Response {
+    relogin_for(id, farm, crate::farm::ReloginCause::Proof).await
+}
+
+async fn relogin_for(id: String, farm: Arc<Farm>, cause: crate::farm::ReloginCause) -> Response {
     render(
         async {
             let id = id_of("account", &id)?;
-            let done = farm.relogin(id, crate::farm::ReloginCause::Admin).await?;
+            let done = farm.relogin(id, cause).await?;
             Ok(json(&types::Relogged {
                 account: farm.account(id)?,
                 relogin: done,
@@ -327,10 +336,13 @@ pub async fn remote_open(
 }
 
 pub async fn remote_close(id: String, farm: Arc<Farm>, _: Admin) -> Response {
-    render((|| {
-        farm.close_remote_browser(id_of("account", &id)?)?;
-        Ok(with_status(warp::reply(), StatusCode::NO_CONTENT))
-    })())
+    render(
+        async {
+            farm.close_remote_browser(id_of("account", &id)?).await?;
+            Ok(with_status(warp::reply(), StatusCode::NO_CONTENT))
+        }
+        .await,
+    )
 }
 
 pub async fn screenshot(id: String, farm: Arc<Farm>, _: Admin) -> Response {

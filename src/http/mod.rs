@@ -285,6 +285,15 @@ pub const ROUTES: &[Route] = &[
         ok: (200, json::<types::Relogged>()),
     },
     Route {
+        method: "POST",
+        path: "/api/accounts/{id}/script/prove",
+        access: Admin,
+        summary: "Prove the login script: a relogin in a throwaway browser profile (no cookies); \
+                  `relogin.lines_run` names the script lines that ran",
+        request: None,
+        ok: (200, json::<types::Relogged>()),
+    },
+    Route {
         method: "GET",
         path: "/api/accounts/{id}/browser",
         access: Admin,
@@ -312,7 +321,7 @@ pub const ROUTES: &[Route] = &[
         method: "DELETE",
         path: "/api/accounts/{id}/browser/session",
         access: Admin,
-        summary: "End the account's remote browser session (its browser closes cleanly)",
+        summary: "End the account's remote browser session; answers once its browser closed cleanly",
         request: None,
         ok: (204, None),
     },
@@ -603,6 +612,8 @@ pub fn routes(farm: Arc<Farm>) -> BoxedFilter<(Response,)> {
             path!("api" / "accounts" / String / "secrets" / String) => h::secret_delete),
         route!(Admin, "POST", "/api/accounts/{id}/relogin",
             path!("api" / "accounts" / String / "relogin") => h::relogin),
+        route!(Admin, "POST", "/api/accounts/{id}/script/prove",
+            path!("api" / "accounts" / String / "script" / "prove") => h::script_prove),
         route!(Admin, "GET", "/api/accounts/{id}/browser",
             path!("api" / "accounts" / String / "browser") => h::browser_info),
         route!(Admin, "DELETE", "/api/accounts/{id}/browser",

@@ -631,6 +631,15 @@ impl Store {
         Ok(())
     }
 
+    /// The profile was wiped: its provider session went with it.
+    pub fn forget_browser_session(&self, id: AccountId) -> Result<()> {
+        self.conn().execute(
+            "UPDATE accounts SET session_expires_at = NULL WHERE id = ?1",
+            [id],
+        )?;
+        Ok(())
+    }
+
     /// `(last run at, its outcome, provider session cookie expiry)`.
     #[allow(clippy::type_complexity)]
     pub fn browser_run(

@@ -1245,3 +1245,20 @@ fn tokens_are_saved_while_the_lease_log_commits() {
     let t = accounts[0].tokens.as_ref().unwrap();
     assert_eq!(t.refresh_token.as_ref().unwrap().expose(), "REFRESH-299");
 }
+
+#[test]
+fn a_wiped_profile_forgets_its_session_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let now = Utc::now();
+    let id = store.insert_account("demo", "alice", 0, now).unwrap().id;
+    store
+        .record_browser_run(id, now, "ok", Some(now + Duration::days(7)))
+        .unwrap();
+    store.forget_browser_session(id).unwrap();
+    let (at, outcome, session) = store.browser_run(id).unwrap().unwrap();
+    assert_eq!(
+        (at.is_some(), outcome.as_deref(), session),
+        (true, Some("ok"), None)
+    );
+}

@@ -17,11 +17,8 @@
 //   STEP_TIMEOUT_MS  how long one step may wait
 // The farm is expected to have one webhook that fails (the Events tab must
 // show it failing).
-import { createRequire } from 'node:module';
 import { join } from 'node:path';
-
-const require = createRequire(new URL('../../scripts/playwright/package.json', import.meta.url));
-const { chromium } = require('playwright-core');
+import { launch, shoot as shootIn } from './page_support.mjs';
 
 const env = (name) => {
   const v = process.env[name];
@@ -51,19 +48,9 @@ async function farmApi(method, path, body) {
   return res.json();
 }
 
-async function shoot(page, name) {
-  const path = join(artifacts, `${name}.png`);
-  await page.screenshot({ path, fullPage: true });
-  out.screenshots[name] = path;
-}
+const shoot = (page, name) => shootIn(page, artifacts, out, name);
 
-const browser = await chromium.launch({
-  executablePath: chromiumPath,
-  headless: true,
-  timeout: 30000,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync'],
-});
+const browser = await launch(chromiumPath);
 let page;
 try {
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });

@@ -7,6 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::support::bed::BrowserSettings;
 use crate::support::process::{clean_command, run_with_deadline};
 use crate::support::receiver::Receiver;
 use crate::support::upstream::Upstream;
@@ -18,11 +19,11 @@ use crate::support::{
 /// The whole browser session, Chromium's start included.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// Runs `admin_page.mjs` against the bed's farm; returns its report.
-fn run_page(bed: &Bed, env: &[(&str, String)]) -> Value {
+/// Runs `script` (in tests/e2e) against the bed's farm; returns its report.
+fn run_page(bed: &Bed, script: &str, env: &[(&str, String)]) -> Value {
     playwright_dir();
     let mut cmd = clean_command("node");
-    cmd.arg(repo_root().join("tests/e2e/admin_page.mjs"))
+    cmd.arg(repo_root().join("tests/e2e").join(script))
         .current_dir(repo_root())
         .env("CHROMIUM", CHROMIUM)
         .env("FARM_URL", bed.url())
@@ -31,7 +32,7 @@ fn run_page(bed: &Bed, env: &[(&str, String)]) -> Value {
     for (name, value) in env {
         cmd.env(name, value);
     }
-    let out = run_with_deadline("admin_page.mjs", cmd, SCRIPT_TIMEOUT);
+    let out = run_with_deadline(script, cmd, SCRIPT_TIMEOUT);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let report: Option<Value> = stdout
@@ -41,7 +42,7 @@ fn run_page(bed: &Bed, env: &[(&str, String)]) -> Value {
     match report {
         Some(r) if out.status.success() && r["error"].is_null() => r,
         _ => panic!(
-            "admin_page.mjs failed ({}):\nstdout: {stdout}\nstderr: {stderr}",
+            "{script} failed ({}):\nstdout: {stdout}\nstderr: {stderr}",
             out.status
         ),
     }
@@ -120,6 +121,7 @@ fn the_page_signs_in_shows_accounts_live_and_creates_a_working_client_key() {
 
     let page = run_page(
         &bed,
+        "admin_page.mjs",
         &[
             ("REFRESH_ID", refresh_id.to_string()),
             ("DISABLE_ID", disable_id.to_string()),
@@ -315,4 +317,52 @@ fn the_page_signs_in_shows_accounts_live_and_creates_a_working_client_key() {
         int_of(phone, "scroll_width") <= int_of(phone, "inner_width"),
         "the page scrolls sideways at phone width: {phone}"
     );
+}
+
+/// A person with only a phone: `/admin/#record=ID` at 390×844 records the
+/// account's login in the farm's own browser with taps and key presses on
+/// the live view, saves the proposed script, and the farm proves it in a
+/// throwaway profile. Screenshots in `target/test-artifacts/admin-remote/`.
+#[test]
+fn at_phone_width_the_page_records_a_login_in_the_remote_browser_and_proves_it() {
+    let bed = Bed::start(Settings::default().with_browser(BrowserSettings::default()));
+    let user = "pia";
+    let id = bed.add_account(user, 0);
+    let artifacts = artifacts_dir("admin-remote");
+    let page = run_page(
+        &bed,
+        "admin_remote.mjs",
+        &[
+            ("ACCOUNT_ID", id.to_string()),
+            ("USER", user.to_string()),
+            ("ARTIFACTS", artifacts.display().to_string()),
+            ("STEP_TIMEOUT_MS", "20000".to_string()),
+        ],
+    );
+    assert_eq!(page["console"], serde_json::json!([]), "{page}");
+    assert!(
+        page["scroll_width"].as_u64().unwrap() <= 390,
+        "no sideways scrolling: {page}"
+    );
+    assert!(page["canvas"]["width"].as_u64().unwrap() <= 390, "{page}");
+    let script = str_of(&page, "script");
+    assert!(script.contains("${secret:password}"), "{script}");
+    assert!(!script.contains(&format!("{user}-password")), "{script}");
+    let proof = str_of(&page, "proof_state");
+    assert!(
+        proof.starts_with("Proved in a fresh browser profile"),
+        "{proof}"
+    );
+    assert!(proof.contains("Healthy"), "{proof}");
+    let account = bed.account(id);
+    assert_eq!(account["state"], "healthy", "{account}");
+    assert_eq!(account["has_login_script"], true, "{account}");
+    for shot in [
+        "remote-phone-login",
+        "remote-phone-recorded",
+        "remote-phone-proved",
+    ] {
+        let (width, _) = png_size(Path::new(str_of(&page["screenshots"], shot)));
+        assert_eq!(width, 390, "{shot}");
+    }
 }

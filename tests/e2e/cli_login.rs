@@ -6,8 +6,8 @@ use std::process::{Child, ChildStdin, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::support::process::clean_command;
-use crate::support::{browser, Bed, Settings, PROVIDER};
+use crate::support::process::{clean_command, run_with_deadline};
+use crate::support::{browser, Bed, Settings, Value, PROVIDER};
 
 /// The CLI, running: its stdin to paste into, its stdout lines as they come.
 struct Cli {
@@ -114,4 +114,54 @@ fn account_add_finishes_with_a_pasted_redirect_url() {
     writeln!(cli.stdin, "{redirect}").unwrap();
     assert!(cli.finish().ends_with("is healthy"));
     assert_eq!(bed.admin().get("/api/accounts").ok()[0]["state"], "healthy");
+}
+
+/// `relogin-farm --config farm.toml ARGS` with no display in its
+/// environment, run to its end; its stdout.
+fn cli_without_display(bed: &Bed, args: &[&str]) -> String {
+    let mut cmd = clean_command(env!("CARGO_BIN_EXE_relogin-farm"));
+    cmd.arg("--config")
+        .arg(bed.layout.config())
+        .args(args)
+        .args(["--farm", bed.url()])
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .current_dir(&bed.layout.root);
+    let out = run_with_deadline("relogin-farm", cmd, Duration::from_secs(30));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{args:?}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn account_add_no_login_then_record_without_a_display_points_to_the_admin_page() {
+    let bed = Bed::start(Settings::default());
+    let add = [
+        "account",
+        "add",
+        "--provider",
+        PROVIDER,
+        "--label",
+        "nina",
+        "--no-login",
+    ];
+    let added = cli_without_display(&bed, &add);
+    assert!(added.contains("account 1 created"), "{added}");
+    assert_eq!(bed.account(1)["state"], "pending_login");
+    let record = cli_without_display(&bed, &["account", "record", "1"]);
+    assert!(
+        record.contains(&format!("{}/admin/#record=1", bed.url())),
+        "{record}"
+    );
+    // Nothing was started at the farm: no login is pending for a browser.
+    let kinds: Vec<Value> = bed
+        .events_since(0)
+        .iter()
+        .map(|e| e["kind"].clone())
+        .collect();
+    assert!(!kinds.iter().any(|k| k == "login_started"), "{kinds:?}");
 }

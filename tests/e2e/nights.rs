@@ -148,7 +148,7 @@ fn a_canary_finds_a_wrong_password_while_the_account_keeps_serving_and_the_other
     let left: Vec<String> = std::fs::read_dir(bed.layout.profiles_dir())
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with(".canary-"))
+        .filter(|n| n.starts_with(".throwaway-"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }

@@ -88,6 +88,38 @@ async fn close_code(socket: &mut Socket) -> Option<CloseCode> {
     }
 }
 
+/// Logs `user` in on the login page shown (whose address is `url`) with
+/// input messages only: a click on the page (blurs the autofocused field),
+/// Tab to the username, type, Tab, the password, Enter; Enter again on the
+/// consent page if one comes (its Allow button has the focus). Returns the
+/// `done` message.
+async fn log_in_by_messages(socket: &mut Socket, url: &Value, user: &str) -> Value {
+    send_json(socket, json!({"type": "move", "x": 5, "y": 5})).await;
+    send_json(socket, json!({"type": "click", "x": 5, "y": 5})).await;
+    send_json(socket, json!({"type": "scroll", "dx": 0, "dy": 10})).await;
+    send_json(socket, json!({"type": "key", "key": "Tab"})).await;
+    send_json(socket, json!({"type": "type", "text": user})).await;
+    send_json(socket, json!({"type": "key", "key": "Tab"})).await;
+    let password = format!("{user}-password");
+    send_json(socket, json!({"type": "type", "text": password})).await;
+    send_json(socket, json!({"type": "key", "key": "Enter"})).await;
+    // A consent the provider remembers goes straight to the redirect.
+    let mut allowed = false;
+    loop {
+        let Message::Text(text) = next(socket, secs(20)).await else {
+            continue;
+        };
+        let seen: Value = serde_json::from_str(&text).unwrap();
+        if seen["type"] == "done" {
+            return seen;
+        }
+        if seen["type"] == "url" && seen["url"] != url["url"] && !allowed {
+            allowed = true;
+            send_json(socket, json!({"type": "key", "key": "Enter"})).await;
+        }
+    }
+}
+
 /// Width and height from a JPEG's start-of-frame marker.
 fn jpeg_size(jpeg: &[u8]) -> (u16, u16) {
     assert_eq!(&jpeg[..2], [0xFF, 0xD8], "a JPEG starts with SOI");
@@ -170,6 +202,12 @@ fn a_person_takes_over_a_stuck_login_with_input_messages_only() {
     let bed = browser_bed("10m");
     let user = "remy";
     let id = stuck_account(&bed, user);
+    // The screenshot a takeover's failure message points to.
+    let png = bed.admin().get(&format!("/api/accounts/{id}/screenshot"));
+    assert_eq!(
+        (png.status, png.header("content-type")),
+        (200, Some("image/png"))
+    );
     let started = open_session(
         &bed,
         id,
@@ -209,12 +247,15 @@ fn a_person_takes_over_a_stuck_login_with_input_messages_only() {
         auth(&bed, &mut socket).await;
         // A frame of the login page, at the asked size, and its address
         // (in either order).
-        let (mut frame, mut url) = (None, None);
+        let (mut frame, mut url, mut failure) = (None, None, None);
         while frame.is_none() || url.is_none() {
             match next(&mut socket, secs(15)).await {
                 Message::Binary(jpeg) => frame = Some(jpeg),
                 Message::Text(text) => {
                     let message: Value = serde_json::from_str(&text).unwrap();
+                    if message["type"] == "failure" {
+                        failure = Some(message.clone());
+                    }
                     let shown = message["url"].as_str().unwrap_or_default();
                     if message["type"] == "url" && shown.contains("/interaction/") {
                         url = Some(message);
@@ -224,6 +265,19 @@ fn a_person_takes_over_a_stuck_login_with_input_messages_only() {
             }
         }
         let (frame, url) = (frame.unwrap(), url.unwrap());
+        // Beside the live view: where the script stopped, and what it saw.
+        let failure = failure.expect("a takeover starts with the failure");
+        assert!(failure["step"].as_u64().unwrap() >= 1, "{failure}");
+        assert!(failure["line"].as_u64().unwrap() >= 1, "{failure}");
+        assert!(!failure["detail"].as_str().unwrap().is_empty(), "{failure}");
+        assert!(
+            !failure.to_string().contains("not-the-password"),
+            "{failure}"
+        );
+        assert_eq!(
+            failure["screenshot"],
+            format!("/api/accounts/{id}/screenshot")
+        );
         assert_eq!(jpeg_size(&frame), (800, 600));
         assert!(
             url["url"].as_str().unwrap().contains("/interaction/"),
@@ -241,30 +295,7 @@ fn a_person_takes_over_a_stuck_login_with_input_messages_only() {
             "{body}"
         );
 
-        // Click on the page (blurs the autofocused field), then Tab to the
-        // first field: the username.
-        send_json(&mut socket, json!({"type": "move", "x": 5, "y": 5})).await;
-        send_json(&mut socket, json!({"type": "click", "x": 5, "y": 5})).await;
-        send_json(&mut socket, json!({"type": "scroll", "dx": 0, "dy": 10})).await;
-        send_json(&mut socket, json!({"type": "key", "key": "Tab"})).await;
-        send_json(&mut socket, json!({"type": "type", "text": user})).await;
-        send_json(&mut socket, json!({"type": "key", "key": "Tab"})).await;
-        send_json(
-            &mut socket,
-            json!({"type": "type", "text": format!("{user}-password")}),
-        )
-        .await;
-        send_json(&mut socket, json!({"type": "key", "key": "Enter"})).await;
-        // The consent page (its Allow button has the focus).
-        let before = url["url"].clone();
-        loop {
-            let seen = until_text(&mut socket, "url", secs(15)).await;
-            if seen["url"] != before {
-                break;
-            }
-        }
-        send_json(&mut socket, json!({"type": "key", "key": "Enter"})).await;
-        let done = until_text(&mut socket, "done", secs(20)).await;
+        let done = log_in_by_messages(&mut socket, &url, user).await;
         assert_eq!(done["account_state"], "healthy", "{done}");
         let closed = until_text(&mut socket, "closed", secs(20)).await;
         assert!(
@@ -524,32 +555,38 @@ where
 }
 
 #[test]
-fn recording_over_the_socket_proposes_a_script_with_the_password_as_a_secret() {
+fn recording_over_the_socket_proposes_a_script_that_proves_itself_in_a_fresh_profile() {
     let bed = browser_bed("10m");
     let user = "rita";
     let id = bed.add_account(user, 0);
+    let password = format!("{user}-password");
+    // First the profile gets a live session (a person logs in on it)...
+    let started = open_session(&bed, id, json!({"mode": "takeover"}));
+    let session_id = started["session_id"].as_str().unwrap().to_string();
+    runtime().block_on(async {
+        let mut socket = connect(&bed, &session_id).await;
+        auth(&bed, &mut socket).await;
+        let url = until_text(&mut socket, "url", secs(15)).await;
+        let done = log_in_by_messages(&mut socket, &url, user).await;
+        assert_eq!(done["account_state"], "healthy", "{done}");
+        // Sent once the browser closed and the profile is free.
+        until_text(&mut socket, "closed", secs(20)).await;
+    });
+    // ...which a recording does not use: it meets the login form and
+    // captures every step.
     let started = open_session(&bed, id, json!({"mode": "record"}));
     let session_id = started["session_id"].as_str().unwrap().to_string();
-    let password = format!("{user}-password");
     let (done, script) = runtime().block_on(async {
         let mut socket = connect(&bed, &session_id).await;
         auth(&bed, &mut socket).await;
         let url = until_text(&mut socket, "url", secs(15)).await;
-        send_json(&mut socket, json!({"type": "click", "x": 5, "y": 5})).await;
-        send_json(&mut socket, json!({"type": "key", "key": "Tab"})).await;
-        send_json(&mut socket, json!({"type": "type", "text": user})).await;
-        send_json(&mut socket, json!({"type": "key", "key": "Tab"})).await;
-        send_json(&mut socket, json!({"type": "type", "text": password})).await;
-        send_json(&mut socket, json!({"type": "key", "key": "Enter"})).await;
-        loop {
-            let seen = until_text(&mut socket, "url", secs(15)).await;
-            if seen["url"] != url["url"] {
-                break;
-            }
-        }
-        send_json(&mut socket, json!({"type": "key", "key": "Enter"})).await;
-        let done = until_text(&mut socket, "done", secs(20)).await;
+        assert!(
+            url["url"].as_str().unwrap().contains("/interaction/"),
+            "the login form, not the redirect: {url}"
+        );
+        let done = log_in_by_messages(&mut socket, &url, user).await;
         let script = until_text(&mut socket, "script", secs(5)).await;
+        until_text(&mut socket, "closed", secs(20)).await;
         (done, script)
     });
     assert_eq!(done["account_state"], "healthy", "{done}");
@@ -571,8 +608,28 @@ fn recording_over_the_socket_proposes_a_script_with_the_password_as_a_secret() {
         )
         .ok();
     no_chromium_left(&bed);
+    // The proof: a relogin in a throwaway profile runs the login steps
+    // although the account's profile holds a live session.
+    let path = format!("/api/accounts/{id}/script/prove");
+    let proof = bed.admin().post(&path, json!({}));
+    let doc = bed.admin().get("/api/openapi.json").ok();
+    let problems = validate_answer(&doc, "POST", "/api/accounts/{id}/script/prove", &proof);
+    assert!(problems.is_empty(), "{problems:?}");
+    let proof = proof.expect(200);
+    assert_eq!(proof["state"], "healthy", "{proof}");
+    let lines = proof["relogin"]["lines_run"].as_array().unwrap();
+    let password_line = toml
+        .lines()
+        .position(|l| l.contains("${secret:password}"))
+        .unwrap()
+        + 1;
     assert!(
-        !bed.farm_log().contains(&password),
-        "typed text is in the log"
+        lines
+            .iter()
+            .any(|l| l.as_u64().unwrap().abs_diff(password_line as u64) <= 2),
+        "the password step ran (line {password_line}): {proof}"
     );
+    no_chromium_left(&bed);
+    let log = bed.farm_log();
+    assert!(!log.contains(&password), "typed text is in the log");
 }

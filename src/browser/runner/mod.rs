@@ -42,14 +42,21 @@ pub(crate) use session::Session;
 pub enum RunProfile {
     /// The account's persistent one (relogins).
     Own,
-    /// A fresh one, deleted after the run (canary logins).
+    /// A fresh one, deleted after the run; the account's own profile is
+    /// neither used nor locked (canary logins).
     Throwaway,
+    /// A fresh one, deleted after the run, while the account's own profile
+    /// is held as for a relogin (a script's proof: see
+    /// [`BrowserPool::proving`]).
+    Proof,
 }
 
 /// Runs browsers for the farm. Cheap to clone; all clones share the limits.
 #[derive(Clone)]
 pub struct BrowserPool {
     inner: Arc<Inner>,
+    /// Relogins run on a throwaway profile (see [`BrowserPool::proving`]).
+    throwaway: bool,
 }
 
 struct Inner {
@@ -93,6 +100,19 @@ impl BrowserPool {
                 stopping: watch::channel(false).0,
                 open: watch::channel(0).0,
             }),
+            throwaway: false,
+        }
+    }
+
+    /// The same pool (same limits), whose [`run_login`](Self::run_login)
+    /// runs on a throwaway profile: no cookie of the account's helps, so
+    /// reaching the redirect proves the script logs in alone. The account's
+    /// profile is still held meanwhile (a person or another relogin on it
+    /// waits or is refused as usual).
+    pub fn proving(&self) -> BrowserPool {
+        BrowserPool {
+            inner: self.inner.clone(),
+            throwaway: true,
         }
     }
 
@@ -116,15 +136,12 @@ impl BrowserPool {
         redirect_uri: &Url,
         timeout: Duration,
     ) -> Result<LoginOutcome, RunFailure> {
-        self.run(
-            profile_key,
-            script,
-            vars,
-            redirect_uri,
-            timeout,
-            RunProfile::Own,
-        )
-        .await
+        let profile = match self.throwaway {
+            true => RunProfile::Proof,
+            false => RunProfile::Own,
+        };
+        self.run(profile_key, script, vars, redirect_uri, timeout, profile)
+            .await
     }
 
     /// Runs a login script as [`run_login`](Self::run_login) does, in the
@@ -153,7 +170,7 @@ impl BrowserPool {
             vars: vars.clone(),
             redirect_uri: redirect_uri.clone(),
             timeout,
-            throwaway: profile == RunProfile::Throwaway,
+            profile,
         };
         match tokio::spawn(run.execute()).await {
             Ok(result) => result,
@@ -356,6 +373,30 @@ impl BrowserPool {
         .await
     }
 
+    /// Starts a browser on a new, empty profile (no cookies, no session of
+    /// the account's), removed when the session closes: a recording that
+    /// must see every login step, a proof that a script logs in alone.
+    pub(crate) async fn launch_throwaway(
+        &self,
+        headless: bool,
+        shared: bool,
+    ) -> Result<Session, PoolError> {
+        let parent = &self.inner.cfg.profiles_dir;
+        let io = |e: std::io::Error| PoolError::Io(format!("{}: {e}", parent.display()));
+        profile::create_private_dir(parent).map_err(io)?;
+        // A leading dot: no profile key can name it (see validate_profile_key).
+        let dir = tempfile::Builder::new()
+            .prefix(".throwaway-")
+            .tempdir_in(parent)
+            .map_err(io)?;
+        let source = match shared {
+            true => DriverSource::Shared(&self.inner.driver),
+            false => DriverSource::Own,
+        };
+        let session = Session::launch(&self.inner.cfg, dir.path(), headless, source).await?;
+        Ok(session.with_throwaway(dir))
+    }
+
     async fn launch_on(
         &self,
         profile_key: &str,
@@ -377,35 +418,6 @@ impl BrowserPool {
             .map_err(|e| PoolError::Io(format!("{}: {e}", dir.display())))?;
         Session::launch(&self.inner.cfg, dir, headless, source).await
     }
-
-    /// As [`launch_shared`](Self::launch_shared), on a new profile of its
-    /// own below `profiles_dir` (a canary's), which the caller removes.
-    pub(crate) async fn launch_throwaway(
-        &self,
-        headless: bool,
-    ) -> Result<(Session, PathBuf), PoolError> {
-        use rand::Rng;
-        let name = format!(".canary-{:016x}", rand::thread_rng().gen::<u64>());
-        let dir = self.inner.cfg.profiles_dir.join(name);
-        let session = self
-            .launch_in(&dir, headless, DriverSource::Shared(&self.inner.driver))
-            .await;
-        match session {
-            Ok(session) => Ok((session, dir)),
-            Err(e) => {
-                let _ = remove_dir_if_present(&dir).await;
-                Err(e)
-            }
-        }
-    }
-
-    /// Removes a throwaway profile (its cookies are the canary's tokens'
-    /// way back in).
-    pub(crate) async fn remove_throwaway(&self, dir: &std::path::Path) {
-        if let Err(e) = remove_dir_if_present(dir).await {
-            tracing::warn!(error = %e, "a canary's profile was not removed");
-        }
-    }
 }
 
 async fn remove_dir_if_present(dir: &std::path::Path) -> Result<(), PoolError> {
@@ -417,12 +429,17 @@ async fn remove_dir_if_present(dir: &std::path::Path) -> Result<(), PoolError> {
 }
 
 fn require_display() -> Result<(), PoolError> {
-    let has = |v: &str| std::env::var_os(v).is_some_and(|x| !x.is_empty());
-    if has("DISPLAY") || has("WAYLAND_DISPLAY") {
+    if has_display() {
         Ok(())
     } else {
         Err(PoolError::NoDisplay)
     }
+}
+
+/// Whether a browser window can open here (`DISPLAY` or `WAYLAND_DISPLAY`).
+pub fn has_display() -> bool {
+    let has = |v: &str| std::env::var_os(v).is_some_and(|x| !x.is_empty());
+    has("DISPLAY") || has("WAYLAND_DISPLAY")
 }
 
 impl BrowserPool {

@@ -29,6 +29,8 @@ pub struct LoginOutcome {
     /// Indices of the steps that ran (the rest were optional and skipped, or
     /// not reached): `[0]` means a live session went straight through.
     pub steps_acted: Vec<usize>,
+    /// The script lines of those steps.
+    pub lines_acted: Vec<usize>,
 }
 
 /// Refusals that happen before any browser starts.

@@ -7,7 +7,9 @@ use url::Url;
 
 use super::drive::{self, DriveEnd, Driver};
 use super::navigation::NavigationPolicy;
-use super::{BrowserPool, FailedStep, FailureKind, LoginOutcome, PoolError, RunFailure, Session};
+use super::{
+    BrowserPool, FailedStep, FailureKind, LoginOutcome, PoolError, RunFailure, RunProfile, Session,
+};
 use crate::browser::script::{ResolvedStep, Vars};
 
 /// One scripted relogin, owned by its own task.
@@ -18,17 +20,16 @@ pub(super) struct Run {
     pub(super) vars: Vars,
     pub(super) redirect_uri: Url,
     pub(super) timeout: Duration,
-    /// A canary's run: a fresh profile of its own, removed afterwards.
-    pub(super) throwaway: bool,
+    pub(super) profile: RunProfile,
 }
 
 impl Run {
     pub(super) async fn execute(self) -> Result<LoginOutcome, RunFailure> {
         let pool = &self.pool;
         pool.refuse_if_stopping()?;
-        let (_profile, _slot) = match self.throwaway {
-            true => (None, self.wait_for(pool.acquire_slot()).await??),
-            false => {
+        let (_profile, _slot) = match self.profile {
+            RunProfile::Throwaway => (None, self.wait_for(pool.acquire_slot()).await??),
+            RunProfile::Own | RunProfile::Proof => {
                 let (profile, slot) = self
                     .wait_for(pool.acquire_for_relogin(&self.profile_key))
                     .await??;
@@ -38,18 +39,15 @@ impl Run {
         let _open = pool.count_open();
         let started = Instant::now();
         let headless = pool.config().headless;
-        let (session, throwaway_dir) = match self.throwaway {
-            true => {
-                let (session, dir) = pool.launch_throwaway(headless).await?;
-                (session, Some(dir))
+        // A throwaway profile goes when its session closes.
+        let session = match self.profile {
+            RunProfile::Own => pool.launch_shared(&self.profile_key, headless).await?,
+            RunProfile::Throwaway | RunProfile::Proof => {
+                pool.launch_throwaway(headless, true).await?
             }
-            false => (pool.launch_shared(&self.profile_key, headless).await?, None),
         };
         let result = self.drive(&session, started).await;
         session.close().await;
-        if let Some(dir) = throwaway_dir {
-            pool.remove_throwaway(&dir).await;
-        }
         log_result(&self.profile_key, &result);
         result
     }
@@ -93,7 +91,9 @@ impl Run {
                 let elapsed = started.elapsed();
                 let session_cookie_expires = self.provider_cookie_expiry(session).await;
                 let steps_acted = driver.acted.clone();
+                let lines_acted = steps_acted.iter().map(|&i| self.steps[i].line).collect();
                 Ok(LoginOutcome {
+                    lines_acted,
                     redirect_url,
                     session_cookie_expires,
                     elapsed,

@@ -34,6 +34,9 @@ pub(crate) struct Session {
     driver: SessionDriver,
     pub(crate) context: BrowserContext,
     pub(crate) page: Page,
+    /// A throwaway profile (no cookies of the account's): removed once the
+    /// browser is closed.
+    throwaway: Option<tempfile::TempDir>,
 }
 
 /// Which driver a session runs on.
@@ -165,6 +168,7 @@ impl Session {
             driver,
             context,
             page,
+            throwaway: None,
         })
     }
 
@@ -174,6 +178,18 @@ impl Session {
     /// close, and it is logged.
     pub(crate) async fn close(self) {
         Session::close_parts(self.driver, &self.context).await;
+        if let Some(dir) = self.throwaway {
+            let path = dir.path().to_path_buf();
+            if let Err(e) = tokio::task::spawn_blocking(move || dir.close()).await {
+                tracing::warn!(error = %e, dir = %path.display(), "throwaway profile not removed");
+            }
+        }
+    }
+
+    /// Makes this session's profile directory a throwaway one.
+    pub(crate) fn with_throwaway(mut self, dir: tempfile::TempDir) -> Session {
+        self.throwaway = Some(dir);
+        self
     }
 
     async fn close_parts(driver: SessionDriver, context: &BrowserContext) {

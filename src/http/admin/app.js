@@ -136,10 +136,17 @@
     $('add-provider').replaceChildren(...S.providers.map((p) => h('option', { value: p.name, text: p.name })));
     $('signin').hidden = true;
     $('tabs').hidden = $('signout-btn').hidden = $('live-status').hidden = false;
-    reload();
+    const loaded = reload();
     const want = location.hash.slice(1);
     selectTab(Object.hasOwn(TABS, want) ? want : 'accounts');
     startLive();
+    // `#record=ID` (the link `account record` prints without a display): record that account's login.
+    const browserOf = /^record=(\d+)$/.exec(want);
+    if (browserOf) {
+      await loaded;
+      const a = S.accounts.find((x) => String(x.id) === browserOf[1]);
+      if (a) act(null, `Record a login for ${a.label}`, () => remoteBrowser(a, 'record'));
+    }
   }
 
   /** Back to the sign-in form, forgetting the token and everything shown. */
@@ -350,8 +357,8 @@
   /** "Browser": the farm's own browser on the account's profile (POST …/browser/session, then its WebSocket,
    * authenticated by the first message: the token is never in the URL). A stuck account is taken over; one
    * without a script is recorded; otherwise a look around. Taps and clicks become clicks. */
-  async function remoteBrowser(a) {
-    const mode = a.state === 'needs_human' ? 'takeover' : a.has_login_script ? 'view' : 'record';
+  async function remoteBrowser(a, asked) {
+    const mode = asked || (a.state === 'needs_human' ? 'takeover' : a.has_login_script ? 'view' : 'record');
     const width = Math.max(320, Math.min(1280, Math.floor(window.innerWidth - 40)));
     const height = Math.max(320, Math.min(900, Math.floor(window.innerHeight * 0.65)));
     const s = await api('POST', `/api/accounts/${a.id}/browser/session`, { mode, width, height });
@@ -359,7 +366,10 @@
     Object.assign(canvas, { width, height });
     $('remote-url').textContent = '';
     state.textContent = `${mode}: connecting…`;
-    $('remote-script').hidden = $('remote-save').hidden = true;
+    $('remote-script').hidden = $('remote-save').hidden = $('remote-record').hidden = $('remote-failure').hidden = true;
+    let recordNext = false, ended;
+    // The proof needs the profile: it waits for the session's end (`closed`, or the socket gone).
+    const sessionEnded = new Promise((resolve) => (ended = resolve));
     const ws = new WebSocket(`${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}/api/browser/sessions/${encodeURIComponent(s.session_id)}/ws`);
     ws.binaryType = 'blob';
     const send = (m) => ws.readyState === WebSocket.OPEN && ws.send(JSON.stringify(m));
@@ -373,15 +383,19 @@
       }
       const m = JSON.parse(ev.data);
       if (m.type === 'url') $('remote-url').textContent = m.url;
-      else if (m.type === 'done') state.textContent = `${m.detail} — ${stateText(m.account_state)}`;
+      else if (m.type === 'done') {
+        state.textContent = `${m.detail} — ${stateText(m.account_state)}`;
+        // A rescued login: the path the person took is worth a script.
+        if (mode === 'takeover') $('remote-record').hidden = false;
+      } else if (m.type === 'failure') showFailure(m);
       else if (m.type === 'error') state.textContent = m.detail;
-      else if (m.type === 'closed') state.textContent = `Session ended: ${m.reason}`;
+      else if (m.type === 'closed') (state.textContent = `Session ended: ${m.reason}`), ended();
       else if (m.type === 'script') {
         Object.assign($('remote-script'), { value: m.toml, hidden: false });
         $('remote-save').hidden = false;
       }
     };
-    ws.onclose = (ev) => { if (ev.code >= 4000) state.textContent = `Closed: ${ev.reason}`; };
+    ws.onclose = (ev) => { if (ev.code >= 4000) state.textContent = `Closed: ${ev.reason}`; ended(); };
     const at = (e) => {
       const r = canvas.getBoundingClientRect();
       return { x: (e.clientX - r.left) * canvas.width / r.width, y: (e.clientY - r.top) * canvas.height / r.height };
@@ -403,14 +417,38 @@
       e.target.value = '';
       send({ type: 'key', key: 'Enter' });
     };
+    // Saved, then proved: the farm replays it headless in a throwaway profile (no cookies).
     $('remote-save').onclick = () => act($('remote-save'), `Save script of ${a.label}`, async () => {
       await api('PUT', `/api/accounts/${a.id}/script`, $('remote-script').value, 'application/toml');
-      note(`${a.label}: recorded script attached.`);
+      state.textContent = 'Script saved; proving it in a fresh browser profile…';
+      await sessionEnded;
+      try {
+        const p = await api('POST', `/api/accounts/${a.id}/script/prove`);
+        state.textContent = `Proved in a fresh browser profile (no cookies): ${stateText(p.state)}; script lines run: ${p.relogin.lines_run.join(', ')}`;
+      } catch (e) {
+        state.textContent = `The script is saved, but its proof failed: ${describe(e)}`;
+      }
     });
+    $('remote-record').onclick = () => { recordNext = true; $('remote-dialog').close(); };
     await openDialog($('remote-dialog'), canvas);
     ws.close();
     await api('DELETE', `/api/accounts/${a.id}/browser/session`).catch(() => {});
     await reload();
+    if (recordNext) await remoteBrowser(a, 'record');
+  }
+  /** A takeover's first message: where the script stopped, and the page it saw then. */
+  async function showFailure(m) {
+    const at = m.step ? `Step ${m.step} (line ${m.line}) failed` : 'The last relogin failed';
+    $('remote-failure-text').textContent = `${at}: ${m.detail}`;
+    $('remote-failure').hidden = false;
+    const img = $('remote-failure-shot');
+    img.hidden = true;
+    if (!m.screenshot || !/^\/(?!\/)/.test(m.screenshot)) return;
+    const res = await fetch(m.screenshot, { headers: authHeader(), cache: 'no-store' }).catch(() => null);
+    if (!res || !res.ok) return;
+    if (img.src.startsWith('blob:')) URL.revokeObjectURL(img.src);
+    img.src = URL.createObjectURL(await res.blob());
+    img.hidden = false;
   }
   /** last_error.screenshot: a data:image URL, or a farm path fetched with the token (never sent elsewhere). */
   async function showScreenshot(src) {

@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
-use relogin_farm::browser::recorder::{RecordOptions, Recorder};
+use relogin_farm::browser::recorder::{RecordOptions, Recorder, Recording};
 use relogin_farm::browser::script::{Action, LoginScript, Vars};
+use relogin_farm::browser::{BrowserPool, LoginOutcome};
 use url::Url;
 
 use super::support::{serve_html, Provider, TestPool, RUN_TIMEOUT};
@@ -16,6 +17,47 @@ fn options(provider: &Provider, authorize_url: Url) -> RecordOptions {
         headless: true,
         timeout: Duration::from_secs(60),
     }
+}
+
+/// The person pastes `password` and presses Enter.
+async fn sign_in_with(page: &playwright_rs::Page, password: &str) {
+    let field = page.locator("#password");
+    field.fill(password, None).await.unwrap();
+    field.press("Enter", None).await.unwrap();
+}
+
+/// The script's actions, as text.
+fn actions(recording: &Recording) -> Vec<String> {
+    let steps = &recording.script.steps;
+    steps.iter().map(|s| s.action.to_string()).collect()
+}
+
+/// Logs `profile_key` in with `script` and the recording's secrets (on a
+/// throwaway profile if `pool` is a proving one), and redeems the code.
+async fn log_in(
+    pool: &BrowserPool,
+    provider: &Provider,
+    profile_key: &str,
+    script: &LoginScript,
+    recording: &Recording,
+) -> LoginOutcome {
+    let auth = provider.authorize();
+    let vars = recording.secrets.iter().fold(
+        Vars::new().with_authorize_url(auth.url.clone()),
+        |v, (k, s)| v.with_secret(k, s.clone()),
+    );
+    let outcome = pool
+        .run_login(
+            profile_key,
+            script,
+            &vars,
+            &provider.redirect_uri,
+            RUN_TIMEOUT,
+        )
+        .await
+        .unwrap();
+    provider.redeem(&outcome.redirect_url, &auth).await;
+    outcome
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,14 +94,7 @@ async fn record_then_replay_in_a_fresh_profile_and_the_recorded_one() {
         .press_sequentially("kim", None)
         .await
         .unwrap();
-    page.locator("#password")
-        .fill("kim-password", None)
-        .await
-        .unwrap();
-    page.locator("#password")
-        .press("Enter", None)
-        .await
-        .unwrap();
+    sign_in_with(page, "kim-password").await;
     page.locator("#allow").click(None).await.unwrap();
     let recording = recorder.finish().await.unwrap();
 
@@ -69,14 +104,8 @@ async fn record_then_replay_in_a_fresh_profile_and_the_recorded_one() {
     assert_eq!(recording.secrets["password"].expose(), "kim-password");
     let text = recording.script.to_toml();
     assert!(!text.contains("kim-password"), "{text}");
-    let actions: Vec<String> = recording
-        .script
-        .steps
-        .iter()
-        .map(|s| s.action.to_string())
-        .collect();
     assert_eq!(
-        actions,
+        actions(&recording),
         [
             "goto ${authorize_url}",
             "fill #username",
@@ -97,40 +126,49 @@ async fn record_then_replay_in_a_fresh_profile_and_the_recorded_one() {
 
     // Replay from the file: a fresh profile runs every step...
     let script = LoginScript::parse(&text).unwrap();
-    let vars_for = |auth: &super::support::Authorize| {
-        recording.secrets.iter().fold(
-            Vars::new().with_authorize_url(auth.url.clone()),
-            |v, (k, s)| v.with_secret(k, s.clone()),
-        )
-    };
-    let auth = provider.authorize();
-    let fresh = t
-        .pool
-        .run_login(
-            "kim-replay",
-            &script,
-            &vars_for(&auth),
-            &provider.redirect_uri,
-            RUN_TIMEOUT,
-        )
-        .await
-        .unwrap();
+    let fresh = log_in(&t.pool, &provider, "kim-replay", &script, &recording).await;
     assert_eq!(
         fresh.steps_acted,
         [0, 1, 2, 3],
         "consent is remembered for kim, so no #allow"
     );
-    provider.redeem(&fresh.redirect_url, &auth).await;
 
-    // Recording again on the logged-in profile ends at once: the authorize
-    // URL goes straight to the redirect, nothing for the person to do.
-    let again = Recorder::start(&t.pool, "kim", options(&provider, provider.authorize().url))
-        .await
-        .unwrap()
-        .finish()
+    // The recording left the profile alone (it ran in a throwaway one): a
+    // relogin on it runs every step, and leaves it logged in.
+    let first = log_in(&t.pool, &provider, "kim", &script, &recording).await;
+    assert_eq!(first.steps_acted, [0, 1, 2, 3]);
+
+    // Recording again over that live session still meets the login form
+    // (a recording starts without the profile's session); a mistyped
+    // password and its retry become one step with the last value.
+    let auth = provider.authorize();
+    let again = Recorder::start(&t.pool, "kim", options(&provider, auth.url.clone()))
         .await
         .unwrap();
-    assert_eq!(again.script.steps.len(), 1, "only the goto");
+    let page = again.page();
+    page.locator("#username").fill("kim", None).await.unwrap();
+    sign_in_with(page, "kim-typo").await;
+    page.locator("text=Invalid username or password")
+        .wait_for(None)
+        .await
+        .unwrap();
+    sign_in_with(page, "kim-password").await;
+    let again = again.finish().await.unwrap();
+    provider.redeem(&again.redirect_url, &auth).await;
+    assert!(again.acts_on_page());
+    assert_eq!(again.secrets.keys().collect::<Vec<_>>(), ["password"]);
+    assert_eq!(again.secrets["password"].expose(), "kim-password");
+    assert_eq!(
+        actions(&again),
+        [
+            "goto ${authorize_url}",
+            "fill #username",
+            "fill #password",
+            "press Enter in #password",
+        ],
+        "{}",
+        again.script.to_toml()
+    );
 
     // An abandoned recording still closes its browser.
     let abandoned = Recorder::start(
@@ -150,20 +188,22 @@ async fn record_then_replay_in_a_fresh_profile_and_the_recorded_one() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // ...and the recorded profile is logged in: straight to the redirect.
-    let auth = provider.authorize();
-    let live = t
-        .pool
-        .run_login(
-            "kim",
-            &script,
-            &vars_for(&auth),
-            &provider.redirect_uri,
-            RUN_TIMEOUT,
-        )
-        .await
-        .unwrap();
+    // A proof runs in a throwaway profile: every step, although "kim" is
+    // logged in...
+    let proof = log_in(&t.pool.proving(), &provider, "kim", &script, &recording).await;
+    assert_eq!(proof.steps_acted, [0, 1, 2, 3]);
+    assert_eq!(proof.lines_acted.len(), 4);
+
+    // ...where a relogin on the profile goes straight to the redirect.
+    let live = log_in(&t.pool, &provider, "kim", &script, &recording).await;
     assert_eq!(live.steps_acted, [0]);
+    // No throwaway profile is left behind.
+    let left: Vec<_> = std::fs::read_dir(&t.pool.config().profiles_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".throwaway-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     t.assert_no_chromium_left();
 }
 
