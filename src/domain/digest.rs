@@ -21,6 +21,9 @@ pub struct AccountSnapshot {
     pub usable: bool,
     /// Why a person is needed and since when (`needs_human`), if so.
     pub needs_person: Option<(String, DateTime<Utc>)>,
+    /// When the account's upstream quota resets, as its last rate-limit
+    /// headers announced (the proxy's), if they did.
+    pub quota_resets_at: Option<DateTime<Utc>>,
 }
 
 /// The digest (the `data` of a `digest` event; its text is [`Digest::text`]).
@@ -44,6 +47,8 @@ pub struct ProviderDigest {
     pub relogins_failed: u64,
     pub canary_failures: Vec<CanaryFailure>,
     pub needs_person: Vec<NeedsPerson>,
+    /// Quota resets still to come, soonest first.
+    pub quota_resets: Vec<QuotaReset>,
     /// The longest stretch in the period during which none of the
     /// provider's accounts could hand out a token (seconds).
     pub longest_unusable_s: u64,
@@ -55,6 +60,13 @@ pub struct CanaryFailure {
     pub label: String,
     pub at: DateTime<Utc>,
     pub detail: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct QuotaReset {
+    pub account_id: AccountId,
+    pub label: String,
+    pub at: DateTime<Utc>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -99,6 +111,13 @@ pub fn build(
                 ..Default::default()
             });
         p.accounts += 1;
+        if let Some(at) = a.quota_resets_at.filter(|at| *at > now) {
+            p.quota_resets.push(QuotaReset {
+                account_id: a.id,
+                label: a.label.clone(),
+                at,
+            });
+        }
         if let Some((reason, at)) = &a.needs_person {
             p.needs_person.push(NeedsPerson {
                 account_id: a.id,
@@ -142,6 +161,7 @@ pub fn build(
         .unwrap_or(now);
     for p in providers.values_mut() {
         p.longest_unusable_s = longest_unusable(&p.provider, start, events, accounts, now);
+        p.quota_resets.sort_by_key(|q| (q.at, q.account_id));
     }
     Digest {
         since,
@@ -268,6 +288,14 @@ impl Digest {
                     c.detail
                 ));
             }
+            for q in &p.quota_resets {
+                out.push_str(&format!(
+                    "  quota resets: account {} ({}) at {}\n",
+                    q.account_id,
+                    q.label,
+                    q.at.format("%Y-%m-%d %H:%M UTC")
+                ));
+            }
         }
         out
     }
@@ -308,6 +336,7 @@ mod tests {
             label: format!("a{id}"),
             usable,
             needs_person: None,
+            quota_resets_at: None,
         }
     }
 
@@ -397,6 +426,33 @@ mod tests {
         // Usable all along: none.
         let d = build(Some(t(0)), &[], &[account(3, "x", true)], t(90));
         assert_eq!(d.providers[0].longest_unusable_s, 0);
+    }
+
+    #[test]
+    fn quota_resets_to_come_are_listed_soonest_first() {
+        let mut soon = account(1, "p", true);
+        soon.quota_resets_at = Some(t(90));
+        let mut past = account(2, "p", true);
+        past.quota_resets_at = Some(t(-5));
+        let mut sooner = account(3, "p", true);
+        sooner.quota_resets_at = Some(t(30));
+        let d = build(
+            None,
+            &[],
+            &[soon, past, sooner, account(4, "p", true)],
+            t(0),
+        );
+        let resets: Vec<(AccountId, DateTime<Utc>)> = d.providers[0]
+            .quota_resets
+            .iter()
+            .map(|q| (q.account_id, q.at))
+            .collect();
+        assert_eq!(resets, vec![(3, t(30)), (1, t(90))]);
+        assert!(
+            d.text().contains("  quota resets: account 3 (a3) at "),
+            "{}",
+            d.text()
+        );
     }
 
     #[test]

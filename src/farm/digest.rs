@@ -31,6 +31,7 @@ impl Farm {
                     Some(e) => (e.message.clone(), e.at),
                     None => ("needs a person".to_owned(), now),
                 }),
+                quota_resets_at: self.proxies().quota(a.id).and_then(|q| q.resets_at),
             })
             .collect();
         let digest = digest::build(since, &events, &accounts, now);
