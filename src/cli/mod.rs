@@ -239,7 +239,12 @@ mod tests {
             if let Some(long) = arg.get_long() {
                 args.push(format!("--{long}"));
             }
-            args.push("1".to_owned());
+            // The first allowed value where the argument has a list of them.
+            let value = arg
+                .get_possible_values()
+                .first()
+                .map_or_else(|| "1".to_owned(), |v| v.get_name().to_owned());
+            args.push(value);
         }
         out.push(args);
     }
