@@ -70,17 +70,24 @@ impl Clock for TestClock {
 
 #[cfg(test)]
 mod tests {
-    /// The farm and the scheduler read "now" from the farm's clock only:
-    /// a stray `Utc::now()` would put the system's time into a decision a
-    /// paused-time test believes it controls. Test modules may use it.
+    /// The farm, the scheduler, the proxy, events and webhooks read "now"
+    /// from the farm's clock only: a stray `Utc::now()` would put the
+    /// system's time into a decision (or a stamp) a paused-time test
+    /// believes it controls. Test modules may use it.
     #[test]
     fn the_farm_and_the_scheduler_read_no_other_clock() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-        let mut files = vec![root.join("scheduler.rs")];
-        for entry in std::fs::read_dir(root.join("farm")).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "rs") {
-                files.push(path);
+        let mut files = vec![
+            root.join("scheduler.rs"),
+            root.join("events.rs"),
+            root.join("webhooks.rs"),
+        ];
+        for dir in ["farm", "proxy"] {
+            for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_some_and(|e| e == "rs") {
+                    files.push(path);
+                }
             }
         }
         for path in files {

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::clock::Clock;
 use crate::domain::AccountId;
 use crate::store::Store;
 
@@ -69,12 +70,20 @@ pub struct Event {
 pub struct EventBus {
     store: Arc<Store>,
     live: broadcast::Sender<Event>,
+    /// The farm's clock: events are stamped with the time the farm's
+    /// decisions read.
+    clock: Arc<dyn Clock>,
 }
 
 impl EventBus {
-    pub fn new(store: Arc<Store>, buffer: usize) -> Self {
+    pub fn new(store: Arc<Store>, buffer: usize, clock: Arc<dyn Clock>) -> Self {
         let (live, _) = broadcast::channel(buffer.max(16));
-        EventBus { store, live }
+        EventBus { store, live, clock }
+    }
+
+    /// Now, by the farm's clock (the webhooks' delivery times).
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
     }
 
     /// Records and broadcasts an event. A store failure is logged, not
@@ -93,7 +102,7 @@ impl EventBus {
     ) {
         let detail = detail.into();
         // Milliseconds, as stored: a live event and its replay must read the same.
-        let now = Utc::now();
+        let now = self.clock.now();
         let at = DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
         match self
             .store

@@ -164,7 +164,7 @@ async fn deliver(
                 Ok(()) => {
                     let mut s = hook.lock();
                     s.delivered += 1;
-                    s.last_success_at = Some(Utc::now());
+                    s.last_success_at = Some(events.now());
                     break;
                 }
                 Err(reason) => {
@@ -172,7 +172,7 @@ async fn deliver(
                         let mut s = hook.lock();
                         s.failed_attempts += 1;
                         s.last_error = Some(reason.clone());
-                        s.last_error_at = Some(Utc::now());
+                        s.last_error_at = Some(events.now());
                     }
                     if attempt >= hook.config.max_attempts {
                         let index = hook.lock().index;

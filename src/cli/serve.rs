@@ -17,20 +17,28 @@ pub async fn run(config: Config) -> Result<()> {
     let listener = relogin_farm::listener::Listener::new(tcp, &config.server)?;
     let url = listener.url()?;
     let farm = relogin_farm::server::open_farm(config)?;
+    // Before anyone is told the farm is up: a SIGTERM that follows the
+    // first answer closely must find the handler, not end the process.
+    let shutdown = shutdown_signal()?;
     // One machine-readable line, for scripts and tests that bind port 0.
     println!("LISTENING {url}");
     std::io::stdout().flush()?;
-    relogin_farm::server::serve(farm, listener, shutdown_signal()).await?;
+    relogin_farm::server::serve(farm, listener, shutdown).await?;
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now; the future ends at the
+/// first of them.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send + 'static> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
 }
 
 pub fn check_config(config: &Config) -> Result<()> {

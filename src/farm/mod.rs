@@ -204,7 +204,7 @@ impl Farm {
             accounts: accounts.into_iter().map(|a| (a.id, a)).collect(),
             rotation: Rotation::default(),
         };
-        let events = EventBus::new(store.clone(), config.events.buffer);
+        let events = EventBus::new(store.clone(), config.events.buffer, clock.clone());
         let webhooks = config
             .webhooks
             .iter()

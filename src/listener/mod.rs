@@ -45,6 +45,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
 use crate::farm::Farm;
@@ -204,7 +205,11 @@ impl Listener {
         let slots = Arc::new(Semaphore::new(limits.max_connections));
         let per_ip = Arc::new(PerIp::new(limits.max_connections_per_ip));
         let graceful = GracefulShutdown::new();
-        let drain = tokio::sync::watch::Sender::new(false);
+        // Each connection watches a child of this token: a child has its
+        // own waiter list, so the connections' tasks, which poll it on every
+        // wake-up, never contend for one lock (a shared `watch` channel's
+        // did, once per request).
+        let drain = CancellationToken::new();
         tokio::pin!(stop);
         loop {
             let slot = tokio::select! {
@@ -230,7 +235,7 @@ impl Listener {
                 farm: farm.clone(),
                 limits,
                 watcher: graceful.watcher(),
-                draining: drain.subscribe(),
+                draining: drain.child_token(),
                 slots: (slot, ip_slot),
             };
             let service = TowerToHyperService::new(warp::service(routes.clone()));
@@ -240,7 +245,7 @@ impl Listener {
         if let Some(reloader) = reloader {
             reloader.abort();
         }
-        drain.send_replace(true);
+        drain.cancel();
         graceful.shutdown().await;
     }
 }
@@ -339,8 +344,8 @@ struct Conn {
     farm: Arc<Farm>,
     limits: Limits,
     watcher: Watcher,
-    /// Becomes `true` when the listener drains (see `http`).
-    draining: tokio::sync::watch::Receiver<bool>,
+    /// Cancelled when the listener drains (see `http`).
+    draining: CancellationToken,
     /// Its place under `server.max_connections` and the per-IP cap.
     slots: (tokio::sync::OwnedSemaphorePermit, IpSlot),
 }
@@ -395,7 +400,7 @@ async fn http<IO, S>(
     held: Held,
     activity: &Arc<Activity>,
     service: S,
-    drain: (Watcher, tokio::sync::watch::Receiver<bool>),
+    drain: (Watcher, CancellationToken),
     limits: &Limits,
 ) -> Option<ConnectionClosed>
 where
@@ -422,7 +427,7 @@ where
     // hyper-util's graceful watcher does not take an upgradeable
     // connection: the watcher only counts it, and `draining` starts its
     // graceful shutdown.
-    let (_counted, mut draining) = drain;
+    let (_counted, draining) = drain;
     let conn = hyper::server::conn::http1::Builder::new()
         .serve_connection(io, service)
         .with_upgrades();
@@ -430,13 +435,16 @@ where
     let mut signalled = false;
     loop {
         tokio::select! {
+            // In this order on every wake-up: the connection's work first,
+            // and no random draw.
+            biased;
             ended = conn.as_mut() => {
                 if let Err(e) = ended {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
                 return None;
             }
-            _ = draining.wait_for(|d| *d), if !signalled => {
+            _ = draining.cancelled(), if !signalled => {
                 signalled = true;
                 conn.as_mut().graceful_shutdown();
             }

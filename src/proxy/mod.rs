@@ -48,7 +48,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use chrono::Utc;
 use futures_util::{Stream, StreamExt};
 use warp::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use warp::reply::{Reply, Response};
@@ -251,10 +250,10 @@ where
             }
         };
         farm.proxies().metrics.record_latency(latency);
+        let now = farm.clock().now();
         farm.proxies()
-            .note_quota(account, resp.headers(), &cfg.quota_headers);
+            .note_quota(account, resp.headers(), &cfg.quota_headers, now);
         let status = resp.status().as_u16();
-        let now = Utc::now();
         // The headers only matter to a status that fails over: an answer
         // relayed as it came is not read twice.
         let verdict = if cfg.failover_on.contains(&status) {

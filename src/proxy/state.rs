@@ -116,7 +116,13 @@ impl Proxies {
         lock(&self.usage).insert(account, report);
     }
 
-    pub(super) fn note_quota(&self, account: AccountId, headers: &HeaderMap, prefixes: &[String]) {
+    pub(super) fn note_quota(
+        &self,
+        account: AccountId,
+        headers: &HeaderMap,
+        prefixes: &[String],
+        now: DateTime<Utc>,
+    ) {
         let pairs = headers
             .iter()
             .filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?)));
@@ -124,7 +130,6 @@ impl Proxies {
         if kept.is_empty() {
             return;
         }
-        let now = Utc::now();
         let quota = Quota {
             at: Some(now),
             resets_at: ratelimit::quota_resets_at(&kept, now),

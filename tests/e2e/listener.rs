@@ -284,3 +284,35 @@ fn silent_half_sent_and_idle_connections_are_closed_and_event_streams_are_not() 
     assert!(bed.metric("relogin_farm_connections_closed_total{reason=\"idle_timeout\"}") >= 1.0);
     assert!(bed.metric("relogin_farm_connections_open") >= 1.0);
 }
+
+/// A graceful stop closes idle keep-alive connections at once: the drain
+/// reaches every connection, and none holds the stop for its idle timeout.
+#[test]
+fn a_graceful_stop_closes_idle_keep_alive_connections_at_once() {
+    let mut bed = Bed::start(Settings::default().with_server("idle_timeout = \"60s\""));
+    let farm = farm_addr(&bed);
+    let mut idle: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut c = TcpStream::connect(farm).unwrap();
+            c.write_all(b"GET /healthz HTTP/1.1\r\nHost: farm\r\n\r\n")
+                .unwrap();
+            let mut answer = [0u8; 4096];
+            assert!(c.read(&mut answer).unwrap() > 0, "no answer to /healthz");
+            c
+        })
+        .collect();
+    let stopping = Instant::now();
+    let status = bed.stop();
+    let took = stopping.elapsed();
+    assert!(status.success(), "the farm did not exit cleanly: {status}");
+    assert!(
+        took < secs(10),
+        "the stop took {took:?}: idle keep-alive connections held it"
+    );
+    for c in &mut idle {
+        assert!(
+            closed_within(c, stopping) < secs(10),
+            "a keep-alive connection outlived the farm"
+        );
+    }
+}
