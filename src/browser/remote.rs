@@ -17,7 +17,8 @@ use url::Url;
 
 use crate::browser::recorder::{self, Events, Recording};
 use crate::browser::runner::{
-    first_line, BrowserPool, NavigationPolicy, PersonHold, PoolError, ProfileUse, Session,
+    answer_cdp_event, first_line, BrowserPool, NavigationPolicy, PersonHold, PoolError, ProfileUse,
+    Session,
 };
 
 /// Smallest and largest viewport side the page may ask for (CSS pixels):
@@ -224,10 +225,8 @@ impl RemoteBrowser {
                 let acker = acker.clone();
                 let id = event["sessionId"].clone();
                 async move {
-                    acker
-                        .send("Page.screencastFrameAck", Some(json!({ "sessionId": id })))
-                        .await
-                        .map(drop)
+                    let ack = json!({ "sessionId": id });
+                    answer_cdp_event(&acker, "Page.screencastFrameAck", ack).await
                 }
             });
         self.screencast

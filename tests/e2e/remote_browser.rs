@@ -330,6 +330,9 @@ fn a_person_takes_over_a_stuck_login_with_input_messages_only() {
         !log.contains(&format!("{user}-password")),
         "typed text is in the log"
     );
+    // Frames acknowledged, and the redirect's request answered, while the
+    // page closes are no error: no warning with the driver's stack trace.
+    assert!(!log.contains("CDPSession event handler error"), "{log}");
 }
 
 #[test]
