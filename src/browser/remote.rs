@@ -192,7 +192,12 @@ impl RemoteBrowser {
                 .map_err(pw)?;
             // A live session may go straight to the (blocked) redirect: the
             // navigation then fails, and the login is already done.
-            if let Err(e) = session.page.goto(options.start_url.as_str(), None).await {
+            // A recording meets the consent page a remembered consent skips.
+            let start = match options.record_for {
+                Some(_) => recorder::showing_consent(&options.start_url),
+                None => options.start_url.clone(),
+            };
+            if let Err(e) = session.page.goto(start.as_str(), None).await {
                 tracing::info!(error = %first_line(&e.to_string()), "remote browser: start page did not load");
             }
             Ok::<_, PoolError>((screencast, captured, recording))

@@ -595,6 +595,9 @@ fn recording_over_the_socket_proposes_a_script_that_proves_itself_in_a_fresh_pro
     assert_eq!(done["account_state"], "healthy", "{done}");
     let toml = script["toml"].as_str().unwrap();
     assert!(toml.contains("${secret:password}"), "{toml}");
+    // The provider remembered the consent given in the takeover, yet the
+    // recording met its page: the step is in the script.
+    assert!(toml.contains("\"#allow\""), "{toml}");
     assert!(toml.contains(user), "{toml}");
     assert!(
         !toml.contains(&password),
