@@ -39,6 +39,39 @@ pub struct RecordOptions {
     pub timeout: Duration,
 }
 
+/// Where a recording starts: the authorize URL asking the provider for its
+/// consent page (OpenID Connect `prompt=consent`, added to a `prompt` the
+/// URL has, unless that is `none`, which stands alone). A provider that
+/// remembers a consent skips its page, so without this a recording would
+/// lack the step, and a later login that meets it (the consent forgotten
+/// or expired) would fail; recorded, the step is optional like every one
+/// after the first, and a relogin (whose authorize URL does not ask)
+/// passes over it while the consent is remembered. A provider without
+/// `prompt` ignores the parameter (RFC 6749 §3.1).
+pub fn showing_consent(authorize_url: &Url) -> Url {
+    let pairs: Vec<(String, String)> = authorize_url.query_pairs().into_owned().collect();
+    let prompt = pairs.iter().find(|(k, _)| k == "prompt").map(|(_, v)| v);
+    let asks = |v: &String, word| v.split(' ').any(|w| w == word);
+    if prompt.is_some_and(|v| asks(v, "consent") || asks(v, "none")) {
+        return authorize_url.clone();
+    }
+    let mut url = authorize_url.clone();
+    {
+        let mut query = url.query_pairs_mut();
+        query.clear();
+        for (k, v) in &pairs {
+            match k.as_str() {
+                "prompt" => query.append_pair(k, &format!("{v} consent")),
+                _ => query.append_pair(k, v),
+            };
+        }
+        if prompt.is_none() {
+            query.append_pair("prompt", "consent");
+        }
+    }
+    url
+}
+
 /// A finished recording.
 #[derive(Debug, Clone)]
 pub struct Recording {
@@ -142,10 +175,8 @@ impl Recorder {
         let setup = async {
             install_recorder(&session, events.clone()).await?;
             let captured = session.capture_redirect(&options.redirect_uri).await?;
-            let opened = session
-                .page
-                .goto(options.authorize_url.as_str(), None)
-                .await;
+            let start = showing_consent(&options.authorize_url);
+            let opened = session.page.goto(start.as_str(), None).await;
             // A live session goes straight to the (blocked) redirect: the
             // navigation fails, and the recording is already complete.
             match opened {
@@ -417,6 +448,26 @@ pub fn script_file_name(provider: &str, label: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recording_asks_the_provider_for_its_consent_page() {
+        let shown = |url: &str| showing_consent(&Url::parse(url).unwrap()).to_string();
+        assert_eq!(
+            shown("https://id.example/auth?client_id=c&state=s%20t"),
+            "https://id.example/auth?client_id=c&state=s+t&prompt=consent"
+        );
+        assert_eq!(
+            shown("https://id.example/auth?prompt=login&state=s"),
+            "https://id.example/auth?prompt=login+consent&state=s"
+        );
+        for unchanged in [
+            "https://id.example/auth?prompt=consent&state=s",
+            "https://id.example/auth?prompt=login%20consent",
+            "https://id.example/auth?prompt=none",
+        ] {
+            assert_eq!(shown(unchanged), unchanged);
+        }
+    }
 
     #[test]
     fn script_file_names_stay_in_their_directory() {

@@ -17,7 +17,8 @@ use url::Url;
 
 use crate::browser::recorder::{self, Events, Recording};
 use crate::browser::runner::{
-    first_line, BrowserPool, NavigationPolicy, PersonHold, PoolError, ProfileUse, Session,
+    answer_cdp_event, first_line, BrowserPool, NavigationPolicy, PersonHold, PoolError, ProfileUse,
+    Session,
 };
 
 /// Smallest and largest viewport side the page may ask for (CSS pixels):
@@ -191,7 +192,12 @@ impl RemoteBrowser {
                 .map_err(pw)?;
             // A live session may go straight to the (blocked) redirect: the
             // navigation then fails, and the login is already done.
-            if let Err(e) = session.page.goto(options.start_url.as_str(), None).await {
+            // A recording meets the consent page a remembered consent skips.
+            let start = match options.record_for {
+                Some(_) => recorder::showing_consent(&options.start_url),
+                None => options.start_url.clone(),
+            };
+            if let Err(e) = session.page.goto(start.as_str(), None).await {
                 tracing::info!(error = %first_line(&e.to_string()), "remote browser: start page did not load");
             }
             Ok::<_, PoolError>((screencast, captured, recording))
@@ -224,10 +230,8 @@ impl RemoteBrowser {
                 let acker = acker.clone();
                 let id = event["sessionId"].clone();
                 async move {
-                    acker
-                        .send("Page.screencastFrameAck", Some(json!({ "sessionId": id })))
-                        .await
-                        .map(drop)
+                    let ack = json!({ "sessionId": id });
+                    answer_cdp_event(&acker, "Page.screencastFrameAck", ack).await
                 }
             });
         self.screencast

@@ -17,14 +17,20 @@ pub const DEFAULT_DRIVER_LINGER: Duration = Duration::from_secs(30);
 /// Chromium flags for a headless server on a closed network: without the
 /// networking ones Chromium floods the network with refused connections
 /// (component updates, sync, QUIC probes). `--no-sandbox` is not among
-/// them: see [`Sandbox`].
-pub const CHROMIUM_FLAGS: [&str; 6] = [
+/// them: see [`Sandbox`]. `--test-type` keeps Chromium from showing its
+/// "unsupported command-line flag: --no-sandbox" bar over the page a
+/// person records or fixes a login on (ChromeDriver and Playwright's own
+/// app windows pass it for the same reason). The password manager is off
+/// through the profile's preferences
+/// ([`disable_password_manager`](super::profile::disable_password_manager)).
+pub const CHROMIUM_FLAGS: [&str; 7] = [
     "--disable-gpu",
     "--disable-quic",
     "--no-first-run",
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    "--test-type",
 ];
 
 /// `browser.sandbox`: whether Chromium runs its renderers in its sandbox.
@@ -304,5 +310,7 @@ mod tests {
         let without = cfg(false).chromium_args();
         assert_eq!(without[0], "--no-sandbox");
         assert_eq!(without.len(), with.len() + 1);
+        // No "unsupported flag: --no-sandbox" bar over a person's page.
+        assert!(without.iter().any(|a| a == "--test-type"), "{without:?}");
     }
 }

@@ -35,7 +35,7 @@ pub(crate) use navigation::NavigationPolicy;
 use profile::{ProfileGuard, ProfileLocks};
 use run::Run;
 use session::DriverSource;
-pub(crate) use session::Session;
+pub(crate) use session::{answer_cdp_event, Session};
 
 /// Which profile a scripted run uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -76,6 +76,52 @@ pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
+/// Preferences (paths into `Default/Preferences`) that keep Chromium's
+/// password manager off in a profile: no "Save password?" bubble over a
+/// person's recording or rescue, and no typed password kept in the
+/// profile's `Login Data`. Chromium has no command-line switch for it; it
+/// reads them from the profile.
+pub(crate) const PASSWORD_MANAGER_OFF: [&[&str]; 2] = [
+    &["credentials_enable_service"],
+    &["profile", "password_manager_enabled"],
+];
+
+/// Sets [`PASSWORD_MANAGER_OFF`] to `false` in the profile's
+/// `Default/Preferences` before a launch, keeping everything else Chromium
+/// stored there (a file that is not a JSON object is replaced: Chromium
+/// would reset it anyway). The file is 0600, its directory 0700, like the
+/// rest of the profile.
+pub(crate) fn disable_password_manager(profile_dir: &Path) -> std::io::Result<()> {
+    use serde_json::{json, Value};
+    let dir = profile_dir.join("Default");
+    create_private_dir(&dir)?;
+    let path = dir.join("Preferences");
+    let mut prefs = std::fs::read(&path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+        .filter(Value::is_object)
+        .unwrap_or_else(|| json!({}));
+    let mut changed = false;
+    for pref in PASSWORD_MANAGER_OFF {
+        let (last, parents) = pref.split_last().expect("a path has a name");
+        let mut table = &mut prefs;
+        for name in parents {
+            if !table[*name].is_object() {
+                table[*name] = json!({});
+            }
+            table = &mut table[*name];
+        }
+        if table[*last] != Value::Bool(false) {
+            table[*last] = Value::Bool(false);
+            changed = true;
+        }
+    }
+    match changed {
+        true => crate::store::write_private_file(&path, prefs.to_string().as_bytes()),
+        false => Ok(()),
+    }
+}
+
 /// Sum of file sizes under `dir` (0 if absent); symlinks are not followed.
 pub(crate) fn disk_usage(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -318,6 +364,36 @@ mod tests {
                 .permissions(),
         );
         assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn the_password_manager_is_turned_off_in_the_preferences_chromium_keeps() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let prefs_file = tmp.path().join("Default").join("Preferences");
+        let read = || -> serde_json::Value {
+            serde_json::from_slice(&std::fs::read(&prefs_file).unwrap()).unwrap()
+        };
+        // A new profile gets the file; a used one keeps what Chromium wrote.
+        disable_password_manager(tmp.path()).unwrap();
+        assert_eq!(read()["credentials_enable_service"], false);
+        let kept = r#"{"profile":{"name":"x","password_manager_enabled":true},"credentials_enable_service":true,"intl":{"a":1}}"#;
+        std::fs::write(&prefs_file, kept).unwrap();
+        disable_password_manager(tmp.path()).unwrap();
+        let prefs = read();
+        assert_eq!(prefs["credentials_enable_service"], false, "{prefs}");
+        assert_eq!(
+            prefs["profile"]["password_manager_enabled"], false,
+            "{prefs}"
+        );
+        assert_eq!(prefs["profile"]["name"], "x", "{prefs}");
+        assert_eq!(prefs["intl"]["a"], 1, "{prefs}");
+        let mode = std::fs::metadata(&prefs_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // A file that is not a JSON object is replaced.
+        std::fs::write(&prefs_file, "[1").unwrap();
+        disable_password_manager(tmp.path()).unwrap();
+        assert_eq!(read()["profile"]["password_manager_enabled"], false);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use playwright_rs::protocol::CDPSession;
 use playwright_rs::{BrowserContext, BrowserContextOptions, Page, Playwright};
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -86,6 +87,9 @@ impl Session {
         headless: bool,
         source: DriverSource<'_>,
     ) -> Result<Session, PoolError> {
+        super::profile::disable_password_manager(profile_dir).map_err(|e| {
+            PoolError::Io(format!("{}: {e}", profile_dir.join("Default").display()))
+        })?;
         // A shared driver may have died since its last session: one retry
         // on a fresh driver.
         let attempts = match source {
@@ -288,7 +292,7 @@ impl Session {
                 None => ("Fetch.continueRequest", json!({ "requestId": id })),
             };
             let sender = sender.clone();
-            async move { sender.send(method, Some(params)).await.map(drop) }
+            async move { answer_cdp_event(&sender, method, params).await }
         });
         let pattern = format!("{}*", cdp_pattern_escape(&without_query(redirect_uri)));
         let patterns =
@@ -324,6 +328,26 @@ impl Session {
             .await
             .map_err(|e| launch_error(&e))
     }
+}
+
+/// Answers a CDP event from its handler. The page may be closing while the
+/// answer is on its way (a run that reached the redirect closes its
+/// context at once): nothing is wrong then, and an error returned from the
+/// handler would be logged by playwright-rs as a warning carrying the
+/// driver's stack trace after every successful relogin.
+pub(crate) async fn answer_cdp_event(
+    cdp: &CDPSession,
+    method: &'static str,
+    params: Value,
+) -> playwright_rs::Result<()> {
+    if let Err(e) = cdp.send(method, Some(params)).await {
+        tracing::debug!(
+            method,
+            error = %super::drive::first_line(&e.to_string()),
+            "CDP event not answered: the page is closing"
+        );
+    }
+    Ok(())
 }
 
 /// Keeps the first captured redirect.

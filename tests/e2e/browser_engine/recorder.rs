@@ -140,7 +140,9 @@ async fn record_then_replay_in_a_fresh_profile_and_the_recorded_one() {
 
     // Recording again over that live session still meets the login form
     // (a recording starts without the profile's session); a mistyped
-    // password and its retry become one step with the last value.
+    // password and its retry become one step with the last value; and
+    // the consent page the provider remembers for kim is shown all the
+    // same, so the script keeps its (optional) step.
     let auth = provider.authorize();
     let again = Recorder::start(&t.pool, "kim", options(&provider, auth.url.clone()))
         .await
@@ -153,6 +155,7 @@ async fn record_then_replay_in_a_fresh_profile_and_the_recorded_one() {
         .await
         .unwrap();
     sign_in_with(page, "kim-password").await;
+    page.locator("#allow").click(None).await.unwrap();
     let again = again.finish().await.unwrap();
     provider.redeem(&again.redirect_url, &auth).await;
     assert!(again.acts_on_page());
@@ -165,10 +168,12 @@ async fn record_then_replay_in_a_fresh_profile_and_the_recorded_one() {
             "fill #username",
             "fill #password",
             "press Enter in #password",
+            "click #allow",
         ],
         "{}",
         again.script.to_toml()
     );
+    assert!(again.script.steps[4].optional);
 
     // An abandoned recording still closes its browser.
     let abandoned = Recorder::start(
