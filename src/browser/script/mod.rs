@@ -28,7 +28,7 @@ use std::fmt;
 pub use error::{ScriptError, ScriptErrorKind};
 pub use glob::{Glob, GlobError};
 pub use template::{is_valid_secret_name, Piece, Template, Var};
-pub use vars::{ResolvedAction, ResolvedStep, StepValue, Vars, TOTP_SECRET};
+pub use vars::{DeviceCode, ResolvedAction, ResolvedStep, StepValue, Vars, TOTP_SECRET};
 
 /// Per-step wait when the script does not say.
 pub const DEFAULT_TIMEOUT_MS: u64 = 15_000;
@@ -148,7 +148,10 @@ impl LoginScript {
             .filter_map(|v| match v {
                 Var::Secret(name) => Some(name.clone()),
                 Var::Totp => Some(TOTP_SECRET.to_string()),
-                Var::AuthorizeUrl => None,
+                Var::AuthorizeUrl
+                | Var::UserCode
+                | Var::VerificationUri
+                | Var::VerificationUriComplete => None,
             })
             .collect()
     }
