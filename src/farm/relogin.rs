@@ -2,7 +2,9 @@
 //!
 //! refresh_token grant (see `refresh.rs`) → when that is dead, a browser
 //! authorize in the account's own persistent profile, replaying its login
-//! script (a live session cookie usually goes straight to the redirect) →
+//! script (a live session cookie usually goes straight to the redirect; a
+//! device-flow provider's script types a new user code at its verification
+//! page, and the farm's poll of that code ends the run) →
 //! when the script cannot finish, `needs_human` with the failing step, the
 //! page URL and a screenshot, retried only with capped exponential backoff.
 
@@ -94,6 +96,10 @@ impl Farm {
                 script.provider
             )));
         }
+        let device = self.provider(&provider)?.config().login == LoginKind::Device;
+        script
+            .check_login_kind(device)
+            .map_err(|e| FarmError::InvalidScript(e.to_string()))?;
         self.store.set_login_script(id, Some(text))?;
         self.with_account(id, |a| {
             a.has_login_script = true;

@@ -185,6 +185,18 @@ fn scripted_device_account() -> (Bed, QuirkProvider, i64) {
     );
     set_secret(&bed, id, "username", "alice");
     set_secret(&bed, id, "password", "alice-password");
+    // A code-flow script (`${authorize_url}`) could never run here.
+    let code_flow = put_script(
+        &bed,
+        id,
+        &format!("provider = \"{DEVICE}\"\n[[step]]\ngoto = \"${{authorize_url}}\"\n"),
+    )
+    .expect_error(400, "invalid_script");
+    assert!(
+        str_of(&code_flow, "detail")
+            .starts_with("invalid login script: line 2: ${authorize_url} is not set in this login"),
+        "{code_flow}"
+    );
     put_script(&bed, id, &device_script("${user_code}")).ok();
     let account = bed.wait_state(id, "healthy", secs(60));
     assert_eq!(account["identity"]["value"], "sub-alice", "{account}");

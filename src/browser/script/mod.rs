@@ -156,6 +156,30 @@ impl LoginScript {
             .collect()
     }
 
+    /// Refuses a variable only the other login kind sets (`${user_code}`
+    /// where the provider logs in with a code and a redirect,
+    /// `${authorize_url}` where it logs in with a device code), naming the
+    /// step's line: such a script could never run.
+    pub fn check_login_kind(&self, device_flow: bool) -> Result<(), ScriptError> {
+        for step in &self.steps {
+            let vars = step.action.templates().flat_map(Template::vars);
+            for var in vars {
+                let other = match var {
+                    Var::AuthorizeUrl => device_flow,
+                    v if v.is_device_flow() => !device_flow,
+                    _ => false,
+                };
+                if other {
+                    return Err(ScriptError::new(
+                        step.line,
+                        ScriptErrorKind::OtherLoginKind(var.to_string()),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Resolves every variable for one run. An unknown or missing variable
     /// is an error, never an empty string; `${totp}` is left to be computed
     /// when its step runs (see [`StepValue::render`]).

@@ -518,6 +518,23 @@ fn a_variable_of_the_other_login_kind_is_an_error_naming_its_line() {
 }
 
 #[test]
+fn attaching_a_script_of_the_other_login_kind_names_its_line() {
+    let device = LoginScript::parse(DEVICE_SCRIPT).unwrap();
+    assert_eq!(device.check_login_kind(true), Ok(()));
+    let e = device.check_login_kind(false).unwrap_err();
+    assert_eq!(e.line, 2);
+    assert!(
+        e.kind
+            .to_string()
+            .starts_with("${verification_uri} is not set in this login"),
+        "{e}"
+    );
+    let code = LoginScript::parse(DEMO).unwrap();
+    assert_eq!(code.check_login_kind(false), Ok(()));
+    assert_eq!(code.check_login_kind(true).unwrap_err().line, 4);
+}
+
+#[test]
 fn redact_hides_every_secret() {
     let vars = demo_vars();
     let text = "fill failed: value alice-password rejected, code 123456";
