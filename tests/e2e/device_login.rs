@@ -164,9 +164,9 @@ click = "#submit"
     )
 }
 
-/// A device-flow bed with the farm's browser; alice's account, logged in
-/// by its script (`${user_code}` typed at `${verification_uri}`).
-fn scripted_device_account() -> (Bed, QuirkProvider, i64) {
+/// A device-flow bed (polls every second) with the farm's browser, and an
+/// account for alice, not logged in.
+fn device_account() -> (Bed, QuirkProvider, i64) {
     let (bed, emulator) = device_bed_with(
         Quirks {
             device_interval: 1,
@@ -183,6 +183,13 @@ fn scripted_device_account() -> (Bed, QuirkProvider, i64) {
             .expect(201),
         "id",
     );
+    (bed, emulator, id)
+}
+
+/// A device-flow bed with the farm's browser; alice's account, logged in
+/// by its script (`${user_code}` typed at `${verification_uri}`).
+fn scripted_device_account() -> (Bed, QuirkProvider, i64) {
+    let (bed, emulator, id) = device_account();
     set_secret(&bed, id, "username", "alice");
     set_secret(&bed, id, "password", "alice-password");
     // A code-flow script (`${authorize_url}`) could never run here.
@@ -277,4 +284,43 @@ fn a_wrong_code_typed_by_the_script_needs_a_human_once_and_changes_nothing() {
     assert_eq!(needs_human, 1);
     let redeemed = polls(&emulator).iter().filter(|s| s.status == 200).count();
     assert_eq!(redeemed, 1, "only the first login's code");
+}
+
+#[test]
+fn a_takeover_of_a_device_account_starts_at_its_code_and_ends_when_the_poll_succeeds() {
+    use crate::remote_browser::{auth, connect, open_session, runtime, send_json, until_text};
+    let (bed, emulator, id) = device_account();
+    let started = open_session(&bed, id, json!({"mode": "takeover"}));
+    let session_id = str_of(&started, "session_id").to_owned();
+    runtime().block_on(async {
+        let mut socket = connect(&bed, &session_id).await;
+        auth(&bed, &mut socket).await;
+        let url = until_text(&mut socket, "url", secs(15)).await;
+        assert!(str_of(&url, "url").ends_with("/device"), "{url}");
+        // The code is in the page already (verification_uri_complete):
+        // past it, the person signs in and approves.
+        for message in [
+            json!({"type": "click", "x": 5, "y": 5}),
+            json!({"type": "key", "key": "Tab"}),
+            json!({"type": "key", "key": "Tab"}),
+            json!({"type": "type", "text": "alice"}),
+            json!({"type": "key", "key": "Tab"}),
+            json!({"type": "type", "text": "alice-password"}),
+            json!({"type": "key", "key": "Enter"}),
+        ] {
+            send_json(&mut socket, message).await;
+        }
+        let done = until_text(&mut socket, "done", secs(30)).await;
+        assert_eq!(
+            (&done["account_state"], &done["detail"]),
+            (&json!("healthy"), &json!("logged in")),
+            "{done}"
+        );
+        until_text(&mut socket, "closed", secs(20)).await;
+    });
+    assert_eq!(emulator.introspect(&lease_token(&bed))["username"], "alice");
+    assert!(
+        event_kinds(&bed.events_since(0)).contains(&"login_completed"),
+        "the poll stored the tokens"
+    );
 }

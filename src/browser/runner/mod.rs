@@ -62,6 +62,21 @@ pub struct LoginProgress {
     pub end: Option<Result<(), String>>,
 }
 
+impl LoginProgress {
+    /// Waits for the login's end (`Err` too when the farm stopped
+    /// following it).
+    pub async fn end_of(mut progress: watch::Receiver<LoginProgress>) -> Result<(), String> {
+        let end = progress
+            .wait_for(|p| p.end.is_some())
+            .await
+            .map(|p| p.end.clone());
+        match end {
+            Ok(Some(end)) => end,
+            _ => Err("the farm stopped waiting for the login".into()),
+        }
+    }
+}
+
 /// What ends a run successfully.
 #[derive(Debug, Clone)]
 pub enum RunEnd {

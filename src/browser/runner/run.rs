@@ -235,17 +235,9 @@ impl Run {
 
 /// The end of a signalled run's login; never, for a run without a signal.
 async fn signalled(progress: Option<watch::Receiver<LoginProgress>>) -> Result<(), String> {
-    let Some(mut progress) = progress else {
-        return std::future::pending().await;
-    };
-    let end = progress
-        .wait_for(|p| p.end.is_some())
-        .await
-        .map(|p| p.end.clone());
-    match end {
-        Ok(Some(end)) => end,
-        // The farm stopped following the login.
-        _ => Err("the farm stopped waiting for the login".into()),
+    match progress {
+        Some(progress) => LoginProgress::end_of(progress).await,
+        None => std::future::pending().await,
     }
 }
 
