@@ -121,6 +121,8 @@ pub struct DeviceStart {
     pub device_code: Secret,
     pub user_code: String,
     pub verification_uri: String,
+    /// The page with the code already in it (RFC 8628 §3.3.1), if given.
+    pub verification_uri_complete: Option<String>,
     pub expires_in: u64,
     pub interval: Option<u64>,
 }
@@ -251,6 +253,7 @@ struct DeviceAnswer {
     // GitHub and Google's older endpoint say `verification_url`.
     #[serde(alias = "verification_url")]
     verification_uri: String,
+    verification_uri_complete: Option<String>,
     expires_in: u64,
     interval: Option<u64>,
 }
@@ -554,6 +557,7 @@ impl Provider {
             device_code: Secret::new(answer.device_code),
             user_code: answer.user_code,
             verification_uri: answer.verification_uri,
+            verification_uri_complete: answer.verification_uri_complete,
             expires_in: answer.expires_in,
             interval: answer.interval,
         })

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use url::Url;
 
 use crate::browser::runner::{first_line, BrowserPool, PersonHold, PoolError, ProfileUse, Session};
-use crate::browser::script::{Action, LoginScript, Step, Template, Var, DEFAULT_TIMEOUT_MS};
+use crate::browser::script::{Action, LoginScript, Piece, Step, Template, Var, DEFAULT_TIMEOUT_MS};
 use crate::secret::Secret;
 
 /// The recorder script injected into every page.
@@ -88,6 +88,26 @@ pub struct Recording {
 }
 
 impl Recording {
+    /// The recording of a device login (started at the verification
+    /// page): its `goto` is `${verification_uri}`, and what was typed that
+    /// is the login's user code is `${user_code}` (a new one every run).
+    pub fn for_device_login(mut self, user_code: &str) -> Recording {
+        for step in &mut self.script.steps {
+            match &mut step.action {
+                Action::Goto { url } if url.vars().any(|v| *v == Var::AuthorizeUrl) => {
+                    *url = Template::var(Var::VerificationUri)
+                }
+                Action::Fill { value, .. }
+                    if value.pieces() == [Piece::Text(user_code.to_owned())] =>
+                {
+                    *value = Template::var(Var::UserCode)
+                }
+                _ => {}
+            }
+        }
+        self
+    }
+
     /// Whether any step acts on the page (more than the `goto`): a script
     /// without one logs in only while a session is live, and must never
     /// replace a working one.
@@ -502,6 +522,24 @@ mod tests {
             form: "https://p/login#f".into(),
             t,
         }
+    }
+
+    #[test]
+    fn a_device_login_recording_goes_to_the_verification_page_and_types_the_code() {
+        let events = vec![
+            ev(EventKind::Fill, "#user_code", "WDJB-MJHT", 1.0),
+            ev(EventKind::Fill, "#username", "alice", 2.0),
+            ev(EventKind::Click, "#submit", "", 3.0),
+        ];
+        let page = Url::parse("http://127.0.0.1:1/device").unwrap();
+        let rec = build_recording("gh", events, page).for_device_login("WDJB-MJHT");
+        let toml = rec.script.to_toml();
+        assert!(toml.contains("goto = \"${verification_uri}\""), "{toml}");
+        assert!(toml.contains("value = \"${user_code}\""), "{toml}");
+        assert!(!toml.contains("WDJB-MJHT"), "{toml}");
+        assert!(toml.contains("value = \"alice\""), "{toml}");
+        let parsed = LoginScript::parse(&toml).unwrap();
+        assert_eq!(parsed.check_login_kind(true), Ok(()));
     }
 
     #[test]

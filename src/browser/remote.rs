@@ -35,8 +35,9 @@ pub const MAX_TYPED: usize = 1024;
 pub struct RemoteOptions {
     pub start_url: Url,
     /// The provider's redirect URI: the first navigation to it is captured
-    /// (and blocked, so its code is redeemed once, by the farm).
-    pub redirect_uri: Url,
+    /// (and blocked, so its code is redeemed once, by the farm). `None` for
+    /// a device login, which the farm's poll sees end.
+    pub redirect_uri: Option<Url>,
     pub width: u32,
     pub height: u32,
     /// Record the person's input as a login script for this provider.
@@ -164,8 +165,12 @@ impl RemoteBrowser {
         options: &RemoteOptions,
         allowed_hosts: &[String],
     ) -> Result<SetUp, (Session, PoolError)> {
-        let policy =
-            NavigationPolicy::new(allowed_hosts, [&options.start_url, &options.redirect_uri]);
+        let policy = NavigationPolicy::new(
+            allowed_hosts,
+            [&options.start_url]
+                .into_iter()
+                .chain(&options.redirect_uri),
+        );
         let steps = async {
             let recording = match &options.record_for {
                 Some(provider) => {
@@ -178,7 +183,11 @@ impl RemoteBrowser {
                 None => None,
             };
             session.restrict_navigation(policy.clone()).await?;
-            let captured = session.capture_redirect(&options.redirect_uri).await?;
+            let captured = match &options.redirect_uri {
+                Some(uri) => session.capture_redirect(uri).await?,
+                // Never captured: the farm ends the session.
+                None => watch::channel(None).1,
+            };
             let pw = |e: playwright_rs::Error| PoolError::Launch(first_line(&e.to_string()));
             session
                 .page

@@ -17,7 +17,7 @@ use serde_json::json;
 use super::login::login_identity;
 use super::refresh::tokens_from;
 use super::{Farm, Result};
-use crate::browser::runner::{FailureKind, LoginOutcome, RunFailure, RunProfile};
+use crate::browser::runner::{FailureKind, LoginOutcome, RunEnd, RunFailure, RunProfile};
 use crate::browser::{LoginScript, Vars};
 use crate::domain::identity::mismatch_message;
 use crate::domain::provider::{parse_callback, LoginKind};
@@ -105,7 +105,7 @@ impl Farm {
                 &id.to_string(),
                 &script,
                 &vars,
-                &provider.config().redirect_uri,
+                RunEnd::Redirect(provider.config().redirect_uri.clone()),
                 self.config.browser.relogin_timeout,
                 RunProfile::Throwaway,
             )
@@ -136,7 +136,11 @@ impl Farm {
         login: &AuthorizeRequest,
         outcome: &LoginOutcome,
     ) -> Result<CanaryResult> {
-        let callback = match parse_callback(&outcome.redirect_url) {
+        let Some(redirect_url) = &outcome.redirect_url else {
+            // A run to a redirect ends at one.
+            return Ok(self.canary_failed(id, "the run ended without a redirect", None));
+        };
+        let callback = match parse_callback(redirect_url) {
             Ok(callback) => callback,
             Err(e) => {
                 let reason = format!("the redirect: {e}");

@@ -8,10 +8,12 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 use url::Url;
 
 use super::refresh::tokens_from;
 use super::{chrono_dur, Farm, FarmError, Result};
+use crate::browser::runner::LoginProgress;
 use crate::config::IdentityConfig;
 use crate::domain::identity::{self, mismatch_message, Identity, Source};
 use crate::domain::provider::{jwt_claims, parse_pasted, DevicePoll, LoginKind, PollStep};
@@ -146,6 +148,18 @@ pub(crate) struct BegunLogin {
     pub expires_at: DateTime<Utc>,
 }
 
+/// A device login begun: what a person (or a script) needs, and the
+/// poll's progress.
+pub(crate) struct BegunDevice {
+    pub user_code: String,
+    pub verification_uri: String,
+    pub verification_uri_complete: Option<String>,
+    /// Seconds between polls.
+    pub interval: u64,
+    pub expires_at: DateTime<Utc>,
+    pub progress: watch::Receiver<LoginProgress>,
+}
+
 /// The answer to `POST /api/accounts/{id}/login`: an authorize URL to
 /// open (`login = "code"`), or a user code to enter at the verification
 /// URI while the farm polls (`login = "device"`).
@@ -195,6 +209,24 @@ impl Farm {
     /// code, then polls its token endpoint in the background until the
     /// person entered it, refused, or the code expired.
     async fn start_device_login(self: &Arc<Self>, id: AccountId) -> Result<LoginStarted> {
+        let begun = self.begin_device_login(id).await?;
+        tracing::info!(account = id, "device login started");
+        self.emit(EventKind::LoginStarted, Some(id), "device login started");
+        Ok(LoginStarted {
+            account_id: id,
+            authorize_url: None,
+            verification_uri: Some(begun.verification_uri),
+            user_code: Some(begun.user_code),
+            interval: Some(begun.interval),
+            expires_at: begun.expires_at,
+            listening: false,
+        })
+    }
+
+    /// Asks the provider for a user code and starts polling for it
+    /// (replacing any earlier login of the account); the poll's progress
+    /// is the returned receiver's (the farm's browser waits on it).
+    pub(crate) async fn begin_device_login(self: &Arc<Self>, id: AccountId) -> Result<BegunDevice> {
         let provider_name = self.with_account(id, |a| a.provider.clone())?;
         let provider = self.provider(&provider_name)?.clone();
         let start = provider
@@ -204,26 +236,26 @@ impl Farm {
         self.logins.lock().remove(&id);
         let serial = self.logins.start_device(id);
         let poll = DevicePoll::start(self.clock.now(), start.expires_in, start.interval);
-        let answer = LoginStarted {
-            account_id: id,
-            authorize_url: None,
-            verification_uri: Some(start.verification_uri.clone()),
-            user_code: Some(start.user_code.clone()),
-            interval: Some(poll.interval.num_seconds().max(0) as u64),
+        let (progress, watching) = watch::channel(LoginProgress::default());
+        let begun = BegunDevice {
+            user_code: start.user_code,
+            verification_uri: start.verification_uri,
+            verification_uri_complete: start.verification_uri_complete,
+            interval: poll.interval.num_seconds().max(0) as u64,
             expires_at: poll.expires_at,
-            listening: false,
+            progress: watching,
         };
+        let device_code = start.device_code;
         tokio::spawn(poll_device_login(
             Arc::downgrade(self),
             id,
             serial,
             provider,
-            start.device_code,
+            device_code,
             poll,
+            progress,
         ));
-        tracing::info!(account = id, "device login started");
-        self.emit(EventKind::LoginStarted, Some(id), "device login started");
-        Ok(answer)
+        Ok(begun)
     }
 
     /// Starts a login for the farm's own browser: no loopback listener (the
@@ -543,9 +575,9 @@ impl Farm {
     }
 }
 
-/// Polls a device login until it ends. Holds the farm weakly: a poll
-/// never keeps a stopped farm alive, and stops when its login is no longer
-/// the account's latest.
+/// Polls a device login until it ends, telling `progress` of each answer
+/// and of the end. Holds the farm weakly: a poll never keeps a stopped farm
+/// alive, and stops when its login is no longer the account's latest.
 async fn poll_device_login(
     farm: std::sync::Weak<Farm>,
     id: AccountId,
@@ -553,6 +585,7 @@ async fn poll_device_login(
     provider: Arc<dyn TokenEndpoint>,
     device_code: Secret,
     mut poll: DevicePoll,
+    progress: watch::Sender<LoginProgress>,
 ) {
     loop {
         let sleep = {
@@ -570,47 +603,62 @@ async fn poll_device_login(
         let issued_at = farm.clock.now();
         let (answer, grant) = provider.poll_device(&device_code).await;
         let step = poll.on_answer(&answer, farm.clock.now());
-        let failed = |detail: String| {
-            farm.logins.stop_device(id);
-            tracing::warn!(account = id, detail, "device login failed");
-            farm.emit(EventKind::LoginFailed, Some(id), detail);
-        };
-        match (step, grant) {
-            (PollStep::WaitUntil(_), _) => {}
+        let end = match (step, grant) {
+            (PollStep::WaitUntil(_), _) => {
+                progress.send_modify(|p| p.checks += 1);
+                continue;
+            }
             (PollStep::Done, Some(grant)) => {
                 if !farm.logins.device_current(id, serial) {
                     return;
                 }
                 farm.logins.stop_device(id);
-                let identity = match login_identity(provider.as_ref(), &grant).await {
-                    Ok(identity) => identity,
-                    Err(e) => {
-                        return failed(format!("cannot tell whose tokens the login got: {e}"))
-                    }
-                };
-                let tokens = tokens_from(grant, issued_at, provider.default_ttl());
-                match farm.install_login_tokens(id, tokens, identity).await {
-                    Ok(identity) => {
-                        let detail = match &identity {
-                            Some(identity) => format!("login completed as {identity}"),
-                            None => "login completed".to_owned(),
-                        };
-                        tracing::info!(account = id, "device login completed");
-                        farm.emit(EventKind::LoginCompleted, Some(id), detail);
-                    }
-                    Err(e) => failed(format!("device login: {e}")),
-                }
-                return;
+                install_device_grant(&farm, id, provider.as_ref(), grant, issued_at).await
             }
-            (PollStep::Done, None) => return failed("device login: no tokens".into()),
+            (PollStep::Done, None) => Err("device login: no tokens".into()),
             (PollStep::Expired, _) => {
-                return failed("device login: the user code expired before it was entered".into())
+                Err("device login: the user code expired before it was entered".into())
             }
             (PollStep::Denied(code), _) => {
-                return failed(format!("device login refused by the provider ({code})"))
+                Err(format!("device login refused by the provider ({code})"))
             }
+        };
+        if let Err(detail) = &end {
+            farm.logins.stop_device(id);
+            tracing::warn!(account = id, detail, "device login failed");
+            farm.emit(EventKind::LoginFailed, Some(id), detail.clone());
         }
+        progress.send_modify(|p| {
+            p.checks += 1;
+            p.end = Some(end);
+        });
+        return;
     }
+}
+
+/// Stores a device login's tokens (identity-checked, as every login's).
+async fn install_device_grant(
+    farm: &Farm,
+    id: AccountId,
+    provider: &dyn TokenEndpoint,
+    grant: Grant,
+    issued_at: DateTime<Utc>,
+) -> std::result::Result<(), String> {
+    let identity = login_identity(provider, &grant)
+        .await
+        .map_err(|e| format!("cannot tell whose tokens the login got: {e}"))?;
+    let tokens = tokens_from(grant, issued_at, provider.default_ttl());
+    let identity = farm
+        .install_login_tokens(id, tokens, identity)
+        .await
+        .map_err(|e| format!("device login: {e}"))?;
+    let detail = match &identity {
+        Some(identity) => format!("login completed as {identity}"),
+        None => "login completed".to_owned(),
+    };
+    tracing::info!(account = id, "device login completed");
+    farm.emit(EventKind::LoginCompleted, Some(id), detail);
+    Ok(())
 }
 
 /// The identity a login's grant yields, read as the provider's

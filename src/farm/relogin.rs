@@ -2,7 +2,9 @@
 //!
 //! refresh_token grant (see `refresh.rs`) → when that is dead, a browser
 //! authorize in the account's own persistent profile, replaying its login
-//! script (a live session cookie usually goes straight to the redirect) →
+//! script (a live session cookie usually goes straight to the redirect; a
+//! device-flow provider's script types a new user code at its verification
+//! page, and the farm's poll of that code ends the run) →
 //! when the script cannot finish, `needs_human` with the failing step, the
 //! page URL and a screenshot, retried only with capped exponential backoff.
 
@@ -11,10 +13,13 @@ use std::sync::Arc;
 use chrono::Utc;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
+use url::Url;
 
 use super::{chrono_dur, not_found_account, Farm, FarmError, Result};
-use crate::browser::runner::{FailureKind, PoolError};
+use crate::browser::runner::{FailureKind, PoolError, RunEnd};
+use crate::browser::script::DeviceCode;
 use crate::browser::{LoginScript, RunFailure, Vars};
+use crate::domain::provider::LoginKind;
 use crate::domain::timing::{backoff, next_relogin_at};
 use crate::domain::{Account, AccountId, AuthState, LastError};
 use crate::events::EventKind;
@@ -91,6 +96,10 @@ impl Farm {
                 script.provider
             )));
         }
+        let device = self.provider(&provider)?.config().login == LoginKind::Device;
+        script
+            .check_login_kind(device)
+            .map_err(|e| FarmError::InvalidScript(e.to_string()))?;
         self.store.set_login_script(id, Some(text))?;
         self.with_account(id, |a| {
             a.has_login_script = true;
@@ -181,7 +190,7 @@ impl Farm {
             let _ = self.relogin_failed(id, &reason, false);
             return Err(FarmError::Conflict(reason));
         }
-        let (script, started, vars) = match self.prepare_relogin(id).await {
+        let (script, end, vars) = match self.prepare_relogin(id).await {
             Ok(prepared) => prepared,
             Err(e @ FarmError::NotFound { .. }) => return Err(e),
             // A missing script or secret needs a person just like a failing
@@ -201,19 +210,23 @@ impl Farm {
             _ => pool,
         };
         let result = pool
-            .run_login(
+            .run(
                 &id.to_string(),
                 &script,
                 &vars,
-                &started.redirect_uri,
+                end,
                 timeout,
+                pool.login_profile(),
             )
             .await;
         match result {
             Ok(outcome) => {
-                let completed = self
-                    .complete_login(outcome.redirect_url.as_str(), Some(id))
-                    .await;
+                let completed = match &outcome.redirect_url {
+                    Some(url) => self.complete_login(url.as_str(), Some(id)).await,
+                    // A device login's poll stored the tokens before it
+                    // signalled the run's end.
+                    None => Ok(id),
+                };
                 // The loopback listener may have finished this login first
                 // (the browser followed the redirect to it): that is success too.
                 let logged_in =
@@ -308,10 +321,13 @@ impl Farm {
             .collect())
     }
 
+    /// The script, how its run ends and its variables: a code login's
+    /// authorize URL (the run ends at the redirect), or a device login's
+    /// user code and page (the run ends when the farm's poll gets tokens).
     async fn prepare_relogin(
-        &self,
+        self: &Arc<Self>,
         id: AccountId,
-    ) -> Result<(LoginScript, super::login::BegunLogin, Vars)> {
+    ) -> Result<(LoginScript, RunEnd, Vars)> {
         let text = self.login_script_text(id)?.ok_or_else(|| {
             FarmError::Conflict(format!(
                 "account {id} has no login script: attach one (PUT /api/accounts/{id}/script) or record one"
@@ -319,12 +335,39 @@ impl Farm {
         })?;
         let script =
             LoginScript::parse(&text).map_err(|e| FarmError::InvalidScript(e.to_string()))?;
-        let started = self.start_browser_login(id).await?;
-        let mut vars = Vars::new().with_authorize_url(started.authorize_url.clone());
+        let provider = self.with_account(id, |a| a.provider.clone())?;
+        let (end, mut vars) = match self.provider(&provider)?.config().login {
+            LoginKind::Device => {
+                let begun = self.begin_device_login(id).await?;
+                let url = |text: &str| {
+                    Url::parse(text).map_err(|e| {
+                        FarmError::Login(format!(
+                            "the provider's verification URI {text:?} is not a URL: {e}"
+                        ))
+                    })
+                };
+                let code = DeviceCode {
+                    verification_uri: url(&begun.verification_uri)?,
+                    verification_uri_complete: begun
+                        .verification_uri_complete
+                        .as_deref()
+                        .map(url)
+                        .transpose()?,
+                    user_code: begun.user_code,
+                };
+                let vars = Vars::new().with_device_code(code);
+                (RunEnd::Signal(begun.progress), vars)
+            }
+            LoginKind::Code => {
+                let started = self.start_browser_login(id).await?;
+                let vars = Vars::new().with_authorize_url(started.authorize_url);
+                (RunEnd::Redirect(started.redirect_uri), vars)
+            }
+        };
         for (name, value) in self.store.secrets(id)? {
             vars = vars.with_secret(name, value);
         }
-        Ok((script, started, vars))
+        Ok((script, end, vars))
     }
 
     /// Records a failed relogin: `needs_human` (announced once, on the

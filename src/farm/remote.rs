@@ -19,6 +19,8 @@ use url::Url;
 
 use super::{Farm, FarmError, Result};
 use crate::browser::remote::{Input, RemoteBrowser, RemoteOptions};
+use crate::browser::runner::LoginProgress;
+use crate::domain::provider::LoginKind;
 use crate::domain::{AccountId, AuthState};
 use crate::events::EventKind;
 
@@ -141,8 +143,36 @@ impl Farm {
         })?;
         let provider_name = self.with_account(id, |a| a.provider.clone())?;
         let provider = self.provider(&provider_name)?.clone();
-        let redirect_uri = provider.config().redirect_uri.clone();
+        let device_flow = provider.config().login == LoginKind::Device;
+        let mut redirect_uri = Some(provider.config().redirect_uri.clone());
+        let mut device = None;
         let start_url = match request.mode {
+            // A device login: its verification page (a takeover's with the
+            // code already in it, when the provider gives that page); the
+            // farm's poll ends the session.
+            RemoteMode::Record | RemoteMode::Takeover if device_flow => {
+                let begun = self.begin_device_login(id).await?;
+                let page = match request.mode {
+                    RemoteMode::Takeover => begun
+                        .verification_uri_complete
+                        .as_deref()
+                        .unwrap_or(&begun.verification_uri),
+                    _ => &begun.verification_uri,
+                };
+                let start = Url::parse(page).map_err(|e| {
+                    self.logins.forget_account(id);
+                    FarmError::Login(format!(
+                        "the provider's verification URI {page:?} is not a URL: {e}"
+                    ))
+                })?;
+                redirect_uri = None;
+                device = Some(RemoteDevice {
+                    progress: begun.progress,
+                    user_code: begun.user_code,
+                    page: start.clone(),
+                });
+                start
+            }
             // A new pending login (new PKCE and state): its code is the one
             // the farm redeems when the browser reaches the redirect.
             RemoteMode::Record | RemoteMode::Takeover => {
@@ -210,6 +240,7 @@ impl Farm {
             mode: request.mode,
             session_id: session_id.clone(),
             deadline: Instant::now() + max,
+            device,
         };
         tokio::spawn(async move {
             let reason = farm
@@ -346,6 +377,18 @@ impl Farm {
                     }
                     break "the login reached the redirect".to_string();
                 }
+                end = device_login_end(run.device.as_ref()) => {
+                    let ok = end.is_ok();
+                    let was = self.with_account(run.id, |a| a.auth).ok();
+                    let done = self.after_remote_login(run, &browser, was, end.map(|()| None)).await;
+                    for message in done {
+                        let _ = out.send(message).await;
+                    }
+                    break match ok {
+                        true => "the device login completed",
+                        false => "the device login failed",
+                    }.to_string();
+                }
                 _ = url_poll.tick() => {
                     let url = browser.url();
                     if url != shown_url {
@@ -378,12 +421,29 @@ impl Farm {
         browser: &RemoteBrowser,
         redirect: Url,
     ) -> Vec<Outgoing> {
+        let was = self.with_account(run.id, |a| a.auth).ok();
+        let completed = self.complete_login(redirect.as_str(), Some(run.id)).await;
+        let completed = completed
+            .map(|_| Some(redirect))
+            .map_err(|e| format!("the browser reached the redirect, but {e}"));
+        self.after_remote_login(run, browser, was, completed).await
+    }
+
+    /// The messages for the page once the session's login ended: `done`
+    /// (and, recording, the script), after the run is recorded. `completed`
+    /// holds the redirect of a code login (`None`: a device login, whose
+    /// poll stored the tokens) or why the login failed.
+    async fn after_remote_login(
+        &self,
+        run: &RemoteRun,
+        browser: &RemoteBrowser,
+        was: Option<AuthState>,
+        completed: std::result::Result<Option<Url>, String>,
+    ) -> Vec<Outgoing> {
         let id = run.id;
-        let was = self.with_account(id, |a| a.auth).ok();
-        let completed = self.complete_login(redirect.as_str(), Some(id)).await;
         let mut messages = Vec::new();
-        let detail = match &completed {
-            Ok(_) => {
+        let detail = match completed {
+            Ok(redirect) => {
                 if let Err(e) = self.browser_login_done(id, None) {
                     tracing::warn!(account = id, error = %e, "browser run not recorded");
                 }
@@ -394,7 +454,13 @@ impl Farm {
                         "a person finished the login in the admin page's browser",
                     );
                 }
-                let recording = browser.recording(redirect);
+                let recording = match (redirect, &run.device) {
+                    (Some(redirect), _) => browser.recording(redirect),
+                    (None, Some(device)) => browser
+                        .recording(device.page.clone())
+                        .map(|r| r.for_device_login(&device.user_code)),
+                    (None, None) => None,
+                };
                 if let Some(recording) = recording.as_ref().filter(|r| !r.acts_on_page()) {
                     tracing::info!(
                         account = id,
@@ -416,7 +482,7 @@ impl Farm {
                 }
                 "logged in".to_string()
             }
-            Err(e) => format!("the browser reached the redirect, but {e}"),
+            Err(e) => e,
         };
         let account_state = self
             .account(id)
@@ -438,6 +504,23 @@ struct RemoteRun {
     mode: RemoteMode,
     session_id: String,
     deadline: Instant,
+    /// A device login's: the session ends when its poll does.
+    device: Option<RemoteDevice>,
+}
+
+struct RemoteDevice {
+    progress: watch::Receiver<LoginProgress>,
+    user_code: String,
+    /// Where the session started.
+    page: Url,
+}
+
+/// The end of a session's device login; never, for a code login.
+async fn device_login_end(device: Option<&RemoteDevice>) -> std::result::Result<(), String> {
+    match device {
+        Some(device) => LoginProgress::end_of(device.progress.clone()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// A page URL for the admin page: without its query and fragment, which

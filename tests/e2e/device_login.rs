@@ -2,17 +2,27 @@
 //! binary against the provider emulator: the login answer carries the user
 //! code and the verification URI, the farm polls by itself at the interval
 //! (slower after `slow_down`), and a person approving the code at the
-//! emulator's page logs the account in; a refusal is a failed login.
+//! emulator's page logs the account in; a refusal is a failed login. The
+//! farm's browser relogs a device-flow account by its script typing
+//! `${user_code}` at `${verification_uri}`; a wrong code needs a person.
 
 use std::time::Duration;
 
+use crate::relogin::{put_script, set_secret};
+use crate::support::bed::BrowserSettings;
 use crate::support::farm::toml_string;
 use crate::support::quirk_provider::{QuirkProvider, Quirks, Seen};
-use crate::support::{event_kinds, free_port, secs, str_of, Bed, Settings, Value};
+use crate::support::{
+    event_kinds, free_port, int_of, json, secs, str_of, wait_for, Bed, Settings, Value,
+};
 
 const DEVICE: &str = "devicey";
 
 fn device_bed(quirks: Quirks) -> (Bed, QuirkProvider) {
+    device_bed_with(quirks, false)
+}
+
+fn device_bed_with(quirks: Quirks, browser: bool) -> (Bed, QuirkProvider) {
     let emulator = QuirkProvider::start(quirks);
     let block = format!(
         "[[provider]]\nname = \"{DEVICE}\"\nlogin = \"device\"\n\
@@ -23,7 +33,11 @@ fn device_bed(quirks: Quirks) -> (Bed, QuirkProvider) {
         toml_string(&emulator.token_url()),
         free_port()
     );
-    (Bed::start(Settings::default().with_toml(&block)), emulator)
+    let mut settings = Settings::default().with_toml(&block);
+    if browser {
+        settings = settings.with_browser(BrowserSettings::default());
+    }
+    (Bed::start(settings), emulator)
 }
 
 /// Enters `user_code` at the emulator's device page as `user` (or denies).
@@ -126,4 +140,187 @@ fn a_refused_device_login_fails_and_stops_polling() {
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(polls(&emulator).len(), polled, "polling stopped");
     assert_eq!(bed.account(id)["state"], "pending_login");
+}
+
+/// A device-flow provider's login script: the verification page, the code
+/// the farm got (or `code` as typed), the user's sign-in, approve.
+fn device_script(code: &str) -> String {
+    format!(
+        r##"provider = "{DEVICE}"
+[[step]]
+goto = "${{verification_uri}}"
+[[step]]
+fill = "#user_code"
+value = "{code}"
+[[step]]
+fill = "#username"
+value = "${{secret:username}}"
+[[step]]
+fill = "#password"
+value = "${{secret:password}}"
+[[step]]
+click = "#submit"
+"##
+    )
+}
+
+/// A device-flow bed (polls every second) with the farm's browser, and an
+/// account for alice, not logged in.
+fn device_account() -> (Bed, QuirkProvider, i64) {
+    let (bed, emulator) = device_bed_with(
+        Quirks {
+            device_interval: 1,
+            ..Quirks::default()
+        },
+        true,
+    );
+    let id = int_of(
+        &bed.admin()
+            .post(
+                "/api/accounts",
+                json!({"provider": DEVICE, "label": "alice", "priority": 0}),
+            )
+            .expect(201),
+        "id",
+    );
+    (bed, emulator, id)
+}
+
+/// A device-flow bed with the farm's browser; alice's account, logged in
+/// by its script (`${user_code}` typed at `${verification_uri}`).
+fn scripted_device_account() -> (Bed, QuirkProvider, i64) {
+    let (bed, emulator, id) = device_account();
+    set_secret(&bed, id, "username", "alice");
+    set_secret(&bed, id, "password", "alice-password");
+    // A code-flow script (`${authorize_url}`) could never run here.
+    let code_flow = put_script(
+        &bed,
+        id,
+        &format!("provider = \"{DEVICE}\"\n[[step]]\ngoto = \"${{authorize_url}}\"\n"),
+    )
+    .expect_error(400, "invalid_script");
+    assert!(
+        str_of(&code_flow, "detail")
+            .starts_with("invalid login script: line 2: ${authorize_url} is not set in this login"),
+        "{code_flow}"
+    );
+    put_script(&bed, id, &device_script("${user_code}")).ok();
+    let account = bed.wait_state(id, "healthy", secs(60));
+    assert_eq!(account["identity"]["value"], "sub-alice", "{account}");
+    (bed, emulator, id)
+}
+
+fn lease_token(bed: &Bed) -> String {
+    str_of(&bed.admin().lease(DEVICE, None), "access_token").to_owned()
+}
+
+/// The refresh token dies: the refresh says so, the account needs a relogin.
+fn kill_refresh_token(bed: &Bed, emulator: &QuirkProvider, id: i64) {
+    emulator.set(|q| q.dead = Some("invalid_grant".into()));
+    bed.admin()
+        .post(&format!("/api/accounts/{id}/refresh"), json!({}));
+    emulator.set(|q| q.dead = None);
+}
+
+#[test]
+fn a_dead_device_account_is_relogged_by_its_script_typing_the_user_code() {
+    let (bed, emulator, id) = scripted_device_account();
+    let before = bed.account(id);
+    let old_token = lease_token(&bed);
+    let cursor = bed.events_since(0).last().map_or(0, |e| int_of(e, "id"));
+    kill_refresh_token(&bed, &emulator, id);
+    // The ladder logs it in again through a new device code.
+    wait_for("the device relogin", secs(60), || {
+        let account = bed.account(id);
+        (account["state"] == "healthy"
+            && int_of(&account, "generation") > int_of(&before, "generation"))
+        .then_some(account)
+        .ok_or_else(|| format!("{}", bed.account(id)))
+    });
+    let kinds: Vec<String> = bed
+        .events_since(cursor)
+        .iter()
+        .filter(|e| e["account_id"] == id)
+        .map(|e| str_of(e, "kind").to_owned())
+        .collect();
+    assert!(
+        kinds.iter().any(|k| k == "relogin_succeeded")
+            && kinds.iter().any(|k| k == "login_completed"),
+        "{kinds:?}"
+    );
+    // The new token is served, and it is alice's.
+    let new_token = lease_token(&bed);
+    assert_ne!(new_token, old_token);
+    assert_eq!(emulator.introspect(&new_token)["username"], "alice");
+    // Two device codes were redeemed: the first login and the relogin.
+    let redeemed = polls(&emulator).iter().filter(|s| s.status == 200).count();
+    assert_eq!(redeemed, 2);
+}
+
+#[test]
+fn a_wrong_code_typed_by_the_script_needs_a_human_once_and_changes_nothing() {
+    let (bed, emulator, id) = scripted_device_account();
+    put_script(&bed, id, &device_script("WRONG-CODE")).ok();
+    let cursor = bed.events_since(0).last().map_or(0, |e| int_of(e, "id"));
+    let before = bed.account(id);
+    kill_refresh_token(&bed, &emulator, id);
+    let account = bed.wait_state(id, "needs_human", secs(60));
+    let message = str_of(&account["last_error"], "message");
+    assert!(
+        message.starts_with("browser relogin failed: the device login did not complete (last step run: step 5 (line 13, click #submit))")
+            && message.contains("polls of the provider found the login not approved")
+            && message.contains("the page says: unknown code"),
+        "{message}"
+    );
+    // Nothing changed but the state; the ladder backs off.
+    assert_eq!(account["generation"], before["generation"], "{account}");
+    assert_eq!(account["expires_at"], before["expires_at"], "{account}");
+    std::thread::sleep(Duration::from_secs(3));
+    let needs_human = bed
+        .events_since(cursor)
+        .into_iter()
+        .filter(|e| e["kind"] == "needs_human" && e["account_id"] == id)
+        .count();
+    assert_eq!(needs_human, 1);
+    let redeemed = polls(&emulator).iter().filter(|s| s.status == 200).count();
+    assert_eq!(redeemed, 1, "only the first login's code");
+}
+
+#[test]
+fn a_takeover_of_a_device_account_starts_at_its_code_and_ends_when_the_poll_succeeds() {
+    use crate::remote_browser::{auth, connect, open_session, runtime, send_json, until_text};
+    let (bed, emulator, id) = device_account();
+    let started = open_session(&bed, id, json!({"mode": "takeover"}));
+    let session_id = str_of(&started, "session_id").to_owned();
+    runtime().block_on(async {
+        let mut socket = connect(&bed, &session_id).await;
+        auth(&bed, &mut socket).await;
+        let url = until_text(&mut socket, "url", secs(15)).await;
+        assert!(str_of(&url, "url").ends_with("/device"), "{url}");
+        // The code is in the page already (verification_uri_complete):
+        // past it, the person signs in and approves.
+        for message in [
+            json!({"type": "click", "x": 5, "y": 5}),
+            json!({"type": "key", "key": "Tab"}),
+            json!({"type": "key", "key": "Tab"}),
+            json!({"type": "type", "text": "alice"}),
+            json!({"type": "key", "key": "Tab"}),
+            json!({"type": "type", "text": "alice-password"}),
+            json!({"type": "key", "key": "Enter"}),
+        ] {
+            send_json(&mut socket, message).await;
+        }
+        let done = until_text(&mut socket, "done", secs(30)).await;
+        assert_eq!(
+            (&done["account_state"], &done["detail"]),
+            (&json!("healthy"), &json!("logged in")),
+            "{done}"
+        );
+        until_text(&mut socket, "closed", secs(20)).await;
+    });
+    assert_eq!(emulator.introspect(&lease_token(&bed))["username"], "alice");
+    assert!(
+        event_kinds(&bed.events_since(0)).contains(&"login_completed"),
+        "the poll stored the tokens"
+    );
 }

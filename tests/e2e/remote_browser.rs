@@ -22,14 +22,14 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 const HOLDER: &str = "a person (admin page)";
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap()
 }
 
-fn open_session(bed: &Bed, id: i64, body: Value) -> Value {
+pub(crate) fn open_session(bed: &Bed, id: i64, body: Value) -> Value {
     let resp = bed
         .admin()
         .post(&format!("/api/accounts/{id}/browser/session"), body);
@@ -39,7 +39,7 @@ fn open_session(bed: &Bed, id: i64, body: Value) -> Value {
     resp.expect(201)
 }
 
-async fn connect(bed: &Bed, session_id: &str) -> Socket {
+pub(crate) async fn connect(bed: &Bed, session_id: &str) -> Socket {
     let url = format!(
         "ws://127.0.0.1:{}/api/browser/sessions/{session_id}/ws",
         bed.port()
@@ -47,7 +47,7 @@ async fn connect(bed: &Bed, session_id: &str) -> Socket {
     tokio_tungstenite::connect_async(url).await.unwrap().0
 }
 
-async fn send_json(socket: &mut Socket, message: Value) {
+pub(crate) async fn send_json(socket: &mut Socket, message: Value) {
     socket
         .send(Message::text(message.to_string()))
         .await
@@ -64,7 +64,7 @@ async fn next(socket: &mut Socket, within: Duration) -> Message {
 }
 
 /// Reads until a text message of `kind`; returns it.
-async fn until_text(socket: &mut Socket, kind: &str, within: Duration) -> Value {
+pub(crate) async fn until_text(socket: &mut Socket, kind: &str, within: Duration) -> Value {
     let end = tokio::time::Instant::now() + within;
     loop {
         let left = end.saturating_duration_since(tokio::time::Instant::now());
@@ -138,7 +138,7 @@ fn jpeg_size(jpeg: &[u8]) -> (u16, u16) {
     panic!("no SOF marker")
 }
 
-async fn auth(bed: &Bed, socket: &mut Socket) {
+pub(crate) async fn auth(bed: &Bed, socket: &mut Socket) {
     send_json(socket, json!({"type": "auth", "token": bed.admin_token})).await;
 }
 

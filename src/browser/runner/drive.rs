@@ -59,6 +59,9 @@ pub(crate) enum DriveEnd {
     Ended {
         last: Option<usize>,
     },
+    /// The farm's signal ended a run without a redirect (`Err`: why the
+    /// login failed; not yet redacted).
+    Signalled(Result<(), String>),
 }
 
 /// Executes steps, keeping track of what acted and of the one-time codes

@@ -51,6 +51,49 @@ pub enum RunProfile {
     Proof,
 }
 
+/// How the farm follows a login it learns the end of by itself (a device
+/// login's poll), for a run that ends on it ([`RunEnd::Signal`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoginProgress {
+    /// How many times the farm has asked the provider whether the login is
+    /// done (a device login's polls that were answered).
+    pub checks: u64,
+    /// `Some(Ok)`: done, the tokens are stored; `Some(Err(why))`: failed.
+    pub end: Option<Result<(), String>>,
+}
+
+impl LoginProgress {
+    /// Waits for the login's end (`Err` too when the farm stopped
+    /// following it).
+    pub async fn end_of(mut progress: watch::Receiver<LoginProgress>) -> Result<(), String> {
+        let end = progress
+            .wait_for(|p| p.end.is_some())
+            .await
+            .map(|p| p.end.clone());
+        match end {
+            Ok(Some(end)) => end,
+            _ => Err("the farm stopped waiting for the login".into()),
+        }
+    }
+}
+
+/// What ends a run successfully.
+#[derive(Debug, Clone)]
+pub enum RunEnd {
+    /// The browser is sent to this redirect URI; the caller redeems it.
+    Redirect(Url),
+    /// The farm's own signal (a device login: the code typed, the poll
+    /// answered with tokens). The steps running out is not yet failure:
+    /// the run then waits for [`SETTLE_CHECKS`] more checks.
+    Signal(watch::Receiver<LoginProgress>),
+}
+
+/// After a signalled run's last step, how many more of the farm's checks
+/// it waits for before it fails: a check already under way when the
+/// last step approved the login may answer "pending"; the one after it
+/// sees the approval.
+pub const SETTLE_CHECKS: u64 = 2;
+
 /// Runs browsers for the farm. Cheap to clone; all clones share the limits.
 #[derive(Clone)]
 pub struct BrowserPool {
@@ -136,16 +179,31 @@ impl BrowserPool {
         redirect_uri: &Url,
         timeout: Duration,
     ) -> Result<LoginOutcome, RunFailure> {
-        let profile = match self.throwaway {
-            true => RunProfile::Proof,
-            false => RunProfile::Own,
-        };
-        self.run(profile_key, script, vars, redirect_uri, timeout, profile)
-            .await
+        let end = RunEnd::Redirect(redirect_uri.clone());
+        self.run(
+            profile_key,
+            script,
+            vars,
+            end,
+            timeout,
+            self.login_profile(),
+        )
+        .await
     }
 
-    /// Runs a login script as [`run_login`](Self::run_login) does, in the
-    /// account's own profile or (a canary login) in a fresh throwaway one:
+    /// The profile [`run_login`](Self::run_login) runs on: the account's
+    /// own, or a throwaway one for a [`proving`](Self::proving) pool.
+    pub fn login_profile(&self) -> RunProfile {
+        match self.throwaway {
+            true => RunProfile::Proof,
+            false => RunProfile::Own,
+        }
+    }
+
+    /// Runs a login script as [`run_login`](Self::run_login) does, ending
+    /// as `end` says (a device login ends on the farm's signal, not at a
+    /// redirect), in the account's own profile or (a canary login) in a
+    /// fresh throwaway one:
     /// no cookies, so a live session cannot hide a broken password or TOTP
     /// step; deleted after the run, the account's own profile neither used
     /// nor locked. Failure screenshots go where the account's relogins put
@@ -155,7 +213,7 @@ impl BrowserPool {
         profile_key: &str,
         script: &LoginScript,
         vars: &Vars,
-        redirect_uri: &Url,
+        end: RunEnd,
         timeout: Duration,
         profile: RunProfile,
     ) -> Result<LoginOutcome, RunFailure> {
@@ -168,7 +226,7 @@ impl BrowserPool {
             profile_key: profile_key.to_string(),
             steps,
             vars: vars.clone(),
-            redirect_uri: redirect_uri.clone(),
+            end,
             timeout,
             profile,
         };

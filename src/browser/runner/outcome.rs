@@ -15,11 +15,14 @@ use url::Url;
 use super::profile::ProfileUse;
 use crate::browser::script::ScriptError;
 
-/// A successful login: the browser was sent to the redirect URI.
+/// A successful login: the browser was sent to the redirect URI, or the
+/// farm saw the login done (a device login's poll).
 #[derive(Debug, Clone)]
 pub struct LoginOutcome {
     /// The full redirect (`?code=…&state=…&iss=…`): the caller redeems it.
-    pub redirect_url: Url,
+    /// `None` for a run that ended on the farm's signal (the tokens are
+    /// already stored).
+    pub redirect_url: Option<Url>,
     /// Latest expiry among the provider host's cookies, read from the
     /// context before it closed: when a full scripted login is next needed.
     /// `None` if the provider only set session cookies.
@@ -74,6 +77,10 @@ pub enum FailureKind {
     /// The whole run took longer than its timeout.
     #[error("the run timed out")]
     TimedOut,
+    /// A run that ends on the farm's signal (a device login): the login
+    /// failed, or the steps ran out and it was still not done.
+    #[error("the device login did not complete")]
+    NotLoggedIn,
 }
 
 /// The step a failure is about.

@@ -3,12 +3,14 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use tokio::sync::watch;
 use url::Url;
 
 use super::drive::{self, DriveEnd, Driver};
 use super::navigation::NavigationPolicy;
 use super::{
-    BrowserPool, FailedStep, FailureKind, LoginOutcome, PoolError, RunFailure, RunProfile, Session,
+    BrowserPool, FailedStep, FailureKind, LoginOutcome, LoginProgress, PoolError, RunEnd,
+    RunFailure, RunProfile, Session, SETTLE_CHECKS,
 };
 use crate::browser::script::{ResolvedStep, Vars};
 
@@ -18,7 +20,7 @@ pub(super) struct Run {
     pub(super) profile_key: String,
     pub(super) steps: Vec<ResolvedStep>,
     pub(super) vars: Vars,
-    pub(super) redirect_uri: Url,
+    pub(super) end: RunEnd,
     pub(super) timeout: Duration,
     pub(super) profile: RunProfile,
 }
@@ -62,44 +64,71 @@ impl Run {
     }
 
     async fn drive(&self, session: &Session, started: Instant) -> Result<LoginOutcome, RunFailure> {
+        let (redirect_uri, signal) = match &self.end {
+            RunEnd::Redirect(uri) => (Some(uri), None),
+            RunEnd::Signal(progress) => (None, Some(progress.clone())),
+        };
         let policy = NavigationPolicy::new(
             &self.pool.config().allowed_hosts,
-            self.vars
-                .authorize_url()
-                .into_iter()
-                .chain([&self.redirect_uri]),
+            self.vars.run_urls().chain(redirect_uri),
         );
         session.restrict_navigation(policy.clone()).await?;
-        let captured = session.capture_redirect(&self.redirect_uri).await?;
+        let captured = match redirect_uri {
+            Some(uri) => session.capture_redirect(uri).await?,
+            // Nothing to capture: the farm's signal ends the run.
+            None => watch::channel(None).1,
+        };
         let artifacts = self.pool.artifacts_dir(&self.profile_key);
         let mut driver = Driver::new(&session.page, captured, &artifacts, &policy);
         let mut stopping = self.pool.stopping();
-        let end = tokio::select! {
+        let deadline = drive::sleep_running(self.timeout);
+        tokio::pin!(deadline);
+        let mut end = tokio::select! {
             end = driver.run(&self.steps) => Some(end),
-            () = drive::sleep_running(self.timeout) => None,
+            end = signalled(signal.clone()) => Some(DriveEnd::Signalled(end)),
+            () = &mut deadline => None,
             _ = stopping.wait_for(|s| *s) => return Err(RunFailure::refused(PoolError::ShuttingDown)),
         };
+        if let (Some(progress), Some(DriveEnd::Ended { .. } | DriveEnd::StepFailed { .. })) =
+            (&signal, &end)
+        {
+            // The steps are done, or one failed after the login was
+            // approved (a last `wait_for` of a page that says so): a few
+            // more of the farm's checks tell.
+            let settled = settle(progress.clone());
+            tokio::select! {
+                result = settled => {
+                    // A failed step stays the failure unless the login is done.
+                    if result.is_ok() || matches!(end, Some(DriveEnd::Ended { .. })) {
+                        end = Some(DriveEnd::Signalled(result));
+                    }
+                }
+                () = &mut deadline => end = None,
+                _ = stopping.wait_for(|s| *s) => return Err(RunFailure::refused(PoolError::ShuttingDown)),
+            }
+        }
         let Some(end) = end else {
             let last = driver.acted.last().copied();
-            let reason = format!("no redirect within {} s", self.timeout.as_secs());
+            let what = match redirect_uri {
+                Some(_) => "redirect",
+                None => "login",
+            };
+            let reason = format!("no {what} within {} s", self.timeout.as_secs());
             return Err(self
                 .fail(&driver, FailureKind::TimedOut, last, reason, started)
                 .await);
         };
         match end {
-            DriveEnd::Captured(redirect_url) => {
-                let elapsed = started.elapsed();
-                let session_cookie_expires = self.provider_cookie_expiry(session).await;
-                let steps_acted = driver.acted.clone();
-                let lines_acted = steps_acted.iter().map(|&i| self.steps[i].line).collect();
-                Ok(LoginOutcome {
-                    lines_acted,
-                    redirect_url,
-                    session_cookie_expires,
-                    elapsed,
-                    steps_acted,
-                })
+            DriveEnd::Signalled(Ok(())) => Ok(self.outcome(session, &driver, None, started).await),
+            DriveEnd::Signalled(Err(reason)) => {
+                let last = driver.acted.last().copied();
+                Err(self
+                    .fail(&driver, FailureKind::NotLoggedIn, last, reason, started)
+                    .await)
             }
+            DriveEnd::Captured(redirect_url) => Ok(self
+                .outcome(session, &driver, Some(redirect_url), started)
+                .await),
             DriveEnd::StepFailed { index, reason } => Err(self
                 .fail(&driver, FailureKind::Step, Some(index), reason, started)
                 .await),
@@ -112,6 +141,26 @@ impl Run {
                     started,
                 )
                 .await),
+        }
+    }
+
+    async fn outcome(
+        &self,
+        session: &Session,
+        driver: &Driver<'_>,
+        redirect_url: Option<Url>,
+        started: Instant,
+    ) -> LoginOutcome {
+        let elapsed = started.elapsed();
+        let session_cookie_expires = self.provider_cookie_expiry(session).await;
+        let steps_acted = driver.acted.clone();
+        let lines_acted = steps_acted.iter().map(|&i| self.steps[i].line).collect();
+        LoginOutcome {
+            lines_acted,
+            redirect_url,
+            session_cookie_expires,
+            elapsed,
+            steps_acted,
         }
     }
 
@@ -167,7 +216,7 @@ impl Run {
     /// Latest expiry among the cookies the provider's host gets, or `None`
     /// for session-only cookies (or no authorize URL to know the host by).
     async fn provider_cookie_expiry(&self, session: &Session) -> Option<DateTime<Utc>> {
-        let provider = self.vars.authorize_url()?;
+        let provider = self.vars.provider_page()?;
         let origin = provider.origin().ascii_serialization();
         let cookies = match session.context.cookies(Some(&[origin.as_str()])).await {
             Ok(cookies) => cookies,
@@ -181,6 +230,32 @@ impl Run {
             .filter(|c| c.expires > 0.0)
             .filter_map(|c| DateTime::from_timestamp(c.expires as i64, 0))
             .max()
+    }
+}
+
+/// The end of a signalled run's login; never, for a run without a signal.
+async fn signalled(progress: Option<watch::Receiver<LoginProgress>>) -> Result<(), String> {
+    match progress {
+        Some(progress) => LoginProgress::end_of(progress).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// After the steps: the login's end, or `Err` once [`SETTLE_CHECKS`] more
+/// checks passed without one.
+async fn settle(mut progress: watch::Receiver<LoginProgress>) -> Result<(), String> {
+    let checks = progress.borrow().checks;
+    let seen = progress
+        .wait_for(|p| p.end.is_some() || p.checks >= checks + SETTLE_CHECKS)
+        .await
+        .map(|p| p.end.clone());
+    match seen {
+        Ok(Some(end)) => end,
+        Ok(None) => Err(format!(
+            "the script ran to its end, and {SETTLE_CHECKS} more polls of the provider \
+             found the login not approved"
+        )),
+        Err(_) => Err("the farm stopped waiting for the login".into()),
     }
 }
 

@@ -49,7 +49,8 @@ pub enum ScriptErrorKind {
     #[error("`{0}` must not be empty")]
     Empty(String),
     #[error(
-        "unknown variable `${{{0}}}` (known: ${{authorize_url}}, ${{secret:NAME}}, ${{totp}}; \
+        "unknown variable `${{{0}}}` (known: ${{authorize_url}}, ${{secret:NAME}}, ${{totp}}, \
+         ${{user_code}}, ${{verification_uri}}, ${{verification_uri_complete}}; \
          write $${{ for a literal ${{)"
     )]
     UnknownVariable(String),
@@ -64,7 +65,8 @@ pub enum ScriptErrorKind {
     )]
     ConfidentialInUrl(String),
     #[error(
-        "`goto` may only go to an http:// or https:// URL or to ${{authorize_url}}, not `{0}`"
+        "`goto` may only go to an http:// or https:// URL, ${{authorize_url}} or \
+         ${{verification_uri}}, not `{0}`"
     )]
     NotAWebUrl(String),
     #[error("bad glob in `wait_for_url`: {0}")]
@@ -73,6 +75,13 @@ pub enum ScriptErrorKind {
     BadScreenshotName,
     #[error("{0} is not set for this account")]
     MissingVariable(String),
+    /// A device-flow variable in a code-flow login, or the reverse.
+    #[error(
+        "{0} is not set in this login: ${{user_code}} and ${{verification_uri(_complete)}} exist \
+         only when the provider logs in with a device code (login = \"device\"), \
+         ${{authorize_url}} only when it does not"
+    )]
+    OtherLoginKind(String),
     #[error("secret `totp` is not a base32 TOTP seed")]
     BadTotpSeed,
 }

@@ -28,7 +28,7 @@ use std::fmt;
 pub use error::{ScriptError, ScriptErrorKind};
 pub use glob::{Glob, GlobError};
 pub use template::{is_valid_secret_name, Piece, Template, Var};
-pub use vars::{ResolvedAction, ResolvedStep, StepValue, Vars, TOTP_SECRET};
+pub use vars::{DeviceCode, ResolvedAction, ResolvedStep, StepValue, Vars, TOTP_SECRET};
 
 /// Per-step wait when the script does not say.
 pub const DEFAULT_TIMEOUT_MS: u64 = 15_000;
@@ -148,9 +148,36 @@ impl LoginScript {
             .filter_map(|v| match v {
                 Var::Secret(name) => Some(name.clone()),
                 Var::Totp => Some(TOTP_SECRET.to_string()),
-                Var::AuthorizeUrl => None,
+                Var::AuthorizeUrl
+                | Var::UserCode
+                | Var::VerificationUri
+                | Var::VerificationUriComplete => None,
             })
             .collect()
+    }
+
+    /// Refuses a variable only the other login kind sets (`${user_code}`
+    /// where the provider logs in with a code and a redirect,
+    /// `${authorize_url}` where it logs in with a device code), naming the
+    /// step's line: such a script could never run.
+    pub fn check_login_kind(&self, device_flow: bool) -> Result<(), ScriptError> {
+        for step in &self.steps {
+            let vars = step.action.templates().flat_map(Template::vars);
+            for var in vars {
+                let other = match var {
+                    Var::AuthorizeUrl => device_flow,
+                    v if v.is_device_flow() => !device_flow,
+                    _ => false,
+                };
+                if other {
+                    return Err(ScriptError::new(
+                        step.line,
+                        ScriptErrorKind::OtherLoginKind(var.to_string()),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Resolves every variable for one run. An unknown or missing variable

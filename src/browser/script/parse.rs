@@ -273,13 +273,16 @@ fn url_template(entry: &Entry<'_>) -> Result<Template, ScriptError> {
     Ok(url)
 }
 
-/// A `goto` leads to the farm's authorize URL or to an http(s) page: a
+/// A `goto` leads to the farm's authorize URL, a device login's
+/// verification page or to an http(s) page: a
 /// `file:`, `data:`, `chrome:` or `javascript:` page would show the host's
 /// files or the browser's internals in a failure screenshot. The runner
 /// checks the rendered URL again (the authorize URL comes from the config).
 fn is_web_target(url: &Template) -> bool {
     match url.pieces().first() {
-        Some(Piece::Var(Var::AuthorizeUrl)) => true,
+        Some(Piece::Var(
+            Var::AuthorizeUrl | Var::VerificationUri | Var::VerificationUriComplete,
+        )) => true,
         Some(Piece::Text(text)) => {
             let Some((scheme, rest)) = text.split_once("://") else {
                 return false;

@@ -12,19 +12,38 @@ pub enum Var {
     Secret(String),
     /// `${totp}`: the current code derived from the account's `totp` secret.
     Totp,
+    /// `${user_code}`: a device-flow login's code, to type at the
+    /// verification page.
+    UserCode,
+    /// `${verification_uri}`: a device-flow login's page.
+    VerificationUri,
+    /// `${verification_uri_complete}`: that page with the code already in
+    /// it, when the provider gives one.
+    VerificationUriComplete,
 }
 
 impl Var {
     /// Whether the value is confidential (and so must never end up in a URL
     /// that is logged, or in a selector that shows up in error text).
     pub fn is_confidential(&self) -> bool {
-        !matches!(self, Var::AuthorizeUrl)
+        matches!(self, Var::Secret(_) | Var::Totp)
+    }
+
+    /// Whether only a device-flow login (`login = "device"`) sets it.
+    pub fn is_device_flow(&self) -> bool {
+        matches!(
+            self,
+            Var::UserCode | Var::VerificationUri | Var::VerificationUriComplete
+        )
     }
 
     fn parse(inner: &str) -> Result<Var, TemplateError> {
         match inner {
             "authorize_url" => Ok(Var::AuthorizeUrl),
             "totp" => Ok(Var::Totp),
+            "user_code" => Ok(Var::UserCode),
+            "verification_uri" => Ok(Var::VerificationUri),
+            "verification_uri_complete" => Ok(Var::VerificationUriComplete),
             _ => match inner.strip_prefix("secret:") {
                 Some(name) if is_valid_secret_name(name) => Ok(Var::Secret(name.to_string())),
                 Some(name) => Err(TemplateError::BadSecretName(name.to_string())),
@@ -40,6 +59,9 @@ impl fmt::Display for Var {
             Var::AuthorizeUrl => f.write_str("${authorize_url}"),
             Var::Secret(name) => write!(f, "${{secret:{name}}}"),
             Var::Totp => f.write_str("${totp}"),
+            Var::UserCode => f.write_str("${user_code}"),
+            Var::VerificationUri => f.write_str("${verification_uri}"),
+            Var::VerificationUriComplete => f.write_str("${verification_uri_complete}"),
         }
     }
 }
@@ -158,6 +180,19 @@ mod tests {
     #[test]
     fn parses_variables_and_text() {
         let t = Template::parse("a${totp}b${secret:password}${authorize_url}").unwrap();
+        let device =
+            Template::parse("${verification_uri}|${user_code}|${verification_uri_complete}")
+                .unwrap();
+        assert_eq!(
+            device.vars().cloned().collect::<Vec<_>>(),
+            [
+                Var::VerificationUri,
+                Var::UserCode,
+                Var::VerificationUriComplete
+            ]
+        );
+        assert_eq!(Template::parse(&device.to_source()).unwrap(), device);
+        assert!(!device.has_confidential_var());
         assert_eq!(
             t.pieces(),
             &[

@@ -230,10 +230,14 @@ fn wrong_types_and_empty_values() {
 #[test]
 fn variable_errors() {
     assert_eq!(
-        err(&with_header("[[step]]\nfill = \"#u\"\nvalue = \"${user}\"\n")),
+        err(&with_header(
+            "[[step]]\nfill = \"#u\"\nvalue = \"${user}\"\n"
+        )),
         (
             4,
-            "unknown variable `${user}` (known: ${authorize_url}, ${secret:NAME}, ${totp}; write $${ for a literal ${)"
+            "unknown variable `${user}` (known: ${authorize_url}, ${secret:NAME}, ${totp}, \
+             ${user_code}, ${verification_uri}, ${verification_uri_complete}; \
+             write $${ for a literal ${)"
                 .into()
         )
     );
@@ -276,6 +280,8 @@ fn goto_goes_only_to_web_pages() {
     for ok in [
         "${authorize_url}",
         "${authorize_url}&prompt=login",
+        "${verification_uri}",
+        "${verification_uri_complete}",
         "https://x.test/",
         "HTTP://x.test",
         "http://127.0.0.1:9/a?b=${authorize_url}",
@@ -303,7 +309,7 @@ fn goto_goes_only_to_web_pages() {
             err(&text),
             (
                 6,
-                format!("`goto` may only go to an http:// or https:// URL or to ${{authorize_url}}, not `{bad}`")
+                format!("`goto` may only go to an http:// or https:// URL, ${{authorize_url}} or ${{verification_uri}}, not `{bad}`")
             ),
             "{bad}"
         );
@@ -412,6 +418,120 @@ fn expand_errors_name_the_step_line() {
         (17, "secret `totp` is not a base32 TOTP seed".into())
     );
     assert!(!e.to_string().contains("not base32!"));
+}
+
+const DEVICE_SCRIPT: &str = r##"provider = "gh"
+[[step]]
+goto = "${verification_uri}"
+[[step]]
+fill = "#code"
+value = "${user_code}"
+[[step]]
+goto = "${verification_uri_complete}"
+"##;
+
+fn device_vars(complete: bool) -> Vars {
+    let uri = Url::parse("https://idp.test/device").unwrap();
+    Vars::new().with_device_code(DeviceCode {
+        user_code: "WDJB-MJHT".into(),
+        verification_uri_complete: complete
+            .then(|| Url::parse("https://idp.test/device?user_code=WDJB-MJHT").unwrap()),
+        verification_uri: uri,
+    })
+}
+
+#[test]
+fn a_device_login_fills_its_code_and_page() {
+    let script = LoginScript::parse(DEVICE_SCRIPT).unwrap();
+    let steps = script.expand(&device_vars(true)).unwrap();
+    let rendered: Vec<String> = steps
+        .iter()
+        .map(|s| match &s.action {
+            ResolvedAction::Goto { url } => url.render().expose().to_owned(),
+            ResolvedAction::Fill { value, .. } => {
+                assert!(!value.is_confidential(), "a user code is shown, not masked");
+                value.render().expose().to_owned()
+            }
+            other => panic!("{other}"),
+        })
+        .collect();
+    assert_eq!(
+        rendered,
+        [
+            "https://idp.test/device",
+            "WDJB-MJHT",
+            "https://idp.test/device?user_code=WDJB-MJHT"
+        ]
+    );
+    let vars = device_vars(true);
+    assert_eq!(
+        vars.run_urls().map(Url::as_str).collect::<Vec<_>>(),
+        [
+            "https://idp.test/device",
+            "https://idp.test/device?user_code=WDJB-MJHT"
+        ]
+    );
+    assert_eq!(
+        vars.provider_page().unwrap().as_str(),
+        "https://idp.test/device"
+    );
+    // The provider gave no complete URI: the step that uses it is named.
+    let e = script.expand(&device_vars(false)).unwrap_err();
+    assert_eq!(
+        (e.line, e.kind.to_string()),
+        (
+            7,
+            "${verification_uri_complete} is not set for this account".into()
+        )
+    );
+}
+
+#[test]
+fn a_variable_of_the_other_login_kind_is_an_error_naming_its_line() {
+    // A code-flow login has no user code ...
+    let code_flow = Vars::new().with_authorize_url(Url::parse("http://h/auth").unwrap());
+    let e = LoginScript::parse(DEVICE_SCRIPT)
+        .unwrap()
+        .expand(&code_flow)
+        .unwrap_err();
+    assert_eq!(e.line, 2);
+    assert!(
+        e.to_string().starts_with(
+            "line 2: ${verification_uri} is not set in this login: ${user_code} and \
+             ${verification_uri(_complete)} exist only when the provider logs in with a \
+             device code (login = \"device\")"
+        ),
+        "{e}"
+    );
+    // ... and a device login no authorize URL.
+    let e = LoginScript::parse(DEMO)
+        .unwrap()
+        .expand(&device_vars(true))
+        .unwrap_err();
+    assert_eq!(e.line, 4);
+    assert!(
+        e.kind
+            .to_string()
+            .starts_with("${authorize_url} is not set in this login"),
+        "{e}"
+    );
+}
+
+#[test]
+fn attaching_a_script_of_the_other_login_kind_names_its_line() {
+    let device = LoginScript::parse(DEVICE_SCRIPT).unwrap();
+    assert_eq!(device.check_login_kind(true), Ok(()));
+    let e = device.check_login_kind(false).unwrap_err();
+    assert_eq!(e.line, 2);
+    assert!(
+        e.kind
+            .to_string()
+            .starts_with("${verification_uri} is not set in this login"),
+        "{e}"
+    );
+    let code = LoginScript::parse(DEMO).unwrap();
+    assert_eq!(code.check_login_kind(false), Ok(()));
+    assert_eq!(code.check_login_kind(true).unwrap_err().line, 4);
 }
 
 #[test]

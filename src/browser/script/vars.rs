@@ -19,7 +19,18 @@ pub const TOTP_SECRET: &str = "totp";
 #[derive(Debug, Clone, Default)]
 pub struct Vars {
     authorize_url: Option<Url>,
+    device: Option<DeviceCode>,
     secrets: BTreeMap<String, Secret>,
+}
+
+/// What a device-flow login (RFC 8628) shows a person: the code to type and
+/// where. Not secret: the farm's API and page show it too, and it is worth
+/// nothing without the device code, which stays with the farm's poll.
+#[derive(Debug, Clone)]
+pub struct DeviceCode {
+    pub user_code: String,
+    pub verification_uri: Url,
+    pub verification_uri_complete: Option<Url>,
 }
 
 impl Vars {
@@ -32,6 +43,13 @@ impl Vars {
         self
     }
 
+    /// A device-flow login's code and page: `${user_code}`,
+    /// `${verification_uri}`, `${verification_uri_complete}`.
+    pub fn with_device_code(mut self, device: DeviceCode) -> Self {
+        self.device = Some(device);
+        self
+    }
+
     pub fn with_secret(mut self, name: impl Into<String>, value: Secret) -> Self {
         self.secrets.insert(name.into(), value);
         self
@@ -39,6 +57,24 @@ impl Vars {
 
     pub fn authorize_url(&self) -> Option<&Url> {
         self.authorize_url.as_ref()
+    }
+
+    /// The provider's page this run starts at: the authorize URL, or a
+    /// device login's verification page.
+    pub fn provider_page(&self) -> Option<&Url> {
+        self.authorize_url
+            .as_ref()
+            .or(self.device.as_ref().map(|d| &d.verification_uri))
+    }
+
+    /// Every URL of the provider's this run was given (the navigation
+    /// policy lets the browser reach their hosts).
+    pub fn run_urls(&self) -> impl Iterator<Item = &Url> {
+        let device = self.device.as_ref();
+        self.authorize_url
+            .iter()
+            .chain(device.map(|d| &d.verification_uri))
+            .chain(device.and_then(|d| d.verification_uri_complete.as_ref()))
     }
 
     /// Replaces every secret value (and every code in `extra`) found in
@@ -60,12 +96,29 @@ impl Vars {
     }
 
     fn resolve(&self, var: &Var) -> Result<Part, K> {
+        let known = |text: Option<&str>| {
+            text.map(|t| Part::Known(Secret::new(t))).ok_or_else(|| {
+                // A login of the other kind has its own variables.
+                let other_kind = match var.is_device_flow() {
+                    true => self.authorize_url.is_some(),
+                    false => self.device.is_some(),
+                };
+                match other_kind {
+                    true => K::OtherLoginKind(var.to_string()),
+                    false => K::MissingVariable(var.to_string()),
+                }
+            })
+        };
+        let device = self.device.as_ref();
         match var {
-            Var::AuthorizeUrl => self
-                .authorize_url
-                .as_ref()
-                .map(|u| Part::Known(Secret::new(u.as_str())))
-                .ok_or_else(|| K::MissingVariable(var.to_string())),
+            Var::AuthorizeUrl => known(self.authorize_url.as_ref().map(Url::as_str)),
+            Var::UserCode => known(device.map(|d| d.user_code.as_str())),
+            Var::VerificationUri => known(device.map(|d| d.verification_uri.as_str())),
+            Var::VerificationUriComplete => known(
+                device
+                    .and_then(|d| d.verification_uri_complete.as_ref())
+                    .map(Url::as_str),
+            ),
             Var::Secret(name) => self
                 .secrets
                 .get(name)

@@ -19,7 +19,9 @@ async fn first_login_then_live_session_then_full_script_after_sessions_end() {
         [0, 1, 2, 3, 4],
         "goto, username, password, submit, allow"
     );
-    let tokens = provider.redeem(&first.redirect_url, &auth).await;
+    let tokens = provider
+        .redeem(first.redirect_url.as_ref().expect("a redirect"), &auth)
+        .await;
     assert!(tokens["refresh_token"].is_string(), "{tokens}");
     let expires = first
         .session_cookie_expires
@@ -31,7 +33,9 @@ async fn first_login_then_live_session_then_full_script_after_sessions_end() {
     let (vars, auth) = provider.vars("alice", "alice-password").await;
     let second = t.login(&provider, "alice", &script, &vars).await.unwrap();
     assert_eq!(second.steps_acted, [0], "only the goto ran");
-    provider.redeem(&second.redirect_url, &auth).await;
+    provider
+        .redeem(second.redirect_url.as_ref().expect("a redirect"), &auth)
+        .await;
     eprintln!(
         "live-profile relogin: {:?}, full scripted login: {:?}",
         second.elapsed, first.elapsed
@@ -43,7 +47,9 @@ async fn first_login_then_live_session_then_full_script_after_sessions_end() {
     let (vars, auth) = provider.vars("alice", "alice-password").await;
     let third = t.login(&provider, "alice", &script, &vars).await.unwrap();
     assert_eq!(third.steps_acted, [0, 1, 2, 3]);
-    provider.redeem(&third.redirect_url, &auth).await;
+    provider
+        .redeem(third.redirect_url.as_ref().expect("a redirect"), &auth)
+        .await;
 
     let info = t.pool.profile_info("alice").await.unwrap();
     assert!(
@@ -65,7 +71,9 @@ async fn totp_user_passes_the_totp_page() {
         [0, 1, 2, 3, 4, 5, 6],
         "every step, TOTP included"
     );
-    provider.redeem(&outcome.redirect_url, &auth).await;
+    provider
+        .redeem(outcome.redirect_url.as_ref().expect("a redirect"), &auth)
+        .await;
     t.assert_no_chromium_left();
 }
 

@@ -152,7 +152,9 @@ async fn shutdown_mid_run_closes_cleanly_and_keeps_the_session() {
         [0, 4],
         "goto and allow only: no login form"
     );
-    provider.redeem(&outcome.redirect_url, &auth).await;
+    provider
+        .redeem(outcome.redirect_url.as_ref().expect("a redirect"), &auth)
+        .await;
 
     pool.reset("heidi").await.unwrap();
     let info = pool.profile_info("heidi").await.unwrap();
@@ -196,7 +198,9 @@ async fn redirect_is_captured_and_kept_from_a_listener_on_the_redirect_uri() {
         )
         .await
         .unwrap();
-    provider.redeem(&outcome.redirect_url, &auth).await;
+    provider
+        .redeem(outcome.redirect_url.as_ref().expect("a redirect"), &auth)
+        .await;
     // The browser's request is stopped before it reaches a listener on the
     // redirect URI: the code exists once, in the outcome (a second delivery
     // could be redeemed twice, and the provider would revoke the grant).
@@ -256,7 +260,9 @@ async fn relogins_share_one_driver_that_stops_after_the_linger() {
     for _ in 0..2 {
         let (vars, auth) = provider.vars("kim", "kim-password").await;
         let outcome = t.login(&provider, "kim", &script, &vars).await.unwrap();
-        provider.redeem(&outcome.redirect_url, &auth).await;
+        provider
+            .redeem(outcome.redirect_url.as_ref().expect("a redirect"), &auth)
+            .await;
         // Between runs: the browser is closed, the driver lingers.
         t.assert_no_chromium_left();
         let pid = t

@@ -56,7 +56,9 @@ async fn log_in(
         )
         .await
         .unwrap();
-    provider.redeem(&outcome.redirect_url, &auth).await;
+    provider
+        .redeem(outcome.redirect_url.as_ref().expect("a redirect"), &auth)
+        .await;
     outcome
 }
 
