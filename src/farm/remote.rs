@@ -20,6 +20,7 @@ use url::Url;
 use super::{Farm, FarmError, Result};
 use crate::browser::remote::{Input, RemoteBrowser, RemoteOptions};
 use crate::browser::runner::LoginProgress;
+use crate::config::Endpoints;
 use crate::domain::provider::LoginKind;
 use crate::domain::{AccountId, AuthState};
 use crate::events::EventKind;
@@ -178,12 +179,23 @@ impl Farm {
             RemoteMode::Record | RemoteMode::Takeover => {
                 self.start_browser_login(id).await?.authorize_url
             }
+            // The root of the provider's login site: where its authorize
+            // URL (or, with no authorize URL, its device endpoint) lives.
             RemoteMode::View => {
-                let authorize = provider
-                    .authorize()
-                    .await
-                    .map_err(|e| FarmError::Login(e.to_string()))?;
-                let mut site = authorize.url;
+                let mut site = match &provider.config().endpoints {
+                    Endpoints::Device {
+                        device_authorization_url,
+                        ..
+                    } => device_authorization_url.clone(),
+                    Endpoints::Discovery { issuer } if device_flow => issuer.clone(),
+                    _ => {
+                        provider
+                            .authorize()
+                            .await
+                            .map_err(|e| FarmError::Login(e.to_string()))?
+                            .url
+                    }
+                };
                 site.set_path("/");
                 site.set_query(None);
                 site

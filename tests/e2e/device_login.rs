@@ -324,3 +324,30 @@ fn a_takeover_of_a_device_account_starts_at_its_code_and_ends_when_the_poll_succ
         "the poll stored the tokens"
     );
 }
+
+/// `view` on a device-flow account (no authorize URL) opens the root of the
+/// provider's site, and starts no login.
+#[test]
+fn a_view_of_a_device_account_opens_the_providers_site_without_a_login() {
+    use crate::remote_browser::{auth, connect, open_session, runtime, until_text};
+    let (bed, _emulator, id) = device_account();
+    let before = bed.events_since(0).len();
+    let started = open_session(&bed, id, json!({"mode": "view"}));
+    let session_id = str_of(&started, "session_id").to_owned();
+    runtime().block_on(async {
+        let mut socket = connect(&bed, &session_id).await;
+        auth(&bed, &mut socket).await;
+        let url = until_text(&mut socket, "url", secs(15)).await;
+        let url = str_of(&url, "url").to_owned();
+        assert!(
+            url.starts_with("http://127.0.0.1:")
+                && url.trim_end_matches('/').matches('/').count() == 2,
+            "not the root of the provider's site: {url}"
+        );
+    });
+    let later = bed.events_since(0);
+    assert!(
+        !event_kinds(&later[before..]).contains(&"login_started"),
+        "a view started a login"
+    );
+}
