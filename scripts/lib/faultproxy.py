@@ -48,7 +48,7 @@ class FaultProxy:
     def stop(self):
         if not self._thread.is_alive():
             return
-        self._call(self._close(cut_open=True))
+        self._call(self._shutdown())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         if not self._thread.is_alive():
@@ -71,6 +71,16 @@ class FaultProxy:
         if cut_open:
             for w in list(self._open):
                 w.transport.abort()
+
+    async def _shutdown(self):
+        """Closes everything and lets the connections' tasks end (their
+        sockets are aborted, so their reads return), so none is left pending
+        when the loop stops. Not cancelled: Python 3.11's streams log a
+        cancelled connection task as an error."""
+        await self._close(cut_open=True)
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=2)
 
     async def _set(self, mode, latency, cut):
         self.mode, self.latency, self.cut = mode, latency, cut
