@@ -315,13 +315,8 @@ impl Farm {
     /// answer and no socket. [`Farm::attach_remote_browser`] decides again
     /// after the upgrade (two sockets may race past this check).
     pub fn remote_browser_attachable(&self, session_id: &str) -> Result<()> {
-        let remote = self
-            .remote
-            .lock()
-            .get(session_id)
-            .cloned()
-            .ok_or_else(session_not_found)?;
-        let free = remote
+        let free = self
+            .remote_session(session_id)?
             .socket_side
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -335,12 +330,7 @@ impl Farm {
 
     /// The one socket of a session takes its channels; a second is refused.
     pub fn attach_remote_browser(&self, session_id: &str) -> Result<Attached> {
-        let remote = self
-            .remote
-            .lock()
-            .get(session_id)
-            .cloned()
-            .ok_or_else(session_not_found)?;
+        let remote = self.remote_session(session_id)?;
         let (input, out) = remote
             .socket_side
             .lock()
@@ -353,6 +343,15 @@ impl Farm {
             out,
             frames: remote.frames.clone(),
         })
+    }
+
+    /// A live session, by its id.
+    fn remote_session(&self, session_id: &str) -> Result<Arc<Remote>> {
+        self.remote
+            .lock()
+            .get(session_id)
+            .cloned()
+            .ok_or_else(session_not_found)
     }
 
     /// Runs a session until it ends; returns why (for the `closed` message).

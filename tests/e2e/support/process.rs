@@ -76,10 +76,22 @@ impl Daemon {
                     });
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
+                    // What it was doing, for the failure message.
+                    let proc_file = |f: &str| {
+                        fs::read_to_string(format!("/proc/{}/{f}", daemon.pid()))
+                            .unwrap_or_default()
+                    };
+                    let stat = proc_file("stat");
+                    let state = stat.rsplit(") ").next().unwrap_or("").split(' ').next();
+                    let hung = format!(
+                        "\n[{name} printed no ready line within {START_TIMEOUT:?}: state {}, waiting in {:?}]\n",
+                        state.unwrap_or("?"),
+                        proc_file("wchan")
+                    );
                     daemon.kill();
                     return Err(StartFailure {
                         status: None,
-                        log: daemon.log_since(log_start),
+                        log: daemon.log_since(log_start) + &hung,
                     });
                 }
             }

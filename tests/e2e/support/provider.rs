@@ -7,7 +7,7 @@ use std::path::Path;
 use reqwest::blocking::Client;
 use serde_json::Value;
 
-use super::process::{clean_command, Daemon};
+use super::process::{clean_command, Daemon, StartFailure};
 use super::{free_port, oidc_dir};
 
 /// The client the farm is configured with (public, PKCE).
@@ -27,23 +27,39 @@ impl Provider {
     pub fn start(log: &Path, access_ttl: u32) -> Provider {
         let oidc = oidc_dir();
         let redirect_uri = format!("http://127.0.0.1:{}/callback", free_port());
-        let mut cmd = clean_command("node");
-        cmd.arg(oidc.join("provider.mjs"))
-            .args([
-                "--port",
-                "0",
-                "--access-ttl",
-                &access_ttl.to_string(),
-                "--redirect-uri",
-                &redirect_uri,
-            ])
-            .current_dir(&oidc);
-        let (daemon, issuer) = Daemon::spawn("provider", cmd, log, "READY ").unwrap_or_else(|f| {
+        let spawn = || {
+            let mut cmd = clean_command("node");
+            cmd.arg(oidc.join("provider.mjs"))
+                .args([
+                    "--port",
+                    "0",
+                    "--access-ttl",
+                    &access_ttl.to_string(),
+                    "--redirect-uri",
+                    &redirect_uri,
+                ])
+                .current_dir(&oidc);
+            Daemon::spawn("provider", cmd, log, "READY ")
+        };
+        let failed = |f: StartFailure| -> ! {
             panic!(
                 "the OIDC provider did not start ({:?}):\n{}",
                 f.status, f.log
             )
-        });
+        };
+        let (daemon, issuer) = match spawn() {
+            Ok(started) => started,
+            // A start that hangs (rare, under a loaded suite) gets one more
+            // try; what the hung process was doing goes to the test's output.
+            Err(hung) if hung.status.is_none() => {
+                eprintln!(
+                    "the OIDC provider hung at start; starting another:\n{}",
+                    hung.log
+                );
+                spawn().unwrap_or_else(|f| failed(f))
+            }
+            Err(f) => failed(f),
+        };
         Provider {
             _daemon: daemon,
             issuer,
