@@ -152,8 +152,8 @@ pub(crate) struct BegunLogin {
 /// poll's progress.
 pub(crate) struct BegunDevice {
     pub user_code: String,
-    pub verification_uri: String,
-    pub verification_uri_complete: Option<String>,
+    pub verification_uri: Url,
+    pub verification_uri_complete: Option<Url>,
     /// Seconds between polls.
     pub interval: u64,
     pub expires_at: DateTime<Utc>,
@@ -215,7 +215,7 @@ impl Farm {
         Ok(LoginStarted {
             account_id: id,
             authorize_url: None,
-            verification_uri: Some(begun.verification_uri),
+            verification_uri: Some(begun.verification_uri.into()),
             user_code: Some(begun.user_code),
             interval: Some(begun.interval),
             expires_at: begun.expires_at,
@@ -233,14 +233,29 @@ impl Farm {
             .device_authorize()
             .await
             .map_err(|e| FarmError::Login(e.to_string()))?;
+        // Checked before any poll starts: a browser (the farm's or a
+        // person's) is sent there.
+        let page = |text: &str| {
+            Url::parse(text).map_err(|e| {
+                FarmError::Login(format!(
+                    "the provider's verification URI {text:?} is not a URL: {e}"
+                ))
+            })
+        };
+        let verification_uri = page(&start.verification_uri)?;
+        let verification_uri_complete = start
+            .verification_uri_complete
+            .as_deref()
+            .map(page)
+            .transpose()?;
         self.logins.lock().remove(&id);
         let serial = self.logins.start_device(id);
         let poll = DevicePoll::start(self.clock.now(), start.expires_in, start.interval);
         let (progress, watching) = watch::channel(LoginProgress::default());
         let begun = BegunDevice {
             user_code: start.user_code,
-            verification_uri: start.verification_uri,
-            verification_uri_complete: start.verification_uri_complete,
+            verification_uri,
+            verification_uri_complete,
             interval: poll.interval.num_seconds().max(0) as u64,
             expires_at: poll.expires_at,
             progress: watching,

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use chrono::Utc;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use url::Url;
 
 use super::{chrono_dur, not_found_account, Farm, FarmError, Result};
 use crate::browser::runner::{FailureKind, PoolError, RunEnd};
@@ -339,20 +338,9 @@ impl Farm {
         let (end, mut vars) = match self.provider(&provider)?.config().login {
             LoginKind::Device => {
                 let begun = self.begin_device_login(id).await?;
-                let url = |text: &str| {
-                    Url::parse(text).map_err(|e| {
-                        FarmError::Login(format!(
-                            "the provider's verification URI {text:?} is not a URL: {e}"
-                        ))
-                    })
-                };
                 let code = DeviceCode {
-                    verification_uri: url(&begun.verification_uri)?,
-                    verification_uri_complete: begun
-                        .verification_uri_complete
-                        .as_deref()
-                        .map(url)
-                        .transpose()?,
+                    verification_uri: begun.verification_uri,
+                    verification_uri_complete: begun.verification_uri_complete,
                     user_code: begun.user_code,
                 };
                 let vars = Vars::new().with_device_code(code);

@@ -153,19 +153,13 @@ impl Farm {
             // farm's poll ends the session.
             RemoteMode::Record | RemoteMode::Takeover if device_flow => {
                 let begun = self.begin_device_login(id).await?;
-                let page = match request.mode {
+                let start = match request.mode {
                     RemoteMode::Takeover => begun
                         .verification_uri_complete
-                        .as_deref()
-                        .unwrap_or(&begun.verification_uri),
-                    _ => &begun.verification_uri,
+                        .clone()
+                        .unwrap_or_else(|| begun.verification_uri.clone()),
+                    _ => begun.verification_uri.clone(),
                 };
-                let start = Url::parse(page).map_err(|e| {
-                    self.logins.forget_account(id);
-                    FarmError::Login(format!(
-                        "the provider's verification URI {page:?} is not a URL: {e}"
-                    ))
-                })?;
                 redirect_uri = None;
                 device = Some(RemoteDevice {
                     progress: begun.progress,

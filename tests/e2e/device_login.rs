@@ -351,3 +351,34 @@ fn a_view_of_a_device_account_opens_the_providers_site_without_a_login() {
         "a view started a login"
     );
 }
+
+/// A device authorization whose `verification_uri` is not a URL is refused
+/// before any poll starts: nobody (no person, no browser) is sent there, and
+/// the provider is not polled for a code nobody can enter.
+#[test]
+fn a_verification_uri_that_is_not_a_url_starts_no_poll() {
+    let (bed, emulator) = device_bed(Quirks {
+        device_interval: 1,
+        verification_uri: Some("see the leaflet".into()),
+        ..Quirks::default()
+    });
+    let id = int_of(
+        &bed.admin()
+            .post(
+                "/api/accounts",
+                json!({"provider": DEVICE, "label": "carol", "priority": 0}),
+            )
+            .expect(201),
+        "id",
+    );
+    let refused = bed
+        .admin()
+        .post(&format!("/api/accounts/{id}/login"), json!({}));
+    assert!(refused.status >= 400, "{refused:?}");
+    assert!(
+        refused.text.contains("verification URI") && refused.text.contains("see the leaflet"),
+        "{refused:?}"
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(polls(&emulator).len(), 0, "a poll started");
+}

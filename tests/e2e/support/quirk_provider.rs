@@ -106,6 +106,9 @@ pub struct Quirks {
     /// The token endpoint answers as GitHub's: form-encoded unless the
     /// request's `Accept` asks for JSON, and errors with HTTP 200.
     pub github_answers: bool,
+    /// Device authorizations name this as their `verification_uri` (and
+    /// send no `verification_uri_complete`) instead of the emulator's page.
+    pub verification_uri: Option<String>,
 }
 
 impl Default for Quirks {
@@ -129,6 +132,7 @@ impl Default for Quirks {
             device_expires_in: 600,
             token_delay_ms: 0,
             github_answers: false,
+            verification_uri: None,
         }
     }
 }
@@ -963,14 +967,18 @@ fn device_authorization(state: &State, params: &[(String, String)]) -> Response<
             done: false,
         },
     );
-    let verification_uri = format!("{}/device", state.url);
+    let page = format!("{}/device", state.url);
+    let (verification_uri, complete) = match &q.verification_uri {
+        Some(given) => (given.clone(), None),
+        None => (page.clone(), Some(format!("{page}?user_code={user_code}"))),
+    };
     json_answer(
         200,
         json!({
             "device_code": device_code,
             "user_code": user_code,
             "verification_uri": verification_uri,
-            "verification_uri_complete": format!("{verification_uri}?user_code={user_code}"),
+            "verification_uri_complete": complete,
             "expires_in": q.device_expires_in,
             "interval": q.device_interval,
         }),
