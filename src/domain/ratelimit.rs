@@ -174,21 +174,12 @@ pub fn seconds_until(until: DateTime<Utc>, now: DateTime<Utc>) -> u64 {
     }
 }
 
-/// The headers worth keeping as the account's quota: names starting with
-/// one of `prefixes` (compared without case), names lowercased.
-pub fn quota_headers<'a>(
-    headers: impl Iterator<Item = (&'a str, &'a str)>,
-    prefixes: &[String],
-) -> Vec<(String, String)> {
-    headers
-        .filter(|(name, _)| {
-            prefixes.iter().any(|p| {
-                name.len() >= p.len()
-                    && name.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
-            })
-        })
-        .map(|(n, v)| (n.to_ascii_lowercase(), v.to_string()))
-        .collect()
+/// Whether a header named `name` is worth keeping as the account's quota:
+/// it starts with one of `prefixes`, whatever the case.
+pub fn is_quota_header(name: &str, prefixes: &[String]) -> bool {
+    prefixes.iter().any(|p| {
+        name.len() >= p.len() && name.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+    })
 }
 
 /// The earliest reset among the quota headers whose name ends in `reset`
@@ -230,8 +221,7 @@ pub struct QuotaWindow {
     pub resets_at: Option<DateTime<Utc>>,
 }
 
-/// The windows the quota headers describe (names lowercase, as kept by
-/// [`quota_headers`]), sorted by name; headers of no known family are left
+/// The windows the quota headers describe (names lowercase, as HTTP keeps them), sorted by name; headers of no known family are left
 /// out (they stay in the raw list). Relative resets count from `now`, the
 /// time the headers came.
 pub fn quota_windows(headers: &[(String, String)], now: DateTime<Utc>) -> Vec<QuotaWindow> {
@@ -465,17 +455,17 @@ mod tests {
     fn quota_headers_by_prefix() {
         let prefixes = vec!["anthropic-ratelimit-".to_string(), "x-codex-".to_string()];
         let epoch = (now().timestamp() + 90).to_string();
-        let kept = quota_headers(
-            [
-                ("Anthropic-Ratelimit-Unified-Reset", epoch.as_str()),
-                ("anthropic-ratelimit-unified-status", "allowed"),
-                ("x-codex-primary-used-percent", "12"),
-                ("content-type", "application/json"),
-                ("x-ratelimit-remaining", "3"),
-            ]
-            .into_iter(),
-            &prefixes,
-        );
+        let kept: Vec<(String, String)> = [
+            ("Anthropic-Ratelimit-Unified-Reset", epoch.as_str()),
+            ("anthropic-ratelimit-unified-status", "allowed"),
+            ("x-codex-primary-used-percent", "12"),
+            ("content-type", "application/json"),
+            ("x-ratelimit-remaining", "3"),
+        ]
+        .into_iter()
+        .filter(|(n, _)| is_quota_header(n, &prefixes))
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.to_owned()))
+        .collect();
         assert_eq!(
             kept.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
             [

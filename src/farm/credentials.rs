@@ -67,8 +67,7 @@ impl Farm {
             .answer)
     }
 
-    /// [`Farm::next_credential`] among the accounts not in `tried` (those
-    /// the proxy's failover already sent this request to).
+    /// [`Farm::next_credential`] among the accounts not in `tried`.
     pub async fn next_credential_except(
         &self,
         provider: &str,
@@ -76,6 +75,39 @@ impl Farm {
         who: Principal,
         tried: &[AccountId],
     ) -> Result<Issued> {
+        let (issued, lease) = self.issue(provider, session, who, tried)?;
+        self.lease_log.record(lease).await?;
+        self.metrics.record_lease();
+        Ok(issued)
+    }
+
+    /// A lease for one of the proxy's attempts, among the accounts not in
+    /// `tried` (those this request already went to). Its token never
+    /// leaves the farm, so nothing has to be on disk before the upstream is
+    /// called: the lease is queued for the lease log's next group commit
+    /// (`LeaseLog::queue_lease`), which batches the proxy's rows into a few
+    /// commits instead of one or two per request.
+    pub fn proxy_lease(
+        &self,
+        provider: &str,
+        session: Option<&str>,
+        who: Principal,
+        tried: &[AccountId],
+    ) -> Result<Issued> {
+        let (issued, lease) = self.issue(provider, session, who, tried)?;
+        self.lease_log.queue_lease(lease);
+        self.metrics.record_lease();
+        Ok(issued)
+    }
+
+    /// Chooses an account and makes its lease (not yet recorded).
+    fn issue(
+        &self,
+        provider: &str,
+        session: Option<&str>,
+        who: Principal,
+        tried: &[AccountId],
+    ) -> Result<(Issued, NewLease)> {
         self.check_client_rate(who, self.clock.now())?;
         self.provider(provider)?;
         if session.is_some_and(|s| s.is_empty() || s.len() > MAX_SESSION_LEN) {
@@ -147,14 +179,12 @@ impl Farm {
             };
             (lease, answer)
         };
-        let (key, generation) = (lease.key, lease.generation);
-        self.lease_log.record(lease).await?;
-        self.metrics.record_lease();
-        Ok(Issued {
+        let issued = Issued {
             answer,
-            key,
-            generation,
-        })
+            key: lease.key,
+            generation: lease.generation,
+        };
+        Ok((issued, lease))
     }
 
     /// Records a client's report on a lease and acts on it.

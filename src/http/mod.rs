@@ -678,8 +678,9 @@ pub fn routes(farm: Arc<Farm>) -> BoxedFilter<(Response,)> {
             )
             .boxed()
     };
-    let proxy = proxy_at("GET")
-        .or(proxy_at("POST"))
+    // POST first: what the APIs behind the proxy are mostly called with.
+    let proxy = proxy_at("POST")
+        .or(proxy_at("GET"))
         .unify()
         .or(proxy_at("PUT"))
         .unify()

@@ -10,10 +10,11 @@
 //!    upstream. A WebSocket upgrade is refused (501).
 //! 2. The body is read in full, up to `proxy.max_body` (else 413), so that
 //!    it can be sent again, byte for byte, to another account.
-//! 3. Each attempt is a lease through [`Farm::next_credential_except`] (rotation,
+//! 3. Each attempt is a lease through [`Farm::proxy_lease`] (rotation,
 //!    sticky session from `x-relogin-session` or `proxy.session_header`,
-//!    the lease log, the per-client limits that path enforces), and ends in
-//!    a report through [`Farm::report`], like any other client's.
+//!    the lease log, the per-client limits `/credential/next` enforces), and
+//!    ends in a report of what the upstream did ([`Farm::record_attempt`] on
+//!    a failover, [`Farm::note_attempt`] when the relayed body ends).
 //! 4. The request goes upstream without the client's credential, cookies or
 //!    hop-by-hop headers, with the account's token in `proxy.auth_header`.
 //! 5. Before the first byte of an answer reaches the client, an upstream
@@ -183,9 +184,7 @@ where
     let mut held: Option<reqwest::Response> = None;
     let mut failure: Option<ProxyError> = None;
     for attempt in 1..=cfg.max_attempts {
-        let leased = farm
-            .next_credential_except(&req.provider, session.as_deref(), who, &tried)
-            .await;
+        let leased = farm.proxy_lease(&req.provider, session.as_deref(), who, &tried);
         let lease = match leased {
             Ok(lease) => lease,
             Err(e) => {

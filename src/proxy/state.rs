@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use warp::http::HeaderMap;
+use warp::http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::metrics::ProxyMetrics;
 use crate::config::{Config, ProxyConfig};
@@ -41,6 +41,30 @@ pub struct UsageReport {
     pub answer: serde_json::Value,
 }
 
+/// The rate-limit headers of an account's last answer that carried any.
+struct QuotaHeaders {
+    at: DateTime<Utc>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl QuotaHeaders {
+    /// What the headers say, as of when they came.
+    fn read(&self) -> Quota {
+        let kept: Vec<(String, String)> = self
+            .headers
+            .iter()
+            .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect();
+        Quota {
+            at: Some(self.at),
+            resets_at: ratelimit::quota_resets_at(&kept, self.at),
+            windows: ratelimit::quota_windows(&kept, self.at),
+            headers: kept.into_iter().collect(),
+            usage: None,
+        }
+    }
+}
+
 /// One proxied provider: its settings and its pooled HTTP client.
 pub(super) struct Upstream {
     pub(super) config: ProxyConfig,
@@ -56,7 +80,10 @@ pub(super) struct Upstream {
 #[derive(Default)]
 pub struct Proxies {
     pub(super) upstreams: HashMap<String, Upstream>,
-    quota: Mutex<HashMap<AccountId, Quota>>,
+    /// Each account's last rate-limit headers as they came, with their
+    /// time: read (windows, resets) only when the account is viewed, not on
+    /// every proxied answer.
+    quota: Mutex<HashMap<AccountId, QuotaHeaders>>,
     usage: Mutex<HashMap<AccountId, UsageReport>>,
     pub metrics: ProxyMetrics,
 }
@@ -91,7 +118,7 @@ impl Proxies {
     /// The account's quota, if the upstream ever sent rate-limit headers or
     /// its usage endpoint answered.
     pub fn quota(&self, account: AccountId) -> Option<Quota> {
-        let headers = lock(&self.quota).get(&account).cloned();
+        let headers = lock(&self.quota).get(&account).map(QuotaHeaders::read);
         let usage = lock(&self.usage).get(&account).cloned();
         match (headers, usage) {
             (None, None) => None,
@@ -123,21 +150,22 @@ impl Proxies {
         prefixes: &[String],
         now: DateTime<Utc>,
     ) {
-        let pairs = headers
+        // Header names are lower case already (`http` keeps them so).
+        let kept: Vec<(HeaderName, HeaderValue)> = headers
             .iter()
-            .filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?)));
-        let kept = ratelimit::quota_headers(pairs, prefixes);
+            .filter(|(name, _)| ratelimit::is_quota_header(name.as_str(), prefixes))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
         if kept.is_empty() {
             return;
         }
-        let quota = Quota {
-            at: Some(now),
-            resets_at: ratelimit::quota_resets_at(&kept, now),
-            windows: ratelimit::quota_windows(&kept, now),
-            headers: kept.into_iter().collect(),
-            usage: None,
-        };
-        lock(&self.quota).insert(account, quota);
+        lock(&self.quota).insert(
+            account,
+            QuotaHeaders {
+                at: now,
+                headers: kept,
+            },
+        );
     }
 }
 

@@ -88,6 +88,8 @@ struct Shared {
     /// Set while a request is committing (it holds the writer only while
     /// it writes, but leads from before its pause to after its commit).
     leading: AtomicBool,
+    /// Set while a flush of queued rows is timed (`LeaseLog::arm_flush`).
+    flush_due: AtomicBool,
     last_id: AtomicI64,
     commits: AtomicU64,
     /// Usage counts, kept as leases are committed (`store::usage`).
@@ -144,6 +146,7 @@ impl LeaseLog {
             }),
             writer: Mutex::new((conn, Pending::default())),
             leading: AtomicBool::new(false),
+            flush_due: AtomicBool::new(false),
             commits: AtomicU64::new(0),
             last_id: AtomicI64::new(last_id),
             tally,
@@ -209,12 +212,24 @@ impl LeaseLog {
         self.commit_with(|p| p.reports.push(report)).await
     }
 
+    /// Queues a lease without waiting for its commit, for a lease whose
+    /// token never leaves the farm (a proxied attempt): it goes with the
+    /// next commit — the next recorded lease's, or the log's own flush
+    /// [`QUEUED_FLUSH_AFTER`] after the first row queued this way (so a
+    /// `kill -9` loses at most that much of the proxy's usage, never an
+    /// account). Under load that makes one commit of many of the proxy's
+    /// rows instead of one per request or two.
+    pub fn queue_lease(&self, lease: NewLease) {
+        lock(&self.shared.queue).pending.leases.push(lease);
+        self.shared.arm_flush();
+    }
+
     /// Queues a report like [`LeaseLog::record_report`] without waiting for
-    /// it: it goes with the next commit — the next lease's, or the
-    /// checkpoint thread's within a second when no lease comes. For the
-    /// proxy's answers as their bodies end (nothing waits on them).
+    /// it, as [`LeaseLog::queue_lease`] queues a lease. For the proxy's
+    /// answers as their bodies end (nothing waits on them).
     pub fn queue_report(&self, report: Report) {
         lock(&self.shared.queue).pending.reports.push(report);
+        self.shared.arm_flush();
     }
 
     /// Adds rows to the open batch and returns once that batch is committed
@@ -281,6 +296,35 @@ impl Drop for Leader<'_> {
 }
 
 impl Shared {
+    /// Commits the queue [`QUEUED_FLUSH_AFTER`] from now, unless a flush is
+    /// already due. Outside a runtime (nothing to time it) the checkpoint
+    /// thread commits it within a second.
+    fn arm_flush(self: &Arc<Self>) {
+        if self.flush_due.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.flush_due.store(false, Ordering::Release);
+            return;
+        };
+        let log = Arc::downgrade(self);
+        runtime.spawn(async move {
+            tokio::time::sleep(QUEUED_FLUSH_AFTER).await;
+            let Some(s) = log.upgrade() else {
+                return;
+            };
+            // Cleared first: a row queued from here on arms the next flush.
+            s.flush_due.store(false, Ordering::Release);
+            let leader = Leader::try_become(&s);
+            match leader {
+                Some(leader) => leader.commit(),
+                // A commit is under way, and may have taken its rows before
+                // some of ours were queued: look again later.
+                None => s.arm_flush(),
+            }
+        });
+    }
+
     /// Commits the open batch (the caller holds the writer) and wakes its requests.
     fn commit_queued(&self, conn: &mut Connection, spare: &mut Pending) {
         let batch = {
@@ -328,6 +372,12 @@ impl Drop for Shared {
         }
     }
 }
+
+/// How long a row queued without a waiter (`LeaseLog::queue_lease`,
+/// `LeaseLog::queue_report`) waits at most for a commit that another lease
+/// brings; then the log commits it by itself. Long enough to gather many of
+/// the proxy's rows under load, short enough that little is lost to a crash.
+pub const QUEUED_FLUSH_AFTER: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// How often the WAL is copied back into the database.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);

@@ -1,5 +1,6 @@
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
+use std::time::Duration as StdDuration;
 
 use chrono::Duration;
 
@@ -1057,6 +1058,51 @@ async fn the_farms_own_reports_are_group_committed_with_what_the_upstream_did() 
         .await
         .unwrap();
     assert_eq!(log.tally().usage(now).per_account[0].last_hour.error, 1);
+}
+
+/// Rows queued without a waiter (the proxy's leases and reports) are
+/// committed by the log itself within `QUEUED_FLUSH_AFTER`, together: one
+/// commit for many, leases before the reports on them.
+#[tokio::test(start_paused = true)]
+async fn queued_rows_are_committed_together_by_the_log_itself() {
+    let (_dir, now, store, alice, log) = lease_bed();
+    let commits = log.commits();
+    let mut keys = Vec::new();
+    for _ in 0..50 {
+        let key = log.allocate();
+        log.queue_lease(new_lease(key, alice.id, now));
+        keys.push(key.id);
+    }
+    log.queue_report(Report {
+        lease: LeaseKey {
+            id: keys[0],
+            tag: 0,
+        },
+        account_id: alice.id,
+        client_id: Some(7),
+        outcome: Outcome::Ok,
+        retry_after_s: None,
+        at: now,
+        upstream: None,
+    });
+    assert!(stored_lease_ids(&store).is_empty(), "queued, not written");
+    let started = tokio::time::Instant::now();
+    wait_paused(|| log.commits() > commits).await;
+    assert!(started.elapsed() <= leases::QUEUED_FLUSH_AFTER + StdDuration::from_millis(2));
+    assert_eq!(log.commits(), commits + 1, "one commit for all of them");
+    assert_eq!(stored_lease_ids(&store), keys);
+    assert_eq!(log.tally().usage(now).per_account[0].last_hour.ok, 1);
+}
+
+/// Polls `done` on paused time, a millisecond at a time, for at most a second.
+async fn wait_paused(mut done: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(StdDuration::from_millis(1)).await;
+    }
+    panic!("not done within a second of paused time");
 }
 
 fn who(value: &str) -> Identity {
