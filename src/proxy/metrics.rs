@@ -14,8 +14,9 @@ const BUCKETS: [f64; 14] = [
 
 #[derive(Default)]
 pub struct ProxyMetrics {
-    /// Answers sent to clients, by (provider, status).
-    answers: Mutex<BTreeMap<(String, u16), u64>>,
+    /// Answers sent to clients, by provider, then status (looked up by
+    /// `&str`: no allocation per answer).
+    answers: Mutex<BTreeMap<String, BTreeMap<u16, u64>>>,
     /// Moves to the next account, by reason (`429`, `401`, `529`, `connect`, `timeout`…).
     failovers: Mutex<BTreeMap<String, u64>>,
     latency_buckets: [AtomicU64; BUCKETS.len()],
@@ -26,12 +27,11 @@ pub struct ProxyMetrics {
 impl ProxyMetrics {
     pub fn record_answer(&self, provider: &str, status: u16) {
         let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
-        match answers.get_mut(&(provider.to_owned(), status)) {
-            Some(n) => *n += 1,
-            None => {
-                answers.insert((provider.to_owned(), status), 1);
-            }
-        }
+        let by_status = match answers.get_mut(provider) {
+            Some(by_status) => by_status,
+            None => answers.entry(provider.to_owned()).or_default(),
+        };
+        *by_status.entry(status).or_default() += 1;
     }
 
     pub fn record_failover(&self, reason: &str) {
@@ -58,17 +58,16 @@ impl ProxyMetrics {
             "# HELP relogin_farm_proxy_requests_total Answers of the proxy to its clients, by provider and status.\n\
              # TYPE relogin_farm_proxy_requests_total counter"
         );
-        for ((provider, status), n) in self
-            .answers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "relogin_farm_proxy_requests_total{{provider=\"{provider}\",status=\"{status}\"}} {n}"
-            );
+        let answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+        for (provider, by_status) in answers.iter() {
+            for (status, n) in by_status {
+                let _ = writeln!(
+                    out,
+                    "relogin_farm_proxy_requests_total{{provider=\"{provider}\",status=\"{status}\"}} {n}"
+                );
+            }
         }
+        drop(answers);
         let _ = writeln!(
             out,
             "# HELP relogin_farm_proxy_failovers_total Requests moved to the next account, by reason.\n\
