@@ -15,7 +15,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::{chrono_dur, not_found_account, Farm, FarmError, Result};
-use crate::browser::runner::{FailureKind, PoolError, RunEnd};
+use crate::browser::runner::{FailureKind, PoolError, RunEnd, RunProfile};
 use crate::browser::script::DeviceCode;
 use crate::browser::{LoginScript, RunFailure, Vars};
 use crate::domain::provider::LoginKind;
@@ -204,19 +204,15 @@ impl Farm {
         );
         tracing::info!(account = id, %cause, "browser relogin started");
         let timeout = self.config.browser.relogin_timeout;
-        let pool = match cause {
-            ReloginCause::Proof => pool.proving(),
-            _ => pool,
+        // A proof runs on a throwaway profile: no cookie of the account's
+        // helps, so reaching the end proves the script logs in alone (the
+        // account's profile is still held meanwhile).
+        let profile = match cause {
+            ReloginCause::Proof => RunProfile::Proof,
+            _ => RunProfile::Own,
         };
         let result = pool
-            .run(
-                &id.to_string(),
-                &script,
-                &vars,
-                end,
-                timeout,
-                pool.login_profile(),
-            )
+            .run(&id.to_string(), &script, &vars, end, timeout, profile)
             .await;
         match result {
             Ok(outcome) => {

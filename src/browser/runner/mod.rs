@@ -46,8 +46,8 @@ pub enum RunProfile {
     /// neither used nor locked (canary logins).
     Throwaway,
     /// A fresh one, deleted after the run, while the account's own profile
-    /// is held as for a relogin (a script's proof: see
-    /// [`BrowserPool::proving`]).
+    /// is held as for a relogin (a script's proof: no cookie of the
+    /// account's helps, so reaching the end proves the script logs in alone).
     Proof,
 }
 
@@ -98,8 +98,6 @@ pub const SETTLE_CHECKS: u64 = 2;
 #[derive(Clone)]
 pub struct BrowserPool {
     inner: Arc<Inner>,
-    /// Relogins run on a throwaway profile (see [`BrowserPool::proving`]).
-    throwaway: bool,
 }
 
 struct Inner {
@@ -143,19 +141,6 @@ impl BrowserPool {
                 stopping: watch::channel(false).0,
                 open: watch::channel(0).0,
             }),
-            throwaway: false,
-        }
-    }
-
-    /// The same pool (same limits), whose [`run_login`](Self::run_login)
-    /// runs on a throwaway profile: no cookie of the account's helps, so
-    /// reaching the redirect proves the script logs in alone. The account's
-    /// profile is still held meanwhile (a person or another relogin on it
-    /// waits or is refused as usual).
-    pub fn proving(&self) -> BrowserPool {
-        BrowserPool {
-            inner: self.inner.clone(),
-            throwaway: true,
         }
     }
 
@@ -163,7 +148,7 @@ impl BrowserPool {
         &self.inner.cfg
     }
 
-    /// Logs the account in by replaying `script` in its profile, and returns
+    /// Logs the account in by replaying `script` in its own profile, and returns
     /// the redirect (with the authorization code) for the caller to redeem.
     ///
     /// Waits for a free slot and for other relogins of the same profile;
@@ -180,24 +165,8 @@ impl BrowserPool {
         timeout: Duration,
     ) -> Result<LoginOutcome, RunFailure> {
         let end = RunEnd::Redirect(redirect_uri.clone());
-        self.run(
-            profile_key,
-            script,
-            vars,
-            end,
-            timeout,
-            self.login_profile(),
-        )
-        .await
-    }
-
-    /// The profile [`run_login`](Self::run_login) runs on: the account's
-    /// own, or a throwaway one for a [`proving`](Self::proving) pool.
-    pub fn login_profile(&self) -> RunProfile {
-        match self.throwaway {
-            true => RunProfile::Proof,
-            false => RunProfile::Own,
-        }
+        self.run(profile_key, script, vars, end, timeout, RunProfile::Own)
+            .await
     }
 
     /// Runs a login script as [`run_login`](Self::run_login) does, ending

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use relogin_farm::browser::recorder::{RecordOptions, Recorder, Recording};
+use relogin_farm::browser::runner::{RunEnd, RunProfile};
 use relogin_farm::browser::script::{Action, LoginScript, Vars};
 use relogin_farm::browser::{BrowserPool, LoginOutcome};
 use url::Url;
@@ -36,6 +37,7 @@ fn actions(recording: &Recording) -> Vec<String> {
 /// throwaway profile if `pool` is a proving one), and redeems the code.
 async fn log_in(
     pool: &BrowserPool,
+    profile: RunProfile,
     provider: &Provider,
     profile_key: &str,
     script: &LoginScript,
@@ -46,14 +48,9 @@ async fn log_in(
         Vars::new().with_authorize_url(auth.url.clone()),
         |v, (k, s)| v.with_secret(k, s.clone()),
     );
+    let end = RunEnd::Redirect(provider.redirect_uri.clone());
     let outcome = pool
-        .run_login(
-            profile_key,
-            script,
-            &vars,
-            &provider.redirect_uri,
-            RUN_TIMEOUT,
-        )
+        .run(profile_key, script, &vars, end, RUN_TIMEOUT, profile)
         .await
         .unwrap();
     provider
@@ -128,7 +125,15 @@ async fn record_then_replay_in_a_fresh_profile_and_the_recorded_one() {
 
     // Replay from the file: a fresh profile runs every step...
     let script = LoginScript::parse(&text).unwrap();
-    let fresh = log_in(&t.pool, &provider, "kim-replay", &script, &recording).await;
+    let fresh = log_in(
+        &t.pool,
+        RunProfile::Own,
+        &provider,
+        "kim-replay",
+        &script,
+        &recording,
+    )
+    .await;
     assert_eq!(
         fresh.steps_acted,
         [0, 1, 2, 3],
@@ -137,7 +142,15 @@ async fn record_then_replay_in_a_fresh_profile_and_the_recorded_one() {
 
     // The recording left the profile alone (it ran in a throwaway one): a
     // relogin on it runs every step, and leaves it logged in.
-    let first = log_in(&t.pool, &provider, "kim", &script, &recording).await;
+    let first = log_in(
+        &t.pool,
+        RunProfile::Own,
+        &provider,
+        "kim",
+        &script,
+        &recording,
+    )
+    .await;
     assert_eq!(first.steps_acted, [0, 1, 2, 3]);
 
     // Recording again over that live session still meets the login form
@@ -197,12 +210,28 @@ async fn record_then_replay_in_a_fresh_profile_and_the_recorded_one() {
 
     // A proof runs in a throwaway profile: every step, although "kim" is
     // logged in...
-    let proof = log_in(&t.pool.proving(), &provider, "kim", &script, &recording).await;
+    let proof = log_in(
+        &t.pool,
+        RunProfile::Proof,
+        &provider,
+        "kim",
+        &script,
+        &recording,
+    )
+    .await;
     assert_eq!(proof.steps_acted, [0, 1, 2, 3]);
     assert_eq!(proof.lines_acted.len(), 4);
 
     // ...where a relogin on the profile goes straight to the redirect.
-    let live = log_in(&t.pool, &provider, "kim", &script, &recording).await;
+    let live = log_in(
+        &t.pool,
+        RunProfile::Own,
+        &provider,
+        "kim",
+        &script,
+        &recording,
+    )
+    .await;
     assert_eq!(live.steps_acted, [0]);
     // No throwaway profile is left behind.
     let left: Vec<_> = std::fs::read_dir(&t.pool.config().profiles_dir)
