@@ -33,8 +33,9 @@ fn actions(recording: &Recording) -> Vec<String> {
     steps.iter().map(|s| s.action.to_string()).collect()
 }
 
-/// Logs `profile_key` in with `script` and the recording's secrets (on a
-/// throwaway profile if `pool` is a proving one), and redeems the code.
+/// Logs `profile_key` in with `script` and the recording's secrets, on the
+/// account's own profile or (`RunProfile::Proof`) a throwaway one, and
+/// redeems the code.
 async fn log_in(
     pool: &BrowserPool,
     profile: RunProfile,
