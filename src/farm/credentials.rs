@@ -190,7 +190,7 @@ impl Farm {
     /// Records a client's report on a lease and acts on it.
     pub async fn report(&self, req: ReportRequest, who: Principal) -> Result<()> {
         self.check_client_rate(who, self.clock.now())?;
-        let lease = self.lease_for(&req.lease_id, who)?;
+        let lease = self.lease_for(&req.lease_id, who).await?;
         let now = self.clock.now();
         let report = Report {
             lease: lease.key,
@@ -330,9 +330,9 @@ impl Farm {
         Ok(())
     }
 
-    pub fn release(&self, lease_id: &str, who: Principal) -> Result<()> {
+    pub async fn release(&self, lease_id: &str, who: Principal) -> Result<()> {
         self.check_client_rate(who, self.clock.now())?;
-        let lease = self.lease_for(lease_id, who)?;
+        let lease = self.lease_for(lease_id, who).await?;
         let now = self.clock.now();
         if self.store.release_lease(lease.key, now)? {
             self.lease_log.tally().released(lease.key, now);
@@ -364,7 +364,10 @@ impl Farm {
 
     /// The lease, if it exists and belongs to the caller (the admin may act
     /// on any lease). Another client's lease is reported as not found.
-    fn lease_for(
+    /// A proxied attempt's lease is queued, not yet committed, for up to
+    /// `leases::QUEUED_FLUSH_AFTER` after its answer's headers went out: one
+    /// issued but not found yet is looked up again once the queue is committed.
+    async fn lease_for(
         &self,
         lease_id: &str,
         who: Principal,
@@ -374,7 +377,12 @@ impl Farm {
             id: lease_id.to_string(),
         };
         let key: LeaseKey = lease_id.parse().map_err(|()| not_found())?;
-        let lease = self.store.find_lease(key)?.ok_or_else(not_found)?;
+        let mut found = self.store.find_lease(key)?;
+        if found.is_none() && self.lease_log.allocated(key) {
+            self.lease_log.flush().await?;
+            found = self.store.find_lease(key)?;
+        }
+        let lease = found.ok_or_else(not_found)?;
         if who != Principal::Admin && lease.client_id != who.client_id() {
             return Err(not_found());
         }

@@ -88,10 +88,13 @@ pub async fn credential_report(
 }
 
 pub async fn credential_release(lease_id: String, farm: Arc<Farm>, who: Principal) -> Response {
-    render((|| {
-        farm.release(&lease_id, who)?;
-        Ok(with_status(warp::reply(), StatusCode::NO_CONTENT))
-    })())
+    render(
+        async {
+            farm.release(&lease_id, who).await?;
+            Ok(with_status(warp::reply(), StatusCode::NO_CONTENT))
+        }
+        .await,
+    )
 }
 
 pub async fn providers(farm: Arc<Farm>, _: Admin) -> Response {

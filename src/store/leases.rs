@@ -232,6 +232,19 @@ impl LeaseLog {
         self.shared.arm_flush();
     }
 
+    /// Returns once every row queued before the call is committed: for a
+    /// lookup of a lease that may still be queued (a client reporting on
+    /// the lease of a proxied answer it has just read).
+    pub async fn flush(&self) -> Result<()> {
+        self.commit_with(|_| {}).await
+    }
+
+    /// Whether `key` was allocated by this log (it may still be queued;
+    /// an id above that was never issued).
+    pub fn allocated(&self, key: LeaseKey) -> bool {
+        key.id > 0 && key.id <= self.shared.last_id.load(Ordering::Relaxed)
+    }
+
     /// Adds rows to the open batch and returns once that batch is committed
     /// (see [`LeaseLog::record`]).
     async fn commit_with(&self, add: impl FnOnce(&mut Pending)) -> Result<()> {

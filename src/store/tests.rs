@@ -1094,6 +1094,26 @@ async fn queued_rows_are_committed_together_by_the_log_itself() {
     assert_eq!(log.tally().usage(now).per_account[0].last_hour.ok, 1);
 }
 
+/// A queued lease is not stored until a commit; `flush` brings that commit
+/// (a client looking up the lease of a proxied answer it has just read).
+#[tokio::test(start_paused = true)]
+async fn a_flush_commits_what_was_queued_before_it() {
+    let (_dir, now, store, alice, log) = lease_bed();
+    let key = log.allocate();
+    assert!(log.allocated(key));
+    assert!(!log.allocated(LeaseKey {
+        id: key.id + 1,
+        tag: 0
+    }));
+    log.queue_lease(new_lease(key, alice.id, now));
+    assert!(
+        store.find_lease(key).unwrap().is_none(),
+        "queued, not written"
+    );
+    log.flush().await.unwrap();
+    assert_eq!(store.find_lease(key).unwrap().map(|l| l.key), Some(key));
+}
+
 /// Polls `done` on paused time, a millisecond at a time, for at most a second.
 async fn wait_paused(mut done: impl FnMut() -> bool) {
     for _ in 0..1000 {
