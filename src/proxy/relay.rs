@@ -126,3 +126,61 @@ impl Stream for Relay {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use futures_util::StreamExt;
+    use tokio::time::Instant;
+
+    use super::{Relay, RelayError};
+    use crate::store::leases::BodyEnd;
+
+    /// An upstream answer whose body is what `chunks` sends, then whatever
+    /// comes until the sender is dropped.
+    fn answer(chunks: tokio::sync::mpsc::UnboundedReceiver<Bytes>) -> reqwest::Response {
+        let body = futures_util::stream::unfold(chunks, |mut rx| async move {
+            let chunk = rx.recv().await?;
+            Some((Ok::<_, std::io::Error>(chunk), rx))
+        });
+        let resp = warp::http::Response::new(reqwest::Body::wrap_stream(body));
+        reqwest::Response::from(resp)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upstream_silent_for_the_idle_timeout_cuts_the_body() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let ended = Arc::new(std::sync::Mutex::new(None));
+        let finish = {
+            let ended = ended.clone();
+            Box::new(move |bytes, how| *ended.lock().unwrap() = Some((bytes, how)))
+        };
+        let idle = Duration::from_secs(5);
+        let mut relay = Relay::new(answer(rx), idle, Some(finish));
+        let started = Instant::now();
+        tx.send(Bytes::from_static(b"first")).unwrap();
+        let first = relay.next().await.unwrap().unwrap();
+        assert_eq!(&first[..], b"first");
+        // A chunk within the idle time moves the deadline on.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        tx.send(Bytes::from_static(b"second")).unwrap();
+        relay.next().await.unwrap().unwrap();
+        // Then silence: the body ends with an error once idle has passed.
+        let cut = tokio::time::timeout(Duration::from_secs(60), relay.next())
+            .await
+            .expect("the relay waited on past its idle timeout")
+            .unwrap();
+        assert!(
+            matches!(cut, Err(RelayError::Idle(d)) if d == idle),
+            "{cut:?}"
+        );
+        let took = started.elapsed();
+        assert_eq!(took.as_secs(), 9, "{took:?}");
+        assert!(relay.next().await.is_none());
+        assert_eq!(*ended.lock().unwrap(), Some((11, BodyEnd::UpstreamBroke)));
+        drop(tx);
+    }
+}
