@@ -654,6 +654,21 @@ config_section! {
     }
 }
 
+/// `browser.max_concurrent`'s default on this machine: one browser per two
+/// CPUs (of those the process may use), 1 to 4.
+fn browsers_per_machine() -> i64 {
+    browsers_for_cpus(std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// One browser per two CPUs, 1 to 4. A relogin alone keeps about two cores
+/// busy (Chromium's browser, renderer and GPU processes run side by side),
+/// so a second browser on two cores makes each relogin twice as slow and all
+/// of them no sooner, for another browser's memory
+/// (`scripts/bench-recovery`). At most four: each holds ~400 MB while it runs.
+fn browsers_for_cpus(cpus: usize) -> i64 {
+    (cpus / 2).clamp(1, 4) as i64
+}
+
 config_section! {
     /// `[browser]`: the Chromium that relogin drives through Playwright.
     #[derive(Debug)]
@@ -669,7 +684,7 @@ config_section! {
         /// Run Chromium without a window.
         headless: bool = true => boolean();
         /// Browsers running at once (1 to 16).
-        max_concurrent: usize = 2 => count(1..=16);
+        max_concurrent: usize = browsers_per_machine(), shown "one per two CPUs, 1 to 4" => count(1..=16);
         /// Browser relogins the recovery ladder starts at one provider in a minute (1 to 600), evenly spaced, so a provider that lost every session at once is not stormed; a person's relogin is not counted.
         relogins_per_minute: u32 = 60 => count(1..=600);
         /// One persistent profile per account below this directory.
@@ -2491,7 +2506,7 @@ mod tests {
             b.driver,
             Path::new("scripts/playwright/node_modules/playwright-core/cli.js")
         );
-        assert_eq!(b.max_concurrent, 2);
+        assert_eq!(b.max_concurrent as i64, browsers_per_machine());
         assert_eq!(b.profiles_dir, Path::new("profiles"));
         assert_eq!(b.artifacts_dir, Path::new("data/artifacts"));
         assert_eq!(b.relogin_timeout, minutes(2));
@@ -2508,6 +2523,12 @@ mod tests {
         let e = Config::load(&path, true, env(&[]), &Overrides::default()).unwrap_err();
         assert!(matches!(e, ConfigError::ReadFile { .. }), "{e}");
         assert!(e.to_string().contains("farm.toml"), "{e}");
+    }
+
+    #[test]
+    fn browsers_at_once_default_to_one_per_two_cpus() {
+        let by_cpus: Vec<i64> = [1, 2, 3, 4, 6, 8, 16, 64].map(browsers_for_cpus).to_vec();
+        assert_eq!(by_cpus, [1, 1, 1, 2, 3, 4, 4, 4]);
     }
 
     #[test]

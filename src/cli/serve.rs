@@ -42,8 +42,20 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send + 's
 }
 
 pub fn check_config(config: &Config) -> Result<()> {
-    println!(
-        "config ok: listen {}, store {}, {} provider(s): {}",
+    println!("{}", summary(config));
+    Ok(())
+}
+
+/// `check-config`'s line: what the farm will run with, derived defaults
+/// (`browser.max_concurrent`) as this machine gives them.
+fn summary(config: &Config) -> String {
+    let browsers = if config.browser.enabled {
+        format!("at most {} at once", config.browser.max_concurrent)
+    } else {
+        "off".to_owned()
+    };
+    format!(
+        "config ok: listen {}, store {}, browsers {browsers}, {} provider(s): {}",
         config.server.listen,
         config.store.path.display(),
         config.providers.len(),
@@ -53,6 +65,28 @@ pub fn check_config(config: &Config) -> Result<()> {
             .map(|p| p.name.as_str())
             .collect::<Vec<_>>()
             .join(", ")
-    );
-    Ok(())
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relogin_farm::config::Overrides;
+
+    fn summary_of(toml: &str) -> String {
+        let env = [("RELOGIN_FARM_ADMIN_TOKEN".to_owned(), "a".repeat(32))];
+        summary(&Config::from_toml_str(toml, env, &Overrides::default()).unwrap())
+    }
+
+    #[test]
+    fn check_config_says_how_many_browsers_run_at_once() {
+        let three = summary_of("[browser]\nmax_concurrent = 3\n");
+        assert!(three.contains(", browsers at most 3 at once,"), "{three}");
+        let off = summary_of("[browser]\nenabled = false\n");
+        assert!(off.contains(", browsers off,"), "{off}");
+        assert!(
+            off.starts_with("config ok: listen 127.0.0.1:8377, "),
+            "{off}"
+        );
+    }
 }
