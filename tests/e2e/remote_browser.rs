@@ -77,6 +77,31 @@ pub(crate) async fn until_text(socket: &mut Socket, kind: &str, within: Duration
     }
 }
 
+/// Reads messages until none came for `quiet` (no new frame: the page is
+/// still, its autofocus applied) or `done` came, giving up after `within`;
+/// returns the text messages read meanwhile.
+async fn until_still(socket: &mut Socket, quiet: Duration, within: Duration) -> Vec<Value> {
+    let end = tokio::time::Instant::now() + within;
+    let mut texts = Vec::new();
+    while tokio::time::Instant::now() < end {
+        match tokio::time::timeout(quiet, socket.next()).await {
+            Err(_) => break,
+            Ok(Some(Ok(Message::Text(text)))) => {
+                let message: Value = serde_json::from_str(&text).unwrap();
+                // What follows `done` (`script`, `closed`) is the caller's.
+                let done = message["type"] == "done";
+                texts.push(message);
+                if done {
+                    break;
+                }
+            }
+            Ok(Some(Ok(_))) => continue,
+            Ok(other) => panic!("the socket ended while the page loaded: {other:?}"),
+        }
+    }
+    texts
+}
+
 /// The close code the socket ends with.
 async fn close_code(socket: &mut Socket) -> Option<CloseCode> {
     loop {
@@ -94,6 +119,11 @@ async fn close_code(socket: &mut Socket) -> Option<CloseCode> {
 /// consent page if one comes (its Allow button has the focus). Returns the
 /// `done` message.
 async fn log_in_by_messages(socket: &mut Socket, url: &Value, user: &str) -> Value {
+    // As a person would: once the page has stopped changing. Input sent while
+    // it still loads can land before its autofocus moves the focus (the Tabs
+    // below then count from the wrong field; an Enter meant for the consent
+    // page's focused Allow button is lost).
+    until_still(socket, Duration::from_millis(700), secs(10)).await;
     send_json(socket, json!({"type": "move", "x": 5, "y": 5})).await;
     send_json(socket, json!({"type": "click", "x": 5, "y": 5})).await;
     send_json(socket, json!({"type": "scroll", "dx": 0, "dy": 10})).await;
@@ -115,6 +145,10 @@ async fn log_in_by_messages(socket: &mut Socket, url: &Value, user: &str) -> Val
         }
         if seen["type"] == "url" && seen["url"] != url["url"] && !allowed {
             allowed = true;
+            let read = until_still(socket, Duration::from_millis(700), secs(10)).await;
+            if let Some(done) = read.into_iter().find(|m| m["type"] == "done") {
+                return done;
+            }
             send_json(socket, json!({"type": "key", "key": "Enter"})).await;
         }
     }
