@@ -356,8 +356,15 @@ await new Promise((resolve, reject) => {
 const { port } = server.address();
 const issuer = `http://127.0.0.1:${port}`;
 
-const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
-const signingJwk = { ...privateKey.export({ format: 'jwk' }), use: 'sig', alg: 'RS256', kid: `rs256-${port}` };
+// The key is encoded by the generation itself: exporting the returned
+// KeyObject can deadlock node 20 when a GC during the export finalizes the
+// finished generation job (seen once: the provider hung before READY).
+const { privateKey } = crypto.generateKeyPairSync('rsa', {
+  modulusLength: 2048,
+  publicKeyEncoding: { type: 'spki', format: 'jwk' },
+  privateKeyEncoding: { type: 'pkcs8', format: 'jwk' },
+});
+const signingJwk = { ...privateKey, use: 'sig', alg: 'RS256', kid: `rs256-${port}` };
 
 const codeClient = {
   grant_types: ['authorization_code', 'refresh_token'],

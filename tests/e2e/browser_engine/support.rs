@@ -232,10 +232,21 @@ impl Provider {
             .stderr(Stdio::null())
             .spawn()
             .expect("start the test OIDC provider");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        // Read on a thread of its own, so a provider that hangs before its
+        // READY line fails the test instead of holding it forever.
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!("the test OIDC provider printed no READY line within 30 s")
+            });
         let issuer = line
             .strip_prefix("READY ")
             .unwrap_or_else(|| panic!("provider did not print READY: {line:?}"))
