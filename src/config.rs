@@ -1035,6 +1035,16 @@ impl RotationConfig {
 }
 
 impl BrowserSettings {
+    /// How many browsers relogins may run at once, in words (`check-config`,
+    /// the start-up log): `max_concurrent`'s default depends on the machine.
+    pub fn at_once(&self) -> String {
+        if self.enabled {
+            format!("at most {} at once", self.max_concurrent)
+        } else {
+            "off".to_owned()
+        }
+    }
+
     fn build(mut sec: Section<'_>) -> Result<Self> {
         let b = Self::read(&mut sec)?;
         sec.at_least("retry_max", b.retry_max, "retry_initial", b.retry_initial)?;

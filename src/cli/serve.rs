@@ -16,6 +16,7 @@ pub async fn run(config: Config) -> Result<()> {
         .with_context(|| format!("server.listen: cannot listen on {}", config.server.listen))?;
     let listener = relogin_farm::listener::Listener::new(tcp, &config.server)?;
     let url = listener.url()?;
+    tracing::info!(browsers = %config.browser.at_once(), "browser relogins");
     let farm = relogin_farm::server::open_farm(config)?;
     // Before anyone is told the farm is up: a SIGTERM that follows the
     // first answer closely must find the handler, not end the process.
@@ -49,15 +50,11 @@ pub fn check_config(config: &Config) -> Result<()> {
 /// `check-config`'s line: what the farm will run with, derived defaults
 /// (`browser.max_concurrent`) as this machine gives them.
 fn summary(config: &Config) -> String {
-    let browsers = if config.browser.enabled {
-        format!("at most {} at once", config.browser.max_concurrent)
-    } else {
-        "off".to_owned()
-    };
     format!(
-        "config ok: listen {}, store {}, browsers {browsers}, {} provider(s): {}",
+        "config ok: listen {}, store {}, browsers {}, {} provider(s): {}",
         config.server.listen,
         config.store.path.display(),
+        config.browser.at_once(),
         config.providers.len(),
         config
             .providers

@@ -49,8 +49,10 @@ impl Provider {
         };
         let (daemon, issuer) = match spawn() {
             Ok(started) => started,
-            // A start that hangs (rare, under a loaded suite) gets one more
-            // try; what the hung process was doing goes to the test's output.
+            // A start that hangs gets one more try; what the hung process
+            // was doing goes to the test's output. (The one cause found, a
+            // node deadlock exporting the signing key, is avoided in
+            // provider.mjs.)
             Err(hung) if hung.status.is_none() => {
                 eprintln!(
                     "the OIDC provider hung at start; starting another:\n{}",
