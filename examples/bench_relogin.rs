@@ -120,7 +120,8 @@ async fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Flags => {
-            BrowserConfig::default()
+            relogin_farm::config::BrowserSettings::default()
+                .engine()
                 .chromium_args()
                 .iter()
                 .for_each(|f| println!("{f}"));
@@ -148,7 +149,7 @@ impl Bench {
             max_concurrent: 1,
             artifacts_dir: profiles.join("artifacts"),
             profiles_dir: profiles,
-            ..BrowserConfig::for_project(&args.project)
+            ..relogin_farm::config::BrowserSettings::defaults_under(&args.project).engine()
         };
         Ok(Bench {
             pool: BrowserPool::new(cfg),

@@ -1045,6 +1045,41 @@ impl BrowserSettings {
         }
     }
 
+    /// The browser engine's settings: its paths made absolute (Chromium
+    /// refuses a relative profile directory, and a later `chdir` must not
+    /// break the driver lookup), the sandbox decided for this process.
+    pub fn engine(&self) -> crate::browser::BrowserConfig {
+        let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        crate::browser::BrowserConfig {
+            chromium: self.chromium.clone(),
+            node: self.node.clone(),
+            driver_cli_js: abs(&self.driver),
+            headless: self.headless,
+            extra_args: self.extra_args.clone(),
+            sandbox: self
+                .sandbox
+                .applies(crate::browser::runner::running_as_root()),
+            allowed_hosts: self.allowed_hosts.clone(),
+            max_concurrent: self.max_concurrent,
+            profiles_dir: abs(&self.profiles_dir),
+            artifacts_dir: abs(&self.artifacts_dir),
+            driver_linger: self.driver_linger,
+        }
+    }
+
+    /// The defaults, with their relative paths (driver, profiles,
+    /// artifacts) under `dir` instead of the working directory: what a
+    /// farm whose config sits in `dir` gets (tests, benches, `doctor`).
+    pub fn defaults_under(dir: &Path) -> Self {
+        let d = Self::default();
+        BrowserSettings {
+            driver: dir.join(&d.driver),
+            profiles_dir: dir.join(&d.profiles_dir),
+            artifacts_dir: dir.join(&d.artifacts_dir),
+            ..d
+        }
+    }
+
     fn build(mut sec: Section<'_>) -> Result<Self> {
         let b = Self::read(&mut sec)?;
         sec.at_least("retry_max", b.retry_max, "retry_initial", b.retry_initial)?;
@@ -3727,6 +3762,27 @@ mod tests {
 
     /// README.md's key table is the one the tables make. On a difference it
     /// prints the expected table; `UPDATE_README=1` writes it instead.
+    #[test]
+    fn the_browser_engine_gets_absolute_paths() {
+        // Chromium refuses a relative user-data dir; the defaults are relative.
+        let c = Config::default().browser.engine();
+        assert!(
+            c.profiles_dir.is_absolute()
+                && c.artifacts_dir.is_absolute()
+                && c.driver_cli_js.is_absolute()
+        );
+        assert!(c.profiles_dir.ends_with("profiles"));
+        let dir = Path::new("/srv/relogin-farm");
+        let under = BrowserSettings::defaults_under(dir).engine();
+        assert_eq!(under.profiles_dir, dir.join("profiles"));
+        assert_eq!(under.artifacts_dir, dir.join("data/artifacts"));
+        assert!(under.driver_cli_js.starts_with(dir), "{under:?}");
+        assert_eq!(
+            (under.chromium, under.driver_linger, under.max_concurrent),
+            (c.chromium, c.driver_linger, c.max_concurrent)
+        );
+    }
+
     #[test]
     fn readme_key_table() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
-use serde::Serialize;
 use sha2::Sha256;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::mpsc;
@@ -31,8 +30,8 @@ const MAX_RETRY: Duration = Duration::from_secs(300);
 
 pub const SIGNATURE_HEADER: &str = "x-relogin-farm-signature";
 
-/// A webhook's health, for `GET /api/webhooks` and the admin page.
-#[derive(Clone, Debug, Default, Serialize)]
+/// A webhook's health; the API answers with `http::types::Webhook`.
+#[derive(Clone, Debug, Default)]
 pub struct WebhookStatus {
     pub index: usize,
     /// Scheme and host only: chat services put tokens in the path and query.

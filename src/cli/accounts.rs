@@ -300,9 +300,7 @@ async fn record(
     let started: LoginStarted = client
         .post_empty(&format!("/api/accounts/{id}/login"))
         .await?;
-    let pool = relogin_farm::browser::BrowserPool::new(relogin_farm::farm::browser_config(
-        &config.browser,
-    ));
+    let pool = relogin_farm::browser::BrowserPool::new(config.browser.engine());
     // A person's browser lasts as long as the admin page's does.
     let timeout = config.browser.session_max;
     let within = humantime::format_duration(timeout);

@@ -50,9 +50,7 @@ pub async fn run(config: &Config, command: &BrowserCommand) -> Result<()> {
             Ok(())
         }
         BrowserCommand::Open { account, url } => {
-            let pool = relogin_farm::browser::BrowserPool::new(relogin_farm::farm::browser_config(
-                &config.browser,
-            ));
+            let pool = relogin_farm::browser::BrowserPool::new(config.browser.engine());
             println!("opening the profile of account {account}; close the window when done");
             pool.open_headed(&account.to_string(), url.as_ref()).await?;
             println!("closed cleanly; cookies kept");

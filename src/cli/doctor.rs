@@ -21,7 +21,7 @@ pub async fn run(config: &Config, config_path: &Path) -> Result<()> {
     }
     problems.extend(providers.problems);
     if config.browser.enabled {
-        let cfg = relogin_farm::farm::browser_config(&config.browser);
+        let cfg = config.browser.engine();
         let browser = relogin_farm::browser::doctor(&cfg).await;
         if browser.is_empty() {
             println!(

@@ -100,7 +100,7 @@ pub struct Tokens {
     pub refresh_token: Option<Secret>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct LastError {
     pub at: DateTime<Utc>,
     pub message: String,

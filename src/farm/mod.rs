@@ -199,7 +199,7 @@ impl Farm {
         let browser = config
             .browser
             .enabled
-            .then(|| crate::browser::BrowserPool::new(browser_config(&config.browser)));
+            .then(|| crate::browser::BrowserPool::new(config.browser.engine()));
         let state = State {
             accounts: accounts.into_iter().map(|a| (a.id, a)).collect(),
             rotation: Rotation::default(),
@@ -321,26 +321,6 @@ impl Farm {
         data: serde_json::Value,
     ) {
         self.events.emit_with(kind, account, detail, Some(data));
-    }
-}
-
-/// The browser runner's settings from the `[browser]` config section, with
-/// relative paths made absolute against the current directory (Chromium
-/// refuses a relative profile directory).
-pub fn browser_config(b: &crate::config::BrowserSettings) -> crate::browser::BrowserConfig {
-    let abs = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-    crate::browser::BrowserConfig {
-        chromium: b.chromium.clone(),
-        node: b.node.clone(),
-        driver_cli_js: abs(&b.driver),
-        headless: b.headless,
-        extra_args: b.extra_args.clone(),
-        sandbox: b.sandbox.applies(crate::browser::runner::running_as_root()),
-        allowed_hosts: b.allowed_hosts.clone(),
-        max_concurrent: b.max_concurrent,
-        profiles_dir: abs(&b.profiles_dir),
-        artifacts_dir: abs(&b.artifacts_dir),
-        driver_linger: b.driver_linger,
     }
 }
 
@@ -535,18 +515,5 @@ mod tests {
             farm.with_account(id, |a| a.cooldown_until).unwrap(),
             Some(past)
         );
-    }
-
-    #[test]
-    fn browser_paths_become_absolute() {
-        // Chromium refuses a relative user-data dir; the config's defaults are relative.
-        let b = crate::config::Config::default().browser;
-        let c = super::browser_config(&b);
-        assert!(
-            c.profiles_dir.is_absolute()
-                && c.artifacts_dir.is_absolute()
-                && c.driver_cli_js.is_absolute()
-        );
-        assert!(c.profiles_dir.ends_with("profiles"));
     }
 }

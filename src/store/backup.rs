@@ -17,12 +17,11 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use rusqlite::{Connection, OpenFlags};
-use serde::Serialize;
 
 use super::{Result, StoreError};
 
 /// One backup file.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct BackupFile {
     /// The file name (in the backup directory).
     pub file: String,

@@ -21,7 +21,6 @@ use std::thread;
 
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::Serialize;
 use tokio::sync::Notify;
 
 use super::usage::Tally;
@@ -580,7 +579,7 @@ pub struct Report {
 }
 
 /// A proxied attempt as the upstream answered it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Upstream {
     /// The upstream's status (0: no answer — a connection error or timeout).
     pub status: u16,
@@ -717,7 +716,7 @@ pub struct LeaseUse {
 }
 
 /// Lease and report counts for one account or client over a window.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default)]
 pub struct Counts {
     pub leases: i64,
     pub ok: i64,
@@ -726,7 +725,7 @@ pub struct Counts {
     pub error: i64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct UsageRow {
     /// `account_id` or `client_id`; `null` client = the admin token.
     pub id: Option<i64>,
@@ -734,7 +733,7 @@ pub struct UsageRow {
     pub last_day: Counts,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct RecentLease {
     pub lease_id: String,
     pub account_id: AccountId,
@@ -748,7 +747,7 @@ pub struct RecentLease {
     pub upstream: Option<Upstream>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct Usage {
     pub generated_at: DateTime<Utc>,
     pub per_account: Vec<UsageRow>,

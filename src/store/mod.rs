@@ -118,15 +118,15 @@ pub struct Store {
     _lock: lock::StoreLock,
 }
 
-/// A client key's record (the key itself is never stored).
-#[derive(Clone, Debug, serde::Serialize)]
+/// A client key's record (the key itself is never stored). Not serializable:
+/// the API answers with its own type (`http::types::Client`), so the hash
+/// cannot reach the wire by a missed attribute.
+#[derive(Clone, Debug)]
 pub struct ClientRecord {
     pub id: i64,
     pub name: String,
     pub created_at: DateTime<Utc>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<DateTime<Utc>>,
-    #[serde(skip)]
     pub key_hash: [u8; 32],
 }
 

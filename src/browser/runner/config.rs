@@ -4,15 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Where the npm-pinned driver lives, relative to the project root
-/// (`npm ci --prefix scripts/playwright` installs it).
-pub const DRIVER_CLI_JS: &str = "scripts/playwright/node_modules/playwright-core/cli.js";
-
 /// The driver version playwright-rs 0.20 speaks to; the lockfile pins it.
 pub const DRIVER_VERSION: &str = "1.64.0";
-
-/// How long the relogin driver stays up with no session ([`BrowserConfig::driver_linger`]).
-pub const DEFAULT_DRIVER_LINGER: Duration = Duration::from_secs(30);
 
 /// Chromium flags for a headless server on a closed network: without the
 /// networking ones Chromium floods the network with refused connections
@@ -110,30 +103,7 @@ pub struct BrowserConfig {
     pub driver_linger: Duration,
 }
 
-impl Default for BrowserConfig {
-    fn default() -> Self {
-        BrowserConfig::for_project(Path::new("."))
-    }
-}
-
 impl BrowserConfig {
-    /// Defaults with the driver, profiles and artifacts under `project_dir`.
-    pub fn for_project(project_dir: &Path) -> Self {
-        BrowserConfig {
-            chromium: PathBuf::from("/usr/bin/chromium"),
-            node: PathBuf::from("/usr/bin/node"),
-            driver_cli_js: project_dir.join(DRIVER_CLI_JS),
-            headless: true,
-            extra_args: Vec::new(),
-            sandbox: Sandbox::Auto.applies(running_as_root()),
-            allowed_hosts: Vec::new(),
-            max_concurrent: 2,
-            profiles_dir: project_dir.join("profiles"),
-            artifacts_dir: project_dir.join("data").join("artifacts"),
-            driver_linger: DEFAULT_DRIVER_LINGER,
-        }
-    }
-
     /// The Chromium command-line flags for a launch. Playwright adds
     /// `--no-sandbox` itself unless told the sandbox is wanted
     /// (`chromiumSandbox`, set from [`sandbox`](Self::sandbox) at launch);
@@ -302,7 +272,7 @@ mod tests {
         let cfg = |sandbox| BrowserConfig {
             sandbox,
             extra_args: vec!["--lang=de".into()],
-            ..BrowserConfig::for_project(Path::new("."))
+            ..crate::config::BrowserSettings::default().engine()
         };
         let with = cfg(true).chromium_args();
         assert!(!with.iter().any(|a| a == "--no-sandbox"), "{with:?}");

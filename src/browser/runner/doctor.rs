@@ -140,7 +140,7 @@ mod tests {
             driver_cli_js: tmp
                 .path()
                 .join("scripts/playwright/node_modules/playwright-core/cli.js"),
-            ..BrowserConfig::for_project(tmp.path())
+            ..crate::config::BrowserSettings::defaults_under(tmp.path()).engine()
         };
         let problems = doctor(&cfg).await;
         let fixes: Vec<_> = problems.iter().map(|p| p.fix.as_str()).collect();

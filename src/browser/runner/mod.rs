@@ -20,8 +20,7 @@ use tokio::sync::{watch, Semaphore};
 use url::Url;
 
 pub use config::{
-    export_driver_env, running_as_root, BrowserConfig, Sandbox, CHROMIUM_FLAGS,
-    DEFAULT_DRIVER_LINGER, DRIVER_CLI_JS, DRIVER_VERSION,
+    export_driver_env, running_as_root, BrowserConfig, Sandbox, CHROMIUM_FLAGS, DRIVER_VERSION,
 };
 pub use doctor::{doctor, Problem, INSTALL_COMMAND};
 pub use install::{driver_cli_js_in, install_dir_of, install_driver, INSTALL_DIR};

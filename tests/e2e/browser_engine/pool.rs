@@ -8,6 +8,8 @@ use relogin_farm::browser::runner::{
     doctor, BrowserConfig, BrowserPool, FailureKind, PoolError, ProfileUse,
 };
 
+use relogin_farm::config::BrowserSettings;
+
 use super::support::{project_dir, script, Provider, TestPool, PASSWORD_SCRIPT, RUN_TIMEOUT};
 
 /// Logs in, then parks on the consent page (a screenshot marks the moment)
@@ -330,7 +332,7 @@ fn process_alive(pid: u32) -> bool {
 
 #[tokio::test]
 async fn doctor_finds_nothing_missing_here() {
-    let problems = doctor(&BrowserConfig::for_project(&project_dir())).await;
+    let problems = doctor(&BrowserSettings::defaults_under(&project_dir()).engine()).await;
     assert!(problems.is_empty(), "{problems:?}");
 }
 

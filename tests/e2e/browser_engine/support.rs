@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use relogin_farm::browser::runner::{doctor, BrowserConfig, BrowserPool, LoginOutcome, RunFailure};
 use relogin_farm::browser::script::{LoginScript, Vars};
+use relogin_farm::config::BrowserSettings;
 use relogin_farm::secret::Secret;
 use sha2::{Digest, Sha256};
 use url::Url;
@@ -70,7 +71,7 @@ pub fn require_tools() {
         if !oidc.join("node_modules/oidc-provider").is_dir() {
             run(Command::new("npm").args(["ci", "--prefix"]).arg(&oidc));
         }
-        let cfg = BrowserConfig::for_project(&project_dir());
+        let cfg = BrowserSettings::defaults_under(&project_dir()).engine();
         // Its own thread: callers are async tests, already inside a runtime.
         let problems = std::thread::spawn(move || {
             tokio::runtime::Runtime::new()
@@ -116,7 +117,7 @@ impl TestPool {
             profiles_dir: dir.path().join("profiles"),
             artifacts_dir: dir.path().join("artifacts"),
             allowed_hosts: hosts.iter().map(|h| h.to_string()).collect(),
-            ..BrowserConfig::for_project(&project_dir())
+            ..BrowserSettings::defaults_under(&project_dir()).engine()
         };
         TestPool {
             pool: BrowserPool::new(cfg),
