@@ -411,10 +411,12 @@ where
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
+    let Held { ip, open } = held;
     let io = TokioIo::new(Tracked {
+        _ip: ip,
         io,
         activity: activity.clone(),
-        _held: held,
+        _open: open,
     });
     let service = Handled {
         inner: service,
@@ -460,23 +462,40 @@ struct Activity {
 }
 
 /// What an open connection holds: its places under the caps, and its count
-/// in the farm's gauge.
+/// in the farm's gauge. The two are given back in this order.
 struct Held {
+    /// Given back before the connection's descriptor is closed: closing it
+    /// wakes the client, which may connect again at once (and, woken, can
+    /// run before this thread has dropped anything else): the host's new
+    /// connection must find its place free.
+    ip: IpSlot,
+    open: Open,
+}
+
+/// A connection's place under `server.max_connections` and its count in the
+/// gauge: given back once its descriptor is closed, so the descriptors kept
+/// for the farm's own work stay free. (A connection over the cap waits in
+/// the kernel's queue, so this order refuses nobody.)
+struct Open {
     farm: Arc<Farm>,
-    _slots: (tokio::sync::OwnedSemaphorePermit, IpSlot),
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Held {
     fn new(farm: Arc<Farm>, slots: (tokio::sync::OwnedSemaphorePermit, IpSlot)) -> Self {
         farm.record_connection(1);
+        let (permit, ip) = slots;
         Held {
-            farm,
-            _slots: slots,
+            ip,
+            open: Open {
+                farm,
+                _permit: permit,
+            },
         }
     }
 }
 
-impl Drop for Held {
+impl Drop for Open {
     fn drop(&mut self) {
         self.farm.record_connection(-1);
     }
@@ -582,9 +601,12 @@ impl Activity {
 /// It holds the connection's places under the caps: an upgraded connection
 /// (a WebSocket) is this stream too, and keeps them until it closes.
 struct Tracked<IO> {
+    // Fields drop in this order: the host's place before `io` closes, the
+    // rest after (see [`Held`]).
+    _ip: IpSlot,
     io: IO,
     activity: Arc<Activity>,
-    _held: Held,
+    _open: Open,
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
@@ -795,6 +817,53 @@ mod tests {
         let (why, at) = watchdog.await.unwrap();
         assert_eq!(why, ConnectionClosed::HeaderTimeout);
         assert_eq!(at, head + secs(10));
+    }
+
+    /// A byte stream that, as it closes, looks at the places it was given.
+    struct Closing {
+        per_ip: Arc<PerIp>,
+        permits: Arc<Semaphore>,
+        seen: Arc<Mutex<Option<(bool, usize)>>>,
+    }
+
+    impl Drop for Closing {
+        fn drop(&mut self) {
+            let host_free = self.per_ip.take("127.0.0.2".parse().unwrap()).is_some();
+            *self.seen.lock().unwrap() = Some((host_free, self.permits.available_permits()));
+        }
+    }
+
+    #[tokio::test]
+    async fn the_host_s_place_is_free_before_the_connection_closes_and_the_cap_s_after() {
+        // A client at its per-IP cap that closes a connection and opens
+        // another at once must not be refused: closing the descriptor wakes
+        // it, and it may connect before this thread drops anything else.
+        let dir = tempfile::tempdir().unwrap();
+        let farm = crate::farm::test_farm(dir.path(), "");
+        let per_ip = Arc::new(PerIp::new(1));
+        let permits = Arc::new(Semaphore::new(1));
+        let permit = permits.clone().acquire_owned().await.unwrap();
+        let ip = per_ip.take("127.0.0.2".parse().unwrap()).unwrap();
+        let held = Held::new(farm, (permit, ip));
+        let seen = Arc::new(Mutex::new(None));
+        let io = Closing {
+            per_ip: per_ip.clone(),
+            permits: permits.clone(),
+            seen: seen.clone(),
+        };
+        let Held { ip, open } = held;
+        drop(Tracked {
+            _ip: ip,
+            io,
+            activity: Arc::new(Activity::new(Instant::now())),
+            _open: open,
+        });
+        assert_eq!(
+            *seen.lock().unwrap(),
+            Some((true, 0)),
+            "(host's place free, places under max_connections free) as the descriptor closed"
+        );
+        assert_eq!(permits.available_permits(), 1);
     }
 
     #[test]
