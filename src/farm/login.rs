@@ -235,19 +235,8 @@ impl Farm {
             .map_err(|e| FarmError::Login(e.to_string()))?;
         // Checked before any poll starts: a browser (the farm's or a
         // person's) is sent there.
-        let page = |text: &str| {
-            Url::parse(text).map_err(|e| {
-                FarmError::Login(format!(
-                    "the provider's verification URI {text:?} is not a URL: {e}"
-                ))
-            })
-        };
-        let verification_uri = page(&start.verification_uri)?;
-        let verification_uri_complete = start
-            .verification_uri_complete
-            .as_deref()
-            .map(page)
-            .transpose()?;
+        let (verification_uri, verification_uri_complete) =
+            verification_pages(&start).map_err(FarmError::Login)?;
         self.logins.lock().remove(&id);
         let serial = self.logins.start_device(id);
         let poll = DevicePoll::start(self.clock.now(), start.expires_in, start.interval);
@@ -590,6 +579,24 @@ impl Farm {
     }
 }
 
+/// A device login's verification page, and the one with the code in it if
+/// the provider gave one: URLs, or why not.
+pub(super) fn verification_pages(
+    start: &crate::oauth::DeviceStart,
+) -> std::result::Result<(Url, Option<Url>), String> {
+    let page = |text: &str| {
+        Url::parse(text)
+            .map_err(|e| format!("the provider's verification URI {text:?} is not a URL: {e}"))
+    };
+    let uri = page(&start.verification_uri)?;
+    let complete = start
+        .verification_uri_complete
+        .as_deref()
+        .map(page)
+        .transpose()?;
+    Ok((uri, complete))
+}
+
 /// Polls a device login until it ends, telling `progress` of each answer
 /// and of the end. Holds the farm weakly: a poll never keeps a stopped farm
 /// alive, and stops when its login is no longer the account's latest.
@@ -599,37 +606,74 @@ async fn poll_device_login(
     serial: u64,
     provider: Arc<dyn TokenEndpoint>,
     device_code: Secret,
-    mut poll: DevicePoll,
+    poll: DevicePoll,
     progress: watch::Sender<LoginProgress>,
 ) {
-    loop {
-        let sleep = {
-            let Some(farm) = farm.upgrade() else { return };
-            let wait = (poll.next_poll_at - farm.clock.now())
-                .to_std()
-                .unwrap_or_default();
-            farm.clock.sleep(wait)
-        };
-        sleep.await;
-        let Some(farm) = farm.upgrade() else { return };
-        if !farm.logins.device_current(id, serial) {
-            return;
+    let Some(clock) = farm.upgrade().map(|f| f.clock.clone()) else {
+        return;
+    };
+    let current = || {
+        farm.upgrade()
+            .is_some_and(|f| f.logins.device_current(id, serial))
+    };
+    let got = poll_device_grant(
+        clock.as_ref(),
+        provider.as_ref(),
+        &device_code,
+        poll,
+        &progress,
+        current,
+    )
+    .await;
+    let Some(got) = got else { return };
+    let Some(farm) = farm.upgrade() else { return };
+    let end = match got {
+        Ok((grant, issued_at)) => {
+            if !farm.logins.device_current(id, serial) {
+                return;
+            }
+            farm.logins.stop_device(id);
+            install_device_grant(&farm, id, provider.as_ref(), grant, issued_at).await
         }
-        let issued_at = farm.clock.now();
-        let (answer, grant) = provider.poll_device(&device_code).await;
-        let step = poll.on_answer(&answer, farm.clock.now());
-        let end = match (step, grant) {
-            (PollStep::WaitUntil(_), _) => {
-                progress.send_modify(|p| p.checks += 1);
-                continue;
-            }
-            (PollStep::Done, Some(grant)) => {
-                if !farm.logins.device_current(id, serial) {
-                    return;
-                }
-                farm.logins.stop_device(id);
-                install_device_grant(&farm, id, provider.as_ref(), grant, issued_at).await
-            }
+        Err(detail) => Err(detail),
+    };
+    if let Err(detail) = &end {
+        farm.logins.stop_device(id);
+        tracing::warn!(account = id, detail, "device login failed");
+        farm.emit(EventKind::LoginFailed, Some(id), detail.clone());
+    }
+    progress.send_modify(|p| p.end = Some(end));
+}
+
+/// Asks the provider, at the pace `poll` sets, whether the device login was
+/// finished, counting each answer that says "not yet" in `progress`, until
+/// it answers with the grant (and when it was asked for: the tokens' issue
+/// time) or ends it: refused, or the code expired. `None` once `wanted`
+/// says no more (asked before each poll). The final answer is counted too;
+/// the end itself is the caller's to announce.
+pub(super) async fn poll_device_grant(
+    clock: &dyn crate::clock::Clock,
+    provider: &dyn TokenEndpoint,
+    device_code: &Secret,
+    mut poll: DevicePoll,
+    progress: &watch::Sender<LoginProgress>,
+    wanted: impl Fn() -> bool,
+) -> Option<std::result::Result<(Grant, DateTime<Utc>), String>> {
+    loop {
+        let wait = (poll.next_poll_at - clock.now())
+            .to_std()
+            .unwrap_or_default();
+        clock.sleep(wait).await;
+        if !wanted() {
+            return None;
+        }
+        let issued_at = clock.now();
+        let (answer, grant) = provider.poll_device(device_code).await;
+        let step = poll.on_answer(&answer, clock.now());
+        progress.send_modify(|p| p.checks += 1);
+        return Some(match (step, grant) {
+            (PollStep::WaitUntil(_), _) => continue,
+            (PollStep::Done, Some(grant)) => Ok((grant, issued_at)),
             (PollStep::Done, None) => Err("device login: no tokens".into()),
             (PollStep::Expired, _) => {
                 Err("device login: the user code expired before it was entered".into())
@@ -637,17 +681,7 @@ async fn poll_device_login(
             (PollStep::Denied(code), _) => {
                 Err(format!("device login refused by the provider ({code})"))
             }
-        };
-        if let Err(detail) = &end {
-            farm.logins.stop_device(id);
-            tracing::warn!(account = id, detail, "device login failed");
-            farm.emit(EventKind::LoginFailed, Some(id), detail.clone());
-        }
-        progress.send_modify(|p| {
-            p.checks += 1;
-            p.end = Some(end);
         });
-        return;
     }
 }
 

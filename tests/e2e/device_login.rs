@@ -19,10 +19,10 @@ use crate::support::{
 const DEVICE: &str = "devicey";
 
 fn device_bed(quirks: Quirks) -> (Bed, QuirkProvider) {
-    device_bed_with(quirks, false)
+    device_bed_with(quirks, None)
 }
 
-fn device_bed_with(quirks: Quirks, browser: bool) -> (Bed, QuirkProvider) {
+fn device_bed_with(quirks: Quirks, browser: Option<BrowserSettings>) -> (Bed, QuirkProvider) {
     let emulator = QuirkProvider::start(quirks);
     let block = format!(
         "[[provider]]\nname = \"{DEVICE}\"\nlogin = \"device\"\n\
@@ -34,8 +34,8 @@ fn device_bed_with(quirks: Quirks, browser: bool) -> (Bed, QuirkProvider) {
         free_port()
     );
     let mut settings = Settings::default().with_toml(&block);
-    if browser {
-        settings = settings.with_browser(BrowserSettings::default());
+    if let Some(browser) = browser {
+        settings = settings.with_browser(browser);
     }
     (Bed::start(settings), emulator)
 }
@@ -167,12 +167,16 @@ click = "#submit"
 /// A device-flow bed (polls every second) with the farm's browser, and an
 /// account for alice, not logged in.
 fn device_account() -> (Bed, QuirkProvider, i64) {
+    device_account_with(BrowserSettings::default())
+}
+
+fn device_account_with(browser: BrowserSettings) -> (Bed, QuirkProvider, i64) {
     let (bed, emulator) = device_bed_with(
         Quirks {
             device_interval: 1,
             ..Quirks::default()
         },
-        true,
+        Some(browser),
     );
     let id = int_of(
         &bed.admin()
@@ -189,7 +193,11 @@ fn device_account() -> (Bed, QuirkProvider, i64) {
 /// A device-flow bed with the farm's browser; alice's account, logged in
 /// by its script (`${user_code}` typed at `${verification_uri}`).
 fn scripted_device_account() -> (Bed, QuirkProvider, i64) {
-    let (bed, emulator, id) = device_account();
+    scripted_device_account_with(BrowserSettings::default())
+}
+
+fn scripted_device_account_with(browser: BrowserSettings) -> (Bed, QuirkProvider, i64) {
+    let (bed, emulator, id) = device_account_with(browser);
     set_secret(&bed, id, "username", "alice");
     set_secret(&bed, id, "password", "alice-password");
     // A code-flow script (`${authorize_url}`) could never run here.
@@ -284,6 +292,96 @@ fn a_wrong_code_typed_by_the_script_needs_a_human_once_and_changes_nothing() {
     assert_eq!(needs_human, 1);
     let redeemed = polls(&emulator).iter().filter(|s| s.status == 200).count();
     assert_eq!(redeemed, 1, "only the first login's code");
+}
+
+/// The events of account `id` after event `after`.
+fn events_of(bed: &Bed, id: i64, after: i64) -> Vec<Value> {
+    bed.events_since(after)
+        .into_iter()
+        .filter(|e| e["account_id"] == id)
+        .collect()
+}
+
+/// Waits for an event of `kind` of account `id` after event `after`.
+fn wait_event(bed: &Bed, kind: &str, id: i64, after: i64) -> Value {
+    wait_for(&format!("{kind} of account {id}"), secs(90), || {
+        let events = events_of(bed, id, after);
+        events
+            .iter()
+            .find(|e| e["kind"] == kind)
+            .cloned()
+            .ok_or_else(|| format!("{:?}", event_kinds(&events)))
+    })
+}
+
+#[test]
+fn a_device_account_s_canary_types_a_code_of_its_own_and_a_wrong_one_changes_nothing() {
+    let (bed, emulator, id) = scripted_device_account_with(BrowserSettings {
+        canary: "*/10 * * * * *",
+        ..BrowserSettings::default()
+    });
+    let before = bed.account(id);
+    let old_token = lease_token(&bed);
+    let cursor = bed.events_since(0).last().map_or(0, |e| int_of(e, "id"));
+
+    // A canary round logs alice in through a device code of its own.
+    let passed = wait_event(&bed, "canary_passed", id, cursor);
+    assert!(
+        str_of(&passed, "detail").starts_with("canary login passed in ")
+            && str_of(&passed, "detail").contains("(sub-alice); its tokens replaced the account's"),
+        "{passed}"
+    );
+    let after = bed.account(id);
+    assert_eq!(after["state"], "healthy", "{after}");
+    assert!(
+        int_of(&after, "generation") > int_of(&before, "generation"),
+        "{after}"
+    );
+    let new_token = lease_token(&bed);
+    assert_ne!(new_token, old_token);
+    assert_eq!(emulator.introspect(&new_token)["username"], "alice");
+    // A canary is not a relogin: the account's state never moved. (The
+    // first login's `relogin_succeeded` may come after the cursor: it is
+    // announced a moment after the account is healthy.)
+    let events = events_of(&bed, id, cursor);
+    let kinds = event_kinds(&events);
+    assert!(
+        !kinds.iter().any(|k| [
+            "needs_relogin",
+            "relogin_started",
+            "relogin_failed",
+            "needs_human",
+            "login_started"
+        ]
+        .contains(k)),
+        "{kinds:?}"
+    );
+    assert!(
+        polls(&emulator).iter().filter(|s| s.status == 200).count() >= 2,
+        "the first login's code and the canary's"
+    );
+
+    // A script that types a wrong code: the canary fails where the login
+    // stalled, and the account keeps its state and serves its tokens.
+    put_script(&bed, id, &device_script("WRONG-CODE")).ok();
+    let changed = bed.events_since(0).last().map_or(0, |e| int_of(e, "id"));
+    // A canary that started before the change may still pass: from the
+    // first failure on, every canary types the wrong code.
+    let failed = wait_event(&bed, "canary_failed", id, changed);
+    let settled = bed.account(id);
+    let next = wait_event(&bed, "canary_failed", id, int_of(&failed, "id"));
+    assert!(
+        str_of(&next, "detail")
+            .starts_with("canary login failed: the device login did not complete"),
+        "{next}"
+    );
+    assert_eq!(next["data"]["line"], 13, "{next}");
+    let account = bed.account(id);
+    assert_eq!(account["state"], "healthy", "{account}");
+    assert_eq!(account["generation"], settled["generation"], "{account}");
+    assert!(account["last_error"].is_null(), "{account}");
+    let served = lease_token(&bed);
+    assert_eq!(emulator.introspect(&served)["username"], "alice");
 }
 
 #[test]
