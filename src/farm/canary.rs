@@ -305,9 +305,7 @@ impl Run<'_> {
     }
 
     async fn run(&self, vars: Vars, end: RunEnd) -> std::result::Result<LoginOutcome, RunFailure> {
-        let vars = self.secrets.iter().fold(vars, |vars, (name, value)| {
-            vars.with_secret(name.clone(), value.clone())
-        });
+        let vars = vars.with_secrets(self.secrets.clone());
         self.pool
             .run(
                 &self.id.to_string(),

@@ -331,7 +331,7 @@ impl Farm {
         let script =
             LoginScript::parse(&text).map_err(|e| FarmError::InvalidScript(e.to_string()))?;
         let provider = self.with_account(id, |a| a.provider.clone())?;
-        let (end, mut vars) = match self.provider(&provider)?.config().login {
+        let (end, vars) = match self.provider(&provider)?.config().login {
             LoginKind::Device => {
                 let begun = self.begin_device_login(id).await?;
                 let code = DeviceCode {
@@ -348,10 +348,7 @@ impl Farm {
                 (RunEnd::Redirect(started.redirect_uri), vars)
             }
         };
-        for (name, value) in self.store.secrets(id)? {
-            vars = vars.with_secret(name, value);
-        }
-        Ok((script, end, vars))
+        Ok((script, end, vars.with_secrets(self.store.secrets(id)?)))
     }
 
     /// Records a failed relogin: `needs_human` (announced once, on the

@@ -55,6 +55,12 @@ impl Vars {
         self
     }
 
+    /// Every `(name, value)` of `secrets` (an account's, from the store).
+    pub fn with_secrets(mut self, secrets: impl IntoIterator<Item = (String, Secret)>) -> Self {
+        self.secrets.extend(secrets);
+        self
+    }
+
     pub fn authorize_url(&self) -> Option<&Url> {
         self.authorize_url.as_ref()
     }
