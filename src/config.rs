@@ -1049,8 +1049,9 @@ impl BrowserSettings {
     /// refuses a relative profile directory, and a later `chdir` must not
     /// break the driver lookup), the sandbox decided for this process.
     pub fn engine(&self) -> crate::browser::BrowserConfig {
-        let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-        crate::browser::BrowserConfig {
+        use crate::browser::BrowserConfig;
+        let abs = BrowserConfig::absolute;
+        BrowserConfig {
             chromium: self.chromium.clone(),
             node: self.node.clone(),
             driver_cli_js: abs(&self.driver),
@@ -3760,8 +3761,6 @@ mod tests {
     const README_TABLE_START: &str = "<!-- config-keys:start -->\n";
     const README_TABLE_END: &str = "<!-- config-keys:end -->";
 
-    /// README.md's key table is the one the tables make. On a difference it
-    /// prints the expected table; `UPDATE_README=1` writes it instead.
     #[test]
     fn the_browser_engine_gets_absolute_paths() {
         // Chromium refuses a relative user-data dir; the defaults are relative.
@@ -3783,6 +3782,8 @@ mod tests {
         );
     }
 
+    /// README.md's key table is the one the tables make. On a difference it
+    /// prints the expected table; `UPDATE_README=1` writes it instead.
     #[test]
     fn readme_key_table() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");

@@ -411,13 +411,7 @@ where
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
-    let Held { ip, open } = held;
-    let io = TokioIo::new(Tracked {
-        _ip: ip,
-        io,
-        activity: activity.clone(),
-        _open: open,
-    });
+    let io = TokioIo::new(Tracked::new(io, activity.clone(), held));
     let service = Handled {
         inner: service,
         activity: activity.clone(),
@@ -607,6 +601,18 @@ struct Tracked<IO> {
     io: IO,
     activity: Arc<Activity>,
     _open: Open,
+}
+
+impl<IO> Tracked<IO> {
+    fn new(io: IO, activity: Arc<Activity>, held: Held) -> Self {
+        let Held { ip, open } = held;
+        Tracked {
+            _ip: ip,
+            io,
+            activity,
+            _open: open,
+        }
+    }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
@@ -851,13 +857,11 @@ mod tests {
             permits: permits.clone(),
             seen: seen.clone(),
         };
-        let Held { ip, open } = held;
-        drop(Tracked {
-            _ip: ip,
+        drop(Tracked::new(
             io,
-            activity: Arc::new(Activity::new(Instant::now())),
-            _open: open,
-        });
+            Arc::new(Activity::new(Instant::now())),
+            held,
+        ));
         assert_eq!(
             *seen.lock().unwrap(),
             Some((true, 0)),
