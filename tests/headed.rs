@@ -2,16 +2,20 @@
 //! thread exists (the e2e binary runs tests in parallel threads). Also the
 //! real `relogin-farm browser open` CLI holding a profile against the farm.
 
+#[path = "e2e/support/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod support;
+
 #[path = "e2e/browser_engine/support.rs"]
 #[allow(dead_code)]
-mod support;
+mod engine;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use engine::{Provider, TestPool, RUN_TIMEOUT};
 use relogin_farm::browser::runner::{PoolError, ProfileUse};
 use relogin_farm::browser::script::LoginScript;
-use support::{Provider, TestPool, RUN_TIMEOUT};
 
 struct Xvfb(Child);
 
@@ -48,7 +52,7 @@ fn start_xvfb() -> Xvfb {
 /// The browser's main process for `profile` (the one without `--type=`).
 fn browser_main_pid(t: &TestPool, profile: &str) -> Option<(u32, String)> {
     let dir = t.dir.path().join("profiles").join(profile);
-    support::chromium_pids_under(&dir)
+    engine::chromium_pids_under(&dir)
         .into_iter()
         .find_map(|pid| {
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
@@ -215,7 +219,7 @@ struct BrowserCli(Child);
 
 impl BrowserCli {
     fn open(pool: &TestPool, account: &str, url: &url::Url) -> BrowserCli {
-        let project = support::project_dir();
+        let project = support::repo_root();
         let config = pool.dir.path().join("farm.toml");
         let q = |p: &std::path::Path| format!("{:?}", p.display().to_string());
         std::fs::write(

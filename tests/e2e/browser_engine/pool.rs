@@ -10,7 +10,7 @@ use relogin_farm::browser::runner::{
 
 use relogin_farm::config::BrowserSettings;
 
-use super::support::{project_dir, script, Provider, TestPool, PASSWORD_SCRIPT, RUN_TIMEOUT};
+use super::support::{script, Provider, TestPool, PASSWORD_SCRIPT, RUN_TIMEOUT};
 
 /// Logs in, then parks on the consent page (a screenshot marks the moment)
 /// until the run is interrupted.
@@ -332,7 +332,8 @@ fn process_alive(pid: u32) -> bool {
 
 #[tokio::test]
 async fn doctor_finds_nothing_missing_here() {
-    let problems = doctor(&BrowserSettings::defaults_under(&project_dir()).engine()).await;
+    let problems =
+        doctor(&BrowserSettings::defaults_under(crate::support::repo_root()).engine()).await;
     assert!(problems.is_empty(), "{problems:?}");
 }
 

@@ -1,10 +1,10 @@
-//! Test fixtures: the real test OIDC provider, PKCE authorize URLs, a pool
-//! on a private profiles dir, and process checks.
+//! Test fixtures: the real test OIDC provider (started by the e2e
+//! harness's `support::provider`), PKCE authorize URLs, a pool on a private
+//! profiles dir, and process checks. Also compiled into `tests/headed.rs`,
+//! beside the e2e `support` module it uses.
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Once;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,6 +16,13 @@ use relogin_farm::config::BrowserSettings;
 use relogin_farm::secret::Secret;
 use sha2::{Digest, Sha256};
 use url::Url;
+
+pub use crate::support::free_port;
+use crate::support::provider::Provider as OidcProvider;
+use crate::support::{oidc_dir, repo_root};
+
+/// The provider's access-token lifetime (its own default).
+const ACCESS_TTL_S: u32 = 5;
 
 /// The example script shipped in `scripts/login/`, with the user name
 /// from a secret so it serves any test user.
@@ -48,30 +55,12 @@ pub fn script(text: &str) -> LoginScript {
     LoginScript::parse(text).unwrap()
 }
 
-/// Where the main project keeps things: this crate is either copied into
-/// it, or sits beside it in /work.
-pub fn project_dir() -> PathBuf {
-    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    [here.clone(), here.join("../main")]
-        .into_iter()
-        .find(|d| d.join("tests/oidc/provider.mjs").is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "tests/oidc/provider.mjs not found in {} or ../main",
-                here.display()
-            )
-        })
-}
-
 /// Fails loudly (never skips) when something the browser needs is missing.
 pub fn require_tools() {
     static CHECKED: Once = Once::new();
     CHECKED.call_once(|| {
-        let oidc = project_dir().join("tests/oidc");
-        if !oidc.join("node_modules/oidc-provider").is_dir() {
-            run(Command::new("npm").args(["ci", "--prefix"]).arg(&oidc));
-        }
-        let cfg = BrowserSettings::defaults_under(&project_dir()).engine();
+        oidc_dir();
+        let cfg = BrowserSettings::defaults_under(repo_root()).engine();
         // Its own thread: callers are async tests, already inside a runtime.
         let problems = std::thread::spawn(move || {
             tokio::runtime::Runtime::new()
@@ -89,11 +78,6 @@ pub fn require_tools() {
                 .collect::<String>()
         );
     });
-}
-
-fn run(cmd: &mut Command) {
-    let status = cmd.status().expect("spawn");
-    assert!(status.success(), "{cmd:?} failed");
 }
 
 /// A pool whose profiles and artifacts live in a fresh temp dir.
@@ -117,7 +101,7 @@ impl TestPool {
             profiles_dir: dir.path().join("profiles"),
             artifacts_dir: dir.path().join("artifacts"),
             allowed_hosts: hosts.iter().map(|h| h.to_string()).collect(),
-            ..BrowserSettings::defaults_under(&project_dir()).engine()
+            ..BrowserSettings::defaults_under(repo_root()).engine()
         };
         TestPool {
             pool: BrowserPool::new(cfg),
@@ -208,9 +192,12 @@ fn regex_escape(s: &str) -> String {
         .collect()
 }
 
-/// The test OIDC provider (tests/oidc/provider.mjs), killed on drop.
+/// The test OIDC provider (tests/oidc/provider.mjs), started as the e2e
+/// tests start it; killed on drop.
 pub struct Provider {
-    child: Child,
+    _oidc: OidcProvider,
+    /// Its log (kept while it runs).
+    _dir: tempfile::TempDir,
     pub issuer: Url,
     pub redirect_uri: Url,
 }
@@ -224,38 +211,18 @@ impl Provider {
 
     pub fn start_with_redirect(callback_port: u16) -> Provider {
         require_tools();
-        let redirect_uri =
-            Url::parse(&format!("http://127.0.0.1:{callback_port}/callback")).unwrap();
-        let mut child = Command::new("node")
-            .arg(project_dir().join("tests/oidc/provider.mjs"))
-            .args(["--port", "0", "--redirect-uri", redirect_uri.as_str()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the test OIDC provider");
-        // Read on a thread of its own, so a provider that hangs before its
-        // READY line fails the test instead of holding it forever.
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| {
-                let _ = child.kill();
-                panic!("the test OIDC provider printed no READY line within 30 s")
-            });
-        let issuer = line
-            .strip_prefix("READY ")
-            .unwrap_or_else(|| panic!("provider did not print READY: {line:?}"))
-            .trim();
+        let dir = tempfile::tempdir().unwrap();
+        let redirect_uri = format!("http://127.0.0.1:{callback_port}/callback");
+        let oidc = OidcProvider::start_with_redirect(
+            &dir.path().join("provider.log"),
+            ACCESS_TTL_S,
+            redirect_uri.clone(),
+        );
         Provider {
-            child,
-            issuer: Url::parse(issuer).unwrap(),
-            redirect_uri,
+            issuer: Url::parse(&oidc.issuer).unwrap(),
+            redirect_uri: Url::parse(&redirect_uri).unwrap(),
+            _oidc: oidc,
+            _dir: dir,
         }
     }
 
@@ -333,25 +300,10 @@ impl Provider {
     }
 }
 
-impl Drop for Provider {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 pub struct Authorize {
     pub url: Url,
     pub verifier: String,
     pub state: String,
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn random_token() -> String {

@@ -3,6 +3,7 @@
 //! do it.
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use reqwest::blocking::Client;
 use serde_json::Value;
@@ -18,15 +19,22 @@ pub struct Provider {
     pub issuer: String,
     /// The farm's loopback redirect URI, on a port of its own.
     pub redirect_uri: String,
-    http: Client,
+    /// Built on first use: a blocking client cannot be built inside an
+    /// async test (the browser engine's tests start the provider too).
+    http: OnceLock<Client>,
 }
 
 impl Provider {
     /// Starts a provider on a free port whose access tokens live
     /// `access_ttl` seconds; its stderr goes to `log`.
     pub fn start(log: &Path, access_ttl: u32) -> Provider {
-        let oidc = oidc_dir();
         let redirect_uri = format!("http://127.0.0.1:{}/callback", free_port());
+        Provider::start_with_redirect(log, access_ttl, redirect_uri)
+    }
+
+    /// [`Provider::start`] with the redirect URI its client allows.
+    pub fn start_with_redirect(log: &Path, access_ttl: u32, redirect_uri: String) -> Provider {
+        let oidc = oidc_dir();
         let spawn = || {
             let mut cmd = clean_command("node");
             cmd.arg(oidc.join("provider.mjs"))
@@ -66,20 +74,26 @@ impl Provider {
             _daemon: daemon,
             issuer,
             redirect_uri,
+            http: OnceLock::new(),
+        }
+    }
+
+    fn http(&self) -> &Client {
+        self.http.get_or_init(|| {
             // No idle connections: node closes them after its keep-alive
             // timeout (5 s), and a request sent on one as it closes fails.
-            http: Client::builder()
+            Client::builder()
                 .no_proxy()
                 .pool_max_idle_per_host(0)
                 .build()
-                .expect("client"),
-        }
+                .expect("client")
+        })
     }
 
     fn test_api(&self, method: reqwest::Method, path: &str) -> Value {
         let url = format!("{}/__test/{path}", self.issuer);
         let resp = self
-            .http
+            .http()
             .request(method, &url)
             .send()
             .unwrap_or_else(|e| panic!("{url}: {e}"));
@@ -148,7 +162,7 @@ impl Provider {
     pub fn introspect(&self, token: &str) -> Value {
         let url = format!("{}/token/introspection", self.issuer);
         let resp = self
-            .http
+            .http()
             .post(&url)
             .basic_auth("introspector", Some("introspector-secret"))
             .form(&[("token", token)])
