@@ -106,23 +106,6 @@ pub fn clean_response(headers: &mut HeaderMap) {
     headers.remove("set-cookie");
 }
 
-/// The client's farm key: `Authorization: Bearer <key>` or `x-api-key: <key>`
-/// (what SDKs send as their API key).
-pub fn client_key(headers: &HeaderMap) -> Option<&str> {
-    let bearer = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let api_key = || {
-        headers
-            .get("x-api-key")
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    };
-    bearer.or_else(api_key).filter(|k| !k.is_empty())
-}
-
 /// The sticky session key: `x-relogin-session`, else `proxy.session_header`.
 pub fn session<'h>(headers: &'h HeaderMap, config: &ProxyConfig) -> Option<&'h str> {
     let read = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
@@ -188,18 +171,6 @@ mod tests {
         // The client's own x-api-key never goes up, whatever the auth header.
         let out = upstream_request(&map(&[("x-api-key", "client")]), &config);
         assert!(out.is_empty());
-    }
-
-    #[test]
-    fn client_key_from_bearer_or_x_api_key() {
-        assert_eq!(
-            client_key(&map(&[("authorization", "Bearer k1")])),
-            Some("k1")
-        );
-        assert_eq!(client_key(&map(&[("x-api-key", "k2")])), Some("k2"));
-        assert_eq!(client_key(&map(&[("authorization", "Basic k1")])), None);
-        assert_eq!(client_key(&map(&[("authorization", "Bearer ")])), None);
-        assert_eq!(client_key(&map(&[])), None);
     }
 
     #[test]

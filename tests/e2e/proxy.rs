@@ -559,7 +559,16 @@ fn limits_auth_and_errors_of_the_proxy() {
         0,
         "a request without a valid key went upstream"
     );
-    let before = 0;
+    // The scheme is case-insensitive (RFC 9110), as on every other route.
+    let resp = pb
+        .http
+        .post(pb.url("/v1/messages"))
+        .header("authorization", format!("bearer {}", pb.key))
+        .body(MESSAGE.to_vec())
+        .send()
+        .expect("an answer");
+    assert_eq!(resp.status(), 200, "{:?}", resp.text());
+    let before = 1;
 
     // Over max_body: 413, nothing sent upstream.
     let big = vec![b'x'; 4096];
