@@ -58,7 +58,6 @@ struct Inner {
     finish: Option<Finish>,
     /// Taken from the upstream, not passed on yet.
     gathered: Vec<Bytes>,
-    gathered_len: usize,
     /// The scheduler pass given after a chunk was taken.
     pass: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     /// The upstream's error, held until the gathered bytes before it went on.
@@ -73,12 +72,15 @@ impl Inner {
         }
     }
 
+    fn gathered_len(&self) -> usize {
+        self.gathered.iter().map(Bytes::len).sum()
+    }
+
     fn take_gathered(&mut self) -> Bytes {
-        self.gathered_len = 0;
         if self.gathered.len() == 1 {
             return self.gathered.pop().unwrap_or_default();
         }
-        let mut all = BytesMut::with_capacity(self.gathered.iter().map(Bytes::len).sum());
+        let mut all = BytesMut::with_capacity(self.gathered_len());
         for chunk in self.gathered.drain(..) {
             all.extend_from_slice(&chunk);
         }
@@ -100,7 +102,6 @@ impl Relay {
                 bytes: 0,
                 finish,
                 gathered: Vec::new(),
-                gathered_len: 0,
                 pass: None,
                 broke: None,
             }),
@@ -158,10 +159,9 @@ impl Stream for Relay {
                     inner.last_chunk = Instant::now();
                     let first = inner.bytes == 0;
                     inner.bytes += chunk.len() as u64;
-                    inner.gathered_len += chunk.len();
                     inner.gathered.push(chunk);
                     // The first goes at once, with the answer's head.
-                    if first || inner.gathered_len >= MAX_GATHERED {
+                    if first || inner.gathered_len() >= MAX_GATHERED {
                         return Poll::Ready(Some(Ok(inner.take_gathered())));
                     }
                     inner.pass = Some(Box::pin(tokio::task::yield_now()));
@@ -184,20 +184,21 @@ impl Stream for Relay {
                 Poll::Pending if !inner.gathered.is_empty() => {
                     return Poll::Ready(Some(Ok(inner.take_gathered())));
                 }
-                Poll::Pending => loop {
+                Poll::Pending => {
+                    // The deadline only ever moves to `idle` after the last
+                    // chunk, so once it fires the upstream was silent that long.
                     let due = inner.last_chunk + inner.idle;
                     if inner.deadline.deadline() < due {
                         inner.deadline.as_mut().reset(due);
                     }
-                    match inner.deadline.as_mut().poll(cx) {
-                        Poll::Ready(()) if inner.last_chunk + inner.idle <= Instant::now() => {
+                    return match inner.deadline.as_mut().poll(cx) {
+                        Poll::Ready(()) => {
                             inner.end(BodyEnd::UpstreamBroke);
-                            return Poll::Ready(Some(Err(RelayError::Idle(inner.idle))));
+                            Poll::Ready(Some(Err(RelayError::Idle(inner.idle))))
                         }
-                        Poll::Ready(()) => continue,
-                        Poll::Pending => return Poll::Pending,
-                    }
-                },
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
             }
         }
     }
