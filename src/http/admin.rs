@@ -36,21 +36,21 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
 /// `GET /admin`, `/admin/`, `/admin/app.js`, `/admin/app.css`.
 pub fn page() -> BoxedFilter<(Response,)> {
     use warp::{get, path};
-    let index = get()
-        .and(
-            path!("admin")
-                .or(path!("admin" / ..).and(path::end()))
-                .unify(),
-        )
+    // The path before the method: another method on one of these paths is
+    // a 405, but on any other path it must stay the 404 of an unknown route.
+    let index = path!("admin")
+        .or(path!("admin" / ..).and(path::end()))
+        .unify()
+        .and(get())
         .map(|| asset(INDEX, "text/html; charset=utf-8"));
-    let js = get()
-        .and(path!("admin" / "app.js"))
+    let js = path!("admin" / "app.js")
+        .and(get())
         .map(|| asset(APP_JS, "text/javascript; charset=utf-8"));
-    let css = get()
-        .and(path!("admin" / "app.css"))
+    let css = path!("admin" / "app.css")
+        .and(get())
         .map(|| asset(APP_CSS, "text/css; charset=utf-8"));
-    let root = get()
-        .and(path::end())
+    let root = path::end()
+        .and(get())
         .map(|| warp::redirect::see_other(warp::http::Uri::from_static("/admin/")).into_response());
     index
         .or(js)

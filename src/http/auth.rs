@@ -73,6 +73,26 @@ pub fn bearer_token(header: &str) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
+/// The check behind every route: the request's credential (`Authorization:
+/// Bearer`, else `x-api-key`, what SDKs send their API key as) admitted by
+/// the guard `G` of a route with `access`. Public routes read nothing.
+pub(super) fn admit<G: Guard>(
+    access: Access,
+    authorization: Option<&str>,
+    api_key: Option<&str>,
+    farm: &Farm,
+) -> Result<G, Denied> {
+    if access == Access::Public {
+        return G::admit(None);
+    }
+    authorization
+        .and_then(bearer_token)
+        .or(api_key)
+        .and_then(|t| farm.authenticate(t))
+        .ok_or(Denied::Unauthorized)
+        .and_then(|who| G::admit(Some(who)))
+}
+
 /// The auth filter of a route with `access`, yielding its guard `G`.
 pub(super) fn filter<G: Guard>(
     access: Access,
@@ -85,19 +105,7 @@ pub(super) fn filter<G: Guard>(
     };
     header("authorization").and(header("x-api-key")).and_then(
         move |authorization: Option<String>, api_key: Option<String>| {
-            let admitted = if access == Access::Public {
-                G::admit(None)
-            } else {
-                // `x-api-key` is what SDKs send their API key as; the proxy's
-                // clients know nothing else.
-                authorization
-                    .as_deref()
-                    .and_then(bearer_token)
-                    .or(api_key.as_deref())
-                    .and_then(|t| farm.authenticate(t))
-                    .ok_or(Denied::Unauthorized)
-                    .and_then(|who| G::admit(Some(who)))
-            };
+            let admitted = admit(access, authorization.as_deref(), api_key.as_deref(), &farm);
             ready(admitted.map_err(warp::reject::custom))
         },
     )

@@ -67,6 +67,15 @@ impl ApiError {
         )
     }
 
+    /// The path exists, not with this method.
+    pub fn method_not_allowed() -> Self {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this route does not take that method",
+        )
+    }
+
     pub fn into_response(self) -> Response {
         let body = Body {
             error: Cow::Borrowed(self.code),
@@ -144,6 +153,15 @@ impl From<FarmError> for ApiError {
     }
 }
 
+impl From<super::auth::Denied> for ApiError {
+    fn from(denied: super::auth::Denied) -> Self {
+        match denied {
+            super::auth::Denied::Unauthorized => ApiError::unauthorized(),
+            super::auth::Denied::Forbidden => ApiError::forbidden(),
+        }
+    }
+}
+
 impl From<crate::proxy::ProxyError> for ApiError {
     fn from(e: crate::proxy::ProxyError) -> Self {
         use crate::proxy::ProxyError as P;
@@ -179,10 +197,7 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     // The auth filter refuses only on a route whose path and method
     // matched: its answer beats the other routes' "not this one".
     let e = if let Some(denied) = rejection.find::<super::auth::Denied>() {
-        match denied {
-            super::auth::Denied::Unauthorized => ApiError::unauthorized(),
-            super::auth::Denied::Forbidden => ApiError::forbidden(),
-        }
+        ApiError::from(*denied)
     } else if rejection.is_not_found() {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
@@ -200,11 +215,7 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some()
         || rejection.find::<super::WrongMethod>().is_some()
     {
-        ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "this route does not take that method",
-        )
+        ApiError::method_not_allowed()
     } else if let Some(q) = rejection.find::<warp::reject::InvalidQuery>() {
         ApiError::bad_request(format!("invalid query string: {q}"))
     } else if let Some(h) = rejection.find::<warp::reject::InvalidHeader>() {

@@ -1,10 +1,12 @@
-//! The HTTP API (warp). [`routes`] is the one route table; handlers in
+//! The HTTP API (warp). [`ROUTES`] is the one route table: [`routes`] builds
+//! its warp routes, [`front`] serves its proxy rows beside them; handlers in
 //! [`handlers`] are thin: parse, call the [`Farm`], render. Errors become
 //! responses in [`error`] only.
 
 pub mod admin;
 pub mod auth;
 pub mod error;
+pub mod front;
 pub mod handlers;
 pub mod openapi;
 pub mod remote;
@@ -424,8 +426,8 @@ pub const ROUTES: &[Route] = &[
 /// and its auth filter, built from the row's access and yielding the guard
 /// `G` its handler takes. Building the router through this makes it panic
 /// at startup (and in every test) if a route is not in the table or its
-/// handler's guard is not the row's access, and [`routes`] checks that every
-/// table row was built: the router, its access checks and the document
+/// handler's guard is not the row's access, and [`front::Router::new`] checks
+/// that every table row was built: the router, its access checks and the document
 /// cannot drift apart.
 fn endpoint<G: auth::Guard>(
     method: &'static str,
@@ -539,12 +541,15 @@ macro_rules! any_of {
     };
 }
 
-/// The route table.
-pub fn routes(farm: Arc<Farm>) -> BoxedFilter<(Response,)> {
+/// The route table, but for the proxy's rows ([`front`] serves those);
+/// each route built is added to `built`.
+fn routes(
+    farm: Arc<Farm>,
+    built: &std::cell::RefCell<Vec<(&'static str, &'static str)>>,
+) -> BoxedFilter<(Response,)> {
     use auth::{Admin, Anyone};
     use handlers as h;
     use warp::path;
-    let built = std::cell::RefCell::new(Vec::new());
     let with_farm = {
         let farm = farm.clone();
         warp::any().map(move || farm.clone())
@@ -558,7 +563,7 @@ pub fn routes(farm: Arc<Farm>) -> BoxedFilter<(Response,)> {
     // still sending its body reads the 401 instead of a reset connection.
     macro_rules! route {
         ($guard:ty, $method:literal, $template:literal, $path:expr $(, $arg:expr)* => $handler:expr) => {{
-            let (method, auth) = endpoint::<$guard>($method, $template, &farm, &built);
+            let (method, auth) = endpoint::<$guard>($method, $template, &farm, built);
             $path
                 .and(method)
                 .and(with_farm.clone())
@@ -643,62 +648,7 @@ pub fn routes(farm: Arc<Farm>) -> BoxedFilter<(Response,)> {
         route!(Anyone, "GET", "/api/openapi.json",
             path!("api" / "openapi.json") => h::openapi),
     ];
-    // The proxy: one row per method, one handler (`crate::proxy::handle`).
-    let proxy_at = |method: &'static str| {
-        let (method_filter, auth) = endpoint::<Principal>(method, PROXY_PATH, &farm, &built);
-        path!("proxy" / String / ..)
-            .and(warp::path::tail())
-            .and(method_filter)
-            .and(with_farm.clone())
-            .and(warp::method())
-            .and(warp::header::headers_cloned())
-            .and(raw_query())
-            .and(warp::body::stream())
-            .and(auth)
-            .then(
-                |provider: String,
-                 tail: warp::path::Tail,
-                 farm,
-                 method,
-                 headers,
-                 query,
-                 body,
-                 who| {
-                    let req = crate::proxy::Incoming {
-                        provider,
-                        path: tail.as_str().to_owned(),
-                        query,
-                        method,
-                        headers,
-                    };
-                    crate::proxy::handle(farm, who, req, Box::pin(body), |e| {
-                        error::ApiError::from(e).into_response()
-                    })
-                },
-            )
-            .boxed()
-    };
-    // POST first: what the APIs behind the proxy are mostly called with.
-    let proxy = proxy_at("POST")
-        .or(proxy_at("GET"))
-        .unify()
-        .or(proxy_at("PUT"))
-        .unify()
-        .or(proxy_at("PATCH"))
-        .unify()
-        .or(proxy_at("DELETE"))
-        .unify();
-    let table = credential_next.or(proxy).unify().or(others).unify();
-
-    let built = built.into_inner();
-    for r in ROUTES {
-        assert!(
-            built.contains(&(r.method, r.path)),
-            "http::ROUTES lists {} {} but the router has no such route",
-            r.method,
-            r.path
-        );
-    }
+    let table = credential_next.or(others).unify();
 
     table
         .or(admin::page())

@@ -40,7 +40,6 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -195,7 +194,7 @@ impl Listener {
     /// connections finish their requests (idle ones close at once).
     pub async fn run(self, farm: Arc<Farm>, stop: impl Future<Output = ()>) {
         let Listener { tcp, tls, limits } = self;
-        let routes = crate::http::routes(farm.clone());
+        let router = crate::http::front::Router::new(farm.clone());
         // The certificate's resolver reads the current certificate at each
         // handshake: one configuration serves across reloads.
         let acceptor = tls
@@ -238,7 +237,7 @@ impl Listener {
                 draining: drain.child_token(),
                 slots: (slot, ip_slot),
             };
-            let service = TowerToHyperService::new(warp::service(routes.clone()));
+            let service = router.service();
             tokio::spawn(conn.serve(stream, acceptor.clone(), service));
         }
         drop(tcp);

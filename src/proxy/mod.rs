@@ -101,14 +101,14 @@ const MAX_DRAINED: usize = 1024 * 1024;
 /// The account and lease that served (or last tried) a request.
 struct Served {
     account: AccountId,
-    lease: String,
+    lease: Option<HeaderValue>,
 }
 
 /// Serves one proxied request; every outcome is a response. The proxy's
 /// own refusals are rendered by `render` (the router passes `http::error`'s
 /// renderer: errors become HTTP there only, and the proxy need not import
 /// the HTTP layer that routes to it).
-pub async fn handle<S, B>(
+pub async fn handle<S, B, E>(
     farm: Arc<Farm>,
     who: Principal,
     req: Incoming,
@@ -116,46 +116,47 @@ pub async fn handle<S, B>(
     render: impl FnOnce(ProxyError) -> Response,
 ) -> Response
 where
-    S: Stream<Item = Result<B, warp::Error>> + Send + Unpin,
+    S: Stream<Item = Result<B, E>> + Send + Unpin,
     B: Buf,
+    E: std::fmt::Display,
 {
-    let provider = req.provider.clone();
     let mut served = None;
-    let mut resp = match forward(&farm, who, req, body, &mut served).await {
+    let mut resp = match forward(&farm, who, &req, body, &mut served).await {
         Ok(resp) => resp,
         Err(e) => render(e),
     };
     if let Some(s) = served {
         let h = resp.headers_mut();
         h.insert("x-relogin-account", HeaderValue::from(s.account));
-        if let Ok(v) = HeaderValue::from_str(&s.lease) {
+        if let Some(v) = s.lease {
             h.insert("x-relogin-lease", v);
         }
     }
-    if farm.proxies().upstreams.contains_key(&provider) {
+    if farm.proxies().upstreams.contains_key(&req.provider) {
         farm.proxies()
             .metrics
-            .record_answer(&provider, resp.status().as_u16());
+            .record_answer(&req.provider, resp.status().as_u16());
     }
     resp
 }
 
-async fn forward<S, B>(
+async fn forward<S, B, E>(
     farm: &Arc<Farm>,
     who: Principal,
-    req: Incoming,
+    req: &Incoming,
     body: S,
     served: &mut Option<Served>,
 ) -> Result<Response, ProxyError>
 where
-    S: Stream<Item = Result<B, warp::Error>> + Send + Unpin,
+    S: Stream<Item = Result<B, E>> + Send + Unpin,
     B: Buf,
+    E: std::fmt::Display,
 {
     let up = match farm.proxies().upstreams.get(&req.provider) {
         Some(up) => up,
         None => {
             farm.provider(&req.provider)?;
-            return Err(ProxyError::NotProxied(req.provider));
+            return Err(ProxyError::NotProxied(req.provider.clone()));
         }
     };
     let cfg = &up.config;
@@ -211,18 +212,16 @@ where
         failure = None;
         *served = Some(Served {
             account,
-            lease: lease.answer.lease_id.clone(),
+            lease: HeaderValue::from_str(&lease.answer.lease_id).ok(),
         });
-        let mut request = up
-            .http
-            .request(method.clone(), url.clone())
-            .headers(sent_headers.clone())
-            .body(body.clone());
+        let mut request = reqwest::Request::new(method.clone(), url.clone());
+        *request.headers_mut() = sent_headers.clone();
         if let Some((name, value)) = headers::credential(cfg, lease.answer.access_token.expose()) {
-            request = request.header(name, value);
+            request.headers_mut().append(name, value);
         }
+        *request.body_mut() = Some(body.clone().into());
         let started = Instant::now();
-        let answer = tokio::time::timeout(cfg.first_byte_timeout, request.send()).await;
+        let answer = tokio::time::timeout(cfg.first_byte_timeout, up.http.execute(request)).await;
         let latency = started.elapsed();
         let unrelayed = |status: u16| Upstream {
             status,
@@ -340,14 +339,15 @@ where
     Err(failure.unwrap_or_else(|| ProxyError::Unreachable("no attempt was made".into())))
 }
 /// Reads the whole body (it is replayed on failover), at most `limit` bytes.
-async fn read_body<S, B>(
+async fn read_body<S, B, E>(
     headers: &HeaderMap,
     mut body: S,
     limit: usize,
 ) -> Result<Bytes, ProxyError>
 where
-    S: Stream<Item = Result<B, warp::Error>> + Send + Unpin,
+    S: Stream<Item = Result<B, E>> + Send + Unpin,
     B: Buf,
+    E: std::fmt::Display,
 {
     let declared = headers
         .get("content-length")
@@ -379,9 +379,13 @@ where
 /// The upstream's answer as the client's: status and headers (less
 /// hop-by-hop and cookies), the body streamed through; `finish` is told how
 /// it ended.
-fn relay(resp: reqwest::Response, cfg: &ProxyConfig, finish: Option<relay::Finish>) -> Response {
+fn relay(
+    mut resp: reqwest::Response,
+    cfg: &ProxyConfig,
+    finish: Option<relay::Finish>,
+) -> Response {
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut headers = resp.headers().clone();
+    let mut headers = std::mem::take(resp.headers_mut());
     headers::clean_response(&mut headers);
     let body = relay::Relay::new(resp, cfg.idle_timeout, finish);
     let mut out = warp::reply::stream(body).into_response();

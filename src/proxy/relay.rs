@@ -45,9 +45,10 @@ pub struct Relay {
 struct Inner {
     chunks: Chunks,
     idle: Duration,
-    /// Armed for `idle` after the last chunk; moved on lazily (see
-    /// `last_chunk`), not on every chunk.
-    deadline: Pin<Box<Sleep>>,
+    /// Armed for `idle` after the last chunk once the upstream first keeps
+    /// the relay waiting (an answer that comes whole never needs it); moved
+    /// on lazily (see `last_chunk`), not on every chunk.
+    deadline: Option<Pin<Box<Sleep>>>,
     /// When the last chunk came: the idle timeout counts from here.
     last_chunk: Instant,
     done: bool,
@@ -96,7 +97,7 @@ impl Relay {
                 length,
                 chunks: Box::pin(response.bytes_stream()),
                 idle,
-                deadline: Box::pin(tokio::time::sleep(idle)),
+                deadline: None,
                 last_chunk: Instant::now(),
                 done: false,
                 bytes: 0,
@@ -188,10 +189,13 @@ impl Stream for Relay {
                     // The deadline only ever moves to `idle` after the last
                     // chunk, so once it fires the upstream was silent that long.
                     let due = inner.last_chunk + inner.idle;
-                    if inner.deadline.deadline() < due {
-                        inner.deadline.as_mut().reset(due);
+                    let deadline = inner
+                        .deadline
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+                    if deadline.deadline() < due {
+                        deadline.as_mut().reset(due);
                     }
-                    return match inner.deadline.as_mut().poll(cx) {
+                    return match deadline.as_mut().poll(cx) {
                         Poll::Ready(()) => {
                             inner.end(BodyEnd::UpstreamBroke);
                             Poll::Ready(Some(Err(RelayError::Idle(inner.idle))))

@@ -151,21 +151,25 @@ impl Proxies {
         now: DateTime<Utc>,
     ) {
         // Header names are lower case already (`http` keeps them so).
-        let kept: Vec<(HeaderName, HeaderValue)> = headers
+        let mut kept = headers
             .iter()
             .filter(|(name, _)| ratelimit::is_quota_header(name.as_str(), prefixes))
-            .map(|(n, v)| (n.clone(), v.clone()))
-            .collect();
-        if kept.is_empty() {
+            .peekable();
+        if kept.peek().is_none() {
             return;
         }
-        lock(&self.quota).insert(
-            account,
-            QuotaHeaders {
-                at: now,
-                headers: kept,
-            },
-        );
+        // The account's entry is written over in place: no allocation per
+        // answer once the account has one.
+        let mut quota = lock(&self.quota);
+        let entry = quota.entry(account).or_insert_with(|| QuotaHeaders {
+            at: now,
+            headers: Vec::new(),
+        });
+        entry.at = now;
+        entry.headers.clear();
+        entry
+            .headers
+            .extend(kept.map(|(n, v)| (n.clone(), v.clone())));
     }
 }
 

@@ -603,6 +603,31 @@ fn limits_auth_and_errors_of_the_proxy() {
         started.elapsed()
     );
 
+    // A method the proxy has no route for: 405 JSON, as on any route; a
+    // proxy path without a provider: 404. Nothing goes upstream.
+    let seen = upstream.seen().len();
+    let resp = pb
+        .http
+        .request(reqwest::Method::OPTIONS, pb.url("/v1/messages"))
+        .bearer_auth(&pb.key)
+        .send()
+        .expect("an answer");
+    let resp = Resp {
+        status: resp.status().as_u16(),
+        headers: resp.headers().clone(),
+        text: resp.text().unwrap(),
+    };
+    resp.expect_error(405, "method_not_allowed");
+    assert_eq!(resp.headers["cache-control"], "no-store");
+    let resp = pb
+        .http
+        .post(format!("{}/proxy/", pb.bed.url()))
+        .bearer_auth(&pb.key)
+        .send()
+        .expect("an answer");
+    assert_eq!(resp.status(), 404);
+    assert_eq!(upstream.seen().len(), seen);
+
     // A provider without [provider.proxy] does not exist as far as the proxy goes.
     let resp = pb
         .http
