@@ -110,11 +110,7 @@ impl ProxyBed {
             .body(body.to_vec())
             .send()
             .unwrap_or_else(|e| panic!("POST {path}: no answer: {e}"));
-        Resp {
-            status: resp.status().as_u16(),
-            headers: resp.headers().clone(),
-            text: resp.text().unwrap_or_default(),
-        }
+        Resp::read(resp)
     }
 
     fn served_by(resp: &Resp) -> i64 {
@@ -546,13 +542,7 @@ fn limits_auth_and_errors_of_the_proxy() {
         if let Some(a) = auth {
             req = req.header("authorization", a);
         }
-        let resp = req.send().expect("an answer");
-        let resp = Resp {
-            status: resp.status().as_u16(),
-            headers: resp.headers().clone(),
-            text: resp.text().unwrap(),
-        };
-        resp.expect_error(401, "unauthorized");
+        Resp::read(req.send().expect("an answer")).expect_error(401, "unauthorized");
     }
     assert_eq!(
         upstream.seen().len(),
@@ -603,39 +593,30 @@ fn limits_auth_and_errors_of_the_proxy() {
         started.elapsed()
     );
 
-    // A method the proxy has no route for: 405 JSON, as on any route; a
-    // proxy path without a provider: 404. Nothing goes upstream.
+    // A method the proxy has no route for: 405 JSON, as on any route.
+    // Nothing of this goes upstream.
     let seen = upstream.seen().len();
-    let resp = pb
-        .http
-        .request(reqwest::Method::OPTIONS, pb.url("/v1/messages"))
-        .bearer_auth(&pb.key)
-        .send()
-        .expect("an answer");
-    let resp = Resp {
-        status: resp.status().as_u16(),
-        headers: resp.headers().clone(),
-        text: resp.text().unwrap(),
-    };
+    let resp = Resp::read(
+        pb.http
+            .request(reqwest::Method::OPTIONS, pb.url("/v1/messages"))
+            .bearer_auth(&pb.key)
+            .send()
+            .expect("an answer"),
+    );
     resp.expect_error(405, "method_not_allowed");
     assert_eq!(resp.headers["cache-control"], "no-store");
-    let resp = pb
-        .http
-        .post(format!("{}/proxy/", pb.bed.url()))
-        .bearer_auth(&pb.key)
-        .send()
-        .expect("an answer");
-    assert_eq!(resp.status(), 404);
+    // A proxy path without a provider, and a provider without
+    // [provider.proxy] (it does not exist as far as the proxy goes): 404.
+    for path in ["/proxy/", "/proxy/other/v1/messages"] {
+        let resp = pb
+            .http
+            .post(format!("{}{path}", pb.bed.url()))
+            .bearer_auth(&pb.key)
+            .send()
+            .expect("an answer");
+        assert_eq!(resp.status(), 404, "{path}");
+    }
     assert_eq!(upstream.seen().len(), seen);
-
-    // A provider without [provider.proxy] does not exist as far as the proxy goes.
-    let resp = pb
-        .http
-        .post(format!("{}/proxy/other/v1/messages", pb.bed.url()))
-        .bearer_auth(&pb.key)
-        .send()
-        .expect("an answer");
-    assert_eq!(resp.status(), 404);
     upstream.assert_never_saw(&pb.key);
 }
 

@@ -27,6 +27,17 @@ pub struct Resp {
     pub text: String,
 }
 
+impl Resp {
+    /// Reads a whole answer.
+    pub fn read(resp: reqwest::blocking::Response) -> Resp {
+        Resp {
+            status: resp.status().as_u16(),
+            headers: resp.headers().clone(),
+            text: resp.text().unwrap_or_default(),
+        }
+    }
+}
+
 /// A `{}` JSON body for the methods that take a body (`POST`, `PUT`,
 /// `PATCH`): a probe then reaches the handler, not the body checks.
 pub fn probe_body(method: &Method) -> Option<Vec<u8>> {
