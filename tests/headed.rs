@@ -263,7 +263,13 @@ impl BrowserCli {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Err("still running".into())
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let mut said = String::new();
+        if let Some(mut err) = self.0.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut err, &mut said);
+        }
+        Err(format!("still running after {timeout:?}; it said:\n{said}"))
     }
 }
 

@@ -197,6 +197,13 @@ impl Session {
     }
 
     async fn close_parts(driver: SessionDriver, context: &BrowserContext) {
+        // A browser that went away by itself (a person closed its last
+        // window, or it was killed) has nothing left to close; asking the
+        // driver to close it anyway can wait out CLOSE_TIMEOUT.
+        if context.is_closed() {
+            driver.release(false).await;
+            return;
+        }
         // A close that fails or hangs leaves the browser to the driver: it
         // is retired, and stopping it (once its other sessions are done)
         // takes the browser down.
