@@ -249,27 +249,26 @@ impl BrowserCli {
     /// succeeded in time.
     fn wait_success(mut self, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
+        let status = loop {
             if let Some(status) = self.0.try_wait().unwrap() {
-                let mut said = String::new();
-                if let Some(mut err) = self.0.stderr.take() {
-                    let _ = std::io::Read::read_to_string(&mut err, &mut said);
-                }
-                return if status.success() {
-                    Ok(())
-                } else {
-                    Err(format!("{status}: {said}"))
-                };
+                break Some(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+                break None;
             }
             std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        };
         let mut said = String::new();
         if let Some(mut err) = self.0.stderr.take() {
             let _ = std::io::Read::read_to_string(&mut err, &mut said);
         }
-        Err(format!("still running after {timeout:?}; it said:\n{said}"))
+        match status {
+            Some(status) if status.success() => Ok(()),
+            Some(status) => Err(format!("{status}: {said}")),
+            None => Err(format!("still running after {timeout:?}; it said:\n{said}")),
+        }
     }
 }
 

@@ -7,9 +7,9 @@
 //! it, a clone of the request's headers, a boxed future per filter level)
 //! cost more CPU than the proxy's own work between client and upstream.
 //! Their access is still their `ROUTES` rows' (`PROXY_PATH`, one per
-//! method): the rows are looked up when the router is built (which panics
-//! if a row's access is not the proxy's guard, as [`super::endpoint`] does)
-//! and checked by the same function as every route's ([`auth::admit`]).
+//! method): the rows are looked up when the router is built (through
+//! [`super::declared`], as every warp route's: it panics if a row's access
+//! is not the proxy's guard) and checked by the same function as every route's ([`auth::admit`]).
 //! A method without a row is a 405, as on any route; a path without a
 //! provider goes to warp, which answers it as any unknown route.
 
@@ -25,7 +25,7 @@ use warp::http::header::{HeaderValue, CACHE_CONTROL};
 use warp::http::{Method, Request};
 use warp::reply::Response;
 
-use super::auth::{self, Guard};
+use super::auth;
 use super::error::ApiError;
 use super::{Access, PROXY_PATH, ROUTES};
 use crate::farm::{Farm, Principal};
@@ -52,16 +52,9 @@ impl Router {
         let routes = super::routes(farm.clone(), &built);
         let mut rows = Vec::new();
         for row in ROUTES.iter().filter(|r| r.path == PROXY_PATH) {
-            assert_eq!(
-                row.access,
-                Principal::ACCESS,
-                "the proxy's handler takes the guard of another access than http::ROUTES lists for {} {}",
-                row.method,
-                row.path
-            );
+            let row = super::declared::<Principal>(row.method, row.path, &built);
             let method: Method = row.method.parse().expect("route methods are valid");
             rows.push((method, row.access));
-            built.borrow_mut().push((row.method, row.path));
         }
         let built = built.into_inner();
         for r in ROUTES {
@@ -119,8 +112,10 @@ where
                 None => ApiError::method_not_allowed().into_response(),
             };
             // As the route table's answers.
-            resp.headers_mut()
-                .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            resp.headers_mut().insert(
+                CACHE_CONTROL,
+                HeaderValue::from_static(super::CACHE_CONTROL),
+            );
             Ok(resp)
         }))
     }

@@ -438,16 +438,7 @@ fn endpoint<G: auth::Guard>(
     impl Filter<Extract = (), Error = warp::Rejection> + Clone,
     impl Filter<Extract = (G,), Error = warp::Rejection> + Clone,
 ) {
-    let row = ROUTES
-        .iter()
-        .find(|r| r.method == method && r.path == path)
-        .unwrap_or_else(|| panic!("route {method} {path} is not in http::ROUTES"));
-    assert_eq!(
-        row.access,
-        G::ACCESS,
-        "the handler of {method} {path} takes the guard of another access than http::ROUTES lists"
-    );
-    built.borrow_mut().push((method, path));
+    let row = declared::<G>(method, path, built);
     let m: warp::http::Method = method.parse().expect("route methods are valid");
     let method_filter = warp::method()
         .and_then(move |got: warp::http::Method| {
@@ -463,6 +454,31 @@ fn endpoint<G: auth::Guard>(
         .untuple_one();
     (method_filter, auth::filter::<G>(row.access, farm.clone()))
 }
+
+/// The row of `method path` in [`ROUTES`], noted in `built`. Panics if there
+/// is none, or if its access is not that of the guard `G` the route's
+/// handler takes: every route, in warp or in [`front`], is built through this.
+fn declared<G: auth::Guard>(
+    method: &'static str,
+    path: &'static str,
+    built: &std::cell::RefCell<Vec<(&'static str, &'static str)>>,
+) -> &'static Route {
+    let row = ROUTES
+        .iter()
+        .find(|r| r.method == method && r.path == path)
+        .unwrap_or_else(|| panic!("route {method} {path} is not in http::ROUTES"));
+    assert_eq!(
+        row.access,
+        G::ACCESS,
+        "the handler of {method} {path} takes the guard of another access than http::ROUTES lists"
+    );
+    built.borrow_mut().push((method, path));
+    row
+}
+
+/// `Cache-Control` of every answer (the farm's answers carry tokens and
+/// account state: nothing is to be kept by a cache on the way).
+const CACHE_CONTROL: &str = "no-store";
 
 /// Rejection for a path that exists with another method (→ 405).
 #[derive(Debug)]
@@ -655,7 +671,7 @@ fn routes(
         .unify()
         .recover(error::recover)
         .unify()
-        .with(warp::reply::with::header("cache-control", "no-store"))
+        .with(warp::reply::with::header("cache-control", CACHE_CONTROL))
         .map(warp::Reply::into_response)
         .boxed()
 }
